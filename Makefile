@@ -1,0 +1,44 @@
+# Every entry point of profilemesh. Only Python 3.11+ and make are needed beforehand.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+DEPS   := $(VENV)/.deps-installed
+PROTOS := $(shell find protos -name '*.proto')
+GEN    := gen/.generated
+
+.PHONY: run test bench proto cluster clean
+
+run: $(GEN)
+	$(PY) -m localdev.run
+
+test: $(GEN)
+	$(PY) -m pytest
+
+bench: $(GEN)
+	$(PY) -m bench.run
+
+proto: $(DEPS)
+	rm -rf gen
+	mkdir -p gen
+	$(PY) -m grpc_tools.protoc -I protos -I $$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") \
+		--python_out=gen --pyi_out=gen --grpc_python_out=gen $(PROTOS)
+	touch $(GEN)
+
+# A local cluster alone (3 primaries, 3 replicas), for poking at with valkey-cli.
+cluster: $(DEPS)
+	$(PY) -m localdev.cluster
+
+$(GEN): $(PROTOS) $(DEPS)
+	$(MAKE) proto
+
+# The virtual environment knows the repository root and gen/ through a .pth file,
+# so `.venv/bin/python -m profile_svc` works from anywhere.
+$(DEPS): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	printf '%s\n%s\n' "$(CURDIR)" "$(CURDIR)/gen" > $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/profilemesh.pth
+	touch $(DEPS)
+
+clean:
+	rm -rf $(VENV) gen .cluster

@@ -1,0 +1,1 @@
+"""Aggregator: event streams -> statistics, every event counted exactly once."""

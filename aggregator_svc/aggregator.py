@@ -1,0 +1,139 @@
+"""The aggregator's loop: read each partition's stream through the consumer group, apply, acknowledge.
+
+Every replica runs the same loop over every partition; the consumer group hands each entry to
+one of them, and the apply script (see scripts/apply_events.lua) makes the count exact even
+when a slow replica and one that reclaimed its entries both try to apply them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from redis.exceptions import RedisError, ResponseError
+
+from common import keys
+from common.cluster import Cluster
+
+log = logging.getLogger(__name__)
+
+SCRIPTS = Path(__file__).parent / "scripts"
+RETRY_S = 0.5
+# Consumers with nothing pending and idle this long (a crashed or retired replica) are removed.
+FORGET_CONSUMER_AFTER_MS = 10 * 60 * 1000
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+class Aggregator:
+    def __init__(self, cluster: Cluster) -> None:
+        settings = cluster.settings
+        self.cluster = cluster
+        self.group = settings.aggregator_group
+        self.consumer = settings.aggregator_consumer
+        self.batch = settings.aggregator_batch
+        self.claim_idle_ms = settings.aggregator_claim_idle_ms
+        self.maintenance_s = settings.aggregator_maintenance_s
+        self.partitions = range(settings.partitions)
+        # A blocking read must return before the client's socket timeout fires.
+        self.block_ms = max(settings.redis_timeout_ms // 2, 10)
+        self._apply = cluster.script(SCRIPTS / "apply_events.lua")
+        self._trim = cluster.script(SCRIPTS / "trim_acknowledged.lua")
+        self.applied = 0
+
+    async def run(self) -> None:
+        """Consume every partition until cancelled."""
+        await asyncio.gather(
+            *(self._consume(partition) for partition in self.partitions),
+            self._every(self.claim_idle_ms / 2000, self._reclaim),
+            self._every(self.maintenance_s, self._maintain),
+        )
+
+    async def _ensure_group(self, partition: int) -> None:
+        """Create the group from the stream's first entry, so events written before any aggregator ran count."""
+        try:
+            async with self.cluster.bounded() as client:
+                await client.xgroup_create(keys.events_key(partition), self.group, id="0", mkstream=True)
+        except ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+
+    async def _consume(self, partition: int) -> None:
+        stream = keys.events_key(partition)
+        group_ready = False
+        while True:
+            try:
+                if not group_ready:
+                    await self._ensure_group(partition)
+                    group_ready = True
+                # Blocking reads hold a connection for up to block_ms; they bypass the
+                # concurrency bound (the client has a connection reserved for each partition).
+                client = await self.cluster.connected()
+                reply = await client.xreadgroup(
+                    self.group, self.consumer, {stream: ">"}, count=self.batch, block=self.block_ms
+                )
+                for _, entries in reply or ():
+                    await self._apply_entries(partition, entries)
+            except ResponseError as error:
+                if "NOGROUP" in str(error):  # the stream was deleted (e.g. a flushed cluster)
+                    group_ready = False
+                    continue
+                log.warning("partition %d: %s", partition, error)
+                await asyncio.sleep(RETRY_S)
+            except (RedisError, OSError, asyncio.TimeoutError) as error:
+                log.warning("partition %d: cluster unavailable: %r", partition, error)
+                await asyncio.sleep(RETRY_S)
+
+    async def _apply_entries(self, partition: int, entries: list[Entry]) -> int:
+        args: list[Any] = [self.group]
+        for entry_id, fields in entries:
+            if fields:  # a claimed entry that was trimmed meanwhile comes back without fields
+                args += [entry_id, fields[b"user"], fields[b"type"]]
+        if len(args) == 1:
+            return 0
+        keys_ = [
+            keys.events_key(partition),
+            keys.reads_key(partition),
+            keys.totals_key(partition),
+            keys.deleted_key(partition),
+            keys.deleted_at_key(partition),
+        ]
+        applied = int(await self.cluster.run(self._apply, keys_, args))
+        self.applied += applied
+        return applied
+
+    async def _reclaim(self) -> None:
+        """Take over entries another consumer left pending too long (it crashed or stalled)."""
+        for partition in self.partitions:
+            start = "0-0"
+            while True:
+                async with self.cluster.bounded() as client:
+                    reply = await client.xautoclaim(
+                        keys.events_key(partition), self.group, self.consumer,
+                        min_idle_time=self.claim_idle_ms, start_id=start, count=self.batch,
+                    )
+                start, entries = reply[0], reply[1]
+                if entries:
+                    applied = await self._apply_entries(partition, entries)
+                    log.info("partition %d: reclaimed %d entries, applied %d", partition, len(entries), applied)
+                if start in (b"0-0", "0-0"):
+                    break
+
+    async def _maintain(self) -> None:
+        for partition in self.partitions:
+            keys_ = [keys.events_key(partition), keys.deleted_key(partition), keys.deleted_at_key(partition)]
+            await self.cluster.run(self._trim, keys_, [self.group, FORGET_CONSUMER_AFTER_MS])
+
+    @staticmethod
+    async def _every(interval_s: float, job) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await job()
+            except ResponseError as error:
+                if "NOGROUP" not in str(error):
+                    log.warning("%s: %s", job.__name__, error)
+            except (RedisError, OSError, asyncio.TimeoutError) as error:
+                log.warning("%s: cluster unavailable: %r", job.__name__, error)

@@ -1,0 +1,54 @@
+-- Bound the partition's memory: trim stream entries that every group has acknowledged,
+-- forget tombstones that no unapplied event can predate, drop idle consumers with nothing pending.
+-- KEYS[1] event stream, KEYS[2] tombstones (hash), KEYS[3] tombstones by time (sorted set)
+-- ARGV[1] this aggregator's group, ARGV[2] idle time (ms) after which an empty consumer is dropped
+-- Unacknowledged entries are never trimmed. Returns the number of entries trimmed.
+
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+
+local function field(flat, name)
+  for i = 1, #flat, 2 do
+    if flat[i] == name then return flat[i + 1] end
+  end
+end
+
+local function older(a, b)
+  local a_ms, a_seq = string.match(a, '(%d+)-(%d+)')
+  local b_ms, b_seq = string.match(b, '(%d+)-(%d+)')
+  a_ms, a_seq, b_ms, b_seq = tonumber(a_ms), tonumber(a_seq), tonumber(b_ms), tonumber(b_seq)
+  return a_ms < b_ms or (a_ms == b_ms and a_seq < b_seq)
+end
+
+-- The oldest entry some group still needs: its oldest pending entry, or the one after
+-- its last delivered entry (approximated by that entry itself, which keeps one extra).
+local keep_from = nil
+for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local needed = field(group, 'last-delivered-id')
+  if tonumber(field(group, 'pending')) > 0 then
+    needed = redis.call('XPENDING', KEYS[1], field(group, 'name'))[2]
+  end
+  if keep_from == nil or older(needed, keep_from) then
+    keep_from = needed
+  end
+end
+if keep_from == nil then
+  return 0
+end
+
+local trimmed = redis.call('XTRIM', KEYS[1], 'MINID', keep_from)
+
+local before_ms = tonumber(string.match(keep_from, '(%d+)-')) - 1
+local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', before_ms, 'LIMIT', 0, 1000)
+if #expired > 0 then
+  redis.call('HDEL', KEYS[2], unpack(expired))
+  redis.call('ZREM', KEYS[3], unpack(expired))
+end
+
+for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  if tonumber(field(consumer, 'pending')) == 0 and tonumber(field(consumer, 'idle')) > tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], field(consumer, 'name'))
+  end
+end
+return trimmed

@@ -1,0 +1,92 @@
+"""The cluster client every service uses: one per process, bounded, with scripts from files."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator, Sequence
+
+from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
+
+from common import keys
+from common.config import Settings
+from common.errors import PartitionMismatch
+
+log = logging.getLogger(__name__)
+
+
+class Cluster:
+    """A RedisCluster client plus the concurrency bound it lacks.
+
+    redis-py's async cluster client raises MaxConnectionsError instead of waiting once
+    ``max_connections`` are busy, so every command goes through a semaphore kept below it.
+    """
+
+    def __init__(self, settings: Settings, extra_connections: int = 0) -> None:
+        timeout = settings.redis_timeout_ms / 1000
+        self.settings = settings
+        self.client: RedisCluster = RedisCluster.from_url(
+            settings.redis_url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            # Partitions on a healthy shard keep working while another shard is down.
+            require_full_coverage=False,
+            max_connections=settings.redis_max_concurrency + extra_connections + 8,
+        )
+        self.limit = asyncio.Semaphore(settings.redis_max_concurrency)
+        self._initialized = False
+        self._initializing = asyncio.Lock()
+
+    async def connected(self) -> RedisCluster:
+        """The client, after it has learnt the cluster's layout.
+
+        redis-py lets many first commands race into initialisation, and they fail with
+        AttributeError on a half-made connection; so one task initialises, the others wait.
+        """
+        if not self._initialized:
+            async with self._initializing:
+                if not self._initialized:
+                    await self.client.initialize()
+                    self._initialized = True
+        return self.client
+
+    @asynccontextmanager
+    async def bounded(self) -> AsyncIterator[RedisCluster]:
+        """The client, for one command within the concurrency bound."""
+        async with self.limit:
+            yield await self.connected()
+
+    def script(self, path: Path) -> AsyncScript:
+        """A script from a .lua file; run by SHA, loaded on first use on each node."""
+        return self.client.register_script(path.read_text())
+
+    async def run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        async with self.bounded() as client:
+            return await script(keys=list(keys), args=list(args), client=client)
+
+    async def ping(self) -> bool:
+        """Whether the cluster answers at all; used for gRPC health."""
+        try:
+            async with self.bounded() as client:
+                return bool(await client.ping(target_nodes=RedisCluster.RANDOM))
+        except Exception as error:  # any failure means "not reachable", whatever its kind
+            log.debug("cluster ping failed: %r", error)
+            return False
+
+    async def verify_partitions(self) -> None:
+        """Record the partition count on first start; refuse to run with a different one."""
+        wanted = self.settings.partitions
+        async with self.bounded() as client:
+            await client.set(keys.PARTITIONS_KEY, wanted, nx=True)
+            recorded = int(await client.get(keys.PARTITIONS_KEY))
+        if recorded != wanted:
+            raise PartitionMismatch(
+                f"the cluster was set up with {recorded} partitions but PROFILEMESH_PARTITIONS is {wanted}; "
+                "the partition count is fixed for the life of a deployment"
+            )
+
+    async def close(self) -> None:
+        await self.client.aclose()

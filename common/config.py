@@ -1,0 +1,72 @@
+"""Settings from environment variables (twelve-factor), each with a local default."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _env_str(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of every service; each service reads the ones it needs."""
+
+    redis_url: str = "redis://127.0.0.1:7000"
+    partitions: int = 16
+    redis_timeout_ms: int = 1000
+    redis_max_concurrency: int = 64
+    profile_listen: str = "0.0.0.0:50051"
+    reporting_listen: str = "0.0.0.0:50052"
+    aggregator_listen: str = "0.0.0.0:50053"
+    gateway_listen: str = "0.0.0.0:8080"
+    profile_target: str = "dns:///127.0.0.1:50051"
+    reporting_target: str = "dns:///127.0.0.1:50052"
+    deadline_ms: int = 2000
+    shutdown_grace_s: int = 10
+    aggregator_group: str = "aggregator"
+    aggregator_consumer: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    aggregator_batch: int = 500
+    aggregator_claim_idle_ms: int = 30000
+    aggregator_maintenance_s: int = 5
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        defaults = cls()
+        settings = cls(
+            redis_url=_env_str("PROFILEMESH_REDIS_URL", defaults.redis_url),
+            partitions=_env_int("PROFILEMESH_PARTITIONS", defaults.partitions),
+            redis_timeout_ms=_env_int("PROFILEMESH_REDIS_TIMEOUT_MS", defaults.redis_timeout_ms),
+            redis_max_concurrency=_env_int("PROFILEMESH_REDIS_MAX_CONCURRENCY", defaults.redis_max_concurrency),
+            profile_listen=_env_str("PROFILEMESH_PROFILE_LISTEN", defaults.profile_listen),
+            reporting_listen=_env_str("PROFILEMESH_REPORTING_LISTEN", defaults.reporting_listen),
+            aggregator_listen=_env_str("PROFILEMESH_AGGREGATOR_LISTEN", defaults.aggregator_listen),
+            gateway_listen=_env_str("PROFILEMESH_GATEWAY_LISTEN", defaults.gateway_listen),
+            profile_target=_env_str("PROFILEMESH_PROFILE_TARGET", defaults.profile_target),
+            reporting_target=_env_str("PROFILEMESH_REPORTING_TARGET", defaults.reporting_target),
+            deadline_ms=_env_int("PROFILEMESH_DEADLINE_MS", defaults.deadline_ms),
+            shutdown_grace_s=_env_int("PROFILEMESH_SHUTDOWN_GRACE_S", defaults.shutdown_grace_s),
+            aggregator_group=_env_str("PROFILEMESH_AGGREGATOR_GROUP", defaults.aggregator_group),
+            aggregator_consumer=_env_str("PROFILEMESH_AGGREGATOR_CONSUMER", defaults.aggregator_consumer),
+            aggregator_batch=_env_int("PROFILEMESH_AGGREGATOR_BATCH", defaults.aggregator_batch),
+            aggregator_claim_idle_ms=_env_int("PROFILEMESH_AGGREGATOR_CLAIM_IDLE_MS", defaults.aggregator_claim_idle_ms),
+            aggregator_maintenance_s=_env_int("PROFILEMESH_AGGREGATOR_MAINTENANCE_S", defaults.aggregator_maintenance_s),
+            log_level=_env_str("PROFILEMESH_LOG_LEVEL", defaults.log_level),
+        )
+        if not 1 <= settings.partitions <= 1024:
+            raise SystemExit(f"PROFILEMESH_PARTITIONS must be 1..1024, got {settings.partitions}")
+        return settings

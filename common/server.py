@@ -1,0 +1,130 @@
+"""gRPC server bootstrap shared by every service: health, reflection, error mapping, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import signal
+from typing import Awaitable, Callable, Iterable, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+from redis.exceptions import MaxConnectionsError, RedisError
+
+from common.cluster import Cluster
+from common.errors import AlreadyExists, InvalidArgument, NotFound
+
+log = logging.getLogger(__name__)
+
+# Bodies are bounded at 64 KiB by the gateway; 1 MiB leaves room for gRPC callers
+# while keeping a flood of oversized messages from eating memory.
+MAX_MESSAGE_BYTES = 1 << 20
+HEALTH_INTERVAL_S = 1.0
+
+Handler = TypeVar("Handler", bound=Callable[..., Awaitable])
+
+
+def translate_errors(method: Handler) -> Handler:
+    """Turn domain and cluster errors into gRPC status codes; nothing escapes as UNKNOWN."""
+
+    @functools.wraps(method)
+    async def wrapper(self, request, context: grpc.aio.ServicerContext):
+        try:
+            return await method(self, request, context)
+        except InvalidArgument as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        except NotFound as error:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+        except AlreadyExists as error:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(error))
+        except MaxConnectionsError:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many requests in flight; retry later")
+        except (RedisError, OSError, asyncio.TimeoutError) as error:
+            log.warning("%s: cluster unavailable: %r", method.__name__, error)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the cluster is unavailable; retry later")
+
+    return wrapper  # type: ignore[return-value]
+
+
+async def _watch_cluster(cluster: Cluster, health: health_aio.HealthServicer, services: Iterable[str]) -> None:
+    """Keep health in step with the cluster: SERVING only while it answers."""
+    verified = False
+    previous = None
+    while True:
+        healthy = await cluster.ping()
+        if healthy and not verified:
+            await cluster.verify_partitions()  # a PartitionMismatch ends the process
+            verified = True
+        status = health_pb2.HealthCheckResponse.SERVING if healthy else health_pb2.HealthCheckResponse.NOT_SERVING
+        if status != previous:
+            log.info("health: %s", health_pb2.HealthCheckResponse.ServingStatus.Name(status))
+            for service in ("", *services):
+                await health.set(service, status)
+            previous = status
+        await asyncio.sleep(HEALTH_INTERVAL_S)
+
+
+async def serve(
+    listen: str,
+    cluster: Cluster,
+    register: Callable[[grpc.aio.Server], list[str]],
+    grace_s: float,
+    background: Iterable[Callable[[], Awaitable[None]]] = (),
+) -> None:
+    """Run a gRPC server until SIGTERM or SIGINT, then drain it.
+
+    ``register`` adds the servicers and returns their full service names. On a signal,
+    health turns NOT_SERVING first, so load balancers stop sending before the listener closes.
+    """
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            # Fail loudly if the port is taken rather than silently sharing it.
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    services = register(server)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    for service in ("", *services):
+        await health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection(
+        [*services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+    )
+    server.add_insecure_port(listen)
+    await server.start()
+    log.info("listening on %s", listen)
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+
+    tasks = [asyncio.create_task(_watch_cluster(cluster, health, services), name="health")]
+    tasks += [asyncio.create_task(job(), name=getattr(job, "__name__", "job")) for job in background]
+    stop_wait = asyncio.create_task(stopping.wait())
+    done, _ = await asyncio.wait([stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    stop_wait.cancel()
+    failure = None
+    for task in done - {stop_wait}:
+        failure = task.exception() or RuntimeError(f"{task.get_name()} ended unexpectedly")
+        log.error("%s failed; shutting down", task.get_name(), exc_info=failure)
+
+    log.info("shutting down")
+    await health.enter_graceful_shutdown()
+    await server.stop(grace_s)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await cluster.close()
+    if failure is not None:
+        raise failure
+    log.info("stopped")
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)

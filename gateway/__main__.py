@@ -1,0 +1,18 @@
+"""Run the gateway: `python -m gateway`."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from common.config import Settings
+from common.logs import setup_logging
+from common.server import parse_listen
+from gateway.app import build_app
+
+if __name__ == "__main__":
+    settings = Settings.from_env()
+    setup_logging("gateway", settings.log_level)
+    host, port = parse_listen(settings.gateway_listen)
+    # run_app handles SIGTERM and SIGINT: it stops accepting, lets in-flight requests finish, then exits.
+    web.run_app(build_app(settings), host=host, port=port, print=None, shutdown_timeout=settings.shutdown_grace_s,
+                access_log=None)

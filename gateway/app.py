@@ -1,0 +1,112 @@
+"""The gateway's aiohttp application: one handler per annotated RPC, JSON errors everywhere."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable, Callable
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from common.config import Settings
+from gateway import upstreams
+from gateway.routes import Route, routes_from
+from gateway.translate import HTTP_STATUS, BadRequest, build_request, render_response
+from profilemesh.profile.v1 import profile_pb2
+from profilemesh.reporting.v1 import reporting_pb2
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+READY_TIMEOUT_S = 1.0
+
+CHANNELS = web.AppKey("channels", dict)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+    """aiohttp's own errors (404, 405, 413) as JSON bodies; never a traceback to the client."""
+    try:
+        return await handler(request)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        message = error.reason if error.status != 413 else f"request body is larger than {MAX_BODY_BYTES} bytes"
+        return web.json_response({"message": message}, status=error.status, headers=_kept_headers(error))
+    except Exception:
+        log.exception("unexpected error for %s %s", request.method, request.path)
+        return web.json_response({"message": "internal error"}, status=500)
+
+
+def _kept_headers(error: web.HTTPException) -> dict[str, str]:
+    return {name: error.headers[name] for name in ("Allow",) if name in error.headers}
+
+
+def _handler(route: Route, timeout_s: float) -> Callable[[web.Request], Awaitable[web.Response]]:
+    request_class, response_class = route.request_class(), route.response_class()
+    success = 201 if route.http_method == "POST" else 200
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.read() if route.body else b""
+        try:
+            message = build_request(route, dict(request.match_info), body)
+        except BadRequest as error:
+            return web.json_response({"message": str(error)}, status=400)
+        channel = request.app[CHANNELS][route.service]
+        call = channel.unary_unary(
+            route.grpc_path,
+            request_serializer=request_class.SerializeToString,
+            response_deserializer=response_class.FromString,
+        )
+        try:
+            response = await call(message, timeout=timeout_s)
+        except grpc.aio.AioRpcError as error:
+            status = HTTP_STATUS.get(error.code(), 500)
+            return web.json_response({"message": error.details() or error.code().name}, status=status)
+        return web.json_response(render_response(route, response), status=success)
+
+    return handle
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """The gateway process itself is up."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when every upstream's gRPC health says SERVING."""
+
+    async def check(service: str, channel: grpc.aio.Channel) -> tuple[str, str]:
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=READY_TIMEOUT_S
+            )
+            return service, health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+        except grpc.aio.AioRpcError as error:
+            return service, error.code().name
+
+    results = dict(await asyncio.gather(*(check(s, c) for s, c in request.app[CHANNELS].items())))
+    ready = all(status == "SERVING" for status in results.values())
+    return web.json_response({"status": "ready" if ready else "not ready", "upstreams": results}, status=200 if ready else 503)
+
+
+def build_app(settings: Settings) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors])
+    targets = {
+        profile_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name: settings.profile_target,
+        reporting_pb2.DESCRIPTOR.services_by_name["ReportingService"].full_name: settings.reporting_target,
+    }
+
+    async def channels(app: web.Application):
+        app[CHANNELS] = {service: upstreams.channel(target) for service, target in targets.items()}
+        yield
+        await asyncio.gather(*(channel.close() for channel in app[CHANNELS].values()))
+
+    app.cleanup_ctx.append(channels)
+    app.router.add_get("/healthz", healthz, allow_head=False)
+    app.router.add_get("/readyz", readyz, allow_head=False)
+    for route in routes_from([profile_pb2.DESCRIPTOR, reporting_pb2.DESCRIPTOR]):
+        app.router.add_route(route.http_method, route.path, _handler(route, settings.deadline_ms / 1000))
+    return app

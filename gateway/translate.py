@@ -1,0 +1,118 @@
+"""JSON <-> protobuf for the gateway, and gRPC status -> HTTP status the way grpc-gateway maps it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+from gateway.routes import Route
+
+HTTP_STATUS = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+}
+
+_INTEGER_TYPES = {
+    FieldDescriptor.CPPTYPE_INT32,
+    FieldDescriptor.CPPTYPE_INT64,
+    FieldDescriptor.CPPTYPE_UINT32,
+    FieldDescriptor.CPPTYPE_UINT64,
+}
+_64_BIT = {FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64}
+
+
+class BadRequest(ValueError):
+    """The HTTP request can't become a gRPC request; the message says why."""
+
+
+def _is_string_map(field: FieldDescriptor) -> bool:
+    entry = field.message_type
+    return (
+        entry is not None
+        and entry.GetOptions().map_entry
+        and entry.fields_by_name["key"].type == FieldDescriptor.TYPE_STRING
+        and entry.fields_by_name["value"].type == FieldDescriptor.TYPE_STRING
+    )
+
+
+def build_request(route: Route, path_params: dict[str, str], body: bytes) -> Message:
+    request = route.request_class()()
+    for field in route.path_fields:
+        raw = path_params[field.name]
+        if field.cpp_type in _INTEGER_TYPES:
+            try:
+                setattr(request, field.name, int(raw, 10))
+            except (ValueError, OverflowError):  # OverflowError: out of the field's range
+                raise BadRequest(f"{field.name} must be an integer, got {raw[:40]!r}") from None
+        else:
+            setattr(request, field.name, raw)
+    if route.body:
+        _parse_body(route, request, body)
+    return request
+
+
+def _parse_body(route: Route, request: Message, body: bytes) -> None:
+    if not body.strip():
+        raise BadRequest("request body is empty: send a JSON object")
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BadRequest(f"request body is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise BadRequest(f"request body must be a JSON object, got {type(data).__name__}")
+    if route.body == "*":
+        target = data
+    else:
+        field = request.DESCRIPTOR.fields_by_name[route.body]
+        if _is_string_map(field):
+            for name, value in data.items():
+                if not isinstance(value, str):
+                    raise BadRequest(f"field {name[:64]!r} must be a string, got {type(value).__name__}")
+        target = {field.json_name: data}
+    try:
+        json_format.ParseDict(target, request)
+    except json_format.ParseError as error:
+        raise BadRequest(f"request body does not fit {request.DESCRIPTOR.name}: {error}") from None
+
+
+def render_response(route: Route, response: Message) -> Any:
+    data = json_format.MessageToDict(response, always_print_fields_with_no_presence=True)
+    _integers_as_numbers(response, data)
+    if route.response_body:
+        return data[response.DESCRIPTOR.fields_by_name[route.response_body].json_name]
+    return data
+
+
+def _integers_as_numbers(message: Message, data: dict[str, Any]) -> None:
+    """Undo proto3 JSON's quoting of 64-bit integers: our counts are far below 2**53."""
+    for field in message.DESCRIPTOR.fields:
+        if field.json_name not in data:
+            continue
+        value = data[field.json_name]
+        repeated = field.is_repeated
+        if field.cpp_type in _64_BIT:
+            data[field.json_name] = [int(v) for v in value] if repeated else int(value)
+        elif field.message_type is not None and not field.message_type.GetOptions().map_entry:
+            children = getattr(message, field.name)
+            for child, child_data in zip(children, value) if repeated else [(children, value)]:
+                _integers_as_numbers(child, child_data)

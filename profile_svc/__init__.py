@@ -1,0 +1,1 @@
+"""ProfileService: profiles as hashes in the cluster, one event per operation."""

@@ -1,0 +1,1 @@
+"""ReportingService: top profiles and totals, read from the statistics the aggregator keeps."""

@@ -1,0 +1,57 @@
+"""The reporting domain: merges per-partition statistics into exact answers."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from common import keys
+from common.cluster import Cluster
+from common.errors import InvalidArgument
+from common.validation import check_user
+
+SCRIPTS = Path(__file__).parent / "scripts"
+MAX_LIMIT = 1000
+
+
+class Reports:
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.partitions = range(cluster.settings.partitions)
+        self._top_readers = cluster.script(SCRIPTS / "top_readers.lua")
+
+    async def top_profiles(self, limit: int) -> list[tuple[str, int]]:
+        """The top `limit` users by reads, highest first, ties by user name.
+
+        Each user lives in exactly one partition, so merging each partition's top list is exact.
+        """
+        if not 1 <= limit <= MAX_LIMIT:
+            raise InvalidArgument(f"limit must be an integer from 1 to {MAX_LIMIT}, got {limit}")
+        replies = await asyncio.gather(
+            *(self.cluster.run(self._top_readers, [keys.reads_key(p)], [limit]) for p in self.partitions)
+        )
+        scores: dict[str, int] = {}
+        for flat in replies:
+            for i in range(0, len(flat), 2):
+                scores[flat[i].decode()] = int(float(flat[i + 1]))
+        ranked = sorted(scores.items(), key=lambda item: (-item[1], item[0]))
+        return ranked[:limit]
+
+    async def user_reads(self, user: str) -> int:
+        check_user(user)
+        partition = keys.partition_of(user, len(self.partitions))
+        async with self.cluster.bounded() as client:
+            score = await client.zscore(keys.reads_key(partition), user)
+        return int(score or 0)
+
+    async def operation_totals(self) -> dict[str, int]:
+        async def totals(partition: int) -> dict[bytes, bytes]:
+            async with self.cluster.bounded() as client:
+                return await client.hgetall(keys.totals_key(partition))
+
+        summed = dict.fromkeys(keys.EVENT_TYPES, 0)
+        for counts in await asyncio.gather(*(totals(p) for p in self.partitions)):
+            for kind, count in counts.items():
+                if kind.decode() in summed:
+                    summed[kind.decode()] += int(count)
+        return summed

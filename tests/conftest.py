@@ -1,0 +1,112 @@
+"""The suite's real system: a local Valkey cluster and every service, on free ports."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import grpc
+import pytest
+from redis.cluster import RedisCluster
+
+from common import keys
+from localdev.cluster import LocalCluster
+from localdev.ports import free_ports
+from localdev.system import System
+from profilemesh.profile.v1 import profile_pb2_grpc
+from profilemesh.reporting.v1 import reporting_pb2_grpc
+
+PARTITIONS = 16
+
+# Short timeouts make failures and reclaims happen within a test's patience.
+TEST_SETTINGS = {
+    "PROFILEMESH_PARTITIONS": str(PARTITIONS),
+    "PROFILEMESH_AGGREGATOR_CLAIM_IDLE_MS": "2000",
+    "PROFILEMESH_AGGREGATOR_MAINTENANCE_S": "1",
+    "PROFILEMESH_SHUTDOWN_GRACE_S": "5",
+    "PROFILEMESH_LOG_LEVEL": "INFO",
+}
+
+
+def make_system(directory: Path) -> System:
+    ports = free_ports(16)
+    cluster = LocalCluster(data_dir=directory / "cluster", ports=ports[:6], bus_ports=ports[6:12], node_timeout_ms=2000)
+    return System(
+        cluster=cluster,
+        profile_port=ports[12],
+        reporting_port=ports[13],
+        aggregator_port=ports[14],
+        gateway_port=ports[15],
+        log_dir=directory / "logs",
+        settings=dict(TEST_SETTINGS),
+    )
+
+
+@pytest.fixture(scope="session")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    running = make_system(tmp_path_factory.mktemp("system"))
+    try:
+        running.start()
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def fresh_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    """A system of the module's own, for tests that need empty statistics or that stop the cluster."""
+    running = make_system(tmp_path_factory.mktemp("fresh"))
+    try:
+        running.start()
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_client(system: System) -> Iterator[RedisCluster]:
+    client = RedisCluster.from_url(system.cluster.url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def profile_stub(system: System) -> Iterator[profile_pb2_grpc.ProfileServiceStub]:
+    with grpc.insecure_channel(f"127.0.0.1:{system.profile_port}") as channel:
+        yield profile_pb2_grpc.ProfileServiceStub(channel)
+
+
+@pytest.fixture(scope="session")
+def reporting_stub(system: System) -> Iterator[reporting_pb2_grpc.ReportingServiceStub]:
+    with grpc.insecure_channel(f"127.0.0.1:{system.reporting_port}") as channel:
+        yield reporting_pb2_grpc.ReportingServiceStub(channel)
+
+
+_counter = itertools.count()
+
+
+@pytest.fixture
+def unique() -> str:
+    """A prefix for user names no other test uses, so tests share one cluster without interfering."""
+    return f"t{next(_counter)}{uuid.uuid4().hex[:6]}"
+
+
+def events_of(client: RedisCluster, user: str) -> list[tuple[str, str]]:
+    """Every event of a user still in its partition's stream, oldest first: (id, type)."""
+    stream = keys.events_key(keys.partition_of(user, PARTITIONS))
+    return [(entry_id, fields["type"]) for entry_id, fields in client.xrange(stream) if fields["user"] == user]
+
+
+@pytest.fixture
+def audit(redis_client: RedisCluster) -> Iterator[str]:
+    """A consumer group that reads nothing, so the aggregator's trimming keeps every event from now on."""
+    group = f"audit-{uuid.uuid4().hex[:8]}"
+    streams = [keys.events_key(p) for p in range(PARTITIONS)]
+    for stream in streams:
+        redis_client.xgroup_create(stream, group, id="$", mkstream=True)
+    yield group
+    for stream in streams:
+        redis_client.xgroup_destroy(stream, group)

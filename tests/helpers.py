@@ -1,0 +1,35 @@
+"""Small clients the tests share: HTTP to the gateway, waiting for the aggregator."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+from typing import Any, Callable
+
+
+def http_call(port: int, method: str, path: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
+    """One request to the gateway; returns the status and the decoded JSON body."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        connection.request(method, path, body=data, headers=headers)
+        reply = connection.getresponse()
+        payload = reply.read()
+        assert reply.getheader("Content-Type", "").startswith("application/json"), payload[:200]
+        return reply.status, json.loads(payload)
+    finally:
+        connection.close()
+
+
+def wait_until(condition: Callable[[], Any], timeout_s: float = 30, interval_s: float = 0.1, what: str = "") -> Any:
+    """Poll until condition() is truthy; the aggregator is asynchronous, so tests wait for it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what or condition}")
+        time.sleep(interval_s)

@@ -1,0 +1,42 @@
+"""The seed's walk-through through the gateway: the same paths, the same bodies."""
+
+from __future__ import annotations
+
+from localdev.system import System
+from tests.helpers import http_call, wait_until
+
+SEED_USERS = {
+    "zach": {"email": "zach@example.com", "username": "Zach"},
+    "roberto": {"email": "roberto@example.com", "username": "Roberto"},
+    "akua": {"email": "akua@example.com", "username": "Akua"},
+    "ana": {"email": "ana@example.com", "username": "Ana"},
+}
+
+
+def test_seed_walkthrough(fresh_system: System) -> None:
+    """On an empty cluster, so that the top three are the seed's users."""
+    port = fresh_system.gateway_port
+    for user, fields in SEED_USERS.items():
+        assert http_call(port, "POST", f"/profile/{user}", fields) == (201, {"message": f"Profile created for: {user}"})
+
+    assert http_call(port, "GET", "/profile/zach") == (200, {"email": "zach@example.com", "username": "Zach"})
+    assert http_call(port, "DELETE", "/profile/zach") == (200, {"message": "Profile deleted for zach"})
+
+    for user, reads in (("ana", 8), ("roberto", 2), ("akua", 1)):
+        for _ in range(reads):
+            assert http_call(port, "GET", f"/profile/{user}")[0] == 200
+
+    expected = {"results": [{"user": "ana", "score": 8}, {"user": "roberto", "score": 2}, {"user": "akua", "score": 1}]}
+    wait_until(lambda: http_call(port, "GET", "/reporting/profileStats/3") == (200, expected), what="the seed's stats")
+    # zach was read before being deleted: the delete removed him from the statistics.
+    status, body = http_call(port, "GET", "/reporting/profileStats/1000")
+    assert status == 200 and "zach" not in [row["user"] for row in body["results"]]
+
+
+def test_seed_error_bodies(system: System, unique: str) -> None:
+    port = system.gateway_port
+    assert http_call(port, "POST", f"/profile/{unique}", {"email": "a@example.com"})[0] == 201
+    assert http_call(port, "POST", f"/profile/{unique}", {"email": "b@example.com"}) == (409, {"message": "Profile exists"})
+    for method in ("GET", "DELETE"):
+        assert http_call(port, method, "/profile/nobody") == (404, {"message": "Profile not found for nobody"})
+    assert http_call(port, "PATCH", "/profile/nobody", {"a": "b"}) == (404, {"message": "Profile not found for nobody"})

@@ -1,0 +1,1 @@
+"""Benchmarks: figures measured on a real local system, never asserted in tests."""

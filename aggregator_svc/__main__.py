@@ -20,7 +20,7 @@ async def main(settings: Settings) -> None:
     def register(server: grpc.aio.Server) -> list[str]:
         return []
 
-    await serve(settings.aggregator_listen, cluster, register, settings.shutdown_grace_s, background=[aggregator.run])
+    await serve(settings.aggregator_listen, cluster, register, background=[aggregator.run])
 
 
 if __name__ == "__main__":

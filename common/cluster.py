@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Sequence
 
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
 from redis.commands.core import AsyncScript
 
 from common import keys
@@ -52,6 +53,17 @@ class Cluster:
                     await self.client.initialize()
                     self._initialized = True
         return self.client
+
+    async def refresh_topology(self) -> None:
+        """Re-learn which node serves which slot (after a MOVED or a failover); one task at a time."""
+        if self._initializing.locked():
+            async with self._initializing:  # another task is refreshing: wait for its result
+                return
+        async with self._initializing:
+            try:
+                await self.client.nodes_manager.initialize()
+            except (RedisError, OSError) as error:
+                log.debug("topology refresh failed: %r", error)
 
     @asynccontextmanager
     async def bounded(self) -> AsyncIterator[RedisCluster]:

@@ -21,6 +21,11 @@ def _env_str(name: str, default: str) -> str:
     return os.environ.get(name) or default
 
 
+# none: the primary applied it. local: and fsynced it to its append-only file (WAITAOF 1 0).
+# replica: and at least one replica has it (WAIT 1), so it survives the loss of the primary.
+DURABILITY_LEVELS = ("none", "local", "replica")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every knob of every service; each service reads the ones it needs."""
@@ -29,6 +34,9 @@ class Settings:
     partitions: int = 16
     redis_timeout_ms: int = 1000
     redis_max_concurrency: int = 64
+    durability: str = "replica"
+    durability_timeout_ms: int = 1000
+    max_in_flight: int = 256
     profile_listen: str = "0.0.0.0:50051"
     reporting_listen: str = "0.0.0.0:50052"
     aggregator_listen: str = "0.0.0.0:50053"
@@ -37,6 +45,7 @@ class Settings:
     reporting_target: str = "dns:///127.0.0.1:50052"
     deadline_ms: int = 2000
     shutdown_grace_s: int = 10
+    drain_ms: int = 1000
     aggregator_group: str = "aggregator"
     aggregator_consumer: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     aggregator_batch: int = 500
@@ -52,6 +61,9 @@ class Settings:
             partitions=_env_int("PROFILEMESH_PARTITIONS", defaults.partitions),
             redis_timeout_ms=_env_int("PROFILEMESH_REDIS_TIMEOUT_MS", defaults.redis_timeout_ms),
             redis_max_concurrency=_env_int("PROFILEMESH_REDIS_MAX_CONCURRENCY", defaults.redis_max_concurrency),
+            durability=_env_str("PROFILEMESH_DURABILITY", defaults.durability),
+            durability_timeout_ms=_env_int("PROFILEMESH_DURABILITY_TIMEOUT_MS", defaults.durability_timeout_ms),
+            max_in_flight=_env_int("PROFILEMESH_MAX_IN_FLIGHT", defaults.max_in_flight),
             profile_listen=_env_str("PROFILEMESH_PROFILE_LISTEN", defaults.profile_listen),
             reporting_listen=_env_str("PROFILEMESH_REPORTING_LISTEN", defaults.reporting_listen),
             aggregator_listen=_env_str("PROFILEMESH_AGGREGATOR_LISTEN", defaults.aggregator_listen),
@@ -60,6 +72,7 @@ class Settings:
             reporting_target=_env_str("PROFILEMESH_REPORTING_TARGET", defaults.reporting_target),
             deadline_ms=_env_int("PROFILEMESH_DEADLINE_MS", defaults.deadline_ms),
             shutdown_grace_s=_env_int("PROFILEMESH_SHUTDOWN_GRACE_S", defaults.shutdown_grace_s),
+            drain_ms=_env_int("PROFILEMESH_DRAIN_MS", defaults.drain_ms),
             aggregator_group=_env_str("PROFILEMESH_AGGREGATOR_GROUP", defaults.aggregator_group),
             aggregator_consumer=_env_str("PROFILEMESH_AGGREGATOR_CONSUMER", defaults.aggregator_consumer),
             aggregator_batch=_env_int("PROFILEMESH_AGGREGATOR_BATCH", defaults.aggregator_batch),
@@ -67,6 +80,8 @@ class Settings:
             aggregator_maintenance_s=_env_int("PROFILEMESH_AGGREGATOR_MAINTENANCE_S", defaults.aggregator_maintenance_s),
             log_level=_env_str("PROFILEMESH_LOG_LEVEL", defaults.log_level),
         )
+        if settings.durability not in DURABILITY_LEVELS:
+            raise SystemExit(f"PROFILEMESH_DURABILITY must be one of {', '.join(DURABILITY_LEVELS)}, got {settings.durability!r}")
         if not 1 <= settings.partitions <= 1024:
             raise SystemExit(f"PROFILEMESH_PARTITIONS must be 1..1024, got {settings.partitions}")
         return settings

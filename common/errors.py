@@ -17,3 +17,7 @@ class AlreadyExists(Exception):
 
 class PartitionMismatch(RuntimeError):
     """The cluster was set up with another partition count; running on would misroute data."""
+
+
+class Unavailable(Exception):
+    """The cluster could not serve the request, or could not confirm it; the message says which."""

@@ -12,10 +12,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
-from redis.exceptions import MaxConnectionsError, RedisError
+from redis.exceptions import MaxConnectionsError, RedisClusterException, RedisError
 
 from common.cluster import Cluster
-from common.errors import AlreadyExists, InvalidArgument, NotFound
+from common.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 # while keeping a flood of oversized messages from eating memory.
 MAX_MESSAGE_BYTES = 1 << 20
 HEALTH_INTERVAL_S = 1.0
+# Calls that come without a deadline still get one, so retries inside can't go on for ever.
+MAX_CALL_S = 10.0
 
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable])
 
@@ -32,8 +34,15 @@ def translate_errors(method: Handler) -> Handler:
 
     @functools.wraps(method)
     async def wrapper(self, request, context: grpc.aio.ServicerContext):
+        remaining = context.time_remaining()
+        deadline = asyncio.timeout(min(remaining, MAX_CALL_S) if remaining is not None else MAX_CALL_S)
         try:
-            return await method(self, request, context)
+            async with deadline:
+                return await method(self, request, context)
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # a socket timeout from below, not our deadline
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the cluster answered")
         except InvalidArgument as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         except NotFound as error:
@@ -42,7 +51,10 @@ def translate_errors(method: Handler) -> Handler:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(error))
         except MaxConnectionsError:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many requests in flight; retry later")
-        except (RedisError, OSError, asyncio.TimeoutError) as error:
+        except Unavailable as error:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+        # RedisClusterException (e.g. no node reachable) is not a RedisError.
+        except (RedisError, RedisClusterException, OSError) as error:
             log.warning("%s: cluster unavailable: %r", method.__name__, error)
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the cluster is unavailable; retry later")
 
@@ -71,7 +83,6 @@ async def serve(
     listen: str,
     cluster: Cluster,
     register: Callable[[grpc.aio.Server], list[str]],
-    grace_s: float,
     background: Iterable[Callable[[], Awaitable[None]]] = (),
 ) -> None:
     """Run a gRPC server until SIGTERM or SIGINT, then drain it.
@@ -80,6 +91,8 @@ async def serve(
     health turns NOT_SERVING first, so load balancers stop sending before the listener closes.
     """
     server = grpc.aio.server(
+        # Beyond this many calls in flight, new ones get RESOURCE_EXHAUSTED at once instead of queueing.
+        maximum_concurrent_rpcs=cluster.settings.max_in_flight,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             # Fail loudly if the port is taken rather than silently sharing it.
@@ -113,9 +126,12 @@ async def serve(
         failure = task.exception() or RuntimeError(f"{task.get_name()} ended unexpectedly")
         log.error("%s failed; shutting down", task.get_name(), exc_info=failure)
 
-    log.info("shutting down")
+    settings = cluster.settings
+    log.info("shutting down: NOT_SERVING for %d ms, then draining up to %d s", settings.drain_ms, settings.shutdown_grace_s)
     await health.enter_graceful_shutdown()
-    await server.stop(grace_s)
+    # Load balancers and clients see NOT_SERVING (and go elsewhere) before the listener closes.
+    await asyncio.sleep(settings.drain_ms / 1000)
+    await server.stop(settings.shutdown_grace_s)
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)

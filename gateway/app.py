@@ -40,6 +40,24 @@ async def json_errors(request: web.Request, handler: Callable[[web.Request], Awa
         return web.json_response({"message": "internal error"}, status=500)
 
 
+def shed_load(limit: int) -> Callable:
+    """Answer 429 at once beyond `limit` requests in flight, instead of queueing without bound."""
+    in_flight = 0
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+        nonlocal in_flight
+        if in_flight >= limit and request.path not in ("/healthz", "/readyz"):
+            return web.json_response({"message": "too many requests in flight; retry later"}, status=429)
+        in_flight += 1
+        try:
+            return await handler(request)
+        finally:
+            in_flight -= 1
+
+    return middleware
+
+
 def _kept_headers(error: web.HTTPException) -> dict[str, str]:
     return {name: error.headers[name] for name in ("Allow",) if name in error.headers}
 
@@ -93,7 +111,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 def build_app(settings: Settings) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors])
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[shed_load(settings.max_in_flight), json_errors])
     targets = {
         profile_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name: settings.profile_target,
         reporting_pb2.DESCRIPTOR.services_by_name["ReportingService"].full_name: settings.reporting_target,

@@ -22,7 +22,7 @@ async def main(settings: Settings) -> None:
         profile_pb2_grpc.add_ProfileServiceServicer_to_server(ProfileServicer(Profiles(cluster)), server)
         return [profile_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name]
 
-    await serve(settings.profile_listen, cluster, register, settings.shutdown_grace_s)
+    await serve(settings.profile_listen, cluster, register)
 
 
 if __name__ == "__main__":

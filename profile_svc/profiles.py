@@ -6,6 +6,7 @@ from pathlib import Path
 
 from common import keys
 from common.cluster import Cluster
+from common.durable import DurableScripts
 from common.errors import AlreadyExists, NotFound
 from common.validation import check_fields, check_user
 
@@ -18,7 +19,7 @@ def _flatten(fields: dict[str, str]) -> list[str]:
 
 class Profiles:
     def __init__(self, cluster: Cluster) -> None:
-        self.cluster = cluster
+        self.scripts = DurableScripts(cluster)
         self.partitions = cluster.settings.partitions
         self._create = cluster.script(SCRIPTS / "create_profile.lua")
         self._get = cluster.script(SCRIPTS / "get_profile.lua")
@@ -32,12 +33,12 @@ class Profiles:
     async def create(self, user: str, fields: dict[str, str]) -> None:
         check_user(user)
         fields = check_fields(fields)
-        if not await self.cluster.run(self._create, self._keys(user), [user, *_flatten(fields)]):
+        if not await self.scripts.run(self._create, self._keys(user), [user, *_flatten(fields)]):
             raise AlreadyExists("Profile exists")
 
     async def get(self, user: str) -> dict[str, str]:
         check_user(user)
-        flat = await self.cluster.run(self._get, self._keys(user), [user])
+        flat = await self.scripts.run(self._get, self._keys(user), [user])
         if flat is None:
             raise NotFound(f"Profile not found for {user}")
         return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
@@ -45,10 +46,10 @@ class Profiles:
     async def update(self, user: str, fields: dict[str, str]) -> None:
         check_user(user)
         fields = check_fields(fields)
-        if not await self.cluster.run(self._update, self._keys(user), [user, *_flatten(fields)]):
+        if not await self.scripts.run(self._update, self._keys(user), [user, *_flatten(fields)]):
             raise NotFound(f"Profile not found for {user}")
 
     async def delete(self, user: str) -> None:
         check_user(user)
-        if not await self.cluster.run(self._delete, self._keys(user), [user]):
+        if not await self.scripts.run(self._delete, self._keys(user), [user]):
             raise NotFound(f"Profile not found for {user}")

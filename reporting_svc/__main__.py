@@ -22,7 +22,7 @@ async def main(settings: Settings) -> None:
         reporting_pb2_grpc.add_ReportingServiceServicer_to_server(ReportingServicer(Reports(cluster)), server)
         return [reporting_pb2.DESCRIPTOR.services_by_name["ReportingService"].full_name]
 
-    await serve(settings.reporting_listen, cluster, register, settings.shutdown_grace_s)
+    await serve(settings.reporting_listen, cluster, register)
 
 
 if __name__ == "__main__":

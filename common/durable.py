@@ -1,0 +1,156 @@
+"""Profile operations as one script plus its durability wait, on one connection to the slot's primary.
+
+`WAIT` and `WAITAOF` speak only for the writes of their own connection, so the script and the
+wait are pipelined on the same connection. The operation is retried only where the cluster
+proves it did not run it (the connection could not be made, or a MOVED, TRYAGAIN or
+CLUSTERDOWN reply); a failure after the script was sent is reported as an unknown outcome,
+never retried behind the caller's back, because a create that ran and is retried would answer
+ALREADY_EXISTS to a caller whose create succeeded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Sequence
+
+from redis.asyncio.cluster import ClusterNode
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import (
+    AskError,
+    BusyLoadingError,
+    ClusterDownError,
+    MasterDownError,
+    MovedError,
+    NoScriptError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from common.cluster import Cluster
+from common.errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+# Replies that prove the command was not executed, so running it again is safe.
+_NOT_EXECUTED = (MovedError, TryAgainError, ClusterDownError, BusyLoadingError, MasterDownError, ReadOnlyError)
+_BROKEN = (RedisConnectionError, RedisTimeoutError, OSError)
+MAX_BACKOFF_S = 0.2
+
+UNCONFIRMED = (
+    "the cluster did not confirm the operation in time: it may or may not have happened; "
+    "retrying is safe (a create then answers ALREADY_EXISTS, a delete NOT_FOUND)"
+)
+
+
+class _NotExecuted(Exception):
+    pass
+
+
+class _Ask(Exception):
+    """The slot is migrating: ask the target node, once, with ASKING."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+
+
+class DurableScripts:
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        timeout_ms = cluster.settings.durability_timeout_ms
+        self.wait_command: tuple[Any, ...] | None = {
+            "none": None,
+            "local": ("WAITAOF", 1, 0, timeout_ms),
+            "replica": ("WAIT", 1, timeout_ms),
+        }[cluster.settings.durability]
+
+    async def run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run the script on its slot's primary, then wait for durability; retry only the provably safe.
+
+        The caller bounds the retries with a deadline (asyncio.timeout).
+        """
+        ask: _Ask | None = None
+        attempt = 0
+        async with self.cluster.limit:
+            client = await self.cluster.connected()
+            while True:
+                try:
+                    node = client.get_node(ask.host, ask.port) if ask else client.get_node_from_key(keys[0])
+                    if node is None:  # an ASK to a node the client does not know yet
+                        raise _NotExecuted("unknown node")
+                    return await self._run_once(node, script, keys, args, asking=ask is not None)
+                except _Ask as redirect:
+                    ask = redirect
+                except (_NotExecuted, SlotNotCoveredError) as reason:
+                    ask = None
+                    log.debug("not executed, retrying: %s", reason)
+                    await self.cluster.refresh_topology()
+                    await asyncio.sleep(min(MAX_BACKOFF_S, 0.01 * 2**attempt))
+                    attempt += 1
+
+    async def _run_once(self, node: ClusterNode, script: AsyncScript, keys: Sequence[str], args: Sequence[Any], asking: bool) -> Any:
+        commands: list[tuple[Any, ...]] = [("ASKING",)] if asking else []
+        commands.append(("EVALSHA", script.sha, len(keys), *keys, *args))
+        if self.wait_command:
+            commands.append(self.wait_command)
+        replies = await self._pipeline(node, commands)
+        result = replies[1 if asking else 0]
+        if isinstance(result, NoScriptError):
+            await node.execute_command("SCRIPT", "LOAD", script.script)
+            raise _NotExecuted("script loaded")
+        if isinstance(result, _NOT_EXECUTED):  # MovedError before AskError: it is a subclass
+            raise _NotExecuted(repr(result))
+        if isinstance(result, AskError):
+            raise _Ask(result.host, result.port)
+        if isinstance(result, ResponseError):
+            raise result
+        if self.wait_command and not self._confirmed(replies[-1]):
+            raise Unavailable(UNCONFIRMED)
+        return result
+
+    def _confirmed(self, reply: Any) -> bool:
+        if isinstance(reply, Exception):
+            return False
+        if self.wait_command[0] == "WAITAOF":  # [fsynced locally, fsynced on replicas]
+            return int(reply[0]) >= 1
+        return int(reply) >= 1  # WAIT: replicas that have the write
+
+    @staticmethod
+    async def _pipeline(node: ClusterNode, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send every command on one connection and read every reply; error replies are returned."""
+        connection = node.acquire_connection()
+        try:
+            try:
+                # A connection whose peer went away (a killed primary) is replaced before
+                # anything is sent, so its failure still proves nothing ran.
+                if connection.is_connected and await connection.can_read_destructive():
+                    await connection.disconnect()
+            except _BROKEN:
+                await connection.disconnect()
+            try:
+                await connection.connect()
+            except _BROKEN as error:
+                raise _NotExecuted(f"cannot connect to {node.name}: {error}") from error
+            try:
+                await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+                replies: list[Any] = []
+                for _ in commands:
+                    try:
+                        replies.append(await connection.read_response())
+                    except ResponseError as error:
+                        replies.append(error)
+                return replies
+            except _BROKEN as error:
+                await connection.disconnect()
+                log.warning("lost the connection to %s mid-operation: %r", node.name, error)
+                raise Unavailable(UNCONFIRMED) from error
+            except RedisError:
+                await connection.disconnect()
+                raise
+        finally:
+            node.release(connection)

@@ -1,0 +1,60 @@
+"""Fault injection on the local cluster: find a slot's primary, kill it, wait for its replica to take over."""
+
+from __future__ import annotations
+
+import time
+
+import redis
+
+from localdev.cluster import LocalCluster
+
+
+def _nodes(cluster: LocalCluster) -> list[dict]:
+    """CLUSTER NODES as seen by any running node."""
+    for index in cluster.processes:
+        try:
+            text = cluster.node(index).execute_command("CLUSTER", "NODES")
+        except redis.RedisError:
+            continue
+        nodes = []
+        for line in text.splitlines():
+            parts = line.split()
+            port = int(parts[1].split("@")[0].rsplit(":", 1)[1])
+            nodes.append({"port": port, "flags": parts[2], "slots": parts[8:]})
+        return nodes
+    raise RuntimeError("no cluster node answers")
+
+
+def primary_of(cluster: LocalCluster, key: str) -> int:
+    """Index (into cluster.ports) of the healthy primary that serves `key`'s slot."""
+    slot = redis.cluster.key_slot(key.encode())
+    for node in _nodes(cluster):
+        if "master" not in node["flags"] or "fail" in node["flags"]:
+            continue
+        for span in node["slots"]:
+            if span.startswith("["):  # a slot being migrated
+                continue
+            low, _, high = span.partition("-")
+            if int(low) <= slot <= int(high or low):
+                return cluster.ports.index(node["port"])
+    raise LookupError(f"no healthy primary serves slot {slot}")
+
+
+def fail_over_by_killing(cluster: LocalCluster, key: str, timeout_s: float = 30) -> tuple[int, int, float]:
+    """kill -9 the primary of `key`'s slot and wait until the cluster promoted a replica.
+
+    Returns (killed index, promoted index, seconds until promotion). The killed node stays down.
+    """
+    victim = primary_of(cluster, key)
+    started = time.monotonic()
+    cluster.kill_node(victim)
+    while True:
+        try:
+            promoted = primary_of(cluster, key)
+            if promoted != victim:
+                return victim, promoted, time.monotonic() - started
+        except LookupError:
+            pass
+        if time.monotonic() - started > timeout_s:
+            raise TimeoutError(f"no replica took over from node {victim} within {timeout_s}s")
+        time.sleep(0.05)

@@ -1,0 +1,150 @@
+"""Failover of a primary under load, aggregator crashes, a whole-cluster restart: nothing acknowledged is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import time
+import uuid
+from collections import Counter
+
+import grpc
+import pytest
+from redis.cluster import RedisCluster
+
+from bench.failover import run_failover
+from bench.load import LoadResult, closed_loop
+from common import keys
+from localdev.faults import fail_over_by_killing
+from localdev.system import System
+from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
+from tests.conftest import PARTITIONS
+from tests.helpers import wait_until
+
+TOLERATED = {"UNAVAILABLE", "DEADLINE_EXCEEDED"}
+
+
+@pytest.fixture(scope="module")
+def cluster_client(fresh_system: System):
+    client = RedisCluster.from_url(fresh_system.cluster.url, decode_responses=True)
+    yield client
+    client.close()
+
+
+def test_acknowledged_creates_survive_a_primary_kill(fresh_system: System) -> None:
+    """kill -9 of a primary mid-run with `replica` durability: every acknowledged create is readable."""
+    run = run_failover(fresh_system, users=3000, workers=16, kill_after=500)
+    print(
+        f"\nfailover: {len(run.load.ok())} acknowledged of {len(run.load.outcomes)}, errors {run.load.error_counts()}, "
+        f"promoted after {run.promoted_after_s:.2f}s, writes recovered after {run.recovered_after_s:.2f}s, lost {len(run.lost)}"
+    )
+    assert len(run.load.outcomes) == 3000
+    assert set(run.load.error_counts()) <= TOLERATED
+    assert run.lost == []
+    assert len(run.load.ok()) >= 2000
+
+
+def _read_events(client: RedisCluster, group: str) -> Counter:
+    """Read events per user in every partition stream, as kept for the audit group."""
+    counts: Counter = Counter()
+    for partition in range(PARTITIONS):
+        for _, fields in client.xrange(keys.events_key(partition)):
+            if fields["type"] == "read":
+                counts[fields["user"]] += 1
+    return counts
+
+
+def _settled(client: RedisCluster) -> bool:
+    """The aggregator's group has consumed and acknowledged everything."""
+    for partition in range(PARTITIONS):
+        for group in client.xinfo_groups(keys.events_key(partition)):
+            if group["name"] == "aggregator" and (group["pending"] or group["lag"]):
+                return False
+    return True
+
+
+def test_counts_stay_exact_across_aggregator_crashes_and_a_failover(fresh_system: System, cluster_client: RedisCluster) -> None:
+    """10,000 reads while the aggregator is SIGKILLed and restarted and a primary fails over."""
+    system = fresh_system
+    run = uuid.uuid4().hex[:6]
+    users = [f"x{run}-{i}" for i in range(100)]
+    audit = f"audit-{run}"
+    for partition in range(PARTITIONS):
+        cluster_client.xgroup_create(keys.events_key(partition), audit, id="$", mkstream=True)
+
+    async def scenario() -> LoadResult:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{system.profile_port}") as channel:
+            stub = profile_pb2_grpc.ProfileServiceStub(channel)
+            for user in users:
+                await stub.CreateProfile(profile_pb2.CreateProfileRequest(user=user, fields={"k": "v"}), timeout=5)
+
+            async def read(item: str) -> None:
+                await stub.GetProfile(profile_pb2.GetProfileRequest(user=item.split("#")[0]), timeout=2)
+
+            progress = LoadResult()
+            reads = [f"{random.choice(users)}#{i}" for i in range(10_000)]
+            load = asyncio.create_task(closed_loop(reads, read, 16, progress))
+            crashes = 0
+            failed_over = False
+            while not load.done():
+                await asyncio.sleep(0.4)
+                if load.done():
+                    break
+                system.stop_process("aggregator_svc", signal.SIGKILL)
+                crashes += 1
+                system.start_process("aggregator_svc", "aggregator_svc")
+                if not failed_over and len(progress.outcomes) > 3000:
+                    victim, _, _ = await asyncio.to_thread(fail_over_by_killing, system.cluster, keys.events_key(0))
+                    await asyncio.to_thread(system.cluster.start_node, victim)
+                    failed_over = True
+            assert crashes >= 3 and failed_over
+            return await load
+
+    result = asyncio.run(scenario())
+    system.cluster.wait_ready()
+    wait_until(lambda: _settled(cluster_client), timeout_s=60, what="the aggregator to settle")
+
+    events = _read_events(cluster_client, audit)
+    succeeded = Counter(o.item.split("#")[0] for o in result.ok())
+    failed = Counter(o.item.split("#")[0] for o in result.failed())
+    print(f"\naggregator crashes: {len(result.ok())} reads succeeded, errors {result.error_counts()}")
+    assert set(result.error_counts()) <= TOLERATED
+    for user in users:
+        score = cluster_client.zscore(keys.reads_key(keys.partition_of(user, PARTITIONS)), user) or 0
+        # Exactly once: the statistics count every read event once, no more, no less.
+        assert int(score) == events[user], user
+        # Every acknowledged read has its event; a failed call may or may not have run.
+        assert succeeded[user] <= events[user] <= succeeded[user] + failed[user], user
+    for partition in range(PARTITIONS):
+        cluster_client.xgroup_destroy(keys.events_key(partition), audit)
+
+
+def test_profiles_and_statistics_survive_a_restart_of_every_node(fresh_system: System, cluster_client: RedisCluster) -> None:
+    """Stop all nodes, start them again from their append-only files: everything is there."""
+    system = fresh_system
+    run = uuid.uuid4().hex[:6]
+    users = [f"r{run}-{i}" for i in range(200)]
+
+    async def write_and_read() -> None:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{system.profile_port}") as channel:
+            stub = profile_pb2_grpc.ProfileServiceStub(channel)
+            for i, user in enumerate(users):
+                await stub.CreateProfile(profile_pb2.CreateProfileRequest(user=user, fields={"i": str(i)}), timeout=5)
+                for _ in range(i % 3):
+                    await stub.GetProfile(profile_pb2.GetProfileRequest(user=user), timeout=5)
+
+    asyncio.run(write_and_read())
+    wait_until(lambda: _settled(cluster_client), timeout_s=30, what="the aggregator to settle")
+
+    def snapshot() -> tuple[dict, dict]:
+        profiles = {u: cluster_client.hgetall(keys.profile_key(u, PARTITIONS)) for u in users}
+        scores = {u: cluster_client.zscore(keys.reads_key(keys.partition_of(u, PARTITIONS)), u) for u in users}
+        return profiles, scores
+
+    before = snapshot()
+    assert all(before[0].values())
+    system.cluster.stop()
+    system.cluster.start()
+    wait_until(lambda: all(system.grpc_status(p) == "SERVING" for p in system.grpc_ports.values()), what="health")
+    assert snapshot() == before

@@ -6,7 +6,8 @@
 -- Exactly once: an event is applied only when XACK returns 1, i.e. it was still pending.
 -- When a slow consumer and the one that claimed its entries race, the later one applies nothing.
 -- Order: consumers may apply batches of one partition out of order, so a delete leaves a
--- tombstone and a read older than it is ignored; reads commute with each other.
+-- tombstone and a read older than it is ignored; reads commute with each other. A delete applied
+-- after newer reads of the user (re-created meanwhile) keeps those reads rather than dropping them.
 -- Returns the number of events applied.
 
 local function older(a, b)
@@ -14,6 +15,33 @@ local function older(a, b)
   local b_ms, b_seq = string.match(b, '(%d+)-(%d+)')
   a_ms, a_seq, b_ms, b_seq = tonumber(a_ms), tonumber(a_seq), tonumber(b_ms), tonumber(b_seq)
   return a_ms < b_ms or (a_ms == b_ms and a_seq < b_seq)
+end
+
+local function field(flat, name)
+  for i = 1, #flat, 2 do
+    if flat[i] == name then return flat[i + 1] end
+  end
+end
+
+-- Reads of `user` newer than the delete `id` that are already applied, i.e. delivered to the group
+-- and no longer pending. They are all still in the stream: `id` was pending until this script
+-- acknowledged it, and trimming never passes a pending entry.
+local function applied_reads_after(id, user)
+  local last_delivered = nil
+  for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    if field(group, 'name') == ARGV[1] then last_delivered = field(group, 'last-delivered-id') end
+  end
+  if last_delivered == nil or not older(id, last_delivered) then
+    return 0
+  end
+  local count = 0
+  for _, entry in ipairs(redis.call('XRANGE', KEYS[1], '(' .. id, last_delivered)) do
+    if field(entry[2], 'user') == user and field(entry[2], 'type') == 'read'
+        and #redis.call('XPENDING', KEYS[1], ARGV[1], entry[1], entry[1], 1) == 0 then
+      count = count + 1
+    end
+  end
+  return count
 end
 
 local applied = 0
@@ -28,7 +56,12 @@ for i = 2, #ARGV, 3 do
     elseif kind == 'delete' then
       local deleted = redis.call('HGET', KEYS[4], user)
       if not deleted or older(deleted, id) then
-        redis.call('ZREM', KEYS[2], user)
+        local newer = applied_reads_after(id, user)
+        if newer > 0 then
+          redis.call('ZADD', KEYS[2], newer, user)
+        else
+          redis.call('ZREM', KEYS[2], user)
+        end
         redis.call('HSET', KEYS[4], user, id)
         redis.call('ZADD', KEYS[5], tonumber(string.match(id, '(%d+)-')), user)
       end

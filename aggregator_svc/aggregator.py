@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from common import keys
 from common.cluster import Cluster
@@ -23,6 +23,10 @@ SCRIPTS = Path(__file__).parent / "scripts"
 RETRY_S = 0.5
 # Consumers with nothing pending and idle this long (a crashed or retired replica) are removed.
 FORGET_CONSUMER_AFTER_MS = 10 * 60 * 1000
+# Failures to wait out, not to die of. RedisClusterException (no node reachable) is not a RedisError;
+# redis-py 8.1 raises AttributeError/TypeError instead of ConnectionError when a connection is closed
+# under a running command, as happens to the parallel reads when the cluster comes back.
+UNAVAILABLE = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError, AttributeError, TypeError)
 
 Entry = tuple[bytes, dict[bytes, bytes]]
 
@@ -82,7 +86,7 @@ class Aggregator:
                     continue
                 log.warning("partition %d: %s", partition, error)
                 await asyncio.sleep(RETRY_S)
-            except (RedisError, OSError, asyncio.TimeoutError) as error:
+            except UNAVAILABLE as error:
                 log.warning("partition %d: cluster unavailable: %r", partition, error)
                 await asyncio.sleep(RETRY_S)
 
@@ -135,5 +139,5 @@ class Aggregator:
             except ResponseError as error:
                 if "NOGROUP" not in str(error):
                     log.warning("%s: %s", job.__name__, error)
-            except (RedisError, OSError, asyncio.TimeoutError) as error:
+            except UNAVAILABLE as error:
                 log.warning("%s: cluster unavailable: %r", job.__name__, error)

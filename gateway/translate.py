@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import grpc
@@ -39,6 +40,8 @@ _INTEGER_TYPES = {
     FieldDescriptor.CPPTYPE_UINT64,
 }
 _64_BIT = {FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64}
+# int() alone would also take "1_000", " 3" and non-ASCII digits; grpc-gateway (strconv.ParseInt) takes none.
+_DECIMAL = re.compile(r"[+-]?[0-9]+")
 
 
 class BadRequest(ValueError):
@@ -61,6 +64,8 @@ def build_request(route: Route, path_params: dict[str, str], body: bytes) -> Mes
         raw = path_params[field.name]
         if field.cpp_type in _INTEGER_TYPES:
             try:
+                if not _DECIMAL.fullmatch(raw):
+                    raise ValueError(raw)
                 setattr(request, field.name, int(raw, 10))
             except (ValueError, OverflowError):  # OverflowError: out of the field's range
                 raise BadRequest(f"{field.name} must be an integer, got {raw[:40]!r}") from None
@@ -78,6 +83,8 @@ def _parse_body(route: Route, request: Message, body: bytes) -> None:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise BadRequest(f"request body is not valid JSON: {error}") from None
+    except (ValueError, RecursionError):  # a number of over 4300 digits; nesting deeper than the parser's stack
+        raise BadRequest("request body is not acceptable JSON: a number is too long or it nests too deeply") from None
     if not isinstance(data, dict):
         raise BadRequest(f"request body must be a JSON object, got {type(data).__name__}")
     if route.body == "*":

@@ -10,6 +10,9 @@ _handed_out: set[int] = set()
 
 def port_is_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As servers bind (valkey, gRPC, aiohttp all set SO_REUSEADDR): connections left in TIME_WAIT
+        # by a stopped node must not make its port look taken when the node starts again.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:

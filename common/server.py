@@ -25,6 +25,7 @@ MAX_MESSAGE_BYTES = 1 << 20
 HEALTH_INTERVAL_S = 1.0
 # Calls that come without a deadline still get one, so retries inside can't go on for ever.
 MAX_CALL_S = 10.0
+BIND_WAIT_S = 65
 
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable])
 
@@ -79,6 +80,28 @@ async def _watch_cluster(cluster: Cluster, health: health_aio.HealthServicer, se
         await asyncio.sleep(HEALTH_INTERVAL_S)
 
 
+async def _bind(server: grpc.aio.Server, listen: str) -> None:
+    """Listen on `listen`, waiting up to BIND_WAIT_S for the port to be free.
+
+    Ports such as 50051 lie in Linux's ephemeral range: an outgoing connection may have used one
+    as its local port, and once closed it lingers in TIME_WAIT for 60 s, during which even
+    SO_REUSEADDR can't bind it. That passes; a real listener does not.
+    """
+    waited = 0
+    while True:
+        try:
+            server.add_insecure_port(listen)
+            return
+        except RuntimeError:
+            if waited >= BIND_WAIT_S:
+                raise SystemExit(f"cannot listen on {listen}: the port is in use") from None
+            if waited % 10 == 0:
+                log.warning("cannot listen on %s yet (in use, or held by a closed connection in TIME_WAIT); "
+                            "waiting up to %d s", listen, BIND_WAIT_S - waited)
+            await asyncio.sleep(1)
+            waited += 1
+
+
 async def serve(
     listen: str,
     cluster: Cluster,
@@ -107,7 +130,7 @@ async def serve(
     reflection.enable_server_reflection(
         [*services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
     )
-    server.add_insecure_port(listen)
+    await _bind(server, listen)
     await server.start()
     log.info("listening on %s", listen)
 

@@ -22,7 +22,7 @@ def main() -> None:
     )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        system.start()
+        system.start(timeout_s=120)
         print(
             "\nprofilemesh is running:\n"
             f"  cluster        {system.cluster.url}  (nodes {system.cluster.startup_urls}, data in .cluster/)\n"

@@ -26,7 +26,7 @@ class Cluster:
     ``max_connections`` are busy, so every command goes through a semaphore kept below it.
     """
 
-    def __init__(self, settings: Settings, extra_connections: int = 0) -> None:
+    def __init__(self, settings: Settings) -> None:
         timeout = settings.redis_timeout_ms / 1000
         self.settings = settings
         self.client: RedisCluster = RedisCluster.from_url(
@@ -35,7 +35,8 @@ class Cluster:
             socket_connect_timeout=timeout,
             # Partitions on a healthy shard keep working while another shard is down.
             require_full_coverage=False,
-            max_connections=settings.redis_max_concurrency + extra_connections + 8,
+            # Room beyond the bound for the aggregator's blocking reads, one per partition.
+            max_connections=settings.redis_max_concurrency + settings.partitions + 8,
         )
         self.limit = asyncio.Semaphore(settings.redis_max_concurrency)
         self._initialized = False

@@ -6,6 +6,7 @@ import asyncio
 import functools
 import logging
 import signal
+from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Iterable, TypeVar
 
 import grpc
@@ -15,7 +16,9 @@ from grpc_reflection.v1alpha import reflection
 from redis.exceptions import MaxConnectionsError, RedisClusterException, RedisError
 
 from common.cluster import Cluster
+from common.config import Settings
 from common.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from common.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -102,15 +105,30 @@ async def _bind(server: grpc.aio.Server, listen: str) -> None:
             waited += 1
 
 
-async def serve(
-    listen: str,
-    cluster: Cluster,
-    register: Callable[[grpc.aio.Server], list[str]],
-    background: Iterable[Callable[[], Awaitable[None]]] = (),
-) -> None:
+@dataclass
+class Service:
+    """What a process serves: its gRPC services (for health and reflection) and its background jobs."""
+
+    names: list[str]
+    background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+def run_service(process: str, listen: Callable[[Settings], str], build: Callable[[grpc.aio.Server, Cluster], Service]) -> None:
+    """A service's whole `main`: settings, logging, the cluster client, then serve until a signal."""
+    settings = Settings.from_env()
+    setup_logging(process, settings.log_level)
+
+    async def main() -> None:
+        cluster = Cluster(settings)
+        await serve(listen(settings), cluster, lambda server: build(server, cluster))
+
+    asyncio.run(main())
+
+
+async def serve(listen: str, cluster: Cluster, build: Callable[[grpc.aio.Server], Service]) -> None:
     """Run a gRPC server until SIGTERM or SIGINT, then drain it.
 
-    ``register`` adds the servicers and returns their full service names. On a signal,
+    ``build`` adds the servicers and says what the process serves. On a signal,
     health turns NOT_SERVING first, so load balancers stop sending before the listener closes.
     """
     server = grpc.aio.server(
@@ -122,7 +140,8 @@ async def serve(
             ("grpc.so_reuseport", 0),
         ]
     )
-    services = register(server)
+    served = build(server)
+    services = served.names
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     for service in ("", *services):
@@ -140,7 +159,7 @@ async def serve(
         loop.add_signal_handler(signum, stopping.set)
 
     tasks = [asyncio.create_task(_watch_cluster(cluster, health, services), name="health")]
-    tasks += [asyncio.create_task(job(), name=getattr(job, "__name__", "job")) for job in background]
+    tasks += [asyncio.create_task(job(), name=getattr(job, "__name__", "job")) for job in served.background]
     stop_wait = asyncio.create_task(stopping.wait())
     done, _ = await asyncio.wait([stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
     stop_wait.cancel()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-import os
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -46,25 +46,35 @@ def make_system(directory: Path) -> System:
     )
 
 
+@contextlib.contextmanager
+def running_system(directory: Path) -> Iterator[System]:
+    system = make_system(directory)
+    try:
+        system.start()
+        yield system
+    finally:
+        system.stop()
+
+
 @pytest.fixture(scope="session")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    running = make_system(tmp_path_factory.mktemp("system"))
-    try:
-        running.start()
+    with running_system(tmp_path_factory.mktemp("system")) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="module")
 def fresh_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     """A system of the module's own, for tests that need empty statistics or that stop the cluster."""
-    running = make_system(tmp_path_factory.mktemp("fresh"))
-    try:
-        running.start()
+    with running_system(tmp_path_factory.mktemp("fresh")) as running:
         yield running
-    finally:
-        running.stop()
+
+
+@pytest.fixture(scope="module")
+def fresh_client(fresh_system: System) -> Iterator[RedisCluster]:
+    """A client of the module's own cluster, to look at what the services wrote."""
+    client = RedisCluster.from_url(fresh_system.cluster.url, decode_responses=True)
+    yield client
+    client.close()
 
 
 @pytest.fixture(scope="session")

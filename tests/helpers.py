@@ -5,7 +5,12 @@ from __future__ import annotations
 import http.client
 import json
 import time
+from collections import Counter
 from typing import Any, Callable
+
+from redis.cluster import RedisCluster
+
+from common import keys
 
 
 def http_call(port: int, method: str, path: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
@@ -33,3 +38,13 @@ def wait_until(condition: Callable[[], Any], timeout_s: float = 30, interval_s: 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what or condition}")
         time.sleep(interval_s)
+
+
+def read_events(client: RedisCluster, partitions: int) -> Counter:
+    """Read events per user in every partition's stream (a test's audit group keeps them from trimming)."""
+    counted: Counter = Counter()
+    for partition in range(partitions):
+        for _, fields in client.xrange(keys.events_key(partition)):
+            if fields["type"] == "read":
+                counted[fields["user"]] += 1
+    return counted

@@ -39,14 +39,7 @@ class Snapshot:
 
 
 @pytest.fixture(scope="module")
-def client(fresh_system: System) -> Iterator[RedisCluster]:
-    client = RedisCluster.from_url(fresh_system.cluster.url, decode_responses=True)
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def settled(fresh_system: System, client: RedisCluster) -> Iterator[None]:
+def settled(fresh_system: System, fresh_client: RedisCluster) -> Iterator[None]:
     """The module's cluster with one profile, once the aggregator has nothing left to write.
 
     An audit group that reads nothing keeps every event in the streams, so events_of sees them all.
@@ -54,25 +47,25 @@ def settled(fresh_system: System, client: RedisCluster) -> Iterator[None]:
     streams = [keys.events_key(p) for p in range(PARTITIONS)]
 
     def aggregator_groups_exist() -> bool:
-        return all(client.exists(s) and any(g["name"] == "aggregator" for g in client.xinfo_groups(s)) for s in streams)
+        return all(fresh_client.exists(s) and any(g["name"] == "aggregator" for g in fresh_client.xinfo_groups(s)) for s in streams)
 
     wait_until(aggregator_groups_exist, what="the aggregator's consumer groups")
     for stream in streams:
-        client.xgroup_create(stream, AUDIT_GROUP, id="$")
+        fresh_client.xgroup_create(stream, AUDIT_GROUP, id="$")
     assert http_call(fresh_system.gateway_port, "POST", f"/profile/{EXISTING}", EXISTING_FIELDS)[0] == 201
     partition = keys.partition_of(EXISTING, PARTITIONS)
-    wait_until(lambda: client.hget(keys.totals_key(partition), "create") == "1", what="the aggregator to count the create")
+    wait_until(lambda: fresh_client.hget(keys.totals_key(partition), "create") == "1", what="the aggregator to count the create")
     yield
     for stream in streams:
-        client.xgroup_destroy(stream, AUDIT_GROUP)
+        fresh_client.xgroup_destroy(stream, AUDIT_GROUP)
 
 
-def snapshot(client: RedisCluster) -> Snapshot:
+def snapshot(fresh_client: RedisCluster) -> Snapshot:
     return Snapshot(
-        keys=client.dbsize(),
-        profiles=frozenset(client.scan_iter(match="profile:*", count=1000)),
-        events_added=tuple(client.xinfo_stream(keys.events_key(p))["entries-added"] for p in range(PARTITIONS)),
-        existing=client.hgetall(keys.profile_key(EXISTING, PARTITIONS)),
+        keys=fresh_client.dbsize(),
+        profiles=frozenset(fresh_client.scan_iter(match="profile:*", count=1000)),
+        events_added=tuple(fresh_client.xinfo_stream(keys.events_key(p))["entries-added"] for p in range(PARTITIONS)),
+        existing=fresh_client.hgetall(keys.profile_key(EXISTING, PARTITIONS)),
     )
 
 
@@ -91,21 +84,21 @@ def raw_request(port: int, method: str, path: str, body: bytes | None) -> tuple[
 
 
 def assert_rejected(
-    system: System, client: RedisCluster, method: str, path: str, status: int, *, body: Any = None, raw: bytes | None = None,
+    system: System, fresh_client: RedisCluster, method: str, path: str, status: int, *, body: Any = None, raw: bytes | None = None,
     users: tuple[str, ...] = (), says: str = "",
 ) -> dict[str, Any]:
     """The request gets `status` with a JSON message, and the cluster is exactly as before."""
-    before = snapshot(client)
-    events_before = {user: events_of(client, user) for user in (*users, EXISTING)}
+    before = snapshot(fresh_client)
+    events_before = {user: events_of(fresh_client, user) for user in (*users, EXISTING)}
     got, reply = http_call(system.gateway_port, method, path, body, raw=raw)
     assert got == status, reply
     assert isinstance(reply, dict) and isinstance(reply.get("message"), str) and reply["message"].strip(), reply
     assert says in reply["message"]
     assert len(reply["message"]) < 500, "an error message must not echo a huge input"
-    assert snapshot(client) == before
+    assert snapshot(fresh_client) == before
     for user in users:
-        assert not client.exists(keys.profile_key(user, PARTITIONS)), user
-    assert {user: events_of(client, user) for user in (*users, EXISTING)} == events_before
+        assert not fresh_client.exists(keys.profile_key(user, PARTITIONS)), user
+    assert {user: events_of(fresh_client, user) for user in (*users, EXISTING)} == events_before
     return reply
 
 
@@ -141,9 +134,9 @@ MALFORMED_BODIES: dict[str, tuple[bytes, str]] = {
 
 @pytest.mark.parametrize(("method", "user"), BODY_ROUTES, ids=BODY_ROUTE_IDS)
 @pytest.mark.parametrize("case", MALFORMED_BODIES.values(), ids=MALFORMED_BODIES.keys())
-def test_malformed_bodies(fresh_system: System, client: RedisCluster, method: str, user: str, case: tuple[bytes, str]) -> None:
+def test_malformed_bodies(fresh_system: System, fresh_client: RedisCluster, method: str, user: str, case: tuple[bytes, str]) -> None:
     raw, says = case
-    assert_rejected(fresh_system, client, method, f"/profile/{user}", 400, raw=raw, users=(NEW,), says=says)
+    assert_rejected(fresh_system, fresh_client, method, f"/profile/{user}", 400, raw=raw, users=(NEW,), says=says)
 
 
 INVALID_FIELDS: dict[str, tuple[Any, str]] = {
@@ -172,17 +165,17 @@ INVALID_FIELDS: dict[str, tuple[Any, str]] = {
 
 @pytest.mark.parametrize(("method", "user"), BODY_ROUTES, ids=BODY_ROUTE_IDS)
 @pytest.mark.parametrize("case", INVALID_FIELDS.values(), ids=INVALID_FIELDS.keys())
-def test_invalid_fields(fresh_system: System, client: RedisCluster, method: str, user: str, case: tuple[Any, str]) -> None:
+def test_invalid_fields(fresh_system: System, fresh_client: RedisCluster, method: str, user: str, case: tuple[Any, str]) -> None:
     body, says = case
-    assert_rejected(fresh_system, client, method, f"/profile/{user}", 400, body=body, users=(NEW,), says=says)
+    assert_rejected(fresh_system, fresh_client, method, f"/profile/{user}", 400, body=body, users=(NEW,), says=says)
 
 
 @pytest.mark.parametrize(("method", "user"), BODY_ROUTES, ids=BODY_ROUTE_IDS)
 @pytest.mark.parametrize("size", [64 * 1024 + 1, 200 * 1024])
-def test_oversized_body(fresh_system: System, client: RedisCluster, method: str, user: str, size: int) -> None:
+def test_oversized_body(fresh_system: System, fresh_client: RedisCluster, method: str, user: str, size: int) -> None:
     body = b'{"bio": "' + b"x" * (size - len(b'{"bio": ""}')) + b'"}'
     assert len(body) == size
-    assert_rejected(fresh_system, client, method, f"/profile/{user}", 413, raw=body, users=(NEW,), says="larger than 65536")
+    assert_rejected(fresh_system, fresh_client, method, f"/profile/{user}", 413, raw=body, users=(NEW,), says="larger than 65536")
 
 
 # --- User names in the path, on every route that has one ------------------------------------------
@@ -211,11 +204,11 @@ USER_ROUTES = [
 @pytest.mark.parametrize(("method", "template", "body"), USER_ROUTES, ids=[f"{m} {t}" for m, t, _ in USER_ROUTES])
 @pytest.mark.parametrize("case", BAD_USERS.values(), ids=BAD_USERS.keys())
 def test_invalid_user_in_path(
-    fresh_system: System, client: RedisCluster, method: str, template: str, body: Any, case: tuple[str, str]
+    fresh_system: System, fresh_client: RedisCluster, method: str, template: str, body: Any, case: tuple[str, str]
 ) -> None:
     in_path, user = case
     assert_rejected(
-        fresh_system, client, method, template.format(in_path), 400, body=body, users=(user,), says="is invalid"
+        fresh_system, fresh_client, method, template.format(in_path), 400, body=body, users=(user,), says="is invalid"
     )
 
 
@@ -238,9 +231,9 @@ BAD_LIMITS = {
 
 
 @pytest.mark.parametrize("case", BAD_LIMITS.values(), ids=BAD_LIMITS.keys())
-def test_invalid_top_n(fresh_system: System, client: RedisCluster, case: tuple[str, str]) -> None:
+def test_invalid_top_n(fresh_system: System, fresh_client: RedisCluster, case: tuple[str, str]) -> None:
     n, says = case
-    assert_rejected(fresh_system, client, "GET", f"/reporting/profileStats/{n}", 400, says=says)
+    assert_rejected(fresh_system, fresh_client, "GET", f"/reporting/profileStats/{n}", 400, says=says)
 
 
 # --- Paths and methods the API does not have -------------------------------------------------------
@@ -254,9 +247,9 @@ UNKNOWN_PATHS = [
 
 @pytest.mark.parametrize("method", ["GET", "POST", "DELETE"])
 @pytest.mark.parametrize("path", UNKNOWN_PATHS)
-def test_unknown_paths(fresh_system: System, client: RedisCluster, method: str, path: str) -> None:
+def test_unknown_paths(fresh_system: System, fresh_client: RedisCluster, method: str, path: str) -> None:
     body = {"email": "a@example.com"} if method == "POST" else None
-    assert_rejected(fresh_system, client, method, path, 404, body=body)
+    assert_rejected(fresh_system, fresh_client, method, path, 404, body=body)
 
 
 WRONG_METHODS = [
@@ -273,9 +266,9 @@ WRONG_METHODS = [
 
 
 @pytest.mark.parametrize(("method", "path", "allowed"), WRONG_METHODS, ids=[f"{m} {p}" for m, p, _ in WRONG_METHODS])
-def test_wrong_methods(fresh_system: System, client: RedisCluster, method: str, path: str, allowed: str) -> None:
+def test_wrong_methods(fresh_system: System, fresh_client: RedisCluster, method: str, path: str, allowed: str) -> None:
     body = {"email": "changed@example.com"}
-    assert_rejected(fresh_system, client, method, path, 405, body=body, users=("x",))
+    assert_rejected(fresh_system, fresh_client, method, path, 405, body=body, users=("x",))
     status, headers, _ = raw_request(fresh_system.gateway_port, method, path, json.dumps(body).encode())
     assert status == 405 and sorted(headers["Allow"].split(",")) == sorted(allowed.split(","))
 
@@ -283,12 +276,12 @@ def test_wrong_methods(fresh_system: System, client: RedisCluster, method: str, 
 # --- The check itself sees writes (else every test above would pass vacuously) ---------------------
 
 
-def test_the_check_notices_a_valid_write(fresh_system: System, client: RedisCluster) -> None:
-    before = snapshot(client)
+def test_the_check_notices_a_valid_write(fresh_system: System, fresh_client: RedisCluster) -> None:
+    before = snapshot(fresh_client)
     assert http_call(fresh_system.gateway_port, "PATCH", f"/profile/{EXISTING}", {"name": "Changed"})[0] == 200
-    after = snapshot(client)
+    after = snapshot(fresh_client)
     assert after.existing == {**EXISTING_FIELDS, "name": "Changed"}
     assert sum(after.events_added) == sum(before.events_added) + 1
-    assert [kind for _, kind in events_of(client, EXISTING)][-1] == "update"
+    assert [kind for _, kind in events_of(fresh_client, EXISTING)][-1] == "update"
     assert http_call(fresh_system.gateway_port, "POST", "/profile/control", {"a": "b"})[0] == 201
-    assert snapshot(client).profiles == before.profiles | {keys.profile_key("control", PARTITIONS)}
+    assert snapshot(fresh_client).profiles == before.profiles | {keys.profile_key("control", PARTITIONS)}

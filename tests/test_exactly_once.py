@@ -13,10 +13,8 @@ import signal
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import grpc
-import pytest
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
@@ -26,7 +24,7 @@ from localdev.system import System
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 from profilemesh.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from tests.conftest import PARTITIONS
-from tests.helpers import wait_until
+from tests.helpers import read_events, wait_until
 
 GROUP = "aggregator"  # the aggregators' consumer group (the default PROFILEMESH_AGGREGATOR_GROUP)
 GHOST = "ghost"
@@ -40,13 +38,6 @@ AUDIT = "audit-exactly-once"  # a group that reads nothing, so the stream keeps 
 # A call that failed so may still have run (the service could not confirm it): the stream tells.
 UNKNOWN_OUTCOME = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 APPLY = Path(__file__).resolve().parent.parent / "aggregator_svc" / "scripts" / "apply_events.lua"
-
-
-@pytest.fixture(scope="module")
-def fresh_client(fresh_system: System) -> Iterator[RedisCluster]:
-    client = RedisCluster.from_url(fresh_system.cluster.url, decode_responses=True)
-    yield client
-    client.close()
 
 
 @dataclass
@@ -169,16 +160,6 @@ async def drive(system: System, client: RedisCluster) -> Run:
     return run
 
 
-def read_events(client: RedisCluster) -> Counter:
-    """The read events in the streams (all kept by the audit group): what the aggregators must count."""
-    counted: Counter = Counter()
-    for partition in range(PARTITIONS):
-        for _, fields in client.xrange(keys.events_key(partition)):
-            if fields["type"] == "read":
-                counted[fields["user"]] += 1
-    return counted
-
-
 def test_every_read_counted_exactly_once(fresh_system: System, fresh_client: RedisCluster) -> None:
     system = fresh_system
     ports = dict(zip(REPLICAS, free_ports(len(REPLICAS))))
@@ -197,7 +178,7 @@ def test_every_read_counted_exactly_once(fresh_system: System, fresh_client: Red
         run = asyncio.run(drive(system, fresh_client))
 
         assert run.failures == []
-        events = read_events(fresh_client)
+        events = read_events(fresh_client, PARTITIONS)
         for user in USERS:
             assert run.reads[user] <= events[user] <= run.reads[user] + run.unknown[user], user
         if not run.unknown:

@@ -303,13 +303,6 @@ def test_top_readers_includes_the_tie_by_name(redis_client: RedisCluster, top_sc
         redis_client.delete(key)
 
 
-@pytest.fixture(scope="module")
-def fresh_client(fresh_system: System) -> Iterator[RedisCluster]:
-    client = RedisCluster.from_url(fresh_system.cluster.url, decode_responses=True)
-    yield client
-    client.close()
-
-
 def test_top_profiles_merge_breaks_ties_by_name_across_partitions(
     fresh_system: System, fresh_client: RedisCluster
 ) -> None:

@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
-import time
 import uuid
 from collections import Counter
 
 import grpc
-import pytest
 from redis.cluster import RedisCluster
 
 from bench.failover import run_failover
@@ -20,16 +18,9 @@ from localdev.faults import fail_over_by_killing
 from localdev.system import System
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 from tests.conftest import PARTITIONS
-from tests.helpers import wait_until
+from tests.helpers import read_events, wait_until
 
 TOLERATED = {"UNAVAILABLE", "DEADLINE_EXCEEDED"}
-
-
-@pytest.fixture(scope="module")
-def cluster_client(fresh_system: System):
-    client = RedisCluster.from_url(fresh_system.cluster.url, decode_responses=True)
-    yield client
-    client.close()
 
 
 def test_acknowledged_creates_survive_a_primary_kill(fresh_system: System) -> None:
@@ -45,16 +36,6 @@ def test_acknowledged_creates_survive_a_primary_kill(fresh_system: System) -> No
     assert len(run.load.ok()) >= 2000
 
 
-def _read_events(client: RedisCluster, group: str) -> Counter:
-    """Read events per user in every partition stream, as kept for the audit group."""
-    counts: Counter = Counter()
-    for partition in range(PARTITIONS):
-        for _, fields in client.xrange(keys.events_key(partition)):
-            if fields["type"] == "read":
-                counts[fields["user"]] += 1
-    return counts
-
-
 def _settled(client: RedisCluster) -> bool:
     """The aggregator's group has consumed and acknowledged everything."""
     for partition in range(PARTITIONS):
@@ -64,14 +45,14 @@ def _settled(client: RedisCluster) -> bool:
     return True
 
 
-def test_counts_stay_exact_across_aggregator_crashes_and_a_failover(fresh_system: System, cluster_client: RedisCluster) -> None:
+def test_counts_stay_exact_across_aggregator_crashes_and_a_failover(fresh_system: System, fresh_client: RedisCluster) -> None:
     """10,000 reads while the aggregator is SIGKILLed and restarted and a primary fails over."""
     system = fresh_system
     run = uuid.uuid4().hex[:6]
     users = [f"x{run}-{i}" for i in range(100)]
     audit = f"audit-{run}"
     for partition in range(PARTITIONS):
-        cluster_client.xgroup_create(keys.events_key(partition), audit, id="$", mkstream=True)
+        fresh_client.xgroup_create(keys.events_key(partition), audit, id="$", mkstream=True)
 
     async def scenario() -> LoadResult:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{system.profile_port}") as channel:
@@ -103,24 +84,24 @@ def test_counts_stay_exact_across_aggregator_crashes_and_a_failover(fresh_system
 
     result = asyncio.run(scenario())
     system.cluster.wait_ready()
-    wait_until(lambda: _settled(cluster_client), timeout_s=60, what="the aggregator to settle")
+    wait_until(lambda: _settled(fresh_client), timeout_s=60, what="the aggregator to settle")
 
-    events = _read_events(cluster_client, audit)
+    events = read_events(fresh_client, PARTITIONS)
     succeeded = Counter(o.item.split("#")[0] for o in result.ok())
     failed = Counter(o.item.split("#")[0] for o in result.failed())
     print(f"\naggregator crashes: {len(result.ok())} reads succeeded, errors {result.error_counts()}")
     assert set(result.error_counts()) <= TOLERATED
     for user in users:
-        score = cluster_client.zscore(keys.reads_key(keys.partition_of(user, PARTITIONS)), user) or 0
+        score = fresh_client.zscore(keys.reads_key(keys.partition_of(user, PARTITIONS)), user) or 0
         # Exactly once: the statistics count every read event once, no more, no less.
         assert int(score) == events[user], user
         # Every acknowledged read has its event; a failed call may or may not have run.
         assert succeeded[user] <= events[user] <= succeeded[user] + failed[user], user
     for partition in range(PARTITIONS):
-        cluster_client.xgroup_destroy(keys.events_key(partition), audit)
+        fresh_client.xgroup_destroy(keys.events_key(partition), audit)
 
 
-def test_profiles_and_statistics_survive_a_restart_of_every_node(fresh_system: System, cluster_client: RedisCluster) -> None:
+def test_profiles_and_statistics_survive_a_restart_of_every_node(fresh_system: System, fresh_client: RedisCluster) -> None:
     """Stop all nodes, start them again from their append-only files: everything is there."""
     system = fresh_system
     run = uuid.uuid4().hex[:6]
@@ -135,11 +116,11 @@ def test_profiles_and_statistics_survive_a_restart_of_every_node(fresh_system: S
                     await stub.GetProfile(profile_pb2.GetProfileRequest(user=user), timeout=5)
 
     asyncio.run(write_and_read())
-    wait_until(lambda: _settled(cluster_client), timeout_s=30, what="the aggregator to settle")
+    wait_until(lambda: _settled(fresh_client), timeout_s=30, what="the aggregator to settle")
 
     def snapshot() -> tuple[dict, dict]:
-        profiles = {u: cluster_client.hgetall(keys.profile_key(u, PARTITIONS)) for u in users}
-        scores = {u: cluster_client.zscore(keys.reads_key(keys.partition_of(u, PARTITIONS)), u) for u in users}
+        profiles = {u: fresh_client.hgetall(keys.profile_key(u, PARTITIONS)) for u in users}
+        scores = {u: fresh_client.zscore(keys.reads_key(keys.partition_of(u, PARTITIONS)), u) for u in users}
         return profiles, scores
 
     before = snapshot()

@@ -31,6 +31,11 @@ UNAVAILABLE = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError,
 Entry = tuple[bytes, dict[bytes, bytes]]
 
 
+def script_source(name: str) -> str:
+    """A script of scripts/ with the helpers it shares (Redis scripts can't import one another)."""
+    return (SCRIPTS / "helpers.lua").read_text() + "\n" + (SCRIPTS / name).read_text()
+
+
 class Aggregator:
     def __init__(self, cluster: Cluster) -> None:
         settings = cluster.settings
@@ -43,8 +48,8 @@ class Aggregator:
         self.partitions = range(settings.partitions)
         # A blocking read must return before the client's socket timeout fires.
         self.block_ms = max(settings.redis_timeout_ms // 2, 10)
-        self._apply = cluster.script(SCRIPTS / "apply_events.lua")
-        self._trim = cluster.script(SCRIPTS / "trim_acknowledged.lua")
+        self._apply = cluster.client.register_script(script_source("apply_events.lua"))
+        self._trim = cluster.client.register_script(script_source("trim_acknowledged.lua"))
         self.applied = 0
 
     async def run(self) -> None:

@@ -17,6 +17,7 @@ from typing import Callable
 
 import redis
 
+from localdev import processes
 from localdev.ports import port_is_free
 
 PRIMARIES = 3
@@ -113,14 +114,8 @@ class LocalCluster:
 
     def stop_node(self, index: int, sig: int = signal.SIGTERM, timeout_s: float = 30) -> None:
         process = self.processes.pop(index, None)
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(sig)
-        try:
-            process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is not None:
+            processes.stop(process, sig, timeout_s)
 
     def kill_node(self, index: int) -> None:
         self.stop_node(index, signal.SIGKILL)

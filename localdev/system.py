@@ -16,6 +16,7 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from localdev import processes
 from localdev.cluster import LocalCluster
 
 SERVICES = ("profile_svc", "reporting_svc", "aggregator_svc", "gateway")
@@ -72,16 +73,7 @@ class System:
 
     def stop_process(self, name: str, sig: int = signal.SIGTERM, timeout_s: float = 20) -> int | None:
         process = self.processes.pop(name, None)
-        if process is None:
-            return None
-        if process.poll() is None:
-            process.send_signal(sig)
-            try:
-                process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        return process.returncode
+        return processes.stop(process, sig, timeout_s) if process is not None else None
 
     def start(self, timeout_s: float = 60) -> None:
         self.cluster.start(timeout_s)

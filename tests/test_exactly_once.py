@@ -12,12 +12,12 @@ import random
 import signal
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
+from aggregator_svc.aggregator import script_source
 from common import keys
 from localdev.ports import free_ports
 from localdev.system import System
@@ -37,7 +37,6 @@ TIMEOUT_S = 30
 AUDIT = "audit-exactly-once"  # a group that reads nothing, so the stream keeps every event of the test
 # A call that failed so may still have run (the service could not confirm it): the stream tells.
 UNKNOWN_OUTCOME = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-APPLY = Path(__file__).resolve().parent.parent / "aggregator_svc" / "scripts" / "apply_events.lua"
 
 
 @dataclass
@@ -200,7 +199,7 @@ def test_every_read_counted_exactly_once(fresh_system: System, fresh_client: Red
             wait_until(settled, timeout_s=30, what="every entry applied and acknowledged")
 
             # The ghost comes back and applies what it held: XACK returns 0, nothing counts twice.
-            apply = fresh_client.register_script(APPLY.read_text())
+            apply = fresh_client.register_script(script_source("apply_events.lua"))
             for partition, entries in run.ghost_entries.items():
                 args = [GROUP] + [item for entry_id, fields in entries for item in (entry_id, fields["user"], fields["type"])]
                 stats = [keys.events_key(partition), keys.reads_key(partition), keys.totals_key(partition),

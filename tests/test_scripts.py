@@ -20,6 +20,7 @@ from redis.cluster import RedisCluster
 from redis.commands.core import Script
 from redis.crc import key_slot
 
+from aggregator_svc.aggregator import script_source
 from common import keys
 from common.cluster import Cluster
 from common.config import Settings
@@ -31,8 +32,6 @@ from reporting_svc.reports import Reports
 from tests.conftest import PARTITIONS
 
 ROOT = Path(__file__).resolve().parent.parent
-APPLY = ROOT / "aggregator_svc" / "scripts" / "apply_events.lua"
-TRIM = ROOT / "aggregator_svc" / "scripts" / "trim_acknowledged.lua"
 TOP_READERS = ROOT / "reporting_svc" / "scripts" / "top_readers.lua"
 GROUP = "g"
 
@@ -99,12 +98,12 @@ def part(redis_client: RedisCluster) -> Iterator[Partition]:
 
 @pytest.fixture(scope="module")
 def apply_script(redis_client: RedisCluster) -> Script:
-    return redis_client.register_script(APPLY.read_text())
+    return redis_client.register_script(script_source("apply_events.lua"))
 
 
 @pytest.fixture(scope="module")
 def trim_script(redis_client: RedisCluster) -> Script:
-    return redis_client.register_script(TRIM.read_text())
+    return redis_client.register_script(script_source("trim_acknowledged.lua"))
 
 
 @pytest.fixture(scope="module")

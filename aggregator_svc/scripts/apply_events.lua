@@ -10,19 +10,6 @@
 -- after newer reads of the user (re-created meanwhile) keeps those reads rather than dropping them.
 -- Returns the number of events applied.
 
-local function older(a, b)
-  local a_ms, a_seq = string.match(a, '(%d+)-(%d+)')
-  local b_ms, b_seq = string.match(b, '(%d+)-(%d+)')
-  a_ms, a_seq, b_ms, b_seq = tonumber(a_ms), tonumber(a_seq), tonumber(b_ms), tonumber(b_seq)
-  return a_ms < b_ms or (a_ms == b_ms and a_seq < b_seq)
-end
-
-local function field(flat, name)
-  for i = 1, #flat, 2 do
-    if flat[i] == name then return flat[i + 1] end
-  end
-end
-
 -- Reads of `user` newer than the delete `id` that are already applied, i.e. delivered to the group
 -- and no longer pending. They are all still in the stream: `id` was pending until this script
 -- acknowledged it, and trimming never passes a pending entry.

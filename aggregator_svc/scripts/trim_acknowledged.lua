@@ -8,19 +8,6 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   return 0
 end
 
-local function field(flat, name)
-  for i = 1, #flat, 2 do
-    if flat[i] == name then return flat[i + 1] end
-  end
-end
-
-local function older(a, b)
-  local a_ms, a_seq = string.match(a, '(%d+)-(%d+)')
-  local b_ms, b_seq = string.match(b, '(%d+)-(%d+)')
-  a_ms, a_seq, b_ms, b_seq = tonumber(a_ms), tonumber(a_seq), tonumber(b_ms), tonumber(b_seq)
-  return a_ms < b_ms or (a_ms == b_ms and a_seq < b_seq)
-end
-
 -- The oldest entry some group still needs: its oldest pending entry, or the one after
 -- its last delivered entry (approximated by that entry itself, which keeps one extra).
 local keep_from = nil

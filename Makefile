@@ -6,16 +6,20 @@ DEPS   := $(VENV)/.deps-installed
 PROTOS := $(shell find protos -name '*.proto')
 GEN    := gen/.generated
 
-.PHONY: run test bench proto cluster clean
+.PHONY: run test bench proto cluster clean wrk
 
 run: $(GEN)
 	$(PY) -m localdev.run
 
-test: $(GEN)
+test: $(GEN) wrk
 	$(PY) -m pytest
 
-bench: $(GEN)
+bench: $(GEN) wrk
 	$(PY) -m bench.run
+
+# wrk, the HTTP load generator of `make bench` (and of its smoke test in `make test`): a Debian package.
+wrk:
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 
 proto: $(DEPS)
 	rm -rf gen

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,7 @@ class Aggregator:
     async def _consume(self, partition: int) -> None:
         stream = keys.events_key(partition)
         group_ready = False
+        own_pending_due = 0.0  # when to look for entries delivered to us but never applied
         while True:
             try:
                 if not group_ready:
@@ -80,18 +82,31 @@ class Aggregator:
                 # Blocking reads hold a connection for up to block_ms; they bypass the
                 # concurrency bound (the client has a connection reserved for each partition).
                 client = await self.cluster.connected()
+                if time.monotonic() >= own_pending_due:
+                    # A read whose reply was lost (a timeout, or the client's own retry of it) leaves
+                    # its entries pending for us: take them back first, after every error and every
+                    # maintenance interval, rather than waiting for them to be reclaimed as idle.
+                    reply = await client.xreadgroup(self.group, self.consumer, {stream: "0"}, count=self.batch)
+                    entries = reply[0][1] if reply else []
+                    if entries:
+                        await self._apply_entries(partition, entries)
+                    if len(entries) < self.batch:
+                        own_pending_due = time.monotonic() + self.maintenance_s
+                    continue
                 reply = await client.xreadgroup(
                     self.group, self.consumer, {stream: ">"}, count=self.batch, block=self.block_ms
                 )
                 for _, entries in reply or ():
                     await self._apply_entries(partition, entries)
             except ResponseError as error:
+                own_pending_due = 0.0
                 if "NOGROUP" in str(error):  # the stream was deleted (e.g. a flushed cluster)
                     group_ready = False
                     continue
                 log.warning("partition %d: %s", partition, error)
                 await asyncio.sleep(RETRY_S)
             except UNAVAILABLE as error:
+                own_pending_due = 0.0
                 log.warning("partition %d: cluster unavailable: %r", partition, error)
                 await asyncio.sleep(RETRY_S)
 

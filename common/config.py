@@ -49,7 +49,7 @@ class Settings:
     aggregator_group: str = "aggregator"
     aggregator_consumer: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     aggregator_batch: int = 500
-    aggregator_claim_idle_ms: int = 30000
+    aggregator_claim_idle_ms: int = 10000
     aggregator_maintenance_s: int = 5
     log_level: str = "INFO"
 

@@ -128,7 +128,7 @@ class DurableScripts:
             try:
                 # A connection whose peer went away (a killed primary) is replaced before
                 # anything is sent, so its failure still proves nothing ran.
-                if connection.is_connected and await connection.can_read_destructive():
+                if connection.is_connected and await connection.can_read():
                     await connection.disconnect()
             except _BROKEN:
                 await connection.disconnect()

@@ -23,6 +23,7 @@ MAX_BODY_BYTES = 64 * 1024
 READY_TIMEOUT_S = 1.0
 
 CHANNELS = web.AppKey("channels", dict)
+CALLS = web.AppKey("calls", dict)
 
 
 @web.middleware
@@ -63,7 +64,6 @@ def _kept_headers(error: web.HTTPException) -> dict[str, str]:
 
 
 def _handler(route: Route, timeout_s: float) -> Callable[[web.Request], Awaitable[web.Response]]:
-    request_class, response_class = route.request_class(), route.response_class()
     success = 201 if route.http_method == "POST" else 200
 
     async def handle(request: web.Request) -> web.Response:
@@ -72,12 +72,7 @@ def _handler(route: Route, timeout_s: float) -> Callable[[web.Request], Awaitabl
             message = build_request(route, dict(request.match_info), body)
         except BadRequest as error:
             return web.json_response({"message": str(error)}, status=400)
-        channel = request.app[CHANNELS][route.service]
-        call = channel.unary_unary(
-            route.grpc_path,
-            request_serializer=request_class.SerializeToString,
-            response_deserializer=response_class.FromString,
-        )
+        call = request.app[CALLS][route.grpc_path]
         try:
             response = await call(message, timeout=timeout_s)
         except grpc.aio.AioRpcError as error:
@@ -117,14 +112,25 @@ def build_app(settings: Settings) -> web.Application:
         reporting_pb2.DESCRIPTOR.services_by_name["ReportingService"].full_name: settings.reporting_target,
     }
 
+    routes = routes_from([profile_pb2.DESCRIPTOR, reporting_pb2.DESCRIPTOR])
+
     async def channels(app: web.Application):
         app[CHANNELS] = {service: upstreams.channel(target) for service, target in targets.items()}
+        # One callable per method, made once: making it per request costs a few percent of the gateway's CPU.
+        app[CALLS] = {
+            route.grpc_path: app[CHANNELS][route.service].unary_unary(
+                route.grpc_path,
+                request_serializer=route.request_class().SerializeToString,
+                response_deserializer=route.response_class().FromString,
+            )
+            for route in routes
+        }
         yield
         await asyncio.gather(*(channel.close() for channel in app[CHANNELS].values()))
 
     app.cleanup_ctx.append(channels)
     app.router.add_get("/healthz", healthz, allow_head=False)
     app.router.add_get("/readyz", readyz, allow_head=False)
-    for route in routes_from([profile_pb2.DESCRIPTOR, reporting_pb2.DESCRIPTOR]):
+    for route in routes:
         app.router.add_route(route.http_method, route.path, _handler(route, settings.deadline_ms / 1000))
     return app

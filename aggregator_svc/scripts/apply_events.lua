@@ -10,21 +10,43 @@
 -- after newer reads of the user (re-created meanwhile) keeps those reads rather than dropping them.
 -- Returns the number of events applied.
 
--- Reads of `user` newer than the delete `id` that are already applied, i.e. delivered to the group
--- and no longer pending. They are all still in the stream: `id` was pending until this script
--- acknowledged it, and trimming never passes a pending entry.
-local function applied_reads_after(id, user)
-  local last_delivered = nil
-  for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-    if field(group, 'name') == ARGV[1] then last_delivered = field(group, 'last-delivered-id') end
+local function already_applied(entry_id)
+  return #redis.call('XPENDING', KEYS[1], ARGV[1], entry_id, entry_id, 1) == 0
+end
+
+local last_delivered = false  -- the group's last delivered id, looked up once, when first needed
+local function group_last_delivered()
+  if last_delivered == false then
+    last_delivered = nil
+    for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+      if field(group, 'name') == ARGV[1] then last_delivered = field(group, 'last-delivered-id') end
+    end
   end
-  if last_delivered == nil or not older(id, last_delivered) then
+  return last_delivered
+end
+
+-- Reads of `user` newer than the delete at ARGV[i] that are already applied, i.e. delivered to the
+-- group and no longer pending. They are all still in the stream: the delete was pending until this
+-- script acknowledged it, and trimming never passes a pending entry.
+local function applied_reads_after(i, user)
+  local id = ARGV[i]
+  local delivered = group_last_delivered()
+  if delivered == nil or not older(id, delivered) then
     return 0
   end
   local count = 0
-  for _, entry in ipairs(redis.call('XRANGE', KEYS[1], '(' .. id, last_delivered)) do
-    if field(entry[2], 'user') == user and field(entry[2], 'type') == 'read'
-        and #redis.call('XPENDING', KEYS[1], ARGV[1], entry[1], entry[1], 1) == 0 then
+  if delivered == ARGV[#ARGV - 2] then
+    -- Nothing after this batch was delivered: only the rest of the batch can hold such reads,
+    -- and only if a consumer that claimed them applied them first (rare); no need to scan the stream.
+    for j = i + 3, #ARGV, 3 do
+      if ARGV[j + 1] == user and ARGV[j + 2] == 'read' and already_applied(ARGV[j]) then
+        count = count + 1
+      end
+    end
+    return count
+  end
+  for _, entry in ipairs(redis.call('XRANGE', KEYS[1], '(' .. id, delivered)) do
+    if field(entry[2], 'user') == user and field(entry[2], 'type') == 'read' and already_applied(entry[1]) then
       count = count + 1
     end
   end
@@ -43,7 +65,7 @@ for i = 2, #ARGV, 3 do
     elseif kind == 'delete' then
       local deleted = redis.call('HGET', KEYS[4], user)
       if not deleted or older(deleted, id) then
-        local newer = applied_reads_after(id, user)
+        local newer = applied_reads_after(i, user)
         if newer > 0 then
           redis.call('ZADD', KEYS[2], newer, user)
         else

@@ -55,15 +55,17 @@ def main() -> None:
         system = make_system(Path(directory))
         try:
             system.start()
-            print("| durability | creates/s (16 callers) | p50 ms | p99 ms | errors | failover: acknowledged | errors | lost |")
-            print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+            print("| durability | creates/s (16 callers) | p50 ms | p99 ms | errors "
+                  "| failover: acknowledged | errors | lost | promoted after s | writes back after s |")
+            print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
             for durability in SETTINGS:
                 use_durability(system, durability)
                 cost = asyncio.run(create_throughput(system, creates=5000, workers=16))
                 failover = run_failover(system, users=3000, workers=16, kill_after=500)
                 print(
                     f"| {durability} | {cost['creates_per_s']:.0f} | {cost['p50_ms']:.2f} | {cost['p99_ms']:.2f} | {cost['errors']} "
-                    f"| {len(failover.load.ok())} | {failover.load.error_counts()} | {len(failover.lost)} |",
+                    f"| {len(failover.load.ok())} | {failover.load.error_counts()} | {len(failover.lost)} "
+                    f"| {failover.promoted_after_s:.1f} | {failover.recovered_after_s:.1f} |",
                     flush=True,
                 )
         finally:

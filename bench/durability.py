@@ -13,13 +13,12 @@ import uuid
 from pathlib import Path
 
 import grpc
+from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 
 from bench.failover import run_failover
 from bench.lag import percentile
 from bench.load import closed_loop
-from localdev.system import System
-from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
-from tests.conftest import make_system
+from localdev.system import System, on_free_ports
 
 SETTINGS = ("none", "local", "replica")
 
@@ -52,7 +51,7 @@ async def create_throughput(system: System, creates: int, workers: int) -> dict[
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
-        system = make_system(Path(directory))
+        system = on_free_ports(Path(directory))
         try:
             system.start()
             print("| durability | creates/s (16 callers) | p50 ms | p99 ms | errors "

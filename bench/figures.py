@@ -11,12 +11,11 @@ import uuid
 from pathlib import Path
 
 import grpc
+from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 
 from bench.lag import measure_lag
 from bench.sampling import PeakRss
-from localdev.system import System
-from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
-from tests.conftest import make_system
+from localdev.system import System, on_free_ports
 
 
 async def concurrency_load(system: System) -> dict[str, float]:
@@ -37,7 +36,7 @@ async def concurrency_load(system: System) -> dict[str, float]:
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
-        system = make_system(Path(directory))
+        system = on_free_ports(Path(directory))
         try:
             system.start()
             peak = asyncio.run(concurrency_load(system))

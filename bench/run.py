@@ -39,7 +39,7 @@ from bench.wrk_runner import run_wrk, wrk_binary
 from common.config import Settings
 from localdev.ports import free_ports
 from localdev.system import System
-from tests.conftest import make_system
+from localdev.system import on_free_ports
 
 PARTITIONS = 16
 READ_PREFIX = "r"
@@ -200,8 +200,7 @@ async def run(scale: Scale, out: Path, title: str) -> Report:
     wrk_binary()  # fail before starting anything if the generator is missing
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="profilemesh-bench-"))
-    system = make_system(work)
-    system.settings = dict(BENCH_SETTINGS)
+    system = on_free_ports(work, BENCH_SETTINGS)
     baseline = BaselineServer(system.cluster.url, free_ports(1)[0], work / "logs" / "baseline.log")
     succeeded = False
     try:

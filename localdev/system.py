@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from localdev import processes
 from localdev.cluster import LocalCluster
+from localdev.ports import free_ports
 
 SERVICES = ("profile_svc", "reporting_svc", "aggregator_svc", "gateway")
 
@@ -112,3 +113,20 @@ class System:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the system was not healthy after {timeout_s:.0f}s")
             time.sleep(0.2)
+
+
+def on_free_ports(directory: Path, settings: dict[str, str] | None = None, node_timeout_ms: int = 2000) -> System:
+    """A whole system (not started) on free ports, its data and logs under `directory`: for tests and benchmarks."""
+    ports = free_ports(16)
+    cluster = LocalCluster(
+        data_dir=directory / "cluster", ports=ports[:6], bus_ports=ports[6:12], node_timeout_ms=node_timeout_ms
+    )
+    return System(
+        cluster=cluster,
+        profile_port=ports[12],
+        reporting_port=ports[13],
+        aggregator_port=ports[14],
+        gateway_port=ports[15],
+        log_dir=directory / "logs",
+        settings=dict(settings or {}),
+    )

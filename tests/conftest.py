@@ -13,9 +13,7 @@ import pytest
 from redis.cluster import RedisCluster
 
 from common import keys
-from localdev.cluster import LocalCluster
-from localdev.ports import free_ports
-from localdev.system import System
+from localdev.system import System, on_free_ports
 from profilemesh.profile.v1 import profile_pb2_grpc
 from profilemesh.reporting.v1 import reporting_pb2_grpc
 
@@ -33,17 +31,7 @@ TEST_SETTINGS = {
 
 
 def make_system(directory: Path) -> System:
-    ports = free_ports(16)
-    cluster = LocalCluster(data_dir=directory / "cluster", ports=ports[:6], bus_ports=ports[6:12], node_timeout_ms=2000)
-    return System(
-        cluster=cluster,
-        profile_port=ports[12],
-        reporting_port=ports[13],
-        aggregator_port=ports[14],
-        gateway_port=ports[15],
-        log_dir=directory / "logs",
-        settings=dict(TEST_SETTINGS),
-    )
+    return on_free_ports(directory, TEST_SETTINGS)
 
 
 @contextlib.contextmanager

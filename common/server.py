@@ -43,10 +43,11 @@ def translate_errors(method: Handler) -> Handler:
         try:
             async with deadline:
                 return await method(self, request, context)
-        except TimeoutError:
-            if not deadline.expired():
-                raise  # a socket timeout from below, not our deadline
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the cluster answered")
+        except TimeoutError as error:
+            if deadline.expired():
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the cluster answered")
+            log.warning("%s: cluster timed out: %r", method.__name__, error)  # a socket timeout from below
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the cluster is unavailable; retry later")
         except InvalidArgument as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         except NotFound as error:
@@ -72,8 +73,12 @@ async def _watch_cluster(cluster: Cluster, health: health_aio.HealthServicer, se
     while True:
         healthy = await cluster.ping()
         if healthy and not verified:
-            await cluster.verify_partitions()  # a PartitionMismatch ends the process
-            verified = True
+            try:
+                await cluster.verify_partitions()  # a PartitionMismatch ends the process
+                verified = True
+            except (RedisError, RedisClusterException, OSError) as error:
+                log.warning("cannot check the partition count yet: %r", error)
+                healthy = False
         status = health_pb2.HealthCheckResponse.SERVING if healthy else health_pb2.HealthCheckResponse.NOT_SERVING
         if status != previous:
             log.info("health: %s", health_pb2.HealthCheckResponse.ServingStatus.Name(status))

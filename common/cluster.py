@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Sequence
 
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
 from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
 
 from common import keys
 from common.config import Settings

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uvloop
 from aiohttp import web
 
 from common.config import Settings
@@ -15,4 +16,4 @@ if __name__ == "__main__":
     host, port = parse_listen(settings.gateway_listen)
     # run_app handles SIGTERM and SIGINT: it stops accepting, lets in-flight requests finish, then exits.
     web.run_app(build_app(settings), host=host, port=port, print=None, shutdown_timeout=settings.shutdown_grace_s,
-                access_log=None)
+                access_log=None, loop=uvloop.new_event_loop())

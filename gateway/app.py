@@ -9,13 +9,13 @@ from typing import Awaitable, Callable
 import grpc
 from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from profilemesh.profile.v1 import profile_pb2
+from profilemesh.reporting.v1 import reporting_pb2
 
 from common.config import Settings
 from gateway import upstreams
 from gateway.routes import Route, routes_from
 from gateway.translate import HTTP_STATUS, BadRequest, build_request, render_response
-from profilemesh.profile.v1 import profile_pb2
-from profilemesh.reporting.v1 import reporting_pb2
 
 log = logging.getLogger(__name__)
 

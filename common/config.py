@@ -51,6 +51,7 @@ class Settings:
     aggregator_batch: int = 500
     aggregator_claim_idle_ms: int = 10000
     aggregator_maintenance_s: int = 5
+    aggregator_linger_ms: int = 10
     log_level: str = "INFO"
 
     @classmethod
@@ -78,6 +79,7 @@ class Settings:
             aggregator_batch=_env_int("PROFILEMESH_AGGREGATOR_BATCH", defaults.aggregator_batch),
             aggregator_claim_idle_ms=_env_int("PROFILEMESH_AGGREGATOR_CLAIM_IDLE_MS", defaults.aggregator_claim_idle_ms),
             aggregator_maintenance_s=_env_int("PROFILEMESH_AGGREGATOR_MAINTENANCE_S", defaults.aggregator_maintenance_s),
+            aggregator_linger_ms=_env_int("PROFILEMESH_AGGREGATOR_LINGER_MS", defaults.aggregator_linger_ms),
             log_level=_env_str("PROFILEMESH_LOG_LEVEL", defaults.log_level),
         )
         if settings.durability not in DURABILITY_LEVELS:

@@ -81,13 +81,22 @@ class Cluster:
             return await script(keys=list(keys), args=list(args), client=client)
 
     async def ping(self) -> bool:
-        """Whether the cluster answers at all; used for gRPC health."""
+        """Whether any primary answers; used for gRPC health.
+
+        One shard down must not take the whole service out of its load balancer: the partitions
+        on the other shards still work (their callers get UNAVAILABLE only for the missing ones).
+        """
         try:
             async with self.bounded() as client:
-                return bool(await client.ping(target_nodes=RedisCluster.RANDOM))
-        except Exception as error:  # any failure means "not reachable", whatever its kind
+                for node in client.get_primaries():
+                    try:
+                        if await client.ping(target_nodes=node):
+                            return True
+                    except Exception as error:  # this node is unreachable, whatever the kind of failure
+                        log.debug("ping of %s failed: %r", node.name, error)
+        except Exception as error:  # the client can't even learn the cluster's layout
             log.debug("cluster ping failed: %r", error)
-            return False
+        return False
 
     async def verify_partitions(self) -> None:
         """Record the partition count on first start; refuse to run with a different one."""

@@ -86,7 +86,12 @@ class DurableScripts:
                     return await self._run_once(node, script, keys, args, asking=ask is not None)
                 except _Ask as redirect:
                     ask = redirect
-                except (_NotExecuted, SlotNotCoveredError) as reason:
+                except SlotNotCoveredError:
+                    # No node serves the partition any more (its whole shard is down): say so now
+                    # rather than retrying until the deadline. Other partitions keep working.
+                    await self.cluster.refresh_topology()
+                    raise Unavailable("this profile's partition is unavailable (its shard is down); retry later") from None
+                except _NotExecuted as reason:
                     ask = None
                     log.debug("not executed, retrying: %s", reason)
                     await self.cluster.refresh_topology()

@@ -20,7 +20,7 @@ def _nodes(cluster: LocalCluster) -> list[dict]:
         for line in text.splitlines():
             parts = line.split()
             port = int(parts[1].split("@")[0].rsplit(":", 1)[1])
-            nodes.append({"port": port, "flags": parts[2], "slots": parts[8:]})
+            nodes.append({"id": parts[0], "port": port, "flags": parts[2], "primary_id": parts[3], "slots": parts[8:]})
         return nodes
     raise RuntimeError("no cluster node answers")
 
@@ -58,3 +58,12 @@ def fail_over_by_killing(cluster: LocalCluster, key: str, timeout_s: float = 30)
         if time.monotonic() - started > timeout_s:
             raise TimeoutError(f"no replica took over from node {victim} within {timeout_s}s")
         time.sleep(0.05)
+
+
+def shard_of(cluster: LocalCluster, key: str) -> list[int]:
+    """Indexes of the nodes (primary first, then its replicas) of the shard that serves `key`."""
+    primary_port = cluster.ports[primary_of(cluster, key)]
+    nodes = _nodes(cluster)
+    primary_id = next(node["id"] for node in nodes if node["port"] == primary_port)
+    replicas = [node["port"] for node in nodes if node["primary_id"] == primary_id]
+    return [cluster.ports.index(port) for port in [primary_port, *replicas]]

@@ -170,6 +170,7 @@ def default_cluster(data_dir: Path) -> LocalCluster:
 def main() -> None:
     cluster = default_cluster(Path(".cluster"))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         cluster.start()
         print(f"cluster ready at {cluster.url} (nodes {cluster.startup_urls}); Ctrl-C stops it", flush=True)

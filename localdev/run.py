@@ -21,6 +21,8 @@ def main() -> None:
         gateway_port=int(os.environ.get("PROFILEMESH_GATEWAY_PORT", "8080")),
     )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # Ctrl-C, even when started from a shell that made background jobs ignore SIGINT.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         system.start(timeout_s=120)
         print(

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import psutil
 
+from localdev import processes
+
 
 @dataclass
 class BaselineServer:
@@ -58,11 +60,5 @@ class BaselineServer:
 
     def stop(self, timeout_s: float = 15) -> None:
         """SIGTERM to the master, which stops its workers gracefully; SIGKILL if it hangs."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            processes.stop(self.process, signal.SIGTERM, timeout_s)

@@ -5,12 +5,6 @@
 -- Usage: wrk ... -s mix.lua <url> -- <prefix> <count> <run-id>
 dofile(string.match(debug.getinfo(1, 'S').source, '^@(.*/)') .. 'report.lua')
 
-local counter = 0
-function setup(thread)
-  counter = counter + 1
-  thread:set('tid', counter)
-end
-
 local prefix, count, run
 local made, created = 0, {}
 local json = { ['Content-Type'] = 'application/json' }

@@ -2,12 +2,6 @@
 -- Usage: wrk ... -s reads.lua <url> -- <prefix> <count>
 dofile(string.match(debug.getinfo(1, 'S').source, '^@(.*/)') .. 'report.lua')
 
-local counter = 0
-function setup(thread)
-  counter = counter + 1
-  thread:set('tid', counter)
-end
-
 local prefix, count
 function init(args)
   prefix, count = args[1], tonumber(args[2])

@@ -1,4 +1,11 @@
--- Shared by the wrk scripts: done() prints one JSON line that bench/wrk_runner.py parses.
+-- Shared by the wrk scripts. setup() numbers the threads (each seeds its random numbers with `tid`).
+local counter = 0
+function setup(thread)
+  counter = counter + 1
+  thread:set('tid', counter)
+end
+
+-- done() prints one JSON line that bench/wrk_runner.py parses.
 -- Errors are wrk's non-2xx/3xx responses plus its socket errors (connect, read, write, timeout).
 function done(summary, latency, requests)
   local e = summary.errors

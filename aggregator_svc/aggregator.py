@@ -2,7 +2,9 @@
 
 Every replica runs the same loop over every partition; the consumer group hands each entry to
 one of them, and the apply script (see scripts/apply_events.lua) makes the count exact even
-when a slow replica and one that reclaimed its entries both try to apply them.
+when a slow replica and one that reclaimed its entries both try to apply them, in any order.
+Reclaiming and trimming run on every partition independently, so a shard that is down stops
+only its own partitions.
 """
 
 from __future__ import annotations
@@ -10,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
@@ -37,6 +39,22 @@ def script_source(name: str) -> str:
     return (SCRIPTS / "helpers.lua").read_text() + "\n" + (SCRIPTS / name).read_text()
 
 
+def apply_keys(partition: int) -> list[str]:
+    """The keys apply_events.lua takes, in its order."""
+    return [
+        keys.events_key(partition),
+        keys.reads_key(partition),
+        keys.totals_key(partition),
+        keys.deleted_key(partition),
+        keys.deleted_at_key(partition),
+    ]
+
+
+def trim_keys(partition: int) -> list[str]:
+    """The keys trim_acknowledged.lua takes, in its order."""
+    return [keys.events_key(partition), keys.deleted_key(partition), keys.deleted_at_key(partition)]
+
+
 class Aggregator:
     def __init__(self, cluster: Cluster) -> None:
         settings = cluster.settings
@@ -52,7 +70,6 @@ class Aggregator:
         self.block_ms = max(settings.redis_timeout_ms // 2, 10)
         self._apply = cluster.client.register_script(script_source("apply_events.lua"))
         self._trim = cluster.client.register_script(script_source("trim_acknowledged.lua"))
-        self.applied = 0
 
     async def run(self) -> None:
         """Consume every partition until cancelled."""
@@ -116,53 +133,58 @@ class Aggregator:
                 await asyncio.sleep(RETRY_S)
 
     async def _apply_entries(self, partition: int, entries: list[Entry]) -> int:
-        args: list[Any] = [self.group]
-        for entry_id, fields in entries:
-            if fields:  # a claimed entry that was trimmed meanwhile comes back without fields
-                args += [entry_id, fields[b"user"], fields[b"type"]]
-        if len(args) == 1:
+        """Apply and acknowledge entries by id; the script reads their content from the stream itself."""
+        if not entries:
             return 0
-        keys_ = [
-            keys.events_key(partition),
-            keys.reads_key(partition),
-            keys.totals_key(partition),
-            keys.deleted_key(partition),
-            keys.deleted_at_key(partition),
-        ]
-        applied = int(await self.cluster.run(self._apply, keys_, args))
-        self.applied += applied
-        return applied
+        ids = [entry_id for entry_id, _ in entries]
+        applied, gone = await self.cluster.run(self._apply, apply_keys(partition), [self.group, *ids])
+        if gone:
+            log.warning("partition %d: %d pending entries were no longer in the stream (trimmed); "
+                        "acknowledged without counting", partition, gone)
+        return int(applied)
 
     async def _reclaim(self) -> None:
         """Take over entries another consumer left pending too long (it crashed or stalled)."""
-        for partition in self.partitions:
-            start = "0-0"
-            while True:
-                async with self.cluster.bounded() as client:
-                    reply = await client.xautoclaim(
-                        keys.events_key(partition), self.group, self.consumer,
-                        min_idle_time=self.claim_idle_ms, start_id=start, count=self.batch,
-                    )
-                start, entries = reply[0], reply[1]
-                if entries:
-                    applied = await self._apply_entries(partition, entries)
-                    log.info("partition %d: reclaimed %d entries, applied %d", partition, len(entries), applied)
-                if start in (b"0-0", "0-0"):
-                    break
+        await self._each_partition("reclaim", self._reclaim_partition)
+
+    async def _reclaim_partition(self, partition: int) -> None:
+        start = "0-0"
+        while True:
+            async with self.cluster.bounded() as client:
+                reply = await client.xautoclaim(
+                    keys.events_key(partition), self.group, self.consumer,
+                    min_idle_time=self.claim_idle_ms, start_id=start, count=self.batch,
+                )
+            start, entries = reply[0], reply[1]
+            if entries:
+                applied = await self._apply_entries(partition, entries)
+                log.info("partition %d: reclaimed %d entries, applied %d", partition, len(entries), applied)
+            if start in (b"0-0", "0-0"):
+                break
 
     async def _maintain(self) -> None:
-        for partition in self.partitions:
-            keys_ = [keys.events_key(partition), keys.deleted_key(partition), keys.deleted_at_key(partition)]
-            await self.cluster.run(self._trim, keys_, [self.group, FORGET_CONSUMER_AFTER_MS])
+        await self._each_partition("maintenance", self._maintain_partition)
+
+    async def _maintain_partition(self, partition: int) -> None:
+        await self.cluster.run(self._trim, trim_keys(partition), [self.group, FORGET_CONSUMER_AFTER_MS])
+
+    async def _each_partition(self, job: str, work: Callable[[int], Awaitable[None]]) -> None:
+        """Run `work` on every partition at once, each on its own: a partition on a shard that is down
+        (a supported state) fails alone, and waiting out its timeouts doesn't hold up the others."""
+
+        async def isolated(partition: int) -> None:
+            try:
+                await work(partition)
+            except ResponseError as error:
+                if "NOGROUP" not in str(error):  # not created yet, or a flushed cluster: _consume makes it
+                    log.warning("%s of partition %d: %s", job, partition, error)
+            except UNAVAILABLE as error:
+                log.warning("%s of partition %d: cluster unavailable: %r", job, partition, error)
+
+        await asyncio.gather(*(isolated(partition) for partition in self.partitions))
 
     @staticmethod
-    async def _every(interval_s: float, job) -> None:
+    async def _every(interval_s: float, job: Callable[[], Awaitable[None]]) -> None:
         while True:
             await asyncio.sleep(interval_s)
-            try:
-                await job()
-            except ResponseError as error:
-                if "NOGROUP" not in str(error):
-                    log.warning("%s: %s", job.__name__, error)
-            except UNAVAILABLE as error:
-                log.warning("%s: cluster unavailable: %r", job.__name__, error)
+            await job()

@@ -10,9 +10,11 @@ from typing import Iterator
 
 import grpc
 import pytest
+import redis
 from redis.cluster import RedisCluster
 
 from common import keys
+from localdev.cluster import LocalNode
 from localdev.system import System, on_free_ports
 from profilemesh.profile.v1 import profile_pb2_grpc
 from profilemesh.reporting.v1 import reporting_pb2_grpc
@@ -48,6 +50,18 @@ def running_system(directory: Path) -> Iterator[System]:
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     with running_system(tmp_path_factory.mktemp("system")) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.Redis]:
+    """A standalone node of the suite's own, for script tests that need no cluster (and may read SLOWLOG)."""
+    local = LocalNode(tmp_path_factory.mktemp("node"))
+    local.start()
+    try:
+        with redis.Redis.from_url(local.url, decode_responses=True) as client:
+            yield client
+    finally:
+        local.stop()
 
 
 @pytest.fixture(scope="module")

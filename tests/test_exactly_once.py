@@ -17,7 +17,7 @@ import grpc
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
-from aggregator_svc.aggregator import script_source
+from aggregator_svc.aggregator import apply_keys, script_source
 from common import keys
 from localdev.ports import free_ports
 from localdev.system import System
@@ -201,10 +201,8 @@ def test_every_read_counted_exactly_once(fresh_system: System, fresh_client: Red
             # The ghost comes back and applies what it held: XACK returns 0, nothing counts twice.
             apply = fresh_client.register_script(script_source("apply_events.lua"))
             for partition, entries in run.ghost_entries.items():
-                args = [GROUP] + [item for entry_id, fields in entries for item in (entry_id, fields["user"], fields["type"])]
-                stats = [keys.events_key(partition), keys.reads_key(partition), keys.totals_key(partition),
-                         keys.deleted_key(partition), keys.deleted_at_key(partition)]
-                assert apply(keys=stats, args=args, client=fresh_client) == 0
+                args = [GROUP] + [entry_id for entry_id, _ in entries]
+                assert apply(keys=apply_keys(partition), args=args, client=fresh_client) == [0, 0]
 
             for user in USERS:
                 stats = reporting.GetProfileStats(reporting_pb2.GetProfileStatsRequest(user=user), timeout=10)

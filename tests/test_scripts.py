@@ -76,12 +76,10 @@ class Partition:
         return [entry_id for _, entries in reply for entry_id, _ in entries]
 
     def apply(self, script: Script, entry_ids: list[str]) -> int:
-        """Run apply_events.lua on these entries, with their user and type as the aggregator passes them."""
-        args: list[str] = [GROUP]
-        for entry_id in entry_ids:
-            ((_, fields),) = self.client.xrange(self.events, entry_id, entry_id)
-            args += [entry_id, fields["user"], fields["type"]]
-        return int(script(keys=self.all_keys, args=args, client=self.client))
+        """Run apply_events.lua on these entries as the aggregator does; returns how many it applied."""
+        applied, gone = script(keys=self.all_keys, args=[GROUP, *entry_ids], client=self.client)
+        assert gone == 0
+        return int(applied)
 
     def score(self, user: str) -> float | None:
         return self.client.zscore(self.reads, user)
@@ -187,6 +185,36 @@ def test_apply_delete_after_newer_reads_keeps_them(part: Partition, apply_script
     assert part.apply(apply_script, [undelivered]) == 1
     assert part.score("ann") == 3
     assert part.score("bob") == 1
+
+
+def test_apply_reclaimed_delete_keeps_reads_applied_between_its_batch_entries(part: Partition, apply_script: Script) -> None:
+    """A reclaimed batch has gaps: reads of the re-created user that another consumer applied lie between its entries."""
+    c1, r1, delete, c2, r2, r3 = (part.add("ann", kind) for kind in ("create", "read", "delete", "create", "read", "read"))
+    assert part.deliver("a", count=3) == [c1, r1, delete]  # a dies holding them
+    assert part.deliver("b", count=2) == [c2, r2]
+    assert part.apply(apply_script, [c2, r2]) == 2
+    assert part.score("ann") == 1
+    assert part.deliver("c", count=1) == [r3]  # c dies too
+    _, claimed, *_ = part.client.xautoclaim(part.events, GROUP, "e", min_idle_time=0, start_id="0-0")
+    reclaimed = [entry_id for entry_id, _ in claimed]
+    assert reclaimed == [c1, r1, delete, r3]  # its last id is the group's last delivered one
+
+    assert part.apply(apply_script, reclaimed) == 4
+    assert part.score("ann") == 2  # r2 and r3, the reads of ann's second life
+    assert part.client.hgetall(part.totals) == {"create": "2", "read": "3", "delete": "1"}
+
+
+def test_apply_reads_what_the_stream_holds_under_an_id(part: Partition, apply_script: Script) -> None:
+    """The script takes ids only: an id reused after a failover lost the stream's tail means its new entry."""
+    ann = part.add("ann", "read")
+    part.deliver("stale")  # a replica delivered ann's read ...
+    part.client.delete(part.events)  # ... then the stream lost its tail (a promoted replica never had it)
+    part.client.xgroup_create(part.events, GROUP, id="0", mkstream=True)
+    assert part.add("bob", "read", ann) == ann  # XADD hands the same id out again, for bob
+    part.deliver("fresh")
+
+    assert part.apply(apply_script, [ann]) == 1  # the stale replica applies "its" id
+    assert part.score("bob") == 1 and part.score("ann") is None
 
 
 def test_apply_older_delete_after_newer_delete_is_ignored(part: Partition, apply_script: Script) -> None:

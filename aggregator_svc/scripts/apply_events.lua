@@ -1,82 +1,121 @@
 -- Apply a batch of events to the partition's statistics and acknowledge it, atomically.
 -- KEYS[1] event stream, KEYS[2] reads (sorted set), KEYS[3] totals (hash),
--- KEYS[4] tombstones: user -> id of the latest delete (hash), KEYS[5] tombstones by time (sorted set)
--- ARGV[1] consumer group, then id, user, type of each event.
+-- KEYS[4] tombstones: user -> id of the latest applied delete (hash), KEYS[5] tombstones by time (sorted set)
+-- ARGV[1] consumer group, ARGV[2..] ids of the entries to apply, in any order.
+-- Returns {events applied, entries acknowledged whose content the stream no longer held}.
 --
--- Exactly once: an event is applied only when XACK returns 1, i.e. it was still pending.
--- When a slow consumer and the one that claimed its entries race, the later one applies nothing.
--- Order: consumers may apply batches of one partition out of order, so a delete leaves a
--- tombstone and a read older than it is ignored; reads commute with each other. A delete applied
--- after newer reads of the user (re-created meanwhile) keeps those reads rather than dropping them.
--- Returns the number of events applied.
+-- Exactly once: an entry is applied only when XACK returns 1, i.e. it was still pending. When a slow
+-- consumer and one that claimed its entries race, or a batch is applied twice, the later one applies
+-- nothing. An entry's user and type are read here from the stream, never taken from the caller: after
+-- a failover that lost the stream's tail, XADD can hand out a lost id again, and the id must mean
+-- what the stream holds now.
+--
+-- Order: consumers apply a partition's batches in any order (several replicas, reclaims, retries).
+-- The invariant, per user: score = the applied reads newer than the user's tombstone (its latest
+-- applied delete). "Applied" is "delivered to the group and no longer pending": only this script
+-- acknowledges. A read newer than the tombstone adds 1; an older one belongs to an earlier life.
+-- A delete newer than the tombstone becomes the tombstone, and the score is recounted from the
+-- stream: the applied reads after it (reads of a re-created user that other batches applied first).
+-- Every such recount of the batch shares one pass over the stream, from the oldest delete that
+-- needs it to the last delivered entry, so a batch's cost grows with that span, not deletes x span.
+-- Those entries are all still there: the delete was pending until this script ran, and trimming
+-- never passes a pending entry.
 
-local function already_applied(entry_id)
-  return #redis.call('XPENDING', KEYS[1], ARGV[1], entry_id, entry_id, 1) == 0
-end
+local stream, group = KEYS[1], ARGV[1]
+local RECOUNT_CHUNK = 1000
 
-local last_delivered = false  -- the group's last delivered id, looked up once, when first needed
-local function group_last_delivered()
-  if last_delivered == false then
-    last_delivered = nil
-    for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-      if field(group, 'name') == ARGV[1] then last_delivered = field(group, 'last-delivered-id') end
-    end
+local tombstones = {}  -- user -> latest applied delete id, or false; looked up once per user
+local function tombstone(user)
+  local known = tombstones[user]
+  if known == nil then
+    known = redis.call('HGET', KEYS[4], user)
+    tombstones[user] = known
   end
-  return last_delivered
+  return known
 end
 
--- Reads of `user` newer than the delete at ARGV[i] that are already applied, i.e. delivered to the
--- group and no longer pending. They are all still in the stream: the delete was pending until this
--- script acknowledged it, and trimming never passes a pending entry.
-local function applied_reads_after(i, user)
+local function pending(entry_id)
+  return #redis.call('XPENDING', stream, group, entry_id, entry_id, 1) > 0
+end
+
+local function last_delivered()
+  for _, info in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+    if field(info, 'name') == group then return field(info, 'last-delivered-id') end
+  end
+end
+
+-- 1. Acknowledge; keep what was still pending, as the stream holds it.
+local applied, gone = 0, 0
+local totals = {}   -- event type -> count
+local reads = {}    -- acknowledged reads: {id, user}
+local resets = {}   -- user -> the batch's newest delete newer than the user's tombstone
+for i = 2, #ARGV do
   local id = ARGV[i]
-  local delivered = group_last_delivered()
-  if delivered == nil or not older(id, delivered) then
-    return 0
-  end
-  local count = 0
-  if delivered == ARGV[#ARGV - 2] then
-    -- Nothing after this batch was delivered: only the rest of the batch can hold such reads,
-    -- and only if a consumer that claimed them applied them first (rare); no need to scan the stream.
-    for j = i + 3, #ARGV, 3 do
-      if ARGV[j + 1] == user and ARGV[j + 2] == 'read' and already_applied(ARGV[j]) then
-        count = count + 1
+  if redis.call('XACK', stream, group, id) == 1 then
+    local entry = redis.call('XRANGE', stream, id, id)[1]
+    if entry == nil then
+      gone = gone + 1  -- trimmed while pending: its content is lost, nothing to count
+    else
+      local user, kind = field(entry[2], 'user'), field(entry[2], 'type')
+      totals[kind] = (totals[kind] or 0) + 1
+      applied = applied + 1
+      if kind == 'read' then
+        reads[#reads + 1] = {id, user}
+      elseif kind == 'delete' then
+        local newest = resets[user] or tombstone(user)
+        if not newest or older(newest, id) then resets[user] = id end
       end
     end
-    return count
   end
-  for _, entry in ipairs(redis.call('XRANGE', KEYS[1], '(' .. id, delivered)) do
-    if field(entry[2], 'user') == user and field(entry[2], 'type') == 'read' and already_applied(entry[1]) then
-      count = count + 1
-    end
-  end
-  return count
+end
+for kind, count in pairs(totals) do
+  redis.call('HINCRBY', KEYS[3], kind, count)
 end
 
-local applied = 0
-for i = 2, #ARGV, 3 do
-  local id, user, kind = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  if redis.call('XACK', KEYS[1], ARGV[1], id) == 1 then
-    if kind == 'read' then
-      local deleted = redis.call('HGET', KEYS[4], user)
-      if not deleted or older(deleted, id) then
-        redis.call('ZINCRBY', KEYS[2], 1, user)
-      end
-    elseif kind == 'delete' then
-      local deleted = redis.call('HGET', KEYS[4], user)
-      if not deleted or older(deleted, id) then
-        local newer = applied_reads_after(i, user)
-        if newer > 0 then
-          redis.call('ZADD', KEYS[2], newer, user)
-        else
-          redis.call('ZREM', KEYS[2], user)
-        end
-        redis.call('HSET', KEYS[4], user, id)
-        redis.call('ZADD', KEYS[5], tonumber(string.match(id, '(%d+)-')), user)
-      end
-    end
-    redis.call('HINCRBY', KEYS[3], kind, 1)
-    applied = applied + 1
+-- 2. Reads of users without a new tombstone: count those newer than the tombstone.
+local increments = {}
+for _, read in ipairs(reads) do
+  local id, user = read[1], read[2]
+  if not resets[user] then
+    local deleted = tombstone(user)
+    if not deleted or older(deleted, id) then increments[user] = (increments[user] or 0) + 1 end
   end
 end
-return applied
+for user, count in pairs(increments) do
+  redis.call('ZINCRBY', KEYS[2], count, user)
+end
+
+-- 3. Users with a new tombstone: recount their applied reads after it, in one pass.
+local from = nil
+for _, id in pairs(resets) do
+  if from == nil or older(id, from) then from = id end
+end
+if from ~= nil then
+  local counts = {}
+  local delivered = last_delivered()
+  local start = '(' .. from
+  while delivered and older(from, delivered) do
+    local chunk = redis.call('XRANGE', stream, start, delivered, 'COUNT', RECOUNT_CHUNK)
+    for _, entry in ipairs(chunk) do
+      local fields = entry[2]
+      -- profile_svc writes user first: skip the search for the common layout (this loop is the hot one)
+      local user = fields[1] == 'user' and fields[2] or field(fields, 'user')
+      local since = resets[user]
+      if since and field(fields, 'type') == 'read' and older(since, entry[1]) and not pending(entry[1]) then
+        counts[user] = (counts[user] or 0) + 1
+      end
+    end
+    if #chunk < RECOUNT_CHUNK then break end
+    start = '(' .. chunk[#chunk][1]
+  end
+  for user, id in pairs(resets) do
+    if counts[user] then
+      redis.call('ZADD', KEYS[2], counts[user], user)
+    else
+      redis.call('ZREM', KEYS[2], user)
+    end
+    redis.call('HSET', KEYS[4], user, id)
+    redis.call('ZADD', KEYS[5], tonumber(string.match(id, '(%d+)-')), user)
+  end
+end
+return {applied, gone}

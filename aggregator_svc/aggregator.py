@@ -185,6 +185,10 @@ class Aggregator:
 
     @staticmethod
     async def _every(interval_s: float, job: Callable[[], Awaitable[None]]) -> None:
+        """Start `job` every interval; a round slowed by a partition that is down doesn't push the next one back."""
+        due = time.monotonic()
         while True:
-            await asyncio.sleep(interval_s)
+            due += interval_s
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
             await job()
+            due = max(due, time.monotonic() - interval_s)  # after a round longer than the interval: no burst

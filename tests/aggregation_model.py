@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import random
-from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import redis
 from redis.commands.core import Script
 
 from aggregator_svc.aggregator import script_source
+from tests.helpers import expected_statistics
 
 GROUP = "aggregator"
 USERS = ("ann", "bob", "cy", "dee")
@@ -59,18 +59,6 @@ Apply = Callable[[redis.Redis, Script, PartitionKeys, list[str]], object]
 def apply_ids(node: redis.Redis, script: Script, keys: PartitionKeys, ids: list[str]) -> object:
     """How the aggregator calls apply_events.lua: the group, then the entry ids."""
     return script(keys=keys.apply_keys, args=[GROUP, *ids], client=node)
-
-
-def expected_statistics(history: list[tuple[str, str]]) -> tuple[dict[str, float], dict[str, str]]:
-    """A sequential replay: reads since each user's latest delete, and a count per event type."""
-    scores: Counter[str] = Counter()
-    for user, kind in history:
-        if kind == "read":
-            scores[user] += 1
-        elif kind == "delete":
-            scores.pop(user, None)
-    totals = Counter(kind for _, kind in history)
-    return {user: float(n) for user, n in scores.items() if n}, {kind: str(n) for kind, n in totals.items()}
 
 
 @dataclass
@@ -181,13 +169,15 @@ class Run:
         self.drain()
         self._trim()
         scores, totals = expected_statistics(self.history)
+        expected_scores = {user: float(n) for user, n in scores.items()}
+        expected_totals = {kind: str(n) for kind, n in totals.items()}
         _, reads, totals_key, *_ = self.keys.apply_keys
         got_scores = dict(self.node.zrange(reads, 0, -1, withscores=True))
         got_totals = self.node.hgetall(totals_key)
         pending = self.node.xpending(self.keys.events, GROUP)["pending"]
-        if got_scores != scores or got_totals != totals or pending:
-            return (f"history {self.history}: scores {got_scores} (expected {scores}), "
-                    f"totals {got_totals} (expected {totals}), {pending} pending")
+        if got_scores != expected_scores or got_totals != expected_totals or pending:
+            return (f"history {self.history}: scores {got_scores} (expected {expected_scores}), "
+                    f"totals {got_totals} (expected {expected_totals}), {pending} pending")
         return None
 
 

@@ -6,7 +6,7 @@ import http.client
 import json
 import time
 from collections import Counter
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from redis.cluster import RedisCluster
 
@@ -48,3 +48,33 @@ def read_events(client: RedisCluster, partitions: int) -> Counter:
             if fields["type"] == "read":
                 counted[fields["user"]] += 1
     return counted
+
+
+def expected_statistics(history: Iterable[tuple[str, str]]) -> tuple[dict[str, int], dict[str, int]]:
+    """What the aggregator must end with for a history of (user, type) events in stream order:
+    each user's reads since its latest delete (users with none left out), and a count per type."""
+    scores: Counter[str] = Counter()
+    totals: Counter[str] = Counter()
+    for user, kind in history:
+        totals[kind] += 1
+        if kind == "read":
+            scores[user] += 1
+        elif kind == "delete":
+            scores.pop(user, None)
+    return {user: n for user, n in scores.items() if n}, dict(totals)
+
+
+def history_of(client: RedisCluster, partitions: int, users: set[str]) -> list[tuple[str, str]]:
+    """The (user, type) events of these users that the streams hold (a test's audit group keeps them)."""
+    return [
+        (fields["user"], fields["type"])
+        for partition in range(partitions)
+        for _, fields in client.xrange(keys.events_key(partition))
+        if fields["user"] in users
+    ]
+
+
+def scores_of(client: RedisCluster, partitions: int, users: Iterable[str]) -> dict[str, int]:
+    """The users' read counts in the statistics, as the aggregator left them (users without one left out)."""
+    scores = {user: client.zscore(keys.reads_key(keys.partition_of(user, partitions)), user) for user in users}
+    return {user: int(score) for user, score in scores.items() if score}

@@ -16,13 +16,19 @@
 -- acknowledges. A read newer than the tombstone adds 1; an older one belongs to an earlier life.
 -- A delete newer than the tombstone becomes the tombstone, and the score is recounted from the
 -- stream: the applied reads after it (reads of a re-created user that other batches applied first).
--- Every such recount of the batch shares one pass over the stream, from the oldest delete that
--- needs it to the last delivered entry, so a batch's cost grows with that span, not deletes x span.
--- Those entries are all still there: the delete was pending until this script ran, and trimming
--- never passes a pending entry.
+-- Every such recount of the batch shares one pass, from the oldest delete that needs it to the last
+-- delivered entry, so a batch's cost grows with that span, not deletes x span; the part of it that is
+-- the batch itself (all of it, for a '>' read by the only replica) is counted without a second read.
+-- Those entries are all still in the stream: the delete was pending until this script ran, and
+-- trimming never passes a pending entry.
 
 local stream, group = KEYS[1], ARGV[1]
 local RECOUNT_CHUNK = 1000
+
+local function user_of(fields)  -- profile_svc writes user first: no search for the usual layout
+  if fields[1] == 'user' then return fields[2] end
+  return field(fields, 'user')
+end
 
 local tombstones = {}  -- user -> latest applied delete id, or false; looked up once per user
 local function tombstone(user)
@@ -44,19 +50,33 @@ local function last_delivered()
   end
 end
 
--- 1. Acknowledge; keep what was still pending, as the stream holds it.
+-- 0. The batch's entries as the stream holds them: one read of the batch's span. When the span holds
+-- exactly the batch (a '>' read, the usual case) it is `contiguous`; otherwise ids outside it are looked up one by one.
+local batch_size = #ARGV - 1
+local span_first, span_last = ARGV[2], ARGV[#ARGV]
+local span = redis.call('XRANGE', stream, span_first, span_last, 'COUNT', batch_size + 1)
+local content = {}
+for _, entry in ipairs(span) do content[entry[1]] = entry[2] end
+local contiguous = #span == batch_size
+
+-- 1. Acknowledge; keep what was still pending.
 local applied, gone = 0, 0
 local totals = {}   -- event type -> count
 local reads = {}    -- acknowledged reads: {id, user}
 local resets = {}   -- user -> the batch's newest delete newer than the user's tombstone
 for i = 2, #ARGV do
   local id = ARGV[i]
-  if redis.call('XACK', stream, group, id) == 1 then
+  local fields = content[id]
+  if fields == nil then
+    contiguous = false
     local entry = redis.call('XRANGE', stream, id, id)[1]
-    if entry == nil then
+    fields = entry and entry[2]
+  end
+  if redis.call('XACK', stream, group, id) == 1 then
+    if fields == nil then
       gone = gone + 1  -- trimmed while pending: its content is lost, nothing to count
     else
-      local user, kind = field(entry[2], 'user'), field(entry[2], 'type')
+      local user, kind = user_of(fields), field(fields, 'type')
       totals[kind] = (totals[kind] or 0) + 1
       applied = applied + 1
       if kind == 'read' then
@@ -91,20 +111,27 @@ for _, id in pairs(resets) do
   if from == nil or older(id, from) then from = id end
 end
 if from ~= nil then
-  local counts = {}
   local delivered = last_delivered()
-  local start = '(' .. from
-  while delivered and older(from, delivered) do
-    local chunk = redis.call('XRANGE', stream, start, delivered, 'COUNT', RECOUNT_CHUNK)
-    for _, entry in ipairs(chunk) do
-      local fields = entry[2]
-      -- profile_svc writes user first: skip the search for the common layout (this loop is the hot one)
-      local user = fields[1] == 'user' and fields[2] or field(fields, 'user')
-      local since = resets[user]
-      if since and field(fields, 'type') == 'read' and older(since, entry[1]) and not pending(entry[1]) then
-        counts[user] = (counts[user] or 0) + 1
-      end
+  local counts = {}
+  -- A read after its user's new tombstone that is applied: delivered and no longer pending.
+  local function count_if_applied_after_reset(entry_id, fields, known_applied)
+    local user = user_of(fields)
+    local since = resets[user]
+    if since and field(fields, 'type') == 'read' and older(since, entry_id)
+        and not older(delivered, entry_id) and (known_applied or not pending(entry_id)) then
+      counts[user] = (counts[user] or 0) + 1
     end
+  end
+  local scan_from = from
+  if contiguous and delivered then
+    -- Every entry of the span is this batch's, so none is pending any more.
+    for _, entry in ipairs(span) do count_if_applied_after_reset(entry[1], entry[2], true) end
+    scan_from = span_last
+  end
+  local start = '(' .. scan_from
+  while delivered and older(scan_from, delivered) do
+    local chunk = redis.call('XRANGE', stream, start, delivered, 'COUNT', RECOUNT_CHUNK)
+    for _, entry in ipairs(chunk) do count_if_applied_after_reset(entry[1], entry[2], false) end
     if #chunk < RECOUNT_CHUNK then break end
     start = '(' .. chunk[#chunk][1]
   end

@@ -1,15 +1,21 @@
-"""A whole shard down: its partitions answer UNAVAILABLE (or run out their deadline), the others keep working."""
+"""A whole shard down: its partitions answer UNAVAILABLE (or run out their deadline), the others keep working,
+aggregation included."""
 
 from __future__ import annotations
 
+import random
+import signal
+import time
+
 import grpc
+from redis.cluster import RedisCluster
 
 from common import keys
 from localdev.faults import primary_of, shard_of
 from localdev.system import System
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
-from tests.conftest import PARTITIONS
-from tests.helpers import http_call, wait_until
+from tests.conftest import PARTITIONS, TEST_SETTINGS
+from tests.helpers import expected_statistics, http_call, scores_of, wait_until
 
 USERS = [f"shard-user-{i}" for i in range(64)]
 
@@ -52,3 +58,72 @@ def test_a_stopped_shard_fails_only_its_partitions(fresh_system: System) -> None
         cluster.wait_ready()
         wait_until(lambda: set(_read_all(stub).values()) == {grpc.StatusCode.OK}, timeout_s=30, what="every partition back")
     assert {name: process.pid for name, process in system.processes.items()} == pids
+
+
+def test_aggregation_goes_on_for_the_other_partitions(fresh_system: System, fresh_client: RedisCluster) -> None:
+    """While a shard is down, an entry a killed replica left pending on a healthy partition is reclaimed
+    within two claim intervals, a mix of changes there is counted exactly, and trimming goes on."""
+    system = fresh_system
+    cluster = system.cluster
+    claim_idle_s = int(TEST_SETTINGS["PROFILEMESH_AGGREGATOR_CLAIM_IDLE_MS"]) / 1000
+    shard = shard_of(cluster, keys.events_key(0))
+    healthy = [p for p in range(PARTITIONS) if primary_of(cluster, keys.events_key(p)) != shard[0]]
+    users = [user for user in (f"mix-{i}" for i in range(400)) if keys.partition_of(user, PARTITIONS) in healthy][:40]
+    aggregator = system.processes["aggregator_svc"]
+    rng = random.Random(7)
+    history: list[tuple[str, str]] = []
+
+    with grpc.insecure_channel(f"127.0.0.1:{system.profile_port}") as channel:
+        stub = profile_pb2_grpc.ProfileServiceStub(channel)
+        for index in shard:
+            cluster.stop_node(index)
+        wait_until(lambda: _serves(stub, users[0]), timeout_s=30, what="the other partitions to serve")
+        try:
+            aggregator.send_signal(signal.SIGSTOP)  # stalled: its blocking reads lapse on the server
+            time.sleep(1)
+            # Creates, reads, deletes and re-creates, one after another, so the history is known exactly.
+            for user in users:
+                for kind in ["create", *["read"] * rng.randint(0, 3), "delete", "create", *["read"] * rng.randint(0, 3)]:
+                    _call(stub, user, kind)
+                    history.append((user, kind))
+            # A replica takes an entry and dies without applying it.
+            ghost_stream = keys.events_key(keys.partition_of(users[0], PARTITIONS))
+            assert fresh_client.xreadgroup("aggregator", "killed-replica", {ghost_stream: ">"}, count=1)
+            taken_at = time.monotonic()
+        finally:
+            aggregator.send_signal(signal.SIGCONT)
+
+        expected, _ = expected_statistics(history)
+
+        def counted() -> bool:
+            return (fresh_client.xpending(ghost_stream, "aggregator")["pending"] == 0
+                    and scores_of(fresh_client, PARTITIONS, users) == expected)
+
+        wait_until(counted, timeout_s=max(0.1, taken_at + 2 * claim_idle_s - time.monotonic()),
+                   what="the entry the dead replica held to be reclaimed and everything counted, in two claim intervals")
+        print(f"\nreclaimed and counted {time.monotonic() - taken_at:.2f} s after the replica took the entry")
+        # Trimming goes on: each healthy partition keeps at most its last delivered entry.
+        wait_until(lambda: all(fresh_client.xlen(keys.events_key(p)) <= 1 for p in healthy), timeout_s=10,
+                   what="the healthy partitions' streams to be trimmed")
+
+        for index in shard:
+            cluster.start_node(index)
+        cluster.wait_ready()
+        wait_until(lambda: set(_read_all(stub).values()) == {grpc.StatusCode.OK}, timeout_s=30, what="every partition back")
+
+
+def _call(stub: profile_pb2_grpc.ProfileServiceStub, user: str, kind: str) -> None:
+    if kind == "create":
+        stub.CreateProfile(profile_pb2.CreateProfileRequest(user=user, fields={"k": "v"}), timeout=5)
+    elif kind == "read":
+        stub.GetProfile(profile_pb2.GetProfileRequest(user=user), timeout=5)
+    else:
+        stub.DeleteProfile(profile_pb2.DeleteProfileRequest(user=user), timeout=5)
+
+
+def _serves(stub: profile_pb2_grpc.ProfileServiceStub, user: str) -> bool:
+    try:
+        stub.UpdateProfile(profile_pb2.UpdateProfileRequest(user=user, fields={"k": "v"}), timeout=2)
+    except grpc.RpcError as error:
+        return error.code() == grpc.StatusCode.NOT_FOUND
+    return True

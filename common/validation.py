@@ -1,4 +1,4 @@
-"""Input limits (DESIGN.md): checked before anything reaches the cluster."""
+"""Input limits (docs/architecture.md, the REST contract): checked before anything reaches the cluster."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DESIGN.md: bad input never reaches the cluster and never returns 500.
+"""Bad input never reaches the cluster and never returns 500 (docs/architecture.md, the REST contract).
 
 Every case goes through the gateway, gets its 4xx with a JSON body whose "message" says why,
 and leaves the cluster exactly as it was. The module runs on a system of its own, where

@@ -1,7 +1,7 @@
 """ProfileService and ReportingService through their gRPC stubs, and the gateway's status mapping.
 
-The gRPC API is the contract (protos/); these tests hold it to DESIGN.md's status codes and
-messages, and check that the gateway turns each status into the HTTP code grpc-gateway would.
+The gRPC API is the contract (protos/); these tests hold it to the status codes and messages of
+docs/architecture.md, and check that the gateway turns each status into the HTTP code grpc-gateway would.
 """
 
 from __future__ import annotations

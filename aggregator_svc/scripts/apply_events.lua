@@ -131,7 +131,12 @@ if from ~= nil then
   local start = '(' .. scan_from
   while delivered and older(scan_from, delivered) do
     local chunk = redis.call('XRANGE', stream, start, delivered, 'COUNT', RECOUNT_CHUNK)
-    for _, entry in ipairs(chunk) do count_if_applied_after_reset(entry[1], entry[2], false) end
+    for _, entry in ipairs(chunk) do
+      local fields = entry[2]  -- the hot loop: skip other users' entries without a call
+      if resets[fields[1] == 'user' and fields[2] or field(fields, 'user')] then
+        count_if_applied_after_reset(entry[1], fields, false)
+      end
+    end
     if #chunk < RECOUNT_CHUNK then break end
     start = '(' .. chunk[#chunk][1]
   end

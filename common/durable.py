@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, Sequence
 
 from redis.asyncio.cluster import ClusterNode
@@ -42,6 +43,14 @@ _NOT_EXECUTED = (MovedError, TryAgainError, ClusterDownError, BusyLoadingError, 
 _BROKEN = (RedisConnectionError, RedisTimeoutError, OSError)
 MAX_BACKOFF_S = 0.2
 
+NO_REPLICA = (
+    "the shard holding this partition has no replica; replica durability can't be confirmed, "
+    "so nothing was changed; retry once a replica has rejoined"
+)
+# How long a primary's replica count is trusted. A shard that lost its last replica fails fast
+# after at most this long; one whose replica came back accepts changes again after at most this long.
+REPLICA_CHECK_TTL_S = 0.05
+
 UNCONFIRMED = (
     "the cluster did not confirm the operation in time: it may or may not have happened; "
     "retrying is safe (a create then answers ALREADY_EXISTS, a delete NOT_FOUND)"
@@ -59,6 +68,46 @@ class _Ask(Exception):
         self.host, self.port = host, port
 
 
+class _ReplicaCheck:
+    """Whether a primary has a replica in sync, from its own INFO replication, asked at most once per TTL."""
+
+    def __init__(self) -> None:
+        self._known: dict[str, tuple[float, bool]] = {}  # node name -> (checked at, has a replica)
+        self._asking: dict[str, asyncio.Future[bool]] = {}
+
+    async def has_replica(self, node: ClusterNode) -> bool:
+        checked = self._known.get(node.name)
+        if checked and time.monotonic() - checked[0] < REPLICA_CHECK_TTL_S:
+            return checked[1]
+        if node.name not in self._asking:  # one question per node at a time; concurrent callers share it
+            self._asking[node.name] = asyncio.ensure_future(self._ask(node))
+            self._asking[node.name].add_done_callback(lambda _: self._asking.pop(node.name, None))
+        return await asyncio.shield(self._asking[node.name])
+
+    async def _ask(self, node: ClusterNode) -> bool:
+        try:
+            info = await node.execute_command("INFO", "replication")
+        except (RedisError, *_BROKEN) as error:  # unreachable or not ready: the change itself will say so
+            log.debug("INFO replication of %s failed: %r", node.name, error)
+            return True
+        if info.get("role") != "master":  # a stale topology: the change gets MOVED and finds the primary
+            return True
+        online = any(
+            isinstance(value, dict) and value.get("state") == "online"
+            for name, value in info.items()
+            if name.startswith("slave")
+        )
+        if not online and self._known.get(node.name, (0.0, True))[1]:
+            log.warning("%s has no replica in sync: replica-durable changes on its partitions answer UNAVAILABLE", node.name)
+        elif online and not self._known.get(node.name, (0.0, True))[1]:
+            log.info("%s has a replica again: replica-durable changes on its partitions are accepted", node.name)
+        self._known[node.name] = (time.monotonic(), online)
+        return online
+
+    def forget(self, node: ClusterNode) -> None:
+        self._known.pop(node.name, None)
+
+
 class DurableScripts:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
@@ -68,10 +117,12 @@ class DurableScripts:
             "local": ("WAITAOF", 1, 0, timeout_ms),
             "replica": ("WAIT", 1, timeout_ms),
         }[cluster.settings.durability]
+        self._replicas = _ReplicaCheck()
 
-    async def run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    async def run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any], durable: bool = True) -> Any:
         """Run the script on its slot's primary, then wait for durability; retry only the provably safe.
 
+        `durable=False` skips the wait: for reads, whose only write is a statistics event.
         The caller bounds the retries with a deadline (asyncio.timeout).
         """
         ask: _Ask | None = None
@@ -83,7 +134,10 @@ class DurableScripts:
                     node = client.get_node(ask.host, ask.port) if ask else client.get_node_from_key(keys[0])
                     if node is None:  # an ASK to a node the client does not know yet
                         raise _NotExecuted("unknown node")
-                    return await self._run_once(node, script, keys, args, asking=ask is not None)
+                    wait = self.wait_command if durable else None
+                    if wait and wait[0] == "WAIT" and not await self._replicas.has_replica(node):
+                        raise Unavailable(NO_REPLICA)
+                    return await self._run_once(node, script, keys, args, wait, asking=ask is not None)
                 except _Ask as redirect:
                     ask = redirect
                 except SlotNotCoveredError:
@@ -98,11 +152,12 @@ class DurableScripts:
                     await asyncio.sleep(min(MAX_BACKOFF_S, 0.01 * 2**attempt))
                     attempt += 1
 
-    async def _run_once(self, node: ClusterNode, script: AsyncScript, keys: Sequence[str], args: Sequence[Any], asking: bool) -> Any:
+    async def _run_once(self, node: ClusterNode, script: AsyncScript, keys: Sequence[str], args: Sequence[Any],
+                        wait: tuple[Any, ...] | None, asking: bool) -> Any:
         commands: list[tuple[Any, ...]] = [("ASKING",)] if asking else []
         commands.append(("EVALSHA", script.sha, len(keys), *keys, *args))
-        if self.wait_command:
-            commands.append(self.wait_command)
+        if wait:
+            commands.append(wait)
         replies = await self._pipeline(node, commands)
         result = replies[1 if asking else 0]
         if isinstance(result, NoScriptError):
@@ -114,14 +169,16 @@ class DurableScripts:
             raise _Ask(result.host, result.port)
         if isinstance(result, ResponseError):
             raise result
-        if self.wait_command and not self._confirmed(replies[-1]):
+        if wait and not self._confirmed(wait, replies[-1]):
+            self._replicas.forget(node)  # perhaps the replica just went away: look again next time
             raise Unavailable(UNCONFIRMED)
         return result
 
-    def _confirmed(self, reply: Any) -> bool:
+    @staticmethod
+    def _confirmed(wait: tuple[Any, ...], reply: Any) -> bool:
         if isinstance(reply, Exception):
             return False
-        if self.wait_command[0] == "WAITAOF":  # [fsynced locally, fsynced on replicas]
+        if wait[0] == "WAITAOF":  # [fsynced locally, fsynced on replicas]
             return int(reply[0]) >= 1
         return int(reply) >= 1  # WAIT: replicas that have the write
 

@@ -1,4 +1,12 @@
-"""gRPC channels to the services: round-robin over `dns:///` targets, retries for read-only calls."""
+"""gRPC channels to the services: round robin over every address of a target, health-checked, with retries.
+
+A target names every replica of a service: `ipv4:host:port,host:port` or a `dns:///` name that
+resolves to several addresses. The channel keeps a connection to each and watches each one's
+`grpc.health.v1.Health` (client-side health checking, `healthCheckConfig`), so a replica that turned
+NOT_SERVING (it got SIGTERM and is draining) gets no new calls while it finishes the ones it has.
+Transparent retries (on with `grpc.enable_retries`, the default) replay a call on another replica
+when it never reached the one it was sent to, e.g. a replica killed between pick and send.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +19,7 @@ import grpc
 SERVICE_CONFIG = json.dumps(
     {
         "loadBalancingConfig": [{"round_robin": {}}],
+        "healthCheckConfig": {"serviceName": ""},
         "methodConfig": [
             {
                 "name": [{"service": "profilemesh.reporting.v1.ReportingService"}],

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,14 +46,22 @@ def cli_binary(server: Path) -> Path:
 
 @dataclass
 class LocalCluster:
-    """Six nodes: valkey-cli makes three of them primaries and each of the others a replica of one."""
+    """Six nodes: valkey-cli makes three of them primaries and each of the others a replica of one.
+
+    With `supervised`, a node that exits is started again on its own port and data, as a managed
+    service replaces a failed node; it rejoins as a replica of whoever is primary of its shard now.
+    """
 
     data_dir: Path
     ports: list[int]
     bus_ports: list[int]
     node_timeout_ms: int = 5000
     log_to_files: bool = True
+    supervised: bool = False
     processes: dict[int, subprocess.Popen] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _supervisor_stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _supervisor: threading.Thread | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -76,6 +85,10 @@ class LocalCluster:
             self._create()
             marker.write_text("\n".join(map(str, self.ports)))
         self.wait_ready(timeout_s)
+        if self.supervised:
+            self._supervisor_stop.clear()
+            self._supervisor = threading.Thread(target=self._supervise, name="cluster-supervisor", daemon=True)
+            self._supervisor.start()
 
     def _create(self) -> None:
         server = server_binary()
@@ -111,10 +124,14 @@ class LocalCluster:
         if self.log_to_files:
             args += ["--logfile", str(node_dir / "node.log")]
         # A new session: Ctrl-C in a terminal reaches the supervisor, which stops nodes in order.
-        self.processes[index] = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL)
+        process = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL)
+        with self._lock:
+            self.processes[index] = process
 
     def stop_node(self, index: int, sig: int = signal.SIGTERM, timeout_s: float = 30) -> None:
-        process = self.processes.pop(index, None)
+        """Stop a node on purpose: the supervisor leaves it down until start_node."""
+        with self._lock:
+            process = self.processes.pop(index, None)
         if process is not None:
             processes.stop(process, sig, timeout_s)
 
@@ -122,10 +139,84 @@ class LocalCluster:
         self.stop_node(index, signal.SIGKILL)
 
     def stop(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor_stop.set()
+            self._supervisor.join()
+            self._supervisor = None
         for index in list(self.processes):
             self.stop_node(index)
 
+    def cluster_nodes(self) -> list[dict]:
+        """CLUSTER NODES as seen by any running node: id, port, flags, primary_id, slots."""
+        with self._lock:
+            running = [index for index, process in self.processes.items() if process.poll() is None]
+        for index in running:
+            try:
+                text = self.node(index).execute_command("CLUSTER", "NODES")
+            except redis.RedisError:
+                continue
+            nodes = []
+            for line in text.splitlines():
+                parts = line.split()
+                port = int(parts[1].split("@")[0].rsplit(":", 1)[1])
+                nodes.append({"id": parts[0], "port": port, "flags": parts[2], "primary_id": parts[3], "slots": parts[8:]})
+            return nodes
+        raise RuntimeError("no cluster node answers")
+
+    def _supervise(self) -> None:
+        """Start again every node that exited without stop_node, once that is safe."""
+        down_since: dict[int, float] = {}
+        while not self._supervisor_stop.wait(0.1):
+            with self._lock:
+                exited = {index: process.returncode for index, process in self.processes.items() if process.poll() is not None}
+            for index, code in exited.items():
+                since = down_since.setdefault(index, time.time())
+                try:
+                    outcome = self._restartable(index, since)
+                except (RuntimeError, redis.RedisError):
+                    continue  # no node answers right now; look again on the next round
+                if outcome is None:
+                    continue
+                with self._lock:  # stop_node may have taken it meanwhile: then it stays down
+                    if index not in self.processes or self.processes[index].returncode != code:
+                        down_since.pop(index, None)
+                        continue
+                try:
+                    self.start_node(index)
+                except RuntimeError:
+                    continue  # its port is not free yet
+                down_since.pop(index)
+                print(
+                    f"[cluster {time.strftime('%H:%M:%S')}] node 127.0.0.1:{self.ports[index]} exited (code {code}) at "
+                    f"{time.strftime('%H:%M:%S', time.localtime(since))}; started it again on its own port and data "
+                    f"{time.time() - since:.1f} s later; {outcome}",
+                    file=sys.stderr, flush=True,
+                )
+
+    def _restartable(self, index: int, down_since: float) -> str | None:
+        """What the node at `index` comes back as, if it may start again now; None while it must wait.
+
+        A primary that died is started again only once its replica took its slots over: coming back
+        first, from an append-only file fsynced once a second, it would stay primary and make its
+        replica resync from it, dropping writes the replica had acknowledged. It does come back
+        (eventually) when it has no replica left to take over.
+        """
+        nodes = self.cluster_nodes()
+        me = next((node for node in nodes if node["port"] == self.ports[index]), None)
+        if me is None:
+            return "it joins the cluster"
+        if not me["slots"]:  # a replica, or a primary whose slots were taken over
+            primary = next((node for node in nodes if node["id"] == me["primary_id"]), None)
+            where = f"127.0.0.1:{primary['port']}" if primary else "the node that took its slots over"
+            return f"it rejoins as a replica of {where}"
+        replicas = [node for node in nodes if node["primary_id"] == me["id"] and "fail" not in node["flags"]]
+        if not replicas or time.time() - down_since > 3 * self.node_timeout_ms / 1000:
+            return "it is its shard's primary again (no replica took over)"
+        return None
+
     def _check_running(self) -> None:
+        if self._supervisor is not None:
+            return  # a node that exits is started again
         exited = {self.ports[i]: p.returncode for i, p in self.processes.items() if p.poll() is not None}
         if exited:
             raise RuntimeError(f"cluster nodes exited (port: exit code): {exited}; see node.log under {self.data_dir}")
@@ -202,14 +293,14 @@ def _pings(client: redis.Redis) -> bool:
         return False
 
 
-def default_cluster(data_dir: Path) -> LocalCluster:
+def default_cluster(data_dir: Path, supervised: bool = False) -> LocalCluster:
     base = int(os.environ.get("PROFILEMESH_CLUSTER_PORT", "7000"))
     ports = [base + i for i in range(2 * PRIMARIES)]
-    return LocalCluster(data_dir=data_dir, ports=ports, bus_ports=[port + 10000 for port in ports])
+    return LocalCluster(data_dir=data_dir, ports=ports, bus_ports=[port + 10000 for port in ports], supervised=supervised)
 
 
 def main() -> None:
-    cluster = default_cluster(Path(".cluster"))
+    cluster = default_cluster(Path(".cluster"), supervised=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:

@@ -10,19 +10,7 @@ from localdev.cluster import LocalCluster
 
 
 def _nodes(cluster: LocalCluster) -> list[dict]:
-    """CLUSTER NODES as seen by any running node."""
-    for index in cluster.processes:
-        try:
-            text = cluster.node(index).execute_command("CLUSTER", "NODES")
-        except redis.RedisError:
-            continue
-        nodes = []
-        for line in text.splitlines():
-            parts = line.split()
-            port = int(parts[1].split("@")[0].rsplit(":", 1)[1])
-            nodes.append({"id": parts[0], "port": port, "flags": parts[2], "primary_id": parts[3], "slots": parts[8:]})
-        return nodes
-    raise RuntimeError("no cluster node answers")
+    return cluster.cluster_nodes()
 
 
 def primary_of(cluster: LocalCluster, key: str) -> int:

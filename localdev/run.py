@@ -9,14 +9,23 @@ import time
 from pathlib import Path
 
 from localdev.cluster import default_cluster
-from localdev.system import System
+from localdev.system import System, replicas_from_env
+
+# Replica k (from 0) of a service listens on its port + 10 * k: 50051, 50061, ... for profile_svc.
+REPLICA_PORT_STEP = 10
+
+
+def _ports(variable: str, default: int, replicas: int) -> list[int]:
+    first = int(os.environ.get(variable, str(default)))
+    return [first + REPLICA_PORT_STEP * k for k in range(replicas)]
 
 
 def main() -> None:
+    replicas = replicas_from_env()
     system = System(
-        cluster=default_cluster(Path(".cluster")),
-        profile_port=int(os.environ.get("PROFILEMESH_PROFILE_PORT", "50051")),
-        reporting_port=int(os.environ.get("PROFILEMESH_REPORTING_PORT", "50052")),
+        cluster=default_cluster(Path(".cluster"), supervised=True),
+        profile_ports=_ports("PROFILEMESH_PROFILE_PORT", 50051, replicas),
+        reporting_ports=_ports("PROFILEMESH_REPORTING_PORT", 50052, replicas),
         aggregator_port=int(os.environ.get("PROFILEMESH_AGGREGATOR_PORT", "50053")),
         gateway_port=int(os.environ.get("PROFILEMESH_GATEWAY_PORT", "8080")),
     )
@@ -28,8 +37,9 @@ def main() -> None:
         print(
             "\nprofilemesh is running:\n"
             f"  cluster        {system.cluster.url}  (nodes {system.cluster.startup_urls}, data in .cluster/)\n"
-            f"  profile_svc    grpc 127.0.0.1:{system.profile_port}\n"
-            f"  reporting_svc  grpc 127.0.0.1:{system.reporting_port}\n"
+            f"  cluster nodes  supervised: a node that exits is started again and rejoins as a replica\n"
+            f"  profile_svc    grpc {', '.join(f'127.0.0.1:{port}' for port in system.profile_ports)}\n"
+            f"  reporting_svc  grpc {', '.join(f'127.0.0.1:{port}' for port in system.reporting_ports)}\n"
             f"  aggregator_svc grpc health 127.0.0.1:{system.aggregator_port}\n"
             f"  gateway        {system.gateway_url}  (try: curl {system.gateway_url}/reporting/profileStats/3)\n"
             "Ctrl-C stops everything.\n",

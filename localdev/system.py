@@ -20,14 +20,30 @@ from localdev import processes
 from localdev.cluster import LocalCluster
 from localdev.ports import free_ports
 
-SERVICES = ("profile_svc", "reporting_svc", "aggregator_svc", "gateway")
+# How many replicas of profile_svc and of reporting_svc `make run` starts.
+REPLICAS_VARIABLE = "PROFILEMESH_REPLICAS"
+
+
+def replicas_from_env() -> int:
+    raw = os.environ.get(REPLICAS_VARIABLE) or "1"
+    if not raw.isdigit() or not 1 <= int(raw) <= 16:
+        raise SystemExit(f"{REPLICAS_VARIABLE} must be a whole number from 1 to 16, got {raw!r}")
+    return int(raw)
+
+
+def _target(ports: list[int]) -> str:
+    """One gRPC target for every replica: the gateway balances over its addresses."""
+    return "ipv4:" + ",".join(f"127.0.0.1:{port}" for port in ports)
 
 
 @dataclass
 class System:
+    """profile_svc and reporting_svc run one process per port in their list: `profile_svc`,
+    `profile_svc-2`, ...; the gateway reaches all of them through one target."""
+
     cluster: LocalCluster
-    profile_port: int
-    reporting_port: int
+    profile_ports: list[int]
+    reporting_ports: list[int]
     aggregator_port: int
     gateway_port: int
     log_dir: Path | None = None  # None: children write to this terminal
@@ -35,12 +51,24 @@ class System:
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     @property
+    def profile_port(self) -> int:
+        return self.profile_ports[0]
+
+    @property
+    def reporting_port(self) -> int:
+        return self.reporting_ports[0]
+
+    @property
     def gateway_url(self) -> str:
         return f"http://127.0.0.1:{self.gateway_port}"
 
     @property
     def grpc_ports(self) -> dict[str, int]:
-        return {"profile_svc": self.profile_port, "reporting_svc": self.reporting_port, "aggregator_svc": self.aggregator_port}
+        """Every gRPC server by process name."""
+        ports = {_replica_name("profile_svc", i): port for i, port in enumerate(self.profile_ports)}
+        ports.update({_replica_name("reporting_svc", i): port for i, port in enumerate(self.reporting_ports)})
+        ports["aggregator_svc"] = self.aggregator_port
+        return ports
 
     def env(self, **overrides: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -50,8 +78,8 @@ class System:
             PROFILEMESH_REPORTING_LISTEN=f"127.0.0.1:{self.reporting_port}",
             PROFILEMESH_AGGREGATOR_LISTEN=f"127.0.0.1:{self.aggregator_port}",
             PROFILEMESH_GATEWAY_LISTEN=f"127.0.0.1:{self.gateway_port}",
-            PROFILEMESH_PROFILE_TARGET=f"dns:///127.0.0.1:{self.profile_port}",
-            PROFILEMESH_REPORTING_TARGET=f"dns:///127.0.0.1:{self.reporting_port}",
+            PROFILEMESH_PROFILE_TARGET=_target(self.profile_ports),
+            PROFILEMESH_REPORTING_TARGET=_target(self.reporting_ports),
         )
         env.update(self.settings)
         env.update(overrides)
@@ -76,9 +104,19 @@ class System:
         process = self.processes.pop(name, None)
         return processes.stop(process, sig, timeout_s) if process is not None else None
 
+    def start_replica(self, service: str, index: int) -> subprocess.Popen:
+        """Start (again) replica `index` of profile_svc or reporting_svc on its own port."""
+        ports = {"profile_svc": self.profile_ports, "reporting_svc": self.reporting_ports}[service]
+        variable = {"profile_svc": "PROFILEMESH_PROFILE_LISTEN", "reporting_svc": "PROFILEMESH_REPORTING_LISTEN"}[service]
+        return self.start_process(_replica_name(service, index), service, **{variable: f"127.0.0.1:{ports[index]}"})
+
     def start(self, timeout_s: float = 60) -> None:
         self.cluster.start(timeout_s)
-        for name in SERVICES:
+        for index in range(len(self.profile_ports)):
+            self.start_replica("profile_svc", index)
+        for index in range(len(self.reporting_ports)):
+            self.start_replica("reporting_svc", index)
+        for name in ("aggregator_svc", "gateway"):
             self.start_process(name, name)
         self.wait_healthy(timeout_s)
 
@@ -115,18 +153,24 @@ class System:
             time.sleep(0.2)
 
 
-def on_free_ports(directory: Path, settings: dict[str, str] | None = None, node_timeout_ms: int = 2000) -> System:
+def _replica_name(service: str, index: int) -> str:
+    return service if index == 0 else f"{service}-{index + 1}"
+
+
+def on_free_ports(directory: Path, settings: dict[str, str] | None = None, node_timeout_ms: int = 2000,
+                  replicas: int = 1, supervised: bool = False) -> System:
     """A whole system (not started) on free ports, its data and logs under `directory`: for tests and benchmarks."""
-    ports = free_ports(16)
+    ports = free_ports(14 + 2 * replicas)
     cluster = LocalCluster(
-        data_dir=directory / "cluster", ports=ports[:6], bus_ports=ports[6:12], node_timeout_ms=node_timeout_ms
+        data_dir=directory / "cluster", ports=ports[:6], bus_ports=ports[6:12], node_timeout_ms=node_timeout_ms,
+        supervised=supervised,
     )
     return System(
         cluster=cluster,
-        profile_port=ports[12],
-        reporting_port=ports[13],
-        aggregator_port=ports[14],
-        gateway_port=ports[15],
+        profile_ports=ports[14:14 + replicas],
+        reporting_ports=ports[14 + replicas:],
+        aggregator_port=ports[12],
+        gateway_port=ports[13],
         log_dir=directory / "logs",
         settings=dict(settings or {}),
     )

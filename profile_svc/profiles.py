@@ -38,7 +38,8 @@ class Profiles:
 
     async def get(self, user: str) -> dict[str, str]:
         check_user(user)
-        flat = await self.scripts.run(self._get, self._keys(user), [user])
+        # A read's only write is its statistics event: the caller's data does not wait on replication.
+        flat = await self.scripts.run(self._get, self._keys(user), [user], durable=False)
         if flat is None:
             raise NotFound(f"Profile not found for {user}")
         return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}

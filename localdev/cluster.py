@@ -116,6 +116,8 @@ class LocalCluster:
             "--cluster-node-timeout", str(self.node_timeout_ms),
             # Partitions on healthy shards keep serving while another shard is down.
             "--cluster-require-full-coverage", "no",
+            # A replica that (re)joins gets its copy at once, not after the default 5 s wait for others.
+            "--repl-diskless-sync-delay", "0",
             "--appendonly", "yes",
             "--appendfsync", "everysec",
             "--save", "",

@@ -78,3 +78,12 @@ def scores_of(client: RedisCluster, partitions: int, users: Iterable[str]) -> di
     """The users' read counts in the statistics, as the aggregator left them (users without one left out)."""
     scores = {user: client.zscore(keys.reads_key(keys.partition_of(user, partitions)), user) for user in users}
     return {user: int(score) for user, score in scores.items() if score}
+
+
+def aggregator_settled(client: RedisCluster, partitions: int, group: str = "aggregator") -> bool:
+    """The aggregator's group has consumed and acknowledged everything: nothing pending, nothing unread."""
+    for partition in range(partitions):
+        for info in client.xinfo_groups(keys.events_key(partition)):
+            if info["name"] == group and (info["pending"] or info["lag"]):
+                return False
+    return True

@@ -23,7 +23,7 @@ from localdev.faults import fail_over_by_killing, primary_of
 from localdev.system import System
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 from tests.conftest import PARTITIONS
-from tests.helpers import http_call, read_events, wait_until
+from tests.helpers import aggregator_settled, http_call, read_events, wait_until
 
 CALLERS = 16
 PRELOADED = 300
@@ -72,15 +72,6 @@ async def _load(gateway: str, known: list[str], stop: asyncio.Event, calls: list
                 await one("read", random.choice(known))
 
         await asyncio.gather(*(caller() for _ in range(CALLERS)))
-
-
-def _settled(client: RedisCluster) -> bool:
-    """The aggregator's group consumed and acknowledged every entry: nothing pending, nothing unread."""
-    for partition in range(PARTITIONS):
-        for group in client.xinfo_groups(keys.events_key(partition)):
-            if group["name"] == "aggregator" and (group["pending"] or group["lag"]):
-                return False
-    return True
 
 
 def _create_on(system: System, partition_users: list[str]) -> tuple[int, dict, float]:
@@ -168,7 +159,7 @@ def test_reads_and_counts_survive_a_primary_that_stays_dead(fresh_system: System
 
     # Counting across the failover: nothing stays pending, and the statistics count exactly the read
     # events the promoted primary holds; reads served just before the kill may be missing, never doubled.
-    wait_until(lambda: _settled(fresh_client), timeout_s=30, what="the aggregator to settle (nothing pending)")
+    wait_until(lambda: aggregator_settled(fresh_client, PARTITIONS), timeout_s=30, what="the aggregator to settle (nothing pending)")
     events = read_events(fresh_client, PARTITIONS)
     uncounted = 0
     for user in acknowledged:

@@ -18,7 +18,7 @@ from localdev.faults import fail_over_by_killing
 from localdev.system import System
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 from tests.conftest import PARTITIONS
-from tests.helpers import expected_statistics, history_of, scores_of, wait_until
+from tests.helpers import aggregator_settled, expected_statistics, history_of, scores_of, wait_until
 
 TOLERATED = {"UNAVAILABLE", "DEADLINE_EXCEEDED"}
 
@@ -37,12 +37,7 @@ def test_acknowledged_creates_survive_a_primary_kill(fresh_system: System) -> No
 
 
 def _settled(client: RedisCluster) -> bool:
-    """The aggregator's group has consumed and acknowledged everything."""
-    for partition in range(PARTITIONS):
-        for group in client.xinfo_groups(keys.events_key(partition)):
-            if group["name"] == "aggregator" and (group["pending"] or group["lag"]):
-                return False
-    return True
+    return aggregator_settled(client, PARTITIONS)
 
 
 def test_counts_stay_exact_across_aggregator_crashes_and_a_failover(fresh_system: System, fresh_client: RedisCluster) -> None:

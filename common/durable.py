@@ -6,6 +6,11 @@ proves it did not run it (the connection could not be made, or a MOVED, TRYAGAIN
 CLUSTERDOWN reply); a failure after the script was sent is reported as an unknown outcome,
 never retried behind the caller's back, because a create that ran and is retried would answer
 ALREADY_EXISTS to a caller whose create succeeded.
+
+Reads skip the wait (their only write is a statistics event). With `replica` durability a change
+on a primary that has no replica in sync is refused before it runs: WAIT could only time out, and
+the caller would learn after a second that the outcome is unknown instead of at once that nothing
+happened.
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ import grpc
 from redis.cluster import RedisCluster
 
 from common import keys
-from localdev.faults import fail_over_by_killing, primary_of
+from localdev.cluster import LocalCluster
+from localdev.faults import primary_of
 from localdev.system import System
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 from tests.conftest import PARTITIONS
@@ -74,6 +75,18 @@ async def _load(gateway: str, known: list[str], stop: asyncio.Event, calls: list
         await asyncio.gather(*(caller() for _ in range(CALLERS)))
 
 
+def _wait_for_promotion(cluster: LocalCluster, victim: int, killed_at: float) -> float:
+    """Seconds from the kill until another node serves the victim's partitions."""
+    while True:
+        try:
+            if primary_of(cluster, keys.events_key(0)) != victim:
+                return time.monotonic() - killed_at
+        except LookupError:
+            pass
+        assert time.monotonic() - killed_at < 30, "no replica was promoted"
+        time.sleep(0.05)
+
+
 def _create_on(system: System, partition_users: list[str]) -> tuple[int, dict, float]:
     """One create through the gateway: (status, body, seconds it took)."""
     started = time.monotonic()
@@ -105,8 +118,9 @@ def test_reads_and_counts_survive_a_primary_that_stays_dead(fresh_system: System
         stop = asyncio.Event()
         load = asyncio.create_task(_load(system.gateway_url, known, stop, calls))
         await asyncio.sleep(1.5)
+        await asyncio.to_thread(cluster.kill_node, victim)  # returns once the process is gone
         killed_at = time.monotonic()
-        _, _, promoted_after = await asyncio.to_thread(fail_over_by_killing, cluster, keys.events_key(0))
+        promoted_after = await asyncio.to_thread(_wait_for_promotion, cluster, victim, killed_at)
         await asyncio.sleep(3.0)  # the load goes on against the degraded shard
         stop.set()
         await load

@@ -81,59 +81,6 @@ def _is_replica_in_sync(system: System, index: int) -> bool:
     return info["role"] == "slave" and info.get("master_link_status") == "up"
 
 
-def test_a_killed_primary_is_replaced_and_writes_come_back(replicated: System, capsys: pytest.CaptureFixture) -> None:
-    system = replicated
-    cluster = system.cluster
-    with grpc.insecure_channel(f"127.0.0.1:{system.profile_port}") as channel:
-        stub = profile_pb2_grpc.ProfileServiceStub(channel)
-        reader = _user_on(0)
-        stub.CreateProfile(profile_pb2.CreateProfileRequest(user=reader, fields={"k": "v"}), timeout=5)
-        victim = primary_of(cluster, keys.events_key(0))
-        old_pid = cluster.processes[victim].pid
-
-        killed_at = time.monotonic()
-        os.kill(old_pid, signal.SIGKILL)  # a crash: the supervisor, not the test, brings it back
-        promoted_after = _watch_promotion(system, victim, killed_at)
-        first_read_after = first_write_after = None
-        while first_write_after is None:
-            assert time.monotonic() - killed_at < WRITES_BACK_WITHIN_S, "creates on the shard did not succeed again in time"
-            if first_read_after is None:
-                try:
-                    stub.GetProfile(profile_pb2.GetProfileRequest(user=reader), timeout=1)
-                    first_read_after = time.monotonic() - killed_at
-                except grpc.RpcError:
-                    pass
-            if _create(stub, 0):
-                first_write_after = time.monotonic() - killed_at
-            else:
-                time.sleep(0.05)
-
-    # The old primary runs again, as a new process on its own port, and is a replica in sync.
-    assert cluster.processes[victim].pid != old_pid
-    wait_until(lambda: _is_replica_in_sync(system, victim), timeout_s=10, what="the old primary to be a replica")
-    log = capsys.readouterr().err
-    assert f"node 127.0.0.1:{cluster.ports[victim]} exited (code -9)" in log
-    with capsys.disabled():
-        print(f"\nsupervised: kill -> promotion {promoted_after[0]:.2f} s -> first read {first_read_after:.2f} s "
-              f"-> first acknowledged create {first_write_after:.2f} s; {log.strip()}")
-
-
-def test_a_killed_replica_is_replaced(replicated: System, capsys: pytest.CaptureFixture) -> None:
-    cluster = replicated.cluster
-    cluster.wait_ready()
-    shard = shard_of(cluster, keys.events_key(5))
-    replica = shard[1]
-    old_pid = cluster.processes[replica].pid
-    os.kill(old_pid, signal.SIGKILL)
-    wait_until(lambda: cluster.processes[replica].pid != old_pid, timeout_s=5, what="the replica to be started again")
-    wait_until(lambda: _is_replica_in_sync(replicated, replica), timeout_s=10, what="the replica to be in sync")
-    assert primary_of(cluster, keys.events_key(5)) == shard[0]  # the primary stayed primary
-    assert f"node 127.0.0.1:{cluster.ports[replica]} exited (code -9)" in capsys.readouterr().err
-    with grpc.insecure_channel(f"127.0.0.1:{replicated.profile_port}") as channel:
-        stub = profile_pb2_grpc.ProfileServiceStub(channel)
-        wait_until(lambda: _create(stub, 5), timeout_s=5, what="replica-durable creates on the shard")
-
-
 @dataclass
 class Request:
     path: str
@@ -207,7 +154,7 @@ def test_replicas_stopped_or_killed_under_steady_rest_load(replicated: System) -
     assert all(process.wait(10) == 0 for process in terminated)
     failed = [r for r in done if r.status != 200]
     print(f"\nSIGTERM of one replica of each: {len(done)} requests, {len(failed)} failed "
-          f"{[(r.path, r.status, round(r.started - terminated_at, 3), round(r.ended - terminated_at, 3)) for r in failed]}")
+          f"{[(r.path, r.status, r.message, round(r.started - terminated_at, 3), round(r.ended - terminated_at, 3)) for r in failed]}")
     assert len(done) >= 3.5 * RATE_PER_S
     assert failed == []
 
@@ -239,3 +186,56 @@ def test_replicas_stopped_or_killed_under_steady_rest_load(replicated: System) -
         system.processes.pop(name)
         system.start_replica(name, 0)
     system.wait_healthy()
+
+
+def test_a_killed_primary_is_replaced_and_writes_come_back(replicated: System, capsys: pytest.CaptureFixture) -> None:
+    system = replicated
+    cluster = system.cluster
+    with grpc.insecure_channel(f"127.0.0.1:{system.profile_port}") as channel:
+        stub = profile_pb2_grpc.ProfileServiceStub(channel)
+        reader = _user_on(0)
+        stub.CreateProfile(profile_pb2.CreateProfileRequest(user=reader, fields={"k": "v"}), timeout=5)
+        victim = primary_of(cluster, keys.events_key(0))
+        old_pid = cluster.processes[victim].pid
+
+        killed_at = time.monotonic()
+        os.kill(old_pid, signal.SIGKILL)  # a crash: the supervisor, not the test, brings it back
+        promoted_after = _watch_promotion(system, victim, killed_at)
+        first_read_after = first_write_after = None
+        while first_write_after is None or first_read_after is None:
+            assert time.monotonic() - killed_at < WRITES_BACK_WITHIN_S, "reads and creates on the shard did not succeed again in time"
+            if first_read_after is None:
+                try:
+                    stub.GetProfile(profile_pb2.GetProfileRequest(user=reader), timeout=1)
+                    first_read_after = time.monotonic() - killed_at
+                except grpc.RpcError:
+                    pass
+            if first_write_after is None and _create(stub, 0):
+                first_write_after = time.monotonic() - killed_at
+            else:
+                time.sleep(0.05)
+
+    # The old primary runs again, as a new process on its own port, and is a replica in sync.
+    assert cluster.processes[victim].pid != old_pid
+    wait_until(lambda: _is_replica_in_sync(system, victim), timeout_s=10, what="the old primary to be a replica")
+    log = capsys.readouterr().err
+    assert f"node 127.0.0.1:{cluster.ports[victim]} exited (code -9)" in log
+    with capsys.disabled():
+        print(f"\nsupervised: kill -> promotion {promoted_after[0]:.2f} s -> first read {first_read_after:.2f} s "
+              f"-> first acknowledged create {first_write_after:.2f} s; {log.strip()}")
+
+
+def test_a_killed_replica_is_replaced(replicated: System, capsys: pytest.CaptureFixture) -> None:
+    cluster = replicated.cluster
+    cluster.wait_ready()
+    shard = shard_of(cluster, keys.events_key(5))
+    replica = shard[1]
+    old_pid = cluster.processes[replica].pid
+    os.kill(old_pid, signal.SIGKILL)
+    wait_until(lambda: cluster.processes[replica].pid != old_pid, timeout_s=5, what="the replica to be started again")
+    wait_until(lambda: _is_replica_in_sync(replicated, replica), timeout_s=10, what="the replica to be in sync")
+    assert primary_of(cluster, keys.events_key(5)) == shard[0]  # the primary stayed primary
+    assert f"node 127.0.0.1:{cluster.ports[replica]} exited (code -9)" in capsys.readouterr().err
+    with grpc.insecure_channel(f"127.0.0.1:{replicated.profile_port}") as channel:
+        stub = profile_pb2_grpc.ProfileServiceStub(channel)
+        wait_until(lambda: _create(stub, 5), timeout_s=5, what="replica-durable creates on the shard")

@@ -3,7 +3,7 @@
 Every replica runs the same loop over every partition; the consumer group hands each entry to
 one of them, and the apply script (see scripts/apply_events.lua) makes the count exact even
 when a slow replica and one that reclaimed its entries both try to apply them, in any order.
-Reclaiming and trimming run on every partition independently, so a shard that is down stops
+Reclaiming and trimming run on each partition on its own schedule, so a shard that is down stops
 only its own partitions.
 """
 
@@ -75,8 +75,10 @@ class Aggregator:
         """Consume every partition until cancelled."""
         await asyncio.gather(
             *(self._consume(partition) for partition in self.partitions),
-            self._every(self.claim_idle_ms / 2000, self._reclaim),
-            self._every(self.maintenance_s, self._maintain),
+            # Each partition is reclaimed and trimmed on its own schedule: one on a shard that is down
+            # fails alone, and waiting out its timeouts holds up no other partition.
+            *(self._every(self.claim_idle_ms / 4000, "reclaim", self._reclaim, p) for p in self.partitions),
+            *(self._every(self.maintenance_s, "maintenance", self._maintain, p) for p in self.partitions),
         )
 
     async def _ensure_group(self, partition: int) -> None:
@@ -143,11 +145,8 @@ class Aggregator:
                         "acknowledged without counting", partition, gone)
         return int(applied)
 
-    async def _reclaim(self) -> None:
+    async def _reclaim(self, partition: int) -> None:
         """Take over entries another consumer left pending too long (it crashed or stalled)."""
-        await self._each_partition("reclaim", self._reclaim_partition)
-
-    async def _reclaim_partition(self, partition: int) -> None:
         start = "0-0"
         while True:
             async with self.cluster.bounded() as client:
@@ -162,17 +161,14 @@ class Aggregator:
             if start in (b"0-0", "0-0"):
                 break
 
-    async def _maintain(self) -> None:
-        await self._each_partition("maintenance", self._maintain_partition)
-
-    async def _maintain_partition(self, partition: int) -> None:
+    async def _maintain(self, partition: int) -> None:
         await self.cluster.run(self._trim, trim_keys(partition), [self.group, FORGET_CONSUMER_AFTER_MS])
 
-    async def _each_partition(self, job: str, work: Callable[[int], Awaitable[None]]) -> None:
-        """Run `work` on every partition at once, each on its own: a partition on a shard that is down
-        (a supported state) fails alone, and waiting out its timeouts doesn't hold up the others."""
-
-        async def isolated(partition: int) -> None:
+    @staticmethod
+    async def _every(interval_s: float, job: str, work: Callable[[int], Awaitable[None]], partition: int) -> None:
+        """Run `work` on the partition every interval, outliving the failures a cluster can have."""
+        while True:
+            await asyncio.sleep(interval_s)
             try:
                 await work(partition)
             except ResponseError as error:
@@ -180,15 +176,3 @@ class Aggregator:
                     log.warning("%s of partition %d: %s", job, partition, error)
             except UNAVAILABLE as error:
                 log.warning("%s of partition %d: cluster unavailable: %r", job, partition, error)
-
-        await asyncio.gather(*(isolated(partition) for partition in self.partitions))
-
-    @staticmethod
-    async def _every(interval_s: float, job: Callable[[], Awaitable[None]]) -> None:
-        """Start `job` every interval; a round slowed by a partition that is down doesn't push the next one back."""
-        due = time.monotonic()
-        while True:
-            due += interval_s
-            await asyncio.sleep(max(0.0, due - time.monotonic()))
-            await job()
-            due = max(due, time.monotonic() - interval_s)  # after a round longer than the interval: no burst

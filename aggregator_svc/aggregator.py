@@ -64,6 +64,7 @@ class Aggregator:
         self.batch = settings.aggregator_batch
         self.claim_idle_ms = settings.aggregator_claim_idle_ms
         self.maintenance_s = settings.aggregator_maintenance_s
+        self.retention_ms = settings.events_retention_s * 1000
         self.linger_s = settings.aggregator_linger_ms / 1000
         self.partitions = range(settings.partitions)
         # A blocking read must return before the client's socket timeout fires.
@@ -162,7 +163,7 @@ class Aggregator:
                 break
 
     async def _maintain(self, partition: int) -> None:
-        await self.cluster.run(self._trim, trim_keys(partition), [self.group, FORGET_CONSUMER_AFTER_MS])
+        await self.cluster.run(self._trim, trim_keys(partition), [self.group, FORGET_CONSUMER_AFTER_MS, self.retention_ms])
 
     @staticmethod
     async def _every(interval_s: float, job: str, work: Callable[[int], Awaitable[None]], partition: int) -> None:

@@ -52,6 +52,14 @@ class Settings:
     aggregator_claim_idle_ms: int = 10000
     aggregator_maintenance_s: int = 5
     aggregator_linger_ms: int = 10
+    # Streams (WatchProfileEvents, WatchTopProfiles and their SSE routes); see common/streams.py.
+    events_retention_s: int = 600
+    max_streams: int = 128
+    stream_queue: int = 2000
+    stream_heartbeat_s: int = 15
+    stream_idle_s: int = 600
+    stream_max_s: int = 3600
+    watch_interval_ms: int = 250
     log_level: str = "INFO"
 
     @classmethod
@@ -80,10 +88,21 @@ class Settings:
             aggregator_claim_idle_ms=_env_int("PROFILEMESH_AGGREGATOR_CLAIM_IDLE_MS", defaults.aggregator_claim_idle_ms),
             aggregator_maintenance_s=_env_int("PROFILEMESH_AGGREGATOR_MAINTENANCE_S", defaults.aggregator_maintenance_s),
             aggregator_linger_ms=_env_int("PROFILEMESH_AGGREGATOR_LINGER_MS", defaults.aggregator_linger_ms),
+            events_retention_s=_env_int("PROFILEMESH_EVENTS_RETENTION_S", defaults.events_retention_s),
+            max_streams=_env_int("PROFILEMESH_MAX_STREAMS", defaults.max_streams),
+            stream_queue=_env_int("PROFILEMESH_STREAM_QUEUE", defaults.stream_queue),
+            stream_heartbeat_s=_env_int("PROFILEMESH_STREAM_HEARTBEAT_S", defaults.stream_heartbeat_s),
+            stream_idle_s=_env_int("PROFILEMESH_STREAM_IDLE_S", defaults.stream_idle_s),
+            stream_max_s=_env_int("PROFILEMESH_STREAM_MAX_S", defaults.stream_max_s),
+            watch_interval_ms=_env_int("PROFILEMESH_WATCH_INTERVAL_MS", defaults.watch_interval_ms),
             log_level=_env_str("PROFILEMESH_LOG_LEVEL", defaults.log_level),
         )
         if settings.durability not in DURABILITY_LEVELS:
             raise SystemExit(f"PROFILEMESH_DURABILITY must be one of {', '.join(DURABILITY_LEVELS)}, got {settings.durability!r}")
         if not 1 <= settings.partitions <= 1024:
             raise SystemExit(f"PROFILEMESH_PARTITIONS must be 1..1024, got {settings.partitions}")
+        for name in ("events_retention_s", "max_streams", "stream_queue", "stream_heartbeat_s", "stream_idle_s",
+                     "stream_max_s", "watch_interval_ms"):
+            if getattr(settings, name) < 1:
+                raise SystemExit(f"PROFILEMESH_{name.upper()} must be at least 1, got {getattr(settings, name)}")
         return settings

@@ -116,6 +116,8 @@ class Service:
 
     names: list[str]
     background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Called when SIGTERM arrives, e.g. to end long-lived streams so their clients reconnect elsewhere.
+    on_drain: list[Callable[[], None]] = field(default_factory=list)
 
 
 def run_service(process: str, listen: Callable[[Settings], str], build: Callable[[grpc.aio.Server, Cluster], Service]) -> None:
@@ -176,6 +178,8 @@ async def serve(listen: str, cluster: Cluster, build: Callable[[grpc.aio.Server]
     settings = cluster.settings
     log.info("shutting down: NOT_SERVING for %d ms, then draining up to %d s", settings.drain_ms, settings.shutdown_grace_s)
     await health.enter_graceful_shutdown()
+    for drain in served.on_drain:
+        drain()
     # Load balancers and clients see NOT_SERVING (and go elsewhere) before the listener closes.
     await asyncio.sleep(settings.drain_ms / 1000)
     await server.stop(settings.shutdown_grace_s)

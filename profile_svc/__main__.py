@@ -6,14 +6,18 @@ import grpc
 
 from common.cluster import Cluster
 from common.server import Service, run_service
+from common.streams import StreamLimits
+from profile_svc.events_feed import EventsFeed
 from profile_svc.profiles import Profiles
 from profile_svc.servicer import ProfileServicer
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 
 
 def build(server: grpc.aio.Server, cluster: Cluster) -> Service:
-    profile_pb2_grpc.add_ProfileServiceServicer_to_server(ProfileServicer(Profiles(cluster)), server)
-    return Service(names=[profile_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name])
+    limits = StreamLimits(cluster.settings)
+    servicer = ProfileServicer(Profiles(cluster), EventsFeed(cluster), limits)
+    profile_pb2_grpc.add_ProfileServiceServicer_to_server(servicer, server)
+    return Service(names=[profile_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name], on_drain=[limits.drain])
 
 
 if __name__ == "__main__":

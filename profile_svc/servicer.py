@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
-import grpc
+import asyncio
+import contextlib
+import logging
 
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from common.errors import InvalidArgument
 from common.server import translate_errors
+from common.streams import StreamEnded, StreamLimits, TooManyStreams
+from profile_svc.events_feed import UNAVAILABLE, Event, EventsFeed, FellBehind, Position, Trimmed, event_filter
 from profile_svc.profiles import Profiles
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 
+log = logging.getLogger(__name__)
+
 
 class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
-    def __init__(self, profiles: Profiles) -> None:
+    def __init__(self, profiles: Profiles, feed: EventsFeed, limits: StreamLimits) -> None:
         self.profiles = profiles
+        self.feed = feed
+        self.limits = limits
 
     @translate_errors
     async def CreateProfile(self, request: profile_pb2.CreateProfileRequest, context: grpc.aio.ServicerContext):
@@ -32,3 +44,46 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
     async def DeleteProfile(self, request: profile_pb2.DeleteProfileRequest, context: grpc.aio.ServicerContext):
         await self.profiles.delete(request.user)
         return profile_pb2.DeleteProfileResponse(message=f"Profile deleted for {request.user}")
+
+    async def WatchProfileEvents(self, request: profile_pb2.WatchProfileEventsRequest, context: grpc.aio.ServicerContext):
+        position: Position | None = None  # advances past filtered-out events too, so it is where to resume
+        sent = 0
+        try:
+            wanted = event_filter(request.users, request.types)
+            token = request.resume_token
+            start = Position.from_token(token, self.feed.partitions) if token else None
+            with self.limits.slot() as clock:
+                async with contextlib.aclosing(self.feed.watch(clock, start, wanted)) as feed:
+                    async for event, position in feed:
+                        response = profile_pb2.WatchProfileEventsResponse(event=_event(event), resume_token=position.token())
+                        await context.write(response)
+                        clock.sent(event is not None)
+                        sent += event is not None
+        except asyncio.CancelledError:
+            log.info("WatchProfileEvents ended after %d events: cancelled by the client", sent)
+            raise
+        except InvalidArgument as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        except TooManyStreams as error:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+        except Trimmed as error:
+            log.info("WatchProfileEvents ended after %d events: %s", sent, error)
+            await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(error))
+        except (FellBehind, StreamEnded, *UNAVAILABLE) as error:
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED if isinstance(error, FellBehind) else grpc.StatusCode.UNAVAILABLE
+            reason = str(error) if isinstance(error, (FellBehind, StreamEnded)) else "the cluster is unavailable; reconnect"
+            log.info("WatchProfileEvents ended after %d events: %s", sent, reason)
+            token = position.token() if position is not None else request.resume_token
+            await context.abort(code, f"{reason}; resume with resume_token {token}", trailing_metadata=(("resume-token", token),))
+
+
+def _event(event: Event | None) -> profile_pb2.ProfileEvent | None:
+    if event is None:
+        return None
+    return profile_pb2.ProfileEvent(
+        user=event.user,
+        type=event.type,
+        time=Timestamp(seconds=event.ts_ms // 1000, nanos=event.ts_ms % 1000 * 1_000_000),
+        partition=event.partition,
+        id=f"{event.id[0]}-{event.id[1]}",
+    )

@@ -231,8 +231,8 @@ def test_apply_older_delete_after_newer_delete_is_ignored(part: Partition, apply
 # ---------------------------------------------------------------- trim_acknowledged.lua
 
 
-def _trim(part: Partition, script: Script, forget_consumers_after_ms: int = 600_000) -> int:
-    return int(script(keys=[part.events, part.deleted, part.deleted_at], args=[GROUP, forget_consumers_after_ms],
+def _trim(part: Partition, script: Script, forget_consumers_after_ms: int = 600_000, retention_ms: int = 0) -> int:
+    return int(script(keys=[part.events, part.deleted, part.deleted_at], args=[GROUP, forget_consumers_after_ms, retention_ms],
                       client=part.client))
 
 
@@ -248,6 +248,21 @@ def test_trim_keeps_pending_and_undelivered_entries(part: Partition, trim_script
     assert _trim(part, trim_script) == 3
     assert _ids(part) == ids[3:]  # 4..6 pending, 7..10 never delivered
     assert _trim(part, trim_script) == 0
+
+
+def test_trim_keeps_acknowledged_entries_within_the_retention_window(part: Partition, trim_script: Script) -> None:
+    now_ms = int(part.client.time()[0]) * 1000
+    old = [part.add("ann", "update", f"{ms}-0") for ms in range(1000, 4000, 1000)]
+    recent = [part.add("ann", "update", f"{now_ms - ago}-0") for ago in (30_000, 20_000, 10_000)]
+    part.deliver()
+    part.client.xack(part.events, GROUP, *old, *recent)
+
+    # Everything is acknowledged, but subscribers may still resume from the last minute: only the old go.
+    assert _trim(part, trim_script, retention_ms=60_000) == 3
+    assert _ids(part) == recent
+    # A window of 15 s: the two entries older than that go too (the last delivered one stays anyway).
+    assert _trim(part, trim_script, retention_ms=15_000) == 2
+    assert _ids(part) == recent[2:]
 
 
 def test_trim_waits_for_the_slowest_group(part: Partition, trim_script: Script) -> None:

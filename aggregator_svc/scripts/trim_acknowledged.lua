@@ -1,7 +1,8 @@
 -- Bound the partition's memory: trim stream entries that every group has acknowledged,
 -- forget tombstones that no unapplied event can predate, drop idle consumers with nothing pending.
 -- KEYS[1] event stream, KEYS[2] tombstones (hash), KEYS[3] tombstones by time (sorted set)
--- ARGV[1] this aggregator's group, ARGV[2] idle time (ms) after which an empty consumer is dropped
+-- ARGV[1] this aggregator's group, ARGV[2] idle time (ms) after which an empty consumer is dropped,
+-- ARGV[3] retention (ms, default 0): acknowledged entries younger than this are kept for WatchProfileEvents subscribers
 -- Unacknowledged entries are never trimmed. Returns the number of entries trimmed.
 
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -24,7 +25,15 @@ if keep_from == nil then
   return 0
 end
 
-local trimmed = redis.call('XTRIM', KEYS[1], 'MINID', keep_from)
+-- Retention for subscribers (issue 14): never trim entries younger than ARGV[3] ms, so a subscriber can
+-- resume from a token that old. It only lowers the trim point; keep_from still decides the tombstones below.
+local now = redis.call('TIME')
+local retain_from = (now[1] * 1000 + math.floor(now[2] / 1000) - tonumber(ARGV[3] or '0')) .. '-0'
+local trim_to = keep_from
+if older(retain_from, trim_to) then
+  trim_to = retain_from
+end
+local trimmed = redis.call('XTRIM', KEYS[1], 'MINID', trim_to)
 
 local before_ms = tonumber(string.match(keep_from, '(%d+)-')) - 1
 local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', before_ms, 'LIMIT', 0, 1000)

@@ -1,0 +1,103 @@
+"""Limits of long-lived streams, shared by the services' Watch RPCs and the gateway's SSE routes.
+
+A stream holds its slot for minutes, so it gets bounds a unary call doesn't need: at most
+PROFILEMESH_MAX_STREAMS per process, an idle lifetime (no event, only heartbeats, for
+PROFILEMESH_STREAM_IDLE_S), a maximum lifetime (PROFILEMESH_STREAM_MAX_S), and an end as soon as the
+process drains, so clients reconnect to a replica that stays. Streams also count among the calls in
+flight (PROFILEMESH_MAX_IN_FLIGHT), so load shedding sees them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Iterator
+
+from common.config import Settings
+
+DRAINING = "the server is shutting down; reconnect"
+
+
+class TooManyStreams(Exception):
+    """Every stream slot of this process is taken (RESOURCE_EXHAUSTED, HTTP 429)."""
+
+
+class StreamEnded(Exception):
+    """The server ends the stream, and the client should reconnect (UNAVAILABLE); the message says why."""
+
+
+class StreamLimits:
+    def __init__(self, settings: Settings) -> None:
+        self.max_streams = settings.max_streams
+        self.idle_s = settings.stream_idle_s
+        self.max_s = settings.stream_max_s
+        self.heartbeat_s = settings.stream_heartbeat_s
+        self.draining = False
+        self._clocks: set[StreamClock] = set()
+
+    @property
+    def open(self) -> int:
+        return len(self._clocks)
+
+    def drain(self) -> None:
+        """End every open stream (each at its next wait) and refuse new ones."""
+        self.draining = True
+        for clock in self._clocks:
+            clock.wake.set()
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[StreamClock]:
+        if self.draining:
+            raise StreamEnded(DRAINING)
+        if self.open >= self.max_streams:
+            raise TooManyStreams(f"too many streams open (at most {self.max_streams} per process); retry later")
+        clock = StreamClock(self)
+        self._clocks.add(clock)
+        try:
+            yield clock
+        finally:
+            self._clocks.discard(clock)
+
+
+class StreamClock:
+    """One stream's lifetimes and heartbeats, and the event that wakes it when it has something to send."""
+
+    def __init__(self, limits: StreamLimits) -> None:
+        now = time.monotonic()
+        self.limits = limits
+        self.wake = asyncio.Event()
+        self.ends_at = now + limits.max_s
+        self.last_event = now
+        self.last_message = now
+
+    def sent(self, event: bool = True) -> None:
+        """Record a message sent: an event keeps the stream from being idle, a heartbeat does not."""
+        self.last_message = time.monotonic()
+        if event:
+            self.last_event = self.last_message
+
+    async def wait(self) -> bool:
+        """Wait until woken (True) or until a heartbeat is due (False); raise StreamEnded when the stream must end."""
+        while True:
+            if self.limits.draining:
+                raise StreamEnded(DRAINING)
+            now = time.monotonic()
+            if now >= self.ends_at:
+                raise StreamEnded(f"the stream reached its maximum lifetime of {self.limits.max_s} s; reconnect")
+            idle_until = self.last_event + self.limits.idle_s
+            if now >= idle_until:
+                raise StreamEnded(f"no event for {self.limits.idle_s} s; reconnect")
+            heartbeat_at = self.last_message + self.limits.heartbeat_s
+            if now >= heartbeat_at:
+                return False
+            if not self.wake.is_set():
+                try:
+                    async with asyncio.timeout(min(heartbeat_at, idle_until, self.ends_at) - now):
+                        await self.wake.wait()
+                except TimeoutError:
+                    continue
+            if self.limits.draining:
+                raise StreamEnded(DRAINING)
+            self.wake.clear()
+            return True

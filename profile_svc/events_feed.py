@@ -1,0 +1,282 @@
+"""The change feed behind WatchProfileEvents: one tail reader per partition, shared by every subscriber.
+
+While anyone subscribes, each partition's stream is read by one blocking XREAD per process, and every
+batch goes to every subscriber's bounded queue together with the id it follows. A subscriber whose
+position is behind that id (it resumed from a token, or its queue started after the batch's
+predecessor) first reads the missing entries itself through scripts/events_after.lua, which also says
+whether any of them were trimmed. So a subscriber sees each entry of a partition once and in order, and
+a gap is reported (Trimmed), never skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator, Callable, Iterable
+
+from redis.exceptions import RedisClusterException, RedisError
+
+from common import keys
+from common.cluster import Cluster
+from common.errors import InvalidArgument
+from common.streams import StreamClock
+from common.validation import check_user
+
+log = logging.getLogger(__name__)
+
+SCRIPTS = Path(__file__).parent / "scripts"
+PAGE = 500  # entries per XREAD of the tail and per catch-up read
+RETRY_S = 0.5
+MAX_USERS = 100
+CHANGES = ("create", "update", "delete")
+TOKEN_PREFIX = "v1."
+UNAVAILABLE = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
+
+StreamId = tuple[int, int]
+
+
+def parse_id(raw: bytes | str) -> StreamId:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def format_id(stream_id: StreamId) -> str:
+    return f"{stream_id[0]}-{stream_id[1]}"
+
+
+@dataclass(frozen=True)
+class Event:
+    id: StreamId
+    partition: int
+    user: str
+    type: str
+    ts_ms: int
+
+
+class Trimmed(Exception):
+    """Events after the subscriber's position are gone from the stream (OUT_OF_RANGE)."""
+
+
+class FellBehind(Exception):
+    """The subscriber's queue overflowed: it reads more slowly than events arrive (RESOURCE_EXHAUSTED)."""
+
+
+class Position:
+    """The id of the last entry a subscriber has passed, per partition: what a resume token encodes."""
+
+    def __init__(self, ids: Iterable[StreamId]) -> None:
+        self.ids = list(ids)
+
+    def token(self) -> str:
+        packed = ",".join(format_id(i) for i in self.ids).encode()
+        return TOKEN_PREFIX + base64.urlsafe_b64encode(packed).decode().rstrip("=")
+
+    @classmethod
+    def from_token(cls, token: str, partitions: int) -> "Position":
+        invalid = InvalidArgument(
+            "resume_token is not a token this service issued: pass the resume_token of a message received, "
+            "or none to start from now"
+        )
+        if not token.startswith(TOKEN_PREFIX) or len(token) > 64 * partitions:
+            raise invalid
+        body = token[len(TOKEN_PREFIX):]
+        try:
+            ids = [parse_id(part) for part in base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode().split(",")]
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            raise invalid from None
+        if len(ids) != partitions:
+            raise InvalidArgument(
+                f"resume_token covers {len(ids)} partitions but this deployment has {partitions}; start without a token"
+            )
+        return cls(ids)
+
+
+def event_filter(users: Iterable[str], types: Iterable[str]) -> Callable[[Event], bool]:
+    """Which events a subscriber wants; checks the filters (InvalidArgument names what is wrong)."""
+    wanted_users = {check_user(user) for user in users}
+    if len(wanted_users) > MAX_USERS:
+        raise InvalidArgument(f"too many users to filter by: {len(wanted_users)}, at most {MAX_USERS}")
+    wanted_types = set(types) or set(CHANGES)
+    unknown = wanted_types - set(keys.EVENT_TYPES)
+    if unknown:
+        raise InvalidArgument(f"unknown event type {sorted(unknown)[0][:40]!r}: use {', '.join(keys.EVENT_TYPES)}")
+    if wanted_users:
+        return lambda event: event.type in wanted_types and event.user in wanted_users
+    return lambda event: event.type in wanted_types
+
+
+@dataclass(frozen=True)
+class Batch:
+    partition: int
+    after: StreamId  # the id of the entry before the first of these
+    events: list[Event]
+
+
+class Subscription:
+    """A subscriber's queue of batches, bounded in events: beyond `limit` it is dropped and marked overflowed."""
+
+    def __init__(self, limit: int, clock: StreamClock) -> None:
+        self.limit = limit
+        self.clock = clock
+        self.batches: deque[Batch] = deque()
+        self.queued = 0
+        self.overflowed = False
+
+    def push(self, batch: Batch) -> None:
+        if self.overflowed:
+            return
+        if self.queued + len(batch.events) > self.limit:
+            self.overflowed = True
+            self.batches.clear()
+            self.queued = 0
+        else:
+            self.batches.append(batch)
+            self.queued += len(batch.events)
+        self.clock.wake.set()
+
+    def pop(self) -> Batch | None:
+        if not self.batches:
+            return None
+        batch = self.batches.popleft()
+        self.queued -= len(batch.events)
+        return batch
+
+
+class EventsFeed:
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.partitions = cluster.settings.partitions
+        self.queue_limit = cluster.settings.stream_queue
+        # A blocking read must return before the client's socket timeout fires.
+        self.block_ms = max(cluster.settings.redis_timeout_ms // 2, 10)
+        self._events_after = cluster.script(SCRIPTS / "events_after.lua")
+        self.tail: list[StreamId] = []
+        self.subscriptions: set[Subscription] = set()
+        self._tailers: list[asyncio.Task] = []
+        self._starting = asyncio.Lock()
+
+    async def watch(
+        self, clock: StreamClock, position: Position | None, wanted: Callable[[Event], bool]
+    ) -> AsyncIterator[tuple[Event | None, Position]]:
+        """Yield (event, position after it) for every wanted event, and (None, position) for heartbeats:
+        the first at once, then whenever the clock says one is due."""
+        subscription = await self._subscribe(clock)
+        try:
+            if position is None:
+                position = Position(self.tail)
+            yield None, position
+            for partition, tail in enumerate(list(self.tail)):
+                async for event in self._catch_up(position, partition, tail, wanted):
+                    yield event, position
+            while True:
+                while (batch := subscription.pop()) is not None:
+                    async for event in self._deliver(position, batch, wanted):
+                        yield event, position
+                if subscription.overflowed:
+                    raise FellBehind(
+                        f"the subscriber fell more than {self.queue_limit} events behind (it reads too slowly)"
+                    )
+                if not await clock.wait():
+                    yield None, position
+        finally:
+            self._unsubscribe(subscription)
+
+    async def _deliver(self, position: Position, batch: Batch, wanted: Callable[[Event], bool]) -> AsyncIterator[Event]:
+        partition = batch.partition
+        if position.ids[partition] < batch.after:
+            async for event in self._catch_up(position, partition, batch.after, wanted):
+                yield event
+        for event in batch.events:
+            if event.id > position.ids[partition]:
+                position.ids[partition] = event.id
+                if wanted(event):
+                    yield event
+
+    async def _catch_up(
+        self, position: Position, partition: int, until: StreamId, wanted: Callable[[Event], bool]
+    ) -> AsyncIterator[Event]:
+        """The entries after the position up to `until`, read from the stream; Trimmed if some are gone."""
+        stream = keys.events_key(partition)
+        while position.ids[partition] < until:
+            after = position.ids[partition]
+            max_deleted, entries = await self.cluster.run(
+                self._events_after, [stream], [format_id(after), format_id(until), PAGE]
+            )
+            if max_deleted and parse_id(max_deleted) > after:
+                raise Trimmed(
+                    f"events of partition {partition} after the resume token were trimmed (they are kept for "
+                    f"PROFILEMESH_EVENTS_RETENTION_S after being aggregated); start again without a token and "
+                    f"re-read whatever you derive from the events"
+                )
+            if not entries:
+                position.ids[partition] = until  # nothing was there, and nothing was deleted
+                return
+            for raw_id, flat in entries:  # a script's reply: fields as a flat list
+                event = _event(partition, raw_id, dict(zip(flat[::2], flat[1::2])))
+                position.ids[partition] = event.id
+                if wanted(event):
+                    yield event
+
+    async def _subscribe(self, clock: StreamClock) -> Subscription:
+        async with self._starting:
+            if not self._tailers:
+                self.tail = await asyncio.gather(*(self._last_id(p) for p in range(self.partitions)))
+                self._tailers = [
+                    asyncio.create_task(self._follow(p), name=f"events-tail-{p}") for p in range(self.partitions)
+                ]
+            subscription = Subscription(self.queue_limit, clock)
+            self.subscriptions.add(subscription)
+            return subscription
+
+    def _unsubscribe(self, subscription: Subscription) -> None:
+        self.subscriptions.discard(subscription)
+        if not self.subscriptions:
+            for task in self._tailers:
+                task.cancel()
+            self._tailers = []
+
+    async def _last_id(self, partition: int) -> StreamId:
+        async with self.cluster.bounded() as client:
+            stream = keys.events_key(partition)
+            if not await client.exists(stream):
+                return (0, 0)
+            info = await client.xinfo_stream(stream)
+        return parse_id(info["last-generated-id"])
+
+    async def _follow(self, partition: int) -> None:
+        """Tail one partition's stream and hand every batch to every subscriber."""
+        stream = keys.events_key(partition)
+        while True:
+            try:
+                # Blocking reads hold a connection for up to block_ms; they bypass the concurrency
+                # bound (the client keeps a connection for each partition beyond it).
+                client = await self.cluster.connected()
+                reply = await client.xread({stream: format_id(self.tail[partition])}, count=PAGE, block=self.block_ms)
+            except UNAVAILABLE as error:
+                log.warning("events tail of partition %d: cluster unavailable: %r", partition, error)
+                await asyncio.sleep(RETRY_S)
+                continue
+            for _, entries in reply or ():
+                if not entries:
+                    continue
+                events = [_event(partition, raw_id, fields) for raw_id, fields in entries]
+                batch = Batch(partition, self.tail[partition], events)
+                self.tail[partition] = events[-1].id
+                for subscription in self.subscriptions:
+                    subscription.push(batch)
+
+
+def _event(partition: int, raw_id: bytes, fields: dict[bytes, bytes]) -> Event:
+    return Event(
+        id=parse_id(raw_id),
+        partition=partition,
+        user=fields[b"user"].decode(),
+        type=fields[b"type"].decode(),
+        ts_ms=int(fields[b"ts"]),
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Awaitable, Callable
 
 import grpc
@@ -13,14 +14,17 @@ from profilemesh.profile.v1 import profile_pb2
 from profilemesh.reporting.v1 import reporting_pb2
 
 from common.config import Settings
+from common.streams import StreamLimits
 from gateway import upstreams
 from gateway.routes import Route, routes_from
+from gateway.sse import STREAM_CALLS, stream_calls, stream_handler
 from gateway.translate import HTTP_STATUS, BadRequest, build_request, render_response
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
 READY_TIMEOUT_S = 1.0
+DASHBOARD = Path(__file__).parent / "static" / "dashboard.html"
 
 CHANNELS = web.AppKey("channels", dict)
 CALLS = web.AppKey("calls", dict)
@@ -105,6 +109,11 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready" if ready else "not ready", "upstreams": results}, status=200 if ready else 503)
 
 
+async def dashboard(request: web.Request) -> web.FileResponse:
+    """The live leaderboard: one static page that follows /reporting/profileStats/10/stream."""
+    return web.FileResponse(DASHBOARD, headers={"Cache-Control": "no-cache"})
+
+
 def build_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[shed_load(settings.max_in_flight), json_errors])
     targets = {
@@ -124,13 +133,26 @@ def build_app(settings: Settings) -> web.Application:
                 response_deserializer=route.response_class().FromString,
             )
             for route in routes
+            if not route.method.server_streaming
         }
+        app[STREAM_CALLS] = stream_calls(app[CHANNELS], routes)
         yield
         await asyncio.gather(*(channel.close() for channel in app[CHANNELS].values()))
 
+    streams = StreamLimits(settings)
+
+    async def drain_streams(app: web.Application) -> None:
+        streams.drain()  # SSE streams end with a retry hint while the gateway drains
+
     app.cleanup_ctx.append(channels)
+    app.on_shutdown.append(drain_streams)
     app.router.add_get("/healthz", healthz, allow_head=False)
     app.router.add_get("/readyz", readyz, allow_head=False)
-    for route in routes:
-        app.router.add_route(route.http_method, route.path, _handler(route, settings.deadline_ms / 1000))
+    app.router.add_get("/dashboard", dashboard, allow_head=False)
+    # Streaming routes first: /profile/events must not be taken for the profile of a user called "events".
+    for route in sorted(routes, key=lambda r: not r.method.server_streaming):
+        if route.method.server_streaming:
+            app.router.add_route(route.http_method, route.path, stream_handler(route, streams, settings.deadline_ms / 1000))
+        else:
+            app.router.add_route(route.http_method, route.path, _handler(route, settings.deadline_ms / 1000))
     return app

@@ -33,7 +33,7 @@ HTTP_STATUS = {
     grpc.StatusCode.DATA_LOSS: 500,
 }
 
-_INTEGER_TYPES = {
+INTEGER_TYPES = {
     FieldDescriptor.CPPTYPE_INT32,
     FieldDescriptor.CPPTYPE_INT64,
     FieldDescriptor.CPPTYPE_UINT32,
@@ -41,7 +41,7 @@ _INTEGER_TYPES = {
 }
 _64_BIT = {FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64}
 # int() alone would also take "1_000", " 3" and non-ASCII digits; grpc-gateway (strconv.ParseInt) takes none.
-_DECIMAL = re.compile(r"[+-]?[0-9]+")
+DECIMAL = re.compile(r"[+-]?[0-9]+")
 
 
 class BadRequest(ValueError):
@@ -62,9 +62,9 @@ def build_request(route: Route, path_params: dict[str, str], body: bytes) -> Mes
     request = route.request_class()()
     for field in route.path_fields:
         raw = path_params[field.name]
-        if field.cpp_type in _INTEGER_TYPES:
+        if field.cpp_type in INTEGER_TYPES:
             try:
-                if not _DECIMAL.fullmatch(raw):
+                if not DECIMAL.fullmatch(raw):
                     raise ValueError(raw)
                 setattr(request, field.name, int(raw, 10))
             except (ValueError, OverflowError):  # OverflowError: out of the field's range

@@ -6,14 +6,19 @@ import grpc
 
 from common.cluster import Cluster
 from common.server import Service, run_service
+from common.streams import StreamLimits
 from profilemesh.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from reporting_svc.reports import Reports
 from reporting_svc.servicer import ReportingServicer
+from reporting_svc.watch import Leaderboard
 
 
 def build(server: grpc.aio.Server, cluster: Cluster) -> Service:
-    reporting_pb2_grpc.add_ReportingServiceServicer_to_server(ReportingServicer(Reports(cluster)), server)
-    return Service(names=[reporting_pb2.DESCRIPTOR.services_by_name["ReportingService"].full_name])
+    reports = Reports(cluster)
+    limits = StreamLimits(cluster.settings)
+    servicer = ReportingServicer(reports, Leaderboard(reports, cluster.settings.watch_interval_ms), limits)
+    reporting_pb2_grpc.add_ReportingServiceServicer_to_server(servicer, server)
+    return Service(names=[reporting_pb2.DESCRIPTOR.services_by_name["ReportingService"].full_name], on_drain=[limits.drain])
 
 
 if __name__ == "__main__":

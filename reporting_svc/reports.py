@@ -14,6 +14,12 @@ SCRIPTS = Path(__file__).parent / "scripts"
 MAX_LIMIT = 1000
 
 
+def check_limit(limit: int) -> int:
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidArgument(f"limit must be an integer from 1 to {MAX_LIMIT}, got {limit}")
+    return limit
+
+
 class Reports:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
@@ -25,8 +31,7 @@ class Reports:
 
         Each user lives in exactly one partition, so merging each partition's top list is exact.
         """
-        if not 1 <= limit <= MAX_LIMIT:
-            raise InvalidArgument(f"limit must be an integer from 1 to {MAX_LIMIT}, got {limit}")
+        check_limit(limit)
         replies = await asyncio.gather(
             *(self.cluster.run(self._top_readers, [keys.reads_key(p)], [limit]) for p in self.partitions)
         )
@@ -44,13 +49,18 @@ class Reports:
             score = await client.zscore(keys.reads_key(partition), user)
         return int(score or 0)
 
-    async def operation_totals(self) -> dict[str, int]:
+    async def partition_totals(self) -> list[dict[bytes, bytes]]:
+        """Each partition's count per operation type, as stored."""
+
         async def totals(partition: int) -> dict[bytes, bytes]:
             async with self.cluster.bounded() as client:
                 return await client.hgetall(keys.totals_key(partition))
 
+        return await asyncio.gather(*(totals(p) for p in self.partitions))
+
+    async def operation_totals(self, partition_totals: list[dict[bytes, bytes]] | None = None) -> dict[str, int]:
         summed = dict.fromkeys(keys.EVENT_TYPES, 0)
-        for counts in await asyncio.gather(*(totals(p) for p in self.partitions)):
+        for counts in partition_totals if partition_totals is not None else await self.partition_totals():
             for kind, count in counts.items():
                 if kind.decode() in summed:
                     summed[kind.decode()] += int(count)

@@ -1,0 +1,182 @@
+"""Server-Sent Events for the server-streaming RPCs, on the paths of their google.api.http rules.
+
+The rules give the path and, for request fields not in it, query parameters named after the fields
+(`?users=ana&users=bob&types=delete`), as grpc-gateway reads them. What they can't express, and this
+module adds:
+- `text/event-stream` framing: each message as `data:` JSON, rendered like the unary routes' bodies;
+- `id:` the message's resume_token when it has one, and the `Last-Event-ID` header (what a browser sends
+  when it reconnects) as the request's resume_token;
+- a `: keepalive` comment after PROFILEMESH_STREAM_HEARTBEAT_S of silence, so proxies keep the connection;
+- the end: `event: end` with the status (and `id:` the resume token the service gave) and a `retry:` hint,
+  when the upstream stream ends and when the gateway drains (SIGTERM).
+An error before the first message is an ordinary JSON error with its HTTP status (400, 429, 503, ...).
+A closed HTTP connection cancels the upstream call within CLOSE_CHECK_S.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any, Awaitable, Callable, Mapping
+
+import grpc
+from aiohttp import web
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+from common.streams import StreamEnded, StreamLimits, TooManyStreams
+from gateway.routes import Route
+from gateway.translate import DECIMAL, INTEGER_TYPES, HTTP_STATUS, BadRequest, build_request, render_response
+
+log = logging.getLogger(__name__)
+
+CLOSE_CHECK_S = 0.2
+RETRY_MS = 1000
+RESUME_FIELD = "resume_token"
+STREAM_CALLS = web.AppKey("stream_calls", dict)
+
+
+def stream_calls(channels: Mapping[str, grpc.aio.Channel], routes: list[Route]) -> dict[str, Any]:
+    """One callable per streaming method, made once like the unary ones."""
+    return {
+        route.grpc_path: channels[route.service].unary_stream(
+            route.grpc_path,
+            request_serializer=route.request_class().SerializeToString,
+            response_deserializer=route.response_class().FromString,
+        )
+        for route in routes
+        if route.method.server_streaming
+    }
+
+
+def build_stream_request(route: Route, path_params: dict[str, str], query: Mapping[str, str], last_event_id: str | None) -> Message:
+    request = build_request(route, path_params, b"")
+    fields = request.DESCRIPTOR.fields
+    by_name = {f.name: f for f in fields} | {f.json_name: f for f in fields}
+    in_path = {f.name for f in route.path_fields}
+    for name in set(query.keys()):
+        field = by_name.get(name)
+        if field is None or field.name in in_path:
+            allowed = ", ".join(f.name for f in fields if f.name not in in_path) or "none"
+            raise BadRequest(f"unknown query parameter {name[:40]!r}: this path takes {allowed}")
+        values = query.getall(name)  # type: ignore[attr-defined]
+        if field.is_repeated:
+            getattr(request, field.name).extend(_scalar(field, value) for value in values)
+        elif len(values) > 1:
+            raise BadRequest(f"query parameter {name!r} is given {len(values)} times; it takes one value")
+        else:
+            setattr(request, field.name, _scalar(field, values[0]))
+    if last_event_id and RESUME_FIELD in request.DESCRIPTOR.fields_by_name and not getattr(request, RESUME_FIELD):
+        setattr(request, RESUME_FIELD, last_event_id)
+    return request
+
+
+def _scalar(field: FieldDescriptor, raw: str) -> Any:
+    if field.type == FieldDescriptor.TYPE_STRING:
+        return raw
+    if field.type == FieldDescriptor.TYPE_BOOL and raw in ("true", "false"):
+        return raw == "true"
+    if field.cpp_type in INTEGER_TYPES and DECIMAL.fullmatch(raw):
+        return int(raw, 10)
+    raise BadRequest(f"query parameter {field.name!r} has an invalid value {raw[:40]!r}")
+
+
+def _frame(data: Any, event: str | None = None, event_id: str | None = None, retry_ms: int | None = None) -> bytes:
+    lines = []
+    if event:
+        lines.append(f"event: {event}")
+    if event_id:
+        lines.append(f"id: {event_id}")
+    if retry_ms is not None:
+        lines.append(f"retry: {retry_ms}")
+    lines.append("data: " + json.dumps(data, separators=(",", ":")))
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+def _end(code: grpc.StatusCode, message: str, resume_token: str | None = None) -> bytes:
+    body = {"code": code.name, "status": HTTP_STATUS.get(code, 500), "message": message}
+    return _frame(body, event="end", event_id=resume_token, retry_ms=RETRY_MS)
+
+
+def _error(code: grpc.StatusCode, message: str) -> web.Response:
+    return web.json_response({"message": message}, status=HTTP_STATUS.get(code, 500))
+
+
+def stream_handler(route: Route, limits: StreamLimits, deadline_s: float) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """An SSE route for a server-streaming RPC."""
+
+    def render(message: Message) -> bytes:
+        token = getattr(message, RESUME_FIELD, None) if RESUME_FIELD in message.DESCRIPTOR.fields_by_name else None
+        return _frame(render_response(route, message), event_id=token or None)
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        try:
+            message = build_stream_request(route, dict(request.match_info), request.query, request.headers.get("Last-Event-ID"))
+        except BadRequest as error:
+            return web.json_response({"message": str(error)}, status=400)
+        try:
+            with limits.slot():
+                call = request.app[STREAM_CALLS][route.grpc_path](message)
+                try:
+                    return await relay(request, call)
+                finally:
+                    call.cancel()  # a no-op when it has ended; else the upstream stream stops at once
+        except TooManyStreams as error:
+            return _error(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+        except StreamEnded as error:
+            return _error(grpc.StatusCode.UNAVAILABLE, str(error))
+
+    async def relay(request: web.Request, call: grpc.aio.UnaryStreamCall) -> web.StreamResponse:
+        # The first message decides between a JSON error and a 200 event stream.
+        reading = asyncio.ensure_future(call.read())
+        try:
+            await asyncio.wait_for(asyncio.shield(reading), deadline_s)
+        except asyncio.TimeoutError:
+            reading.cancel()
+            return _error(grpc.StatusCode.DEADLINE_EXCEEDED, f"the service did not answer within {deadline_s:g} s")
+        except grpc.aio.AioRpcError as error:
+            return _error(error.code(), error.details() or error.code().name)
+        response = web.StreamResponse(headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",  # nginx: don't buffer the stream
+        })
+        await response.prepare(request)
+        last_write = time.monotonic()
+        try:
+            while True:
+                if reading.done():
+                    try:
+                        message = reading.result()
+                    except grpc.aio.AioRpcError as error:
+                        token = dict(error.trailing_metadata() or ()).get("resume-token")
+                        await response.write(_end(error.code(), error.details() or error.code().name, token))
+                        return response
+                    if message is grpc.aio.EOF:
+                        await response.write(_end(grpc.StatusCode.OK, "the stream ended"))
+                        return response
+                    await response.write(render(message))
+                    last_write = time.monotonic()
+                    reading = asyncio.ensure_future(call.read())
+                    continue
+                await asyncio.wait({reading}, timeout=CLOSE_CHECK_S)
+                if reading.done():
+                    continue
+                if request.transport is None or request.transport.is_closing():
+                    log.info("%s: the client closed the connection; upstream call cancelled", route.path)
+                    return response
+                if limits.draining:
+                    await response.write(_end(grpc.StatusCode.UNAVAILABLE, "the gateway is shutting down; reconnect"))
+                    return response
+                if time.monotonic() - last_write >= limits.heartbeat_s:
+                    await response.write(b": keepalive\n\n")
+                    last_write = time.monotonic()
+        except (ConnectionResetError, ConnectionError):
+            log.info("%s: the client went away; upstream call cancelled", route.path)
+            return response
+        finally:
+            reading.cancel()
+
+    return handle

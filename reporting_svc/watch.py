@@ -1,0 +1,93 @@
+"""WatchTopProfiles: one poller per process while anyone watches, changes coalesced per interval.
+
+Each interval the poller reads the partitions' operation totals (one small HGETALL each). A reads sorted
+set changes only when a read or a delete is applied, and every applied event is counted in its
+partition's totals, so unchanged totals mean an unchanged leaderboard and nothing more is read. When they
+change, the top list is computed once, for the largest limit watched (a smaller limit's list is its
+prefix: the order is total), and each watcher is handed its snapshot. A watcher holds only the latest
+snapshot, so a slow reader skips intermediate ones instead of queueing them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import AsyncIterator
+
+from redis.exceptions import RedisClusterException, RedisError
+
+from common.streams import StreamClock
+from reporting_svc.reports import Reports, check_limit
+
+log = logging.getLogger(__name__)
+
+UNAVAILABLE = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
+
+Ranking = tuple[tuple[str, int], ...]
+Snapshot = tuple[Ranking, tuple[tuple[str, int], ...]]  # the top list, and the totals as (type, count) pairs
+
+
+class Watcher:
+    def __init__(self, limit: int, clock: StreamClock) -> None:
+        self.limit = limit
+        self.clock = clock
+        self.sent: Snapshot | None = None
+        self.latest: Snapshot | None = None
+
+    def offer(self, ranking: Ranking, totals: tuple[tuple[str, int], ...]) -> None:
+        snapshot = (ranking[: self.limit], totals)
+        if snapshot != self.sent:
+            self.latest = snapshot
+            self.clock.wake.set()
+
+
+class Leaderboard:
+    def __init__(self, reports: Reports, interval_ms: int) -> None:
+        self.reports = reports
+        self.interval_s = interval_ms / 1000
+        self.watchers: set[Watcher] = set()
+        self._poller: asyncio.Task | None = None
+
+    async def watch(self, limit: int, clock: StreamClock) -> AsyncIterator[Snapshot]:
+        """The snapshot now, then each different one the poller finds (at most one per interval)."""
+        watcher = Watcher(check_limit(limit), clock)
+        self.watchers.add(watcher)
+        if self._poller is None:
+            self._poller = asyncio.create_task(self._poll(), name="leaderboard-poller")
+        try:
+            ranking, totals = await self._snapshot(limit)
+            watcher.sent = (ranking, totals)
+            yield watcher.sent
+            while True:
+                if not await clock.wait():
+                    clock.sent(event=False)  # no heartbeats on this stream: nothing is sent while nothing changes
+                    continue
+                if watcher.latest is not None and watcher.latest != watcher.sent:
+                    watcher.sent = watcher.latest
+                    yield watcher.sent
+        finally:
+            self.watchers.discard(watcher)
+            if not self.watchers and self._poller is not None:
+                self._poller.cancel()
+                self._poller = None
+
+    async def _snapshot(self, limit: int, partition_totals: list[dict[bytes, bytes]] | None = None) -> Snapshot:
+        ranking = tuple(await self.reports.top_profiles(limit))
+        totals = await self.reports.operation_totals(partition_totals)
+        return ranking, tuple(totals.items())
+
+    async def _poll(self) -> None:
+        version = None
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                partition_totals = await self.reports.partition_totals()
+                if partition_totals == version or not self.watchers:
+                    continue
+                ranking, totals = await self._snapshot(max(w.limit for w in self.watchers), partition_totals)
+                version = partition_totals
+            except UNAVAILABLE as error:
+                log.warning("leaderboard: cluster unavailable: %r", error)
+                continue
+            for watcher in self.watchers:
+                watcher.offer(ranking, totals)

@@ -6,12 +6,12 @@ DEPS   := $(VENV)/.deps-installed
 PROTOS := $(shell find protos -name '*.proto')
 GEN    := gen/.generated
 
-.PHONY: run test bench proto cluster clean wrk
+.PHONY: run test bench proto cluster clean wrk browser
 
 run: $(GEN)
 	$(PY) -m localdev.run
 
-test: $(GEN) wrk
+test: $(GEN) wrk browser
 	$(PY) -m pytest
 
 bench: $(GEN) wrk
@@ -20,6 +20,11 @@ bench: $(GEN) wrk
 # wrk, the HTTP load generator of `make bench` (and of its smoke test in `make test`): a Debian package.
 wrk:
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+
+# Headless Chromium and its WebDriver, for the live leaderboard page's test in `make test`: Debian packages.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
 
 proto: $(DEPS)
 	rm -rf gen

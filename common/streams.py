@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Iterator
+from typing import Any, Coroutine, Iterator
 
 from common.config import Settings
 
@@ -43,8 +43,8 @@ class StreamLimits:
     def drain(self) -> None:
         """End every open stream (each at its next wait) and refuse new ones."""
         self.draining = True
-        for clock in self._clocks:
-            clock.wake.set()
+        for clock in list(self._clocks):
+            clock.stop(StreamEnded(DRAINING))
 
     @contextlib.contextmanager
     def slot(self) -> Iterator[StreamClock]:
@@ -70,6 +70,23 @@ class StreamClock:
         self.ends_at = now + limits.max_s
         self.last_event = now
         self.last_message = now
+        self.stopped: Exception | None = None
+
+    def stop(self, error: Exception) -> None:
+        """End the stream with `error`: the next wait raises it (after the write in progress, if any,
+        since gRPC sends the status only after the messages before it)."""
+        if self.stopped is None:
+            self.stopped = error
+        self.wake.set()
+
+    async def send(self, write: Coroutine[Any, Any, None]) -> None:
+        """Await a write to the client. One that stops reading blocks it (flow control); after the idle
+        lifetime the stream is given up, so such a client can't hold a slot for ever."""
+        try:
+            async with asyncio.timeout(self.limits.idle_s):
+                await write
+        except TimeoutError:
+            raise StreamEnded(f"the client read nothing for {self.limits.idle_s} s") from None
 
     def sent(self, event: bool = True) -> None:
         """Record a message sent: an event keeps the stream from being idle, a heartbeat does not."""
@@ -80,8 +97,8 @@ class StreamClock:
     async def wait(self) -> bool:
         """Wait until woken (True) or until a heartbeat is due (False); raise StreamEnded when the stream must end."""
         while True:
-            if self.limits.draining:
-                raise StreamEnded(DRAINING)
+            if self.stopped is not None:
+                raise self.stopped
             now = time.monotonic()
             if now >= self.ends_at:
                 raise StreamEnded(f"the stream reached its maximum lifetime of {self.limits.max_s} s; reconnect")
@@ -97,7 +114,7 @@ class StreamClock:
                         await self.wake.wait()
                 except TimeoutError:
                     continue
-            if self.limits.draining:
-                raise StreamEnded(DRAINING)
+            if self.stopped is not None:
+                raise self.stopped
             self.wake.clear()
             return True

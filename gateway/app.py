@@ -17,7 +17,7 @@ from common.config import Settings
 from common.streams import StreamLimits
 from gateway import upstreams
 from gateway.routes import Route, routes_from
-from gateway.sse import STREAM_CALLS, stream_calls, stream_handler
+from gateway.sse import STREAM_CALLS, STREAM_CHANNELS, stream_calls, stream_channel, stream_handler
 from gateway.translate import HTTP_STATUS, BadRequest, build_request, render_response
 
 log = logging.getLogger(__name__)
@@ -135,9 +135,11 @@ def build_app(settings: Settings) -> web.Application:
             for route in routes
             if not route.method.server_streaming
         }
-        app[STREAM_CALLS] = stream_calls(app[CHANNELS], routes)
+        app[STREAM_CHANNELS] = {service: stream_channel(target) for service, target in targets.items()}
+        app[STREAM_CALLS] = stream_calls(app[STREAM_CHANNELS], routes)
         yield
-        await asyncio.gather(*(channel.close() for channel in app[CHANNELS].values()))
+        channels = [*app[CHANNELS].values(), *app[STREAM_CHANNELS].values()]
+        await asyncio.gather(*(channel.close() for channel in channels))
 
     streams = StreamLimits(settings)
 

@@ -11,6 +11,7 @@ when it never reached the one it was sent to, e.g. a replica killed between pick
 from __future__ import annotations
 
 import json
+from typing import Any, Sequence
 
 import grpc
 
@@ -36,7 +37,7 @@ SERVICE_CONFIG = json.dumps(
 )
 
 
-def channel(target: str) -> grpc.aio.Channel:
+def channel(target: str, extra_options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(
         target,
         options=[
@@ -44,5 +45,6 @@ def channel(target: str) -> grpc.aio.Channel:
             ("grpc.enable_retries", 1),
             ("grpc.keepalive_time_ms", 30000),
             ("grpc.keepalive_timeout_ms", 10000),
+            *extra_options,
         ],
     )

@@ -135,10 +135,11 @@ class Subscription:
             self.overflowed = True
             self.batches.clear()
             self.queued = 0
+            self.clock.stop(FellBehind(f"the subscriber fell more than {self.limit} events behind (it reads too slowly)"))
         else:
             self.batches.append(batch)
             self.queued += len(batch.events)
-        self.clock.wake.set()
+            self.clock.wake.set()
 
     def pop(self) -> Batch | None:
         if not self.batches:
@@ -178,11 +179,7 @@ class EventsFeed:
                 while (batch := subscription.pop()) is not None:
                     async for event in self._deliver(position, batch, wanted):
                         yield event, position
-                if subscription.overflowed:
-                    raise FellBehind(
-                        f"the subscriber fell more than {self.queue_limit} events behind (it reads too slowly)"
-                    )
-                if not await clock.wait():
+                if not await clock.wait():  # raises FellBehind once the queue overflowed
                     yield None, position
         finally:
             self._unsubscribe(subscription)

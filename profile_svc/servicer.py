@@ -46,17 +46,19 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
         return profile_pb2.DeleteProfileResponse(message=f"Profile deleted for {request.user}")
 
     async def WatchProfileEvents(self, request: profile_pb2.WatchProfileEventsRequest, context: grpc.aio.ServicerContext):
-        position: Position | None = None  # advances past filtered-out events too, so it is where to resume
+        # Where to resume: the token of the last message written in full (a write cut short by a stop may
+        # or may not have reached the client, which then resumes from the last message it did receive).
+        token = request.resume_token
         sent = 0
         try:
             wanted = event_filter(request.users, request.types)
-            token = request.resume_token
             start = Position.from_token(token, self.feed.partitions) if token else None
             with self.limits.slot() as clock:
                 async with contextlib.aclosing(self.feed.watch(clock, start, wanted)) as feed:
                     async for event, position in feed:
                         response = profile_pb2.WatchProfileEventsResponse(event=_event(event), resume_token=position.token())
-                        await context.write(response)
+                        await clock.send(context.write(response))
+                        token = response.resume_token
                         clock.sent(event is not None)
                         sent += event is not None
         except asyncio.CancelledError:
@@ -73,7 +75,6 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
             code = grpc.StatusCode.RESOURCE_EXHAUSTED if isinstance(error, FellBehind) else grpc.StatusCode.UNAVAILABLE
             reason = str(error) if isinstance(error, (FellBehind, StreamEnded)) else "the cluster is unavailable; reconnect"
             log.info("WatchProfileEvents ended after %d events: %s", sent, reason)
-            token = position.token() if position is not None else request.resume_token
             await context.abort(code, f"{reason}; resume with resume_token {token}", trailing_metadata=(("resume-token", token),))
 
 

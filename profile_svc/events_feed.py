@@ -1,11 +1,15 @@
 """The change feed behind WatchProfileEvents: one tail reader per partition, shared by every subscriber.
 
 While anyone subscribes, each partition's stream is read by one blocking XREAD per process, and every
-batch goes to every subscriber's bounded queue together with the id it follows. A subscriber whose
-position is behind that id (it resumed from a token, or its queue started after the batch's
-predecessor) first reads the missing entries itself through scripts/events_after.lua, which also says
-whether any of them were trimmed. So a subscriber sees each entry of a partition once and in order, and
-a gap is reported (Trimmed), never skipped.
+batch goes to every subscriber's bounded queue together with the entry it follows. A subscriber whose
+position is behind that entry (it resumed from a token, or its queue started after the batch's
+predecessor) first reads the missing entries itself through scripts/events_after.lua. So a subscriber
+sees each entry of a partition once and in order.
+
+A gap is reported (Trimmed), never skipped. A position is an entry's id and its offset: how many entries
+the stream had ever had once it was added (XINFO's entries-added). Entries only leave a stream from its
+head, so the stream still holds everything after a position exactly when the position's offset is at
+least entries-added minus length. (XINFO's max-deleted-entry-id would be simpler, but XTRIM leaves it alone.)
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ def format_id(stream_id: StreamId) -> str:
 @dataclass(frozen=True)
 class Event:
     id: StreamId
+    offset: int  # entries ever added to the partition's stream, up to and including this one
     partition: int
     user: str
     type: str
@@ -68,13 +73,18 @@ class FellBehind(Exception):
 
 
 class Position:
-    """The id of the last entry a subscriber has passed, per partition: what a resume token encodes."""
+    """The last entry a subscriber has passed, per partition (its id and offset): what a resume token encodes."""
 
-    def __init__(self, ids: Iterable[StreamId]) -> None:
+    def __init__(self, ids: Iterable[StreamId], offsets: Iterable[int]) -> None:
         self.ids = list(ids)
+        self.offsets = list(offsets)
+
+    def advance(self, event: Event) -> None:
+        self.ids[event.partition] = event.id
+        self.offsets[event.partition] = event.offset
 
     def token(self) -> str:
-        packed = ",".join(format_id(i) for i in self.ids).encode()
+        packed = ",".join(f"{format_id(i)}:{offset}" for i, offset in zip(self.ids, self.offsets)).encode()
         return TOKEN_PREFIX + base64.urlsafe_b64encode(packed).decode().rstrip("=")
 
     @classmethod
@@ -87,14 +97,15 @@ class Position:
             raise invalid
         body = token[len(TOKEN_PREFIX):]
         try:
-            ids = [parse_id(part) for part in base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode().split(",")]
+            parts = [part.split(":") for part in base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode().split(",")]
+            ids, offsets = [parse_id(entry) for entry, _ in parts], [int(offset) for _, offset in parts]
         except (binascii.Error, UnicodeDecodeError, ValueError):
             raise invalid from None
         if len(ids) != partitions:
             raise InvalidArgument(
                 f"resume_token covers {len(ids)} partitions but this deployment has {partitions}; start without a token"
             )
-        return cls(ids)
+        return cls(ids, offsets)
 
 
 def event_filter(users: Iterable[str], types: Iterable[str]) -> Callable[[Event], bool]:
@@ -115,6 +126,7 @@ def event_filter(users: Iterable[str], types: Iterable[str]) -> Callable[[Event]
 class Batch:
     partition: int
     after: StreamId  # the id of the entry before the first of these
+    after_offset: int
     events: list[Event]
 
 
@@ -157,7 +169,8 @@ class EventsFeed:
         # A blocking read must return before the client's socket timeout fires.
         self.block_ms = max(cluster.settings.redis_timeout_ms // 2, 10)
         self._events_after = cluster.script(SCRIPTS / "events_after.lua")
-        self.tail: list[StreamId] = []
+        self.tail: list[StreamId] = []  # per partition, the last entry the tail reader has seen
+        self.tail_offsets: list[int] = []
         self.subscriptions: set[Subscription] = set()
         self._tailers: list[asyncio.Task] = []
         self._starting = asyncio.Lock()
@@ -170,10 +183,10 @@ class EventsFeed:
         subscription = await self._subscribe(clock)
         try:
             if position is None:
-                position = Position(self.tail)
+                position = Position(self.tail, self.tail_offsets)
             yield None, position
-            for partition, tail in enumerate(list(self.tail)):
-                async for event in self._catch_up(position, partition, tail, wanted):
+            for partition, (tail, tail_offset) in enumerate(zip(list(self.tail), list(self.tail_offsets))):
+                async for event in self._catch_up(position, partition, tail, tail_offset, wanted):
                     yield event, position
             while True:
                 while (batch := subscription.pop()) is not None:
@@ -187,43 +200,45 @@ class EventsFeed:
     async def _deliver(self, position: Position, batch: Batch, wanted: Callable[[Event], bool]) -> AsyncIterator[Event]:
         partition = batch.partition
         if position.ids[partition] < batch.after:
-            async for event in self._catch_up(position, partition, batch.after, wanted):
+            async for event in self._catch_up(position, partition, batch.after, batch.after_offset, wanted):
                 yield event
         for event in batch.events:
             if event.id > position.ids[partition]:
-                position.ids[partition] = event.id
+                position.advance(event)
                 if wanted(event):
                     yield event
 
     async def _catch_up(
-        self, position: Position, partition: int, until: StreamId, wanted: Callable[[Event], bool]
+        self, position: Position, partition: int, until: StreamId, until_offset: int, wanted: Callable[[Event], bool]
     ) -> AsyncIterator[Event]:
         """The entries after the position up to `until`, read from the stream; Trimmed if some are gone."""
         stream = keys.events_key(partition)
         while position.ids[partition] < until:
-            after = position.ids[partition]
-            max_deleted, entries = await self.cluster.run(
+            after, offset = position.ids[partition], position.offsets[partition]
+            added, length, entries = await self.cluster.run(
                 self._events_after, [stream], [format_id(after), format_id(until), PAGE]
             )
-            if max_deleted and parse_id(max_deleted) > after:
+            if not added - length <= offset <= added:  # entries after it were trimmed (or the stream was reset)
                 raise Trimmed(
                     f"events of partition {partition} after the resume token were trimmed (they are kept for "
                     f"PROFILEMESH_EVENTS_RETENTION_S after being aggregated); start again without a token and "
                     f"re-read whatever you derive from the events"
                 )
             if not entries:
-                position.ids[partition] = until  # nothing was there, and nothing was deleted
+                position.ids[partition], position.offsets[partition] = until, until_offset  # nothing was there
                 return
             for raw_id, flat in entries:  # a script's reply: fields as a flat list
-                event = _event(partition, raw_id, dict(zip(flat[::2], flat[1::2])))
-                position.ids[partition] = event.id
+                offset += 1
+                event = _event(partition, raw_id, dict(zip(flat[::2], flat[1::2])), offset)
+                position.advance(event)
                 if wanted(event):
                     yield event
 
     async def _subscribe(self, clock: StreamClock) -> Subscription:
         async with self._starting:
             if not self._tailers:
-                self.tail = await asyncio.gather(*(self._last_id(p) for p in range(self.partitions)))
+                lasts = await asyncio.gather(*(self._last_entry(p) for p in range(self.partitions)))
+                self.tail, self.tail_offsets = [entry for entry, _ in lasts], [offset for _, offset in lasts]
                 self._tailers = [
                     asyncio.create_task(self._follow(p), name=f"events-tail-{p}") for p in range(self.partitions)
                 ]
@@ -238,13 +253,14 @@ class EventsFeed:
                 task.cancel()
             self._tailers = []
 
-    async def _last_id(self, partition: int) -> StreamId:
+    async def _last_entry(self, partition: int) -> tuple[StreamId, int]:
+        """The id and offset of the partition's last entry, in one command so they belong together."""
         async with self.cluster.bounded() as client:
             stream = keys.events_key(partition)
             if not await client.exists(stream):
-                return (0, 0)
+                return (0, 0), 0
             info = await client.xinfo_stream(stream)
-        return parse_id(info["last-generated-id"])
+        return parse_id(info["last-generated-id"]), int(info["entries-added"])
 
     async def _follow(self, partition: int) -> None:
         """Tail one partition's stream and hand every batch to every subscriber."""
@@ -262,16 +278,19 @@ class EventsFeed:
             for _, entries in reply or ():
                 if not entries:
                     continue
-                events = [_event(partition, raw_id, fields) for raw_id, fields in entries]
-                batch = Batch(partition, self.tail[partition], events)
-                self.tail[partition] = events[-1].id
+                # Offsets count on from the last entry seen: entries leave only from the head, never between.
+                after, after_offset = self.tail[partition], self.tail_offsets[partition]
+                events = [_event(partition, raw_id, fields, after_offset + n) for n, (raw_id, fields) in enumerate(entries, 1)]
+                batch = Batch(partition, after, after_offset, events)
+                self.tail[partition], self.tail_offsets[partition] = events[-1].id, events[-1].offset
                 for subscription in self.subscriptions:
                     subscription.push(batch)
 
 
-def _event(partition: int, raw_id: bytes, fields: dict[bytes, bytes]) -> Event:
+def _event(partition: int, raw_id: bytes, fields: dict[bytes, bytes], offset: int) -> Event:
     return Event(
         id=parse_id(raw_id),
+        offset=offset,
         partition=partition,
         user=fields[b"user"].decode(),
         type=fields[b"type"].decode(),

@@ -170,7 +170,8 @@ def render(report: Report) -> str:
         s = report.streams
         out += ["### Stream length during the request scenarios", "",
                 "XLEN summed over the partition streams, sampled every second while every request scenario ran "
-                "(the aggregator trims what every group has acknowledged).", ""]
+                "(the aggregator trims what every group has acknowledged once it is older than "
+                "PROFILEMESH_EVENTS_RETENTION_S, the window subscribers can resume from).", ""]
         out += _table(("events appended", "samples", "max XLEN (all partitions)", "final XLEN",
                        "baseline's single stream at the end (never trimmed)"),
                       [(_n(s.appended), s.samples, _n(s.max_total), _n(s.final_total), _n(s.baseline_final))])

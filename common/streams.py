@@ -14,9 +14,13 @@ import contextlib
 import time
 from typing import Any, Coroutine, Iterator
 
+from redis.exceptions import RedisClusterException, RedisError
+
 from common.config import Settings
 
 DRAINING = "the server is shutting down; reconnect"
+# What ends a stream with UNAVAILABLE when the cluster fails under it (RedisClusterException is not a RedisError).
+CLUSTER_UNAVAILABLE = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
 
 
 class TooManyStreams(Exception):

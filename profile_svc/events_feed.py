@@ -23,12 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Callable, Iterable
 
-from redis.exceptions import RedisClusterException, RedisError
-
 from common import keys
 from common.cluster import Cluster
 from common.errors import InvalidArgument
-from common.streams import StreamClock
+from common.streams import CLUSTER_UNAVAILABLE, StreamClock
 from common.validation import check_user
 
 log = logging.getLogger(__name__)
@@ -39,7 +37,6 @@ RETRY_S = 0.5
 MAX_USERS = 100
 CHANGES = ("create", "update", "delete")
 TOKEN_PREFIX = "v1."
-UNAVAILABLE = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
 
 StreamId = tuple[int, int]
 
@@ -271,7 +268,7 @@ class EventsFeed:
                 # bound (the client keeps a connection for each partition beyond it).
                 client = await self.cluster.connected()
                 reply = await client.xread({stream: format_id(self.tail[partition])}, count=PAGE, block=self.block_ms)
-            except UNAVAILABLE as error:
+            except CLUSTER_UNAVAILABLE as error:
                 log.warning("events tail of partition %d: cluster unavailable: %r", partition, error)
                 await asyncio.sleep(RETRY_S)
                 continue

@@ -11,8 +11,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from common.errors import InvalidArgument
 from common.server import translate_errors
-from common.streams import StreamEnded, StreamLimits, TooManyStreams
-from profile_svc.events_feed import UNAVAILABLE, Event, EventsFeed, FellBehind, Position, Trimmed, event_filter
+from common.streams import CLUSTER_UNAVAILABLE, StreamEnded, StreamLimits, TooManyStreams
+from profile_svc.events_feed import Event, EventsFeed, FellBehind, Position, Trimmed, event_filter
 from profile_svc.profiles import Profiles
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 
@@ -71,7 +71,7 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
         except Trimmed as error:
             log.info("WatchProfileEvents ended after %d events: %s", sent, error)
             await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(error))
-        except (FellBehind, StreamEnded, *UNAVAILABLE) as error:
+        except (FellBehind, StreamEnded, *CLUSTER_UNAVAILABLE) as error:
             code = grpc.StatusCode.RESOURCE_EXHAUSTED if isinstance(error, FellBehind) else grpc.StatusCode.UNAVAILABLE
             reason = str(error) if isinstance(error, (FellBehind, StreamEnded)) else "the cluster is unavailable; reconnect"
             log.info("WatchProfileEvents ended after %d events: %s", sent, reason)

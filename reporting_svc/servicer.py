@@ -10,10 +10,10 @@ import grpc
 
 from common.errors import InvalidArgument
 from common.server import translate_errors
-from common.streams import StreamEnded, StreamLimits, TooManyStreams
+from common.streams import CLUSTER_UNAVAILABLE, StreamEnded, StreamLimits, TooManyStreams
 from profilemesh.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from reporting_svc.reports import Reports
-from reporting_svc.watch import UNAVAILABLE, Leaderboard
+from reporting_svc.watch import Leaderboard
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,6 @@ class ReportingServicer(reporting_pb2_grpc.ReportingServiceServicer):
         except StreamEnded as error:
             log.info("WatchTopProfiles ended: %s", error)
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
-        except UNAVAILABLE as error:
+        except CLUSTER_UNAVAILABLE as error:
             log.warning("WatchTopProfiles: cluster unavailable: %r", error)
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the cluster is unavailable; reconnect")

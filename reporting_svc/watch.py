@@ -14,14 +14,11 @@ import asyncio
 import logging
 from typing import AsyncIterator
 
-from redis.exceptions import RedisClusterException, RedisError
-
-from common.streams import StreamClock
+from common.streams import CLUSTER_UNAVAILABLE, StreamClock
 from reporting_svc.reports import Reports, check_limit
 
 log = logging.getLogger(__name__)
 
-UNAVAILABLE = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
 
 Ranking = tuple[tuple[str, int], ...]
 Snapshot = tuple[Ranking, tuple[tuple[str, int], ...]]  # the top list, and the totals as (type, count) pairs
@@ -86,7 +83,7 @@ class Leaderboard:
                     continue
                 ranking, totals = await self._snapshot(max(w.limit for w in self.watchers), partition_totals)
                 version = partition_totals
-            except UNAVAILABLE as error:
+            except CLUSTER_UNAVAILABLE as error:
                 log.warning("leaderboard: cluster unavailable: %r", error)
                 continue
             for watcher in self.watchers:

@@ -88,6 +88,7 @@ def test_reflection_describes_profile_service(channels: dict[str, grpc.Channel])
         "GetProfile": (f"{package}.GetProfileRequest", f"{package}.Profile"),
         "UpdateProfile": (f"{package}.UpdateProfileRequest", f"{package}.UpdateProfileResponse"),
         "DeleteProfile": (f"{package}.DeleteProfileRequest", f"{package}.DeleteProfileResponse"),
+        "WatchProfileEvents": (f"{package}.WatchProfileEventsRequest", f"{package}.WatchProfileEventsResponse"),
     }
     request = pool.FindMessageTypeByName(f"{package}.CreateProfileRequest")
     assert [field.name for field in request.fields] == ["user", "fields"]
@@ -104,6 +105,7 @@ def test_reflection_describes_reporting_service(channels: dict[str, grpc.Channel
         "GetTopProfiles": f"{package}.GetTopProfilesRequest",
         "GetProfileStats": f"{package}.GetProfileStatsRequest",
         "GetOperationTotals": f"{package}.GetOperationTotalsRequest",
+        "WatchTopProfiles": f"{package}.WatchTopProfilesRequest",
     }
     totals = pool.FindMessageTypeByName(f"{package}.OperationTotals")
     assert [field.name for field in totals.fields] == ["create", "read", "update", "delete"]

@@ -14,21 +14,35 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter, defaultdict
-from typing import Any
+from typing import Any, Iterator
 
 import aiohttp
 import grpc
 import psutil
+import pytest
 
 from common import keys
 from localdev.ports import free_ports
-from localdev.system import System
+from localdev.system import System, on_free_ports
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
-from tests.conftest import PARTITIONS
+from tests.conftest import PARTITIONS, TEST_SETTINGS
 from tests.helpers import wait_until
 
 Change = tuple[str, str]  # (user, type)
 TIMEOUT_S = 20
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    """A system of the module's own with the default retention window (the suite's is 1 s), so that
+    resuming a few seconds later finds every event."""
+    settings = {name: value for name, value in TEST_SETTINGS.items() if name != "PROFILEMESH_EVENTS_RETENTION_S"}
+    system = on_free_ports(tmp_path_factory.mktemp("feed"), settings)
+    try:
+        system.start()
+        yield system
+    finally:
+        system.stop()
 
 
 def scripted_operations(users: list[str], count: int, seed: int) -> list[Change]:

@@ -62,7 +62,7 @@ def test_a_stopped_shard_fails_only_its_partitions(fresh_system: System) -> None
 
 def test_aggregation_goes_on_for_the_other_partitions(fresh_system: System, fresh_client: RedisCluster) -> None:
     """While a shard is down, an entry a killed replica left pending on a healthy partition is reclaimed
-    within two claim intervals, a mix of changes there is counted exactly, and trimming goes on."""
+    within a few claim intervals, a mix of changes there is counted exactly, and trimming goes on."""
     system = fresh_system
     cluster = system.cluster
     claim_idle_s = int(TEST_SETTINGS["PROFILEMESH_AGGREGATOR_CLAIM_IDLE_MS"]) / 1000
@@ -99,9 +99,12 @@ def test_aggregation_goes_on_for_the_other_partitions(fresh_system: System, fres
             return (fresh_client.xpending(ghost_stream, "aggregator")["pending"] == 0
                     and scores_of(fresh_client, PARTITIONS, users) == expected)
 
-        wait_until(counted, timeout_s=max(0.1, taken_at + 2 * claim_idle_s - time.monotonic()),
-                   what="the entry the dead replica held to be reclaimed and everything counted, in two claim intervals")
-        print(f"\nreclaimed and counted {time.monotonic() - taken_at:.2f} s after the replica took the entry")
+        # Reclaimed once idle for one claim interval, by a round every quarter of it: about 2.5 s here,
+        # which the test prints. It allows three intervals so that a loaded machine doesn't fail it.
+        wait_until(counted, timeout_s=max(0.1, taken_at + 3 * claim_idle_s - time.monotonic()),
+                   what="the entry the dead replica held to be reclaimed and everything counted")
+        print(f"\nreclaimed and counted {time.monotonic() - taken_at:.2f} s after the replica took the entry "
+              f"({(time.monotonic() - taken_at) / claim_idle_s:.2f} claim intervals)")
         # Trimming goes on: each healthy partition keeps at most its last delivered entry.
         wait_until(lambda: all(fresh_client.xlen(keys.events_key(p)) <= 1 for p in healthy), timeout_s=10,
                    what="the healthy partitions' streams to be trimmed")

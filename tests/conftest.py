@@ -35,13 +35,14 @@ TEST_SETTINGS = {
 }
 
 
-def make_system(directory: Path) -> System:
-    return on_free_ports(directory, TEST_SETTINGS)
+def make_system(directory: Path, settings: dict[str, str] | None = None) -> System:
+    return on_free_ports(directory, TEST_SETTINGS if settings is None else settings)
 
 
 @contextlib.contextmanager
-def running_system(directory: Path) -> Iterator[System]:
-    system = make_system(directory)
+def running_system(directory: Path, settings: dict[str, str] | None = None) -> Iterator[System]:
+    """A whole system on free ports, with the suite's settings unless given others, stopped afterwards."""
+    system = make_system(directory, settings)
     try:
         system.start()
         yield system

@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterable
 from redis.cluster import RedisCluster
 
 from common import keys
+from localdev.waiting import poll_until
 
 
 def http_call(port: int, method: str, path: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
@@ -29,15 +30,13 @@ def http_call(port: int, method: str, path: str, body: Any = None, raw: bytes | 
 
 
 def wait_until(condition: Callable[[], Any], timeout_s: float = 30, interval_s: float = 0.1, what: str = "") -> Any:
-    """Poll until condition() is truthy; the aggregator is asynchronous, so tests wait for it."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what or condition}")
-        time.sleep(interval_s)
+    """Poll until condition() is truthy; the aggregator is asynchronous, so tests wait for it.
+
+    A timeout fails the test (AssertionError) rather than erroring it."""
+    try:
+        return poll_until(condition, timeout_s, what or str(condition), interval_s)
+    except TimeoutError as error:
+        raise AssertionError(str(error)) from None
 
 
 def read_events(client: RedisCluster, partitions: int) -> Counter:

@@ -23,9 +23,9 @@ import pytest
 
 from common import keys
 from localdev.ports import free_ports
-from localdev.system import System, on_free_ports
+from localdev.system import System
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
-from tests.conftest import PARTITIONS, TEST_SETTINGS
+from tests.conftest import PARTITIONS, TEST_SETTINGS, running_system
 from tests.helpers import wait_until
 
 Change = tuple[str, str]  # (user, type)
@@ -37,12 +37,8 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     """A system of the module's own with the default retention window (the suite's is 1 s), so that
     resuming a few seconds later finds every event."""
     settings = {name: value for name, value in TEST_SETTINGS.items() if name != "PROFILEMESH_EVENTS_RETENTION_S"}
-    system = on_free_ports(tmp_path_factory.mktemp("feed"), settings)
-    try:
-        system.start()
-        yield system
-    finally:
-        system.stop()
+    with running_system(tmp_path_factory.mktemp("feed"), settings) as running:
+        yield running
 
 
 def scripted_operations(users: list[str], count: int, seed: int) -> list[Change]:

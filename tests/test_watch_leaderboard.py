@@ -17,10 +17,10 @@ from redis.cluster import RedisCluster
 
 from common import keys
 from localdev.ports import free_ports
-from localdev.system import System, on_free_ports
+from localdev.system import System
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 from profilemesh.reporting.v1 import reporting_pb2, reporting_pb2_grpc
-from tests.conftest import PARTITIONS, TEST_SETTINGS
+from tests.conftest import PARTITIONS, TEST_SETTINGS, running_system
 from tests.helpers import http_call, wait_until
 from tests.test_seed_walkthrough import SEED_USERS
 
@@ -40,12 +40,8 @@ def board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
         "PROFILEMESH_MAX_STREAMS": str(MAX_STREAMS),
         "PROFILEMESH_WATCH_INTERVAL_MS": "250",
     }
-    system = on_free_ports(tmp_path_factory.mktemp("board"), settings)
-    try:
-        system.start()
-        yield system
-    finally:
-        system.stop()
+    with running_system(tmp_path_factory.mktemp("board"), settings) as running:
+        yield running
 
 
 def ranking(message: reporting_pb2.WatchTopProfilesResponse) -> list[tuple[str, int]]:

@@ -18,7 +18,10 @@ from redis.exceptions import MaxConnectionsError, RedisClusterException, RedisEr
 from common.cluster import Cluster
 from common.config import Settings
 from common.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from common.interceptors import ObservingInterceptor
 from common.logs import setup_logging
+from common.metrics import serve_metrics
+from common.tracing import setup_tracing, shutdown_tracing
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,9 @@ HEALTH_INTERVAL_S = 1.0
 # Calls that come without a deadline still get one, so retries inside can't go on for ever.
 MAX_CALL_S = 10.0
 BIND_WAIT_S = 65
+# gRPC's own limit is a backstop above the interceptor's shedding, which counts what it sheds and
+# spares health checks: room for them and for the RESOURCE_EXHAUSTED answers themselves.
+CORE_LIMIT_ROOM = 32
 
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable])
 
@@ -122,12 +128,17 @@ def run_service(process: str, listen: Callable[[Settings], str], build: Callable
     """A service's whole `main`: settings, logging, the cluster client, then serve until a signal."""
     settings = Settings.from_env()
     setup_logging(process, settings.log_level)
+    setup_tracing(process)
+    serve_metrics(settings.metrics_listen(process))
 
     async def main() -> None:
         cluster = Cluster(settings)
         await serve(listen(settings), cluster, lambda server: build(server, cluster))
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        shutdown_tracing()
 
 
 async def serve(listen: str, cluster: Cluster, build: Callable[[grpc.aio.Server], Service]) -> None:
@@ -137,8 +148,9 @@ async def serve(listen: str, cluster: Cluster, build: Callable[[grpc.aio.Server]
     health turns NOT_SERVING first, so load balancers stop sending before the listener closes.
     """
     server = grpc.aio.server(
-        # Beyond this many calls in flight, new ones get RESOURCE_EXHAUSTED at once instead of queueing.
-        maximum_concurrent_rpcs=cluster.settings.max_in_flight,
+        # Beyond max_in_flight calls, new ones get RESOURCE_EXHAUSTED at once instead of queueing.
+        interceptors=[ObservingInterceptor(cluster.settings.max_in_flight)],
+        maximum_concurrent_rpcs=cluster.settings.max_in_flight + CORE_LIMIT_ROOM,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             # Fail loudly if the port is taken rather than silently sharing it.

@@ -33,7 +33,8 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-async def _partition_figures(client: RedisCluster, stream: str, group: str, now_ms: int) -> dict[str, float]:
+async def partition_figures(client: RedisCluster, stream: str, group: str, now_ms: int) -> dict[str, float]:
+    """Stream length, undelivered (lag) and pending entries, and the age in seconds of the oldest of each."""
     length = await client.xlen(stream)
     info = next((g for g in await client.xinfo_groups(stream) if _text(g["name"]) == group), None)
     if info is None:  # no aggregator has created the group yet: everything is undelivered
@@ -66,7 +67,7 @@ async def collect_lag(cluster: Cluster, group: str) -> None:
         for partition in partitions:
             try:
                 async with cluster.bounded("command", "lag") as client:
-                    figures = await _partition_figures(client, keys.events_key(partition), group, now_ms)
+                    figures = await partition_figures(client, keys.events_key(partition), group, now_ms)
             except (RedisError, RedisClusterException, OSError, asyncio.TimeoutError) as error:
                 log.debug("partition %d: lag not read: %r", partition, error)
                 continue

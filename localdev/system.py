@@ -20,6 +20,9 @@ from localdev import processes
 from localdev.cluster import LocalCluster
 from localdev.ports import free_ports
 
+# Every component; each serves Prometheus metrics on a port of its own.
+SERVICES = ("profile_svc", "reporting_svc", "aggregator_svc", "gateway")
+
 # How many replicas of profile_svc and of reporting_svc `make run` starts.
 REPLICAS_VARIABLE = "PROFILEMESH_REPLICAS"
 

@@ -64,12 +64,14 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
                 count(grpc.StatusCode.RESOURCE_EXHAUSTED)
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls in flight; retry later")
             carrier = dict(context.invocation_metadata() or ())
-            REQUEST_ID.set(carrier.get(REQUEST_ID_HEADER))
+            request_id = carrier.get(REQUEST_ID_HEADER)
+            REQUEST_ID.set(request_id)
             self.in_flight += 1
             in_flight.inc()
             started = time.perf_counter()
             try:
-                with tracing.server_span(method, carrier, **{"rpc.system": "grpc", "rpc.method": method}):
+                with tracing.server_span(method, carrier, **{"rpc.system": "grpc", "rpc.method": method,
+                                                             "profilemesh.request_id": request_id or ""}):
                     return await behavior(request, context)
             finally:
                 self.in_flight -= 1

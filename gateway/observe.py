@@ -50,7 +50,8 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     metrics.HTTP_IN_FLIGHT.inc()
     try:
         with tracing.server_span(f"{method} {route}", dict(request.headers),
-                                 **{"http.request.method": method, "http.route": route}):
+                                 **{"http.request.method": method, "http.route": route,
+                                    "profilemesh.request_id": request_id}):
             if given is not None and given != request_id:
                 response: web.StreamResponse = web.json_response(
                     {"message": "X-Request-Id must be 1 to 128 letters, digits or ._:+/=-"}, status=400)

@@ -17,6 +17,8 @@ from common.config import Settings
 from common.errors import PartitionMismatch
 
 log = logging.getLogger(__name__)
+_commands = metrics.children(metrics.CLUSTER_COMMANDS)
+_errors = metrics.children(metrics.CLUSTER_ERRORS)
 
 
 class Cluster:
@@ -70,12 +72,12 @@ class Cluster:
     @asynccontextmanager
     async def bounded(self, kind: str = "command", name: str = "other") -> AsyncIterator[RedisCluster]:
         """The client, for one command (or script) within the concurrency bound; counted, failures by kind."""
-        metrics.CLUSTER_COMMANDS.labels(kind, name).inc()
+        _commands(kind, name).inc()
         async with self.limit:
             try:
                 yield await self.connected()
             except Exception as error:
-                metrics.CLUSTER_ERRORS.labels(type(error).__name__).inc()
+                _errors(type(error).__name__).inc()
                 raise
 
     def script(self, path: Path, source: str | None = None) -> AsyncScript:
@@ -89,6 +91,9 @@ class Cluster:
 
     async def run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
         name = self.name_of(script)
+        if not tracing.ENABLED:
+            async with self.bounded("script", name) as client:
+                return await script(keys=list(keys), args=list(args), client=client)
         with tracing.span(f"script {name}", tracing.trace.SpanKind.CLIENT, **{"db.system": "redis", "db.operation": name}):
             async with self.bounded("script", name) as client:
                 return await script(keys=list(keys), args=list(args), client=client)

@@ -46,10 +46,12 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         behavior = handler.unary_unary
         latency = metrics.GRPC_LATENCY.labels(method)
-        in_flight = metrics.GRPC_IN_FLIGHT.labels(method)
+        in_flight = [0]
+        metrics.GRPC_IN_FLIGHT.labels(method).set_function(lambda: in_flight[0])  # read at scrape time
         shed = metrics.GRPC_SHED.labels(method)
         counters: dict[Any, Any] = {}
         sheddable = not method.startswith(_NEVER_SHED)
+        traced = tracing.ENABLED and sheddable  # a span per health check would bury the requests
 
         def count(code: Any) -> None:
             counter = counters.get(code)
@@ -67,15 +69,17 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
             request_id = carrier.get(REQUEST_ID_HEADER)
             REQUEST_ID.set(request_id)
             self.in_flight += 1
-            in_flight.inc()
+            in_flight[0] += 1
             started = time.perf_counter()
             try:
+                if not traced:
+                    return await behavior(request, context)
                 with tracing.server_span(method, carrier, **{"rpc.system": "grpc", "rpc.method": method,
                                                              "profilemesh.request_id": request_id or ""}):
                     return await behavior(request, context)
             finally:
                 self.in_flight -= 1
-                in_flight.dec()
+                in_flight[0] -= 1
                 latency.observe(time.perf_counter() - started)
                 code = context.code()
                 count(code)

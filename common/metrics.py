@@ -8,6 +8,7 @@ The process collectors (CPU, RSS, open file descriptors) come with prometheus_cl
 from __future__ import annotations
 
 import logging
+from typing import Callable, TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics, start_http_server
 
@@ -57,6 +58,22 @@ OLDEST_PENDING_AGE = Gauge("profilemesh_aggregator_oldest_pending_age_seconds",
                            "age of the oldest delivered, unacknowledged entry (0 when none)", ["partition"])
 OLDEST_UNDELIVERED_AGE = Gauge("profilemesh_aggregator_oldest_undelivered_age_seconds",
                                "age of the oldest entry not yet delivered (0 when none)", ["partition"])
+
+
+Metric = TypeVar("Metric", Counter, Gauge, Histogram)
+
+
+def children(metric: Metric) -> Callable[..., Metric]:
+    """`metric.labels(...)` memoised: on a request's path the lookup costs a dict get, not a lock and a tuple."""
+    made: dict[tuple[str, ...], Metric] = {}
+
+    def child(*labels: str) -> Metric:
+        found = made.get(labels)
+        if found is None:
+            found = made[labels] = metric.labels(*labels)
+        return found
+
+    return child
 
 
 def serve_metrics(listen: str) -> None:

@@ -7,9 +7,9 @@ response, to the services as gRPC metadata, and onto every log line about the re
 from __future__ import annotations
 
 import logging
+import random
 import re
 import time
-import uuid
 from typing import Awaitable, Callable
 
 from aiohttp import web
@@ -26,6 +26,11 @@ UNMATCHED = "unmatched"  # the route label of requests no route matched (404, 40
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+_requests = metrics.children(metrics.HTTP_REQUESTS)
+_latency = metrics.children(metrics.HTTP_LATENCY)
+_in_flight = 0
+metrics.HTTP_IN_FLIGHT.set_function(lambda: _in_flight)  # read at scrape time: nothing to do per request
+
 
 def _route_of(request: web.Request) -> str:
     resource = request.match_info.route.resource
@@ -41,13 +46,14 @@ def outgoing_metadata() -> list[tuple[str, str]]:
 
 @web.middleware
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    global _in_flight
     given = request.headers.get("X-Request-Id")
-    request_id = given if given is not None and _VALID_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    request_id = given if given is not None and _VALID_REQUEST_ID.fullmatch(given) else f"{random.getrandbits(128):032x}"
     REQUEST_ID.set(request_id)
     route = _route_of(request)
     method = request.method if request.method in _KNOWN_METHODS else "OTHER"
     started = time.perf_counter()
-    metrics.HTTP_IN_FLIGHT.inc()
+    _in_flight += 1
     try:
         with tracing.server_span(f"{method} {route}", dict(request.headers),
                                  **{"http.request.method": method, "http.route": route,
@@ -58,10 +64,10 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
             else:
                 response = await handler(request)
     finally:
-        metrics.HTTP_IN_FLIGHT.dec()
+        _in_flight -= 1
     elapsed = time.perf_counter() - started
-    metrics.HTTP_LATENCY.labels(route, method).observe(elapsed)
-    metrics.HTTP_REQUESTS.labels(route, method, str(response.status)).inc()
+    _latency(route, method).observe(elapsed)
+    _requests(route, method, str(response.status)).inc()
     response.headers["X-Request-Id"] = request_id
     log.debug("%s %s answered %d in %.1f ms", request.method, request.path, response.status, elapsed * 1000)
     return response

@@ -270,8 +270,9 @@ def test_profilemesh_says_when_nothing_is_running(tmp_path: Path) -> None:
 
 
 def test_profilemesh_status_lists_everything_and_fails_when_a_node_stops(observed: System) -> None:
-    healthy = _profilemesh(observed, "status", "--json")
-    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    # A loaded machine can make a node look suspect for a moment (2 s node timeout): allow it to settle.
+    healthy = wait_until(lambda: (lambda r: r if r.returncode == 0 else None)(_profilemesh(observed, "status", "--json")),
+                         30, interval_s=1, what="profilemesh status to report a healthy system")
     report = json.loads(healthy.stdout)
     assert report["healthy"] and report["problems"] == []
     assert sorted(c["component"] for c in report["components"]) == sorted(SERVICES)

@@ -46,7 +46,8 @@ async def partition_figures(client: RedisCluster, stream: str, group: str, now_m
         oldest_pending = 0.0
         if pending:
             summary = await client.xpending(stream, group)
-            oldest_pending = max(0, now_ms - _id_ms(summary["min"])) / 1000
+            if summary["min"] is not None:  # None: acknowledged since XINFO GROUPS was read
+                oldest_pending = max(0, now_ms - _id_ms(summary["min"])) / 1000
     first_undelivered = await client.xrange(stream, min=f"({last_delivered}", count=1)
     if lag is None:  # the server can't tell after deletions inside the range: count what is left
         lag = len(await client.xrange(stream, min=f"({last_delivered}", count=COUNT_LIMIT))
@@ -70,6 +71,9 @@ async def collect_lag(cluster: Cluster, group: str) -> None:
                     figures = await partition_figures(client, keys.events_key(partition), group, now_ms)
             except (RedisError, RedisClusterException, OSError, asyncio.TimeoutError) as error:
                 log.debug("partition %d: lag not read: %r", partition, error)
+                continue
+            except Exception:  # a reply of an unexpected shape must not stop the aggregator itself
+                log.exception("partition %d: lag not read", partition)
                 continue
             for name, gauge in gauges.items():
                 gauge.labels(str(partition)).set(figures[name])

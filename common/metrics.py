@@ -81,5 +81,10 @@ def serve_metrics(listen: str) -> None:
     if listen == "off":
         return
     host, _, port = listen.rpartition(":")
-    start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0")
+    try:
+        start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0")
+    except (OSError, ValueError) as error:
+        log.critical("cannot serve metrics on %r: %s (set this component's PROFILEMESH_..._METRICS_LISTEN "
+                     "to a free host:port, or off)", listen, error)
+        raise SystemExit(1) from None
     log.info("metrics on http://%s/metrics", listen)

@@ -92,7 +92,13 @@ class System:
         return env
 
     def start_process(self, name: str, module: str, **env: str) -> subprocess.Popen:
-        """Start `python -m module` as `name`; logs go to log_dir/name.log when there is one."""
+        """Start `python -m module` as `name`; logs go to log_dir/name.log when there is one.
+
+        A further replica of a service (a name of its own) gets a metrics port of its own.
+        """
+        if name not in self.metrics_ports and module in SERVICES and self.metrics_ports:
+            variable = f"PROFILEMESH_{module.removesuffix('_svc').upper()}_METRICS_LISTEN"
+            env.setdefault(variable, f"127.0.0.1:{free_ports(1)[0]}")
         output: IO | None = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)

@@ -48,10 +48,13 @@ async def partition_figures(client: RedisCluster, stream: str, group: str, now_m
             summary = await client.xpending(stream, group)
             if summary["min"] is not None:  # None: acknowledged since XINFO GROUPS was read
                 oldest_pending = max(0, now_ms - _id_ms(summary["min"])) / 1000
-    first_undelivered = await client.xrange(stream, min=f"({last_delivered}", count=1)
     if lag is None:  # the server can't tell after deletions inside the range: count what is left
         lag = len(await client.xrange(stream, min=f"({last_delivered}", count=COUNT_LIMIT))
-    oldest_undelivered = max(0, now_ms - _id_ms(first_undelivered[0][0])) / 1000 if first_undelivered else 0.0
+    oldest_undelivered = 0.0
+    if lag:  # an idle partition costs two commands a second: XLEN and XINFO GROUPS
+        first_undelivered = await client.xrange(stream, min=f"({last_delivered}", count=1)
+        if first_undelivered:
+            oldest_undelivered = max(0, now_ms - _id_ms(first_undelivered[0][0])) / 1000
     return {"length": length, "lag": int(lag), "pending": pending,
             "oldest_pending": oldest_pending, "oldest_undelivered": oldest_undelivered}
 

@@ -3,17 +3,22 @@ traces across gateway, service and cluster, and the `profilemesh` command agains
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 import redis
+from redis.asyncio.cluster import RedisCluster as AsyncCluster
 
+from aggregator_svc.lag import partition_figures
+from common import keys
 from localdev.otlp_sink import OtlpSink
 from localdev.ports import free_ports
 from localdev.prometheus import CONFIG, RULES, Prometheus
@@ -292,3 +297,30 @@ def test_profilemesh_status_lists_everything_and_fails_when_a_node_stops(observe
     broken = _profilemesh(observed, "status")
     assert broken.returncode == 1
     assert f"node {stopped} (replica) is unreachable" in broken.stdout and "status: UNHEALTHY" in broken.stdout
+
+
+def test_lag_figures_count_undelivered_and_pending_entries(observed: System) -> None:
+    """The figures behind the lag gauges and `profilemesh status`, for a group that reads slower than writes."""
+    users = [f"lag{i}" for i in range(200) if keys.partition_of(f"lag{i}", 16) == 5][:3]
+    stream = keys.events_key(5)
+
+    async def check() -> None:
+        client = AsyncCluster.from_url(observed.cluster.url)
+        try:
+            await client.xgroup_create(stream, "slow-reader", id="$", mkstream=True)
+            for user in users:
+                assert request(observed.gateway_port, "POST", f"/profile/{user}", {"email": "x"})[0] == 201
+            await asyncio.sleep(0.05)
+            now_ms = int(time.time() * 1000)
+            figures = await partition_figures(client, stream, "slow-reader", now_ms)
+            assert (figures["lag"], figures["pending"], figures["oldest_pending"]) == (3, 0, 0.0)
+            assert figures["length"] >= 3 and figures["oldest_undelivered"] > 0
+            await client.xreadgroup("slow-reader", "c1", {stream: ">"}, count=2)
+            figures = await partition_figures(client, stream, "slow-reader", now_ms + 1000)
+            assert (figures["lag"], figures["pending"]) == (1, 2)
+            assert figures["oldest_pending"] >= 1.0 and figures["oldest_undelivered"] >= 1.0
+        finally:
+            await client.xgroup_destroy(stream, "slow-reader")
+            await client.aclose()
+
+    asyncio.run(check())

@@ -1,4 +1,4 @@
-"""The gRPC server interceptor every service runs: load shedding, metrics, request ids, trace context.
+"""The gRPC server interceptor every service runs: metrics, request ids, trace context.
 
 It wraps each unary method's handler once (cached by method), so a call pays for a few counter
 updates and a context variable, plus a span only when tracing is on.
@@ -18,16 +18,13 @@ from common.logs import REQUEST_ID
 log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
-# Health checks are never shed: a load balancer must see an overloaded server as up.
-_NEVER_SHED = "/grpc.health.v1.Health/"
+_HEALTH = "/grpc.health.v1.Health/"
 
 
 class ObservingInterceptor(grpc.aio.ServerInterceptor):
-    """Sheds calls beyond `max_in_flight` with RESOURCE_EXHAUSTED (counted), times and counts the others."""
+    """Counts and times every unary call, by method and status code; carries its request id and trace context."""
 
-    def __init__(self, max_in_flight: int) -> None:
-        self.max_in_flight = max_in_flight
-        self.in_flight = 0
+    def __init__(self) -> None:
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}  # method: (original, wrapped)
 
     async def intercept_service(
@@ -48,10 +45,9 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         latency = metrics.GRPC_LATENCY.labels(method)
         in_flight = [0]
         metrics.GRPC_IN_FLIGHT.labels(method).set_function(lambda: in_flight[0])  # read at scrape time
-        shed = metrics.GRPC_SHED.labels(method)
         counters: dict[Any, Any] = {}
-        sheddable = not method.startswith(_NEVER_SHED)
-        traced = tracing.ENABLED and sheddable  # a span per health check would bury the requests
+        is_health = method.startswith(_HEALTH)
+        traced = tracing.ENABLED and not is_health  # a span per health check would bury the requests
 
         def count(code: Any) -> None:
             counter = counters.get(code)
@@ -61,14 +57,9 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
             counter.inc()
 
         async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            if sheddable and self.in_flight >= self.max_in_flight:
-                shed.inc()
-                count(grpc.StatusCode.RESOURCE_EXHAUSTED)
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls in flight; retry later")
             carrier = dict(context.invocation_metadata() or ())
             request_id = carrier.get(REQUEST_ID_HEADER)
             REQUEST_ID.set(request_id)
-            self.in_flight += 1
             in_flight[0] += 1
             started = time.perf_counter()
             try:
@@ -78,12 +69,11 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
                                                              "profilemesh.request_id": request_id or ""}):
                     return await behavior(request, context)
             finally:
-                self.in_flight -= 1
                 in_flight[0] -= 1
                 latency.observe(time.perf_counter() - started)
                 code = context.code()
                 count(code)
-                if sheddable:  # health checks come every second: not worth a line each
+                if not is_health:  # health checks come every second: not worth a line each
                     log.debug("%s answered %s in %.1f ms", method, getattr(code, "name", "OK"),
                               (time.perf_counter() - started) * 1000)
 

@@ -24,8 +24,6 @@ GRPC_REQUESTS = Counter("profilemesh_grpc_server_requests", "gRPC calls handled,
 GRPC_LATENCY = Histogram("profilemesh_grpc_server_request_duration_seconds", "gRPC call latency in the server",
                          ["method"], buckets=LATENCY_BUCKETS)
 GRPC_IN_FLIGHT = Gauge("profilemesh_grpc_server_in_flight", "gRPC calls being handled", ["method"])
-GRPC_SHED = Counter("profilemesh_grpc_server_shed", "gRPC calls refused with RESOURCE_EXHAUSTED by load shedding",
-                    ["method"])
 
 # The gateway's REST routes (route = the pattern, e.g. /profile/{user}).
 HTTP_REQUESTS = Counter("profilemesh_http_requests", "HTTP requests answered, by route, method and status",

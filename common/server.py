@@ -32,9 +32,6 @@ HEALTH_INTERVAL_S = 1.0
 # Calls that come without a deadline still get one, so retries inside can't go on for ever.
 MAX_CALL_S = 10.0
 BIND_WAIT_S = 65
-# gRPC's own limit is a backstop above the interceptor's shedding, which counts what it sheds and
-# spares health checks: room for them and for the RESOURCE_EXHAUSTED answers themselves.
-CORE_LIMIT_ROOM = 32
 
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable])
 
@@ -148,9 +145,11 @@ async def serve(listen: str, cluster: Cluster, build: Callable[[grpc.aio.Server]
     health turns NOT_SERVING first, so load balancers stop sending before the listener closes.
     """
     server = grpc.aio.server(
-        # Beyond max_in_flight calls, new ones get RESOURCE_EXHAUSTED at once instead of queueing.
-        interceptors=[ObservingInterceptor(cluster.settings.max_in_flight)],
-        maximum_concurrent_rpcs=cluster.settings.max_in_flight + CORE_LIMIT_ROOM,
+        interceptors=[ObservingInterceptor()],
+        # Beyond this many calls in flight, new ones get RESOURCE_EXHAUSTED at once instead of queueing.
+        # gRPC refuses them before any Python runs, so the servers can't count them: callers see them
+        # (the gateway as 429s in profilemesh_http_requests_total).
+        maximum_concurrent_rpcs=cluster.settings.max_in_flight,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             # Fail loudly if the port is taken rather than silently sharing it.

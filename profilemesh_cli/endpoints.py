@@ -18,7 +18,10 @@ def _local(listen: str) -> str:
 
 
 def replicas(target: str) -> list[str]:
-    """Every address behind a `dns:///host:port` (or plain host:port) target: one per replica."""
+    """Every address behind a target: one per replica (`ipv4:a:p,b:q`, `dns:///host:port` or host:port)."""
+    for scheme in ("ipv4:", "ipv6:"):
+        if target.startswith(scheme):
+            return [address for address in target.removeprefix(scheme).split(",") if address]
     address = target.removeprefix("dns:///").removeprefix("dns:")
     host, _, port = address.rpartition(":")
     try:

@@ -5,17 +5,28 @@ PY     := $(VENV)/bin/python
 DEPS   := $(VENV)/.deps-installed
 PROTOS := $(shell find protos -name '*.proto')
 GEN    := gen/.generated
+CLI    := $(VENV)/bin/profilemesh
 
-.PHONY: run test bench proto cluster clean wrk browser
+.PHONY: run test bench proto cluster clean wrk browser prometheus
 
-run: $(GEN)
+run: $(GEN) $(CLI) $(if $(filter 1,$(PROFILEMESH_PROMETHEUS)),prometheus)
 	$(PY) -m localdev.run
 
-test: $(GEN) wrk browser
+test: $(GEN) $(CLI) wrk browser prometheus
 	$(PY) -m pytest
 
 bench: $(GEN) wrk
 	$(PY) -m bench.run
+
+# Prometheus (and promtool), for the tests and `PROFILEMESH_PROMETHEUS=1 make run`: a Debian package.
+prometheus:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq prometheus)
+
+# The `profilemesh` command: a console script calling profilemesh_cli.main:main.
+$(CLI): $(DEPS)
+	printf '%s\n' '#!$(CURDIR)/$(PY)' 'import sys' 'from profilemesh_cli.main import main' 'sys.exit(main())' > $@
+	chmod +x $@
 
 # wrk, the HTTP load generator of `make bench` (and of its smoke test in `make test`): a Debian package.
 wrk:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import grpc
 
 from aggregator_svc.aggregator import Aggregator
+from aggregator_svc.lag import collect_lag
 from common.cluster import Cluster
 from common.server import Service, run_service
 
 
 def build(server: grpc.aio.Server, cluster: Cluster) -> Service:
-    return Service(names=[], background=[Aggregator(cluster).run])
+    return Service(names=[], background=[Aggregator(cluster).run, lambda: collect_lag(cluster, cluster.settings.aggregator_group)])
 
 
 if __name__ == "__main__":

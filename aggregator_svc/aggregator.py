@@ -17,7 +17,7 @@ from pathlib import Path
 
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
-from common import keys
+from common import keys, metrics
 from common.cluster import Cluster
 
 log = logging.getLogger(__name__)
@@ -69,8 +69,8 @@ class Aggregator:
         self.partitions = range(settings.partitions)
         # A blocking read must return before the client's socket timeout fires.
         self.block_ms = max(settings.redis_timeout_ms // 2, 10)
-        self._apply = cluster.client.register_script(script_source("apply_events.lua"))
-        self._trim = cluster.client.register_script(script_source("trim_acknowledged.lua"))
+        self._apply = cluster.script(SCRIPTS / "apply_events.lua", script_source("apply_events.lua"))
+        self._trim = cluster.script(SCRIPTS / "trim_acknowledged.lua", script_source("trim_acknowledged.lua"))
 
     async def run(self) -> None:
         """Consume every partition until cancelled."""
@@ -144,6 +144,8 @@ class Aggregator:
         if gone:
             log.warning("partition %d: %d pending entries were no longer in the stream (trimmed); "
                         "acknowledged without counting", partition, gone)
+        metrics.BATCHES.inc()
+        metrics.EVENTS_APPLIED.inc(int(applied))
         return int(applied)
 
     async def _reclaim(self, partition: int) -> None:
@@ -157,6 +159,7 @@ class Aggregator:
                 )
             start, entries = reply[0], reply[1]
             if entries:
+                metrics.RECLAIMED.inc(len(entries))
                 applied = await self._apply_entries(partition, entries)
                 log.info("partition %d: reclaimed %d entries, applied %d", partition, len(entries), applied)
             if start in (b"0-0", "0-0"):
@@ -164,6 +167,7 @@ class Aggregator:
 
     async def _maintain(self, partition: int) -> None:
         await self.cluster.run(self._trim, trim_keys(partition), [self.group, FORGET_CONSUMER_AFTER_MS, self.retention_ms])
+        metrics.TRIMS.inc()
 
     @staticmethod
     async def _every(interval_s: float, job: str, work: Callable[[int], Awaitable[None]], partition: int) -> None:

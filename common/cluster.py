@@ -12,11 +12,13 @@ from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from common import keys
+from common import keys, metrics, tracing
 from common.config import Settings
 from common.errors import PartitionMismatch
 
 log = logging.getLogger(__name__)
+_commands = metrics.children(metrics.CLUSTER_COMMANDS)
+_errors = metrics.children(metrics.CLUSTER_ERRORS)
 
 
 class Cluster:
@@ -39,6 +41,7 @@ class Cluster:
             max_connections=settings.redis_max_concurrency + settings.partitions + 8,
         )
         self.limit = asyncio.Semaphore(settings.redis_max_concurrency)
+        self.script_names: dict[str, str] = {}  # sha -> name, for metrics and spans
         self._initialized = False
         self._initializing = asyncio.Lock()
 
@@ -67,18 +70,33 @@ class Cluster:
                 log.debug("topology refresh failed: %r", error)
 
     @asynccontextmanager
-    async def bounded(self) -> AsyncIterator[RedisCluster]:
-        """The client, for one command within the concurrency bound."""
+    async def bounded(self, kind: str = "command", name: str = "other") -> AsyncIterator[RedisCluster]:
+        """The client, for one command (or script) within the concurrency bound; counted, failures by kind."""
+        _commands(kind, name).inc()
         async with self.limit:
-            yield await self.connected()
+            try:
+                yield await self.connected()
+            except Exception as error:
+                _errors(type(error).__name__).inc()
+                raise
 
-    def script(self, path: Path) -> AsyncScript:
-        """A script from a .lua file; run by SHA, loaded on first use on each node."""
-        return self.client.register_script(path.read_text())
+    def script(self, path: Path, source: str | None = None) -> AsyncScript:
+        """A script from a .lua file (or `source`, named after the file); run by SHA, loaded on first use."""
+        script = self.client.register_script(source if source is not None else path.read_text())
+        self.script_names[script.sha] = path.stem
+        return script
+
+    def name_of(self, script: AsyncScript) -> str:
+        return self.script_names.get(script.sha, "script")
 
     async def run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        async with self.bounded() as client:
-            return await script(keys=list(keys), args=list(args), client=client)
+        name = self.name_of(script)
+        if not tracing.ENABLED:
+            async with self.bounded("script", name) as client:
+                return await script(keys=list(keys), args=list(args), client=client)
+        with tracing.span(f"script {name}", tracing.trace.SpanKind.CLIENT, **{"db.system": "redis", "db.operation": name}):
+            async with self.bounded("script", name) as client:
+                return await script(keys=list(keys), args=list(args), client=client)
 
     async def ping(self) -> bool:
         """Whether any primary answers; used for gRPC health.

@@ -41,6 +41,11 @@ class Settings:
     reporting_listen: str = "0.0.0.0:50052"
     aggregator_listen: str = "0.0.0.0:50053"
     gateway_listen: str = "0.0.0.0:8080"
+    # Where each component serves Prometheus metrics (/metrics over HTTP); "off" serves none.
+    profile_metrics_listen: str = "0.0.0.0:9101"
+    reporting_metrics_listen: str = "0.0.0.0:9102"
+    aggregator_metrics_listen: str = "0.0.0.0:9103"
+    gateway_metrics_listen: str = "0.0.0.0:9104"
     profile_target: str = "dns:///127.0.0.1:50051"
     reporting_target: str = "dns:///127.0.0.1:50052"
     deadline_ms: int = 2000
@@ -77,6 +82,10 @@ class Settings:
             reporting_listen=_env_str("PROFILEMESH_REPORTING_LISTEN", defaults.reporting_listen),
             aggregator_listen=_env_str("PROFILEMESH_AGGREGATOR_LISTEN", defaults.aggregator_listen),
             gateway_listen=_env_str("PROFILEMESH_GATEWAY_LISTEN", defaults.gateway_listen),
+            profile_metrics_listen=_env_str("PROFILEMESH_PROFILE_METRICS_LISTEN", defaults.profile_metrics_listen),
+            reporting_metrics_listen=_env_str("PROFILEMESH_REPORTING_METRICS_LISTEN", defaults.reporting_metrics_listen),
+            aggregator_metrics_listen=_env_str("PROFILEMESH_AGGREGATOR_METRICS_LISTEN", defaults.aggregator_metrics_listen),
+            gateway_metrics_listen=_env_str("PROFILEMESH_GATEWAY_METRICS_LISTEN", defaults.gateway_metrics_listen),
             profile_target=_env_str("PROFILEMESH_PROFILE_TARGET", defaults.profile_target),
             reporting_target=_env_str("PROFILEMESH_REPORTING_TARGET", defaults.reporting_target),
             deadline_ms=_env_int("PROFILEMESH_DEADLINE_MS", defaults.deadline_ms),
@@ -106,3 +115,7 @@ class Settings:
             if getattr(settings, name) < 1:
                 raise SystemExit(f"PROFILEMESH_{name.upper()} must be at least 1, got {getattr(settings, name)}")
         return settings
+
+    def metrics_listen(self, component: str) -> str:
+        """The metrics address of `component` (profile_svc, reporting_svc, aggregator_svc or gateway)."""
+        return getattr(self, f"{component.removesuffix('_svc')}_metrics_listen")

@@ -38,10 +38,13 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from common import metrics, tracing
 from common.cluster import Cluster
 from common.errors import Unavailable
 
 log = logging.getLogger(__name__)
+_scripts = metrics.children(metrics.CLUSTER_COMMANDS)
+_errors = metrics.children(metrics.CLUSTER_ERRORS)
 
 # Replies that prove the command was not executed, so running it again is safe.
 _NOT_EXECUTED = (MovedError, TryAgainError, ClusterDownError, BusyLoadingError, MasterDownError, ReadOnlyError)
@@ -123,6 +126,8 @@ class DurableScripts:
             "replica": ("WAIT", 1, timeout_ms),
         }[cluster.settings.durability]
         self._replicas = _ReplicaCheck()
+        self._waits = metrics.DURABILITY_WAITS.labels(cluster.settings.durability)
+        self._wait_failures = metrics.DURABILITY_FAILURES.labels(cluster.settings.durability)
 
     async def run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any], durable: bool = True) -> Any:
         """Run the script on its slot's primary, then wait for durability; retry only the provably safe.
@@ -130,6 +135,18 @@ class DurableScripts:
         `durable=False` skips the wait: for reads, whose only write is a statistics event.
         The caller bounds the retries with a deadline (asyncio.timeout).
         """
+        name = self.cluster.name_of(script)
+        _scripts("script", name).inc()
+        try:
+            if not tracing.ENABLED:
+                return await self._run(script, keys, args, durable)
+            with tracing.span(f"script {name}", tracing.trace.SpanKind.CLIENT, **{"db.system": "redis", "db.operation": name}):
+                return await self._run(script, keys, args, durable)
+        except Exception as error:
+            _errors(type(error).__name__).inc()
+            raise
+
+    async def _run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any], durable: bool) -> Any:
         ask: _Ask | None = None
         attempt = 0
         async with self.cluster.limit:
@@ -144,6 +161,7 @@ class DurableScripts:
                         raise Unavailable(NO_REPLICA)
                     return await self._run_once(node, script, keys, args, wait, asking=ask is not None)
                 except _Ask as redirect:
+                    metrics.CLUSTER_REDIRECTS.labels("ask").inc()
                     ask = redirect
                 except SlotNotCoveredError:
                     # No node serves the partition any more (its whole shard is down): say so now
@@ -153,6 +171,7 @@ class DurableScripts:
                 except _NotExecuted as reason:
                     ask = None
                     log.debug("not executed, retrying: %s", reason)
+                    metrics.CLUSTER_RETRIES.inc()
                     await self.cluster.refresh_topology()
                     await asyncio.sleep(min(MAX_BACKOFF_S, 0.01 * 2**attempt))
                     attempt += 1
@@ -168,15 +187,20 @@ class DurableScripts:
         if isinstance(result, NoScriptError):
             await node.execute_command("SCRIPT", "LOAD", script.script)
             raise _NotExecuted("script loaded")
+        if isinstance(result, MovedError):
+            metrics.CLUSTER_REDIRECTS.labels("moved").inc()
         if isinstance(result, _NOT_EXECUTED):  # MovedError before AskError: it is a subclass
             raise _NotExecuted(repr(result))
         if isinstance(result, AskError):
             raise _Ask(result.host, result.port)
         if isinstance(result, ResponseError):
             raise result
-        if wait and not self._confirmed(wait, replies[-1]):
-            self._replicas.forget(node)  # perhaps the replica just went away: look again next time
-            raise Unavailable(UNCONFIRMED)
+        if wait:
+            self._waits.inc()
+            if not self._confirmed(wait, replies[-1]):
+                self._wait_failures.inc()
+                self._replicas.forget(node)  # perhaps the replica just went away: look again next time
+                raise Unavailable(UNCONFIRMED)
         return result
 
     @staticmethod

@@ -18,7 +18,10 @@ from redis.exceptions import MaxConnectionsError, RedisClusterException, RedisEr
 from common.cluster import Cluster
 from common.config import Settings
 from common.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from common.interceptors import ObservingInterceptor
 from common.logs import setup_logging
+from common.metrics import serve_metrics
+from common.tracing import setup_tracing, shutdown_tracing
 
 log = logging.getLogger(__name__)
 
@@ -124,12 +127,17 @@ def run_service(process: str, listen: Callable[[Settings], str], build: Callable
     """A service's whole `main`: settings, logging, the cluster client, then serve until a signal."""
     settings = Settings.from_env()
     setup_logging(process, settings.log_level)
+    setup_tracing(process)
+    serve_metrics(settings.metrics_listen(process))
 
     async def main() -> None:
         cluster = Cluster(settings)
         await serve(listen(settings), cluster, lambda server: build(server, cluster))
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        shutdown_tracing()
 
 
 async def serve(listen: str, cluster: Cluster, build: Callable[[grpc.aio.Server], Service]) -> None:
@@ -139,7 +147,10 @@ async def serve(listen: str, cluster: Cluster, build: Callable[[grpc.aio.Server]
     health turns NOT_SERVING first, so load balancers stop sending before the listener closes.
     """
     server = grpc.aio.server(
+        interceptors=[ObservingInterceptor()],
         # Beyond this many calls in flight, new ones get RESOURCE_EXHAUSTED at once instead of queueing.
+        # gRPC refuses them before any Python runs, so the servers can't count them: callers see them
+        # (the gateway as 429s in profilemesh_http_requests_total).
         maximum_concurrent_rpcs=cluster.settings.max_in_flight,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

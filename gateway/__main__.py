@@ -7,13 +7,19 @@ from aiohttp import web
 
 from common.config import Settings
 from common.logs import setup_logging
+from common.metrics import serve_metrics
 from common.server import parse_listen
+from common.tracing import setup_tracing, shutdown_tracing
 from gateway.app import build_app
 
 if __name__ == "__main__":
     settings = Settings.from_env()
     setup_logging("gateway", settings.log_level)
+    setup_tracing("gateway")
+    # On its own port: the public listener stays the API alone, and scrapes are neither counted nor shed.
+    serve_metrics(settings.gateway_metrics_listen)
     host, port = parse_listen(settings.gateway_listen)
     # run_app handles SIGTERM and SIGINT: it stops accepting, lets in-flight requests finish, then exits.
     web.run_app(build_app(settings), host=host, port=port, print=None, shutdown_timeout=settings.shutdown_grace_s,
                 access_log=None, loop=uvloop.new_event_loop())
+    shutdown_tracing()

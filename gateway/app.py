@@ -13,9 +13,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from profilemesh.profile.v1 import profile_pb2
 from profilemesh.reporting.v1 import reporting_pb2
 
+from common import metrics
 from common.config import Settings
 from common.streams import StreamLimits
 from gateway import upstreams
+from gateway.observe import observe, outgoing_metadata
 from gateway.routes import Route, routes_from
 from gateway.sse import STREAM_CALLS, STREAM_CHANNELS, stream_calls, stream_channel, stream_handler
 from gateway.translate import HTTP_STATUS, BadRequest, build_request, render_response
@@ -53,6 +55,7 @@ def shed_load(limit: int) -> Callable:
     async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
         nonlocal in_flight
         if in_flight >= limit and request.path not in ("/healthz", "/readyz"):
+            metrics.HTTP_SHED.inc()
             return web.json_response({"message": "too many requests in flight; retry later"}, status=429)
         in_flight += 1
         try:
@@ -78,7 +81,7 @@ def _handler(route: Route, timeout_s: float) -> Callable[[web.Request], Awaitabl
             return web.json_response({"message": str(error)}, status=400)
         call = request.app[CALLS][route.grpc_path]
         try:
-            response = await call(message, timeout=timeout_s)
+            response = await call(message, timeout=timeout_s, metadata=outgoing_metadata())
         except grpc.aio.AioRpcError as error:
             status = HTTP_STATUS.get(error.code(), 500)
             return web.json_response({"message": error.details() or error.code().name}, status=status)
@@ -115,7 +118,7 @@ async def dashboard(request: web.Request) -> web.FileResponse:
 
 
 def build_app(settings: Settings) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[shed_load(settings.max_in_flight), json_errors])
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[observe, shed_load(settings.max_in_flight), json_errors])
     targets = {
         profile_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name: settings.profile_target,
         reporting_pb2.DESCRIPTOR.services_by_name["ReportingService"].full_name: settings.reporting_target,

@@ -20,6 +20,9 @@ from localdev import processes
 from localdev.cluster import LocalCluster
 from localdev.ports import free_ports
 
+# Every component; each serves Prometheus metrics on a port of its own.
+SERVICES = ("profile_svc", "reporting_svc", "aggregator_svc", "gateway")
+
 # How many replicas of profile_svc and of reporting_svc `make run` starts.
 REPLICAS_VARIABLE = "PROFILEMESH_REPLICAS"
 
@@ -47,6 +50,7 @@ class System:
     aggregator_port: int
     gateway_port: int
     log_dir: Path | None = None  # None: children write to this terminal
+    metrics_ports: dict[str, int] = field(default_factory=dict)  # component -> its /metrics port
     settings: dict[str, str] = field(default_factory=dict)  # extra PROFILEMESH_* variables
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
@@ -81,12 +85,20 @@ class System:
             PROFILEMESH_PROFILE_TARGET=_target(self.profile_ports),
             PROFILEMESH_REPORTING_TARGET=_target(self.reporting_ports),
         )
+        for name, port in self.metrics_ports.items():
+            env[f"PROFILEMESH_{name.removesuffix('_svc').upper()}_METRICS_LISTEN"] = f"127.0.0.1:{port}"
         env.update(self.settings)
         env.update(overrides)
         return env
 
     def start_process(self, name: str, module: str, **env: str) -> subprocess.Popen:
-        """Start `python -m module` as `name`; logs go to log_dir/name.log when there is one."""
+        """Start `python -m module` as `name`; logs go to log_dir/name.log when there is one.
+
+        A further replica of a service (a name of its own) gets a metrics port of its own.
+        """
+        if name not in self.metrics_ports and module in SERVICES and self.metrics_ports:
+            variable = f"PROFILEMESH_{module.removesuffix('_svc').upper()}_METRICS_LISTEN"
+            env.setdefault(variable, f"127.0.0.1:{free_ports(1)[0]}")
         output: IO | None = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -125,6 +137,9 @@ class System:
             self.stop_process(name)
         self.cluster.stop()
 
+    def metrics_url(self, component: str) -> str:
+        return f"http://127.0.0.1:{self.metrics_ports[component]}/metrics"
+
     def grpc_status(self, port: int) -> str:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             try:
@@ -160,7 +175,7 @@ def _replica_name(service: str, index: int) -> str:
 def on_free_ports(directory: Path, settings: dict[str, str] | None = None, node_timeout_ms: int = 2000,
                   replicas: int = 1, supervised: bool = False) -> System:
     """A whole system (not started) on free ports, its data and logs under `directory`: for tests and benchmarks."""
-    ports = free_ports(14 + 2 * replicas)
+    ports = free_ports(14 + 2 * replicas + len(SERVICES))  # the last ones serve each component's metrics
     cluster = LocalCluster(
         data_dir=directory / "cluster", ports=ports[:6], bus_ports=ports[6:12], node_timeout_ms=node_timeout_ms,
         supervised=supervised,
@@ -168,9 +183,10 @@ def on_free_ports(directory: Path, settings: dict[str, str] | None = None, node_
     return System(
         cluster=cluster,
         profile_ports=ports[14:14 + replicas],
-        reporting_ports=ports[14 + replicas:],
+        reporting_ports=ports[14 + replicas:14 + 2 * replicas],
         aggregator_port=ports[12],
         gateway_port=ports[13],
         log_dir=directory / "logs",
+        metrics_ports=dict(zip(SERVICES, ports[14 + 2 * replicas:])),
         settings=dict(settings or {}),
     )

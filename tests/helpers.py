@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import time
 from collections import Counter
 from typing import Any, Callable, Iterable
 

@@ -1,0 +1,83 @@
+"""Per-partition consumer lag for Prometheus: read from the streams themselves, apart from the apply path.
+
+Every replica reports the same figures (they describe the shared consumer group), so a query
+takes `max by (partition)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
+
+from common import keys, metrics
+from common.cluster import Cluster
+
+log = logging.getLogger(__name__)
+
+INTERVAL_S = 1.0
+# Counting undelivered entries by hand (when the server can't tell the lag) stops here.
+COUNT_LIMIT = 10_000
+
+
+def _id_ms(entry_id: bytes | str) -> int:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(text.split("-")[0])
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def partition_figures(client: RedisCluster, stream: str, group: str, now_ms: int) -> dict[str, float]:
+    """Stream length, undelivered (lag) and pending entries, and the age in seconds of the oldest of each."""
+    length = await client.xlen(stream)
+    info = next((g for g in await client.xinfo_groups(stream) if _text(g["name"]) == group), None)
+    if info is None:  # no aggregator has created the group yet: everything is undelivered
+        lag, pending, oldest_pending, last_delivered = length, 0, 0.0, "0-0"
+    else:
+        last_delivered = _text(info["last-delivered-id"])
+        pending = int(info["pending"])
+        lag = info.get("lag")
+        oldest_pending = 0.0
+        if pending:
+            summary = await client.xpending(stream, group)
+            if summary["min"] is not None:  # None: acknowledged since XINFO GROUPS was read
+                oldest_pending = max(0, now_ms - _id_ms(summary["min"])) / 1000
+    if lag is None:  # the server can't tell after deletions inside the range: count what is left
+        lag = len(await client.xrange(stream, min=f"({last_delivered}", count=COUNT_LIMIT))
+    oldest_undelivered = 0.0
+    if lag:  # an idle partition costs two commands a second: XLEN and XINFO GROUPS
+        first_undelivered = await client.xrange(stream, min=f"({last_delivered}", count=1)
+        if first_undelivered:
+            oldest_undelivered = max(0, now_ms - _id_ms(first_undelivered[0][0])) / 1000
+    return {"length": length, "lag": int(lag), "pending": pending,
+            "oldest_pending": oldest_pending, "oldest_undelivered": oldest_undelivered}
+
+
+async def collect_lag(cluster: Cluster, group: str) -> None:
+    """Refresh the stream and lag gauges of every partition every INTERVAL_S, until cancelled."""
+    partitions = range(cluster.settings.partitions)
+    gauges = {
+        "length": metrics.STREAM_LENGTH, "lag": metrics.LAG, "pending": metrics.PENDING,
+        "oldest_pending": metrics.OLDEST_PENDING_AGE, "oldest_undelivered": metrics.OLDEST_UNDELIVERED_AGE,
+    }
+    while True:
+        now_ms = int(time.time() * 1000)
+        for partition in partitions:
+            try:
+                async with cluster.bounded("command", "lag") as client:
+                    figures = await partition_figures(client, keys.events_key(partition), group, now_ms)
+            except (RedisError, RedisClusterException, OSError, asyncio.TimeoutError) as error:
+                log.debug("partition %d: lag not read: %r", partition, error)
+                continue
+            except Exception:  # a reply of an unexpected shape must not stop the aggregator itself
+                log.exception("partition %d: lag not read", partition)
+                continue
+            for name, gauge in gauges.items():
+                gauge.labels(str(partition)).set(figures[name])
+        await asyncio.sleep(INTERVAL_S)

@@ -1,0 +1,82 @@
+"""The gRPC server interceptor every service runs: metrics, request ids, trace context.
+
+It wraps each unary method's handler once (cached by method), so a call pays for a few counter
+updates and a context variable, plus a span only when tracing is on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Awaitable, Callable
+
+import grpc
+
+from common import metrics, tracing
+from common.logs import REQUEST_ID
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "x-request-id"
+_HEALTH = "/grpc.health.v1.Health/"
+
+
+class ObservingInterceptor(grpc.aio.ServerInterceptor):
+    """Counts and times every unary call, by method and status code; carries its request id and trace context."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}  # method: (original, wrapped)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler  # unknown methods and streams (health Watch, reflection) pass through
+        cached = self._wrapped.get(details.method)
+        if cached is None or cached[0] is not handler:
+            cached = self._wrapped[details.method] = (handler, self._wrap(details.method, handler))
+        return cached[1]
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        behavior = handler.unary_unary
+        latency = metrics.GRPC_LATENCY.labels(method)
+        in_flight = [0]
+        metrics.GRPC_IN_FLIGHT.labels(method).set_function(lambda: in_flight[0])  # read at scrape time
+        counters: dict[Any, Any] = {}
+        is_health = method.startswith(_HEALTH)
+        traced = tracing.ENABLED and not is_health  # a span per health check would bury the requests
+
+        def count(code: Any) -> None:
+            counter = counters.get(code)
+            if counter is None:
+                name = code.name if isinstance(code, grpc.StatusCode) else "OK" if code in (None, 0) else str(code)
+                counter = counters[code] = metrics.GRPC_REQUESTS.labels(method, name)
+            counter.inc()
+
+        async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            carrier = dict(context.invocation_metadata() or ())
+            request_id = carrier.get(REQUEST_ID_HEADER)
+            REQUEST_ID.set(request_id)
+            in_flight[0] += 1
+            started = time.perf_counter()
+            try:
+                if not traced:
+                    return await behavior(request, context)
+                with tracing.server_span(method, carrier, **{"rpc.system": "grpc", "rpc.method": method,
+                                                             "profilemesh.request_id": request_id or ""}):
+                    return await behavior(request, context)
+            finally:
+                in_flight[0] -= 1
+                latency.observe(time.perf_counter() - started)
+                code = context.code()
+                count(code)
+                if not is_health:  # health checks come every second: not worth a line each
+                    log.debug("%s answered %s in %.1f ms", method, getattr(code, "name", "OK"),
+                              (time.perf_counter() - started) * 1000)
+
+        return grpc.unary_unary_rpc_method_handler(
+            observed, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        )

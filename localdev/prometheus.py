@@ -1,0 +1,96 @@
+"""A real Prometheus (Debian's `prometheus` package) scraping a local system, from observability/prometheus.yml."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from localdev import processes
+
+CONFIG = Path(__file__).resolve().parent.parent / "observability" / "prometheus.yml"
+RULES = CONFIG.with_name("rules.yml")
+# The targets observability/prometheus.yml names, for the default ports of `make run`.
+DEFAULT_TARGETS = {"profile_svc": 9101, "reporting_svc": 9102, "aggregator_svc": 9103, "gateway": 9104}
+
+
+def scrape_config(metrics_ports: dict[str, int], scrape_interval_s: int | None = None) -> str:
+    """The repo's configuration with each component's target moved to its actual port."""
+    text = CONFIG.read_text().replace("  - rules.yml", f"  - {RULES}")
+    for component, default_port in DEFAULT_TARGETS.items():
+        text = text.replace(f'"127.0.0.1:{default_port}"', f'"127.0.0.1:{metrics_ports[component]}"')
+    if scrape_interval_s is not None:
+        text = text.replace("scrape_interval: 5s", f"scrape_interval: {scrape_interval_s}s")
+        text = text.replace("evaluation_interval: 5s", f"evaluation_interval: {scrape_interval_s}s")
+    return text
+
+
+def binary(name: str = "prometheus") -> str:
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"{name} is not installed: `apt-get install prometheus` (make test and "
+                                "PROFILEMESH_PROMETHEUS=1 make run do it)")
+    return found
+
+
+@dataclass
+class Prometheus:
+    directory: Path
+    port: int
+    metrics_ports: dict[str, int]
+    scrape_interval_s: int | None = None
+    process: subprocess.Popen | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.directory / "prometheus.yml"
+
+    def start(self, timeout_s: float = 30) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(scrape_config(self.metrics_ports, self.scrape_interval_s))
+        log = open(self.directory / "prometheus.log", "ab")
+        self.process = subprocess.Popen(
+            [binary(), f"--config.file={self.config_path}", f"--storage.tsdb.path={self.directory / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=1d"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while not self._ready():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"prometheus exited with {self.process.returncode}; see {self.directory}/prometheus.log")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"prometheus was not ready after {timeout_s:.0f}s")
+            time.sleep(0.2)
+
+    def _ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as reply:
+                return reply.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        """An instant query through the HTTP API: the result vector."""
+        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            body = json.loads(reply.read())
+        if body["status"] != "success":
+            raise RuntimeError(f"query {promql!r} failed: {body}")
+        return body["data"]["result"]
+
+    def stop(self) -> None:
+        if self.process is not None:
+            processes.stop(self.process)
+            self.process = None

@@ -1,0 +1,192 @@
+"""`profilemesh status`: components, cluster nodes and partitions, and whether anything is wrong."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import redis.asyncio as aioredis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import RedisClusterException, RedisError
+
+from aggregator_svc.lag import partition_figures
+from common import keys
+from profilemesh_cli.endpoints import COMPONENTS, Endpoints, replicas
+
+TIMEOUT_S = 1.5
+UNREACHABLE = "UNREACHABLE"
+
+
+@dataclass
+class Report:
+    components: list[dict[str, str]] = field(default_factory=list)
+    nodes: list[dict[str, Any]] = field(default_factory=list)
+    partitions: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def nothing_running(self) -> bool:
+        return not self.nodes and all(c["status"] == UNREACHABLE for c in self.components)
+
+
+async def _grpc_health(address: str) -> str:
+    async with grpc.aio.insecure_channel(address) as channel:
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT_S)
+            return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+        except grpc.aio.AioRpcError as error:
+            return UNREACHABLE if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) \
+                else error.code().name
+
+
+def _gateway_health(url: str) -> str:
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=TIMEOUT_S) as reply:
+            return "SERVING" if reply.status == 200 else f"HTTP {reply.status}"
+    except urllib.error.HTTPError as error:
+        return "NOT_READY" if error.code == 503 else f"HTTP {error.code}"
+    except (urllib.error.URLError, OSError):
+        return UNREACHABLE
+
+
+async def _components(endpoints: Endpoints) -> list[dict[str, str]]:
+    checks: list[tuple[str, str, Any]] = []
+    for component in COMPONENTS[:3]:
+        for address in replicas(endpoints.grpc_target(component)):
+            checks.append((component, address, _grpc_health(address)))
+    results = await asyncio.gather(*(check for _, _, check in checks))
+    found = [{"component": c, "address": a, "status": s} for (c, a, _), s in zip(checks, results)]
+    gateway = endpoints.gateway_url
+    found.append({"component": "gateway", "address": gateway.removeprefix("http://"),
+                  "status": await asyncio.to_thread(_gateway_health, gateway)})
+    return found
+
+
+async def _node_answers(address: str, password: str | None, username: str | None) -> bool:
+    host, _, port = address.rpartition(":")
+    node = aioredis.Redis(host=host, port=int(port), username=username, password=password,
+                          socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S)
+    try:
+        return bool(await node.ping())
+    except (RedisError, OSError):
+        return False
+    finally:
+        await node.aclose()
+
+
+async def _cluster(endpoints: Endpoints, report: Report) -> None:
+    settings = endpoints.settings
+    seed = aioredis.Redis.from_url(settings.redis_url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S)
+    try:
+        raw = await seed.execute_command("CLUSTER", "NODES")
+    except (RedisError, OSError) as error:
+        report.problems.append(f"the cluster does not answer at {settings.redis_url.split('@')[-1]}: {error}")
+        return
+    finally:
+        await seed.aclose()
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    by_id: dict[str, dict[str, Any]] = {}
+    slots_of: dict[str, list[tuple[int, int]]] = {}
+    for line in text.strip().splitlines():
+        parts = line.split()
+        node_id, address, flags, primary_id = parts[0], parts[1].split("@")[0], parts[2].split(","), parts[3]
+        role = "primary" if "master" in flags else "replica"
+        state = "failed" if "fail" in flags else "suspected" if "fail?" in flags else "ok"
+        by_id[node_id] = {"address": address, "role": role, "state": state,
+                          "primary_of": primary_id if role == "replica" else None, "partitions": []}
+        slots_of[node_id] = []
+        for item in parts[8:]:
+            if item.startswith("["):
+                continue  # a slot being migrated
+            low, _, high = item.partition("-")
+            slots_of[node_id].append((int(low), int(high or low)))
+    url = aioredis.Redis.from_url(settings.redis_url).connection_pool.connection_kwargs
+    answers = await asyncio.gather(*(_node_answers(n["address"], url.get("password"), url.get("username"))
+                                     for n in by_id.values()))
+    for node, answered in zip(by_id.values(), answers):
+        if not answered:
+            node["state"] = "unreachable" if node["state"] == "ok" else node["state"]
+        if node["state"] != "ok":
+            report.problems.append(f"node {node['address']} ({node['role']}) is {node['state']}")
+    for node in by_id.values():
+        if node["primary_of"] in by_id:
+            node["primary_of"] = by_id[node["primary_of"]]["address"]
+
+    holder: dict[int, str | None] = {}
+    for partition in range(settings.partitions):
+        slot = key_slot(keys.tag(partition).encode())
+        owner = next((nid for nid, ranges in slots_of.items()
+                      if by_id[nid]["role"] == "primary" and any(lo <= slot <= hi for lo, hi in ranges)), None)
+        holder[partition] = by_id[owner]["address"] if owner else None
+        if owner:
+            by_id[owner]["partitions"].append(partition)
+    report.nodes = sorted(by_id.values(), key=lambda n: (n["role"] != "primary", n["address"]))
+    await _partitions(endpoints, holder, {n["address"] for n in by_id.values() if n["state"] == "ok"}, report)
+
+
+async def _partitions(endpoints: Endpoints, holder: dict[int, str | None], healthy: set[str], report: Report) -> None:
+    settings = endpoints.settings
+    client = RedisCluster.from_url(settings.redis_url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S,
+                                   require_full_coverage=False)
+    try:
+        now_ms = int(time.time() * 1000)
+        for partition, primary in holder.items():
+            row: dict[str, Any] = {"partition": partition, "primary": primary}
+            if primary is None or primary not in healthy:
+                report.problems.append(f"partition {partition} has no reachable primary")
+            else:
+                try:
+                    row.update(await partition_figures(client, keys.events_key(partition),
+                                                       settings.aggregator_group, now_ms))
+                except (RedisError, RedisClusterException, OSError) as error:
+                    report.problems.append(f"partition {partition}: cannot read its stream: {error}")
+            report.partitions.append(row)
+    finally:
+        await client.aclose()
+
+
+async def gather(endpoints: Endpoints) -> Report:
+    report = Report()
+    report.components = await _components(endpoints)
+    await _cluster(endpoints, report)
+    for component in report.components:
+        if component["status"] != "SERVING":
+            report.problems.append(f"{component['component']} at {component['address']} is {component['status']}")
+    return report
+
+
+def render(report: Report) -> str:
+    lines = ["components:"]
+    for c in report.components:
+        lines.append(f"  {c['component']:<15} {c['address']:<22} {c['status']}")
+    lines.append("cluster nodes:")
+    for n in report.nodes:
+        role = "primary" if n["role"] == "primary" else f"replica of {n['primary_of']}"
+        held = f"  partitions {','.join(map(str, n['partitions']))}" if n["role"] == "primary" else ""
+        lines.append(f"  {n['address']:<22} {role:<30} {n['state']}{held}")
+    lines.append("partitions:")
+    lines.append(f"  {'partition':>9} {'primary':<22} {'stream':>8} {'pending':>8} {'lag':>8} {'oldest undelivered':>19}")
+    for p in report.partitions:
+        if "length" in p:
+            lines.append(f"  {p['partition']:>9} {p['primary']:<22} {p['length']:>8} {p['pending']:>8} {p['lag']:>8}"
+                         f" {p['oldest_undelivered']:>18.1f}s")
+        else:
+            lines.append(f"  {p['partition']:>9} {str(p['primary']):<22} {'?':>8} {'?':>8} {'?':>8} {'?':>19}")
+    if report.problems:
+        lines.append("problems:")
+        lines += [f"  - {problem}" for problem in report.problems]
+    lines.append("status: " + ("UNHEALTHY" if report.problems else "healthy"))
+    return "\n".join(lines)
+
+
+def as_json(report: Report) -> str:
+    return json.dumps({"healthy": not report.problems, "components": report.components, "nodes": report.nodes,
+                       "partitions": report.partitions, "problems": report.problems}, indent=2)

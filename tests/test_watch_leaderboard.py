@@ -198,7 +198,7 @@ def test_resuming_after_the_retention_window_answers_out_of_range(board: System)
     assert "trimmed" in error.details() and "without a token" in error.details()
 
 
-def test_stream_limits_idle_lifetime_and_drain(board: System) -> None:
+def test_stream_limits_idle_and_maximum_lifetimes_and_drain(board: System) -> None:
     async def scenario() -> None:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{board.reporting_port}") as channel:
             stub = reporting_pb2_grpc.ReportingServiceStub(channel)
@@ -224,24 +224,35 @@ def test_stream_limits_idle_lifetime_and_drain(board: System) -> None:
 
     asyncio.run(scenario())
 
-    # A reporting_svc whose streams may idle for 1 s, and a profile_svc to drain.
-    reporting_port, profile_port = free_ports(2)
+    # A reporting_svc whose streams may idle for 1 s, one whose streams live at most 2 s, and a profile_svc to drain.
+    reporting_port, short_lived_port, profile_port = free_ports(3)
     board.start_process("reporting-idle", "reporting_svc", PROFILEMESH_REPORTING_LISTEN=f"127.0.0.1:{reporting_port}",
                         PROFILEMESH_STREAM_IDLE_S="1")
+    board.start_process("reporting-max", "reporting_svc", PROFILEMESH_REPORTING_LISTEN=f"127.0.0.1:{short_lived_port}",
+                        PROFILEMESH_STREAM_MAX_S="2", PROFILEMESH_STREAM_IDLE_S="60")
     draining = board.start_process("profile-drain", "profile_svc", PROFILEMESH_PROFILE_LISTEN=f"127.0.0.1:{profile_port}")
     try:
-        wait_until(lambda: board.grpc_status(reporting_port) == "SERVING" and board.grpc_status(profile_port) == "SERVING", 30)
+        wait_until(lambda: all(board.grpc_status(port) == "SERVING"
+                               for port in (reporting_port, short_lived_port, profile_port)), 30)
 
-        async def idle_and_drain() -> tuple[grpc.aio.AioRpcError, float, grpc.aio.AioRpcError, float]:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{reporting_port}") as channel:
+        async def ended_after(port: int) -> tuple[grpc.aio.AioRpcError, float]:
+            """How a leaderboard stream with nothing new to say ends, and after how long."""
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                 call = reporting_pb2_grpc.ReportingServiceStub(channel).WatchTopProfiles(
                     reporting_pb2.WatchTopProfilesRequest(limit=3)
                 )
                 await call.read()
                 opened = time.monotonic()
-                with pytest.raises(grpc.aio.AioRpcError) as idle:
+                with pytest.raises(grpc.aio.AioRpcError) as ended:
                     await asyncio.wait_for(call.read(), 10)
-                idle_s = time.monotonic() - opened
+                return ended.value, time.monotonic() - opened
+
+        longest, longest_s = asyncio.run(ended_after(short_lived_port))
+        assert longest.code() == grpc.StatusCode.UNAVAILABLE and "maximum lifetime of 2 s" in longest.details()
+        assert 1.9 < longest_s < 6
+
+        async def idle_and_drain() -> tuple[grpc.aio.AioRpcError, float, grpc.aio.AioRpcError, float]:
+            idle, idle_s = await ended_after(reporting_port)
             async with grpc.aio.insecure_channel(f"127.0.0.1:{profile_port}") as channel:
                 call = profile_pb2_grpc.ProfileServiceStub(channel).WatchProfileEvents(profile_pb2.WatchProfileEventsRequest())
                 first = await call.read()
@@ -250,7 +261,7 @@ def test_stream_limits_idle_lifetime_and_drain(board: System) -> None:
                 with pytest.raises(grpc.aio.AioRpcError) as drained:
                     await asyncio.wait_for(call.read(), 10)
                 assert dict(drained.value.trailing_metadata())["resume-token"] == first.resume_token
-                return idle.value, idle_s, drained.value, time.monotonic() - signalled
+                return idle, idle_s, drained.value, time.monotonic() - signalled
 
         idle, idle_s, drained, drain_s = asyncio.run(idle_and_drain())
         assert idle.code() == grpc.StatusCode.UNAVAILABLE and "no event for 1 s" in idle.details()
@@ -260,4 +271,5 @@ def test_stream_limits_idle_lifetime_and_drain(board: System) -> None:
         assert draining.wait(15) == 0
     finally:
         board.stop_process("reporting-idle")
+        board.stop_process("reporting-max")
         board.stop_process("profile-drain")

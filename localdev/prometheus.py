@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from localdev import processes
+from localdev.waiting import poll_until
 
 CONFIG = Path(__file__).resolve().parent.parent / "observability" / "prometheus.yml"
 RULES = CONFIG.with_name("rules.yml")
@@ -66,13 +66,13 @@ class Prometheus:
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()
-        deadline = time.monotonic() + timeout_s
-        while not self._ready():
-            if self.process.poll() is not None:
-                raise RuntimeError(f"prometheus exited with {self.process.returncode}; see {self.directory}/prometheus.log")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"prometheus was not ready after {timeout_s:.0f}s")
-            time.sleep(0.2)
+        poll_until(self._running_and_ready, timeout_s, "prometheus to be ready", interval_s=0.2)
+
+    def _running_and_ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"prometheus exited with {self.process.returncode}; see {self.directory}/prometheus.log")
+        return self._ready()
 
     def _ready(self) -> bool:
         try:

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from localdev import processes
 from localdev.cluster import LocalCluster
 from localdev.ports import free_ports
+from localdev.waiting import poll_until
 
 # Every component; each serves Prometheus metrics on a port of its own.
 SERVICES = ("profile_svc", "reporting_svc", "aggregator_svc", "gateway")
@@ -156,16 +156,13 @@ class System:
             return False
 
     def wait_healthy(self, timeout_s: float = 60) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            exited = {name: p.returncode for name, p in self.processes.items() if p.poll() is not None}
-            if exited:
-                raise RuntimeError(f"exited before becoming healthy: {exited}")
-            if all(self.grpc_status(port) == "SERVING" for port in self.grpc_ports.values()) and self.gateway_ready():
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the system was not healthy after {timeout_s:.0f}s")
-            time.sleep(0.2)
+        poll_until(self._running_and_healthy, timeout_s, "the system to be healthy", interval_s=0.2)
+
+    def _running_and_healthy(self) -> bool:
+        exited = {name: p.returncode for name, p in self.processes.items() if p.poll() is not None}
+        if exited:
+            raise RuntimeError(f"exited before becoming healthy: {exited}")
+        return all(self.grpc_status(port) == "SERVING" for port in self.grpc_ports.values()) and self.gateway_ready()
 
 
 def _replica_name(service: str, index: int) -> str:

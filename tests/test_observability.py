@@ -24,7 +24,7 @@ from localdev.ports import free_ports
 from localdev.prometheus import CONFIG, RULES, Prometheus
 from localdev.system import SERVICES, System, on_free_ports
 from profilemesh_cli.main import main
-from tests.conftest import TEST_SETTINGS
+from tests.conftest import TEST_SETTINGS, running_system
 from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,12 +44,8 @@ def otlp() -> Iterator[OtlpSink]:
 def observed(tmp_path_factory: pytest.TempPathFactory, otlp: OtlpSink) -> Iterator[System]:
     """A system of the module's own: DEBUG logs (a line per request), spans sent to `otlp`."""
     settings = {**TEST_SETTINGS, "PROFILEMESH_LOG_LEVEL": "DEBUG", **otlp.env()}
-    system = on_free_ports(tmp_path_factory.mktemp("observed"), settings)
-    try:
-        system.start()
-        yield system
-    finally:
-        system.stop()
+    with running_system(tmp_path_factory.mktemp("observed"), settings) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

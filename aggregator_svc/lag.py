@@ -66,18 +66,22 @@ async def collect_lag(cluster: Cluster, group: str) -> None:
         "length": metrics.STREAM_LENGTH, "lag": metrics.LAG, "pending": metrics.PENDING,
         "oldest_pending": metrics.OLDEST_PENDING_AGE, "oldest_undelivered": metrics.OLDEST_UNDELIVERED_AGE,
     }
+
+    async def refresh(partition: int, now_ms: int) -> None:
+        try:
+            async with cluster.bounded("command", "lag") as client:
+                figures = await partition_figures(client, keys.events_key(partition), group, now_ms)
+        except (RedisError, RedisClusterException, OSError, asyncio.TimeoutError) as error:
+            log.debug("partition %d: lag not read: %r", partition, error)
+            return
+        except Exception:  # a reply of an unexpected shape must not stop the aggregator itself
+            log.exception("partition %d: lag not read", partition)
+            return
+        for name, gauge in gauges.items():
+            gauge.labels(str(partition)).set(figures[name])
+
     while True:
         now_ms = int(time.time() * 1000)
-        for partition in partitions:
-            try:
-                async with cluster.bounded("command", "lag") as client:
-                    figures = await partition_figures(client, keys.events_key(partition), group, now_ms)
-            except (RedisError, RedisClusterException, OSError, asyncio.TimeoutError) as error:
-                log.debug("partition %d: lag not read: %r", partition, error)
-                continue
-            except Exception:  # a reply of an unexpected shape must not stop the aggregator itself
-                log.exception("partition %d: lag not read", partition)
-                continue
-            for name, gauge in gauges.items():
-                gauge.labels(str(partition)).set(figures[name])
+        # All at once: a partition on a shard that is down waits out its timeouts without delaying the others.
+        await asyncio.gather(*(refresh(partition, now_ms) for partition in partitions))
         await asyncio.sleep(INTERVAL_S)

@@ -18,6 +18,7 @@ from typing import Callable
 
 import redis
 
+from common.topology import NodeLine, parse_cluster_nodes
 from localdev import processes
 from localdev.ports import port_is_free
 from localdev.waiting import poll_until
@@ -148,8 +149,8 @@ class LocalCluster:
         for index in list(self.processes):
             self.stop_node(index)
 
-    def cluster_nodes(self) -> list[dict]:
-        """CLUSTER NODES as seen by any running node: id, port, flags, primary_id, slots."""
+    def cluster_nodes(self) -> list[NodeLine]:
+        """CLUSTER NODES as seen by any running node."""
         with self._lock:
             running = [index for index, process in self.processes.items() if process.poll() is None]
         for index in running:
@@ -157,12 +158,7 @@ class LocalCluster:
                 text = self.node(index).execute_command("CLUSTER", "NODES")
             except redis.RedisError:
                 continue
-            nodes = []
-            for line in text.splitlines():
-                parts = line.split()
-                port = int(parts[1].split("@")[0].rsplit(":", 1)[1])
-                nodes.append({"id": parts[0], "port": port, "flags": parts[2], "primary_id": parts[3], "slots": parts[8:]})
-            return nodes
+            return parse_cluster_nodes(text)
         raise RuntimeError("no cluster node answers")
 
     def _supervise(self) -> None:
@@ -204,14 +200,14 @@ class LocalCluster:
         (eventually) when it has no replica left to take over.
         """
         nodes = self.cluster_nodes()
-        me = next((node for node in nodes if node["port"] == self.ports[index]), None)
+        me = next((node for node in nodes if node.port == self.ports[index]), None)
         if me is None:
             return "it joins the cluster"
-        if not me["slots"]:  # a replica, or a primary whose slots were taken over
-            primary = next((node for node in nodes if node["id"] == me["primary_id"]), None)
-            where = f"127.0.0.1:{primary['port']}" if primary else "the node that took its slots over"
+        if not me.slot_ranges:  # a replica, or a primary whose slots were taken over
+            primary = next((node for node in nodes if node.id == me.primary_id), None)
+            where = primary.address if primary else "the node that took its slots over"
             return f"it rejoins as a replica of {where}"
-        replicas = [node for node in nodes if node["primary_id"] == me["id"] and "fail" not in node["flags"]]
+        replicas = [node for node in nodes if node.primary_id == me.id and not node.failing]
         if not replicas or time.time() - down_since > 3 * self.node_timeout_ms / 1000:
             return "it is its shard's primary again (no replica took over)"
         return None

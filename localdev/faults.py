@@ -9,22 +9,12 @@ import redis
 from localdev.cluster import LocalCluster
 
 
-def _nodes(cluster: LocalCluster) -> list[dict]:
-    return cluster.cluster_nodes()
-
-
 def primary_of(cluster: LocalCluster, key: str) -> int:
     """Index (into cluster.ports) of the healthy primary that serves `key`'s slot."""
     slot = redis.cluster.key_slot(key.encode())
-    for node in _nodes(cluster):
-        if "master" not in node["flags"] or "fail" in node["flags"]:
-            continue
-        for span in node["slots"]:
-            if span.startswith("["):  # a slot being migrated
-                continue
-            low, _, high = span.partition("-")
-            if int(low) <= slot <= int(high or low):
-                return cluster.ports.index(node["port"])
+    for node in cluster.cluster_nodes():
+        if node.is_primary and not node.failing and node.serves(slot):
+            return cluster.ports.index(node.port)
     raise LookupError(f"no healthy primary serves slot {slot}")
 
 
@@ -51,7 +41,7 @@ def fail_over_by_killing(cluster: LocalCluster, key: str, timeout_s: float = 30)
 def shard_of(cluster: LocalCluster, key: str) -> list[int]:
     """Indexes of the nodes (primary first, then its replicas) of the shard that serves `key`."""
     primary_port = cluster.ports[primary_of(cluster, key)]
-    nodes = _nodes(cluster)
-    primary_id = next(node["id"] for node in nodes if node["port"] == primary_port)
-    replicas = [node["port"] for node in nodes if node["primary_id"] == primary_id]
+    nodes = cluster.cluster_nodes()
+    primary_id = next(node.id for node in nodes if node.port == primary_port)
+    replicas = [node.port for node in nodes if node.primary_id == primary_id]
     return [cluster.ports.index(port) for port in [primary_port, *replicas]]

@@ -19,6 +19,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from aggregator_svc.lag import partition_figures
 from common import keys
+from common.topology import parse_cluster_nodes
 from profilemesh_cli.endpoints import COMPONENTS, Endpoints, replicas
 
 TIMEOUT_S = 1.5
@@ -94,20 +95,12 @@ async def _cluster(endpoints: Endpoints, report: Report) -> None:
         await seed.aclose()
     text = raw.decode() if isinstance(raw, bytes) else raw
     by_id: dict[str, dict[str, Any]] = {}
-    slots_of: dict[str, list[tuple[int, int]]] = {}
-    for line in text.strip().splitlines():
-        parts = line.split()
-        node_id, address, flags, primary_id = parts[0], parts[1].split("@")[0], parts[2].split(","), parts[3]
-        role = "primary" if "master" in flags else "replica"
-        state = "failed" if "fail" in flags else "suspected" if "fail?" in flags else "ok"
-        by_id[node_id] = {"address": address, "role": role, "state": state,
-                          "primary_of": primary_id if role == "replica" else None, "partitions": []}
-        slots_of[node_id] = []
-        for item in parts[8:]:
-            if item.startswith("["):
-                continue  # a slot being migrated
-            low, _, high = item.partition("-")
-            slots_of[node_id].append((int(low), int(high or low)))
+    lines = {line.id: line for line in parse_cluster_nodes(text)}
+    for node_id, line in lines.items():
+        role = "primary" if line.is_primary else "replica"
+        state = "failed" if "fail" in line.flags else "suspected" if "fail?" in line.flags else "ok"
+        by_id[node_id] = {"address": line.address, "role": role, "state": state,
+                          "primary_of": line.primary_id if role == "replica" else None, "partitions": []}
     url = aioredis.Redis.from_url(settings.redis_url).connection_pool.connection_kwargs
     answers = await asyncio.gather(*(_node_answers(n["address"], url.get("password"), url.get("username"))
                                      for n in by_id.values()))
@@ -123,8 +116,7 @@ async def _cluster(endpoints: Endpoints, report: Report) -> None:
     holder: dict[int, str | None] = {}
     for partition in range(settings.partitions):
         slot = key_slot(keys.tag(partition).encode())
-        owner = next((nid for nid, ranges in slots_of.items()
-                      if by_id[nid]["role"] == "primary" and any(lo <= slot <= hi for lo, hi in ranges)), None)
+        owner = next((nid for nid, line in lines.items() if line.is_primary and line.serves(slot)), None)
         holder[partition] = by_id[owner]["address"] if owner else None
         if owner:
             by_id[owner]["partitions"].append(partition)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
@@ -13,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from localdev import processes
-from localdev.waiting import poll_until
+from localdev.waiting import answers_ok, poll_until
 
 CONFIG = Path(__file__).resolve().parent.parent / "observability" / "prometheus.yml"
 RULES = CONFIG.with_name("rules.yml")
@@ -75,11 +74,7 @@ class Prometheus:
         return self._ready()
 
     def _ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as reply:
-                return reply.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
+        return answers_ok(f"{self.url}/-/ready")
 
     def query(self, promql: str) -> list[dict[str, Any]]:
         """An instant query through the HTTP API: the result vector."""

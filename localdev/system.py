@@ -6,8 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -18,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from localdev import processes
 from localdev.cluster import LocalCluster
 from localdev.ports import free_ports
-from localdev.waiting import poll_until
+from localdev.waiting import answers_ok, poll_until
 
 # Every component; each serves Prometheus metrics on a port of its own.
 SERVICES = ("profile_svc", "reporting_svc", "aggregator_svc", "gateway")
@@ -149,11 +147,7 @@ class System:
                 return error.code().name
 
     def gateway_ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.gateway_url}/readyz", timeout=2) as reply:
-                return reply.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
+        return answers_ok(f"{self.gateway_url}/readyz", timeout_s=2)
 
     def wait_healthy(self, timeout_s: float = 60) -> None:
         poll_until(self._running_and_healthy, timeout_s, "the system to be healthy", interval_s=0.2)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+import urllib.error
+import urllib.request
 from typing import Callable, TypeVar
 
 T = TypeVar("T")
@@ -18,3 +20,12 @@ def poll_until(condition: Callable[[], T], timeout_s: float, what: str, interval
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
         time.sleep(interval_s)
+
+
+def answers_ok(url: str, timeout_s: float = 1) -> bool:
+    """Whether an HTTP GET of `url` answers 200 now: the readiness probe of every HTTP process we start."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as reply:
+            return reply.status == 200
+    except (urllib.error.URLError, OSError):
+        return False

@@ -6,15 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
 from localdev import processes
+from localdev.waiting import answers_ok, poll_until
 
 
 @dataclass
@@ -36,20 +34,13 @@ class BaselineServer:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen([sys.executable, "-m", "bench.baseline"], env=env, stdout=log,
                                             stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout_s
-        while not self._healthy():
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the baseline exited ({self.process.returncode}); see {self.log_path}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the baseline did not answer within {timeout_s:.0f}s; see {self.log_path}")
-            time.sleep(0.1)
+        poll_until(self._running_and_healthy, timeout_s, f"the baseline to answer (see {self.log_path})")
 
-    def _healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as reply:
-                return reply.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
+    def _running_and_healthy(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"the baseline exited ({self.process.returncode}); see {self.log_path}")
+        return answers_ok(f"{self.url}/healthz")
 
     def pids(self) -> list[int]:
         """The gunicorn master and its workers."""

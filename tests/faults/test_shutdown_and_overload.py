@@ -144,8 +144,10 @@ def test_a_burst_far_beyond_capacity_is_shed_with_bounded_memory(fresh_system: S
     codes, peak_mb = asyncio.run(grpc_burst())
     print(f"\noverload: gRPC {codes}, profile_svc peak RSS {peak_mb:.1f} MB")
     # Beyond max_in_flight the server answers RESOURCE_EXHAUSTED; streams gRPC core can't even
-    # queue are CANCELLED. Either way the call did nothing, as the read count below shows.
-    assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED", "CANCELLED"} and codes.get("RESOURCE_EXHAUSTED", 0) > 0
+    # queue are CANCELLED, and in some bursts that is all of the refusals. Either way the call did
+    # nothing, as the read count below shows.
+    assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED", "CANCELLED"}
+    assert codes.get("RESOURCE_EXHAUSTED", 0) + codes.get("CANCELLED", 0) > 0
     assert codes.get("OK", 0) > 0
     assert peak_mb < RSS_BOUND_MB
     wait_until(lambda: _reads_of(system, user) == codes["OK"], what="the served reads to be counted")

@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 from common import keys, metrics, tracing
 from common.config import Settings
 from common.errors import PartitionMismatch
+from common.redis_internals import keep_command_table
 
 log = logging.getLogger(__name__)
 _commands = metrics.children(metrics.CLUSTER_COMMANDS)
@@ -41,6 +42,7 @@ class Cluster:
             # Room beyond the bound for the aggregator's blocking reads, one per partition.
             max_connections=settings.redis_max_concurrency + settings.partitions + 8,
         )
+        keep_command_table(self.client)
         self.limit = asyncio.Semaphore(settings.redis_max_concurrency)
         self.script_names: dict[str, str] = {}  # sha -> name, for metrics and spans
         self._initialized = False

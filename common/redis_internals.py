@@ -1,0 +1,60 @@
+"""Where profilemesh reaches into redis-py's undocumented internals, and why.
+
+Checked against redis-py 8.1.0 (requirements.txt pins it); tests/test_redis_internals.py fails
+loudly if an upgrade changes what is relied on here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from redis._parsers.commands import AsyncCommandsParser
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+
+def keep_command_table(client: RedisCluster) -> None:
+    """Learn the server's command table once, and find movable keys of stream reads locally.
+
+    redis-py re-reads the command table (COMMAND) from the client's "default node" at every
+    topology refresh, and a refresh follows every connection error. The default node is the
+    first primary CLUSTER SLOTS lists; while that primary's whole shard is down, every refresh
+    fails, and with it every command of the client on every shard, not just the dead one's.
+    The table doesn't change while a process runs, so it is learnt once.
+
+    XREADGROUP and XREAD have "movable keys", which redis-py resolves by sending COMMAND GETKEYS
+    to that same default node before each call: a round trip per read, and a failure while that
+    node is down. Their keys are the first half of what follows STREAMS, so they are found here.
+    """
+    parser: AsyncCommandsParser = client.commands_parser
+    learn = parser.initialize
+    movable_keys = parser._get_moveable_keys
+
+    async def initialize(node: ClusterNode | None = None) -> None:
+        if node is not None:
+            parser.node = node
+        if not parser.commands:
+            await learn(node)
+
+    async def get_movable_keys(*args: Any) -> Sequence[Any] | None:
+        keys = stream_keys(args)
+        return keys if keys is not None else await movable_keys(*args)
+
+    parser.initialize = initialize  # type: ignore[method-assign]  # the patch this module exists for
+    parser._get_moveable_keys = get_movable_keys  # type: ignore[method-assign]  # likewise
+
+
+def stream_keys(args: Sequence[Any]) -> list[Any] | None:
+    """The stream keys of an XREADGROUP or XREAD command (None for any other command)."""
+    words = [value.decode() if isinstance(value, bytes) else str(value) for value in args]
+    command = words[0].upper() if words else ""
+    if command not in ("XREADGROUP", "XREAD"):
+        return None
+    # XREADGROUP GROUP <group> <consumer> [options] STREAMS <keys> <ids>: the group's and the
+    # consumer's names may be any word, STREAMS included.
+    first_option = 4 if command == "XREADGROUP" else 1
+    upper = [word.upper() for word in words]
+    if "STREAMS" not in upper[first_option:]:
+        return None
+    streams_and_ids = list(args[upper.index("STREAMS", first_option) + 1 :])
+    return streams_and_ids[: len(streams_and_ids) // 2]

@@ -11,7 +11,9 @@ from common.server import Service, run_service
 
 
 def build(server: grpc.aio.Server, cluster: Cluster) -> Service:
-    return Service(names=[], background=[Aggregator(cluster).run, lambda: collect_lag(cluster, cluster.settings.aggregator_group)])
+    return Service(
+        names=[], background=[Aggregator(cluster).run, lambda: collect_lag(cluster, cluster.settings.aggregator_group)]
+    )
 
 
 if __name__ == "__main__":

@@ -142,8 +142,12 @@ class Aggregator:
         ids = [entry_id for entry_id, _ in entries]
         applied, gone = await self.cluster.run(self._apply, apply_keys(partition), [self.group, *ids])
         if gone:
-            log.warning("partition %d: %d pending entries were no longer in the stream (trimmed); "
-                        "acknowledged without counting", partition, gone)
+            log.warning(
+                "partition %d: %d pending entries were no longer in the stream (trimmed); "
+                "acknowledged without counting",
+                partition,
+                gone,
+            )
         metrics.BATCHES.inc()
         metrics.EVENTS_APPLIED.inc(int(applied))
         return int(applied)
@@ -154,8 +158,12 @@ class Aggregator:
         while True:
             async with self.cluster.bounded() as client:
                 reply = await client.xautoclaim(
-                    keys.events_key(partition), self.group, self.consumer,
-                    min_idle_time=self.claim_idle_ms, start_id=start, count=self.batch,
+                    keys.events_key(partition),
+                    self.group,
+                    self.consumer,
+                    min_idle_time=self.claim_idle_ms,
+                    start_id=start,
+                    count=self.batch,
                 )
             start, entries = reply[0], reply[1]
             if entries:
@@ -166,7 +174,9 @@ class Aggregator:
                 break
 
     async def _maintain(self, partition: int) -> None:
-        await self.cluster.run(self._trim, trim_keys(partition), [self.group, FORGET_CONSUMER_AFTER_MS, self.retention_ms])
+        await self.cluster.run(
+            self._trim, trim_keys(partition), [self.group, FORGET_CONSUMER_AFTER_MS, self.retention_ms]
+        )
         metrics.TRIMS.inc()
 
     @staticmethod

@@ -55,23 +55,31 @@ async def partition_figures(client: RedisCluster, stream: str, group: str, now_m
         first_undelivered = await client.xrange(stream, min=f"({last_delivered}", count=1)
         if first_undelivered:
             oldest_undelivered = max(0, now_ms - _id_ms(first_undelivered[0][0])) / 1000
-    return {"length": length, "lag": int(lag), "pending": pending,
-            "oldest_pending": oldest_pending, "oldest_undelivered": oldest_undelivered}
+    return {
+        "length": length,
+        "lag": int(lag),
+        "pending": pending,
+        "oldest_pending": oldest_pending,
+        "oldest_undelivered": oldest_undelivered,
+    }
 
 
 async def collect_lag(cluster: Cluster, group: str) -> None:
     """Refresh the stream and lag gauges of every partition every INTERVAL_S, until cancelled."""
     partitions = range(cluster.settings.partitions)
     gauges = {
-        "length": metrics.STREAM_LENGTH, "lag": metrics.LAG, "pending": metrics.PENDING,
-        "oldest_pending": metrics.OLDEST_PENDING_AGE, "oldest_undelivered": metrics.OLDEST_UNDELIVERED_AGE,
+        "length": metrics.STREAM_LENGTH,
+        "lag": metrics.LAG,
+        "pending": metrics.PENDING,
+        "oldest_pending": metrics.OLDEST_PENDING_AGE,
+        "oldest_undelivered": metrics.OLDEST_UNDELIVERED_AGE,
     }
 
     async def refresh(partition: int, now_ms: int) -> None:
         try:
             async with cluster.bounded("command", "lag") as client:
                 figures = await partition_figures(client, keys.events_key(partition), group, now_ms)
-        except (RedisError, RedisClusterException, OSError, asyncio.TimeoutError) as error:
+        except (TimeoutError, RedisError, RedisClusterException, OSError) as error:
             log.debug("partition %d: lag not read: %r", partition, error)
             return
         except Exception:  # a reply of an unexpected shape must not stop the aggregator itself

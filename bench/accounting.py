@@ -7,7 +7,7 @@ the requests served in between is the CPU each component spent per request.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import psutil
 

@@ -9,8 +9,8 @@ the last, so process start-up is reported apart (as wall time).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import redis
 from redis.cluster import RedisCluster
@@ -71,9 +71,17 @@ def _replica_names(replicas: int) -> list[str]:
     return [REPLICA if i == 0 else f"{REPLICA}_{i + 1}" for i in range(replicas)]
 
 
-def drain(system: System, replicas: int, events: int, users: int, partitions: int, group: str,
-          timeout_s: float, on_start: Callable[[list[int]], object] | None = None,
-          mix: dict[str, int] = MIX) -> DrainResult:
+def drain(
+    system: System,
+    replicas: int,
+    events: int,
+    users: int,
+    partitions: int,
+    group: str,
+    timeout_s: float,
+    on_start: Callable[[list[int]], object] | None = None,
+    mix: dict[str, int] = MIX,
+) -> DrainResult:
     """Stop the aggregator, write `events`, start `replicas` replicas, time until all is applied.
 
     `on_start` gets the replicas' PIDs once they apply their first events (to attach a profiler).

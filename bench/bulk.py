@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import socket
 from collections import defaultdict
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import hiredis
 from redis.cluster import RedisCluster
@@ -43,7 +43,7 @@ def _send(address: tuple[str, int], payloads: list[bytes]) -> int:
     with socket.create_connection(address, timeout=30) as connection:
         reader = hiredis.Reader()
         for start in range(0, len(payloads), CHUNK):
-            chunk = payloads[start:start + CHUNK]
+            chunk = payloads[start : start + CHUNK]
             connection.sendall(b"".join(chunk))
             pending = len(chunk)
             while pending:

@@ -13,12 +13,12 @@ import uuid
 from pathlib import Path
 
 import grpc
-from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 
 from bench.failover import run_failover
 from bench.lag import percentile
 from bench.load import closed_loop
 from localdev.system import System, on_free_ports
+from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 
 SETTINGS = ("none", "local", "replica")
 
@@ -54,8 +54,10 @@ def main() -> None:
         system = on_free_ports(Path(directory))
         try:
             system.start()
-            print("| durability | creates/s (16 callers) | p50 ms | p99 ms | errors "
-                  "| failover: acknowledged | errors | lost | promoted after s | writes back after s |")
+            print(
+                "| durability | creates/s (16 callers) | p50 ms | p99 ms | errors "
+                "| failover: acknowledged | errors | lost | promoted after s | writes back after s |"
+            )
             print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
             for durability in SETTINGS:
                 use_durability(system, durability)

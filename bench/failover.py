@@ -39,21 +39,23 @@ class FailoverRun:
         return max(failures) - self.killed_at if failures else 0.0
 
 
-async def _creates_with_failover(system: System, users: list[str], workers: int, kill_after: int) -> tuple[LoadResult, float, float, float]:
+async def _creates_with_failover(
+    system: System, users: list[str], workers: int, kill_after: int
+) -> tuple[LoadResult, float, float, float]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{system.profile_port}") as channel:
         stub = profile_pb2_grpc.ProfileServiceStub(channel)
 
         async def create(user: str) -> None:
-            await stub.CreateProfile(profile_pb2.CreateProfileRequest(user=user, fields={"n": user}), timeout=CALL_TIMEOUT_S)
+            await stub.CreateProfile(
+                profile_pb2.CreateProfileRequest(user=user, fields={"n": user}), timeout=CALL_TIMEOUT_S
+            )
 
         progress = LoadResult()
         load = asyncio.create_task(closed_loop(users, create, workers, progress))
         while not load.done() and len(progress.outcomes) < kill_after:
             await asyncio.sleep(0.01)
         killed_at = time.monotonic()
-        victim, _, promoted_after = await asyncio.to_thread(
-            fail_over_by_killing, system.cluster, keys.events_key(0)
-        )
+        victim, _, promoted_after = await asyncio.to_thread(fail_over_by_killing, system.cluster, keys.events_key(0))
         # The old primary comes back (as an orchestrator would restart it) and rejoins as a replica.
         await asyncio.to_thread(system.cluster.start_node, victim)
         await asyncio.to_thread(system.cluster.wait_ready)

@@ -11,11 +11,11 @@ import uuid
 from pathlib import Path
 
 import grpc
-from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 
 from bench.lag import measure_lag
 from bench.sampling import PeakRss
 from localdev.system import System, on_free_ports
+from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 
 
 async def concurrency_load(system: System) -> dict[str, float]:
@@ -24,12 +24,18 @@ async def concurrency_load(system: System) -> dict[str, float]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{system.profile_port}") as channel:
         profiles = profile_pb2_grpc.ProfileServiceStub(channel)
         async with PeakRss(system) as rss:
-            racing = [profiles.CreateProfile(profile_pb2.CreateProfileRequest(user=f"race{run}", fields={"k": "v"}))
-                      for _ in range(50)]
+            racing = [
+                profiles.CreateProfile(profile_pb2.CreateProfileRequest(user=f"race{run}", fields={"k": "v"}))
+                for _ in range(50)
+            ]
             await asyncio.gather(*racing, return_exceptions=True)
             users = [f"c{run}-{i}" for i in range(20)]
-            await asyncio.gather(*(profiles.CreateProfile(profile_pb2.CreateProfileRequest(user=u, fields={"k": "v"})) for u in users))
-            await asyncio.gather(*(profiles.GetProfile(profile_pb2.GetProfileRequest(user=users[i % 20])) for i in range(1000)))
+            await asyncio.gather(
+                *(profiles.CreateProfile(profile_pb2.CreateProfileRequest(user=u, fields={"k": "v"})) for u in users)
+            )
+            await asyncio.gather(
+                *(profiles.GetProfile(profile_pb2.GetProfileRequest(user=users[i % 20])) for i in range(1000))
+            )
             await asyncio.sleep(1)  # the aggregator catches up meanwhile
     return rss.peak_mb
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from redis.cluster import RedisCluster
 
@@ -36,8 +36,9 @@ def used_memory(client: RedisCluster) -> int:
     return sum(int(info["used_memory"]) for info in replies.values())
 
 
-def grow(url: str, prefix: str, have: int, want: int, partitions: int,
-         read: Callable[[int], LoadResult]) -> GrowthResult:
+def grow(
+    url: str, prefix: str, have: int, want: int, partitions: int, read: Callable[[int], LoadResult]
+) -> GrowthResult:
     """Add profiles `prefix<have>`..`prefix<want-1>`, measure memory, then run `read(want)`."""
     client = RedisCluster.from_url(url, decode_responses=True)
     try:
@@ -47,8 +48,10 @@ def grow(url: str, prefix: str, have: int, want: int, partitions: int,
         load_s = time.perf_counter() - started
         after = used_memory(client)
         rng = random.Random(want)
-        sampled = [client.memory_usage(keys.profile_key(f"{prefix}{rng.randrange(want)}", partitions), samples=0)
-                   for _ in range(MEMORY_SAMPLES)]
+        sampled = [
+            client.memory_usage(keys.profile_key(f"{prefix}{rng.randrange(want)}", partitions), samples=0)
+            for _ in range(MEMORY_SAMPLES)
+        ]
     finally:
         client.close()
     return GrowthResult(

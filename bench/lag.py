@@ -27,8 +27,9 @@ def percentile(samples: list[float], fraction: float) -> float:
 MAX_BACKGROUND_IN_FLIGHT = 128
 
 
-async def _steady_reads(profiles: profile_pb2_grpc.ProfileServiceStub, users: list[str], rate: float,
-                        stop: asyncio.Event) -> dict[str, int]:
+async def _steady_reads(
+    profiles: profile_pb2_grpc.ProfileServiceStub, users: list[str], rate: float, stop: asyncio.Event
+) -> dict[str, int]:
     """Open loop: read i is due at start + i/rate, whether or not earlier ones have answered.
 
     A read due while MAX_BACKGROUND_IN_FLIGHT are still waiting is dropped (counted, not sent);
@@ -73,8 +74,13 @@ async def _read_once(profiles: profile_pb2_grpc.ProfileServiceStub, user: str, a
     return attempts
 
 
-async def measure_lag(profile_target: str, reporting_target: str, probes: int = 1000, background_rate: float = 0,
-                      max_seconds: float | None = None) -> dict[str, float]:
+async def measure_lag(
+    profile_target: str,
+    reporting_target: str,
+    probes: int = 1000,
+    background_rate: float = 0,
+    max_seconds: float | None = None,
+) -> dict[str, float]:
     """Lag in milliseconds (median, p99, max) over `probes` reads, with an optional steady load.
 
     Also says how much of the background load was made (reads and the rate achieved), failed or
@@ -82,8 +88,10 @@ async def measure_lag(profile_target: str, reporting_target: str, probes: int = 
     Probing stops early after `max_seconds` (if given), so a slow system can't stall a benchmark.
     """
     run = uuid.uuid4().hex[:8]
-    async with grpc.aio.insecure_channel(profile_target) as profile_channel, \
-            grpc.aio.insecure_channel(reporting_target) as reporting_channel:
+    async with (
+        grpc.aio.insecure_channel(profile_target) as profile_channel,
+        grpc.aio.insecure_channel(reporting_target) as reporting_channel,
+    ):
         profiles = profile_pb2_grpc.ProfileServiceStub(profile_channel)
         reports = reporting_pb2_grpc.ReportingServiceStub(reporting_channel)
         probe_users = [f"lag{run}-{i}" for i in range(probes)]
@@ -93,7 +101,9 @@ async def measure_lag(profile_target: str, reporting_target: str, probes: int = 
 
         stop = asyncio.Event()
         load_started = time.perf_counter()
-        load = asyncio.create_task(_steady_reads(profiles, load_users, background_rate, stop)) if background_rate else None
+        load = (
+            asyncio.create_task(_steady_reads(profiles, load_users, background_rate, stop)) if background_rate else None
+        )
         lags: list[float] = []
         retries = 0
         deadline = None if max_seconds is None else time.perf_counter() + max_seconds

@@ -34,8 +34,12 @@ PARTITIONS = 16
 USERS = 10_000
 PREFIX = "r"
 CONCURRENCY = 64
-SETTINGS = {"PROFILEMESH_PARTITIONS": str(PARTITIONS), "PROFILEMESH_SHUTDOWN_GRACE_S": "5",
-            "PROFILEMESH_DRAIN_MS": "100", "PROFILEMESH_LOG_LEVEL": "INFO"}
+SETTINGS = {
+    "PROFILEMESH_PARTITIONS": str(PARTITIONS),
+    "PROFILEMESH_SHUTDOWN_GRACE_S": "5",
+    "PROFILEMESH_DRAIN_MS": "100",
+    "PROFILEMESH_LOG_LEVEL": "INFO",
+}
 VARIANTS = ("uninstrumented", "metrics, tracing off", "metrics, tracing on")
 GROUPS = ("gateway", "profile_svc", "aggregator_svc", "cluster")
 
@@ -70,18 +74,28 @@ def one_run(variant: str, work: Path, base: Path, sink: OtlpSink, seconds: int) 
     try:
         load_profiles(system.cluster.url, PREFIX, 0, USERS, PARTITIONS)
         run_wrk("warm-up", variant, system.gateway_url, "reads.lua", [PREFIX, str(USERS)], 16, 3)
-        meter = CpuMeter({
-            **{name: (lambda n=name: [system.processes[n].pid]) for name in GROUPS[:3]},
-            "cluster": lambda: [p.pid for p in system.cluster.processes.values()],
-        })
+        meter = CpuMeter(
+            {
+                **{name: (lambda n=name: [system.processes[n].pid]) for name in GROUPS[:3]},
+                "cluster": lambda: [p.pid for p in system.cluster.processes.values()],
+            }
+        )
         before = meter.snapshot()
-        result = run_wrk("REST reads", variant, system.gateway_url, "reads.lua", [PREFIX, str(USERS)],
-                         CONCURRENCY, seconds)
+        result = run_wrk(
+            "REST reads", variant, system.gateway_url, "reads.lua", [PREFIX, str(USERS)], CONCURRENCY, seconds
+        )
         cpu = CpuMeter.per_request_us(before, meter.snapshot(), result.requests)
-        figures = {"rps": result.rps, "p99_ms": result.p99_ms, "errors": result.errors, **cpu,
-                   "total_us": sum(cpu.values())}
-        say(f"{variant}: {result.rps:,.0f} req/s, p99 {result.p99_ms:.1f} ms, "
-            + ", ".join(f"{k} {v:.0f} us" for k, v in cpu.items()))
+        figures = {
+            "rps": result.rps,
+            "p99_ms": result.p99_ms,
+            "errors": result.errors,
+            **cpu,
+            "total_us": sum(cpu.values()),
+        }
+        say(
+            f"{variant}: {result.rps:,.0f} req/s, p99 {result.p99_ms:.1f} ms, "
+            + ", ".join(f"{k} {v:.0f} us" for k, v in cpu.items())
+        )
         return figures
     finally:
         system.stop()
@@ -89,33 +103,46 @@ def one_run(variant: str, work: Path, base: Path, sink: OtlpSink, seconds: int) 
 
 def render(runs: dict[str, list[dict[str, float]]], base_rev: str, seconds: int) -> str:
     lines = [
-        "# What the instrumentation costs (bench/observability.py)", "",
+        "# What the instrumentation costs (bench/observability.py)",
+        "",
         f"REST reads (GET /profile/<user> of {USERS:,} preloaded users), wrk with {CONCURRENCY} connections for "
         f"{seconds} s per run; variants interleaved, {len(next(iter(runs.values())))} rounds; medians, then every run. "
         f"Uninstrumented = the services at {base_rev}. CPU is microseconds of CPU per request by process group, "
-        f"on a 2-core machine shared with other work.", "",
+        f"on a 2-core machine shared with other work.",
+        "",
         "| variant | req/s | p99 ms | " + " | ".join(f"{g} us/req" for g in GROUPS) + " | total us/req |",
         "|---|---:|---:|" + "---:|" * (len(GROUPS) + 1),
     ]
     for variant, results in runs.items():
         med = {k: statistics.median(r[k] for r in results) for k in results[0]}
-        lines.append(f"| {variant} | {med['rps']:,.0f} | {med['p99_ms']:.1f} | "
-                     + " | ".join(f"{med[g]:.0f}" for g in GROUPS) + f" | {med['total_us']:.0f} |")
+        lines.append(
+            f"| {variant} | {med['rps']:,.0f} | {med['p99_ms']:.1f} | "
+            + " | ".join(f"{med[g]:.0f}" for g in GROUPS)
+            + f" | {med['total_us']:.0f} |"
+        )
     lines += ["", "Every run:", ""]
     for variant, results in runs.items():
-        lines.append(f"- {variant}: " + "; ".join(f"{r['rps']:,.0f} req/s, {r['total_us']:.0f} us/req" for r in results))
+        lines.append(
+            f"- {variant}: " + "; ".join(f"{r['rps']:,.0f} req/s, {r['total_us']:.0f} us/req" for r in results)
+        )
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base", default=None, help="revision of the uninstrumented services (default: merge base with main)")
+    parser.add_argument(
+        "--base", default=None, help="revision of the uninstrumented services (default: merge base with main)"
+    )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    base_rev = args.base or subprocess.run(["git", "merge-base", "HEAD", "main"], cwd=ROOT, check=True,
-                                           capture_output=True, text=True).stdout.strip()
+    base_rev = (
+        args.base
+        or subprocess.run(
+            ["git", "merge-base", "HEAD", "main"], cwd=ROOT, check=True, capture_output=True, text=True
+        ).stdout.strip()
+    )
     runs: dict[str, list[dict[str, float]]] = {variant: [] for variant in VARIANTS}
     sink = OtlpSink(free_ports(1)[0]).start()
     try:

@@ -23,7 +23,7 @@ def _frame(raw: str) -> str:
         return raw
     path = match["file"]
     path = path.split("site-packages/")[-1].split("/work/main/")[-1]
-    return f"{raw[:match.start()]} ({path})"
+    return f"{raw[: match.start()]} ({path})"
 
 
 def summarise(path: Path, top: int = 15) -> dict[str, list[tuple[str, float]]]:
@@ -47,16 +47,35 @@ def summarise(path: Path, top: int = 15) -> dict[str, list[tuple[str, float]]]:
         leaf_file = frames[-1].rpartition("(")[2].rstrip(")")
         packages[leaf_file.split("/")[0] if "/" in leaf_file else leaf_file] += samples
     share = lambda counter: [(name, 100 * n / total) for name, n in counter.most_common(top)]  # noqa: E731
-    return {"self": share(own), "inclusive": share(inclusive), "package": share(packages), "samples": [("busy samples", total)]}
+    return {
+        "self": share(own),
+        "inclusive": share(inclusive),
+        "package": share(packages),
+        "samples": [("busy samples", total)],
+    }
 
 
 def record(pid: int, seconds: int, out: Path, rate: int = 200) -> subprocess.Popen:
     """Start py-spy on a running process for `seconds`; the caller waits for the returned process."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     return subprocess.Popen(
-        [spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", str(rate), "--nonblocking",
-         "--format", "raw", "--output", str(out)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(seconds),
+            "--rate",
+            str(rate),
+            "--nonblocking",
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 

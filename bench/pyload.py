@@ -15,8 +15,8 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Awaitable, Callable
 
 from bench.results import LoadResult, percentile
 
@@ -32,8 +32,10 @@ async def _grpc_calls(target: str, users: list[str], concurrency: int) -> tuple[
     from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 
     # A local subchannel pool gives each channel its own TCP connection.
-    channels = [grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
-                for _ in range(min(concurrency, MAX_CONNECTIONS))]
+    channels = [
+        grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(min(concurrency, MAX_CONNECTIONS))
+    ]
     stubs = [profile_pb2_grpc.ProfileServiceStub(channel) for channel in channels]
     requests = [profile_pb2.GetProfileRequest(user=user) for user in users]
 
@@ -54,7 +56,9 @@ async def _script_calls(url: str, users: list[str], partitions: int) -> tuple[Ca
     client = RedisCluster.from_url(url)
     await client.initialize()
     script = client.register_script(GET_PROFILE_SCRIPT.read_text())
-    arguments = [([keys.profile_key(u, partitions), keys.events_key(keys.partition_of(u, partitions))], [u]) for u in users]
+    arguments = [
+        ([keys.profile_key(u, partitions), keys.events_key(keys.partition_of(u, partitions))], [u]) for u in users
+    ]
 
     async def call(worker: int, user: int) -> None:
         script_keys, args = arguments[user]
@@ -85,8 +89,16 @@ async def _loop(call: Call, workers: int, users: int, seconds: float, latencies:
     return errors
 
 
-async def _child(kind: str, target: str, prefix: str, count: int, concurrency: int, duration_s: float,
-                 warmup_s: float, partitions: int) -> dict:
+async def _child(
+    kind: str,
+    target: str,
+    prefix: str,
+    count: int,
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+    partitions: int,
+) -> dict:
     users = [f"{prefix}{i}" for i in range(count)]
     if kind == "grpc":
         call, close = await _grpc_calls(target, users, concurrency)
@@ -127,9 +139,22 @@ def run_pyload(
     shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
     children = [
         subprocess.Popen(
-            [sys.executable, "-m", "bench.pyload", kind, target, prefix, str(count), str(share),
-             str(duration_s), str(warmup_s), str(partitions)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "bench.pyload",
+                kind,
+                target,
+                prefix,
+                str(count),
+                str(share),
+                str(duration_s),
+                str(warmup_s),
+                str(partitions),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         for share in shares
     ]
@@ -144,7 +169,9 @@ def run_pyload(
             child.stdin.flush()  # type: ignore[union-attr]
         outputs = [child.stdout.read() for child in children]  # type: ignore[union-attr]
         if not all(outputs):
-            raise RuntimeError(f"load generator {kind} died while measuring (exit codes {[c.wait() for c in children]})")
+            raise RuntimeError(
+                f"load generator {kind} died while measuring (exit codes {[c.wait() for c in children]})"
+            )
         reports = [json.loads(output) for output in outputs]
     finally:
         for child in children:
@@ -170,6 +197,7 @@ def run_pyload(
 
 if __name__ == "__main__":
     kind, target, prefix, count, concurrency, duration_s, warmup_s, partitions = sys.argv[1:9]
-    result = asyncio.run(_child(kind, target, prefix, int(count), int(concurrency), float(duration_s),
-                                float(warmup_s), int(partitions)))
+    result = asyncio.run(
+        _child(kind, target, prefix, int(count), int(concurrency), float(duration_s), float(warmup_s), int(partitions))
+    )
     print(json.dumps(result), flush=True)

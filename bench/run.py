@@ -17,7 +17,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import asdict, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
@@ -38,8 +38,7 @@ from bench.streams import StreamSampler
 from bench.wrk_runner import run_wrk, wrk_binary
 from common.config import Settings
 from localdev.ports import free_ports
-from localdev.system import System
-from localdev.system import on_free_ports
+from localdev.system import System, on_free_ports
 
 PARTITIONS = 16
 READ_PREFIX = "r"
@@ -55,8 +54,11 @@ NOTES = [
     "tail percentiles understate what an open-loop client would see.",
 ]
 # Production defaults except what a benchmark must pin: the partition count and a short drain on stop.
-BENCH_SETTINGS = {"PROFILEMESH_PARTITIONS": str(PARTITIONS), "PROFILEMESH_SHUTDOWN_GRACE_S": "5",
-                  "PROFILEMESH_LOG_LEVEL": "INFO"}
+BENCH_SETTINGS = {
+    "PROFILEMESH_PARTITIONS": str(PARTITIONS),
+    "PROFILEMESH_SHUTDOWN_GRACE_S": "5",
+    "PROFILEMESH_LOG_LEVEL": "INFO",
+}
 
 
 def say(message: str) -> None:
@@ -64,14 +66,20 @@ def say(message: str) -> None:
 
 
 def machine_info(cluster_url: str) -> dict[str, object]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown CPU")
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown CPU",
+    )
     node = redis.Redis.from_url(cluster_url)
     info = node.info("server")
     node.close()
     server = f"valkey {info['valkey_version']}" if "valkey_version" in info else f"redis {info['redis_version']}"
     return {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cores": os.cpu_count(),
         "cpu": cpu,
         "memory_gb": psutil.virtual_memory().total / 2**30,
@@ -100,21 +108,24 @@ def cpu_groups(system: System, baseline: BaselineServer) -> CpuMeter:
     return CpuMeter(groups)
 
 
-async def request_phase(system: System, baseline: BaselineServer, targets: Targets, scale: Scale,
-                        report: Report, work: Path) -> None:
+async def request_phase(
+    system: System, baseline: BaselineServer, targets: Targets, scale: Scale, report: Report, work: Path
+) -> None:
     """Every request scenario at every concurrency, systems interleaved so background noise hits both."""
     if scale.warmup_s >= 1:
         for url in (targets.gateway_url, targets.baseline_url):
-            await asyncio.to_thread(run_wrk, "warm-up", "", url, "reads.lua", [READ_PREFIX, str(targets.users)],
-                                    16, int(scale.warmup_s))
+            await asyncio.to_thread(
+                run_wrk, "warm-up", "", url, "reads.lua", [READ_PREFIX, str(targets.users)], 16, int(scale.warmup_s)
+            )
     meter, top, run_id = cpu_groups(system, baseline), max(scale.concurrencies), uuid.uuid4().hex[:6]
     baseline_rss = 0.0
     with StreamSampler(system.cluster.url, PARTITIONS) as streams:
         for concurrency in scale.concurrencies:
             for scenario in SCENARIOS:
                 before: dict[str, float] = {}
-                result = await asyncio.to_thread(run_scenario, scenario, concurrency, targets, scale, run_id,
-                                                 lambda: before.update(meter.snapshot()))
+                result = await asyncio.to_thread(
+                    run_scenario, scenario, concurrency, targets, scale, run_id, lambda: before.update(meter.snapshot())
+                )
                 after = meter.snapshot()
                 if concurrency == top:
                     usage = CpuMeter.per_request_us(before, after, result.requests)
@@ -123,29 +134,45 @@ async def request_phase(system: System, baseline: BaselineServer, targets: Targe
                 if scenario.target == "baseline":
                     baseline_rss = max(baseline_rss, rss_mb(baseline.pids()))
                 report.loads.append(result)
-                say(f"{result.scenario} / {result.system} c={concurrency}: {result.rps:,.0f} req/s, "
-                    f"p99 {result.p99_ms:.1f} ms, {result.errors} errors")
+                say(
+                    f"{result.scenario} / {result.system} c={concurrency}: {result.rps:,.0f} req/s, "
+                    f"p99 {result.p99_ms:.1f} ms, {result.errors} errors"
+                )
         if scale.profile_s:
             await profile_services(system, baseline, targets, scale, report, work)
     report.streams = streams.summary()
     report.rss_mb["baseline (gunicorn master + workers)"] = baseline_rss
 
 
-async def profile_services(system: System, baseline: BaselineServer, targets: Targets, scale: Scale,
-                           report: Report, work: Path) -> None:
+async def profile_services(
+    system: System, baseline: BaselineServer, targets: Targets, scale: Scale, report: Report, work: Path
+) -> None:
     """py-spy during extra c=64 REST read runs: the gateway, profile_svc and the aggregator, then one
     of the baseline's gunicorn workers."""
     top = max(scale.concurrencies)
     runs = [
-        (targets.gateway_url, PROFILEMESH_REST, {name: system.processes[name].pid
-                                                  for name in ("gateway", "profile_svc", "aggregator_svc")}),
+        (
+            targets.gateway_url,
+            PROFILEMESH_REST,
+            {name: system.processes[name].pid for name in ("gateway", "profile_svc", "aggregator_svc")},
+        ),
         (targets.baseline_url, BASELINE_REST, {"baseline (one gunicorn worker)": baseline.pids()[-1]}),
     ]
     for url, system_name, pids in runs:
-        spies = {name: (profiling.record(pid, scale.profile_s, work / f"{pid}.pyspy"), work / f"{pid}.pyspy")
-                 for name, pid in pids.items()}
-        await asyncio.to_thread(run_wrk, "profiling run", system_name, url, "reads.lua",
-                                [READ_PREFIX, str(targets.users)], top, scale.profile_s + 1)
+        spies = {
+            name: (profiling.record(pid, scale.profile_s, work / f"{pid}.pyspy"), work / f"{pid}.pyspy")
+            for name, pid in pids.items()
+        }
+        await asyncio.to_thread(
+            run_wrk,
+            "profiling run",
+            system_name,
+            url,
+            "reads.lua",
+            [READ_PREFIX, str(targets.users)],
+            top,
+            scale.profile_s + 1,
+        )
         for name, (spy, out) in spies.items():
             await asyncio.to_thread(spy.wait)
             if spy.returncode == 0 and out.exists():
@@ -155,9 +182,13 @@ async def profile_services(system: System, baseline: BaselineServer, targets: Ta
 
 
 async def lag_phase(system: System, scale: Scale, report: Report) -> None:
-    lag = await measure_lag(f"127.0.0.1:{system.profile_port}", f"127.0.0.1:{system.reporting_port}",
-                            probes=scale.lag_probes, background_rate=scale.lag_background_rate,
-                            max_seconds=scale.lag_max_s)
+    lag = await measure_lag(
+        f"127.0.0.1:{system.profile_port}",
+        f"127.0.0.1:{system.reporting_port}",
+        probes=scale.lag_probes,
+        background_rate=scale.lag_background_rate,
+        max_seconds=scale.lag_max_s,
+    )
     report.lag = {**lag, "rate": scale.lag_background_rate}
     say(f"lag p50 {lag['median_ms']:.1f} ms, p99 {lag['p99_ms']:.1f} ms")
 
@@ -172,23 +203,41 @@ def drain_phase(system: System, scale: Scale, report: Report, work: Path) -> Non
     # The REST mix first (the target's figure), then reads only (no delete path), then two replicas.
     for replicas, mix in ((1, MIX), (1, {"read": 100}), (2, MIX)):
         profile = replicas == 1 and mix is MIX and scale.profile_s
-        result = drain(system, replicas, scale.backlog, BACKLOG_USERS, PARTITIONS, group, scale.drain_timeout_s,
-                       on_start=attach if profile else None, mix=mix)
+        result = drain(
+            system,
+            replicas,
+            scale.backlog,
+            BACKLOG_USERS,
+            PARTITIONS,
+            group,
+            scale.drain_timeout_s,
+            on_start=attach if profile else None,
+            mix=mix,
+        )
         report.drains.append(result)
         say(f"aggregator x{replicas} ({result.mix}): {result.events_per_s:,.0f} events/s over {result.backlog:,}")
     for spy in spies:
         spy.wait()
         if spy.returncode == 0:
             report.profiles["aggregator_svc, draining the backlog (1 replica)"] = profiling.summarise(
-                work / "aggregator-drain.pyspy", top=12)
+                work / "aggregator-drain.pyspy", top=12
+            )
 
 
 def growth_phase(system: System, targets: Targets, scale: Scale, report: Report) -> None:
     have = 0
     for size in scale.growth_sizes:
+
         def read(count: int):
-            return run_wrk("growth reads", PROFILEMESH_REST, targets.gateway_url, "reads.lua",
-                           [GROWTH_PREFIX, str(count)], scale.growth_read_concurrency, scale.load_s)
+            return run_wrk(
+                "growth reads",
+                PROFILEMESH_REST,
+                targets.gateway_url,
+                "reads.lua",
+                [GROWTH_PREFIX, str(count)],
+                scale.growth_read_concurrency,
+                scale.load_s,
+            )
 
         result = grow(system.cluster.url, GROWTH_PREFIX, have, size, PARTITIONS, read)
         report.growth.append(result)
@@ -207,13 +256,18 @@ async def run(scale: Scale, out: Path, title: str) -> Report:
         say(f"starting a cluster, the services and the baseline (logs in {work / 'logs'})")
         await asyncio.to_thread(system.start)
         await asyncio.to_thread(baseline.start)
-        report = Report(title=title, machine=machine_info(system.cluster.url), scale=asdict(scale),
-                        notes=list(NOTES))
+        report = Report(title=title, machine=machine_info(system.cluster.url), scale=asdict(scale), notes=list(NOTES))
         await asyncio.to_thread(load_profiles, system.cluster.url, READ_PREFIX, 0, scale.read_users, PARTITIONS)
         await asyncio.to_thread(load_baseline_profiles, system.cluster.url, READ_PREFIX, scale.read_users)
-        targets = Targets(gateway_url=system.gateway_url, baseline_url=baseline.url,
-                          profile_address=f"127.0.0.1:{system.profile_port}", cluster_url=system.cluster.url,
-                          user_prefix=READ_PREFIX, users=scale.read_users, partitions=PARTITIONS)
+        targets = Targets(
+            gateway_url=system.gateway_url,
+            baseline_url=baseline.url,
+            profile_address=f"127.0.0.1:{system.profile_port}",
+            cluster_url=system.cluster.url,
+            user_prefix=READ_PREFIX,
+            users=scale.read_users,
+            partitions=PARTITIONS,
+        )
 
         async with PeakRss(system) as rss:
             await request_phase(system, baseline, targets, scale, report, work)

@@ -26,7 +26,7 @@ class PeakRss:
                     pass
             await asyncio.sleep(0.05)
 
-    async def __aenter__(self) -> "PeakRss":
+    async def __aenter__(self) -> PeakRss:
         self._task = asyncio.create_task(self._sample())
         return self
 

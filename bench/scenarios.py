@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from bench.pyload import run_pyload
 from bench.results import LoadResult
@@ -46,8 +46,14 @@ class Targets:
     partitions: int
 
 
-def run_scenario(scenario: Scenario, concurrency: int, targets: Targets, scale: Scale, run_id: str,
-                 on_start: Callable[[], object] | None = None) -> LoadResult:
+def run_scenario(
+    scenario: Scenario,
+    concurrency: int,
+    targets: Targets,
+    scale: Scale,
+    run_id: str,
+    on_start: Callable[[], object] | None = None,
+) -> LoadResult:
     """One run of `scale.load_s` seconds; blocks until it ends. `on_start` runs as measuring begins."""
     if scenario.tool == "wrk":
         if on_start is not None:
@@ -58,5 +64,17 @@ def run_scenario(scenario: Scenario, concurrency: int, targets: Targets, scale: 
             args.append(f"mix{run_id}c{concurrency}")
         return run_wrk(scenario.name, scenario.system, url, scenario.wrk_script, args, concurrency, scale.load_s)
     target = targets.profile_address if scenario.tool == "grpc" else targets.cluster_url
-    return run_pyload(scenario.name, scenario.system, scenario.tool, target, targets.user_prefix, targets.users,
-                      concurrency, scale.load_s, scale.warmup_s, targets.partitions, scale.grpc_processes, on_start)
+    return run_pyload(
+        scenario.name,
+        scenario.system,
+        scenario.tool,
+        target,
+        targets.user_prefix,
+        targets.users,
+        concurrency,
+        scale.load_s,
+        scale.warmup_s,
+        targets.partitions,
+        scale.grpc_processes,
+        on_start,
+    )

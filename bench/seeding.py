@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from bench.bulk import Command, bulk_write
 from common import keys
@@ -42,8 +42,7 @@ def load_baseline_profiles(url: str, prefix: str, count: int) -> int:
 MIX = {"create": 10, "read": 80, "update": 5, "delete": 5}  # percent of each event type
 
 
-def write_backlog(url: str, events: int, users: int, partitions: int, seed: int = 7,
-                  mix: dict[str, int] = MIX) -> int:
+def write_backlog(url: str, events: int, users: int, partitions: int, seed: int = 7, mix: dict[str, int] = MIX) -> int:
     """`events` events in the format profile_svc's scripts write (user, type, ts), each in its user's
     partition stream, over `users` users; types drawn by `mix` (percentages; the REST mix by default)."""
     rng = random.Random(seed)
@@ -54,7 +53,16 @@ def write_backlog(url: str, events: int, users: int, partitions: int, seed: int 
     def commands() -> Iterator[Command]:
         for _ in range(events):
             user = names[rng.randrange(users)]
-            yield ("XADD", streams[user], "*", "user", user, "type", kinds[rng.randrange(len(kinds))],
-                   "ts", str(int(time.time() * 1000)))
+            yield (
+                "XADD",
+                streams[user],
+                "*",
+                "user",
+                user,
+                "type",
+                kinds[rng.randrange(len(kinds))],
+                "ts",
+                str(int(time.time() * 1000)),
+            )
 
     return _in_batches(commands(), url)

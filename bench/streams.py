@@ -50,7 +50,7 @@ class StreamSampler:
         while not self._stop.wait(self.interval_s):
             self.series.append(self._total())
 
-    def __enter__(self) -> "StreamSampler":
+    def __enter__(self) -> StreamSampler:
         self._added_at_start = self._added()
         self.series.append(self._total())
         self._thread.start()

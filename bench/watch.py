@@ -53,7 +53,9 @@ def write(port: int, prefix: str, rate: int, seconds: float, acknowledged: multi
     acknowledged.put(asyncio.run(run()))
 
 
-def subscribe(port: int, count: int, prefix: str, seconds: float, ready: multiprocessing.Queue, arrivals: multiprocessing.Queue) -> None:
+def subscribe(
+    port: int, count: int, prefix: str, seconds: float, ready: multiprocessing.Queue, arrivals: multiprocessing.Queue
+) -> None:
     """`count` subscribers for `seconds`; put {user: first arrival (wall clock)} of the first one on the queue."""
 
     async def run() -> dict[str, float]:
@@ -84,10 +86,15 @@ def run_round(system: System, subscribers: int, rate: int, seconds: float) -> di
     context = multiprocessing.get_context("spawn")
     ready, arrivals, acknowledged = context.Queue(), context.Queue(), context.Queue()
     prefix = f"b{uuid.uuid4().hex[:6]}-"
-    shares = [subscribers // SUBSCRIBER_PROCESSES + (i < subscribers % SUBSCRIBER_PROCESSES) for i in range(SUBSCRIBER_PROCESSES)]
+    shares = [
+        subscribers // SUBSCRIBER_PROCESSES + (i < subscribers % SUBSCRIBER_PROCESSES)
+        for i in range(SUBSCRIBER_PROCESSES)
+    ]
     shares = [share for share in shares if share]
-    readers = [context.Process(target=subscribe, args=(system.profile_port, share, prefix, seconds + 3, ready, arrivals))
-               for share in shares]
+    readers = [
+        context.Process(target=subscribe, args=(system.profile_port, share, prefix, seconds + 3, ready, arrivals))
+        for share in shares
+    ]
     for reader in readers:
         reader.start()
     for _ in readers:
@@ -104,7 +111,12 @@ def run_round(system: System, subscribers: int, rate: int, seconds: float) -> di
     seen = [arrivals.get(timeout=60) for _ in readers]
     for reader in readers:
         reader.join()
-    result = {"cpu_s": cpu, "rss_mb": rss / 2**20, "rss_growth_mb": (rss - rss_before) / 2**20, "acknowledged": len(acked)}
+    result = {
+        "cpu_s": cpu,
+        "rss_mb": rss / 2**20,
+        "rss_growth_mb": (rss - rss_before) / 2**20,
+        "acknowledged": len(acked),
+    }
     if seen and seen[0]:
         latencies_ms = sorted((seen[0][user] - at) * 1000 for user, at in acked.items() if user in seen[0])
         result["delivered"] = len(latencies_ms)
@@ -119,17 +131,23 @@ def main() -> None:
         try:
             system.start()
             latency = run_round(system, 1, rate=500, seconds=10)
-            print(f"delivery latency at 500 changes/s, 1 subscriber: p50 {latency['p50_ms']:.1f} ms, "
-                  f"p99 {latency['p99_ms']:.1f} ms ({latency['delivered']} of {latency['acknowledged']} delivered)")
+            print(
+                f"delivery latency at 500 changes/s, 1 subscriber: p50 {latency['p50_ms']:.1f} ms, "
+                f"p99 {latency['p99_ms']:.1f} ms ({latency['delivered']} of {latency['acknowledged']} delivered)"
+            )
             baseline = run_round(system, 0, rate=100, seconds=10)
-            print(f"0 subscribers, 100 changes/s for 10 s: profile_svc {baseline['cpu_s']:.2f} CPU s, RSS {baseline['rss_mb']:.0f} MB")
+            print(
+                f"0 subscribers, 100 changes/s for 10 s: profile_svc {baseline['cpu_s']:.2f} CPU s, RSS {baseline['rss_mb']:.0f} MB"
+            )
             for count in (1, 10, 100):
                 result = run_round(system, count, rate=100, seconds=10)
                 per_cpu_ms = (result["cpu_s"] - baseline["cpu_s"]) / count / 10 * 1000
-                print(f"{count} subscribers, 100 changes/s for 10 s: profile_svc {result['cpu_s']:.2f} CPU s, "
-                      f"RSS {result['rss_mb']:.0f} MB (+{result['rss_growth_mb']:.1f} MB during the round); per subscriber "
-                      f"{per_cpu_ms:.1f} ms CPU per second, {(result['rss_mb'] - baseline['rss_mb']) / count:.2f} MB; "
-                      f"p50 {result.get('p50_ms', float('nan')):.1f} ms, p99 {result.get('p99_ms', float('nan')):.1f} ms")
+                print(
+                    f"{count} subscribers, 100 changes/s for 10 s: profile_svc {result['cpu_s']:.2f} CPU s, "
+                    f"RSS {result['rss_mb']:.0f} MB (+{result['rss_growth_mb']:.1f} MB during the round); per subscriber "
+                    f"{per_cpu_ms:.1f} ms CPU per second, {(result['rss_mb'] - baseline['rss_mb']) / count:.2f} MB; "
+                    f"p50 {result.get('p50_ms', float('nan')):.1f} ms, p99 {result.get('p99_ms', float('nan')):.1f} ms"
+                )
         finally:
             system.stop()
 

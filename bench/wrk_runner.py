@@ -38,8 +38,17 @@ def run_wrk(
     """One wrk run of `duration_s` seconds with `concurrency` connections; blocks until it ends."""
     threads = min(threads, concurrency)
     command = [
-        wrk_binary(), f"-t{threads}", f"-c{concurrency}", f"-d{duration_s}s", "--timeout", "5s",
-        "-s", str(SCRIPTS / script), url, "--", *script_args,
+        wrk_binary(),
+        f"-t{threads}",
+        f"-c{concurrency}",
+        f"-d{duration_s}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(SCRIPTS / script),
+        url,
+        "--",
+        *script_args,
     ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     stdout = process.stdout.read()  # type: ignore[union-attr]
@@ -48,7 +57,7 @@ def run_wrk(
     lines = [line for line in stdout.splitlines() if line.startswith(MARKER)]
     if process.returncode != 0 or not lines:
         raise RuntimeError(f"wrk failed ({process.returncode}): {stdout.strip()[-2000:]}")
-    data = json.loads(lines[-1][len(MARKER):])
+    data = json.loads(lines[-1][len(MARKER) :])
     duration = data["duration_us"] / 1e6
     return LoadResult(
         scenario=scenario,

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Sequence
+from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
@@ -95,8 +96,13 @@ class Cluster:
     async def run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
         name = self.name_of(script)
         # With tracing off, no span and not even its arguments are made: this is every script's path.
-        span = (tracing.span(f"script {name}", tracing.trace.SpanKind.CLIENT, **{"db.system": "redis", "db.operation": name})
-                if tracing.ENABLED else contextlib.nullcontext())
+        span = (
+            tracing.span(
+                f"script {name}", tracing.trace.SpanKind.CLIENT, **{"db.system": "redis", "db.operation": name}
+            )
+            if tracing.ENABLED
+            else contextlib.nullcontext()
+        )
         with span:
             async with self.bounded("script", name) as client:
                 return await script(keys=list(keys), args=list(args), client=client)

@@ -68,7 +68,7 @@ class Settings:
     log_level: str = "INFO"
 
     @classmethod
-    def from_env(cls) -> "Settings":
+    def from_env(cls) -> Settings:
         defaults = cls()
         settings = cls(
             redis_url=_env_str("PROFILEMESH_REDIS_URL", defaults.redis_url),
@@ -83,8 +83,12 @@ class Settings:
             aggregator_listen=_env_str("PROFILEMESH_AGGREGATOR_LISTEN", defaults.aggregator_listen),
             gateway_listen=_env_str("PROFILEMESH_GATEWAY_LISTEN", defaults.gateway_listen),
             profile_metrics_listen=_env_str("PROFILEMESH_PROFILE_METRICS_LISTEN", defaults.profile_metrics_listen),
-            reporting_metrics_listen=_env_str("PROFILEMESH_REPORTING_METRICS_LISTEN", defaults.reporting_metrics_listen),
-            aggregator_metrics_listen=_env_str("PROFILEMESH_AGGREGATOR_METRICS_LISTEN", defaults.aggregator_metrics_listen),
+            reporting_metrics_listen=_env_str(
+                "PROFILEMESH_REPORTING_METRICS_LISTEN", defaults.reporting_metrics_listen
+            ),
+            aggregator_metrics_listen=_env_str(
+                "PROFILEMESH_AGGREGATOR_METRICS_LISTEN", defaults.aggregator_metrics_listen
+            ),
             gateway_metrics_listen=_env_str("PROFILEMESH_GATEWAY_METRICS_LISTEN", defaults.gateway_metrics_listen),
             profile_target=_env_str("PROFILEMESH_PROFILE_TARGET", defaults.profile_target),
             reporting_target=_env_str("PROFILEMESH_REPORTING_TARGET", defaults.reporting_target),
@@ -94,8 +98,12 @@ class Settings:
             aggregator_group=_env_str("PROFILEMESH_AGGREGATOR_GROUP", defaults.aggregator_group),
             aggregator_consumer=_env_str("PROFILEMESH_AGGREGATOR_CONSUMER", defaults.aggregator_consumer),
             aggregator_batch=_env_int("PROFILEMESH_AGGREGATOR_BATCH", defaults.aggregator_batch),
-            aggregator_claim_idle_ms=_env_int("PROFILEMESH_AGGREGATOR_CLAIM_IDLE_MS", defaults.aggregator_claim_idle_ms),
-            aggregator_maintenance_s=_env_int("PROFILEMESH_AGGREGATOR_MAINTENANCE_S", defaults.aggregator_maintenance_s),
+            aggregator_claim_idle_ms=_env_int(
+                "PROFILEMESH_AGGREGATOR_CLAIM_IDLE_MS", defaults.aggregator_claim_idle_ms
+            ),
+            aggregator_maintenance_s=_env_int(
+                "PROFILEMESH_AGGREGATOR_MAINTENANCE_S", defaults.aggregator_maintenance_s
+            ),
             aggregator_linger_ms=_env_int("PROFILEMESH_AGGREGATOR_LINGER_MS", defaults.aggregator_linger_ms),
             events_retention_s=_env_int("PROFILEMESH_EVENTS_RETENTION_S", defaults.events_retention_s),
             max_streams=_env_int("PROFILEMESH_MAX_STREAMS", defaults.max_streams),
@@ -107,11 +115,20 @@ class Settings:
             log_level=_env_str("PROFILEMESH_LOG_LEVEL", defaults.log_level),
         )
         if settings.durability not in DURABILITY_LEVELS:
-            raise SystemExit(f"PROFILEMESH_DURABILITY must be one of {', '.join(DURABILITY_LEVELS)}, got {settings.durability!r}")
+            raise SystemExit(
+                f"PROFILEMESH_DURABILITY must be one of {', '.join(DURABILITY_LEVELS)}, got {settings.durability!r}"
+            )
         if not 1 <= settings.partitions <= 1024:
             raise SystemExit(f"PROFILEMESH_PARTITIONS must be 1..1024, got {settings.partitions}")
-        for name in ("events_retention_s", "max_streams", "stream_queue", "stream_heartbeat_s", "stream_idle_s",
-                     "stream_max_s", "watch_interval_ms"):
+        for name in (
+            "events_retention_s",
+            "max_streams",
+            "stream_queue",
+            "stream_heartbeat_s",
+            "stream_idle_s",
+            "stream_max_s",
+            "watch_interval_ms",
+        ):
             if getattr(settings, name) < 1:
                 raise SystemExit(f"PROFILEMESH_{name.upper()} must be at least 1, got {getattr(settings, name)}")
         return settings

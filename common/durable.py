@@ -18,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from redis.asyncio.cluster import ClusterNode
 from redis.commands.core import AsyncScript
@@ -106,7 +107,9 @@ class _ReplicaCheck:
             if name.startswith("slave")
         )
         if not online and self._known.get(node.name, (0.0, True))[1]:
-            log.warning("%s has no replica in sync: replica-durable changes on its partitions answer UNAVAILABLE", node.name)
+            log.warning(
+                "%s has no replica in sync: replica-durable changes on its partitions answer UNAVAILABLE", node.name
+            )
         elif online and not self._known.get(node.name, (0.0, True))[1]:
             log.info("%s has a replica again: replica-durable changes on its partitions are accepted", node.name)
         self._known[node.name] = (time.monotonic(), online)
@@ -140,7 +143,9 @@ class DurableScripts:
         try:
             if not tracing.ENABLED:
                 return await self._run(script, keys, args, durable)
-            with tracing.span(f"script {name}", tracing.trace.SpanKind.CLIENT, **{"db.system": "redis", "db.operation": name}):
+            with tracing.span(
+                f"script {name}", tracing.trace.SpanKind.CLIENT, **{"db.system": "redis", "db.operation": name}
+            ):
                 return await self._run(script, keys, args, durable)
         except Exception as error:
             _errors(type(error).__name__).inc()
@@ -167,7 +172,9 @@ class DurableScripts:
                     # No node serves the partition any more (its whole shard is down): say so now
                     # rather than retrying until the deadline. Other partitions keep working.
                     await self.cluster.refresh_topology()
-                    raise Unavailable("this profile's partition is unavailable (its shard is down); retry later") from None
+                    raise Unavailable(
+                        "this profile's partition is unavailable (its shard is down); retry later"
+                    ) from None
                 except _NotExecuted as reason:
                     ask = None
                     log.debug("not executed, retrying: %s", reason)
@@ -176,8 +183,15 @@ class DurableScripts:
                     await asyncio.sleep(min(MAX_BACKOFF_S, 0.01 * 2**attempt))
                     attempt += 1
 
-    async def _run_once(self, node: ClusterNode, script: AsyncScript, keys: Sequence[str], args: Sequence[Any],
-                        wait: tuple[Any, ...] | None, asking: bool) -> Any:
+    async def _run_once(
+        self,
+        node: ClusterNode,
+        script: AsyncScript,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        wait: tuple[Any, ...] | None,
+        asking: bool,
+    ) -> Any:
         commands: list[tuple[Any, ...]] = [("ASKING",)] if asking else []
         commands.append(("EVALSHA", script.sha, len(keys), *keys, *args))
         if wait:

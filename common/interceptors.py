@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 
@@ -25,7 +26,9 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
     """Counts and times every unary call, by method and status code; carries its request id and trace context."""
 
     def __init__(self) -> None:
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}  # method: (original, wrapped)
+        self._wrapped: dict[
+            str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]
+        ] = {}  # method: (original, wrapped)
 
     async def intercept_service(
         self,
@@ -65,8 +68,11 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
             try:
                 if not traced:
                     return await behavior(request, context)
-                with tracing.server_span(method, carrier, **{"rpc.system": "grpc", "rpc.method": method,
-                                                             "profilemesh.request_id": request_id or ""}):
+                with tracing.server_span(
+                    method,
+                    carrier,
+                    **{"rpc.system": "grpc", "rpc.method": method, "profilemesh.request_id": request_id or ""},
+                ):
                     return await behavior(request, context)
             finally:
                 in_flight[0] -= 1
@@ -74,8 +80,12 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
                 code = context.code()
                 count(code)
                 if not is_health:  # health checks come every second: not worth a line each
-                    log.debug("%s answered %s in %.1f ms", method, getattr(code, "name", "OK"),
-                              (time.perf_counter() - started) * 1000)
+                    log.debug(
+                        "%s answered %s in %.1f ms",
+                        method,
+                        getattr(code, "name", "OK"),
+                        (time.perf_counter() - started) * 1000,
+                    )
 
         return grpc.unary_unary_rpc_method_handler(
             observed, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer

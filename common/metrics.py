@@ -8,7 +8,8 @@ The process collectors (CPU, RSS, open file descriptors) come with prometheus_cl
 from __future__ import annotations
 
 import logging
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics, start_http_server
 
@@ -19,30 +20,45 @@ disable_created_metrics()  # no `_created` series beside every counter: nothing 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 # gRPC servers (profile_svc, reporting_svc, aggregator_svc's health).
-GRPC_REQUESTS = Counter("profilemesh_grpc_server_requests", "gRPC calls handled, by method and status code",
-                        ["method", "code"])
-GRPC_LATENCY = Histogram("profilemesh_grpc_server_request_duration_seconds", "gRPC call latency in the server",
-                         ["method"], buckets=LATENCY_BUCKETS)
+GRPC_REQUESTS = Counter(
+    "profilemesh_grpc_server_requests", "gRPC calls handled, by method and status code", ["method", "code"]
+)
+GRPC_LATENCY = Histogram(
+    "profilemesh_grpc_server_request_duration_seconds",
+    "gRPC call latency in the server",
+    ["method"],
+    buckets=LATENCY_BUCKETS,
+)
 GRPC_IN_FLIGHT = Gauge("profilemesh_grpc_server_in_flight", "gRPC calls being handled", ["method"])
 
 # The gateway's REST routes (route = the pattern, e.g. /profile/{user}).
-HTTP_REQUESTS = Counter("profilemesh_http_requests", "HTTP requests answered, by route, method and status",
-                        ["route", "method", "status"])
-HTTP_LATENCY = Histogram("profilemesh_http_request_duration_seconds", "HTTP request latency in the gateway",
-                         ["route", "method"], buckets=LATENCY_BUCKETS)
+HTTP_REQUESTS = Counter(
+    "profilemesh_http_requests", "HTTP requests answered, by route, method and status", ["route", "method", "status"]
+)
+HTTP_LATENCY = Histogram(
+    "profilemesh_http_request_duration_seconds",
+    "HTTP request latency in the gateway",
+    ["route", "method"],
+    buckets=LATENCY_BUCKETS,
+)
 HTTP_IN_FLIGHT = Gauge("profilemesh_http_in_flight", "HTTP requests being handled")
 HTTP_SHED = Counter("profilemesh_http_shed", "HTTP requests refused with 429 by load shedding")
 
 # The cluster client.
-CLUSTER_COMMANDS = Counter("profilemesh_cluster_commands", "cluster commands run (kind: command or script)",
-                           ["kind", "name"])
-CLUSTER_ERRORS = Counter("profilemesh_cluster_errors", "cluster commands and scripts that failed, by error kind",
-                         ["kind"])
-CLUSTER_RETRIES = Counter("profilemesh_cluster_retries", "scripts run again because the cluster proved it had not run them")
+CLUSTER_COMMANDS = Counter(
+    "profilemesh_cluster_commands", "cluster commands run (kind: command or script)", ["kind", "name"]
+)
+CLUSTER_ERRORS = Counter(
+    "profilemesh_cluster_errors", "cluster commands and scripts that failed, by error kind", ["kind"]
+)
+CLUSTER_RETRIES = Counter(
+    "profilemesh_cluster_retries", "scripts run again because the cluster proved it had not run them"
+)
 CLUSTER_REDIRECTS = Counter("profilemesh_cluster_redirects", "MOVED and ASK redirects received", ["type"])
 DURABILITY_WAITS = Counter("profilemesh_cluster_durability_waits", "WAIT/WAITAOF run after a write", ["level"])
-DURABILITY_FAILURES = Counter("profilemesh_cluster_durability_wait_failures",
-                              "writes whose durability wait was not met in time", ["level"])
+DURABILITY_FAILURES = Counter(
+    "profilemesh_cluster_durability_wait_failures", "writes whose durability wait was not met in time", ["level"]
+)
 
 # The aggregator.
 EVENTS_APPLIED = Counter("profilemesh_aggregator_events_applied", "events counted into the statistics")
@@ -52,10 +68,16 @@ TRIMS = Counter("profilemesh_aggregator_trims", "trim runs over a partition's st
 STREAM_LENGTH = Gauge("profilemesh_stream_length_entries", "entries in a partition's event stream", ["partition"])
 LAG = Gauge("profilemesh_aggregator_lag_entries", "entries not yet delivered to the consumer group", ["partition"])
 PENDING = Gauge("profilemesh_aggregator_pending_entries", "entries delivered but not yet acknowledged", ["partition"])
-OLDEST_PENDING_AGE = Gauge("profilemesh_aggregator_oldest_pending_age_seconds",
-                           "age of the oldest delivered, unacknowledged entry (0 when none)", ["partition"])
-OLDEST_UNDELIVERED_AGE = Gauge("profilemesh_aggregator_oldest_undelivered_age_seconds",
-                               "age of the oldest entry not yet delivered (0 when none)", ["partition"])
+OLDEST_PENDING_AGE = Gauge(
+    "profilemesh_aggregator_oldest_pending_age_seconds",
+    "age of the oldest delivered, unacknowledged entry (0 when none)",
+    ["partition"],
+)
+OLDEST_UNDELIVERED_AGE = Gauge(
+    "profilemesh_aggregator_oldest_undelivered_age_seconds",
+    "age of the oldest entry not yet delivered (0 when none)",
+    ["partition"],
+)
 
 
 Metric = TypeVar("Metric", Counter, Gauge, Histogram)
@@ -82,7 +104,11 @@ def serve_metrics(listen: str) -> None:
     try:
         start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0")
     except (OSError, ValueError) as error:
-        log.critical("cannot serve metrics on %r: %s (set this component's PROFILEMESH_..._METRICS_LISTEN "
-                     "to a free host:port, or off)", listen, error)
+        log.critical(
+            "cannot serve metrics on %r: %s (set this component's PROFILEMESH_..._METRICS_LISTEN "
+            "to a free host:port, or off)",
+            listen,
+            error,
+        )
         raise SystemExit(1) from None
     log.info("metrics on http://%s/metrics", listen)

@@ -6,8 +6,9 @@ import asyncio
 import functools
 import logging
 import signal
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Iterable, TypeVar
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -107,8 +108,11 @@ async def _bind(server: grpc.aio.Server, listen: str) -> None:
             if waited >= BIND_WAIT_S:
                 raise SystemExit(f"cannot listen on {listen}: the port is in use") from None
             if waited % 10 == 0:
-                log.warning("cannot listen on %s yet (in use, or held by a closed connection in TIME_WAIT); "
-                            "waiting up to %d s", listen, BIND_WAIT_S - waited)
+                log.warning(
+                    "cannot listen on %s yet (in use, or held by a closed connection in TIME_WAIT); waiting up to %d s",
+                    listen,
+                    BIND_WAIT_S - waited,
+                )
             await asyncio.sleep(1)
             waited += 1
 
@@ -123,7 +127,9 @@ class Service:
     on_drain: list[Callable[[], None]] = field(default_factory=list)
 
 
-def run_service(process: str, listen: Callable[[Settings], str], build: Callable[[grpc.aio.Server, Cluster], Service]) -> None:
+def run_service(
+    process: str, listen: Callable[[Settings], str], build: Callable[[grpc.aio.Server, Cluster], Service]
+) -> None:
     """A service's whole `main`: settings, logging, the cluster client, then serve until a signal."""
     settings = Settings.from_env()
     setup_logging(process, settings.log_level)
@@ -156,7 +162,7 @@ async def serve(listen: str, cluster: Cluster, build: Callable[[grpc.aio.Server]
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             # Fail loudly if the port is taken rather than silently sharing it.
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
     served = build(server)
     services = served.names
@@ -187,7 +193,9 @@ async def serve(listen: str, cluster: Cluster, build: Callable[[grpc.aio.Server]
         log.error("%s failed; shutting down", task.get_name(), exc_info=failure)
 
     settings = cluster.settings
-    log.info("shutting down: NOT_SERVING for %d ms, then draining up to %d s", settings.drain_ms, settings.shutdown_grace_s)
+    log.info(
+        "shutting down: NOT_SERVING for %d ms, then draining up to %d s", settings.drain_ms, settings.shutdown_grace_s
+    )
     await health.enter_graceful_shutdown()
     for drain in served.on_drain:
         drain()

@@ -42,11 +42,13 @@ def parse_cluster_nodes(text: str) -> list[NodeLine]:
                 continue
             low, _, high = item.partition("-")
             ranges.append((int(low), int(high or low)))
-        nodes.append(NodeLine(
-            id=parts[0],
-            address=parts[1].split("@")[0],
-            flags=tuple(parts[2].split(",")),
-            primary_id=None if parts[3] == "-" else parts[3],
-            slot_ranges=tuple(ranges),
-        ))
+        nodes.append(
+            NodeLine(
+                id=parts[0],
+                address=parts[1].split("@")[0],
+                flags=tuple(parts[2].split(",")),
+                primary_id=None if parts[3] == "-" else parts[3],
+                slot_ranges=tuple(ranges),
+            )
+        )
     return nodes

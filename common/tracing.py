@@ -54,8 +54,9 @@ def server_span(name: str, carrier: dict[str, str], **attributes: Any) -> Contex
     """A SERVER span whose parent is the W3C trace context the caller sent (traceparent, tracestate)."""
     if not ENABLED:
         return nullcontext()
-    return tracer.start_as_current_span(name, context=propagate.extract(carrier), kind=trace.SpanKind.SERVER,
-                                        attributes=attributes)
+    return tracer.start_as_current_span(
+        name, context=propagate.extract(carrier), kind=trace.SpanKind.SERVER, attributes=attributes
+    )
 
 
 def inject(metadata: list[tuple[str, str]]) -> None:

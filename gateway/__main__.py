@@ -20,6 +20,13 @@ if __name__ == "__main__":
     serve_metrics(settings.gateway_metrics_listen)
     host, port = parse_listen(settings.gateway_listen)
     # run_app handles SIGTERM and SIGINT: it stops accepting, lets in-flight requests finish, then exits.
-    web.run_app(build_app(settings), host=host, port=port, print=None, shutdown_timeout=settings.shutdown_grace_s,
-                access_log=None, loop=uvloop.new_event_loop())
+    web.run_app(
+        build_app(settings),
+        host=host,
+        port=port,
+        print=None,
+        shutdown_timeout=settings.shutdown_grace_s,
+        access_log=None,
+        loop=uvloop.new_event_loop(),
+    )
     shutdown_tracing()

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Awaitable, Callable
 
 import grpc
 from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from profilemesh.profile.v1 import profile_pb2
-from profilemesh.reporting.v1 import reporting_pb2
 
 from common import metrics
 from common.config import Settings
@@ -21,6 +19,8 @@ from gateway.observe import observe, outgoing_metadata
 from gateway.routes import Route, routes_from
 from gateway.sse import STREAM_CALLS, STREAM_CHANNELS, stream_calls, stream_channel, stream_handler
 from gateway.translate import HTTP_STATUS, BadRequest, build_request, render_response
+from profilemesh.profile.v1 import profile_pb2
+from profilemesh.reporting.v1 import reporting_pb2
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,9 @@ async def readyz(request: web.Request) -> web.Response:
 
     results = dict(await asyncio.gather(*(check(s, c) for s, c in request.app[CHANNELS].items())))
     ready = all(status == "SERVING" for status in results.values())
-    return web.json_response({"status": "ready" if ready else "not ready", "upstreams": results}, status=200 if ready else 503)
+    return web.json_response(
+        {"status": "ready" if ready else "not ready", "upstreams": results}, status=200 if ready else 503
+    )
 
 
 async def dashboard(request: web.Request) -> web.FileResponse:
@@ -118,7 +120,9 @@ async def dashboard(request: web.Request) -> web.FileResponse:
 
 
 def build_app(settings: Settings) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[observe, shed_load(settings.max_in_flight), json_errors])
+    app = web.Application(
+        client_max_size=MAX_BODY_BYTES, middlewares=[observe, shed_load(settings.max_in_flight), json_errors]
+    )
     targets = {
         profile_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name: settings.profile_target,
         reporting_pb2.DESCRIPTOR.services_by_name["ReportingService"].full_name: settings.reporting_target,
@@ -157,7 +161,9 @@ def build_app(settings: Settings) -> web.Application:
     # Streaming routes first: /profile/events must not be taken for the profile of a user called "events".
     for route in sorted(routes, key=lambda r: not r.method.server_streaming):
         if route.method.server_streaming:
-            app.router.add_route(route.http_method, route.path, stream_handler(route, streams, settings.deadline_ms / 1000))
+            app.router.add_route(
+                route.http_method, route.path, stream_handler(route, streams, settings.deadline_ms / 1000)
+            )
         else:
             app.router.add_route(route.http_method, route.path, _handler(route, settings.deadline_ms / 1000))
     return app

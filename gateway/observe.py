@@ -10,7 +10,7 @@ import logging
 import random
 import re
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -48,19 +48,24 @@ def outgoing_metadata() -> list[tuple[str, str]]:
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     global _in_flight
     given = request.headers.get("X-Request-Id")
-    request_id = given if given is not None and _VALID_REQUEST_ID.fullmatch(given) else f"{random.getrandbits(128):032x}"
+    request_id = (
+        given if given is not None and _VALID_REQUEST_ID.fullmatch(given) else f"{random.getrandbits(128):032x}"
+    )
     REQUEST_ID.set(request_id)
     route = _route_of(request)
     method = request.method if request.method in _KNOWN_METHODS else "OTHER"
     started = time.perf_counter()
     _in_flight += 1
     try:
-        with tracing.server_span(f"{method} {route}", dict(request.headers),
-                                 **{"http.request.method": method, "http.route": route,
-                                    "profilemesh.request_id": request_id}):
+        with tracing.server_span(
+            f"{method} {route}",
+            dict(request.headers),
+            **{"http.request.method": method, "http.route": route, "profilemesh.request_id": request_id},
+        ):
             if given is not None and given != request_id:
                 response: web.StreamResponse = web.json_response(
-                    {"message": "X-Request-Id must be 1 to 128 letters, digits or ._:+/=-"}, status=400)
+                    {"message": "X-Request-Id must be 1 to 128 letters, digits or ._:+/=-"}, status=400
+                )
             else:
                 response = await handler(request)
     finally:

@@ -7,8 +7,8 @@ lives in one place: protos/.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from google.api import annotations_pb2
 from google.protobuf import message_factory

@@ -19,7 +19,8 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import grpc
 from aiohttp import web
@@ -29,7 +30,7 @@ from google.protobuf.message import Message
 from common.streams import StreamEnded, StreamLimits, TooManyStreams
 from gateway import upstreams
 from gateway.routes import Route
-from gateway.translate import DECIMAL, INTEGER_TYPES, HTTP_STATUS, BadRequest, build_request, render_response
+from gateway.translate import DECIMAL, HTTP_STATUS, INTEGER_TYPES, BadRequest, build_request, render_response
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,9 @@ def stream_calls(channels: Mapping[str, grpc.aio.Channel], routes: list[Route]) 
     }
 
 
-def build_stream_request(route: Route, path_params: dict[str, str], query: Mapping[str, str], last_event_id: str | None) -> Message:
+def build_stream_request(
+    route: Route, path_params: dict[str, str], query: Mapping[str, str], last_event_id: str | None
+) -> Message:
     request = build_request(route, path_params, b"")
     fields = request.DESCRIPTOR.fields
     by_name = {f.name: f for f in fields} | {f.json_name: f for f in fields}
@@ -113,7 +116,9 @@ def _error(code: grpc.StatusCode, message: str) -> web.Response:
     return web.json_response({"message": message}, status=HTTP_STATUS.get(code, 500))
 
 
-def stream_handler(route: Route, limits: StreamLimits, deadline_s: float) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def stream_handler(
+    route: Route, limits: StreamLimits, deadline_s: float
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """An SSE route for a server-streaming RPC."""
 
     def render(message: Message) -> bytes:
@@ -122,7 +127,9 @@ def stream_handler(route: Route, limits: StreamLimits, deadline_s: float) -> Cal
 
     async def handle(request: web.Request) -> web.StreamResponse:
         try:
-            message = build_stream_request(route, dict(request.match_info), request.query, request.headers.get("Last-Event-ID"))
+            message = build_stream_request(
+                route, dict(request.match_info), request.query, request.headers.get("Last-Event-ID")
+            )
         except BadRequest as error:
             return web.json_response({"message": str(error)}, status=400)
         try:
@@ -142,16 +149,18 @@ def stream_handler(route: Route, limits: StreamLimits, deadline_s: float) -> Cal
         reading = asyncio.ensure_future(call.read())
         try:
             await asyncio.wait_for(asyncio.shield(reading), deadline_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             reading.cancel()
             return _error(grpc.StatusCode.DEADLINE_EXCEEDED, f"the service did not answer within {deadline_s:g} s")
         except grpc.aio.AioRpcError as error:
             return _error(error.code(), error.details() or error.code().name)
-        response = web.StreamResponse(headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",  # nginx: don't buffer the stream
-        })
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",  # nginx: don't buffer the stream
+            }
+        )
         await response.prepare(request)
         last_write = time.monotonic()
         try:

@@ -11,7 +11,8 @@ when it never reached the one it was sent to, e.g. a replica killed between pick
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import grpc
 

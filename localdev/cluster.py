@@ -12,9 +12,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import redis
 
@@ -109,20 +109,32 @@ class LocalCluster:
         node_dir.mkdir(parents=True, exist_ok=True)
         args = [
             str(server_binary()),
-            "--port", str(port),
-            "--bind", "127.0.0.1",
-            "--cluster-enabled", "yes",
-            "--cluster-port", str(self.bus_ports[index]),
-            "--cluster-config-file", "nodes.conf",
-            "--cluster-node-timeout", str(self.node_timeout_ms),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--cluster-enabled",
+            "yes",
+            "--cluster-port",
+            str(self.bus_ports[index]),
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            str(self.node_timeout_ms),
             # Partitions on healthy shards keep serving while another shard is down.
-            "--cluster-require-full-coverage", "no",
+            "--cluster-require-full-coverage",
+            "no",
             # A replica that (re)joins gets its copy at once, not after the default 5 s wait for others.
-            "--repl-diskless-sync-delay", "0",
-            "--appendonly", "yes",
-            "--appendfsync", "everysec",
-            "--save", "",
-            "--dir", str(node_dir),
+            "--repl-diskless-sync-delay",
+            "0",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--dir",
+            str(node_dir),
         ]
         if self.log_to_files:
             args += ["--logfile", str(node_dir / "node.log")]
@@ -166,7 +178,9 @@ class LocalCluster:
         down_since: dict[int, float] = {}
         while not self._supervisor_stop.wait(0.1):
             with self._lock:
-                exited = {index: process.returncode for index, process in self.processes.items() if process.poll() is not None}
+                exited = {
+                    index: process.returncode for index, process in self.processes.items() if process.poll() is not None
+                }
             for index, code in exited.items():
                 since = down_since.setdefault(index, time.time())
                 try:
@@ -188,7 +202,8 @@ class LocalCluster:
                     f"[cluster {time.strftime('%H:%M:%S')}] node 127.0.0.1:{self.ports[index]} exited (code {code}) at "
                     f"{time.strftime('%H:%M:%S', time.localtime(since))}; started it again on its own port and data "
                     f"{time.time() - since:.1f} s later; {outcome}",
-                    file=sys.stderr, flush=True,
+                    file=sys.stderr,
+                    flush=True,
                 )
 
     def _restartable(self, index: int, down_since: float) -> str | None:
@@ -271,8 +286,19 @@ class LocalNode:
     def start(self, timeout_s: float = 30) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
-            str(server_binary()), "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
-            "--save", "", "--appendonly", "no", "--dir", str(self.data_dir),
+            str(server_binary()),
+            "--port",
+            "0",
+            "--unixsocket",
+            str(self.socket),
+            "--unixsocketperm",
+            "700",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.data_dir),
         ]
         self.process = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL)
         client = redis.Redis(unix_socket_path=str(self.socket), socket_timeout=2)
@@ -294,7 +320,9 @@ def _pings(client: redis.Redis) -> bool:
 def default_cluster(data_dir: Path, supervised: bool = False) -> LocalCluster:
     base = int(os.environ.get("PROFILEMESH_CLUSTER_PORT", "7000"))
     ports = [base + i for i in range(2 * PRIMARIES)]
-    return LocalCluster(data_dir=data_dir, ports=ports, bus_ports=[port + 10000 for port in ports], supervised=supervised)
+    return LocalCluster(
+        data_dir=data_dir, ports=ports, bus_ports=[port + 10000 for port in ports], supervised=supervised
+    )
 
 
 def main() -> None:

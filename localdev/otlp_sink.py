@@ -25,7 +25,7 @@ class ReceivedSpan:
 
 
 class _Receiver(trace_service_pb2_grpc.TraceServiceServicer):
-    def __init__(self, sink: "OtlpSink") -> None:
+    def __init__(self, sink: OtlpSink) -> None:
         self.sink = sink
 
     def Export(self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext):
@@ -35,11 +35,17 @@ class _Receiver(trace_service_pb2_grpc.TraceServiceServicer):
             service = attributes.get("service.name", "")
             for scope_spans in resource_spans.scope_spans:
                 for span in scope_spans.spans:
-                    received.append(ReceivedSpan(
-                        service=service, name=span.name, trace_id=span.trace_id.hex(), span_id=span.span_id.hex(),
-                        parent_span_id=span.parent_span_id.hex(), kind=span.kind,
-                        attributes={a.key: a.value.string_value or str(a.value.int_value) for a in span.attributes},
-                    ))
+                    received.append(
+                        ReceivedSpan(
+                            service=service,
+                            name=span.name,
+                            trace_id=span.trace_id.hex(),
+                            span_id=span.span_id.hex(),
+                            parent_span_id=span.parent_span_id.hex(),
+                            kind=span.kind,
+                            attributes={a.key: a.value.string_value or str(a.value.int_value) for a in span.attributes},
+                        )
+                    )
         with self.sink.lock:
             self.sink.spans.extend(received)
         return trace_service_pb2.ExportTraceServiceResponse()
@@ -58,7 +64,7 @@ class OtlpSink:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "OtlpSink":
+    def start(self) -> OtlpSink:
         self.server.start()
         return self
 
@@ -71,5 +77,8 @@ class OtlpSink:
 
     def env(self) -> dict[str, str]:
         """The standard OTel variables that send a process's spans here, quickly."""
-        return {"OTEL_EXPORTER_OTLP_ENDPOINT": self.endpoint, "OTEL_EXPORTER_OTLP_INSECURE": "true",
-                "OTEL_BSP_SCHEDULE_DELAY": "200"}
+        return {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": self.endpoint,
+            "OTEL_EXPORTER_OTLP_INSECURE": "true",
+            "OTEL_BSP_SCHEDULE_DELAY": "200",
+        }

@@ -34,8 +34,10 @@ def scrape_config(metrics_ports: dict[str, int], scrape_interval_s: int | None =
 def binary(name: str = "prometheus") -> str:
     found = shutil.which(name)
     if found is None:
-        raise FileNotFoundError(f"{name} is not installed: `apt-get install prometheus` (make test and "
-                                "PROFILEMESH_PROMETHEUS=1 make run do it)")
+        raise FileNotFoundError(
+            f"{name} is not installed: `apt-get install prometheus` (make test and "
+            "PROFILEMESH_PROMETHEUS=1 make run do it)"
+        )
     return found
 
 
@@ -60,9 +62,16 @@ class Prometheus:
         self.config_path.write_text(scrape_config(self.metrics_ports, self.scrape_interval_s))
         log = open(self.directory / "prometheus.log", "ab")
         self.process = subprocess.Popen(
-            [binary(), f"--config.file={self.config_path}", f"--storage.tsdb.path={self.directory / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=1d"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                binary(),
+                f"--config.file={self.config_path}",
+                f"--storage.tsdb.path={self.directory / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--storage.tsdb.retention.time=1d",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         log.close()
         poll_until(self._running_and_ready, timeout_s, "prometheus to be ready", interval_s=0.2)

@@ -29,13 +29,18 @@ def main() -> None:
         reporting_ports=_ports("PROFILEMESH_REPORTING_PORT", 50052, replicas),
         aggregator_port=int(os.environ.get("PROFILEMESH_AGGREGATOR_PORT", "50053")),
         gateway_port=int(os.environ.get("PROFILEMESH_GATEWAY_PORT", "8080")),
-        metrics_ports={name: int(os.environ.get(f"PROFILEMESH_{name.removesuffix('_svc').upper()}_METRICS_PORT",
-                                                DEFAULT_TARGETS[name])) for name in SERVICES},
+        metrics_ports={
+            name: int(
+                os.environ.get(f"PROFILEMESH_{name.removesuffix('_svc').upper()}_METRICS_PORT", DEFAULT_TARGETS[name])
+            )
+            for name in SERVICES
+        },
     )
     prometheus = None
     if os.environ.get("PROFILEMESH_PROMETHEUS") == "1":
-        prometheus = Prometheus(Path(".prometheus"), int(os.environ.get("PROFILEMESH_PROMETHEUS_PORT", "9090")),
-                                system.metrics_ports)
+        prometheus = Prometheus(
+            Path(".prometheus"), int(os.environ.get("PROFILEMESH_PROMETHEUS_PORT", "9090")), system.metrics_ports
+        )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     # Ctrl-C, even when started from a shell that made background jobs ignore SIGINT.
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -43,7 +48,9 @@ def main() -> None:
         system.start(timeout_s=120)
         if prometheus is not None:
             prometheus.start()
-        metrics = "".join(f"  {name:<14} http://127.0.0.1:{port}/metrics\n" for name, port in system.metrics_ports.items())
+        metrics = "".join(
+            f"  {name:<14} http://127.0.0.1:{port}/metrics\n" for name, port in system.metrics_ports.items()
+        )
         print(
             "\nprofilemesh is running:\n"
             f"  cluster        {system.cluster.url}  (nodes {system.cluster.startup_urls}, data in .cluster/)\n"
@@ -53,8 +60,11 @@ def main() -> None:
             f"  aggregator_svc grpc health 127.0.0.1:{system.aggregator_port}\n"
             f"  gateway        {system.gateway_url}  (try: curl {system.gateway_url}/reporting/profileStats/3)\n"
             f"Prometheus metrics:\n{metrics}"
-            + (f"  prometheus     {prometheus.url}  (scrapes them all; data in .prometheus/)\n" if prometheus else
-               "  (PROFILEMESH_PROMETHEUS=1 make run also starts Prometheus on them)\n")
+            + (
+                f"  prometheus     {prometheus.url}  (scrapes them all; data in .prometheus/)\n"
+                if prometheus
+                else "  (PROFILEMESH_PROMETHEUS=1 make run also starts Prometheus on them)\n"
+            )
             + "Try: .venv/bin/profilemesh status, .venv/bin/profilemesh watch\n"
             "Ctrl-C stops everything.\n",
             flush=True,

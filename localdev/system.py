@@ -102,7 +102,10 @@ class System:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             output = open(self.log_dir / f"{name}.log", "ab")
         process = subprocess.Popen(
-            [sys.executable, "-m", module], env=self.env(**env), stdout=output, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", module],
+            env=self.env(**env),
+            stdout=output,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         if output is not None:
@@ -117,7 +120,9 @@ class System:
     def start_replica(self, service: str, index: int) -> subprocess.Popen:
         """Start (again) replica `index` of profile_svc or reporting_svc on its own port."""
         ports = {"profile_svc": self.profile_ports, "reporting_svc": self.reporting_ports}[service]
-        variable = {"profile_svc": "PROFILEMESH_PROFILE_LISTEN", "reporting_svc": "PROFILEMESH_REPORTING_LISTEN"}[service]
+        variable = {"profile_svc": "PROFILEMESH_PROFILE_LISTEN", "reporting_svc": "PROFILEMESH_REPORTING_LISTEN"}[
+            service
+        ]
         return self.start_process(_replica_name(service, index), service, **{variable: f"127.0.0.1:{ports[index]}"})
 
     def start(self, timeout_s: float = 60) -> None:
@@ -163,21 +168,29 @@ def _replica_name(service: str, index: int) -> str:
     return service if index == 0 else f"{service}-{index + 1}"
 
 
-def on_free_ports(directory: Path, settings: dict[str, str] | None = None, node_timeout_ms: int = 2000,
-                  replicas: int = 1, supervised: bool = False) -> System:
+def on_free_ports(
+    directory: Path,
+    settings: dict[str, str] | None = None,
+    node_timeout_ms: int = 2000,
+    replicas: int = 1,
+    supervised: bool = False,
+) -> System:
     """A whole system (not started) on free ports, its data and logs under `directory`: for tests and benchmarks."""
     ports = free_ports(14 + 2 * replicas + len(SERVICES))  # the last ones serve each component's metrics
     cluster = LocalCluster(
-        data_dir=directory / "cluster", ports=ports[:6], bus_ports=ports[6:12], node_timeout_ms=node_timeout_ms,
+        data_dir=directory / "cluster",
+        ports=ports[:6],
+        bus_ports=ports[6:12],
+        node_timeout_ms=node_timeout_ms,
         supervised=supervised,
     )
     return System(
         cluster=cluster,
-        profile_ports=ports[14:14 + replicas],
-        reporting_ports=ports[14 + replicas:14 + 2 * replicas],
+        profile_ports=ports[14 : 14 + replicas],
+        reporting_ports=ports[14 + replicas : 14 + 2 * replicas],
         aggregator_port=ports[12],
         gateway_port=ports[13],
         log_dir=directory / "logs",
-        metrics_ports=dict(zip(SERVICES, ports[14 + 2 * replicas:])),
+        metrics_ports=dict(zip(SERVICES, ports[14 + 2 * replicas :])),
         settings=dict(settings or {}),
     )

@@ -19,9 +19,9 @@ import base64
 import binascii
 import logging
 from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Callable, Iterable
 
 from common import keys
 from common.cluster import Cluster
@@ -85,16 +85,18 @@ class Position:
         return TOKEN_PREFIX + base64.urlsafe_b64encode(packed).decode().rstrip("=")
 
     @classmethod
-    def from_token(cls, token: str, partitions: int) -> "Position":
+    def from_token(cls, token: str, partitions: int) -> Position:
         invalid = InvalidArgument(
             "resume_token is not a token this service issued: pass the resume_token of a message received, "
             "or none to start from now"
         )
         if not token.startswith(TOKEN_PREFIX) or len(token) > 64 * partitions:
             raise invalid
-        body = token[len(TOKEN_PREFIX):]
+        body = token[len(TOKEN_PREFIX) :]
         try:
-            parts = [part.split(":") for part in base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode().split(",")]
+            parts = [
+                part.split(":") for part in base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode().split(",")
+            ]
             ids, offsets = [parse_id(entry) for entry, _ in parts], [int(offset) for _, offset in parts]
         except (binascii.Error, UnicodeDecodeError, ValueError):
             raise invalid from None
@@ -144,7 +146,9 @@ class Subscription:
             self.overflowed = True
             self.batches.clear()
             self.queued = 0
-            self.clock.stop(FellBehind(f"the subscriber fell more than {self.limit} events behind (it reads too slowly)"))
+            self.clock.stop(
+                FellBehind(f"the subscriber fell more than {self.limit} events behind (it reads too slowly)")
+            )
         else:
             self.batches.append(batch)
             self.queued += len(batch.events)
@@ -277,7 +281,9 @@ class EventsFeed:
                     continue
                 # Offsets count on from the last entry seen: entries leave only from the head, never between.
                 after, after_offset = self.tail[partition], self.tail_offsets[partition]
-                events = [_event(partition, raw_id, fields, after_offset + n) for n, (raw_id, fields) in enumerate(entries, 1)]
+                events = [
+                    _event(partition, raw_id, fields, after_offset + n) for n, (raw_id, fields) in enumerate(entries, 1)
+                ]
                 batch = Batch(partition, after, after_offset, events)
                 self.tail[partition], self.tail_offsets[partition] = events[-1].id, events[-1].offset
                 for subscription in self.subscriptions:

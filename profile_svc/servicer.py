@@ -45,7 +45,9 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
         await self.profiles.delete(request.user)
         return profile_pb2.DeleteProfileResponse(message=f"Profile deleted for {request.user}")
 
-    async def WatchProfileEvents(self, request: profile_pb2.WatchProfileEventsRequest, context: grpc.aio.ServicerContext):
+    async def WatchProfileEvents(
+        self, request: profile_pb2.WatchProfileEventsRequest, context: grpc.aio.ServicerContext
+    ):
         # Where to resume: the token of the last message written in full (a write cut short by a stop may
         # or may not have reached the client, which then resumes from the last message it did receive).
         token = request.resume_token
@@ -56,7 +58,9 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
             with self.limits.slot() as clock:
                 async with contextlib.aclosing(self.feed.watch(clock, start, wanted)) as feed:
                     async for event, position in feed:
-                        response = profile_pb2.WatchProfileEventsResponse(event=_event(event), resume_token=position.token())
+                        response = profile_pb2.WatchProfileEventsResponse(
+                            event=_event(event), resume_token=position.token()
+                        )
                         await clock.send(context.write(response))
                         token = response.resume_token
                         clock.sent(event is not None)
@@ -73,9 +77,13 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
             await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(error))
         except (FellBehind, StreamEnded, *CLUSTER_UNAVAILABLE) as error:
             code = grpc.StatusCode.RESOURCE_EXHAUSTED if isinstance(error, FellBehind) else grpc.StatusCode.UNAVAILABLE
-            reason = str(error) if isinstance(error, (FellBehind, StreamEnded)) else "the cluster is unavailable; reconnect"
+            reason = (
+                str(error) if isinstance(error, (FellBehind, StreamEnded)) else "the cluster is unavailable; reconnect"
+            )
             log.info("WatchProfileEvents ended after %d events: %s", sent, reason)
-            await context.abort(code, f"{reason}; resume with resume_token {token}", trailing_metadata=(("resume-token", token),))
+            await context.abort(
+                code, f"{reason}; resume with resume_token {token}", trailing_metadata=(("resume-token", token),)
+            )
 
 
 def _event(event: Event | None) -> profile_pb2.ProfileEvent | None:

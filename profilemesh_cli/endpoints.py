@@ -37,7 +37,7 @@ class Endpoints:
     settings: Settings
 
     @classmethod
-    def from_env(cls) -> "Endpoints":
+    def from_env(cls) -> Endpoints:
         return cls(Settings.from_env())
 
     def grpc_target(self, component: str) -> str:

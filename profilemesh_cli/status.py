@@ -44,8 +44,11 @@ async def _grpc_health(address: str) -> str:
             reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT_S)
             return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
         except grpc.aio.AioRpcError as error:
-            return UNREACHABLE if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) \
+            return (
+                UNREACHABLE
+                if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
                 else error.code().name
+            )
 
 
 def _gateway_health(url: str) -> str:
@@ -66,15 +69,26 @@ async def _components(endpoints: Endpoints) -> list[dict[str, str]]:
     results = await asyncio.gather(*(check for _, _, check in checks))
     found = [{"component": c, "address": a, "status": s} for (c, a, _), s in zip(checks, results)]
     gateway = endpoints.gateway_url
-    found.append({"component": "gateway", "address": gateway.removeprefix("http://"),
-                  "status": await asyncio.to_thread(_gateway_health, gateway)})
+    found.append(
+        {
+            "component": "gateway",
+            "address": gateway.removeprefix("http://"),
+            "status": await asyncio.to_thread(_gateway_health, gateway),
+        }
+    )
     return found
 
 
 async def _node_answers(address: str, password: str | None, username: str | None) -> bool:
     host, _, port = address.rpartition(":")
-    node = aioredis.Redis(host=host, port=int(port), username=username, password=password,
-                          socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S)
+    node = aioredis.Redis(
+        host=host,
+        port=int(port),
+        username=username,
+        password=password,
+        socket_timeout=TIMEOUT_S,
+        socket_connect_timeout=TIMEOUT_S,
+    )
     try:
         return bool(await node.ping())
     except (RedisError, OSError):
@@ -99,11 +113,17 @@ async def _cluster(endpoints: Endpoints, report: Report) -> None:
     for node_id, line in lines.items():
         role = "primary" if line.is_primary else "replica"
         state = "failed" if "fail" in line.flags else "suspected" if "fail?" in line.flags else "ok"
-        by_id[node_id] = {"address": line.address, "role": role, "state": state,
-                          "primary_of": line.primary_id if role == "replica" else None, "partitions": []}
+        by_id[node_id] = {
+            "address": line.address,
+            "role": role,
+            "state": state,
+            "primary_of": line.primary_id if role == "replica" else None,
+            "partitions": [],
+        }
     url = aioredis.Redis.from_url(settings.redis_url).connection_pool.connection_kwargs
-    answers = await asyncio.gather(*(_node_answers(n["address"], url.get("password"), url.get("username"))
-                                     for n in by_id.values()))
+    answers = await asyncio.gather(
+        *(_node_answers(n["address"], url.get("password"), url.get("username")) for n in by_id.values())
+    )
     for node, answered in zip(by_id.values(), answers):
         if not answered:
             node["state"] = "unreachable" if node["state"] == "ok" else node["state"]
@@ -126,8 +146,9 @@ async def _cluster(endpoints: Endpoints, report: Report) -> None:
 
 async def _partitions(endpoints: Endpoints, holder: dict[int, str | None], healthy: set[str], report: Report) -> None:
     settings = endpoints.settings
-    client = RedisCluster.from_url(settings.redis_url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S,
-                                   require_full_coverage=False)
+    client = RedisCluster.from_url(
+        settings.redis_url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S, require_full_coverage=False
+    )
     try:
         now_ms = int(time.time() * 1000)
         for partition, primary in holder.items():
@@ -136,8 +157,9 @@ async def _partitions(endpoints: Endpoints, holder: dict[int, str | None], healt
                 report.problems.append(f"partition {partition} has no reachable primary")
             else:
                 try:
-                    row.update(await partition_figures(client, keys.events_key(partition),
-                                                       settings.aggregator_group, now_ms))
+                    row.update(
+                        await partition_figures(client, keys.events_key(partition), settings.aggregator_group, now_ms)
+                    )
                 except (RedisError, RedisClusterException, OSError) as error:
                     report.problems.append(f"partition {partition}: cannot read its stream: {error}")
             report.partitions.append(row)
@@ -165,11 +187,15 @@ def render(report: Report) -> str:
         held = f"  partitions {','.join(map(str, n['partitions']))}" if n["role"] == "primary" else ""
         lines.append(f"  {n['address']:<22} {role:<30} {n['state']}{held}")
     lines.append("partitions:")
-    lines.append(f"  {'partition':>9} {'primary':<22} {'stream':>8} {'pending':>8} {'lag':>8} {'oldest undelivered':>19}")
+    lines.append(
+        f"  {'partition':>9} {'primary':<22} {'stream':>8} {'pending':>8} {'lag':>8} {'oldest undelivered':>19}"
+    )
     for p in report.partitions:
         if "length" in p:
-            lines.append(f"  {p['partition']:>9} {p['primary']:<22} {p['length']:>8} {p['pending']:>8} {p['lag']:>8}"
-                         f" {p['oldest_undelivered']:>18.1f}s")
+            lines.append(
+                f"  {p['partition']:>9} {p['primary']:<22} {p['length']:>8} {p['pending']:>8} {p['lag']:>8}"
+                f" {p['oldest_undelivered']:>18.1f}s"
+            )
         else:
             lines.append(f"  {p['partition']:>9} {str(p['primary']):<22} {'?':>8} {'?':>8} {'?':>8} {'?':>19}")
     if report.problems:
@@ -180,5 +206,13 @@ def render(report: Report) -> str:
 
 
 def as_json(report: Report) -> str:
-    return json.dumps({"healthy": not report.problems, "components": report.components, "nodes": report.nodes,
-                       "partitions": report.partitions, "problems": report.problems}, indent=2)
+    return json.dumps(
+        {
+            "healthy": not report.problems,
+            "components": report.components,
+            "nodes": report.nodes,
+            "partitions": report.partitions,
+            "problems": report.problems,
+        },
+        indent=2,
+    )

@@ -53,8 +53,10 @@ def _scrape(url: str) -> Sample | None:
                 code = s.labels.get("code") or s.labels.get("status", "")
                 if code in GRPC_ERRORS or code.startswith("5") or code == "429":
                     sample.errors += s.value
-            elif s.name in ("profilemesh_grpc_server_request_duration_seconds_bucket",
-                            "profilemesh_http_request_duration_seconds_bucket"):
+            elif s.name in (
+                "profilemesh_grpc_server_request_duration_seconds_bucket",
+                "profilemesh_http_request_duration_seconds_bucket",
+            ):
                 bound = float(s.labels["le"])
                 sample.buckets[bound] = sample.buckets.get(bound, 0.0) + s.value
             elif s.name == "profilemesh_aggregator_events_applied_total":
@@ -63,8 +65,10 @@ def _scrape(url: str) -> Sample | None:
                 lag[s.labels["partition"]] = s.value
             elif s.name == "profilemesh_aggregator_pending_entries":
                 pending[s.labels["partition"]] = s.value
-            elif s.name in ("profilemesh_aggregator_oldest_undelivered_age_seconds",
-                            "profilemesh_aggregator_oldest_pending_age_seconds"):
+            elif s.name in (
+                "profilemesh_aggregator_oldest_undelivered_age_seconds",
+                "profilemesh_aggregator_oldest_pending_age_seconds",
+            ):
                 sample.oldest_s = max(sample.oldest_s, s.value)
     sample.lag = sum(lag.values()) + sum(pending.values())
     return sample
@@ -115,13 +119,21 @@ def watch(endpoints: Endpoints, interval_s: float, count: int | None) -> int:
     urls = {component: endpoints.metrics_url(component) for component in COMPONENTS}
     previous = {c: _scrape(u) if u else None for c, u in urls.items()}
     if all(sample is None for sample in previous.values()):
-        print("error: no component serves metrics at "
-              + ", ".join(u for u in urls.values() if u) + "; is profilemesh running (make run)?", file=sys.stderr)
+        print(
+            "error: no component serves metrics at "
+            + ", ".join(u for u in urls.values() if u)
+            + "; is profilemesh running (make run)?",
+            file=sys.stderr,
+        )
         return 2
     console = Console()
     shown = 0
     try:
-        with Live(console=console, auto_refresh=False, transient=False) if console.is_terminal else _Plain(console) as view:
+        with (
+            Live(console=console, auto_refresh=False, transient=False)
+            if console.is_terminal
+            else _Plain(console) as view
+        ):
             while count is None or shown < count:
                 time.sleep(interval_s)
                 current = {c: _scrape(u) if u else None for c, u in urls.items()}
@@ -139,7 +151,7 @@ class _Plain:
     def __init__(self, console: Console) -> None:
         self.console = console
 
-    def __enter__(self) -> "_Plain":
+    def __enter__(self) -> _Plain:
         return self
 
     def __exit__(self, *_: object) -> None:

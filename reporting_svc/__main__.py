@@ -18,7 +18,9 @@ def build(server: grpc.aio.Server, cluster: Cluster) -> Service:
     limits = StreamLimits(cluster.settings)
     servicer = ReportingServicer(reports, Leaderboard(reports, cluster.settings.watch_interval_ms), limits)
     reporting_pb2_grpc.add_ReportingServiceServicer_to_server(servicer, server)
-    return Service(names=[reporting_pb2.DESCRIPTOR.services_by_name["ReportingService"].full_name], on_drain=[limits.drain])
+    return Service(
+        names=[reporting_pb2.DESCRIPTOR.services_by_name["ReportingService"].full_name], on_drain=[limits.drain]
+    )
 
 
 if __name__ == "__main__":

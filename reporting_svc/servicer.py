@@ -47,10 +47,16 @@ class ReportingServicer(reporting_pb2_grpc.ReportingServiceServicer):
             with self.limits.slot() as clock:
                 async with contextlib.aclosing(self.leaderboard.watch(request.limit, clock)) as snapshots:
                     async for ranking, totals in snapshots:
-                        await clock.send(context.write(reporting_pb2.WatchTopProfilesResponse(
-                            results=[reporting_pb2.ProfileScore(user=user, score=score) for user, score in ranking],
-                            totals=reporting_pb2.OperationTotals(**dict(totals)),
-                        )))
+                        await clock.send(
+                            context.write(
+                                reporting_pb2.WatchTopProfilesResponse(
+                                    results=[
+                                        reporting_pb2.ProfileScore(user=user, score=score) for user, score in ranking
+                                    ],
+                                    totals=reporting_pb2.OperationTotals(**dict(totals)),
+                                )
+                            )
+                        )
                         clock.sent()
         except asyncio.CancelledError:
             log.info("WatchTopProfiles ended: cancelled by the client")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from common.streams import CLUSTER_UNAVAILABLE, StreamClock
 from reporting_svc.reports import Reports, check_limit

@@ -16,10 +16,9 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
 
 import redis
 from redis.commands.core import Script
@@ -103,8 +102,9 @@ class Run:
 
     def _reclaim(self, consumer: Consumer) -> None:
         start = self.rng.choice(["0-0", f"{max(1000, self.ms - self.rng.randint(0, 40))}-0"])
-        _, entries, *_ = self.node.xautoclaim(self.keys.events, GROUP, consumer.name, min_idle_time=0, start_id=start,
-                                              count=self.rng.randint(1, 8))
+        _, entries, *_ = self.node.xautoclaim(
+            self.keys.events, GROUP, consumer.name, min_idle_time=0, start_id=start, count=self.rng.randint(1, 8)
+        )
         ids = [entry_id for entry_id, _ in entries]
         if ids:
             consumer.held.append(ids)
@@ -145,7 +145,9 @@ class Run:
             while consumer.held:
                 self._apply_held(consumer)
         for _ in range(1000):
-            _, entries, *_ = self.node.xautoclaim(self.keys.events, GROUP, last.name, min_idle_time=0, start_id="0-0", count=100)
+            _, entries, *_ = self.node.xautoclaim(
+                self.keys.events, GROUP, last.name, min_idle_time=0, start_id="0-0", count=100
+            )
             ids = [entry_id for entry_id, _ in entries]
             reply = self.node.xreadgroup(GROUP, last.name, {self.keys.events: ">"}, count=100)
             ids += [entry_id for _, got in reply or () for entry_id, _ in got]
@@ -176,8 +178,10 @@ class Run:
         got_totals = self.node.hgetall(totals_key)
         pending = self.node.xpending(self.keys.events, GROUP)["pending"]
         if got_scores != expected_scores or got_totals != expected_totals or pending:
-            return (f"history {self.history}: scores {got_scores} (expected {expected_scores}), "
-                    f"totals {got_totals} (expected {expected_totals}), {pending} pending")
+            return (
+                f"history {self.history}: scores {got_scores} (expected {expected_scores}), "
+                f"totals {got_totals} (expected {expected_totals}), {pending} pending"
+            )
         return None
 
 
@@ -185,8 +189,10 @@ def run_many(url: str, seeds: Sequence[int], tag: str = "{model}", apply: Apply 
     """Every seed's run on the node at `url`, on keys under `tag`; returns the wrong ones by seed."""
     keys = PartitionKeys(tag)
     with redis.Redis.from_url(url, decode_responses=True) as node:
-        scripts = (node.register_script(script_source("apply_events.lua")),
-                   node.register_script(script_source("trim_acknowledged.lua")))
+        scripts = (
+            node.register_script(script_source("apply_events.lua")),
+            node.register_script(script_source("trim_acknowledged.lua")),
+        )
         wrong = {}
         for seed in seeds:
             problem = Run(node, keys, scripts, seed, apply).play()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import pytest

@@ -5,7 +5,8 @@ from __future__ import annotations
 import http.client
 import json
 from collections import Counter
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from redis.cluster import RedisCluster
 

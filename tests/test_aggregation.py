@@ -92,8 +92,10 @@ def report(name: str, durations: list[float]) -> None:
     def percentile(q: float) -> float:  # nearest rank: always a measured value
         return ranked[max(0, math.ceil(q * len(ranked)) - 1)]
 
-    print(f"\n{name}: {len(ranked)} scripts, p50 {percentile(0.5):.2f} ms, p99 {percentile(0.99):.2f} ms, "
-          f"max {ranked[-1]:.2f} ms")
+    print(
+        f"\n{name}: {len(ranked)} scripts, p50 {percentile(0.5):.2f} ms, p99 {percentile(0.99):.2f} ms, "
+        f"max {ranked[-1]:.2f} ms"
+    )
     assert max(durations) < BOUND_MS
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import http.client
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from redis.cluster import RedisCluster
@@ -47,14 +48,20 @@ def settled(fresh_system: System, fresh_client: RedisCluster) -> Iterator[None]:
     streams = [keys.events_key(p) for p in range(PARTITIONS)]
 
     def aggregator_groups_exist() -> bool:
-        return all(fresh_client.exists(s) and any(g["name"] == "aggregator" for g in fresh_client.xinfo_groups(s)) for s in streams)
+        return all(
+            fresh_client.exists(s) and any(g["name"] == "aggregator" for g in fresh_client.xinfo_groups(s))
+            for s in streams
+        )
 
     wait_until(aggregator_groups_exist, what="the aggregator's consumer groups")
     for stream in streams:
         fresh_client.xgroup_create(stream, AUDIT_GROUP, id="$")
     assert http_call(fresh_system.gateway_port, "POST", f"/profile/{EXISTING}", EXISTING_FIELDS)[0] == 201
     partition = keys.partition_of(EXISTING, PARTITIONS)
-    wait_until(lambda: fresh_client.hget(keys.totals_key(partition), "create") == "1", what="the aggregator to count the create")
+    wait_until(
+        lambda: fresh_client.hget(keys.totals_key(partition), "create") == "1",
+        what="the aggregator to count the create",
+    )
     yield
     for stream in streams:
         fresh_client.xgroup_destroy(stream, AUDIT_GROUP)
@@ -84,8 +91,16 @@ def raw_request(port: int, method: str, path: str, body: bytes | None) -> tuple[
 
 
 def assert_rejected(
-    system: System, fresh_client: RedisCluster, method: str, path: str, status: int, *, body: Any = None, raw: bytes | None = None,
-    users: tuple[str, ...] = (), says: str = "",
+    system: System,
+    fresh_client: RedisCluster,
+    method: str,
+    path: str,
+    status: int,
+    *,
+    body: Any = None,
+    raw: bytes | None = None,
+    users: tuple[str, ...] = (),
+    says: str = "",
 ) -> dict[str, Any]:
     """The request gets `status` with a JSON message, and the cluster is exactly as before."""
     before = snapshot(fresh_client)
@@ -134,7 +149,9 @@ MALFORMED_BODIES: dict[str, tuple[bytes, str]] = {
 
 @pytest.mark.parametrize(("method", "user"), BODY_ROUTES, ids=BODY_ROUTE_IDS)
 @pytest.mark.parametrize("case", MALFORMED_BODIES.values(), ids=MALFORMED_BODIES.keys())
-def test_malformed_bodies(fresh_system: System, fresh_client: RedisCluster, method: str, user: str, case: tuple[bytes, str]) -> None:
+def test_malformed_bodies(
+    fresh_system: System, fresh_client: RedisCluster, method: str, user: str, case: tuple[bytes, str]
+) -> None:
     raw, says = case
     assert_rejected(fresh_system, fresh_client, method, f"/profile/{user}", 400, raw=raw, users=(NEW,), says=says)
 
@@ -165,7 +182,9 @@ INVALID_FIELDS: dict[str, tuple[Any, str]] = {
 
 @pytest.mark.parametrize(("method", "user"), BODY_ROUTES, ids=BODY_ROUTE_IDS)
 @pytest.mark.parametrize("case", INVALID_FIELDS.values(), ids=INVALID_FIELDS.keys())
-def test_invalid_fields(fresh_system: System, fresh_client: RedisCluster, method: str, user: str, case: tuple[Any, str]) -> None:
+def test_invalid_fields(
+    fresh_system: System, fresh_client: RedisCluster, method: str, user: str, case: tuple[Any, str]
+) -> None:
     body, says = case
     assert_rejected(fresh_system, fresh_client, method, f"/profile/{user}", 400, body=body, users=(NEW,), says=says)
 
@@ -175,7 +194,9 @@ def test_invalid_fields(fresh_system: System, fresh_client: RedisCluster, method
 def test_oversized_body(fresh_system: System, fresh_client: RedisCluster, method: str, user: str, size: int) -> None:
     body = b'{"bio": "' + b"x" * (size - len(b'{"bio": ""}')) + b'"}'
     assert len(body) == size
-    assert_rejected(fresh_system, fresh_client, method, f"/profile/{user}", 413, raw=body, users=(NEW,), says="larger than 65536")
+    assert_rejected(
+        fresh_system, fresh_client, method, f"/profile/{user}", 413, raw=body, users=(NEW,), says="larger than 65536"
+    )
 
 
 # --- User names in the path, on every route that has one ------------------------------------------
@@ -239,9 +260,20 @@ def test_invalid_top_n(fresh_system: System, fresh_client: RedisCluster, case: t
 # --- Paths and methods the API does not have -------------------------------------------------------
 
 UNKNOWN_PATHS = [
-    "/", "/profile", "/profile/", "/profiles/existing", "/profile/existing/", "/profile/existing/extra",
-    "//profile/existing", "/reporting", "/reporting/profileStats", "/reporting/profileStats/",
-    "/reporting/profileStats/3/extra", "/reporting/users/existing", "/v1/profile/existing", "/nope",
+    "/",
+    "/profile",
+    "/profile/",
+    "/profiles/existing",
+    "/profile/existing/",
+    "/profile/existing/extra",
+    "//profile/existing",
+    "/reporting",
+    "/reporting/profileStats",
+    "/reporting/profileStats/",
+    "/reporting/profileStats/3/extra",
+    "/reporting/users/existing",
+    "/v1/profile/existing",
+    "/nope",
 ]
 
 

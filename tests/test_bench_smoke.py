@@ -38,7 +38,10 @@ def test_bench_smoke_writes_every_scenario_without_errors(tmp_path: Path) -> Non
     out = tmp_path / "results.md"
     run = subprocess.run(
         [sys.executable, "-m", "bench.run", "--smoke", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=220,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=220,
     )
     assert run.returncode == 0, run.stderr[-4000:]
     text = out.read_text()

@@ -51,7 +51,10 @@ def test_concurrent_creates_over_grpc_have_one_winner(
     assert events_of(redis_client, user)[0][1] == "create" and len(events_of(redis_client, user)) == 1
     # The profile is the winner's, whole: no loser's fields mixed in.
     winner = codes.index(grpc.StatusCode.OK)
-    assert redis_client.hgetall(keys.profile_key(user, PARTITIONS)) == {"n": str(winner), "email": f"{winner}@example.com"}
+    assert redis_client.hgetall(keys.profile_key(user, PARTITIONS)) == {
+        "n": str(winner),
+        "email": f"{winner}@example.com",
+    }
 
 
 def test_concurrent_creates_through_the_gateway_have_one_winner(
@@ -96,10 +99,14 @@ def test_concurrent_reads_are_each_counted_once(
     async def run() -> tuple[Counter, Counter]:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{system.profile_port}") as channel:
             stub = profile_pb2_grpc.ProfileServiceStub(channel)
-            await asyncio.gather(*(
-                stub.CreateProfile(profile_pb2.CreateProfileRequest(user=user, fields={"name": user}), timeout=TIMEOUT_S)
-                for user in users
-            ))
+            await asyncio.gather(
+                *(
+                    stub.CreateProfile(
+                        profile_pb2.CreateProfileRequest(user=user, fields={"name": user}), timeout=TIMEOUT_S
+                    )
+                    for user in users
+                )
+            )
 
             async def read(user: str) -> bool:
                 """True when the read succeeded, False when its outcome is unknown."""
@@ -146,4 +153,6 @@ def test_concurrent_reads_are_each_counted_once(
         time.sleep(3)
         final = scores()
     assert final == read_events and sum(final.values()) == total
-    assert {user: redis_client.zscore(keys.reads_key(keys.partition_of(user, PARTITIONS)), user) for user in users} == read_events
+    assert {
+        user: redis_client.zscore(keys.reads_key(keys.partition_of(user, PARTITIONS)), user) for user in users
+    } == read_events

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import grpc
 from redis.cluster import RedisCluster
@@ -53,9 +53,13 @@ async def call(
 ) -> tuple[grpc.StatusCode, object]:
     """One RPC; returns its status code (OK or the error's) and the reply."""
     requests: dict[str, Callable[[], Awaitable]] = {
-        "create": lambda: stub.CreateProfile(profile_pb2.CreateProfileRequest(user=user, fields=fields), timeout=TIMEOUT_S),
+        "create": lambda: stub.CreateProfile(
+            profile_pb2.CreateProfileRequest(user=user, fields=fields), timeout=TIMEOUT_S
+        ),
         "get": lambda: stub.GetProfile(profile_pb2.GetProfileRequest(user=user), timeout=TIMEOUT_S),
-        "update": lambda: stub.UpdateProfile(profile_pb2.UpdateProfileRequest(user=user, fields=fields), timeout=TIMEOUT_S),
+        "update": lambda: stub.UpdateProfile(
+            profile_pb2.UpdateProfileRequest(user=user, fields=fields), timeout=TIMEOUT_S
+        ),
         "delete": lambda: stub.DeleteProfile(profile_pb2.DeleteProfileRequest(user=user), timeout=TIMEOUT_S),
     }
     try:
@@ -171,7 +175,9 @@ def test_racing_operations_on_one_user_are_serialised(
     assert successes["create"] >= 1
 
     types = [kind for _, kind in events_of(redis_client, user)]
-    assert {EVENT_TYPE[op]: successes[op] for op in successes} == {kind: types.count(kind) for kind in EVENT_TYPE.values()}
+    assert {EVENT_TYPE[op]: successes[op] for op in successes} == {
+        kind: types.count(kind) for kind in EVENT_TYPE.values()
+    }
     present = False
     for position, kind in enumerate(types):
         if kind == "create":

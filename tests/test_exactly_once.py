@@ -79,10 +79,12 @@ async def drive(system: System, client: RedisCluster) -> Run:
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{system.profile_port}") as channel:
         stub = profile_pb2_grpc.ProfileServiceStub(channel)
-        await asyncio.gather(*(
-            stub.CreateProfile(profile_pb2.CreateProfileRequest(user=user, fields={"n": user}), timeout=TIMEOUT_S)
-            for user in USERS
-        ))
+        await asyncio.gather(
+            *(
+                stub.CreateProfile(profile_pb2.CreateProfileRequest(user=user, fields={"n": user}), timeout=TIMEOUT_S)
+                for user in USERS
+            )
+        )
 
         async def reader() -> None:
             """Reads the plan, and goes on reading until the controller is done: reads stream throughout."""
@@ -123,10 +125,12 @@ async def drive(system: System, client: RedisCluster) -> Run:
             Its blocking reads queue with the replicas' own, so new entries reach it within a few events.
             """
             for _ in range(10):
-                replies = await asyncio.gather(*(
-                    aclient.xreadgroup(GROUP, GHOST, {keys.events_key(p): ">"}, count=5, block=2000)
-                    for p in range(PARTITIONS)
-                ))
+                replies = await asyncio.gather(
+                    *(
+                        aclient.xreadgroup(GROUP, GHOST, {keys.events_key(p): ">"}, count=5, block=2000)
+                        for p in range(PARTITIONS)
+                    )
+                )
                 for partition, reply in enumerate(replies):
                     for _, entries in reply or []:
                         run.ghost_entries.setdefault(partition, []).extend(entries)
@@ -165,8 +169,10 @@ def test_every_read_counted_exactly_once(fresh_system: System, fresh_client: Red
     try:
         for name, port in ports.items():
             system.start_process(
-                name, "aggregator_svc",
-                PROFILEMESH_AGGREGATOR_LISTEN=f"127.0.0.1:{port}", PROFILEMESH_AGGREGATOR_CONSUMER=name,
+                name,
+                "aggregator_svc",
+                PROFILEMESH_AGGREGATOR_LISTEN=f"127.0.0.1:{port}",
+                PROFILEMESH_AGGREGATOR_CONSUMER=name,
             )
         for port in ports.values():
             wait_until(lambda: system.grpc_status(port) == "SERVING", timeout_s=30, what="a replica to serve")

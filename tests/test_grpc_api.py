@@ -6,7 +6,7 @@ docs/architecture.md, and check that the gateway turns each status into the HTTP
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import grpc
 import pytest
@@ -62,7 +62,8 @@ def test_create_get_update_delete(
     """The whole life of a profile, with one event per successful operation and none per failed one."""
     user = f"{unique}.ana@example.com"
     created = profile_stub.CreateProfile(
-        profile_pb2.CreateProfileRequest(user=user, fields={"email": "ana@example.com", "name": "Ana"}), timeout=TIMEOUT_S
+        profile_pb2.CreateProfileRequest(user=user, fields={"email": "ana@example.com", "name": "Ana"}),
+        timeout=TIMEOUT_S,
     )
     assert created.message == f"Profile created for: {user}"
 
@@ -82,7 +83,9 @@ def test_create_get_update_delete(
     deleted = profile_stub.DeleteProfile(profile_pb2.DeleteProfileRequest(user=user), timeout=TIMEOUT_S)
     assert deleted.message == f"Profile deleted for {user}"
     assert not redis_client.exists(keys.profile_key(user, PARTITIONS))
-    code, details = code_and_details(lambda: profile_stub.GetProfile(profile_pb2.GetProfileRequest(user=user), timeout=TIMEOUT_S))
+    code, details = code_and_details(
+        lambda: profile_stub.GetProfile(profile_pb2.GetProfileRequest(user=user), timeout=TIMEOUT_S)
+    )
     assert (code, details) == (grpc.StatusCode.NOT_FOUND, f"Profile not found for {user}")
 
     assert [kind for _, kind in events_of(redis_client, user)] == ["create", "read", "update", "read", "delete"]
@@ -94,7 +97,9 @@ def test_create_existing_is_already_exists_and_changes_nothing(
     user = f"{unique}-dup"
     profile_stub.CreateProfile(profile_pb2.CreateProfileRequest(user=user, fields={"a": "1"}), timeout=TIMEOUT_S)
     code, details = code_and_details(
-        lambda: profile_stub.CreateProfile(profile_pb2.CreateProfileRequest(user=user, fields={"a": "2", "b": "2"}), timeout=TIMEOUT_S)
+        lambda: profile_stub.CreateProfile(
+            profile_pb2.CreateProfileRequest(user=user, fields={"a": "2", "b": "2"}), timeout=TIMEOUT_S
+        )
     )
     assert (code, details) == (grpc.StatusCode.ALREADY_EXISTS, "Profile exists")
     assert redis_client.hgetall(keys.profile_key(user, PARTITIONS)) == {"a": "1"}
@@ -103,7 +108,11 @@ def test_create_existing_is_already_exists_and_changes_nothing(
 
 @pytest.mark.parametrize("operation", ["get", "update", "delete"])
 def test_missing_profile_is_not_found(
-    profile_stub: profile_pb2_grpc.ProfileServiceStub, redis_client: RedisCluster, audit: str, unique: str, operation: str
+    profile_stub: profile_pb2_grpc.ProfileServiceStub,
+    redis_client: RedisCluster,
+    audit: str,
+    unique: str,
+    operation: str,
 ) -> None:
     user = f"{unique}_nobody"
     calls = {
@@ -149,7 +158,9 @@ def test_invalid_arguments_name_the_offending_part(
     user = user_template.replace("{u}", unique)
     if rpc == "update" and user == unique:
         # An existing profile, so that only the arguments can be what fails.
-        profile_stub.CreateProfile(profile_pb2.CreateProfileRequest(user=user, fields={"keep": "me"}), timeout=TIMEOUT_S)
+        profile_stub.CreateProfile(
+            profile_pb2.CreateProfileRequest(user=user, fields={"keep": "me"}), timeout=TIMEOUT_S
+        )
     request_class = profile_pb2.CreateProfileRequest if rpc == "create" else profile_pb2.UpdateProfileRequest
     method = profile_stub.CreateProfile if rpc == "create" else profile_stub.UpdateProfile
     before = events_of(redis_client, user)
@@ -187,7 +198,10 @@ def test_limits_are_inclusive(profile_stub: profile_pb2_grpc.ProfileServiceStub,
 def test_gateway_maps_statuses_to_http(system: System, unique: str) -> None:
     port = system.gateway_port
     user = f"{unique}@gw"
-    assert http_call(port, "POST", f"/profile/{user}", {"a": "1", "b": "1"}) == (201, {"message": f"Profile created for: {user}"})
+    assert http_call(port, "POST", f"/profile/{user}", {"a": "1", "b": "1"}) == (
+        201,
+        {"message": f"Profile created for: {user}"},
+    )
     assert http_call(port, "POST", f"/profile/{user}", {"a": "2"}) == (409, {"message": "Profile exists"})
     assert http_call(port, "PATCH", f"/profile/{user}", {"b": "2"}) == (200, {"message": f"Profile updated for {user}"})
     assert http_call(port, "GET", f"/profile/{user}") == (200, {"a": "1", "b": "2"})
@@ -271,7 +285,9 @@ def test_operation_totals_count_what_we_did(
     profile_stub.DeleteProfile(profile_pb2.DeleteProfileRequest(user=users[0]), timeout=TIMEOUT_S)
     # Failed operations are not operations: they add nothing to the totals.
     with pytest.raises(grpc.RpcError):
-        profile_stub.CreateProfile(profile_pb2.CreateProfileRequest(user=users[1], fields={"a": "b"}), timeout=TIMEOUT_S)
+        profile_stub.CreateProfile(
+            profile_pb2.CreateProfileRequest(user=users[1], fields={"a": "b"}), timeout=TIMEOUT_S
+        )
     with pytest.raises(grpc.RpcError):
         profile_stub.GetProfile(profile_pb2.GetProfileRequest(user=users[0]), timeout=TIMEOUT_S)
 
@@ -299,7 +315,9 @@ def test_recreated_profile_starts_from_zero(
     # No waiting in between: the aggregator must get the order right however it batches.
     profile_stub.DeleteProfile(profile_pb2.DeleteProfileRequest(user=user), timeout=TIMEOUT_S)
     profile_stub.CreateProfile(profile_pb2.CreateProfileRequest(user=user, fields={"v": "2"}), timeout=TIMEOUT_S)
-    assert dict(profile_stub.GetProfile(profile_pb2.GetProfileRequest(user=user), timeout=TIMEOUT_S).fields) == {"v": "2"}
+    assert dict(profile_stub.GetProfile(profile_pb2.GetProfileRequest(user=user), timeout=TIMEOUT_S).fields) == {
+        "v": "2"
+    }
 
     wait_until(aggregated(redis_client, user), what="the aggregator to apply every event")
     assert reads() == 1

@@ -7,7 +7,7 @@ The outage test stops every cluster node, so the module runs on a system of its 
 from __future__ import annotations
 
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -42,7 +42,9 @@ def channels(fresh_system: System) -> Iterator[dict[str, grpc.Channel]]:
 def health(channel: grpc.Channel, service: str = "") -> str:
     """The served status by name, or the gRPC error code's name when the check fails."""
     try:
-        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=TIMEOUT_S)
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=TIMEOUT_S
+        )
     except grpc.RpcError as error:
         return error.code().name
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
@@ -151,9 +153,12 @@ def test_services_ride_out_a_cluster_outage(fresh_system: System, channels: dict
         try:
             wait_until(
                 lambda: set(statuses(channels).values()) == {"NOT_SERVING"},
-                timeout_s=HEALTH_FLIP_S, what="health to turn NOT_SERVING",
+                timeout_s=HEALTH_FLIP_S,
+                what="health to turn NOT_SERVING",
             )
-            wait_until(lambda: seen[-1] == "NOT_SERVING", timeout_s=TIMEOUT_S, what="the health watch to see NOT_SERVING")
+            wait_until(
+                lambda: seen[-1] == "NOT_SERVING", timeout_s=TIMEOUT_S, what="the health watch to see NOT_SERVING"
+            )
 
             status, body = http_call(gateway, "GET", "/readyz")
             assert status == 503 and body["status"] == "not ready", body

@@ -10,8 +10,9 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -50,8 +51,9 @@ def observed(tmp_path_factory: pytest.TempPathFactory, otlp: OtlpSink) -> Iterat
 
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory, observed: System) -> Iterator[Prometheus]:
-    server = Prometheus(tmp_path_factory.mktemp("prometheus"), free_ports(1)[0], observed.metrics_ports,
-                        scrape_interval_s=1)
+    server = Prometheus(
+        tmp_path_factory.mktemp("prometheus"), free_ports(1)[0], observed.metrics_ports, scrape_interval_s=1
+    )
     try:
         server.start()
         yield server
@@ -59,8 +61,9 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory, observed: System) -> It
         server.stop()
 
 
-def request(port: int, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
-            raw: bytes | None = None) -> tuple[int, dict[str, str], Any]:
+def request(
+    port: int, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None, raw: bytes | None = None
+) -> tuple[int, dict[str, str], Any]:
     """One request to the gateway: status, response headers, decoded JSON body."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
@@ -76,8 +79,9 @@ def _vector(prometheus: Prometheus, promql: str, labels: tuple[str, ...]) -> dic
     return {tuple(r["metric"].get(l, "") for l in labels): int(float(r["value"][1])) for r in prometheus.query(promql)}
 
 
-def test_prometheus_scrapes_exact_counts_per_route_and_method(observed: System, prometheus: Prometheus,
-                                                              tmp_path: Path) -> None:
+def test_prometheus_scrapes_exact_counts_per_route_and_method(
+    observed: System, prometheus: Prometheus, tmp_path: Path
+) -> None:
     port = observed.gateway_port
     up = lambda: _vector(prometheus, "up", ("job",))
     wait_until(lambda: up() == {(name,): 1 for name in SERVICES}, 30, what="every component scraped and up")
@@ -91,7 +95,9 @@ def test_prometheus_scrapes_exact_counts_per_route_and_method(observed: System, 
     walk = [
         ("POST", "/profile/ana", {"email": "ana@example.com"}, 201),
         ("POST", "/profile/ana", {"email": "ana@example.com"}, 409),
-        ("GET", "/profile/ana", None, 200), ("GET", "/profile/ana", None, 200), ("GET", "/profile/ana", None, 200),
+        ("GET", "/profile/ana", None, 200),
+        ("GET", "/profile/ana", None, 200),
+        ("GET", "/profile/ana", None, 200),
         ("GET", "/profile/nobody", None, 404),
         ("PATCH", "/profile/ana", {"username": "Ana"}, 200),
         ("GET", "/reporting/profileStats/3", None, 200),
@@ -104,19 +110,34 @@ def test_prometheus_scrapes_exact_counts_per_route_and_method(observed: System, 
         assert request(port, method, path, body)[0] == status, (method, path)
     assert request(port, "POST", "/profile/bob", raw=b"{not json")[0] == 400  # never reaches a service
 
-    route_of = {"/profile": "/profile/{user}", "/reporting/profileStats": "/reporting/profileStats/{limit}",
-                "/reporting/users": "/reporting/users/{user}/stats", "/reporting/operationTotals": "/reporting/operationTotals"}
-    grpc_of = {"POST": PROFILE + "CreateProfile", "GET": PROFILE + "GetProfile", "PATCH": PROFILE + "UpdateProfile",
-               "DELETE": PROFILE + "DeleteProfile"}
+    route_of = {
+        "/profile": "/profile/{user}",
+        "/reporting/profileStats": "/reporting/profileStats/{limit}",
+        "/reporting/users": "/reporting/users/{user}/stats",
+        "/reporting/operationTotals": "/reporting/operationTotals",
+    }
+    grpc_of = {
+        "POST": PROFILE + "CreateProfile",
+        "GET": PROFILE + "GetProfile",
+        "PATCH": PROFILE + "UpdateProfile",
+        "DELETE": PROFILE + "DeleteProfile",
+    }
     code_of = {200: "OK", 201: "OK", 404: "NOT_FOUND", 409: "ALREADY_EXISTS"}
     rest_expected: Counter = Counter()
     grpc_expected: Counter = Counter()
     for method, path, _, status in walk:
         prefix = next(p for p in route_of if path.startswith(p))
         rest_expected[(route_of[prefix], method, str(status))] += 1
-        rpc = grpc_of[method] if prefix == "/profile" else REPORTING + {
-            "/reporting/profileStats": "GetTopProfiles", "/reporting/users": "GetProfileStats",
-            "/reporting/operationTotals": "GetOperationTotals"}[prefix]
+        rpc = (
+            grpc_of[method]
+            if prefix == "/profile"
+            else REPORTING
+            + {
+                "/reporting/profileStats": "GetTopProfiles",
+                "/reporting/users": "GetProfileStats",
+                "/reporting/operationTotals": "GetOperationTotals",
+            }[prefix]
+        )
         grpc_expected[(rpc, code_of[status])] += 1
     rest_expected[("/profile/{user}", "POST", "400")] += 1
 
@@ -124,20 +145,31 @@ def test_prometheus_scrapes_exact_counts_per_route_and_method(observed: System, 
         now = _vector(prometheus, query, labels)
         return {key: value - before.get(key, 0) for key, value in now.items() if value - before.get(key, 0)}
 
-    wait_until(lambda: deltas(rest_query, ("route", "method", "status"), rest_before) == dict(rest_expected),
-               30, what="Prometheus to count every REST request")
-    wait_until(lambda: deltas(grpc_query, ("method", "code"), grpc_before) == dict(grpc_expected),
-               30, what="Prometheus to count every gRPC call")
+    wait_until(
+        lambda: deltas(rest_query, ("route", "method", "status"), rest_before) == dict(rest_expected),
+        30,
+        what="Prometheus to count every REST request",
+    )
+    wait_until(
+        lambda: deltas(grpc_query, ("method", "code"), grpc_before) == dict(grpc_expected),
+        30,
+        what="Prometheus to count every gRPC call",
+    )
     assert deltas(rest_query, ("route", "method", "status"), rest_before) == dict(rest_expected)
     assert deltas(grpc_query, ("method", "code"), grpc_before) == dict(grpc_expected)
 
     # The aggregator applied every event: lag and pending back to 0 on every partition, all 16 reported.
     lag_query = "max by (partition) (profilemesh_aggregator_lag_entries + profilemesh_aggregator_pending_entries)"
-    wait_until(lambda: (lambda v: len(v) == 16 and set(v.values()) == {0})(_vector(prometheus, lag_query, ("partition",))),
-               30, what="the aggregator's lag to return to 0")
+    wait_until(
+        lambda: (lambda v: len(v) == 16 and set(v.values()) == {0})(_vector(prometheus, lag_query, ("partition",))),
+        30,
+        what="the aggregator's lag to return to 0",
+    )
     # One event per successful operation: 1 create, 3 reads, 1 update, 1 delete.
     wait_until(lambda: _vector(prometheus, applied_query, ())[()] - applied_before == 6, 10, what="6 events applied")
-    assert _vector(prometheus, 'sum(profilemesh_cluster_commands_total{kind="script",name="create_profile"})', ())[()] >= 2
+    assert (
+        _vector(prometheus, 'sum(profilemesh_cluster_commands_total{kind="script",name="create_profile"})', ())[()] >= 2
+    )
     assert _vector(prometheus, "count(process_resident_memory_bytes)", ())[()] == len(SERVICES)
 
     # Every panel of the Grafana dashboard is a query Prometheus accepts.
@@ -198,7 +230,9 @@ def test_one_request_one_trace_across_gateway_service_and_script(observed: Syste
 
     def trace_of_request() -> list:
         spans = otlp.received()
-        roots = [s for s in spans if s.service == "gateway" and s.attributes.get("profilemesh.request_id") == "trace-me"]
+        roots = [
+            s for s in spans if s.service == "gateway" and s.attributes.get("profilemesh.request_id") == "trace-me"
+        ]
         if len(roots) != 1:
             return []
         trace = [s for s in spans if s.trace_id == roots[0].trace_id]
@@ -206,8 +240,11 @@ def test_one_request_one_trace_across_gateway_service_and_script(observed: Syste
 
     trace = wait_until(trace_of_request, 15, what="the request's spans at the OTLP receiver")
     by_service = {(s.service, s.name): s for s in trace}
-    assert set(by_service) == {("gateway", "GET /profile/{user}"), ("profile_svc", PROFILE + "GetProfile"),
-                               ("profile_svc", "script get_profile")}, by_service.keys()
+    assert set(by_service) == {
+        ("gateway", "GET /profile/{user}"),
+        ("profile_svc", PROFILE + "GetProfile"),
+        ("profile_svc", "script get_profile"),
+    }, by_service.keys()
     gateway = by_service[("gateway", "GET /profile/{user}")]
     service = by_service[("profile_svc", PROFILE + "GetProfile")]
     script = by_service[("profile_svc", "script get_profile")]
@@ -230,8 +267,11 @@ def test_profilemesh_commands_through_the_grpc_api(observed: System) -> None:
     assert got.returncode == 0 and json.loads(got.stdout)["fields"] == {"email": "c@example.com", "team": "blue"}
     assert _profilemesh(observed, "profile", "update", "cli-user", "team=red").returncode == 0
     assert "team: red" in _profilemesh(observed, "profile", "get", "cli-user").stdout
-    wait_until(lambda: json.loads(_profilemesh(observed, "stats", "cli-user", "--json").stdout)["reads"] == "2",
-               10, what="the two reads to be counted")  # proto3 JSON writes int64 as a string
+    wait_until(
+        lambda: json.loads(_profilemesh(observed, "stats", "cli-user", "--json").stdout)["reads"] == "2",
+        10,
+        what="the two reads to be counted",
+    )  # proto3 JSON writes int64 as a string
     top = _profilemesh(observed, "top", "1000", "--json")
     assert {"user": "cli-user", "score": "2"} in json.loads(top.stdout)["results"]
     assert "cli-user" in _profilemesh(observed, "top", "1000").stdout
@@ -245,14 +285,25 @@ def test_profilemesh_commands_through_the_grpc_api(observed: System) -> None:
     assert "usage: profilemesh" in _profilemesh(observed, "--help").stdout
 
 
-@pytest.mark.parametrize("args", [["status"], ["top"], ["stats"], ["watch"], ["profile"], ["profile", "get"],
-                                  ["profile", "create"], ["profile", "update"], ["profile", "delete"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["status"],
+        ["top"],
+        ["stats"],
+        ["watch"],
+        ["profile"],
+        ["profile", "get"],
+        ["profile", "create"],
+        ["profile", "update"],
+        ["profile", "delete"],
+    ],
+)
 def test_every_profilemesh_command_has_help(args: list[str], capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exited:
         main([*args, "--help"])
     assert exited.value.code == 0
     assert f"usage: profilemesh {' '.join(args)}" in capsys.readouterr().out
-
 
 
 def test_profilemesh_watch_shows_every_component(observed: System) -> None:
@@ -272,8 +323,12 @@ def test_profilemesh_says_when_nothing_is_running(tmp_path: Path) -> None:
 
 def test_profilemesh_status_lists_everything_and_fails_when_a_node_stops(observed: System) -> None:
     # A loaded machine can make a node look suspect for a moment (2 s node timeout): allow it to settle.
-    healthy = wait_until(lambda: (lambda r: r if r.returncode == 0 else None)(_profilemesh(observed, "status", "--json")),
-                         30, interval_s=1, what="profilemesh status to report a healthy system")
+    healthy = wait_until(
+        lambda: (lambda r: r if r.returncode == 0 else None)(_profilemesh(observed, "status", "--json")),
+        30,
+        interval_s=1,
+        what="profilemesh status to report a healthy system",
+    )
     report = json.loads(healthy.stdout)
     assert report["healthy"] and report["problems"] == []
     assert sorted(c["component"] for c in report["components"]) == sorted(SERVICES)
@@ -287,7 +342,9 @@ def test_profilemesh_status_lists_everything_and_fails_when_a_node_stops(observe
     assert text.returncode == 0 and "status: healthy" in text.stdout
 
     # Stop a replica (the seed node, ports[0], stays): status names it and exits non-zero.
-    index = next(i for i in range(1, 6) if redis.Redis(port=observed.cluster.ports[i]).info("replication")["role"] == "slave")
+    index = next(
+        i for i in range(1, 6) if redis.Redis(port=observed.cluster.ports[i]).info("replication")["role"] == "slave"
+    )
     observed.cluster.stop_node(index)
     try:
         stopped = f"127.0.0.1:{observed.cluster.ports[index]}"

@@ -10,9 +10,9 @@ import asyncio
 import time
 import uuid
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import pytest
@@ -187,9 +187,13 @@ def test_apply_delete_after_newer_reads_keeps_them(part: Partition, apply_script
     assert part.score("bob") == 1
 
 
-def test_apply_reclaimed_delete_keeps_reads_applied_between_its_batch_entries(part: Partition, apply_script: Script) -> None:
+def test_apply_reclaimed_delete_keeps_reads_applied_between_its_batch_entries(
+    part: Partition, apply_script: Script
+) -> None:
     """A reclaimed batch has gaps: reads of the re-created user that another consumer applied lie between its entries."""
-    c1, r1, delete, c2, r2, r3 = (part.add("ann", kind) for kind in ("create", "read", "delete", "create", "read", "read"))
+    c1, r1, delete, c2, r2, r3 = (
+        part.add("ann", kind) for kind in ("create", "read", "delete", "create", "read", "read")
+    )
     assert part.deliver("a", count=3) == [c1, r1, delete]  # a dies holding them
     assert part.deliver("b", count=2) == [c2, r2]
     assert part.apply(apply_script, [c2, r2]) == 2
@@ -232,8 +236,13 @@ def test_apply_older_delete_after_newer_delete_is_ignored(part: Partition, apply
 
 
 def _trim(part: Partition, script: Script, forget_consumers_after_ms: int = 600_000, retention_ms: int = 0) -> int:
-    return int(script(keys=[part.events, part.deleted, part.deleted_at], args=[GROUP, forget_consumers_after_ms, retention_ms],
-                      client=part.client))
+    return int(
+        script(
+            keys=[part.events, part.deleted, part.deleted_at],
+            args=[GROUP, forget_consumers_after_ms, retention_ms],
+            client=part.client,
+        )
+    )
 
 
 def _ids(part: Partition) -> list[str]:
@@ -338,7 +347,12 @@ def test_top_readers_includes_the_tie_by_name(redis_client: RedisCluster, top_sc
 
         # Fewer members than asked for: all of them, once.
         assert _pairs(top_script(keys=[key], args=[10], client=redis_client)) == [
-            ("e", 9), ("d", 5), ("c", 5), ("b", 5), ("a", 5), ("f", 1)
+            ("e", 9),
+            ("d", 5),
+            ("c", 5),
+            ("b", 5),
+            ("a", 5),
+            ("f", 1),
         ]
         assert top_script(keys=["stats:reads:{tunit-%s}" % uuid.uuid4().hex], args=[3], client=redis_client) == []
     finally:
@@ -411,14 +425,20 @@ def test_key_names_carry_the_partition_tag() -> None:
         keys.deleted_at_key(partition),
     ]
     assert names == [
-        f"profile:{tag}:ana", f"events:{tag}", f"stats:reads:{tag}", f"stats:totals:{tag}",
-        f"stats:deleted:{tag}", f"stats:deleted-at:{tag}",
+        f"profile:{tag}:ana",
+        f"events:{tag}",
+        f"stats:reads:{tag}",
+        f"stats:totals:{tag}",
+        f"stats:deleted:{tag}",
+        f"stats:deleted-at:{tag}",
     ]
     # One slot per partition: a script may touch all of them at once.
     assert len({key_slot(name.encode()) for name in names}) == 1
     # Every user's profile shares its partition's slot.
     for other in ("x", "zach", "a.b@c"):
-        assert key_slot(keys.profile_key(other, 16).encode()) == key_slot(keys.events_key(keys.partition_of(other, 16)).encode())
+        assert key_slot(keys.profile_key(other, 16).encode()) == key_slot(
+            keys.events_key(keys.partition_of(other, 16)).encode()
+        )
 
 
 def test_partitions_spread_over_slots() -> None:
@@ -429,9 +449,7 @@ def test_partitions_spread_over_slots() -> None:
 # ---------------------------------------------------------------- common.validation
 
 
-@pytest.mark.parametrize(
-    "user", ["a", "A", "0", "ana", "a.b_c@d+e-f", "x" * 128, "9lives", "Zach.Smith@example.com"]
-)
+@pytest.mark.parametrize("user", ["a", "A", "0", "ana", "a.b_c@d+e-f", "x" * 128, "9lives", "Zach.Smith@example.com"])
 def test_valid_users(user: str) -> None:
     assert check_user(user) == user
 

@@ -36,7 +36,10 @@ def test_seed_walkthrough(fresh_system: System) -> None:
 def test_seed_error_bodies(system: System, unique: str) -> None:
     port = system.gateway_port
     assert http_call(port, "POST", f"/profile/{unique}", {"email": "a@example.com"})[0] == 201
-    assert http_call(port, "POST", f"/profile/{unique}", {"email": "b@example.com"}) == (409, {"message": "Profile exists"})
+    assert http_call(port, "POST", f"/profile/{unique}", {"email": "b@example.com"}) == (
+        409,
+        {"message": "Profile exists"},
+    )
     for method in ("GET", "DELETE"):
         assert http_call(port, method, "/profile/nobody") == (404, {"message": "Profile not found for nobody"})
     assert http_call(port, "PATCH", "/profile/nobody", {"a": "b"}) == (404, {"message": "Profile not found for nobody"})

@@ -13,7 +13,11 @@ c3 127.0.0.1:7003@17003 slave,fail a1 0 0 1 connected
 
 def test_parse_cluster_nodes() -> None:
     primary, suspected, replica = parse_cluster_nodes(NODES)
-    assert [node.address for node in (primary, suspected, replica)] == ["127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.1:7003"]
+    assert [node.address for node in (primary, suspected, replica)] == [
+        "127.0.0.1:7000",
+        "127.0.0.1:7001",
+        "127.0.0.1:7003",
+    ]
     assert primary.port == 7000 and primary.is_primary and not primary.failing and primary.primary_id is None
     assert primary.slot_ranges == ((0, 5460),)  # the slot being migrated away is left out
     assert suspected.slot_ranges == ((5461, 5461), (5462, 10922)) and suspected.failing

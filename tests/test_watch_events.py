@@ -14,7 +14,8 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter, defaultdict
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import aiohttp
 import grpc
@@ -88,7 +89,7 @@ class Subscriber:
         self.error: grpc.aio.AioRpcError | None = None
         self.task: asyncio.Task | None = None
 
-    async def started(self) -> "Subscriber":
+    async def started(self) -> Subscriber:
         """Wait for the first message (a heartbeat): from then on the subscription sees every change."""
         first = await self.call.read()
         assert not first.HasField("event") and first.resume_token
@@ -231,7 +232,9 @@ def write_changes(port: int, users: list[str], rate: int, total: int, results: m
     results.put(asyncio.run(run()))
 
 
-def test_ten_subscribers_keep_up_with_500_changes_a_second_and_a_slow_one_is_cut_off(system: System, unique: str) -> None:
+def test_ten_subscribers_keep_up_with_500_changes_a_second_and_a_slow_one_is_cut_off(
+    system: System, unique: str
+) -> None:
     rate, duration_s = 500, 20
     users = [f"{unique}-w{i}" for i in range(500)]
     total = rate * duration_s
@@ -241,8 +244,10 @@ def test_ten_subscribers_keep_up_with_500_changes_a_second_and_a_slow_one_is_cut
         target = f"127.0.0.1:{system.profile_port}"
         # The slow subscriber's client keeps gRPC's default 64 KiB receive window (no BDP probing, which would
         # grow it to megabytes that the client, not the service, would hold): it falls behind within seconds.
-        async with grpc.aio.insecure_channel(target) as channel, \
-                grpc.aio.insecure_channel(target, options=[("grpc.http2.bdp_probe", 0)]) as slow_channel:
+        async with (
+            grpc.aio.insecure_channel(target) as channel,
+            grpc.aio.insecure_channel(target, options=[("grpc.http2.bdp_probe", 0)]) as slow_channel,
+        ):
             stub = profile_pb2_grpc.ProfileServiceStub(channel)
             rss_before = process.memory_info().rss
             subscribers = [await Subscriber(stub).started() for _ in range(10)]
@@ -276,8 +281,12 @@ def test_ten_subscribers_keep_up_with_500_changes_a_second_and_a_slow_one_is_cut
             for subscriber in subscribers:
                 await subscriber.close()
             return {
-                "acknowledged": acknowledged, "subscribers": subscribers, "slow": slow, "write_s": write_s,
-                "rss_before": rss_before, "rss_peak": rss_peak,
+                "acknowledged": acknowledged,
+                "subscribers": subscribers,
+                "slow": slow,
+                "write_s": write_s,
+                "rss_before": rss_before,
+                "rss_peak": rss_peak,
             }
 
     result = asyncio.run(scenario())
@@ -295,9 +304,11 @@ def test_ten_subscribers_keep_up_with_500_changes_a_second_and_a_slow_one_is_cut
     assert trailing["resume-token"] == slow.token and "resume_token" in slow.error.details()
     assert len(slow.events) < len(acknowledged)
     growth_mb = (result["rss_peak"] - result["rss_before"]) / 2**20
-    print(f"\n{total} changes at {total / result['write_s']:.0f}/s (paced at {rate}/s) in {result['write_s']:.1f} s, 10 subscribers + 1 slow: profile_svc RSS "
-          f"{result['rss_before'] / 2**20:.0f} MB before, {result['rss_peak'] / 2**20:.0f} MB at peak; "
-          f"the slow one got {len(slow.events)} events before RESOURCE_EXHAUSTED")
+    print(
+        f"\n{total} changes at {total / result['write_s']:.0f}/s (paced at {rate}/s) in {result['write_s']:.1f} s, 10 subscribers + 1 slow: profile_svc RSS "
+        f"{result['rss_before'] / 2**20:.0f} MB before, {result['rss_peak'] / 2**20:.0f} MB at peak; "
+        f"the slow one got {len(slow.events)} events before RESOURCE_EXHAUSTED"
+    )
     assert growth_mb < 100
 
 
@@ -330,7 +341,10 @@ def test_the_feed_as_server_sent_events_resumes_and_cancels_upstream(system: Sys
     log = system.log_dir / "profile_svc.log"
 
     async def scenario() -> tuple[list[dict], list[dict], float]:
-        async with aiohttp.ClientSession() as session, grpc.aio.insecure_channel(f"127.0.0.1:{system.profile_port}") as channel:
+        async with (
+            aiohttp.ClientSession() as session,
+            grpc.aio.insecure_channel(f"127.0.0.1:{system.profile_port}") as channel,
+        ):
             stub = profile_pb2_grpc.ProfileServiceStub(channel)
             async with session.get(url) as response:
                 assert response.status == 200 and response.headers["Content-Type"] == "text/event-stream"
@@ -357,7 +371,10 @@ def test_the_feed_as_server_sent_events_resumes_and_cancels_upstream(system: Sys
                 response.close()  # the HTTP connection goes away
                 closed_at = time.monotonic()
             await asyncio.to_thread(
-                wait_until, lambda: log.read_text().count("WatchProfileEvents ended after") > ended_before, 5, 0.02,
+                wait_until,
+                lambda: log.read_text().count("WatchProfileEvents ended after") > ended_before,
+                5,
+                0.02,
                 "profile_svc to see its stream cancelled",
             )
             return received, resumed, time.monotonic() - closed_at
@@ -378,7 +395,9 @@ def test_gateway_sigterm_ends_every_open_stream_with_a_retry_hint(system: System
     gateway = system.start_process("gateway-sigterm", "gateway", PROFILEMESH_GATEWAY_LISTEN=f"127.0.0.1:{port}")
     base = f"http://127.0.0.1:{port}"
     wait_until(lambda: _ready(base), 30, what="the extra gateway")
-    paths = [f"/profile/events?types=delete&users=nobody{i}" for i in range(10)] + [f"/reporting/profileStats/{i + 1}/stream" for i in range(10)]
+    paths = [f"/profile/events?types=delete&users=nobody{i}" for i in range(10)] + [
+        f"/reporting/profileStats/{i + 1}/stream" for i in range(10)
+    ]
 
     async def scenario() -> tuple[list[dict | None], list[float], float]:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import aiohttp
 import grpc
@@ -27,8 +27,15 @@ from tests.test_seed_walkthrough import SEED_USERS
 MAX_STREAMS = 6
 SCREENSHOT = Path(__file__).parent / "out" / "leaderboard.png"  # kept from the run, ignored by git
 CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=900,800",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=900,800",
 )
 
 
@@ -115,6 +122,7 @@ def test_live_leaderboard_page_in_chromium_survives_a_gateway_restart(board: Sys
     options.add_argument(f"--user-data-dir={board.log_dir.parent / 'chromium-profile'}")
     driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
     try:
+
         def board_rows() -> list[tuple[str, str]]:
             """(user, reads) as the page shows them, read in one go (the page redraws the table on each update)."""
             rows = driver.execute_script(
@@ -130,7 +138,11 @@ def test_live_leaderboard_page_in_chromium_survives_a_gateway_restart(board: Sys
                 assert http_call(port, "GET", f"/profile/{reader}")[0] == 200
 
         driver.get(f"{board.gateway_url}/dashboard")
-        wait_until(lambda: driver.find_element(By.ID, "status").get_attribute("class") == "live", 15, what="the page to go live")
+        wait_until(
+            lambda: driver.find_element(By.ID, "status").get_attribute("class") == "live",
+            15,
+            what="the page to go live",
+        )
         driver.execute_script("window.loadedOnce = true")  # gone if the page reloads
 
         read_profile(20)
@@ -139,8 +151,11 @@ def test_live_leaderboard_page_in_chromium_survives_a_gateway_restart(board: Sys
         assert len(board_rows()) <= 10
 
         assert board.stop_process("gateway") == 0
-        wait_until(lambda: driver.find_element(By.ID, "status").get_attribute("class") == "reconnecting", 10,
-                   what="the page to notice the gateway is gone")
+        wait_until(
+            lambda: driver.find_element(By.ID, "status").get_attribute("class") == "reconnecting",
+            10,
+            what="the page to notice the gateway is gone",
+        )
         board.start_process("gateway", "gateway")
         wait_until(board.gateway_ready, 30, what="the gateway to come back")
 
@@ -178,7 +193,10 @@ def test_resuming_after_the_retention_window_answers_out_of_range(board: System)
             # keeps the last entry it has read, here the update).
             await asyncio.to_thread(
                 wait_until,
-                lambda: client.xrange(stream, create_id, create_id) == [], 20, 0.2, "the create to be trimmed",
+                lambda: client.xrange(stream, create_id, create_id) == [],
+                20,
+                0.2,
+                "the create to be trimmed",
             )
             # A token past the trimmed entries still resumes: nothing after it is gone.
             (after_trim,) = await first_messages(stub, within[-1].resume_token, 1)
@@ -208,7 +226,10 @@ def test_stream_limits_idle_and_maximum_lifetimes_and_drain(board: System) -> No
             refused = stub.WatchTopProfiles(reporting_pb2.WatchTopProfilesRequest(limit=5))
             with pytest.raises(grpc.aio.AioRpcError) as raised:
                 await refused.read()
-            assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "too many streams" in raised.value.details()
+            assert (
+                raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                and "too many streams" in raised.value.details()
+            )
             for call in calls:
                 call.cancel()
         # The gateway has the same bound of its own: 429 beyond it.
@@ -226,14 +247,29 @@ def test_stream_limits_idle_and_maximum_lifetimes_and_drain(board: System) -> No
 
     # A reporting_svc whose streams may idle for 1 s, one whose streams live at most 2 s, and a profile_svc to drain.
     reporting_port, short_lived_port, profile_port = free_ports(3)
-    board.start_process("reporting-idle", "reporting_svc", PROFILEMESH_REPORTING_LISTEN=f"127.0.0.1:{reporting_port}",
-                        PROFILEMESH_STREAM_IDLE_S="1")
-    board.start_process("reporting-max", "reporting_svc", PROFILEMESH_REPORTING_LISTEN=f"127.0.0.1:{short_lived_port}",
-                        PROFILEMESH_STREAM_MAX_S="2", PROFILEMESH_STREAM_IDLE_S="60")
-    draining = board.start_process("profile-drain", "profile_svc", PROFILEMESH_PROFILE_LISTEN=f"127.0.0.1:{profile_port}")
+    board.start_process(
+        "reporting-idle",
+        "reporting_svc",
+        PROFILEMESH_REPORTING_LISTEN=f"127.0.0.1:{reporting_port}",
+        PROFILEMESH_STREAM_IDLE_S="1",
+    )
+    board.start_process(
+        "reporting-max",
+        "reporting_svc",
+        PROFILEMESH_REPORTING_LISTEN=f"127.0.0.1:{short_lived_port}",
+        PROFILEMESH_STREAM_MAX_S="2",
+        PROFILEMESH_STREAM_IDLE_S="60",
+    )
+    draining = board.start_process(
+        "profile-drain", "profile_svc", PROFILEMESH_PROFILE_LISTEN=f"127.0.0.1:{profile_port}"
+    )
     try:
-        wait_until(lambda: all(board.grpc_status(port) == "SERVING"
-                               for port in (reporting_port, short_lived_port, profile_port)), 30)
+        wait_until(
+            lambda: all(
+                board.grpc_status(port) == "SERVING" for port in (reporting_port, short_lived_port, profile_port)
+            ),
+            30,
+        )
 
         async def ended_after(port: int) -> tuple[grpc.aio.AioRpcError, float]:
             """How a leaderboard stream with nothing new to say ends, and after how long."""
@@ -254,7 +290,9 @@ def test_stream_limits_idle_and_maximum_lifetimes_and_drain(board: System) -> No
         async def idle_and_drain() -> tuple[grpc.aio.AioRpcError, float, grpc.aio.AioRpcError, float]:
             idle, idle_s = await ended_after(reporting_port)
             async with grpc.aio.insecure_channel(f"127.0.0.1:{profile_port}") as channel:
-                call = profile_pb2_grpc.ProfileServiceStub(channel).WatchProfileEvents(profile_pb2.WatchProfileEventsRequest())
+                call = profile_pb2_grpc.ProfileServiceStub(channel).WatchProfileEvents(
+                    profile_pb2.WatchProfileEventsRequest()
+                )
                 first = await call.read()
                 signalled = time.monotonic()
                 draining.send_signal(signal.SIGTERM)

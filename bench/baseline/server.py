@@ -28,12 +28,21 @@ class BaselineServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 30) -> None:
-        env = dict(os.environ, BASELINE_BIND=f"127.0.0.1:{self.port}", BASELINE_WORKERS=str(self.workers),
-                   BASELINE_REDIS_URL=self.redis_url)
+        env = dict(
+            os.environ,
+            BASELINE_BIND=f"127.0.0.1:{self.port}",
+            BASELINE_WORKERS=str(self.workers),
+            BASELINE_REDIS_URL=self.redis_url,
+        )
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "bench.baseline"], env=env, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "bench.baseline"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         poll_until(self._running_and_healthy, timeout_s, f"the baseline to answer (see {self.log_path})")
 
     def _running_and_healthy(self) -> bool:

@@ -157,7 +157,10 @@ def test_reads_and_counts_survive_a_primary_that_stays_dead(fresh_system: System
     with grpc.insecure_channel(f"127.0.0.1:{system.profile_port}") as channel:
         stub = profile_pb2_grpc.ProfileServiceStub(channel)
         for user in acknowledged:
-            assert stub.GetProfile(profile_pb2.GetProfileRequest(user=user), timeout=5).fields["email"] == f"{user}@example.com"
+            assert (
+                stub.GetProfile(profile_pb2.GetProfileRequest(user=user), timeout=5).fields["email"]
+                == f"{user}@example.com"
+            )
             reads_ok[user] += 1
 
     # A create on the degraded shard answers 503 at once, says why, and changes nothing.
@@ -173,7 +176,11 @@ def test_reads_and_counts_survive_a_primary_that_stays_dead(fresh_system: System
 
     # Counting across the failover: nothing stays pending, and the statistics count exactly the read
     # events the promoted primary holds; reads served just before the kill may be missing, never doubled.
-    wait_until(lambda: aggregator_settled(fresh_client, PARTITIONS), timeout_s=30, what="the aggregator to settle (nothing pending)")
+    wait_until(
+        lambda: aggregator_settled(fresh_client, PARTITIONS),
+        timeout_s=30,
+        what="the aggregator to settle (nothing pending)",
+    )
     events = read_events(fresh_client, PARTITIONS)
     uncounted = 0
     for user in acknowledged:
@@ -182,8 +189,10 @@ def test_reads_and_counts_survive_a_primary_that_stays_dead(fresh_system: System
         # A failed GET may have run (its reply was lost with the primary): it may count, once.
         assert score <= reads_ok[user] + reads_failed[user], user
         uncounted += max(0, reads_ok[user] - score)
-    print(f"reads acknowledged {sum(reads_ok.values())}, counted {sum(events[u] for u in acknowledged)}, "
-          f"served but never counted {uncounted}")
+    print(
+        f"reads acknowledged {sum(reads_ok.values())}, counted {sum(events[u] for u in acknowledged)}, "
+        f"served but never counted {uncounted}"
+    )
 
     # The dead node comes back (a person restarts it): it rejoins as a replica and creates succeed again.
     cluster.start_node(victim)

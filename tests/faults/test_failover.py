@@ -40,7 +40,9 @@ def _settled(client: RedisCluster) -> bool:
     return aggregator_settled(client, PARTITIONS)
 
 
-def test_counts_stay_exact_across_aggregator_crashes_and_a_failover(fresh_system: System, fresh_client: RedisCluster) -> None:
+def test_counts_stay_exact_across_aggregator_crashes_and_a_failover(
+    fresh_system: System, fresh_client: RedisCluster
+) -> None:
     """10,000 reads, deletes and re-creates while the aggregator is SIGKILLed and restarted and a primary fails over."""
     system = fresh_system
     run = uuid.uuid4().hex[:6]
@@ -94,8 +96,10 @@ def test_counts_stay_exact_across_aggregator_crashes_and_a_failover(fresh_system
     succeeded = Counter(o.item.split("#")[0] for o in reads if o.code == grpc.StatusCode.OK)
     unknown = Counter(o.item.split("#")[0] for o in reads if o.code.name in TOLERATED)
     churned = sum(1 for _, kind in history if kind == "delete")
-    print(f"\naggregator crashes: {len(result.ok())} calls succeeded, errors {result.error_counts()}, "
-          f"{churned} deletes and re-creates among them")
+    print(
+        f"\naggregator crashes: {len(result.ok())} calls succeeded, errors {result.error_counts()}, "
+        f"{churned} deletes and re-creates among them"
+    )
     # A read or a churn can meet a concurrent churn of the same user: NOT_FOUND, ALREADY_EXISTS.
     assert set(result.error_counts()) <= TOLERATED | {"NOT_FOUND", "ALREADY_EXISTS"}
     assert churned >= 100
@@ -108,7 +112,9 @@ def test_counts_stay_exact_across_aggregator_crashes_and_a_failover(fresh_system
         fresh_client.xgroup_destroy(keys.events_key(partition), audit)
 
 
-def test_profiles_and_statistics_survive_a_restart_of_every_node(fresh_system: System, fresh_client: RedisCluster) -> None:
+def test_profiles_and_statistics_survive_a_restart_of_every_node(
+    fresh_system: System, fresh_client: RedisCluster
+) -> None:
     """Stop all nodes, start them again from their append-only files: everything is there."""
     system = fresh_system
     run = uuid.uuid4().hex[:6]

@@ -49,8 +49,11 @@ def test_a_partition_moves_to_another_shard_under_load(fresh_system: System, fre
     source = primary_of(system.cluster, stream)
     primaries = {primary_of(system.cluster, keys.events_key(p)) for p in range(PARTITIONS)}
     target = next(index for index in sorted(primaries) if index != source)
-    users = [u for u in (f"m{uuid.uuid4().hex[:6]}-{i}" for i in range(4000))
-             if keys.partition_of(u, PARTITIONS) == PARTITION][:150]
+    users = [
+        u
+        for u in (f"m{uuid.uuid4().hex[:6]}-{i}" for i in range(4000))
+        if keys.partition_of(u, PARTITIONS) == PARTITION
+    ][:150]
 
     async def creates_while_migrating() -> list:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{system.profile_port}") as channel:
@@ -73,5 +76,7 @@ def test_a_partition_moves_to_another_shard_under_load(fresh_system: System, fre
     assert result.error_counts() == {}, result.error_counts()
     assert all(fresh_client.exists(keys.profile_key(u, PARTITIONS)) for u in users)
     # The aggregator follows the move too: every create's event is there and counted once.
-    wait_until(lambda: int(fresh_client.hget(keys.totals_key(PARTITION), "create") or 0) == len(users),
-               what="the creates on the moved partition to be counted")
+    wait_until(
+        lambda: int(fresh_client.hget(keys.totals_key(PARTITION), "create") or 0) == len(users),
+        what="the creates on the moved partition to be counted",
+    )

@@ -13,8 +13,8 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import aiohttp
 import grpc
@@ -43,7 +43,9 @@ def replicated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
 
 
 def _user_on(partition: int) -> str:
-    return next(u for i in itertools.count() if keys.partition_of(u := f"h{uuid.uuid4().hex[:6]}-{i}", PARTITIONS) == partition)
+    return next(
+        u for i in itertools.count() if keys.partition_of(u := f"h{uuid.uuid4().hex[:6]}-{i}", PARTITIONS) == partition
+    )
 
 
 def _create(stub: profile_pb2_grpc.ProfileServiceStub, partition: int) -> bool:
@@ -90,7 +92,9 @@ class Request:
     message: str = ""
 
 
-async def _steady_load(gateway: str, users: list[str], stop: asyncio.Event, done: list[Request], in_flight: list[int]) -> None:
+async def _steady_load(
+    gateway: str, users: list[str], stop: asyncio.Event, done: list[Request], in_flight: list[int]
+) -> None:
     """RATE_PER_S REST requests a second, sent on schedule whatever the answers (an open loop)."""
     paths = itertools.cycle(
         [f"/profile/{users[i % len(users)]}" for i in range(5)]
@@ -122,7 +126,9 @@ async def _steady_load(gateway: str, users: list[str], stop: asyncio.Event, done
 
 def _gateway_connected_to(system: System, port: int) -> bool:
     gateway = psutil.Process(system.processes["gateway"].pid)
-    return any(c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED for c in gateway.net_connections())
+    return any(
+        c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED for c in gateway.net_connections()
+    )
 
 
 def test_replicas_stopped_or_killed_under_steady_rest_load(replicated: System) -> None:
@@ -150,11 +156,15 @@ def test_replicas_stopped_or_killed_under_steady_rest_load(replicated: System) -
 
     # SIGTERM: the replica turns NOT_SERVING, the gateway stops sending it calls, it drains and exits.
     terminated = [system.processes[name] for name in second.values()]
-    done, terminated_at, _ = asyncio.run(scenario(lambda: [process.send_signal(signal.SIGTERM) for process in terminated]))
+    done, terminated_at, _ = asyncio.run(
+        scenario(lambda: [process.send_signal(signal.SIGTERM) for process in terminated])
+    )
     assert all(process.wait(10) == 0 for process in terminated)
     failed = [r for r in done if r.status != 200]
-    print(f"\nSIGTERM of one replica of each: {len(done)} requests, {len(failed)} failed "
-          f"{[(r.path, r.status, r.message, round(r.started - terminated_at, 3), round(r.ended - terminated_at, 3)) for r in failed]}")
+    print(
+        f"\nSIGTERM of one replica of each: {len(done)} requests, {len(failed)} failed "
+        f"{[(r.path, r.status, r.message, round(r.started - terminated_at, 3), round(r.ended - terminated_at, 3)) for r in failed]}"
+    )
     assert len(done) >= 3.5 * RATE_PER_S
     assert failed == []
 
@@ -172,9 +182,11 @@ def test_replicas_stopped_or_killed_under_steady_rest_load(replicated: System) -
     failed = [r for r in done if r.status != 200]
     noticed_at = min((r.ended for r in failed), default=killed_at)
     on_the_wire = [r for r in done if r.started < noticed_at and r.ended >= killed_at]
-    print(f"SIGKILL of one replica of each: {len(done)} requests, {len(failed)} failed, {in_flight_then} in flight at "
-          f"the kill, {len(on_the_wire)} between the kill and the gateway noticing it {(noticed_at - killed_at) * 1000:.0f} ms "
-          f"later: {[(r.path, r.status, r.message) for r in failed]}")
+    print(
+        f"SIGKILL of one replica of each: {len(done)} requests, {len(failed)} failed, {in_flight_then} in flight at "
+        f"the kill, {len(on_the_wire)} between the kill and the gateway noticing it {(noticed_at - killed_at) * 1000:.0f} ms "
+        f"later: {[(r.path, r.status, r.message) for r in failed]}"
+    )
     assert len(done) >= 3.5 * RATE_PER_S
     assert noticed_at - killed_at < 1.0
     assert len(failed) <= len(on_the_wire)
@@ -203,7 +215,9 @@ def test_a_killed_primary_is_replaced_and_writes_come_back(replicated: System, c
         promoted_after = _watch_promotion(system, victim, killed_at)
         first_read_after = first_write_after = None
         while first_write_after is None or first_read_after is None:
-            assert time.monotonic() - killed_at < WRITES_BACK_WITHIN_S, "reads and creates on the shard did not succeed again in time"
+            assert time.monotonic() - killed_at < WRITES_BACK_WITHIN_S, (
+                "reads and creates on the shard did not succeed again in time"
+            )
             if first_read_after is None:
                 try:
                     stub.GetProfile(profile_pb2.GetProfileRequest(user=reader), timeout=1)
@@ -221,8 +235,10 @@ def test_a_killed_primary_is_replaced_and_writes_come_back(replicated: System, c
     log = capsys.readouterr().err
     assert f"node 127.0.0.1:{cluster.ports[victim]} exited (code -9)" in log
     with capsys.disabled():
-        print(f"\nsupervised: kill -> promotion {promoted_after[0]:.2f} s -> first read {first_read_after:.2f} s "
-              f"-> first acknowledged create {first_write_after:.2f} s; {log.strip()}")
+        print(
+            f"\nsupervised: kill -> promotion {promoted_after[0]:.2f} s -> first read {first_read_after:.2f} s "
+            f"-> first acknowledged create {first_write_after:.2f} s; {log.strip()}"
+        )
 
 
 def test_a_killed_replica_is_replaced(replicated: System, capsys: pytest.CaptureFixture) -> None:

@@ -36,15 +36,21 @@ def test_a_stopped_shard_fails_only_its_partitions(fresh_system: System) -> None
             stub.CreateProfile(profile_pb2.CreateProfileRequest(user=user, fields={"k": "v"}), timeout=5)
 
         shard = shard_of(cluster, keys.events_key(0))
-        down = {user for user in USERS
-                if primary_of(cluster, keys.events_key(keys.partition_of(user, PARTITIONS))) == shard[0]}
+        down = {
+            user
+            for user in USERS
+            if primary_of(cluster, keys.events_key(keys.partition_of(user, PARTITIONS))) == shard[0]
+        }
         assert 0 < len(down) < len(USERS)
         for index in shard:
             cluster.stop_node(index)
 
         # Once the cluster has noticed (node timeout 2 s), the other partitions answer again.
-        wait_until(lambda: all(code == grpc.StatusCode.OK for user, code in _read_all(stub).items() if user not in down),
-                   timeout_s=30, what="the other partitions to serve")
+        wait_until(
+            lambda: all(code == grpc.StatusCode.OK for user, code in _read_all(stub).items() if user not in down),
+            timeout_s=30,
+            what="the other partitions to serve",
+        )
         codes = _read_all(stub)
         assert {codes[user] for user in down} <= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
         assert all(codes[user] == grpc.StatusCode.OK for user in USERS if user not in down)
@@ -56,7 +62,9 @@ def test_a_stopped_shard_fails_only_its_partitions(fresh_system: System) -> None
         for index in shard:
             cluster.start_node(index)
         cluster.wait_ready()
-        wait_until(lambda: set(_read_all(stub).values()) == {grpc.StatusCode.OK}, timeout_s=30, what="every partition back")
+        wait_until(
+            lambda: set(_read_all(stub).values()) == {grpc.StatusCode.OK}, timeout_s=30, what="every partition back"
+        )
     assert {name: process.pid for name, process in system.processes.items()} == pids
 
 
@@ -83,7 +91,13 @@ def test_aggregation_goes_on_for_the_other_partitions(fresh_system: System, fres
             time.sleep(1)
             # Creates, reads, deletes and re-creates, one after another, so the history is known exactly.
             for user in users:
-                for kind in ["create", *["read"] * rng.randint(0, 3), "delete", "create", *["read"] * rng.randint(0, 3)]:
+                for kind in [
+                    "create",
+                    *["read"] * rng.randint(0, 3),
+                    "delete",
+                    "create",
+                    *["read"] * rng.randint(0, 3),
+                ]:
                     _call(stub, user, kind)
                     history.append((user, kind))
             # A replica takes an entry and dies without applying it.
@@ -103,22 +117,31 @@ def test_aggregation_goes_on_for_the_other_partitions(fresh_system: System, fres
         def counted() -> bool:
             seen["pending"] = fresh_client.xpending(ghost_stream, "aggregator")["pending"]
             scores = scores_of(fresh_client, PARTITIONS, users)
-            seen["wrong"] = {user: (scores.get(user), count) for user, count in expected.items()
-                             if scores.get(user) != count}
+            seen["wrong"] = {
+                user: (scores.get(user), count) for user, count in expected.items() if scores.get(user) != count
+            }
             return seen["pending"] == 0 and not seen["wrong"]
 
         # Reclaimed once idle for one claim interval, by a round every quarter of it: about 2.5 s here,
         # which the test prints. It allows three intervals so that a loaded machine doesn't fail it.
         try:
-            wait_until(counted, timeout_s=max(0.1, taken_at + 3 * claim_idle_s - time.monotonic()),
-                       what="the entry the dead replica held to be reclaimed and everything counted")
+            wait_until(
+                counted,
+                timeout_s=max(0.1, taken_at + 3 * claim_idle_s - time.monotonic()),
+                what="the entry the dead replica held to be reclaimed and everything counted",
+            )
         except AssertionError as error:
             raise AssertionError(f"{error}; last seen: {seen}") from None
-        print(f"\nreclaimed and counted {time.monotonic() - taken_at:.2f} s after the replica took the entry "
-              f"({(time.monotonic() - taken_at) / claim_idle_s:.2f} claim intervals)")
+        print(
+            f"\nreclaimed and counted {time.monotonic() - taken_at:.2f} s after the replica took the entry "
+            f"({(time.monotonic() - taken_at) / claim_idle_s:.2f} claim intervals)"
+        )
         # Trimming goes on: each healthy partition keeps at most its last delivered entry.
-        wait_until(lambda: all(fresh_client.xlen(keys.events_key(p)) <= 1 for p in healthy), timeout_s=10,
-                   what="the healthy partitions' streams to be trimmed")
+        wait_until(
+            lambda: all(fresh_client.xlen(keys.events_key(p)) <= 1 for p in healthy),
+            timeout_s=10,
+            what="the healthy partitions' streams to be trimmed",
+        )
 
         for index in shard:
             cluster.start_node(index)

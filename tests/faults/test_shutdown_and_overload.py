@@ -47,7 +47,9 @@ def test_sigterm_under_load_fails_no_in_flight_call(fresh_system: System) -> Non
             async def watch_health() -> None:
                 try:
                     async for reply in health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest()):
-                        health_changes.append((time.monotonic(), health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)))
+                        health_changes.append(
+                            (time.monotonic(), health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+                        )
                 except grpc.aio.AioRpcError:
                     pass  # the server went away
 
@@ -58,7 +60,9 @@ def test_sigterm_under_load_fails_no_in_flight_call(fresh_system: System) -> Non
             stop = asyncio.Event()
             reads = (f"{users[i % 20]}#{i}" for i in itertools.count())
             result = LoadResult()
-            load = asyncio.create_task(closed_loop(itertools.takewhile(lambda _: not stop.is_set(), reads), read, 16, result))
+            load = asyncio.create_task(
+                closed_loop(itertools.takewhile(lambda _: not stop.is_set(), reads), read, 16, result)
+            )
             await asyncio.sleep(1.0)
             terminated_at = time.monotonic()
             process.send_signal(signal.SIGTERM)
@@ -83,7 +87,10 @@ def test_sigterm_under_load_fails_no_in_flight_call(fresh_system: System) -> Non
     assert all(o.code == grpc.StatusCode.OK for o in started_before), result.error_counts()
     # Calls made after SIGTERM are served (drain) or refused; a refused call did nothing, as the count shows.
     assert set(result.error_counts()) <= {"UNAVAILABLE", "CANCELLED"}
-    wait_until(lambda: sum(_reads_of(system, user) for user in users) == len(result.ok()), what="exactly the served reads counted")
+    wait_until(
+        lambda: sum(_reads_of(system, user) for user in users) == len(result.ok()),
+        what="exactly the served reads counted",
+    )
     assert exit_code == 0
     not_serving = [at for at, status in health_changes if status == "NOT_SERVING" and at >= terminated_at]
     assert not_serving, health_changes

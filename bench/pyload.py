@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import os
 import subprocess
 import sys
 import time
@@ -144,7 +145,6 @@ def run_pyload(
                 "-m",
                 "bench.pyload",
                 kind,
-                target,
                 prefix,
                 str(count),
                 str(share),
@@ -155,6 +155,8 @@ def run_pyload(
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
+            # The target may be a cluster URL with credentials: the environment, not the command line.
+            env={**os.environ, "PYLOAD_TARGET": target},
         )
         for share in shares
     ]
@@ -196,7 +198,8 @@ def run_pyload(
 
 
 if __name__ == "__main__":
-    kind, target, prefix, count, concurrency, duration_s, warmup_s, partitions = sys.argv[1:9]
+    kind, prefix, count, concurrency, duration_s, warmup_s, partitions = sys.argv[1:8]
+    target = os.environ["PYLOAD_TARGET"]
     result = asyncio.run(
         _child(kind, target, prefix, int(count), int(concurrency), float(duration_s), float(warmup_s), int(partitions))
     )

@@ -85,6 +85,14 @@ class LocalCluster:
         return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.ports[0]}"
 
     @property
+    def admin_url(self) -> str:
+        """The URL with the admin's credentials in it: only for benchmark tools on their own throwaway cluster
+        (they pass URLs between processes); never logged. Everything else passes credentials as arguments."""
+        password = self.password(acl.ADMIN_USER)
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://{acl.ADMIN_USER}:{password}@127.0.0.1:{self.ports[0]}"
+
+    @property
     def secrets_dir(self) -> Path:
         return self.data_dir / "secrets"
 

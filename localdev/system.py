@@ -90,8 +90,11 @@ class System:
     def client_settings(self, component: str | None = None) -> Settings:
         """Settings for a client of this system: `component`'s cluster user (None: the admin), and the
         gRPC certificate of `localdev` (health checks, tests, the profilemesh command)."""
-        env = {**self.cluster.user_env(component), **self.grpc_env("localdev")}
-        return settings_from(self.env(**env))
+        return settings_from(self.client_env(component))
+
+    def client_env(self, component: str | None = None) -> dict[str, str]:
+        """The environment of a client process (the profilemesh command) as `component`'s user or the admin."""
+        return self.env(**self.cluster.user_env(component), **self.grpc_env("localdev"))
 
     def grpc_channel(self, port: int) -> grpc.Channel:
         return grpc_tls.sync_channel(f"127.0.0.1:{port}", self._client)

@@ -11,7 +11,6 @@ from redis._parsers.commands import AsyncCommandsParser
 
 from common import keys
 from common.cluster import Cluster
-from common.config import Settings
 from common.redis_internals import stream_keys
 from localdev.system import System
 
@@ -47,7 +46,7 @@ def test_stream_reads_neither_ask_the_default_node_nor_relearn_the_command_table
     stream = keys.events_key(3)
 
     async def read_refresh_read() -> None:
-        cluster = Cluster(Settings(redis_url=system.cluster.url, partitions=16))
+        cluster = Cluster(system.client_settings("aggregator_svc"))
         try:
             client = await cluster.connected()
             for _ in range(2):

@@ -25,6 +25,7 @@ test: $(GEN) $(CLI) wrk browser prometheus tls-server
 
 bench: $(GEN) wrk tls-server
 	$(PY) -m bench.run
+	$(PY) -m bench.security
 
 # Prometheus (and promtool), for the tests and `PROFILEMESH_PROMETHEUS=1 make run`: a Debian package.
 prometheus:

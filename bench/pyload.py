@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import os
+import random
 import subprocess
 import sys
 import time
@@ -28,13 +28,14 @@ Call = Callable[[int, int], Awaitable[None]]  # (worker index, user index)
 
 
 async def _grpc_calls(target: str, users: list[str], concurrency: int) -> tuple[Call, Callable[[], Awaitable[None]]]:
-    import grpc
-
+    from common import grpc_tls
+    from common.config import Settings
     from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 
+    settings = Settings.from_env()  # plaintext, or mutual TLS when PROFILEMESH_GRPC_* say so
     # A local subchannel pool gives each channel its own TCP connection.
     channels = [
-        grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+        grpc_tls.aio_channel(target, settings, options=[("grpc.use_local_subchannel_pool", 1)])
         for _ in range(min(concurrency, MAX_CONNECTIONS))
     ]
     stubs = [profile_pb2_grpc.ProfileServiceStub(channel) for channel in channels]
@@ -131,6 +132,7 @@ def run_pyload(
     partitions: int,
     processes: int = 1,
     on_start: Callable[[], object] | None = None,
+    env: dict[str, str] | None = None,
 ) -> LoadResult:
     """Run `processes` generator processes sharing `concurrency` workers; blocks until they end.
 
@@ -156,7 +158,8 @@ def run_pyload(
             stdout=subprocess.PIPE,
             text=True,
             # The target may be a cluster URL with credentials: the environment, not the command line.
-            env={**os.environ, "PYLOAD_TARGET": target},
+            # env: e.g. PROFILEMESH_GRPC_* for mutual TLS (common/grpc_tls.py).
+            env={**os.environ, **(env or {}), "PYLOAD_TARGET": target},
         )
         for share in shares
     ]

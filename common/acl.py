@@ -68,7 +68,10 @@ def acl_file(passwords: dict[str, str], waitaof: bool = True) -> str:
 
     `passwords` maps user name to password for every component's user, the admin and replication.
     """
-    lines = ["user default off resetkeys resetchannels -@all"]
+    # `off` is what refuses every connection that does not log in as one of the users below. The default
+    # user keeps its permissions: the server replays MULTI/EXEC blocks from the append-only file as the
+    # default user and re-checks them, so without them a restart silently drops every script's writes.
+    lines = ["user default off nopass ~* &* +@all"]
     for component, user in USERS.items():
         lines.append(f"user {user} on #{password_hash(passwords[user])} resetchannels {rules(component, waitaof)}")
     lines.append(f"user {ADMIN_USER} on #{password_hash(passwords[ADMIN_USER])} {_ADMIN}")

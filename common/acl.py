@@ -81,3 +81,8 @@ def acl_file(passwords: dict[str, str], waitaof: bool = True) -> str:
 
 def all_users() -> list[str]:
     return [*USERS.values(), ADMIN_USER, REPLICATION_USER]
+
+
+if __name__ == "__main__":  # `python -m common.acl`: the MemoryDB access strings, as the README gives them
+    for component_name, user_name in USERS.items():
+        print(f"{user_name}: on {rules(component_name)}")

@@ -91,6 +91,8 @@ class Settings:
     grpc_cert_file: str = ""
     grpc_key_file: str = ""
     grpc_ca_file: str = ""
+    # Which client identities (certificate CN or SAN) may call which methods; see common/grpc_tls.py.
+    grpc_allowed_clients: str = ""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -146,6 +148,7 @@ class Settings:
             grpc_cert_file=_env_str("PROFILEMESH_GRPC_CERT_FILE", ""),
             grpc_key_file=_env_str("PROFILEMESH_GRPC_KEY_FILE", ""),
             grpc_ca_file=_env_str("PROFILEMESH_GRPC_CA_FILE", ""),
+            grpc_allowed_clients=_env_str("PROFILEMESH_GRPC_ALLOWED_CLIENTS", ""),
         )
         if settings.durability not in DURABILITY_LEVELS:
             raise SystemExit(

@@ -7,7 +7,8 @@ certificate everything is plaintext, as in `make run`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,3 +62,77 @@ def sync_channel(target: str, settings: Settings, options: Sequence[tuple[str, A
     if credentials is None:
         return grpc.insecure_channel(target, options=list(options))
     return grpc.secure_channel(target, credentials, options=list(options))
+
+
+def parse_allowed_clients(text: str) -> dict[str, frozenset[str]]:
+    """`/pkg.Service/Method=gateway,localdev;/pkg.Service/=gateway`: method or service prefix -> identities.
+
+    Raises ValueError naming the rule that is not of that form.
+    """
+    rules: dict[str, frozenset[str]] = {}
+    for rule in filter(None, (part.strip() for part in text.split(";"))):
+        prefix, sep, names = rule.partition("=")
+        identities = frozenset(name.strip() for name in names.split(",") if name.strip())
+        if not sep or not prefix.startswith("/") or not identities:
+            raise ValueError(f"PROFILEMESH_GRPC_ALLOWED_CLIENTS: {rule!r} is not /service/method=identity,identity")
+        rules[prefix.strip()] = identities
+    return rules
+
+
+def peer_identities(context: grpc.aio.ServicerContext) -> set[str]:
+    """The verified client certificate's common name and subject alternative names."""
+    auth = context.auth_context()
+    values = [*auth.get("x509_common_name", []), *auth.get("x509_subject_alternative_name", [])]
+    return {value.decode() if isinstance(value, bytes) else str(value) for value in values}
+
+
+class AllowedClients(grpc.aio.ServerInterceptor):
+    """Only the listed client identities may call a method that a rule covers (the longest prefix wins);
+    methods no rule covers are open to every client the CA signed. Refusals are PERMISSION_DENIED."""
+
+    def __init__(self, rules: dict[str, frozenset[str]]) -> None:
+        self.rules = rules
+
+    def allowed(self, method: str) -> frozenset[str] | None:
+        matching = [prefix for prefix in self.rules if method.startswith(prefix)]
+        return self.rules[max(matching, key=len)] if matching else None
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        allowed = self.allowed(details.method)
+        if handler is None or allowed is None:
+            return handler
+        method = details.method
+
+        async def refuse_strangers(context: grpc.aio.ServicerContext) -> None:
+            identities = peer_identities(context)
+            if not identities & allowed:
+                names = context.auth_context().get("x509_common_name", [])
+                who = names[0].decode() if names else "a client without a certificate"
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{who} may not call {method}")
+
+        if handler.unary_unary is not None:
+            unary = handler.unary_unary
+
+            async def guarded_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                await refuse_strangers(context)
+                return await unary(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(
+                guarded_unary, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_stream is not None and not inspect.isasyncgenfunction(handler.unary_stream):
+            stream = handler.unary_stream
+
+            async def guarded_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                await refuse_strangers(context)
+                return await stream(request, context)
+
+            return grpc.unary_stream_rpc_method_handler(
+                guarded_stream, handler.request_deserializer, handler.response_serializer
+            )
+        raise ValueError(f"PROFILEMESH_GRPC_ALLOWED_CLIENTS covers {method}, whose kind of handler it can't guard")

@@ -161,8 +161,20 @@ async def serve(listen: str, cluster: Cluster, build: Callable[[grpc.aio.Server]
     ``build`` adds the servicers and says what the process serves. On a signal,
     health turns NOT_SERVING first, so load balancers stop sending before the listener closes.
     """
+    settings = cluster.settings
+    try:
+        allowed_clients = grpc_tls.parse_allowed_clients(settings.grpc_allowed_clients)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+    if allowed_clients and not settings.grpc_ca_file:
+        raise SystemExit(
+            "PROFILEMESH_GRPC_ALLOWED_CLIENTS needs PROFILEMESH_GRPC_CA_FILE: identities come from client certificates"
+        )
+    interceptors: list[grpc.aio.ServerInterceptor] = [ObservingInterceptor()]
+    if allowed_clients:
+        interceptors.append(grpc_tls.AllowedClients(allowed_clients))
     server = grpc.aio.server(
-        interceptors=[ObservingInterceptor()],
+        interceptors=interceptors,
         # Beyond this many calls in flight, new ones get RESOURCE_EXHAUSTED at once instead of queueing.
         # gRPC refuses them before any Python runs, so the servers can't count them: callers see them
         # (the gateway as 429s in profilemesh_http_requests_total).

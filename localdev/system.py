@@ -27,6 +27,13 @@ SERVICES = ("profile_svc", "reporting_svc", "aggregator_svc", "gateway")
 REPLICAS_VARIABLE = "PROFILEMESH_REPLICAS"
 
 
+# With mutual TLS, only the gateway and localdev (the profilemesh command, tests) may change profiles.
+PROFILE_CHANGES_ALLOWED = ";".join(
+    f"/profilemesh.profile.v1.ProfileService/{method}=gateway,localdev"
+    for method in ("CreateProfile", "UpdateProfile", "DeleteProfile")
+)
+
+
 def replicas_from_env() -> int:
     raw = os.environ.get(REPLICAS_VARIABLE) or "1"
     if not raw.isdigit() or not 1 <= int(raw) <= 16:
@@ -81,11 +88,14 @@ class System:
         if not self.grpc_tls:
             return {}
         identity = self.cluster.identity(name)
-        return {
+        env = {
             "PROFILEMESH_GRPC_CERT_FILE": str(identity.cert),
             "PROFILEMESH_GRPC_KEY_FILE": str(identity.key),
             "PROFILEMESH_GRPC_CA_FILE": str(self.cluster.ca_file),
         }
+        if name == "profile_svc":
+            env["PROFILEMESH_GRPC_ALLOWED_CLIENTS"] = PROFILE_CHANGES_ALLOWED
+        return env
 
     def client_settings(self, component: str | None = None) -> Settings:
         """Settings for a client of this system: `component`'s cluster user (None: the admin), and the

@@ -22,6 +22,7 @@ from localdev import certs
 from localdev.ports import free_ports
 from localdev.system import System, on_free_ports
 from localdev.waiting import poll_until
+from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 from tests.conftest import TEST_SETTINGS
 from tests.test_seed_walkthrough import walk_through
 
@@ -73,6 +74,27 @@ def test_services_refuse_clients_without_a_certificate_the_ca_signed(secured: Sy
         credentials = grpc.ssl_channel_credentials(ca, own.key.read_bytes(), own.cert.read_bytes())
         with grpc.secure_channel(address, credentials) as channel:
             assert _health(channel) == "SERVING", name
+
+
+def test_only_the_gateway_and_localdev_may_change_profiles(secured: System) -> None:
+    """PROFILEMESH_GRPC_ALLOWED_CLIENTS: a client the CA signed, but not named in the rule, may read only."""
+    intruder = secured.cluster.identity("intruder")
+    credentials = grpc.ssl_channel_credentials(
+        secured.cluster.ca_file.read_bytes(), intruder.key.read_bytes(), intruder.cert.read_bytes()
+    )
+    with grpc.secure_channel(f"127.0.0.1:{secured.profile_port}", credentials) as channel:
+        stub = profile_pb2_grpc.ProfileServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.CreateProfile(profile_pb2.CreateProfileRequest(user="intruded", fields={"a": "b"}), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "intruder may not call /profilemesh.profile.v1.ProfileService/CreateProfile" in refused.value.details()
+        with pytest.raises(grpc.RpcError) as missing:
+            stub.GetProfile(profile_pb2.GetProfileRequest(user="intruded"), timeout=5)
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND  # reads are open; the create changed nothing
+    with secured.grpc_channel(secured.profile_port) as channel:  # localdev's certificate: allowed
+        stub = profile_pb2_grpc.ProfileServiceStub(channel)
+        stub.CreateProfile(profile_pb2.CreateProfileRequest(user="allowed", fields={"a": "b"}), timeout=5)
+        assert stub.GetProfile(profile_pb2.GetProfileRequest(user="allowed"), timeout=5).fields == {"a": "b"}
 
 
 def test_the_cluster_refuses_plaintext_clients(secured: System) -> None:

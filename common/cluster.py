@@ -12,7 +12,7 @@ from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from common import keys, metrics, tracing
 from common.config import Settings
@@ -22,6 +22,10 @@ from common.redis_internals import keep_command_table
 log = logging.getLogger(__name__)
 _commands = metrics.children(metrics.CLUSTER_COMMANDS)
 _errors = metrics.children(metrics.CLUSTER_ERRORS)
+
+# What the client raises when the cluster fails under a command: a loop waits these out, a call answers
+# UNAVAILABLE. RedisClusterException (e.g. no node reachable) is not a RedisError; TimeoutError is an OSError.
+CLUSTER_FAILURES: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError)
 
 
 class Cluster:

@@ -6,11 +6,13 @@ loudly if an upgrade changes what is relied on here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from redis._parsers.commands import AsyncCommandsParser
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 
 def keep_command_table(client: RedisCluster) -> None:
@@ -58,3 +60,17 @@ def stream_keys(args: Sequence[Any]) -> list[Any] | None:
         return None
     streams_and_ids = list(args[upper.index("STREAMS", first_option) + 1 :])
     return streams_and_ids[: len(streams_and_ids) // 2]
+
+
+@contextlib.asynccontextmanager
+async def closed_under_command() -> AsyncIterator[None]:
+    """Report a connection closed under a running command as the ConnectionError it is.
+
+    redis-py 8.1 raises AttributeError or TypeError instead when a connection is closed under a running
+    command, as happens to the aggregator's parallel blocking reads when the cluster comes back. Used only
+    around the call that meets it, so the same errors anywhere else still surface as the bugs they are.
+    """
+    try:
+        yield
+    except (AttributeError, TypeError) as error:
+        raise RedisConnectionError(f"connection closed under a running command: {error!r}") from error

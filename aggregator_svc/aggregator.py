@@ -26,16 +26,13 @@ from common.redis_internals import closed_under_command
 log = logging.getLogger(__name__)
 
 SCRIPTS = Path(__file__).parent / "scripts"
+APPLY_SCRIPT = SCRIPTS / "apply_events.lua"
+TRIM_SCRIPT = SCRIPTS / "trim_acknowledged.lua"
 RETRY_S = 0.5
 # Consumers with nothing pending and idle this long (a crashed or retired replica) are removed.
 FORGET_CONSUMER_AFTER_MS = 10 * 60 * 1000
 
 Entry = tuple[bytes, dict[bytes, bytes]]
-
-
-def script_source(name: str) -> str:
-    """A script of scripts/ with the helpers it shares (Redis scripts can't import one another)."""
-    return (SCRIPTS / "helpers.lua").read_text() + "\n" + (SCRIPTS / name).read_text()
 
 
 def apply_keys(partition: int) -> list[str]:
@@ -68,8 +65,8 @@ class Aggregator:
         self.partitions = range(settings.partitions)
         # A blocking read must return before the client's socket timeout fires.
         self.block_ms = max(settings.redis_timeout_ms // 2, 10)
-        self._apply = cluster.script(SCRIPTS / "apply_events.lua", script_source("apply_events.lua"))
-        self._trim = cluster.script(SCRIPTS / "trim_acknowledged.lua", script_source("trim_acknowledged.lua"))
+        self._apply = cluster.script(APPLY_SCRIPT)
+        self._trim = cluster.script(TRIM_SCRIPT)
 
     async def run(self) -> None:
         """Consume every partition until cancelled."""

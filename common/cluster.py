@@ -18,6 +18,7 @@ from common import keys, metrics, tracing
 from common.config import Settings
 from common.errors import PartitionMismatch
 from common.redis_internals import keep_command_table
+from common.scripts import script_source
 
 log = logging.getLogger(__name__)
 _commands = metrics.children(metrics.CLUSTER_COMMANDS)
@@ -88,9 +89,9 @@ class Cluster:
                 _errors(type(error).__name__).inc()
                 raise
 
-    def script(self, path: Path, source: str | None = None) -> AsyncScript:
-        """A script from a .lua file (or `source`, named after the file); run by SHA, loaded on first use."""
-        script = self.client.register_script(source if source is not None else path.read_text())
+    def script(self, path: Path) -> AsyncScript:
+        """A script from a .lua file (with its helpers, see common/scripts.py); run by SHA, loaded on first use."""
+        script = self.client.register_script(script_source(path))
         self.script_names[script.sha] = path.stem
         return script
 

@@ -98,7 +98,9 @@ class Cluster:
     def name_of(self, script: AsyncScript) -> str:
         return self.script_names.get(script.sha, "script")
 
-    async def run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    @asynccontextmanager
+    async def scripting(self, script: AsyncScript) -> AsyncIterator[RedisCluster]:
+        """The client, for running `script` within the bound: counted, and traced when tracing is on."""
         name = self.name_of(script)
         # With tracing off, no span and not even its arguments are made: this is every script's path.
         span = (
@@ -110,7 +112,11 @@ class Cluster:
         )
         with span:
             async with self.bounded("script", name) as client:
-                return await script(keys=list(keys), args=list(args), client=client)
+                yield client
+
+    async def run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        async with self.scripting(script) as client:
+            return await script(keys=list(keys), args=list(args), client=client)
 
     async def ping(self) -> bool:
         """Whether any primary answers; used for gRPC health.

@@ -7,12 +7,10 @@ docs/architecture.md, and check that the gateway turns each status into the HTTP
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 import pytest
-from google.protobuf.message import Message
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from redis.cluster import RedisCluster
 
 from common import keys
@@ -20,7 +18,7 @@ from localdev.system import System
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 from profilemesh.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from tests.conftest import PARTITIONS, events_of
-from tests.helpers import http_call, wait_until
+from tests.helpers import http_call, status_details, wait_until
 
 TIMEOUT_S = 5
 AGGREGATOR_GROUP = "aggregator"  # Settings.aggregator_group; the test settings keep the default
@@ -220,19 +218,11 @@ def test_gateway_maps_statuses_to_http(system: System, unique: str) -> None:
     assert status == 400 and "limit must be an integer from 1 to 1000" in body["message"]
 
 
-def rich_status(call: Callable[[], object]) -> tuple[grpc.StatusCode, dict[str, Message]]:
+def rich_status(call: Callable[[], object]) -> tuple[grpc.StatusCode, dict[str, Any]]:
     """The status of a failing call and its google.rpc details, by type name."""
     with pytest.raises(grpc.RpcError) as caught:
         call()
-    status = rpc_status.from_call(caught.value)  # type: ignore[arg-type]  # a failed unary call is a grpc.Call
-    assert status is not None, "the error carries no google.rpc.Status"
-    details: dict[str, Message] = {}
-    for packed in status.details:
-        for kind in (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest):
-            if packed.Is(kind.DESCRIPTOR):
-                details[kind.DESCRIPTOR.name] = kind()
-                packed.Unpack(details[kind.DESCRIPTOR.name])
-    return caught.value.code(), details  # type: ignore[attr-defined]
+    return caught.value.code(), status_details(caught.value)  # type: ignore[attr-defined]
 
 
 def test_errors_carry_reason_and_field_violations(

@@ -13,8 +13,6 @@ from typing import Any
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from common.cluster import Cluster
 from common.config import Settings
@@ -28,6 +26,7 @@ from profilemesh.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from reporting_svc.reports import Reports
 from reporting_svc.servicer import ReportingServicer
 from reporting_svc.watch import Leaderboard
+from tests.helpers import status_details
 
 TIMEOUT_S = 5
 
@@ -67,16 +66,7 @@ async def failure(call: Callable[[], Awaitable[Any]]) -> tuple[grpc.StatusCode, 
     """The code, message and google.rpc details (ErrorInfo, BadRequest) of a call that must fail."""
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call()
-    error = caught.value
-    status = rpc_status.from_call(error)
-    assert status is not None, "no google.rpc.Status in the trailers"
-    details: dict[str, Any] = {}
-    for packed in status.details:
-        for kind in (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest):
-            if packed.Is(kind.DESCRIPTOR):
-                details[kind.DESCRIPTOR.name] = kind()
-                packed.Unpack(details[kind.DESCRIPTOR.name])
-    return error.code(), error.details() or "", details
+    return caught.value.code(), caught.value.details() or "", status_details(caught.value)
 
 
 async def first_message(stream: grpc.aio.UnaryStreamCall) -> Any:

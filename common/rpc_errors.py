@@ -88,7 +88,7 @@ class StreamProgress:
 
     method: str
     resume_token: str = ""
-    sent: int = 0
+    sent: int = 0  # messages with something in them (heartbeats aside)
 
 
 @contextlib.asynccontextmanager

@@ -131,8 +131,7 @@ class Aggregator:
 
     async def _read(self, client: RedisCluster, stream: str, after: str, block_ms: int | None = None) -> Any:
         """XREADGROUP: the entries pending for us ("0") or new ones (">"), waiting up to block_ms for new ones."""
-        # The partitions' reads run in parallel on connections outside the bound; when the cluster comes back,
-        # one closed under a read fails in redis-py's internals rather than with a ConnectionError.
+        # Outside the bound (Cluster.bounded), so it says itself that a connection closed under it is a failure.
         async with closed_under_command():
             return await client.xreadgroup(self.group, self.consumer, {stream: after}, count=self.batch, block=block_ms)
 

@@ -17,7 +17,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from common import keys, metrics, tracing
 from common.config import Settings
 from common.errors import PartitionMismatch
-from common.redis_internals import keep_command_table
+from common.redis_internals import closed_under_command, keep_command_table
 from common.scripts import script_source
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,8 @@ class Cluster:
         _commands(kind, name).inc()
         async with self.limit:
             try:
-                yield await self.connected()
+                async with closed_under_command():
+                    yield await self.connected()
             except Exception as error:
                 _errors(type(error).__name__).inc()
                 raise

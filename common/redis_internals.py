@@ -68,14 +68,27 @@ def stream_keys(args: Sequence[Any]) -> list[Any] | None:
 async def closed_under_command() -> AsyncIterator[None]:
     """Report a connection closed under a running command as the ConnectionError it is.
 
-    redis-py 8.1 raises AttributeError or TypeError instead when a connection is closed under a running
-    command, as happens to the aggregator's parallel blocking reads when the cluster comes back. Used only
-    around the call that meets it, so the same errors anywhere else still surface as the bugs they are.
+    redis-py 8.1 raises AttributeError or TypeError instead when a connection is closed under a command
+    (its writer or reader is already None: `'NoneType' object has no attribute 'writelines'`), as happens
+    to concurrent commands when the cluster comes back. Only errors raised inside redis-py itself are
+    converted: the same errors from our own code are bugs, and surface as such.
     """
     try:
         yield
     except (AttributeError, TypeError) as error:
+        if not _raised_in_redis(error):
+            raise
         raise RedisConnectionError(f"connection closed under a running command: {error!r}") from error
+
+
+def _raised_in_redis(error: BaseException) -> bool:
+    """Whether the innermost frame of the error's traceback is redis-py's code."""
+    trace = error.__traceback__
+    if trace is None:
+        return False
+    while trace.tb_next is not None:
+        trace = trace.tb_next
+    return str(trace.tb_frame.f_globals.get("__name__", "")).startswith("redis.")
 
 
 _BROKEN = (RedisConnectionError, RedisTimeoutError, OSError)

@@ -28,6 +28,7 @@ import grpc
 from common import keys
 from common.cluster import CLUSTER_FAILURES, Cluster
 from common.errors import InvalidArgument, ServiceError
+from common.redis_internals import closed_under_command
 from common.stream_ids import StreamId, format_id, parse_id
 from common.streams import StreamClock
 from common.validation import check_user
@@ -40,6 +41,7 @@ RETRY_S = 0.5
 MAX_USERS = 100
 CHANGES = ("create", "update", "delete")
 TOKEN_PREFIX = "v1."
+
 
 @dataclass(frozen=True)
 class Event:
@@ -273,7 +275,10 @@ class EventsFeed:
                 # Blocking reads hold a connection for up to block_ms; they bypass the concurrency
                 # bound (the client keeps a connection for each partition beyond it).
                 client = await self.cluster.connected()
-                reply = await client.xread({stream: format_id(self.tail[partition])}, count=PAGE, block=self.block_ms)
+                async with closed_under_command():  # outside the bound, so it converts a closed connection itself
+                    reply = await client.xread(
+                        {stream: format_id(self.tail[partition])}, count=PAGE, block=self.block_ms
+                    )
             except CLUSTER_FAILURES as error:
                 log.warning("events tail of partition %d: cluster unavailable: %r", partition, error)
                 await asyncio.sleep(RETRY_S)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 
 import pytest
+from redis.asyncio.connection import Connection
 from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from common import keys
 from common.addresses import parse_listen
 from common.errors import InvalidArgument
-from common.redis_internals import stream_keys
+from common.redis_internals import closed_under_command, stream_keys
 from common.stream_ids import format_id, parse_id
 from common.validation import MAX_FIELDS, check_fields, check_user
 
@@ -134,3 +137,25 @@ def test_invalid_fields_name_the_field(fields: dict[str, str], field: str, says:
 
 def test_valid_fields_are_returned_as_a_dict() -> None:
     assert check_fields({"email": "a@b", "bio": "x" * 4096}) == {"email": "a@b", "bio": "x" * 4096}
+
+
+def test_a_connection_closed_under_a_command_is_a_connection_error() -> None:
+    """redis-py's own AttributeError on a torn-down connection becomes the ConnectionError it means."""
+
+    async def send_on_a_closed_connection() -> None:
+        async with closed_under_command():
+            await Connection(port=1)._send_packed_command([b"PING"])  # its writer is None: never connected
+
+    with pytest.raises(RedisConnectionError, match="connection closed under a running command") as caught:
+        asyncio.run(send_on_a_closed_connection())
+    assert isinstance(caught.value.__cause__, AttributeError)
+
+
+@pytest.mark.parametrize("bug", [AttributeError("ours"), TypeError("ours too")])
+def test_the_same_errors_from_our_own_code_stay_bugs(bug: Exception) -> None:
+    async def buggy() -> None:
+        async with closed_under_command():
+            raise bug
+
+    with pytest.raises(type(bug)):
+        asyncio.run(buggy())

@@ -20,7 +20,11 @@ PREFIX = "PROFILEMESH_"
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class StartupError(Exception):
+    """The process can't start as it is set up; the message says what to change. Its __main__ exits with it."""
+
+
+class ConfigError(StartupError, ValueError):
     """A setting has a value it can't take; the message names the variable and what it takes."""
 
 

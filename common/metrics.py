@@ -14,6 +14,7 @@ from typing import TypeVar
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics, start_http_server
 
 from common.addresses import parse_listen
+from common.config import StartupError
 
 log = logging.getLogger(__name__)
 disable_created_metrics()  # no `_created` series beside every counter: nothing here reads them
@@ -109,11 +110,8 @@ def serve_metrics(listen: str) -> None:
         host, port = parse_listen(listen)
         start_http_server(port, addr=host)
     except (OSError, ValueError) as error:
-        log.critical(
-            "cannot serve metrics on %r: %s (set this component's PROFILEMESH_..._METRICS_LISTEN "
-            "to a free host:port, or off)",
-            listen,
-            error,
-        )
-        raise SystemExit(1) from None
+        raise StartupError(
+            f"cannot serve metrics on {listen!r}: {error} (set this component's PROFILEMESH_..._METRICS_LISTEN "
+            "to a free host:port, or off)"
+        ) from None
     log.info("metrics on http://%s/metrics", listen)

@@ -17,7 +17,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from common.cluster import CLUSTER_FAILURES, Cluster
-from common.config import Settings
+from common.config import Settings, StartupError
 from common.interceptors import ObservingInterceptor
 from common.logs import setup_logging
 from common.metrics import serve_metrics
@@ -68,7 +68,7 @@ async def _bind(server: grpc.aio.Server, listen: str) -> None:
             return
         except RuntimeError:
             if waited >= BIND_WAIT_S:
-                raise SystemExit(f"cannot listen on {listen}: the port is in use") from None
+                raise StartupError(f"cannot listen on {listen}: the port is in use") from None
             if waited % 10 == 0:
                 log.warning(
                     "cannot listen on %s yet (in use, or held by a closed connection in TIME_WAIT); waiting up to %d s",

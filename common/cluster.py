@@ -15,13 +15,18 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import AuthenticationError, NoPermissionError, RedisClusterException, RedisError
 
 from common import keys, metrics, tracing
-from common.config import Settings
+from common.config import Settings, StartupError
 from common.errors import PartitionMismatch
-from common.redis_internals import keep_command_table
+from common.redis_internals import closed_under_command, keep_command_table
+from common.scripts import script_source
 
 log = logging.getLogger(__name__)
 _commands = metrics.children(metrics.CLUSTER_COMMANDS)
 _errors = metrics.children(metrics.CLUSTER_ERRORS)
+
+# What the client raises when the cluster fails under a command: a loop waits these out, a call answers
+# UNAVAILABLE. RedisClusterException (e.g. no node reachable) is not a RedisError; TimeoutError is an OSError.
+CLUSTER_FAILURES: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError)
 
 
 def connection_options(settings: Settings) -> dict[str, Any]:
@@ -43,7 +48,7 @@ def connection_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
-class CredentialsRefused(Exception):
+class CredentialsRefused(StartupError):
     """The cluster refused this process's user or password: no retry will help."""
 
 
@@ -117,33 +122,38 @@ class Cluster:
         _commands(kind, name).inc()
         async with self.limit:
             try:
-                yield await self.connected()
+                async with closed_under_command():
+                    yield await self.connected()
             except Exception as error:
                 _errors(type(error).__name__).inc()
                 raise
 
-    def script(self, path: Path, source: str | None = None) -> AsyncScript:
-        """A script from a .lua file (or `source`, named after the file); run by SHA, loaded on first use."""
-        script = self.client.register_script(source if source is not None else path.read_text())
+    def script(self, path: Path) -> AsyncScript:
+        """A script from a .lua file (with its helpers, see common/scripts.py); run by SHA, loaded on first use."""
+        script = self.client.register_script(script_source(path))
         self.script_names[script.sha] = path.stem
         return script
 
     def name_of(self, script: AsyncScript) -> str:
         return self.script_names.get(script.sha, "script")
 
-    async def run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    @asynccontextmanager
+    async def scripting(self, script: AsyncScript) -> AsyncIterator[RedisCluster]:
+        """The client, for running `script` within the bound: counted, and traced when tracing is on."""
         name = self.name_of(script)
         # With tracing off, no span and not even its arguments are made: this is every script's path.
         span = (
-            tracing.span(
-                f"script {name}", tracing.trace.SpanKind.CLIENT, **{"db.system": "redis", "db.operation": name}
-            )
+            tracing.span(f"script {name}", tracing.SpanKind.CLIENT, **{"db.system": "redis", "db.operation": name})
             if tracing.ENABLED
             else contextlib.nullcontext()
         )
         with span:
             async with self.bounded("script", name) as client:
-                return await script(keys=list(keys), args=list(args), client=client)
+                yield client
+
+    async def run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        async with self.scripting(script) as client:
+            return await script(keys=list(keys), args=list(args), client=client)
 
     async def ping(self) -> bool:
         """Whether any primary answers; used for gRPC health.
@@ -171,7 +181,7 @@ class Cluster:
             if recorded_text is None:  # only profile_svc's user may record it (common/acl.py)
                 await client.set(keys.PARTITIONS_KEY, wanted, nx=True)
                 recorded_text = await client.get(keys.PARTITIONS_KEY)
-            recorded = int(recorded_text)
+            recorded = int(recorded_text or 0)
         if recorded != wanted:
             raise PartitionMismatch(
                 f"the cluster was set up with {recorded} partitions but PROFILEMESH_PARTITIONS is {wanted}; "

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 
 from common.config import Settings
+from common.interceptors import Handler
 
 
 def _read(path: str, setting: str) -> bytes:
@@ -79,7 +80,7 @@ def parse_allowed_clients(text: str) -> dict[str, frozenset[str]]:
     return rules
 
 
-def peer_identities(context: grpc.aio.ServicerContext) -> set[str]:
+def peer_identities(context: grpc.aio.ServicerContext[Any, Any]) -> set[str]:
     """The verified client certificate's common name and subject alternative names."""
     auth = context.auth_context()
     values = [*auth.get("x509_common_name", []), *auth.get("x509_subject_alternative_name", [])]
@@ -99,26 +100,26 @@ class AllowedClients(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler | None:
         handler = await continuation(details)
         allowed = self.allowed(details.method)
         if handler is None or allowed is None:
             return handler
         method = details.method
 
-        async def refuse_strangers(context: grpc.aio.ServicerContext) -> None:
+        async def refuse_strangers(context: grpc.aio.ServicerContext[Any, Any]) -> None:
             identities = peer_identities(context)
             if not identities & allowed:
-                names = context.auth_context().get("x509_common_name", [])
+                names = list(context.auth_context().get("x509_common_name", []))
                 who = names[0].decode() if names else "a client without a certificate"
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{who} may not call {method}")
 
         if handler.unary_unary is not None:
-            unary = handler.unary_unary
+            unary: Any = handler.unary_unary
 
-            async def guarded_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def guarded_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 await refuse_strangers(context)
                 return await unary(request, context)
 
@@ -126,9 +127,9 @@ class AllowedClients(grpc.aio.ServerInterceptor):
                 guarded_unary, handler.request_deserializer, handler.response_serializer
             )
         if handler.unary_stream is not None and not inspect.isasyncgenfunction(handler.unary_stream):
-            stream = handler.unary_stream
+            stream: Any = handler.unary_stream
 
-            async def guarded_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def guarded_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 await refuse_strangers(context)
                 return await stream(request, context)
 

@@ -1,4 +1,4 @@
-"""The gRPC server interceptor every service runs: metrics, request ids, trace context.
+"""The gRPC server interceptor every service runs: load shedding, metrics, request ids, trace context.
 
 It wraps each unary method's handler once (cached by method), so a call pays for a few counter
 updates and a context variable, plus a span only when tracing is on.
@@ -9,32 +9,40 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 
 from common import metrics, tracing
+from common.errors import TooManyRequests
 from common.logs import REQUEST_ID
+from common.rpc_errors import abort
 
 log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
 _HEALTH = "/grpc.health.v1.Health/"
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # generic in the stubs only
 
 
 class ObservingInterceptor(grpc.aio.ServerInterceptor):
-    """Counts and times every unary call, by method and status code; carries its request id and trace context."""
+    """Counts and times every unary call, by method and status code; carries its request id and trace context.
 
-    def __init__(self) -> None:
-        self._wrapped: dict[
-            str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]
-        ] = {}  # method: (original, wrapped)
+    It also sheds load: beyond `max_in_flight` unary calls at once, a new call is answered
+    RESOURCE_EXHAUSTED at once, and counted. Shedding here rather than only in gRPC core (which
+    refuses before any Python runs) is what lets the server count what it refused.
+    """
+
+    def __init__(self, max_in_flight: int) -> None:
+        self.max_in_flight = max_in_flight
+        self._busy = 0  # unary calls in flight, every method but health checks
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}  # method: (original, wrapped)
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler | None:
         handler = await continuation(details)
         if handler is None or handler.unary_unary is None:
             return handler  # unknown methods and streams (health Watch, reflection) pass through
@@ -43,9 +51,11 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
             cached = self._wrapped[details.method] = (handler, self._wrap(details.method, handler))
         return cached[1]
 
-    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        behavior = handler.unary_unary
+    def _wrap(self, method: str, handler: Handler) -> Handler:
+        # A coroutine function under grpc.aio, which the stubs type as a plain (synchronous) callable.
+        behavior: Any = handler.unary_unary
         latency = metrics.GRPC_LATENCY.labels(method)
+        shed = metrics.GRPC_SHED.labels(method)
         in_flight = [0]
         metrics.GRPC_IN_FLIGHT.labels(method).set_function(lambda: in_flight[0])  # read at scrape time
         counters: dict[Any, Any] = {}
@@ -59,11 +69,20 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
                 counter = counters[code] = metrics.GRPC_REQUESTS.labels(method, name)
             counter.inc()
 
-        async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            carrier = dict(context.invocation_metadata() or ())
+        async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            if self._busy >= self.max_in_flight and not is_health:  # health answers even when busy
+                shed.inc()
+                count(grpc.StatusCode.RESOURCE_EXHAUSTED)
+                await abort(
+                    context, TooManyRequests(f"server busy: {self.max_in_flight} calls in flight; retry with backoff")
+                )
+            # Binary (-bin) metadata aside, values are text.
+            carrier = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
             request_id = carrier.get(REQUEST_ID_HEADER)
             REQUEST_ID.set(request_id)
             in_flight[0] += 1
+            if not is_health:
+                self._busy += 1
             started = time.perf_counter()
             try:
                 if not traced:
@@ -76,6 +95,8 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
                     return await behavior(request, context)
             finally:
                 in_flight[0] -= 1
+                if not is_health:
+                    self._busy -= 1
                 latency.observe(time.perf_counter() - started)
                 code = context.code()
                 count(code)

@@ -21,10 +21,12 @@ DEFAULT_TARGETS = {"profile_svc": 9101, "reporting_svc": 9102, "aggregator_svc":
 
 
 def scrape_config(metrics_ports: dict[str, int], scrape_interval_s: int | None = None) -> str:
-    """The repo's configuration with each component's target moved to its actual port."""
+    """The repo's configuration with each component's target moved to its actual ports, one per replica
+    (processes `profile_svc`, `profile_svc-2`, ... are all the job `profile_svc`)."""
     text = CONFIG.read_text().replace("  - rules.yml", f"  - {RULES}")
     for component, default_port in DEFAULT_TARGETS.items():
-        text = text.replace(f'"127.0.0.1:{default_port}"', f'"127.0.0.1:{metrics_ports[component]}"')
+        ports = [port for name, port in metrics_ports.items() if name.partition("-")[0] == component]
+        text = text.replace(f'"127.0.0.1:{default_port}"', ", ".join(f'"127.0.0.1:{port}"' for port in ports))
     if scrape_interval_s is not None:
         text = text.replace("scrape_interval: 5s", f"scrape_interval: {scrape_interval_s}s")
         text = text.replace("evaluation_interval: 5s", f"evaluation_interval: {scrape_interval_s}s")
@@ -60,20 +62,19 @@ class Prometheus:
     def start(self, timeout_s: float = 30) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(scrape_config(self.metrics_ports, self.scrape_interval_s))
-        log = open(self.directory / "prometheus.log", "ab")
-        self.process = subprocess.Popen(
-            [
-                binary(),
-                f"--config.file={self.config_path}",
-                f"--storage.tsdb.path={self.directory / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                "--storage.tsdb.retention.time=1d",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
+        with open(self.directory / "prometheus.log", "ab") as log:  # the child keeps its own copy
+            self.process = subprocess.Popen(
+                [
+                    binary(),
+                    f"--config.file={self.config_path}",
+                    f"--storage.tsdb.path={self.directory / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--storage.tsdb.retention.time=1d",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         poll_until(self._running_and_ready, timeout_s, "prometheus to be ready", interval_s=0.2)
 
     def _running_and_ready(self) -> bool:

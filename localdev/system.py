@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -57,7 +58,7 @@ class System:
     aggregator_port: int
     gateway_port: int
     log_dir: Path | None = None  # None: children write to this terminal
-    metrics_ports: dict[str, int] = field(default_factory=dict)  # component -> its /metrics port
+    metrics_ports: dict[str, int] = field(default_factory=dict)  # process name -> its /metrics port
     settings: dict[str, str] = field(default_factory=dict)  # extra PROFILEMESH_* variables
     # Mutual TLS between every gRPC client and server, with certificates the cluster's CA signs.
     grpc_tls: bool = False
@@ -100,7 +101,7 @@ class System:
     def client_settings(self, component: str | None = None) -> Settings:
         """Settings for a client of this system: `component`'s cluster user (None: the admin), and the
         gRPC certificate of `localdev` (health checks, tests, the profilemesh command)."""
-        return settings_from(self.client_env(component))
+        return Settings.from_env(self.client_env(component))
 
     def client_env(self, component: str | None = None) -> dict[str, str]:
         """The environment of a client process (the profilemesh command) as `component`'s user or the admin."""
@@ -131,8 +132,9 @@ class System:
             PROFILEMESH_PROFILE_TARGET=_target(self.profile_ports),
             PROFILEMESH_REPORTING_TARGET=_target(self.reporting_ports),
         )
-        for name, port in self.metrics_ports.items():
-            env[f"PROFILEMESH_{name.removesuffix('_svc').upper()}_METRICS_LISTEN"] = f"127.0.0.1:{port}"
+        for name in SERVICES:
+            if name in self.metrics_ports:
+                env[_metrics_variable(name)] = f"127.0.0.1:{self.metrics_ports[name]}"
         env.update(self.settings)
         env.update(overrides)
         return env
@@ -140,27 +142,27 @@ class System:
     def start_process(self, name: str, module: str, **env: str) -> subprocess.Popen:
         """Start `python -m module` as `name`; logs go to log_dir/name.log when there is one.
 
-        A further replica of a service (a name of its own) gets a metrics port of its own.
+        A further replica of a service (a name of its own) serves metrics on a port of its own: the one
+        metrics_ports gives for its name, else a free one, recorded there so that Prometheus scrapes it.
         """
-        if name not in self.metrics_ports and module in SERVICES and self.metrics_ports:
-            variable = f"PROFILEMESH_{module.removesuffix('_svc').upper()}_METRICS_LISTEN"
-            env.setdefault(variable, f"127.0.0.1:{free_ports(1)[0]}")
+        if name != module and module in SERVICES and self.metrics_ports:
+            port = self.metrics_ports.setdefault(name, free_ports(1)[0])
+            env.setdefault(_metrics_variable(module), f"127.0.0.1:{port}")
         # Each component as its own cluster user; the gateway has none.
         identity = {**(self.cluster.user_env(module) if module in acl.USERS else {}), **self.grpc_env(module)}
         env = {**identity, **env}
-        output: IO | None = None
-        if self.log_dir is not None:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            output = open(self.log_dir / f"{name}.log", "ab")
-        process = subprocess.Popen(
-            [sys.executable, "-m", module],
-            env=self.env(**env),
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        if output is not None:
-            output.close()
+        with contextlib.ExitStack() as files:  # the child keeps its own copy of its log file
+            output: IO[bytes] | None = None
+            if self.log_dir is not None:
+                self.log_dir.mkdir(parents=True, exist_ok=True)
+                output = files.enter_context(open(self.log_dir / f"{name}.log", "ab"))
+            process = subprocess.Popen(
+                [sys.executable, "-m", module],
+                env=self.env(**env),
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.processes[name] = process
         return process
 
@@ -219,6 +221,15 @@ def _replica_name(service: str, index: int) -> str:
     return service if index == 0 else f"{service}-{index + 1}"
 
 
+def replica_names(service: str, replicas: int) -> list[str]:
+    """The process names of a service's replicas: `profile_svc`, `profile_svc-2`, ..."""
+    return [_replica_name(service, index) for index in range(replicas)]
+
+
+def _metrics_variable(component: str) -> str:
+    return f"PROFILEMESH_{component.removesuffix('_svc').upper()}_METRICS_LISTEN"
+
+
 def on_free_ports(
     directory: Path,
     settings: dict[str, str] | None = None,
@@ -244,19 +255,7 @@ def on_free_ports(
         aggregator_port=ports[12],
         gateway_port=ports[13],
         log_dir=directory / "logs",
-        metrics_ports=dict(zip(SERVICES, ports[14 + 2 * replicas :])),
+        metrics_ports=dict(zip(SERVICES, ports[14 + 2 * replicas :], strict=True)),
         settings=dict(settings or {}),
         grpc_tls=secure,
     )
-
-
-def settings_from(env: dict[str, str]) -> Settings:
-    """Settings as a process started with `env` would read them."""
-    saved = dict(os.environ)
-    try:
-        os.environ.clear()
-        os.environ.update(env)
-        return Settings.from_env()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
-from common.streams import CLUSTER_UNAVAILABLE, StreamClock
+from common.cluster import CLUSTER_FAILURES
+from common.streams import StreamClock
 from reporting_svc.reports import Reports, check_limit
 
 log = logging.getLogger(__name__)
@@ -43,9 +44,9 @@ class Leaderboard:
         self.reports = reports
         self.interval_s = interval_ms / 1000
         self.watchers: set[Watcher] = set()
-        self._poller: asyncio.Task | None = None
+        self._poller: asyncio.Task[None] | None = None
 
-    async def watch(self, limit: int, clock: StreamClock) -> AsyncIterator[Snapshot]:
+    async def watch(self, limit: int, clock: StreamClock) -> AsyncGenerator[Snapshot]:
         """The snapshot now, then each different one the poller finds (at most one per interval)."""
         watcher = Watcher(check_limit(limit), clock)
         self.watchers.add(watcher)
@@ -83,7 +84,7 @@ class Leaderboard:
                     continue
                 ranking, totals = await self._snapshot(max(w.limit for w in self.watchers), partition_totals)
                 version = partition_totals
-            except CLUSTER_UNAVAILABLE as error:
+            except CLUSTER_FAILURES as error:
                 log.warning("leaderboard: cluster unavailable: %r", error)
                 continue
             for watcher in self.watchers:

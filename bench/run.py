@@ -301,6 +301,11 @@ async def run(scale: Scale, out: Path, title: str) -> Report:
     return report
 
 
+def _write(out: Path, text: str) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a tiny run (about a second per scenario)")
@@ -315,8 +320,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-
-
-def _write(out: Path, text: str) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)

@@ -66,6 +66,15 @@ class Settings:
     stream_max_s: int = 3600
     watch_interval_ms: int = 250
     log_level: str = "INFO"
+    # The gateway's public edge; see gateway/edge.py.
+    http_max_url_bytes: int = 16384
+    http_max_header_bytes: int = 8190
+    http_max_headers: int = 100
+    http_max_body_bytes: int = 65536
+    http_idle_timeout_s: int = 75
+    http_body_timeout_s: int = 10
+    rate_limit_per_s: int = 0
+    rate_limit_burst: int = 50
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -113,6 +122,14 @@ class Settings:
             stream_max_s=_env_int("PROFILEMESH_STREAM_MAX_S", defaults.stream_max_s),
             watch_interval_ms=_env_int("PROFILEMESH_WATCH_INTERVAL_MS", defaults.watch_interval_ms),
             log_level=_env_str("PROFILEMESH_LOG_LEVEL", defaults.log_level),
+            http_max_url_bytes=_env_int("PROFILEMESH_HTTP_MAX_URL_BYTES", defaults.http_max_url_bytes),
+            http_max_header_bytes=_env_int("PROFILEMESH_HTTP_MAX_HEADER_BYTES", defaults.http_max_header_bytes),
+            http_max_headers=_env_int("PROFILEMESH_HTTP_MAX_HEADERS", defaults.http_max_headers),
+            http_max_body_bytes=_env_int("PROFILEMESH_HTTP_MAX_BODY_BYTES", defaults.http_max_body_bytes),
+            http_idle_timeout_s=_env_int("PROFILEMESH_HTTP_IDLE_TIMEOUT_S", defaults.http_idle_timeout_s),
+            http_body_timeout_s=_env_int("PROFILEMESH_HTTP_BODY_TIMEOUT_S", defaults.http_body_timeout_s),
+            rate_limit_per_s=_env_int("PROFILEMESH_RATE_LIMIT_PER_S", defaults.rate_limit_per_s),
+            rate_limit_burst=_env_int("PROFILEMESH_RATE_LIMIT_BURST", defaults.rate_limit_burst),
         )
         if settings.durability not in DURABILITY_LEVELS:
             raise SystemExit(
@@ -128,6 +145,13 @@ class Settings:
             "stream_idle_s",
             "stream_max_s",
             "watch_interval_ms",
+            "http_max_url_bytes",
+            "http_max_header_bytes",
+            "http_max_headers",
+            "http_max_body_bytes",
+            "http_idle_timeout_s",
+            "http_body_timeout_s",
+            "rate_limit_burst",
         ):
             if getattr(settings, name) < 1:
                 raise SystemExit(f"PROFILEMESH_{name.upper()} must be at least 1, got {getattr(settings, name)}")

@@ -11,6 +11,7 @@ from common.metrics import serve_metrics
 from common.server import parse_listen
 from common.tracing import setup_tracing, shutdown_tracing
 from gateway.app import build_app
+from gateway.edge import server_limits
 
 if __name__ == "__main__":
     settings = Settings.from_env()
@@ -28,5 +29,6 @@ if __name__ == "__main__":
         shutdown_timeout=settings.shutdown_grace_s,
         access_log=None,
         loop=uvloop.new_event_loop(),
+        **server_limits(settings),
     )
     shutdown_tracing()

@@ -7,8 +7,8 @@ the moment it is served. What descriptors can't say comes from the code that enf
 gRPC codes each RPC returns, mapped to HTTP as the gateway maps them (gateway/translate.py).
 
 Left out, on purpose: /healthz, /readyz (probes for a load balancer, no RPC behind them) and /dashboard
-(an HTML page). The server-streaming routes are described with `text/event-stream` responses; their
-messages' JSON is given as the `x-sse-data` schema, since OpenAPI has no way to type SSE frames.
+(an HTML page). The server-streaming routes answer `text/event-stream`: as OpenAPI 3.1 reads such a schema,
+it describes each event, whose `data` is JSON (contentMediaType, contentSchema).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import grpc
 from aiohttp import web
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from common.validation import FIELD_PATTERN, MAX_FIELDS, MAX_LIMIT, MAX_VALUE_BYTES, USER_PATTERN
+from common.keys import EVENT_TYPES
+from common.validation import FIELD_PATTERN, MAX_FIELDS, MAX_LIMIT, MAX_USERS, MAX_VALUE_BYTES, USER_PATTERN
 from gateway.routes import Route
 from gateway.translate import HTTP_STATUS
 
@@ -45,8 +46,12 @@ DEFAULT_CODES = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
 COMMON_CODES = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 # Limits of request fields, by field name, as common/validation.py and the services enforce them.
+USER_LIMITS: Schema = {"pattern": f"^{USER_PATTERN.pattern}$", "minLength": 1, "maxLength": 128}
 FIELD_LIMITS: dict[str, Schema] = {
-    "user": {"pattern": f"^{USER_PATTERN.pattern}$", "minLength": 1, "maxLength": 128},
+    "user": USER_LIMITS,
+    "users": {"maxItems": MAX_USERS, "items": {"type": "string", **USER_LIMITS}},
+    "types": {"items": {"type": "string", "enum": list(EVENT_TYPES)}},
+    "resume_token": {"description": "the id of the last event received; one this service issued, else 400"},
     "limit": {"minimum": 1, "maximum": MAX_LIMIT},
     "fields": {
         "minProperties": 1,
@@ -103,6 +108,15 @@ SERVER_ERROR = {
         "request_id": {"type": "string", "description": "the gateway's log has the details under this id"},
     },
 }
+STREAM_END = {
+    "type": "object",
+    "required": ["code", "status", "message"],
+    "properties": {
+        "code": {"type": "string", "description": "the gRPC status the stream ended with, e.g. UNAVAILABLE"},
+        "status": {"type": "integer", "description": "that status as HTTP"},
+        "message": {"type": "string"},
+    },
+}
 REQUEST_ID_HEADER = {
     "description": "the request's id: the client's X-Request-Id, or one the gateway made",
     "required": True,
@@ -124,7 +138,7 @@ class _Schemas:
     """JSON Schemas of messages, each once under components/schemas, referred to by $ref."""
 
     def __init__(self) -> None:
-        self.components: dict[str, Schema] = {"Error": ERROR, "ServerError": SERVER_ERROR}
+        self.components: dict[str, Schema] = {"Error": ERROR, "ServerError": SERVER_ERROR, "StreamEnd": STREAM_END}
 
     def message(self, descriptor: Descriptor) -> Schema:
         if descriptor.full_name in _WELL_KNOWN:
@@ -179,6 +193,25 @@ def _error_response(status: int) -> Schema:
         "headers": headers,
         "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
     }
+
+
+def _sse_event(message: Schema) -> Schema:
+    """One event of an SSE route (OpenAPI 3.1: a text/event-stream schema describes each event):
+    a message as `data:` JSON, or the `end` event with the status the stream ended with."""
+
+    def event(name: str, data: Schema) -> Schema:
+        return {
+            "type": "object",
+            "required": ["data"],
+            "properties": {
+                "event": {"const": name},
+                "id": {"type": "string"},
+                "retry": {"type": "integer"},
+                "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data},
+            },
+        }
+
+    return {"oneOf": [event("message", message), event("end", {"$ref": "#/components/schemas/StreamEnd"})]}
 
 
 def _excluded_values(route: Route, routes: list[Route], name: str) -> list[str]:
@@ -242,16 +275,16 @@ def _operation(route: Route, routes: list[Route], schemas: _Schemas) -> Schema:
     ok_headers = {"X-Request-Id": REQUEST_ID_HEADER}
     if method.server_streaming:
         operation["description"] += (
-            " as Server-Sent Events: each message as `data:` JSON (`x-sse-data`), its resume token as `id:`,"
+            " as Server-Sent Events: each message as `data:` JSON, its resume token as `id:`,"
             " `Last-Event-ID` taken as resume_token, `: keepalive` comments, and `event: end` when it ends."
         )
         operation["parameters"].append(
             {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"}}
         )
         ok = {
-            "description": "the stream",
+            "description": "the stream: its messages, then an `end` event",
             "headers": ok_headers,
-            "content": {"text/event-stream": {"schema": {"type": "string"}, "x-sse-data": success}},
+            "content": {"text/event-stream": {"schema": _sse_event(success)}},
         }
     else:
         ok = {"description": "OK", "headers": ok_headers, "content": {"application/json": {"schema": success}}}

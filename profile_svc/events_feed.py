@@ -27,14 +27,13 @@ from common import keys
 from common.cluster import Cluster
 from common.errors import InvalidArgument
 from common.streams import CLUSTER_UNAVAILABLE, StreamClock
-from common.validation import check_user
+from common.validation import MAX_USERS, check_user
 
 log = logging.getLogger(__name__)
 
 SCRIPTS = Path(__file__).parent / "scripts"
 PAGE = 500  # entries per XREAD of the tail and per catch-up read
 RETRY_S = 0.5
-MAX_USERS = 100
 CHANGES = ("create", "update", "delete")
 TOKEN_PREFIX = "v1."
 

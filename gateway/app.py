@@ -15,11 +15,11 @@ from common import metrics
 from common.config import Settings
 from common.streams import StreamLimits
 from gateway import openapi, upstreams
-from gateway.edge import grpc_error_response, no_internal_text, rate_limit, read_body_within, stamp_request_id
+from gateway.edge import no_internal_text, rate_limit, read_body_within, stamp_request_id
 from gateway.observe import observe, outgoing_metadata
 from gateway.routes import Route, routes_from
 from gateway.sse import STREAM_CALLS, STREAM_CHANNELS, stream_calls, stream_channel, stream_handler
-from gateway.translate import BadRequest, build_request, render_response
+from gateway.translate import HTTP_STATUS, BadRequest, build_request, render_response
 from profilemesh.profile.v1 import profile_pb2
 from profilemesh.reporting.v1 import reporting_pb2
 
@@ -84,7 +84,8 @@ def _handler(route: Route, timeout_s: float) -> Callable[[web.Request], Awaitabl
         try:
             response = await call(message, timeout=timeout_s, metadata=outgoing_metadata())
         except grpc.aio.AioRpcError as error:
-            return grpc_error_response(error)
+            status = HTTP_STATUS.get(error.code(), 500)
+            return web.json_response({"message": error.details() or error.code().name}, status=status)
         return web.json_response(render_response(route, response), status=success)
 
     return handle

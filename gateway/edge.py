@@ -21,13 +21,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import grpc
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
 from common.config import Settings
 from common.logs import REQUEST_ID
-from gateway.translate import HTTP_STATUS
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +41,12 @@ PUBLIC_5XX = {
     503: "the service is unavailable; retry later",
     504: "the service did not answer in time; retry later",
 }
-# The services write their UNAVAILABLE and DEADLINE_EXCEEDED messages for clients ("partition ... has no
-# replica"; common/server.py turns every other failure into such a sentence). The same codes also come from
-# gRPC itself in the gateway, whose messages name addresses and transport errors: those are not shown. Any
-# other 5xx code (UNKNOWN, INTERNAL, DATA_LOSS) may carry an exception's text and is never shown.
-_SHOWN_CODES = frozenset((grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED))
-_TRANSPORT_TEXT = re.compile(r"ipv[46]:|unix:|dns:|\d+\.\d+\.\d+\.\d+|\[[0-9a-f:]+\]|last error|errno|traceback", re.I)
+# 503 and 504 (UNAVAILABLE, DEADLINE_EXCEEDED) keep the services' own sentences, written for clients
+# ("partition ... has no replica"; common/server.py turns every failure below it into such a sentence). gRPC
+# itself, in the gateway, answers the same codes with transport errors that name addresses: not shown. Any
+# other 5xx (a service's UNKNOWN or INTERNAL, an exception in the gateway) may carry internals: never shown.
+SHOWN_5XX = frozenset((503, 504))
+_INTERNAL_TEXT = re.compile(r"ipv[46]:|unix:|dns:|\d+\.\d+\.\d+\.\d+|\[[0-9a-f:]+\]|last error|errno|traceback", re.I)
 MAX_RATE_CLIENTS = 10_000  # buckets kept before full (idle) ones are dropped
 
 
@@ -78,33 +76,22 @@ def _public_error(status: int, message: str | None = None) -> web.Response:
     return web.json_response({"message": f"{text} (request id {request_id})", "request_id": request_id}, status=status)
 
 
-def grpc_error_response(error: grpc.aio.AioRpcError) -> web.Response:
-    """A failed call as HTTP: 4xx with the service's message, 5xx with the request id and only safe text."""
-    status = HTTP_STATUS.get(error.code(), 500)
-    details = error.details() or error.code().name
-    if status < 500:
-        return web.json_response({"message": details}, status=status)
-    log.warning("upstream answered %s: %s", error.code().name, details)
-    shown = error.code() in _SHOWN_CODES and not _TRANSPORT_TEXT.search(details)
-    return _public_error(status, details if shown else None)
-
-
 @web.middleware
 async def no_internal_text(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The safety net: a 5xx JSON body made anywhere without a request id is replaced by a public one."""
+    """Every 5xx answer (but /readyz's report) gets the request id and only text fit for a client."""
     response = await handler(request)
     if response.status < 500 or request.path == "/readyz" or not isinstance(response, web.Response):
         return response
     body: Any = None
-    if response.content_type == "application/json" and response.body is not None:
+    if response.content_type == "application/json" and isinstance(response.body, bytes):
         try:
-            body = json.loads(response.body)  # type: ignore[arg-type]
+            body = json.loads(response.body)
         except ValueError:
             body = None
-    if isinstance(body, dict) and "request_id" in body:
-        return response
-    log.warning("%s %s answered %d: %s", request.method, request.path, response.status, body or response.text)
-    return _public_error(response.status)
+    message = body.get("message") if isinstance(body, dict) else None
+    log.warning("%s %s answered %d: %s", request.method, request.path, response.status, message or response.text)
+    shown = response.status in SHOWN_5XX and isinstance(message, str) and not _INTERNAL_TEXT.search(message)
+    return _public_error(response.status, message if shown else None)
 
 
 def read_body_within(timeout_s: float, max_bytes: int) -> Middleware:

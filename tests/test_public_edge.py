@@ -453,7 +453,7 @@ def test_5xx_bodies_give_a_request_id_and_no_internals(edge: System, cluster: Re
             return [line for line in lines if line.get("request_id") == request_id]
 
         details = wait_until(logged, what="the gateway's log line about the 503")
-        assert any("UNAVAILABLE" in line["message"] for line in details), details
+        assert any("answered 503" in line["message"] and "127.0.0.1" in line["message"] for line in details), details
     finally:
         edge.start_replica("profile_svc", 0)
         edge.wait_healthy()

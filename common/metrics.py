@@ -29,6 +29,9 @@ GRPC_LATENCY = Histogram(
     ["method"],
     buckets=LATENCY_BUCKETS,
 )
+GRPC_SHED = Counter(
+    "profilemesh_grpc_server_shed", "gRPC calls refused with RESOURCE_EXHAUSTED by load shedding", ["method"]
+)
 GRPC_IN_FLIGHT = Gauge("profilemesh_grpc_server_in_flight", "gRPC calls being handled", ["method"])
 
 # The gateway's REST routes (route = the pattern, e.g. /profile/{user}).

@@ -153,11 +153,12 @@ async def serve(listen: str, cluster: Cluster, build: Callable[[grpc.aio.Server]
     health turns NOT_SERVING first, so load balancers stop sending before the listener closes.
     """
     server = grpc.aio.server(
-        interceptors=[ObservingInterceptor()],
-        # Beyond this many calls in flight, new ones get RESOURCE_EXHAUSTED at once instead of queueing.
-        # gRPC refuses them before any Python runs, so the servers can't count them: callers see them
-        # (the gateway as 429s in profilemesh_http_requests_total).
-        maximum_concurrent_rpcs=cluster.settings.max_in_flight,
+        # Sheds unary calls beyond PROFILEMESH_MAX_IN_FLIGHT (RESOURCE_EXHAUSTED, counted).
+        interceptors=[ObservingInterceptor(cluster.settings.max_in_flight)],
+        # A backstop above the shedding and the stream limit (common/streams.py), so that a flood
+        # that outruns Python still can't queue without bound. gRPC core refuses calls beyond it
+        # before any Python runs: only callers see those.
+        maximum_concurrent_rpcs=2 * cluster.settings.max_in_flight + cluster.settings.max_streams,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             # Fail loudly if the port is taken rather than silently sharing it.

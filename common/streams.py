@@ -3,8 +3,8 @@
 A stream holds its slot for minutes, so it gets bounds a unary call doesn't need: at most
 PROFILEMESH_MAX_STREAMS per process, an idle lifetime (no event, only heartbeats, for
 PROFILEMESH_STREAM_IDLE_S), a maximum lifetime (PROFILEMESH_STREAM_MAX_S), and an end as soon as the
-process drains, so clients reconnect to a replica that stays. Streams also count among the calls in
-flight (PROFILEMESH_MAX_IN_FLIGHT), so load shedding sees them.
+process drains, so clients reconnect to a replica that stays. (Unary load shedding, in
+common/interceptors.py, leaves streams to these bounds.)
 """
 
 from __future__ import annotations

@@ -70,10 +70,19 @@ async def stamp_request_id(request: web.Request, response: web.StreamResponse) -
         response.headers["X-Request-Id"] = request_id
 
 
+def public_message(status: int, message: str | None) -> str:
+    """What a client may read of an error: a 4xx's message as it is; for a 5xx the services' own 503/504
+    sentences or else the generic text, with the request id either way."""
+    if status < 500:
+        return message or ""
+    shown = status in SHOWN_5XX and isinstance(message, str) and not _INTERNAL_TEXT.search(message)
+    text = message if shown and message else PUBLIC_5XX.get(status, "internal error")
+    return f"{text} (request id {REQUEST_ID.get() or ''})"
+
+
 def _public_error(status: int, message: str | None = None) -> web.Response:
-    request_id = REQUEST_ID.get() or ""
-    text = message or PUBLIC_5XX.get(status, "internal error")
-    return web.json_response({"message": f"{text} (request id {request_id})", "request_id": request_id}, status=status)
+    body = {"message": public_message(status, message), "request_id": REQUEST_ID.get() or ""}
+    return web.json_response(body, status=status)
 
 
 @web.middleware
@@ -90,8 +99,7 @@ async def no_internal_text(request: web.Request, handler: Handler) -> web.Stream
             body = None
     message = body.get("message") if isinstance(body, dict) else None
     log.warning("%s %s answered %d: %s", request.method, request.path, response.status, message or response.text)
-    shown = response.status in SHOWN_5XX and isinstance(message, str) and not _INTERNAL_TEXT.search(message)
-    return _public_error(response.status, message if shown else None)
+    return _public_error(response.status, message if isinstance(message, str) else None)
 
 
 def read_body_within(timeout_s: float, max_bytes: int) -> Middleware:

@@ -29,6 +29,7 @@ from google.protobuf.message import Message
 
 from common.streams import StreamEnded, StreamLimits, TooManyStreams
 from gateway import upstreams
+from gateway.edge import public_message
 from gateway.routes import Route
 from gateway.translate import DECIMAL, HTTP_STATUS, INTEGER_TYPES, BadRequest, build_request, render_response
 
@@ -108,7 +109,8 @@ def _frame(data: Any, event: str | None = None, event_id: str | None = None, ret
 
 
 def _end(code: grpc.StatusCode, message: str, resume_token: str | None = None) -> bytes:
-    body = {"code": code.name, "status": HTTP_STATUS.get(code, 500), "message": message}
+    status = HTTP_STATUS.get(code, 500)
+    body = {"code": code.name, "status": status, "message": public_message(status, message)}
     return _frame(body, event="end", event_id=resume_token, retry_ms=RETRY_MS)
 
 

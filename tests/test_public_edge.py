@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -170,7 +171,8 @@ def fuzz(edge: System, out: Path) -> tuple[subprocess.CompletedProcess[str], lis
         "true",
     ]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.fuzz_hooks", "NO_COLOR": "1"}
-    run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    # From tests/out: schemathesis keeps a cache of its own in the working directory.
+    run = subprocess.run(command, cwd=out, env=env, capture_output=True, text=True, timeout=600)
     entries = json.loads(har.read_text())["log"]["entries"] if har.exists() else []
     exchanges = [
         Exchange(
@@ -437,9 +439,21 @@ def test_a_body_abandoned_half_way_writes_nothing_and_the_gateway_carries_on(
 
 def test_5xx_bodies_give_a_request_id_and_no_internals(edge: System, cluster: RedisCluster) -> None:
     """With profile_svc gone, gRPC's own error names addresses; the client gets a request id instead,
-    and the gateway's log has the details under it."""
-    edge.stop_process("profile_svc")
+    and the gateway's log has the details under it. A change feed open at the time ends likewise."""
+    feed = http.client.HTTPConnection("127.0.0.1", edge.gateway_port, timeout=10)
+    feed.request("GET", "/profile/events", headers={"X-Request-Id": "feed-1"})
+    stream = feed.getresponse()
+    assert stream.status == 200 and stream.getheader("X-Request-Id") == "feed-1"
+    assert stream.readline().startswith(b"id: ")  # the first heartbeat: the stream is open
+    edge.stop_process("profile_svc", signal.SIGKILL)
     try:
+        lines = [stream.readline() for _ in range(8)]
+        assert b"event: end\n" in lines, lines
+        after_end = lines[lines.index(b"event: end\n") :]
+        end = json.loads(next(line for line in after_end if line.startswith(b"data: "))[len(b"data: ") :])
+        assert end["status"] == 503 and "(request id feed-1)" in end["message"], end
+        assert "127.0.0.1" not in end["message"] and str(edge.profile_port) not in end["message"], end
+        feed.close()
         status, body = http_call(edge.gateway_port, "GET", "/profile/anyone")
         assert status == 503, body
         request_id = body["request_id"]

@@ -14,7 +14,9 @@ from typing import Any
 import grpc
 
 from common import metrics, tracing
+from common.errors import TooManyRequests
 from common.logs import REQUEST_ID
+from common.rpc_errors import abort
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +73,8 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
             if self._busy >= self.max_in_flight and not is_health:  # health answers even when busy
                 shed.inc()
                 count(grpc.StatusCode.RESOURCE_EXHAUSTED)
-                await context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"server busy: {self.max_in_flight} calls in flight; retry with backoff",
+                await abort(
+                    context, TooManyRequests(f"server busy: {self.max_in_flight} calls in flight; retry with backoff")
                 )
             carrier = dict(context.invocation_metadata() or ())
             request_id = carrier.get(REQUEST_ID_HEADER)

@@ -15,21 +15,26 @@ import time
 from collections.abc import Coroutine, Iterator
 from typing import Any
 
-from redis.exceptions import RedisClusterException, RedisError
+import grpc
 
 from common.config import Settings
+from common.errors import ServiceError, TooManyRequests
 
 DRAINING = "the server is shutting down; reconnect"
-# What ends a stream with UNAVAILABLE when the cluster fails under it (RedisClusterException is not a RedisError).
-CLUSTER_UNAVAILABLE = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
 
 
-class TooManyStreams(Exception):
+class TooManyStreams(TooManyRequests):
     """Every stream slot of this process is taken (RESOURCE_EXHAUSTED, HTTP 429)."""
 
+    default_reason = "TOO_MANY_STREAMS"
 
-class StreamEnded(Exception):
+
+class StreamEnded(ServiceError):
     """The server ends the stream, and the client should reconnect (UNAVAILABLE); the message says why."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    default_reason = "STREAM_ENDED"
+    resumable = True
 
 
 class StreamLimits:

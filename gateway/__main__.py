@@ -5,17 +5,18 @@ from __future__ import annotations
 import uvloop
 from aiohttp import web
 
-from common.config import Settings
+from common.addresses import parse_listen
+from common.config import Settings, StartupError
 from common.logs import setup_logging
 from common.metrics import serve_metrics
-from common.server import parse_listen
 from common.tracing import setup_tracing, shutdown_tracing
 from gateway.app import build_app
 from gateway.edge import server_limits
 
-if __name__ == "__main__":
+
+def main() -> None:
     settings = Settings.from_env()
-    setup_logging("gateway", settings.log_level)
+    setup_logging("gateway", settings.log_level, settings.log_format)
     setup_tracing("gateway")
     # On its own port: the public listener stays the API alone, and scrapes are neither counted nor shed.
     serve_metrics(settings.gateway_metrics_listen)
@@ -32,3 +33,10 @@ if __name__ == "__main__":
         **server_limits(settings),
     )
     shutdown_tracing()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except StartupError as error:
+        raise SystemExit(f"gateway: {error}") from None

@@ -80,8 +80,10 @@ def public_message(status: int, message: str | None) -> str:
     return f"{text} (request id {REQUEST_ID.get() or ''})"
 
 
-def _public_error(status: int, message: str | None = None) -> web.Response:
-    body = {"message": public_message(status, message), "request_id": REQUEST_ID.get() or ""}
+def _public_error(status: int, message: str | None = None, details: Any = None) -> web.Response:
+    body: dict[str, Any] = {"message": public_message(status, message), "request_id": REQUEST_ID.get() or ""}
+    if details and status in SHOWN_5XX:  # google.rpc details a service sent: structured, for programs
+        body["details"] = details
     return web.json_response(body, status=status)
 
 
@@ -99,7 +101,8 @@ async def no_internal_text(request: web.Request, handler: Handler) -> web.Stream
             body = None
     message = body.get("message") if isinstance(body, dict) else None
     log.warning("%s %s answered %d: %s", request.method, request.path, response.status, message or response.text)
-    return _public_error(response.status, message if isinstance(message, str) else None)
+    details = body.get("details") if isinstance(body, dict) else None
+    return _public_error(response.status, message if isinstance(message, str) else None, details)
 
 
 def read_body_within(timeout_s: float, max_bytes: int) -> Middleware:

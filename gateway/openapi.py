@@ -23,8 +23,8 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from common.keys import EVENT_TYPES
 from common.validation import FIELD_PATTERN, MAX_FIELDS, MAX_LIMIT, MAX_USERS, MAX_VALUE_BYTES, USER_PATTERN
+from gateway.errors import http_status
 from gateway.routes import Route
-from gateway.translate import HTTP_STATUS
 
 Schema = dict[str, Any]
 
@@ -95,10 +95,15 @@ _SCALARS: dict[int, Schema] = {
 }
 _WELL_KNOWN: dict[str, Schema] = {"google.protobuf.Timestamp": {"type": "string", "format": "date-time"}}
 
+DETAILS = {
+    "type": "array",
+    "description": "the gRPC status's google.rpc details as proto3 JSON (ErrorInfo's reason is the stable part)",
+    "items": {"type": "object", "required": ["@type"], "properties": {"@type": {"type": "string"}}},
+}
 ERROR = {
     "type": "object",
     "required": ["message"],
-    "properties": {"message": {"type": "string", "minLength": 1, "description": "what was wrong"}},
+    "properties": {"message": {"type": "string", "minLength": 1, "description": "what was wrong"}, "details": DETAILS},
 }
 SERVER_ERROR = {
     "type": "object",
@@ -106,6 +111,7 @@ SERVER_ERROR = {
     "properties": {
         "message": {"type": "string", "minLength": 1},
         "request_id": {"type": "string", "description": "the gateway's log has the details under this id"},
+        "details": DETAILS,
     },
 }
 STREAM_END = {
@@ -293,7 +299,7 @@ def _operation(route: Route, routes: list[Route], schemas: _Schemas) -> Schema:
     if route.body:
         statuses |= {408, 413}
     codes = (*RPC_CODES.get(method.name, DEFAULT_CODES), *COMMON_CODES)
-    statuses |= {HTTP_STATUS[code] for code in codes}
+    statuses |= {http_status(code) for code in codes}
     operation["responses"] = {ok_status: ok, **{str(status): _error_response(status) for status in sorted(statuses)}}
     return operation
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 from common.cluster import Cluster
+from common.config import StartupError
 from common.server import Service, run_service
 from common.streams import StreamLimits
 from profile_svc.events_feed import EventsFeed
@@ -21,4 +22,7 @@ def build(server: grpc.aio.Server, cluster: Cluster) -> Service:
 
 
 if __name__ == "__main__":
-    run_service("profile_svc", lambda settings: settings.profile_listen, build)
+    try:
+        run_service("profile_svc", lambda settings: settings.profile_listen, build)
+    except StartupError as error:
+        raise SystemExit(f"profile_svc: {error}") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 from common.cluster import Cluster
+from common.config import StartupError
 from common.server import Service, run_service
 from common.streams import StreamLimits
 from profilemesh.reporting.v1 import reporting_pb2, reporting_pb2_grpc
@@ -24,4 +25,7 @@ def build(server: grpc.aio.Server, cluster: Cluster) -> Service:
 
 
 if __name__ == "__main__":
-    run_service("reporting_svc", lambda settings: settings.reporting_listen, build)
+    try:
+        run_service("reporting_svc", lambda settings: settings.reporting_listen, build)
+    except StartupError as error:
+        raise SystemExit(f"reporting_svc: {error}") from None

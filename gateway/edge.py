@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from aiohttp.web_protocol import RequestPayloadError
 
 from common.config import Settings
@@ -30,7 +31,6 @@ from common.logs import REQUEST_ID
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 UNLIMITED_PATHS = frozenset(("/healthz", "/readyz"))  # probes are never rate limited
 # What a client is told for a 5xx whose message can't be shown; the log has the rest under the request id.

@@ -14,7 +14,7 @@ it describes each event, whose `data` is JSON (contentMediaType, contentSchema).
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -154,7 +154,7 @@ class _Schemas:
             self.components[descriptor.full_name] = self.object(descriptor.fields)
         return {"$ref": f"#/components/schemas/{descriptor.full_name}"}
 
-    def object(self, fields: list[FieldDescriptor], limits: bool = False) -> Schema:
+    def object(self, fields: Sequence[FieldDescriptor], limits: bool = False) -> Schema:
         """The JSON object of these fields as the gateway renders them: every field without presence."""
         return {
             "type": "object",

@@ -14,7 +14,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from common import metrics
 from common.config import Settings
 from common.streams import StreamLimits
-from gateway import upstreams
+from gateway import openapi, upstreams
+from gateway.edge import no_internal_text, rate_limit, read_body_within, stamp_request_id
 from gateway.errors import rpc_error_response, service_error_response
 from gateway.observe import observe, outgoing_metadata
 from gateway.routes import Route, routes_from
@@ -25,12 +26,12 @@ from profilemesh.reporting.v1 import reporting_pb2
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 64 * 1024
 READY_TIMEOUT_S = 1.0
 DASHBOARD = Path(__file__).parent / "static" / "dashboard.html"
 
 CHANNELS = web.AppKey("channels", dict)
 CALLS = web.AppKey("calls", dict)
+MAX_BODY = web.AppKey("max_body", int)
 
 
 @web.middleware
@@ -41,7 +42,7 @@ async def json_errors(request: web.Request, handler: Callable[[web.Request], Awa
     except web.HTTPException as error:
         if error.status < 400:
             raise
-        message = error.reason if error.status != 413 else f"request body is larger than {MAX_BODY_BYTES} bytes"
+        message = error.reason if error.status != 413 else f"request body is larger than {request.app[MAX_BODY]} bytes"
         return web.json_response({"message": message}, status=error.status, headers=_kept_headers(error))
     except Exception:
         log.exception("unexpected error for %s %s", request.method, request.path)
@@ -120,9 +121,22 @@ async def dashboard(request: web.Request) -> web.FileResponse:
 
 
 def build_app(settings: Settings) -> web.Application:
-    app = web.Application(
-        client_max_size=MAX_BODY_BYTES, middlewares=[observe, shed_load(settings.max_in_flight), json_errors]
+    limited = (
+        [rate_limit(settings.rate_limit_per_s, settings.rate_limit_burst)] if settings.rate_limit_per_s > 0 else []
     )
+    app = web.Application(
+        client_max_size=settings.http_max_body_bytes,
+        middlewares=[
+            observe,
+            no_internal_text,
+            *limited,
+            shed_load(settings.max_in_flight),
+            json_errors,
+            read_body_within(settings.http_body_timeout_s, settings.http_max_body_bytes),
+        ],
+    )
+    app[MAX_BODY] = settings.http_max_body_bytes
+    app.on_response_prepare.append(stamp_request_id)
     targets = {
         profile_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name: settings.profile_target,
         reporting_pb2.DESCRIPTOR.services_by_name["ReportingService"].full_name: settings.reporting_target,
@@ -158,6 +172,7 @@ def build_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz, allow_head=False)
     app.router.add_get("/readyz", readyz, allow_head=False)
     app.router.add_get("/dashboard", dashboard, allow_head=False)
+    app.router.add_get("/openapi.json", openapi.handler(routes), allow_head=False)
     # Streaming routes first: /profile/events must not be taken for the profile of a user called "events".
     for route in sorted(routes, key=lambda r: not r.method.server_streaming):
         if route.method.server_streaming:

@@ -30,6 +30,7 @@ from google.protobuf.message import Message
 from common.errors import DeadlineExceeded
 from common.streams import StreamEnded, StreamLimits, TooManyStreams
 from gateway import upstreams
+from gateway.edge import public_message
 from gateway.errors import http_status, rendered_details, rich_status, rpc_error_response, service_error_response
 from gateway.routes import Route
 from gateway.translate import DECIMAL, INTEGER_TYPES, BadRequest, Field, build_request, render_response
@@ -114,7 +115,8 @@ def _frame(data: Any, event: str | None = None, event_id: str | None = None, ret
 def _end(
     code: grpc.StatusCode, message: str, resume_token: str | None = None, details: list[Any] | None = None
 ) -> bytes:
-    body: dict[str, Any] = {"code": code.name, "status": http_status(code), "message": message}
+    status = http_status(code)
+    body: dict[str, Any] = {"code": code.name, "status": status, "message": public_message(status, message)}
     if details:
         body["details"] = details
     return _frame(body, event="end", event_id=resume_token, retry_ms=RETRY_MS)

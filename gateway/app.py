@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import grpc
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from common import metrics
@@ -29,13 +30,15 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 1.0
 DASHBOARD = Path(__file__).parent / "static" / "dashboard.html"
 
-CHANNELS = web.AppKey("channels", dict)
+CHANNELS = web.AppKey("channels", dict[str, grpc.aio.Channel])
 CALLS = web.AppKey("calls", dict)
 MAX_BODY = web.AppKey("max_body", int)
 
 
 @web.middleware
-async def json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+async def json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     """aiohttp's own errors (404, 405, 413) as JSON bodies; never a traceback to the client."""
     try:
         return await handler(request)
@@ -49,12 +52,14 @@ async def json_errors(request: web.Request, handler: Callable[[web.Request], Awa
         return web.json_response({"message": "internal error"}, status=500)
 
 
-def shed_load(limit: int) -> Callable:
+def shed_load(limit: int) -> Middleware:
     """Answer 429 at once beyond `limit` requests in flight, instead of queueing without bound."""
     in_flight = 0
 
     @web.middleware
-    async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         nonlocal in_flight
         if in_flight >= limit and request.path not in ("/healthz", "/readyz"):
             metrics.HTTP_SHED.inc()
@@ -144,7 +149,7 @@ def build_app(settings: Settings) -> web.Application:
 
     routes = routes_from([profile_pb2.DESCRIPTOR, reporting_pb2.DESCRIPTOR])
 
-    async def channels(app: web.Application):
+    async def channels(app: web.Application) -> AsyncIterator[None]:
         app[CHANNELS] = {service: upstreams.channel(target) for service, target in targets.items()}
         # One callable per method, made once: making it per request costs a few percent of the gateway's CPU.
         app[CALLS] = {
@@ -156,8 +161,9 @@ def build_app(settings: Settings) -> web.Application:
             for route in routes
             if not route.method.server_streaming
         }
-        app[STREAM_CHANNELS] = {service: stream_channel(target) for service, target in targets.items()}
-        app[STREAM_CALLS] = stream_calls(app[STREAM_CHANNELS], routes)
+        stream_channels = {service: stream_channel(target) for service, target in targets.items()}
+        app[STREAM_CHANNELS] = stream_channels
+        app[STREAM_CALLS] = stream_calls(stream_channels, routes)
         yield
         channels = [*app[CHANNELS].values(), *app[STREAM_CHANNELS].values()]
         await asyncio.gather(*(channel.close() for channel in channels))

@@ -41,7 +41,7 @@ CLOSE_CHECK_S = 0.2
 RETRY_MS = 1000
 RESUME_FIELD = "resume_token"
 STREAM_CALLS = web.AppKey("stream_calls", dict)
-STREAM_CHANNELS = web.AppKey("stream_channels", dict)
+STREAM_CHANNELS = web.AppKey("stream_channels", dict[str, grpc.aio.Channel])
 
 
 def stream_channel(target: str) -> grpc.aio.Channel:

@@ -11,6 +11,7 @@ from common.logs import setup_logging
 from common.metrics import serve_metrics
 from common.tracing import setup_tracing, shutdown_tracing
 from gateway.app import build_app
+from gateway.edge import server_limits
 
 
 def main() -> None:
@@ -29,6 +30,7 @@ def main() -> None:
         shutdown_timeout=settings.shutdown_grace_s,
         access_log=None,
         loop=uvloop.new_event_loop(),
+        **server_limits(settings),
     )
     shutdown_tracing()
 

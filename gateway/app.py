@@ -150,7 +150,7 @@ def build_app(settings: Settings) -> web.Application:
     routes = routes_from([profile_pb2.DESCRIPTOR, reporting_pb2.DESCRIPTOR])
 
     async def channels(app: web.Application) -> AsyncIterator[None]:
-        app[CHANNELS] = {service: upstreams.channel(target) for service, target in targets.items()}
+        app[CHANNELS] = {service: upstreams.channel(target, settings) for service, target in targets.items()}
         # One callable per method, made once: making it per request costs a few percent of the gateway's CPU.
         app[CALLS] = {
             route.grpc_path: app[CHANNELS][route.service].unary_unary(
@@ -161,7 +161,7 @@ def build_app(settings: Settings) -> web.Application:
             for route in routes
             if not route.method.server_streaming
         }
-        stream_channels = {service: stream_channel(target) for service, target in targets.items()}
+        stream_channels = {service: stream_channel(target, settings) for service, target in targets.items()}
         app[STREAM_CHANNELS] = stream_channels
         app[STREAM_CALLS] = stream_calls(stream_channels, routes)
         yield

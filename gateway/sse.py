@@ -27,6 +27,7 @@ from aiohttp import web
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
+from common.config import Settings
 from common.errors import DeadlineExceeded
 from common.streams import StreamEnded, StreamLimits, TooManyStreams
 from gateway import upstreams
@@ -44,11 +45,11 @@ STREAM_CALLS = web.AppKey("stream_calls", dict)
 STREAM_CHANNELS = web.AppKey("stream_channels", dict[str, grpc.aio.Channel])
 
 
-def stream_channel(target: str) -> grpc.aio.Channel:
+def stream_channel(target: str, settings: Settings) -> grpc.aio.Channel:
     """Streams get channels of their own, without BDP probing: with it, gRPC grows a stream's receive
     window to megabytes, which a slow SSE client would make the gateway hold for each of its streams.
     At the default 64 KiB window the service's bounded queue takes the back-pressure instead."""
-    return upstreams.channel(target, extra_options=[("grpc.http2.bdp_probe", 0)])
+    return upstreams.channel(target, settings, extra_options=[("grpc.http2.bdp_probe", 0)])
 
 
 def stream_calls(channels: Mapping[str, grpc.aio.Channel], routes: list[Route]) -> dict[str, Any]:

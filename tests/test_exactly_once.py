@@ -104,7 +104,7 @@ async def drive(system: System, client: RedisCluster) -> Run:
                     run.reads[user] += 1
 
         async def controller() -> None:
-            aclient = AsyncRedisCluster.from_url(system.cluster.url, decode_responses=True)
+            aclient = system.cluster.async_client(decode_responses=True)
             try:
                 # Initialise before the concurrent reads below: redis-py's racing first commands fail.
                 await aclient.initialize()

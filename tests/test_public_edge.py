@@ -78,7 +78,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
 
 @pytest.fixture(scope="module")
 def cluster(edge: System) -> Iterator[RedisCluster]:
-    client = RedisCluster.from_url(edge.cluster.url, decode_responses=True)
+    client = edge.cluster.client(decode_responses=True)
     streams = [keys.events_key(p) for p in range(PARTITIONS)]
 
     def aggregator_groups_exist() -> bool:

@@ -23,7 +23,6 @@ from redis.crc import key_slot
 from aggregator_svc.aggregator import APPLY_SCRIPT, TRIM_SCRIPT
 from common import keys
 from common.cluster import Cluster
-from common.config import Settings
 from common.errors import InvalidArgument
 from common.scripts import script_source
 from common.validation import MAX_FIELDS, MAX_VALUE_BYTES, check_fields, check_user
@@ -379,7 +378,7 @@ def test_top_profiles_merge_breaks_ties_by_name_across_partitions(
     expected = sorted(scores.items(), key=lambda item: (-item[1], item[0]))
 
     async def in_process(limits: list[int]) -> list[list[tuple[str, int]]]:
-        cluster = Cluster(Settings(redis_url=fresh_system.cluster.url, partitions=PARTITIONS))
+        cluster = Cluster(fresh_system.client_settings("reporting_svc"))
         try:
             reports = Reports(cluster)
             return [await reports.top_profiles(limit) for limit in limits]

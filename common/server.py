@@ -143,6 +143,9 @@ async def serve(listen: str, cluster: Cluster, build: Callable[[grpc.aio.Server]
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             # Fail loudly if the port is taken rather than silently sharing it.
             ("grpc.so_reuseport", 0),
+            # Accept the gateway's keepalive pings (every 30 s on a long stream). gRPC's default allows one
+            # per 5 minutes and answers more with GOAWAY "too_many_pings", dropping the connection.
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ],
     )
     served = build(server)

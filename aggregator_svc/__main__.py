@@ -6,6 +6,7 @@ import grpc
 
 from aggregator_svc.aggregator import Aggregator
 from aggregator_svc.lag import collect_lag
+from common.command import parse_arguments
 from common.cluster import Cluster
 from common.server import Service, run_service
 
@@ -16,5 +17,11 @@ def build(server: grpc.aio.Server, cluster: Cluster) -> Service:
     )
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """The `profilemesh-aggregator` console script."""
+    parse_arguments("profilemesh-aggregator", "aggregator")
     run_service("aggregator_svc", lambda settings: settings.aggregator_listen, build)
+
+
+if __name__ == "__main__":
+    main()

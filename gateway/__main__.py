@@ -5,6 +5,7 @@ from __future__ import annotations
 import uvloop
 from aiohttp import web
 
+from common.command import parse_arguments
 from common.config import Settings
 from common.logs import setup_logging
 from common.metrics import serve_metrics
@@ -12,7 +13,10 @@ from common.server import parse_listen
 from common.tracing import setup_tracing, shutdown_tracing
 from gateway.app import build_app
 
-if __name__ == "__main__":
+
+def main() -> None:
+    """The `profilemesh-gateway` console script."""
+    parse_arguments("profilemesh-gateway", "REST gateway")
     settings = Settings.from_env()
     setup_logging("gateway", settings.log_level)
     setup_tracing("gateway")
@@ -30,3 +34,7 @@ if __name__ == "__main__":
         loop=uvloop.new_event_loop(),
     )
     shutdown_tracing()
+
+
+if __name__ == "__main__":
+    main()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from common.command import parse_arguments
 from common.cluster import Cluster
 from common.server import Service, run_service
 from common.streams import StreamLimits
@@ -20,5 +21,11 @@ def build(server: grpc.aio.Server, cluster: Cluster) -> Service:
     return Service(names=[profile_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name], on_drain=[limits.drain])
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """The `profilemesh-profile` console script."""
+    parse_arguments("profilemesh-profile", "ProfileService")
     run_service("profile_svc", lambda settings: settings.profile_listen, build)
+
+
+if __name__ == "__main__":
+    main()

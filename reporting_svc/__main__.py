@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from common.command import parse_arguments
 from common.cluster import Cluster
 from common.server import Service, run_service
 from common.streams import StreamLimits
@@ -23,5 +24,11 @@ def build(server: grpc.aio.Server, cluster: Cluster) -> Service:
     )
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """The `profilemesh-reporting` console script."""
+    parse_arguments("profilemesh-reporting", "ReportingService")
     run_service("reporting_svc", lambda settings: settings.reporting_listen, build)
+
+
+if __name__ == "__main__":
+    main()

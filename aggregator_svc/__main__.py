@@ -6,8 +6,8 @@ import grpc
 
 from aggregator_svc.aggregator import Aggregator
 from aggregator_svc.lag import collect_lag
-from common.command import parse_arguments
 from common.cluster import Cluster
+from common.command import parse_arguments
 from common.server import Service, run_service
 
 

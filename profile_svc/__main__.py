@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import grpc
 
-from common.command import parse_arguments
 from common.cluster import Cluster
+from common.command import parse_arguments
 from common.server import Service, run_service
 from common.streams import StreamLimits
 from profile_svc.events_feed import EventsFeed

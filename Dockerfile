@@ -10,7 +10,6 @@ FROM ${BASE} AS build
 # build from prebuilt wheels); they live in this stage only.
 ARG PIP_NO_INDEX
 ARG PIP_FIND_LINKS
-ARG PIP_CERT
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python3 -m venv /opt/profilemesh
 WORKDIR /src

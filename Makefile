@@ -7,12 +7,12 @@ PROTOS := $(shell find protos -name '*.proto')
 GEN    := gen/.generated
 CLI    := $(VENV)/bin/profilemesh
 
-.PHONY: run test bench proto cluster clean wrk browser prometheus
+.PHONY: run test bench proto cluster clean wrk browser prometheus podman image
 
 run: $(GEN) $(CLI) $(if $(filter 1,$(PROFILEMESH_PROMETHEUS)),prometheus)
 	$(PY) -m localdev.run
 
-test: $(GEN) $(CLI) wrk browser prometheus
+test: $(GEN) $(CLI) wrk browser prometheus podman
 	$(PY) -m pytest
 
 bench: $(GEN) wrk
@@ -27,6 +27,15 @@ prometheus:
 $(CLI): $(DEPS)
 	printf '%s\n' '#!$(CURDIR)/$(PY)' 'import sys' 'from profilemesh_cli.main import main' 'sys.exit(main())' > $@
 	chmod +x $@
+
+# Podman (runc, and debootstrap for a local base image), for the container image's test and `make image`.
+podman:
+	@command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq podman runc debootstrap)
+
+# The container image, built with podman from a local base and host-built wheels (no registry needed).
+image: $(DEPS) podman
+	$(PY) -m localdev.image
 
 # wrk, the HTTP load generator of `make bench` (and of its smoke test in `make test`): a Debian package.
 wrk:

@@ -15,7 +15,11 @@ SEED_USERS = {
 
 def test_seed_walkthrough(fresh_system: System) -> None:
     """On an empty cluster, so that the top three are the seed's users."""
-    port = fresh_system.gateway_port
+    walk_seed(fresh_system.gateway_port)
+
+
+def walk_seed(port: int) -> None:
+    """The seed's walk-through against the gateway on `port` (of a system on an empty cluster)."""
     for user, fields in SEED_USERS.items():
         assert http_call(port, "POST", f"/profile/{user}", fields) == (201, {"message": f"Profile created for: {user}"})
 

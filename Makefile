@@ -7,13 +7,17 @@ PROTOS := $(shell find protos -name '*.proto')
 GEN    := gen/.generated
 CLI    := $(VENV)/bin/profilemesh
 
-.PHONY: run test bench proto cluster clean wrk browser prometheus podman image
+.PHONY: run test test-fast bench proto cluster clean wrk browser prometheus podman image
 
 run: $(GEN) $(CLI) $(if $(filter 1,$(PROFILEMESH_PROMETHEUS)),prometheus)
 	$(PY) -m localdev.run
 
 test: $(GEN) $(CLI) wrk browser prometheus podman
 	$(PY) -m pytest
+
+# The unit tests alone (tests/unit: no cluster, no subprocesses), in seconds; `make test` runs them too.
+test-fast: $(GEN)
+	$(PY) -m pytest tests/unit -q
 
 bench: $(GEN) wrk
 	$(PY) -m bench.run

@@ -14,29 +14,25 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
-from redis.exceptions import RedisClusterException, RedisError, ResponseError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ResponseError
 
 from common import keys, metrics
-from common.cluster import Cluster
+from common.cluster import CLUSTER_FAILURES, Cluster
+from common.redis_internals import closed_under_command
 
 log = logging.getLogger(__name__)
 
 SCRIPTS = Path(__file__).parent / "scripts"
+APPLY_SCRIPT = SCRIPTS / "apply_events.lua"
+TRIM_SCRIPT = SCRIPTS / "trim_acknowledged.lua"
 RETRY_S = 0.5
 # Consumers with nothing pending and idle this long (a crashed or retired replica) are removed.
 FORGET_CONSUMER_AFTER_MS = 10 * 60 * 1000
-# Failures to wait out, not to die of. RedisClusterException (no node reachable) is not a RedisError;
-# redis-py 8.1 raises AttributeError/TypeError instead of ConnectionError when a connection is closed
-# under a running command, as happens to the parallel reads when the cluster comes back.
-UNAVAILABLE = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError, AttributeError, TypeError)
 
 Entry = tuple[bytes, dict[bytes, bytes]]
-
-
-def script_source(name: str) -> str:
-    """A script of scripts/ with the helpers it shares (Redis scripts can't import one another)."""
-    return (SCRIPTS / "helpers.lua").read_text() + "\n" + (SCRIPTS / name).read_text()
 
 
 def apply_keys(partition: int) -> list[str]:
@@ -69,8 +65,8 @@ class Aggregator:
         self.partitions = range(settings.partitions)
         # A blocking read must return before the client's socket timeout fires.
         self.block_ms = max(settings.redis_timeout_ms // 2, 10)
-        self._apply = cluster.script(SCRIPTS / "apply_events.lua", script_source("apply_events.lua"))
-        self._trim = cluster.script(SCRIPTS / "trim_acknowledged.lua", script_source("trim_acknowledged.lua"))
+        self._apply = cluster.script(APPLY_SCRIPT)
+        self._trim = cluster.script(TRIM_SCRIPT)
 
     async def run(self) -> None:
         """Consume every partition until cancelled."""
@@ -107,16 +103,14 @@ class Aggregator:
                     # A read whose reply was lost (a timeout, or the client's own retry of it) leaves
                     # its entries pending for us: take them back first, after every error and every
                     # maintenance interval, rather than waiting for them to be reclaimed as idle.
-                    reply = await client.xreadgroup(self.group, self.consumer, {stream: "0"}, count=self.batch)
+                    reply = await self._read(client, stream, "0")
                     entries = reply[0][1] if reply else []
                     if entries:
                         await self._apply_entries(partition, entries)
                     if len(entries) < self.batch:
                         own_pending_due = time.monotonic() + self.maintenance_s
                     continue
-                reply = await client.xreadgroup(
-                    self.group, self.consumer, {stream: ">"}, count=self.batch, block=self.block_ms
-                )
+                reply = await self._read(client, stream, ">", block_ms=self.block_ms)
                 for _, entries in reply or ():
                     await self._apply_entries(partition, entries)
                     if len(entries) < self.batch:
@@ -130,10 +124,16 @@ class Aggregator:
                     continue
                 log.warning("partition %d: %s", partition, error)
                 await asyncio.sleep(RETRY_S)
-            except UNAVAILABLE as error:
+            except CLUSTER_FAILURES as error:
                 own_pending_due = 0.0
                 log.warning("partition %d: cluster unavailable: %r", partition, error)
                 await asyncio.sleep(RETRY_S)
+
+    async def _read(self, client: RedisCluster, stream: str, after: str, block_ms: int | None = None) -> Any:
+        """XREADGROUP: the entries pending for us ("0") or new ones (">"), waiting up to block_ms for new ones."""
+        # Outside the bound (Cluster.bounded), so it says itself that a connection closed under it is a failure.
+        async with closed_under_command():
+            return await client.xreadgroup(self.group, self.consumer, {stream: after}, count=self.batch, block=block_ms)
 
     async def _apply_entries(self, partition: int, entries: list[Entry]) -> int:
         """Apply and acknowledge entries by id; the script reads their content from the stream itself."""
@@ -189,5 +189,5 @@ class Aggregator:
             except ResponseError as error:
                 if "NOGROUP" not in str(error):  # not created yet, or a flushed cluster: _consume makes it
                     log.warning("%s of partition %d: %s", job, partition, error)
-            except UNAVAILABLE as error:
+            except CLUSTER_FAILURES as error:
                 log.warning("%s of partition %d: cluster unavailable: %r", job, partition, error)

@@ -16,17 +16,13 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from common import keys, metrics
 from common.cluster import Cluster
+from common.stream_ids import parse_id
 
 log = logging.getLogger(__name__)
 
 INTERVAL_S = 1.0
 # Counting undelivered entries by hand (when the server can't tell the lag) stops here.
 COUNT_LIMIT = 10_000
-
-
-def _id_ms(entry_id: bytes | str) -> int:
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    return int(text.split("-")[0])
 
 
 def _text(value: Any) -> str:
@@ -47,14 +43,14 @@ async def partition_figures(client: RedisCluster, stream: str, group: str, now_m
         if pending:
             summary = await client.xpending(stream, group)
             if summary["min"] is not None:  # None: acknowledged since XINFO GROUPS was read
-                oldest_pending = max(0, now_ms - _id_ms(summary["min"])) / 1000
+                oldest_pending = max(0, now_ms - parse_id(summary["min"])[0]) / 1000
     if lag is None:  # the server can't tell after deletions inside the range: count what is left
         lag = len(await client.xrange(stream, min=f"({last_delivered}", count=COUNT_LIMIT))
     oldest_undelivered = 0.0
     if lag:  # an idle partition costs two commands a second: XLEN and XINFO GROUPS
         first_undelivered = await client.xrange(stream, min=f"({last_delivered}", count=1)
         if first_undelivered:
-            oldest_undelivered = max(0, now_ms - _id_ms(first_undelivered[0][0])) / 1000
+            oldest_undelivered = max(0, now_ms - parse_id(first_undelivered[0][0])[0]) / 1000
     return {
         "length": length,
         "lag": int(lag),

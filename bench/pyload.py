@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from bench.results import LoadResult, percentile
+from common.scripts import script_source
 
 MAX_CONNECTIONS = 4  # per process; more connections than this buy nothing on two cores
 GET_PROFILE_SCRIPT = Path(__file__).resolve().parent.parent / "profile_svc" / "scripts" / "get_profile.lua"
@@ -55,7 +56,7 @@ async def _script_calls(url: str, users: list[str], partitions: int) -> tuple[Ca
 
     client = RedisCluster.from_url(url)
     await client.initialize()
-    script = client.register_script(GET_PROFILE_SCRIPT.read_text())
+    script = client.register_script(script_source(GET_PROFILE_SCRIPT))
     arguments = [
         ([keys.profile_key(u, partitions), keys.events_key(keys.partition_of(u, partitions))], [u]) for u in users
     ]

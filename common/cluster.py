@@ -12,16 +12,21 @@ from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from common import keys, metrics, tracing
 from common.config import Settings
 from common.errors import PartitionMismatch
-from common.redis_internals import keep_command_table
+from common.redis_internals import closed_under_command, keep_command_table
+from common.scripts import script_source
 
 log = logging.getLogger(__name__)
 _commands = metrics.children(metrics.CLUSTER_COMMANDS)
 _errors = metrics.children(metrics.CLUSTER_ERRORS)
+
+# What the client raises when the cluster fails under a command: a loop waits these out, a call answers
+# UNAVAILABLE. RedisClusterException (e.g. no node reachable) is not a RedisError; TimeoutError is an OSError.
+CLUSTER_FAILURES: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError)
 
 
 class Cluster:
@@ -79,21 +84,24 @@ class Cluster:
         _commands(kind, name).inc()
         async with self.limit:
             try:
-                yield await self.connected()
+                async with closed_under_command():
+                    yield await self.connected()
             except Exception as error:
                 _errors(type(error).__name__).inc()
                 raise
 
-    def script(self, path: Path, source: str | None = None) -> AsyncScript:
-        """A script from a .lua file (or `source`, named after the file); run by SHA, loaded on first use."""
-        script = self.client.register_script(source if source is not None else path.read_text())
+    def script(self, path: Path) -> AsyncScript:
+        """A script from a .lua file (with its helpers, see common/scripts.py); run by SHA, loaded on first use."""
+        script = self.client.register_script(script_source(path))
         self.script_names[script.sha] = path.stem
         return script
 
     def name_of(self, script: AsyncScript) -> str:
         return self.script_names.get(script.sha, "script")
 
-    async def run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    @asynccontextmanager
+    async def scripting(self, script: AsyncScript) -> AsyncIterator[RedisCluster]:
+        """The client, for running `script` within the bound: counted, and traced when tracing is on."""
         name = self.name_of(script)
         # With tracing off, no span and not even its arguments are made: this is every script's path.
         span = (
@@ -105,7 +113,11 @@ class Cluster:
         )
         with span:
             async with self.bounded("script", name) as client:
-                return await script(keys=list(keys), args=list(args), client=client)
+                yield client
+
+    async def run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        async with self.scripting(script) as client:
+            return await script(keys=list(keys), args=list(args), client=client)
 
     async def ping(self) -> bool:
         """Whether any primary answers; used for gRPC health.

@@ -1,138 +1,219 @@
-"""Settings from environment variables (twelve-factor), each with a local default."""
+"""Settings from environment variables (twelve-factor), each declared once with its local default.
+
+A setting is one line of `Settings`: its name (the variable is PROFILEMESH_ and the name in capitals),
+its type, its default, its limits and the sentence the README's configuration table shows
+(tests/unit/test_config.py keeps that table equal to `markdown_table()`). Limits are checked whenever a
+`Settings` is made, from the environment or in code; a bad value raises ConfigError naming the variable.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
-from dataclasses import dataclass, field
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+PREFIX = "PROFILEMESH_"
+T = TypeVar("T")
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
+class StartupError(Exception):
+    """The process can't start as it is set up; the message says what to change. Its __main__ exits with it."""
 
 
-def _env_str(name: str, default: str) -> str:
-    return os.environ.get(name) or default
+class ConfigError(StartupError, ValueError):
+    """A setting has a value it can't take; the message names the variable and what it takes."""
+
+
+def setting(
+    default: T,
+    doc: str,
+    *,
+    choices: tuple[T, ...] = (),
+    minimum: int | None = None,
+    maximum: int | None = None,
+    secret: bool = False,
+    shown: str | None = None,
+    factory: Callable[[], T] | None = None,
+) -> T:
+    """Declare a setting: its default, the README's sentence for it, and the values it may take.
+
+    `shown` is the default as the README gives it, where the value itself depends on the machine
+    (then `factory` computes it). A `secret` is never echoed: not in repr(), not in an error message.
+    """
+    metadata = {
+        "doc": doc,
+        "choices": choices,
+        "minimum": minimum,
+        "maximum": maximum,
+        "secret": secret,
+        "shown": shown if shown is not None else f"`{default}`",
+    }
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=metadata, repr=not secret)
+    return dataclasses.field(default=default, metadata=metadata, repr=not secret)
 
 
 # none: the primary applied it. local: and fsynced it to its append-only file (WAITAOF 1 0).
 # replica: and at least one replica has it (WAIT 1), so it survives the loss of the primary.
 DURABILITY_LEVELS = ("none", "local", "replica")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("json", "text")
+
+
+def _consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 @dataclass(frozen=True)
 class Settings:
     """Every knob of every service; each service reads the ones it needs."""
 
-    redis_url: str = "redis://127.0.0.1:7000"
-    partitions: int = 16
-    redis_timeout_ms: int = 1000
-    redis_max_concurrency: int = 64
-    durability: str = "replica"
-    durability_timeout_ms: int = 1000
-    max_in_flight: int = 256
-    profile_listen: str = "0.0.0.0:50051"
-    reporting_listen: str = "0.0.0.0:50052"
-    aggregator_listen: str = "0.0.0.0:50053"
-    gateway_listen: str = "0.0.0.0:8080"
-    # Where each component serves Prometheus metrics (/metrics over HTTP); "off" serves none.
-    profile_metrics_listen: str = "0.0.0.0:9101"
-    reporting_metrics_listen: str = "0.0.0.0:9102"
-    aggregator_metrics_listen: str = "0.0.0.0:9103"
-    gateway_metrics_listen: str = "0.0.0.0:9104"
-    profile_target: str = "dns:///127.0.0.1:50051"
-    reporting_target: str = "dns:///127.0.0.1:50052"
-    deadline_ms: int = 2000
-    shutdown_grace_s: int = 10
-    drain_ms: int = 1000
-    aggregator_group: str = "aggregator"
-    aggregator_consumer: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
-    aggregator_batch: int = 500
-    aggregator_claim_idle_ms: int = 10000
-    aggregator_maintenance_s: int = 5
-    aggregator_linger_ms: int = 10
+    redis_url: str = setting(
+        "redis://127.0.0.1:7000",
+        "any cluster node; `rediss://user:password@host:port` for TLS and ACL users (MemoryDB: the cluster endpoint)",
+        secret=True,
+        shown="`redis://127.0.0.1:7000`",
+    )
+    partitions: int = setting(16, "partition count, fixed for the life of a deployment", minimum=1, maximum=1024)
+    redis_timeout_ms: int = setting(1000, "connect and socket timeout of cluster commands", minimum=1)
+    redis_max_concurrency: int = setting(64, "cluster commands in flight per process", minimum=1)
+    durability: str = setting(
+        "replica",
+        "`none`, `local` or `replica`: when a profile operation is acknowledged (above)",
+        choices=DURABILITY_LEVELS,
+    )
+    durability_timeout_ms: int = setting(1000, "how long to wait for that before answering UNAVAILABLE", minimum=0)
+    max_in_flight: int = setting(
+        256, "calls (requests, in the gateway) in flight before new ones are refused", minimum=1
+    )
+    drain_ms: int = setting(
+        1000, "how long a server stays up, NOT_SERVING, after SIGTERM before it stops accepting calls", minimum=0
+    )
+    profile_listen: str = setting("0.0.0.0:50051", "profile_svc's gRPC address")
+    reporting_listen: str = setting("0.0.0.0:50052", "reporting_svc's gRPC address")
+    aggregator_listen: str = setting("0.0.0.0:50053", "the aggregator's gRPC health address")
+    gateway_listen: str = setting("0.0.0.0:8080", "the gateway's HTTP address")
+    profile_target: str = setting(
+        "dns:///127.0.0.1:50051",
+        "where the gateway finds profile_svc: every replica, as `ipv4:a:p,b:q` or a DNS name with several addresses",
+    )
+    reporting_target: str = setting("dns:///127.0.0.1:50052", "where the gateway finds reporting_svc, likewise")
+    deadline_ms: int = setting(2000, "deadline of every gateway call", minimum=1)
+    shutdown_grace_s: int = setting(10, "how long in-flight calls may finish after SIGTERM", minimum=0)
+    aggregator_group: str = setting("aggregator", "the consumer group")
+    aggregator_consumer: str = setting(
+        "", "this replica's consumer name", factory=_consumer_name, shown="`<hostname>-<pid>`"
+    )
+    aggregator_batch: int = setting(500, "entries per read and per apply script", minimum=1)
+    aggregator_claim_idle_ms: int = setting(
+        10000, "how long an entry may stay pending before another replica reclaims it", minimum=1
+    )
+    aggregator_maintenance_s: int = setting(5, "how often acknowledged entries are trimmed", minimum=1)
+    aggregator_linger_ms: int = setting(
+        10,
+        "after a batch smaller than a full one, how long a partition's events gather before the next read"
+        " (less CPU per event, that much more lag)",
+        minimum=0,
+    )
     # Streams (WatchProfileEvents, WatchTopProfiles and their SSE routes); see common/streams.py.
-    events_retention_s: int = 600
-    max_streams: int = 128
-    stream_queue: int = 2000
-    stream_heartbeat_s: int = 15
-    stream_idle_s: int = 600
-    stream_max_s: int = 3600
-    watch_interval_ms: int = 250
-    log_level: str = "INFO"
+    events_retention_s: int = setting(
+        600, "how long acknowledged events stay in the streams, so WatchProfileEvents subscribers can resume", minimum=1
+    )
+    max_streams: int = setting(
+        128, "streams (Watch RPCs, SSE in the gateway) open per process before new ones are refused", minimum=1
+    )
+    stream_queue: int = setting(
+        2000, "events queued for one subscriber before it is cut off (RESOURCE_EXHAUSTED)", minimum=1
+    )
+    stream_heartbeat_s: int = setting(
+        15, "silence after which a stream sends a heartbeat (SSE: a keepalive comment)", minimum=1
+    )
+    stream_idle_s: int = setting(600, "a stream with no event (or a client reading nothing) this long ends", minimum=1)
+    stream_max_s: int = setting(3600, "the longest a stream stays open", minimum=1)
+    watch_interval_ms: int = setting(250, "WatchTopProfiles sends at most one message per interval", minimum=1)
+    log_level: str = setting("INFO", "log level (`DEBUG`: a line per request)", choices=LOG_LEVELS)
+    log_format: str = setting(
+        "",
+        "log lines as JSON objects (`json`) or plain text (`text`)",
+        choices=("", *LOG_FORMATS),
+        shown="`json`, or `text` on a terminal",
+    )
+    # Where each component serves Prometheus metrics (/metrics over HTTP); "off" serves none.
+    profile_metrics_listen: str = setting("0.0.0.0:9101", "where profile_svc serves `/metrics`; `off` for none")
+    reporting_metrics_listen: str = setting("0.0.0.0:9102", "where reporting_svc serves `/metrics`; `off` for none")
+    aggregator_metrics_listen: str = setting("0.0.0.0:9103", "where the aggregator serves `/metrics`; `off` for none")
+    gateway_metrics_listen: str = setting("0.0.0.0:9104", "where the gateway serves `/metrics`; `off` for none")
+
+    def __post_init__(self) -> None:
+        """Check every value, however the Settings was made: a bad one raises ConfigError."""
+        types = typing.get_type_hints(type(self))
+        for spec in dataclasses.fields(self):
+            _check(spec, types[spec.name], getattr(self, spec.name))
 
     @classmethod
-    def from_env(cls) -> Settings:
-        defaults = cls()
-        settings = cls(
-            redis_url=_env_str("PROFILEMESH_REDIS_URL", defaults.redis_url),
-            partitions=_env_int("PROFILEMESH_PARTITIONS", defaults.partitions),
-            redis_timeout_ms=_env_int("PROFILEMESH_REDIS_TIMEOUT_MS", defaults.redis_timeout_ms),
-            redis_max_concurrency=_env_int("PROFILEMESH_REDIS_MAX_CONCURRENCY", defaults.redis_max_concurrency),
-            durability=_env_str("PROFILEMESH_DURABILITY", defaults.durability),
-            durability_timeout_ms=_env_int("PROFILEMESH_DURABILITY_TIMEOUT_MS", defaults.durability_timeout_ms),
-            max_in_flight=_env_int("PROFILEMESH_MAX_IN_FLIGHT", defaults.max_in_flight),
-            profile_listen=_env_str("PROFILEMESH_PROFILE_LISTEN", defaults.profile_listen),
-            reporting_listen=_env_str("PROFILEMESH_REPORTING_LISTEN", defaults.reporting_listen),
-            aggregator_listen=_env_str("PROFILEMESH_AGGREGATOR_LISTEN", defaults.aggregator_listen),
-            gateway_listen=_env_str("PROFILEMESH_GATEWAY_LISTEN", defaults.gateway_listen),
-            profile_metrics_listen=_env_str("PROFILEMESH_PROFILE_METRICS_LISTEN", defaults.profile_metrics_listen),
-            reporting_metrics_listen=_env_str(
-                "PROFILEMESH_REPORTING_METRICS_LISTEN", defaults.reporting_metrics_listen
-            ),
-            aggregator_metrics_listen=_env_str(
-                "PROFILEMESH_AGGREGATOR_METRICS_LISTEN", defaults.aggregator_metrics_listen
-            ),
-            gateway_metrics_listen=_env_str("PROFILEMESH_GATEWAY_METRICS_LISTEN", defaults.gateway_metrics_listen),
-            profile_target=_env_str("PROFILEMESH_PROFILE_TARGET", defaults.profile_target),
-            reporting_target=_env_str("PROFILEMESH_REPORTING_TARGET", defaults.reporting_target),
-            deadline_ms=_env_int("PROFILEMESH_DEADLINE_MS", defaults.deadline_ms),
-            shutdown_grace_s=_env_int("PROFILEMESH_SHUTDOWN_GRACE_S", defaults.shutdown_grace_s),
-            drain_ms=_env_int("PROFILEMESH_DRAIN_MS", defaults.drain_ms),
-            aggregator_group=_env_str("PROFILEMESH_AGGREGATOR_GROUP", defaults.aggregator_group),
-            aggregator_consumer=_env_str("PROFILEMESH_AGGREGATOR_CONSUMER", defaults.aggregator_consumer),
-            aggregator_batch=_env_int("PROFILEMESH_AGGREGATOR_BATCH", defaults.aggregator_batch),
-            aggregator_claim_idle_ms=_env_int(
-                "PROFILEMESH_AGGREGATOR_CLAIM_IDLE_MS", defaults.aggregator_claim_idle_ms
-            ),
-            aggregator_maintenance_s=_env_int(
-                "PROFILEMESH_AGGREGATOR_MAINTENANCE_S", defaults.aggregator_maintenance_s
-            ),
-            aggregator_linger_ms=_env_int("PROFILEMESH_AGGREGATOR_LINGER_MS", defaults.aggregator_linger_ms),
-            events_retention_s=_env_int("PROFILEMESH_EVENTS_RETENTION_S", defaults.events_retention_s),
-            max_streams=_env_int("PROFILEMESH_MAX_STREAMS", defaults.max_streams),
-            stream_queue=_env_int("PROFILEMESH_STREAM_QUEUE", defaults.stream_queue),
-            stream_heartbeat_s=_env_int("PROFILEMESH_STREAM_HEARTBEAT_S", defaults.stream_heartbeat_s),
-            stream_idle_s=_env_int("PROFILEMESH_STREAM_IDLE_S", defaults.stream_idle_s),
-            stream_max_s=_env_int("PROFILEMESH_STREAM_MAX_S", defaults.stream_max_s),
-            watch_interval_ms=_env_int("PROFILEMESH_WATCH_INTERVAL_MS", defaults.watch_interval_ms),
-            log_level=_env_str("PROFILEMESH_LOG_LEVEL", defaults.log_level),
-        )
-        if settings.durability not in DURABILITY_LEVELS:
-            raise SystemExit(
-                f"PROFILEMESH_DURABILITY must be one of {', '.join(DURABILITY_LEVELS)}, got {settings.durability!r}"
-            )
-        if not 1 <= settings.partitions <= 1024:
-            raise SystemExit(f"PROFILEMESH_PARTITIONS must be 1..1024, got {settings.partitions}")
-        for name in (
-            "events_retention_s",
-            "max_streams",
-            "stream_queue",
-            "stream_heartbeat_s",
-            "stream_idle_s",
-            "stream_max_s",
-            "watch_interval_ms",
-        ):
-            if getattr(settings, name) < 1:
-                raise SystemExit(f"PROFILEMESH_{name.upper()} must be at least 1, got {getattr(settings, name)}")
-        return settings
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from `environ` (os.environ unless given); an unset or empty variable keeps the default."""
+        environ = os.environ if environ is None else environ
+        types = typing.get_type_hints(cls)
+        given: dict[str, Any] = {}
+        for spec in dataclasses.fields(cls):
+            raw = environ.get(variable(spec.name), "")
+            if raw != "":
+                given[spec.name] = _parse(spec, types[spec.name], raw)
+        return cls(**given)
 
     def metrics_listen(self, component: str) -> str:
         """The metrics address of `component` (profile_svc, reporting_svc, aggregator_svc or gateway)."""
-        return getattr(self, f"{component.removesuffix('_svc')}_metrics_listen")
+        return str(getattr(self, f"{component.removesuffix('_svc')}_metrics_listen"))
+
+
+def variable(name: str) -> str:
+    """The environment variable of the setting `name`."""
+    return PREFIX + name.upper()
+
+
+def _shown(spec: dataclasses.Field[Any], value: object) -> str:
+    return "(hidden)" if spec.metadata["secret"] else repr(value)
+
+
+def _parse(spec: dataclasses.Field[Any], kind: type, raw: str) -> Any:
+    if kind is int:
+        try:
+            return int(raw.strip(), 10)
+        except ValueError:
+            raise ConfigError(f"{variable(spec.name)} must be an integer, got {_shown(spec, raw)}") from None
+    return raw
+
+
+def _check(spec: dataclasses.Field[Any], kind: type, value: object) -> None:
+    name, meta = variable(spec.name), spec.metadata
+    # bool is an int to isinstance, but True is no partition count.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{name} must be {'an integer' if kind is int else 'a string'}, got {_shown(spec, value)}")
+    if meta["choices"] and value not in meta["choices"]:
+        allowed = ", ".join(str(choice) for choice in meta["choices"] if choice != "")
+        raise ConfigError(f"{name} must be one of {allowed}, got {_shown(spec, value)}")
+    if isinstance(value, int):
+        low, high = meta["minimum"], meta["maximum"]
+        if low is not None and value < low:
+            limits = f"{low}..{high}" if high is not None else f"at least {low}"
+            raise ConfigError(f"{name} must be {limits}, got {value}")
+        if high is not None and value > high:
+            limits = f"{low}..{high}" if low is not None else f"at most {high}"
+            raise ConfigError(f"{name} must be {limits}, got {value}")
+
+
+def markdown_table() -> str:
+    """The README's configuration table, one row per setting, in declaration order."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for spec in dataclasses.fields(Settings):
+        rows.append(f"| `{variable(spec.name)}` | {spec.metadata['shown']} | {spec.metadata['doc']} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

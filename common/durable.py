@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import (
     AskError,
@@ -39,13 +39,12 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from common import metrics, tracing
+from common import metrics
 from common.cluster import Cluster
 from common.errors import Unavailable
+from common.redis_internals import NothingSent, send_on_one_connection
 
 log = logging.getLogger(__name__)
-_scripts = metrics.children(metrics.CLUSTER_COMMANDS)
-_errors = metrics.children(metrics.CLUSTER_ERRORS)
 
 # Replies that prove the command was not executed, so running it again is safe.
 _NOT_EXECUTED = (MovedError, TryAgainError, ClusterDownError, BusyLoadingError, MasterDownError, ReadOnlyError)
@@ -138,50 +137,41 @@ class DurableScripts:
         `durable=False` skips the wait: for reads, whose only write is a statistics event.
         The caller bounds the retries with a deadline (asyncio.timeout).
         """
-        name = self.cluster.name_of(script)
-        _scripts("script", name).inc()
-        try:
-            if not tracing.ENABLED:
-                return await self._run(script, keys, args, durable)
-            with tracing.span(
-                f"script {name}", tracing.trace.SpanKind.CLIENT, **{"db.system": "redis", "db.operation": name}
-            ):
-                return await self._run(script, keys, args, durable)
-        except Exception as error:
-            _errors(type(error).__name__).inc()
-            raise
+        async with self.cluster.scripting(script) as client:
+            return await self._run(client, script, keys, args, durable)
 
-    async def _run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any], durable: bool) -> Any:
+    async def _run(
+        self, client: RedisCluster, script: AsyncScript, keys: Sequence[str], args: Sequence[Any], durable: bool
+    ) -> Any:
         ask: _Ask | None = None
         attempt = 0
-        async with self.cluster.limit:
-            client = await self.cluster.connected()
-            while True:
-                try:
-                    node = client.get_node(ask.host, ask.port) if ask else client.get_node_from_key(keys[0])
-                    if node is None:  # an ASK to a node the client does not know yet
-                        raise _NotExecuted("unknown node")
-                    wait = self.wait_command if durable else None
-                    if wait and wait[0] == "WAIT" and not await self._replicas.has_replica(node):
-                        raise Unavailable(NO_REPLICA)
-                    return await self._run_once(node, script, keys, args, wait, asking=ask is not None)
-                except _Ask as redirect:
-                    metrics.CLUSTER_REDIRECTS.labels("ask").inc()
-                    ask = redirect
-                except SlotNotCoveredError:
-                    # No node serves the partition any more (its whole shard is down): say so now
-                    # rather than retrying until the deadline. Other partitions keep working.
-                    await self.cluster.refresh_topology()
-                    raise Unavailable(
-                        "this profile's partition is unavailable (its shard is down); retry later"
-                    ) from None
-                except _NotExecuted as reason:
-                    ask = None
-                    log.debug("not executed, retrying: %s", reason)
-                    metrics.CLUSTER_RETRIES.inc()
-                    await self.cluster.refresh_topology()
-                    await asyncio.sleep(min(MAX_BACKOFF_S, 0.01 * 2**attempt))
-                    attempt += 1
+        while True:
+            try:
+                node = client.get_node(ask.host, ask.port) if ask else client.get_node_from_key(keys[0])
+                if node is None:  # an ASK to a node the client does not know yet
+                    raise _NotExecuted("unknown node")
+                wait = self.wait_command if durable else None
+                if wait and wait[0] == "WAIT" and not await self._replicas.has_replica(node):
+                    raise Unavailable(NO_REPLICA, reason="NO_REPLICA")
+                return await self._run_once(node, script, keys, args, wait, asking=ask is not None)
+            except _Ask as redirect:
+                metrics.CLUSTER_REDIRECTS.labels("ask").inc()
+                ask = redirect
+            except SlotNotCoveredError:
+                # No node serves the partition any more (its whole shard is down): say so now
+                # rather than retrying until the deadline. Other partitions keep working.
+                await self.cluster.refresh_topology()
+                raise Unavailable(
+                    "this profile's partition is unavailable (its shard is down); retry later",
+                    reason="PARTITION_UNAVAILABLE",
+                ) from None
+            except _NotExecuted as reason:
+                ask = None
+                log.debug("not executed, retrying: %s", reason)
+                metrics.CLUSTER_RETRIES.inc()
+                await self.cluster.refresh_topology()
+                await asyncio.sleep(min(MAX_BACKOFF_S, 0.01 * 2**attempt))
+                attempt += 1
 
     async def _run_once(
         self,
@@ -196,7 +186,13 @@ class DurableScripts:
         commands.append(("EVALSHA", script.sha, len(keys), *keys, *args))
         if wait:
             commands.append(wait)
-        replies = await self._pipeline(node, commands)
+        try:
+            replies = await send_on_one_connection(node, commands)
+        except NothingSent as error:
+            raise _NotExecuted(str(error)) from error
+        except _BROKEN as error:
+            log.warning("lost the connection to %s mid-operation: %r", node.name, error)
+            raise Unavailable(UNCONFIRMED, reason="OUTCOME_UNKNOWN") from error
         result = replies[1 if asking else 0]
         if isinstance(result, NoScriptError):
             await node.execute_command("SCRIPT", "LOAD", script.script)
@@ -214,7 +210,7 @@ class DurableScripts:
             if not self._confirmed(wait, replies[-1]):
                 self._wait_failures.inc()
                 self._replicas.forget(node)  # perhaps the replica just went away: look again next time
-                raise Unavailable(UNCONFIRMED)
+                raise Unavailable(UNCONFIRMED, reason="OUTCOME_UNKNOWN")
         return result
 
     @staticmethod
@@ -224,38 +220,3 @@ class DurableScripts:
         if wait[0] == "WAITAOF":  # [fsynced locally, fsynced on replicas]
             return int(reply[0]) >= 1
         return int(reply) >= 1  # WAIT: replicas that have the write
-
-    @staticmethod
-    async def _pipeline(node: ClusterNode, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """Send every command on one connection and read every reply; error replies are returned."""
-        connection = node.acquire_connection()
-        try:
-            try:
-                # A connection whose peer went away (a killed primary) is replaced before
-                # anything is sent, so its failure still proves nothing ran.
-                if connection.is_connected and await connection.can_read():
-                    await connection.disconnect()
-            except _BROKEN:
-                await connection.disconnect()
-            try:
-                await connection.connect()
-            except _BROKEN as error:
-                raise _NotExecuted(f"cannot connect to {node.name}: {error}") from error
-            try:
-                await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
-                replies: list[Any] = []
-                for _ in commands:
-                    try:
-                        replies.append(await connection.read_response())
-                    except ResponseError as error:
-                        replies.append(error)
-                return replies
-            except _BROKEN as error:
-                await connection.disconnect()
-                log.warning("lost the connection to %s mid-operation: %r", node.name, error)
-                raise Unavailable(UNCONFIRMED) from error
-            except RedisError:
-                await connection.disconnect()
-                raise
-        finally:
-            node.release(connection)

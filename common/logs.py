@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
-LOG_FORMATS = ("json", "text")
 
 
 class _RequestIdFilter(logging.Filter):
@@ -56,19 +54,12 @@ class TextFormatter(logging.Formatter):
         return f"{text} [request_id={request_id}]" if request_id else text
 
 
-def log_format() -> str:
-    """PROFILEMESH_LOG_FORMAT, else json unless stdout is a terminal."""
-    chosen = os.environ.get("PROFILEMESH_LOG_FORMAT") or ("text" if sys.stdout.isatty() else "json")
-    if chosen not in LOG_FORMATS:
-        raise SystemExit(f"PROFILEMESH_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, got {chosen!r}")
-    return chosen
-
-
-def setup_logging(component: str, level: str) -> logging.Logger:
-    """Log to stdout, one line per record, in the chosen format."""
+def setup_logging(component: str, level: str, log_format: str = "") -> logging.Logger:
+    """Log to stdout, one line per record, as `log_format` says: json or text (unset: text on a terminal)."""
+    chosen = log_format or ("text" if sys.stdout.isatty() else "json")
     handler = logging.StreamHandler(sys.stdout)
     handler.addFilter(_RequestIdFilter())
-    handler.setFormatter(JsonFormatter(component) if log_format() == "json" else TextFormatter(component))
+    handler.setFormatter(JsonFormatter(component) if chosen == "json" else TextFormatter(component))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

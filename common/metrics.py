@@ -13,6 +13,9 @@ from typing import TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics, start_http_server
 
+from common.addresses import parse_listen
+from common.config import StartupError
+
 log = logging.getLogger(__name__)
 disable_created_metrics()  # no `_created` series beside every counter: nothing here reads them
 
@@ -28,6 +31,9 @@ GRPC_LATENCY = Histogram(
     "gRPC call latency in the server",
     ["method"],
     buckets=LATENCY_BUCKETS,
+)
+GRPC_SHED = Counter(
+    "profilemesh_grpc_server_shed", "gRPC calls refused with RESOURCE_EXHAUSTED by load shedding", ["method"]
 )
 GRPC_IN_FLIGHT = Gauge("profilemesh_grpc_server_in_flight", "gRPC calls being handled", ["method"])
 
@@ -100,15 +106,12 @@ def serve_metrics(listen: str) -> None:
     """Serve /metrics on `listen` (host:port) from a thread; "off" serves nothing."""
     if listen == "off":
         return
-    host, _, port = listen.rpartition(":")
     try:
-        start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0")
+        host, port = parse_listen(listen)
+        start_http_server(port, addr=host)
     except (OSError, ValueError) as error:
-        log.critical(
-            "cannot serve metrics on %r: %s (set this component's PROFILEMESH_..._METRICS_LISTEN "
-            "to a free host:port, or off)",
-            listen,
-            error,
-        )
-        raise SystemExit(1) from None
+        raise StartupError(
+            f"cannot serve metrics on {listen!r}: {error} (set this component's PROFILEMESH_..._METRICS_LISTEN "
+            "to a free host:port, or off)"
+        ) from None
     log.info("metrics on http://%s/metrics", listen)

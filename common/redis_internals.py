@@ -1,4 +1,4 @@
-"""Where profilemesh reaches into redis-py's undocumented internals, and why.
+"""Where profilemesh reaches into redis-py's undocumented internals, and why: nowhere else does.
 
 Checked against redis-py 8.1.0 (requirements.txt pins it); tests/test_redis_internals.py fails
 loudly if an upgrade changes what is relied on here.
@@ -6,11 +6,15 @@ loudly if an upgrade changes what is relied on here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from redis._parsers.commands import AsyncCommandsParser
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
 def keep_command_table(client: RedisCluster) -> None:
@@ -58,3 +62,73 @@ def stream_keys(args: Sequence[Any]) -> list[Any] | None:
         return None
     streams_and_ids = list(args[upper.index("STREAMS", first_option) + 1 :])
     return streams_and_ids[: len(streams_and_ids) // 2]
+
+
+@contextlib.asynccontextmanager
+async def closed_under_command() -> AsyncIterator[None]:
+    """Report a connection closed under a running command as the ConnectionError it is.
+
+    redis-py 8.1 raises AttributeError or TypeError instead when a connection is closed under a command
+    (its writer or reader is already None: `'NoneType' object has no attribute 'writelines'`), as happens
+    to concurrent commands when the cluster comes back. Only errors raised inside redis-py itself are
+    converted: the same errors from our own code are bugs, and surface as such.
+    """
+    try:
+        yield
+    except (AttributeError, TypeError) as error:
+        if not _raised_in_redis(error):
+            raise
+        raise RedisConnectionError(f"connection closed under a running command: {error!r}") from error
+
+
+def _raised_in_redis(error: BaseException) -> bool:
+    """Whether the innermost frame of the error's traceback is redis-py's code."""
+    trace = error.__traceback__
+    if trace is None:
+        return False
+    while trace.tb_next is not None:
+        trace = trace.tb_next
+    return str(trace.tb_frame.f_globals.get("__name__", "")).startswith("redis.")
+
+
+_BROKEN = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class NothingSent(Exception):
+    """No connection to the node could be made: none of the commands reached it."""
+
+
+async def send_on_one_connection(node: ClusterNode, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """Send every command on one connection of `node` and read every reply; error replies are returned.
+
+    redis-py has no public way to pipeline on one chosen connection (its cluster pipeline picks its own,
+    and WAIT speaks only for the writes of its connection), so this takes one from the node's pool.
+    A connection error after sending propagates: the commands may or may not have run.
+    """
+    connection = node.acquire_connection()
+    try:
+        try:
+            # A connection whose peer went away (a killed primary) is replaced before
+            # anything is sent, so its failure still proves nothing ran.
+            if connection.is_connected and await connection.can_read():
+                await connection.disconnect()
+        except _BROKEN:
+            await connection.disconnect()
+        try:
+            await connection.connect()
+        except _BROKEN as error:
+            raise NothingSent(f"cannot connect to {node.name}: {error}") from error
+        try:
+            await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(await connection.read_response())
+                except ResponseError as error:
+                    replies.append(error)
+            return replies
+        except (RedisError, OSError):
+            await connection.disconnect()
+            raise
+    finally:
+        node.release(connection)

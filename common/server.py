@@ -1,24 +1,23 @@
-"""gRPC server bootstrap shared by every service: health, reflection, error mapping, graceful shutdown."""
+"""gRPC server bootstrap shared by every service: health, reflection, graceful shutdown.
+
+How errors become statuses is common/rpc_errors.py's job.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
-from redis.exceptions import MaxConnectionsError, RedisClusterException, RedisError
 
-from common.cluster import Cluster
-from common.config import Settings
-from common.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from common.cluster import CLUSTER_FAILURES, Cluster
+from common.config import Settings, StartupError
 from common.interceptors import ObservingInterceptor
 from common.logs import setup_logging
 from common.metrics import serve_metrics
@@ -30,44 +29,7 @@ log = logging.getLogger(__name__)
 # while keeping a flood of oversized messages from eating memory.
 MAX_MESSAGE_BYTES = 1 << 20
 HEALTH_INTERVAL_S = 1.0
-# Calls that come without a deadline still get one, so retries inside can't go on for ever.
-MAX_CALL_S = 10.0
 BIND_WAIT_S = 65
-
-Handler = TypeVar("Handler", bound=Callable[..., Awaitable])
-
-
-def translate_errors(method: Handler) -> Handler:
-    """Turn domain and cluster errors into gRPC status codes; nothing escapes as UNKNOWN."""
-
-    @functools.wraps(method)
-    async def wrapper(self, request, context: grpc.aio.ServicerContext):
-        remaining = context.time_remaining()
-        deadline = asyncio.timeout(min(remaining, MAX_CALL_S) if remaining is not None else MAX_CALL_S)
-        try:
-            async with deadline:
-                return await method(self, request, context)
-        except TimeoutError as error:
-            if deadline.expired():
-                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the cluster answered")
-            log.warning("%s: cluster timed out: %r", method.__name__, error)  # a socket timeout from below
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the cluster is unavailable; retry later")
-        except InvalidArgument as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        except NotFound as error:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
-        except AlreadyExists as error:
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(error))
-        except MaxConnectionsError:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many requests in flight; retry later")
-        except Unavailable as error:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
-        # RedisClusterException (e.g. no node reachable) is not a RedisError.
-        except (RedisError, RedisClusterException, OSError) as error:
-            log.warning("%s: cluster unavailable: %r", method.__name__, error)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the cluster is unavailable; retry later")
-
-    return wrapper  # type: ignore[return-value]
 
 
 async def _watch_cluster(cluster: Cluster, health: health_aio.HealthServicer, services: Iterable[str]) -> None:
@@ -80,7 +42,7 @@ async def _watch_cluster(cluster: Cluster, health: health_aio.HealthServicer, se
             try:
                 await cluster.verify_partitions()  # a PartitionMismatch ends the process
                 verified = True
-            except (RedisError, RedisClusterException, OSError) as error:
+            except CLUSTER_FAILURES as error:
                 log.warning("cannot check the partition count yet: %r", error)
                 healthy = False
         status = health_pb2.HealthCheckResponse.SERVING if healthy else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -106,7 +68,7 @@ async def _bind(server: grpc.aio.Server, listen: str) -> None:
             return
         except RuntimeError:
             if waited >= BIND_WAIT_S:
-                raise SystemExit(f"cannot listen on {listen}: the port is in use") from None
+                raise StartupError(f"cannot listen on {listen}: the port is in use") from None
             if waited % 10 == 0:
                 log.warning(
                     "cannot listen on %s yet (in use, or held by a closed connection in TIME_WAIT); waiting up to %d s",
@@ -132,7 +94,7 @@ def run_service(
 ) -> None:
     """A service's whole `main`: settings, logging, the cluster client, then serve until a signal."""
     settings = Settings.from_env()
-    setup_logging(process, settings.log_level)
+    setup_logging(process, settings.log_level, settings.log_format)
     setup_tracing(process)
     serve_metrics(settings.metrics_listen(process))
 
@@ -153,11 +115,12 @@ async def serve(listen: str, cluster: Cluster, build: Callable[[grpc.aio.Server]
     health turns NOT_SERVING first, so load balancers stop sending before the listener closes.
     """
     server = grpc.aio.server(
-        interceptors=[ObservingInterceptor()],
-        # Beyond this many calls in flight, new ones get RESOURCE_EXHAUSTED at once instead of queueing.
-        # gRPC refuses them before any Python runs, so the servers can't count them: callers see them
-        # (the gateway as 429s in profilemesh_http_requests_total).
-        maximum_concurrent_rpcs=cluster.settings.max_in_flight,
+        # Sheds unary calls beyond PROFILEMESH_MAX_IN_FLIGHT (RESOURCE_EXHAUSTED, counted).
+        interceptors=[ObservingInterceptor(cluster.settings.max_in_flight)],
+        # A backstop above the shedding and the stream limit (common/streams.py), so that a flood
+        # that outruns Python still can't queue without bound. gRPC core refuses calls beyond it
+        # before any Python runs: only callers see those.
+        maximum_concurrent_rpcs=2 * cluster.settings.max_in_flight + cluster.settings.max_streams,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             # Fail loudly if the port is taken rather than silently sharing it.
@@ -209,8 +172,3 @@ async def serve(listen: str, cluster: Cluster, build: Callable[[grpc.aio.Server]
     if failure is not None:
         raise failure
     log.info("stopped")
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]") or "0.0.0.0", int(port)

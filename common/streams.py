@@ -3,8 +3,8 @@
 A stream holds its slot for minutes, so it gets bounds a unary call doesn't need: at most
 PROFILEMESH_MAX_STREAMS per process, an idle lifetime (no event, only heartbeats, for
 PROFILEMESH_STREAM_IDLE_S), a maximum lifetime (PROFILEMESH_STREAM_MAX_S), and an end as soon as the
-process drains, so clients reconnect to a replica that stays. Streams also count among the calls in
-flight (PROFILEMESH_MAX_IN_FLIGHT), so load shedding sees them.
+process drains, so clients reconnect to a replica that stays. (Unary load shedding, in
+common/interceptors.py, leaves streams to these bounds.)
 """
 
 from __future__ import annotations
@@ -15,21 +15,26 @@ import time
 from collections.abc import Coroutine, Iterator
 from typing import Any
 
-from redis.exceptions import RedisClusterException, RedisError
+import grpc
 
 from common.config import Settings
+from common.errors import ServiceError, TooManyRequests
 
 DRAINING = "the server is shutting down; reconnect"
-# What ends a stream with UNAVAILABLE when the cluster fails under it (RedisClusterException is not a RedisError).
-CLUSTER_UNAVAILABLE = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
 
 
-class TooManyStreams(Exception):
+class TooManyStreams(TooManyRequests):
     """Every stream slot of this process is taken (RESOURCE_EXHAUSTED, HTTP 429)."""
 
+    default_reason = "TOO_MANY_STREAMS"
 
-class StreamEnded(Exception):
+
+class StreamEnded(ServiceError):
     """The server ends the stream, and the client should reconnect (UNAVAILABLE); the message says why."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    default_reason = "STREAM_ENDED"
+    resumable = True
 
 
 class StreamLimits:

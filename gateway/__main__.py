@@ -5,20 +5,18 @@ from __future__ import annotations
 import uvloop
 from aiohttp import web
 
+from common.addresses import parse_listen
 from common.command import parse_arguments
-from common.config import Settings
+from common.config import Settings, StartupError
 from common.logs import setup_logging
 from common.metrics import serve_metrics
-from common.server import parse_listen
 from common.tracing import setup_tracing, shutdown_tracing
 from gateway.app import build_app
 
 
-def main() -> None:
-    """The `profilemesh-gateway` console script."""
-    parse_arguments("profilemesh-gateway", "REST gateway")
+def serve() -> None:
     settings = Settings.from_env()
-    setup_logging("gateway", settings.log_level)
+    setup_logging("gateway", settings.log_level, settings.log_format)
     setup_tracing("gateway")
     # On its own port: the public listener stays the API alone, and scrapes are neither counted nor shed.
     serve_metrics(settings.gateway_metrics_listen)
@@ -34,6 +32,15 @@ def main() -> None:
         loop=uvloop.new_event_loop(),
     )
     shutdown_tracing()
+
+
+def main() -> None:
+    """The `profilemesh-gateway` console script; only here does a start-up error end the process."""
+    parse_arguments("profilemesh-gateway", "REST gateway")
+    try:
+        serve()
+    except StartupError as error:
+        raise SystemExit(f"gateway: {error}") from None
 
 
 if __name__ == "__main__":

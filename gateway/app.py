@@ -15,10 +15,11 @@ from common import metrics
 from common.config import Settings
 from common.streams import StreamLimits
 from gateway import upstreams
+from gateway.errors import rpc_error_response, service_error_response
 from gateway.observe import observe, outgoing_metadata
 from gateway.routes import Route, routes_from
 from gateway.sse import STREAM_CALLS, STREAM_CHANNELS, stream_calls, stream_channel, stream_handler
-from gateway.translate import HTTP_STATUS, BadRequest, build_request, render_response
+from gateway.translate import BadRequest, build_request, render_response
 from profilemesh.profile.v1 import profile_pb2
 from profilemesh.reporting.v1 import reporting_pb2
 
@@ -78,13 +79,12 @@ def _handler(route: Route, timeout_s: float) -> Callable[[web.Request], Awaitabl
         try:
             message = build_request(route, dict(request.match_info), body)
         except BadRequest as error:
-            return web.json_response({"message": str(error)}, status=400)
+            return service_error_response(error)
         call = request.app[CALLS][route.grpc_path]
         try:
             response = await call(message, timeout=timeout_s, metadata=outgoing_metadata())
         except grpc.aio.AioRpcError as error:
-            status = HTTP_STATUS.get(error.code(), 500)
-            return web.json_response({"message": error.details() or error.code().name}, status=status)
+            return rpc_error_response(error)
         return web.json_response(render_response(route, response), status=success)
 
     return handle

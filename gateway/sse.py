@@ -27,10 +27,12 @@ from aiohttp import web
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
+from common.errors import DeadlineExceeded
 from common.streams import StreamEnded, StreamLimits, TooManyStreams
 from gateway import upstreams
+from gateway.errors import http_status, rendered_details, rich_status, rpc_error_response, service_error_response
 from gateway.routes import Route
-from gateway.translate import DECIMAL, HTTP_STATUS, INTEGER_TYPES, BadRequest, build_request, render_response
+from gateway.translate import DECIMAL, INTEGER_TYPES, BadRequest, build_request, render_response
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +74,14 @@ def build_stream_request(
         field = by_name.get(name)
         if field is None or field.name in in_path:
             allowed = ", ".join(f.name for f in fields if f.name not in in_path) or "none"
-            raise BadRequest(f"unknown query parameter {name[:40]!r}: this path takes {allowed}")
+            raise BadRequest(f"unknown query parameter {name[:40]!r}: this path takes {allowed}", field=name[:40])
         values = query.getall(name)  # type: ignore[attr-defined]
         if field.is_repeated:
             getattr(request, field.name).extend(_scalar(field, value) for value in values)
         elif len(values) > 1:
-            raise BadRequest(f"query parameter {name!r} is given {len(values)} times; it takes one value")
+            raise BadRequest(
+                f"query parameter {name!r} is given {len(values)} times; it takes one value", field=field.name
+            )
         else:
             setattr(request, field.name, _scalar(field, values[0]))
     if last_event_id and RESUME_FIELD in request.DESCRIPTOR.fields_by_name and not getattr(request, RESUME_FIELD):
@@ -92,7 +96,7 @@ def _scalar(field: FieldDescriptor, raw: str) -> Any:
         return raw == "true"
     if field.cpp_type in INTEGER_TYPES and DECIMAL.fullmatch(raw):
         return int(raw, 10)
-    raise BadRequest(f"query parameter {field.name!r} has an invalid value {raw[:40]!r}")
+    raise BadRequest(f"query parameter {field.name!r} has an invalid value {raw[:40]!r}", field=field.name)
 
 
 def _frame(data: Any, event: str | None = None, event_id: str | None = None, retry_ms: int | None = None) -> bytes:
@@ -107,13 +111,13 @@ def _frame(data: Any, event: str | None = None, event_id: str | None = None, ret
     return ("\n".join(lines) + "\n\n").encode()
 
 
-def _end(code: grpc.StatusCode, message: str, resume_token: str | None = None) -> bytes:
-    body = {"code": code.name, "status": HTTP_STATUS.get(code, 500), "message": message}
+def _end(
+    code: grpc.StatusCode, message: str, resume_token: str | None = None, details: list[Any] | None = None
+) -> bytes:
+    body: dict[str, Any] = {"code": code.name, "status": http_status(code), "message": message}
+    if details:
+        body["details"] = details
     return _frame(body, event="end", event_id=resume_token, retry_ms=RETRY_MS)
-
-
-def _error(code: grpc.StatusCode, message: str) -> web.Response:
-    return web.json_response({"message": message}, status=HTTP_STATUS.get(code, 500))
 
 
 def stream_handler(
@@ -130,19 +134,14 @@ def stream_handler(
             message = build_stream_request(
                 route, dict(request.match_info), request.query, request.headers.get("Last-Event-ID")
             )
-        except BadRequest as error:
-            return web.json_response({"message": str(error)}, status=400)
-        try:
             with limits.slot():
                 call = request.app[STREAM_CALLS][route.grpc_path](message)
                 try:
                     return await relay(request, call)
                 finally:
                     call.cancel()  # a no-op when it has ended; else the upstream stream stops at once
-        except TooManyStreams as error:
-            return _error(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
-        except StreamEnded as error:
-            return _error(grpc.StatusCode.UNAVAILABLE, str(error))
+        except (BadRequest, TooManyStreams, StreamEnded) as error:
+            return service_error_response(error)
 
     async def relay(request: web.Request, call: grpc.aio.UnaryStreamCall) -> web.StreamResponse:
         # The first message decides between a JSON error and a 200 event stream.
@@ -151,9 +150,11 @@ def stream_handler(
             await asyncio.wait_for(asyncio.shield(reading), deadline_s)
         except TimeoutError:
             reading.cancel()
-            return _error(grpc.StatusCode.DEADLINE_EXCEEDED, f"the service did not answer within {deadline_s:g} s")
+            return service_error_response(
+                DeadlineExceeded(f"the service did not answer within {deadline_s:g} s", reason="UPSTREAM_TIMEOUT")
+            )
         except grpc.aio.AioRpcError as error:
-            return _error(error.code(), error.details() or error.code().name)
+            return rpc_error_response(error)
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -170,7 +171,8 @@ def stream_handler(
                         message = reading.result()
                     except grpc.aio.AioRpcError as error:
                         token = dict(error.trailing_metadata() or ()).get("resume-token")
-                        await response.write(_end(error.code(), error.details() or error.code().name, token))
+                        details = rendered_details(rich_status(error))
+                        await response.write(_end(error.code(), error.details() or error.code().name, token, details))
                         return response
                     if message is grpc.aio.EOF:
                         await response.write(_end(grpc.StatusCode.OK, "the stream ended"))

@@ -1,4 +1,4 @@
-"""JSON <-> protobuf for the gateway, and gRPC status -> HTTP status the way grpc-gateway maps it."""
+"""JSON <-> protobuf for the gateway: requests from paths and bodies, responses as grpc-gateway renders them."""
 
 from __future__ import annotations
 
@@ -6,32 +6,12 @@ import json
 import re
 from typing import Any
 
-import grpc
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
+from common.errors import InvalidArgument
 from gateway.routes import Route
-
-HTTP_STATUS = {
-    grpc.StatusCode.OK: 200,
-    grpc.StatusCode.CANCELLED: 499,
-    grpc.StatusCode.UNKNOWN: 500,
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ALREADY_EXISTS: 409,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.ABORTED: 409,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.INTERNAL: 500,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DATA_LOSS: 500,
-}
 
 INTEGER_TYPES = {
     FieldDescriptor.CPPTYPE_INT32,
@@ -44,8 +24,8 @@ _64_BIT = {FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64}
 DECIMAL = re.compile(r"[+-]?[0-9]+")
 
 
-class BadRequest(ValueError):
-    """The HTTP request can't become a gRPC request; the message says why."""
+class BadRequest(InvalidArgument):
+    """The HTTP request can't become a gRPC request; the message says why, `field` which request field."""
 
 
 def _is_string_map(field: FieldDescriptor) -> bool:
@@ -68,7 +48,7 @@ def build_request(route: Route, path_params: dict[str, str], body: bytes) -> Mes
                     raise ValueError(raw)
                 setattr(request, field.name, int(raw, 10))
             except (ValueError, OverflowError):  # OverflowError: out of the field's range
-                raise BadRequest(f"{field.name} must be an integer, got {raw[:40]!r}") from None
+                raise BadRequest(f"{field.name} must be an integer, got {raw[:40]!r}", field=field.name) from None
         else:
             setattr(request, field.name, raw)
     if route.body:
@@ -77,16 +57,20 @@ def build_request(route: Route, path_params: dict[str, str], body: bytes) -> Mes
 
 
 def _parse_body(route: Route, request: Message, body: bytes) -> None:
+    # The request field the body is (none when it is the whole request), for the errors' field violations.
+    where = "" if route.body == "*" else route.body
     if not body.strip():
-        raise BadRequest("request body is empty: send a JSON object")
+        raise BadRequest("request body is empty: send a JSON object", field=where)
     try:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise BadRequest(f"request body is not valid JSON: {error}") from None
+        raise BadRequest(f"request body is not valid JSON: {error}", field=where) from None
     except (ValueError, RecursionError):  # a number of over 4300 digits; nesting deeper than the parser's stack
-        raise BadRequest("request body is not acceptable JSON: a number is too long or it nests too deeply") from None
+        raise BadRequest(
+            "request body is not acceptable JSON: a number is too long or it nests too deeply", field=where
+        ) from None
     if not isinstance(data, dict):
-        raise BadRequest(f"request body must be a JSON object, got {type(data).__name__}")
+        raise BadRequest(f"request body must be a JSON object, got {type(data).__name__}", field=where)
     if route.body == "*":
         target = data
     else:
@@ -94,12 +78,15 @@ def _parse_body(route: Route, request: Message, body: bytes) -> None:
         if _is_string_map(field):
             for name, value in data.items():
                 if not isinstance(value, str):
-                    raise BadRequest(f"field {name[:64]!r} must be a string, got {type(value).__name__}")
+                    raise BadRequest(
+                        f"field {name[:64]!r} must be a string, got {type(value).__name__}",
+                        field=f"{field.name}.{name[:64]}",
+                    )
         target = {field.json_name: data}
     try:
         json_format.ParseDict(target, request)
     except json_format.ParseError as error:
-        raise BadRequest(f"request body does not fit {request.DESCRIPTOR.name}: {error}") from None
+        raise BadRequest(f"request body does not fit {request.DESCRIPTOR.name}: {error}", field=where) from None
 
 
 def render_response(route: Route, response: Message) -> Any:

@@ -21,10 +21,12 @@ DEFAULT_TARGETS = {"profile_svc": 9101, "reporting_svc": 9102, "aggregator_svc":
 
 
 def scrape_config(metrics_ports: dict[str, int], scrape_interval_s: int | None = None) -> str:
-    """The repo's configuration with each component's target moved to its actual port."""
+    """The repo's configuration with each component's target moved to its actual ports, one per replica
+    (processes `profile_svc`, `profile_svc-2`, ... are all the job `profile_svc`)."""
     text = CONFIG.read_text().replace("  - rules.yml", f"  - {RULES}")
     for component, default_port in DEFAULT_TARGETS.items():
-        text = text.replace(f'"127.0.0.1:{default_port}"', f'"127.0.0.1:{metrics_ports[component]}"')
+        ports = [port for name, port in metrics_ports.items() if name.partition("-")[0] == component]
+        text = text.replace(f'"127.0.0.1:{default_port}"', ", ".join(f'"127.0.0.1:{port}"' for port in ports))
     if scrape_interval_s is not None:
         text = text.replace("scrape_interval: 5s", f"scrape_interval: {scrape_interval_s}s")
         text = text.replace("evaluation_interval: 5s", f"evaluation_interval: {scrape_interval_s}s")

@@ -10,15 +10,21 @@ from pathlib import Path
 
 from localdev.cluster import default_cluster
 from localdev.prometheus import DEFAULT_TARGETS, Prometheus
-from localdev.system import SERVICES, System, replicas_from_env
+from localdev.system import SERVICES, System, replica_names, replicas_from_env
 
 # Replica k (from 0) of a service listens on its port + 10 * k: 50051, 50061, ... for profile_svc.
 REPLICA_PORT_STEP = 10
+REPLICATED = ("profile_svc", "reporting_svc")
 
 
 def _ports(variable: str, default: int, replicas: int) -> list[int]:
     first = int(os.environ.get(variable, str(default)))
     return [first + REPLICA_PORT_STEP * k for k in range(replicas)]
+
+
+def _metrics_port(component: str) -> int:
+    variable = f"PROFILEMESH_{component.removesuffix('_svc').upper()}_METRICS_PORT"
+    return int(os.environ.get(variable, DEFAULT_TARGETS[component]))
 
 
 def main() -> None:
@@ -29,11 +35,11 @@ def main() -> None:
         reporting_ports=_ports("PROFILEMESH_REPORTING_PORT", 50052, replicas),
         aggregator_port=int(os.environ.get("PROFILEMESH_AGGREGATOR_PORT", "50053")),
         gateway_port=int(os.environ.get("PROFILEMESH_GATEWAY_PORT", "8080")),
+        # Replica k of a service serves metrics on its component's port + 10 * k too: 9101, 9111, ...
         metrics_ports={
-            name: int(
-                os.environ.get(f"PROFILEMESH_{name.removesuffix('_svc').upper()}_METRICS_PORT", DEFAULT_TARGETS[name])
-            )
-            for name in SERVICES
+            name: _metrics_port(component) + REPLICA_PORT_STEP * k
+            for component in SERVICES
+            for k, name in enumerate(replica_names(component, replicas if component in REPLICATED else 1))
         },
     )
     prometheus = None

@@ -48,7 +48,7 @@ class System:
     aggregator_port: int
     gateway_port: int
     log_dir: Path | None = None  # None: children write to this terminal
-    metrics_ports: dict[str, int] = field(default_factory=dict)  # component -> its /metrics port
+    metrics_ports: dict[str, int] = field(default_factory=dict)  # process name -> its /metrics port
     settings: dict[str, str] = field(default_factory=dict)  # extra PROFILEMESH_* variables
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
@@ -83,8 +83,9 @@ class System:
             PROFILEMESH_PROFILE_TARGET=_target(self.profile_ports),
             PROFILEMESH_REPORTING_TARGET=_target(self.reporting_ports),
         )
-        for name, port in self.metrics_ports.items():
-            env[f"PROFILEMESH_{name.removesuffix('_svc').upper()}_METRICS_LISTEN"] = f"127.0.0.1:{port}"
+        for name in SERVICES:
+            if name in self.metrics_ports:
+                env[_metrics_variable(name)] = f"127.0.0.1:{self.metrics_ports[name]}"
         env.update(self.settings)
         env.update(overrides)
         return env
@@ -92,11 +93,12 @@ class System:
     def start_process(self, name: str, module: str, **env: str) -> subprocess.Popen:
         """Start `python -m module` as `name`; logs go to log_dir/name.log when there is one.
 
-        A further replica of a service (a name of its own) gets a metrics port of its own.
+        A further replica of a service (a name of its own) serves metrics on a port of its own: the one
+        metrics_ports gives for its name, else a free one, recorded there so that Prometheus scrapes it.
         """
-        if name not in self.metrics_ports and module in SERVICES and self.metrics_ports:
-            variable = f"PROFILEMESH_{module.removesuffix('_svc').upper()}_METRICS_LISTEN"
-            env.setdefault(variable, f"127.0.0.1:{free_ports(1)[0]}")
+        if name != module and module in SERVICES and self.metrics_ports:
+            port = self.metrics_ports.setdefault(name, free_ports(1)[0])
+            env.setdefault(_metrics_variable(module), f"127.0.0.1:{port}")
         output: IO | None = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -166,6 +168,15 @@ class System:
 
 def _replica_name(service: str, index: int) -> str:
     return service if index == 0 else f"{service}-{index + 1}"
+
+
+def replica_names(service: str, replicas: int) -> list[str]:
+    """The process names of a service's replicas: `profile_svc`, `profile_svc-2`, ..."""
+    return [_replica_name(service, index) for index in range(replicas)]
+
+
+def _metrics_variable(component: str) -> str:
+    return f"PROFILEMESH_{component.removesuffix('_svc').upper()}_METRICS_LISTEN"
 
 
 def on_free_ports(

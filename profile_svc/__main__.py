@@ -6,6 +6,7 @@ import grpc
 
 from common.cluster import Cluster
 from common.command import parse_arguments
+from common.config import StartupError
 from common.server import Service, run_service
 from common.streams import StreamLimits
 from profile_svc.events_feed import EventsFeed
@@ -22,9 +23,12 @@ def build(server: grpc.aio.Server, cluster: Cluster) -> Service:
 
 
 def main() -> None:
-    """The `profilemesh-profile` console script."""
+    """The `profilemesh-profile` console script; only here does a start-up error end the process."""
     parse_arguments("profilemesh-profile", "ProfileService")
-    run_service("profile_svc", lambda settings: settings.profile_listen, build)
+    try:
+        run_service("profile_svc", lambda settings: settings.profile_listen, build)
+    except StartupError as error:
+        raise SystemExit(f"profile_svc: {error}") from None
 
 
 if __name__ == "__main__":

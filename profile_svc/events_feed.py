@@ -23,10 +23,14 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
+
 from common import keys
-from common.cluster import Cluster
-from common.errors import InvalidArgument
-from common.streams import CLUSTER_UNAVAILABLE, StreamClock
+from common.cluster import CLUSTER_FAILURES, Cluster
+from common.errors import InvalidArgument, ServiceError
+from common.redis_internals import closed_under_command
+from common.stream_ids import StreamId, format_id, parse_id
+from common.streams import StreamClock
 from common.validation import check_user
 
 log = logging.getLogger(__name__)
@@ -37,18 +41,6 @@ RETRY_S = 0.5
 MAX_USERS = 100
 CHANGES = ("create", "update", "delete")
 TOKEN_PREFIX = "v1."
-
-StreamId = tuple[int, int]
-
-
-def parse_id(raw: bytes | str) -> StreamId:
-    text = raw.decode() if isinstance(raw, bytes) else raw
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def format_id(stream_id: StreamId) -> str:
-    return f"{stream_id[0]}-{stream_id[1]}"
 
 
 @dataclass(frozen=True)
@@ -61,12 +53,19 @@ class Event:
     ts_ms: int
 
 
-class Trimmed(Exception):
+class Trimmed(ServiceError):
     """Events after the subscriber's position are gone from the stream (OUT_OF_RANGE)."""
 
+    code = grpc.StatusCode.OUT_OF_RANGE
+    default_reason = "EVENTS_TRIMMED"
 
-class FellBehind(Exception):
+
+class FellBehind(ServiceError):
     """The subscriber's queue overflowed: it reads more slowly than events arrive (RESOURCE_EXHAUSTED)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    default_reason = "SUBSCRIBER_FELL_BEHIND"
+    resumable = True
 
 
 class Position:
@@ -88,7 +87,8 @@ class Position:
     def from_token(cls, token: str, partitions: int) -> Position:
         invalid = InvalidArgument(
             "resume_token is not a token this service issued: pass the resume_token of a message received, "
-            "or none to start from now"
+            "or none to start from now",
+            field="resume_token",
         )
         if not token.startswith(TOKEN_PREFIX) or len(token) > 64 * partitions:
             raise invalid
@@ -102,20 +102,24 @@ class Position:
             raise invalid from None
         if len(ids) != partitions:
             raise InvalidArgument(
-                f"resume_token covers {len(ids)} partitions but this deployment has {partitions}; start without a token"
+                f"resume_token covers {len(ids)} partitions but this deployment has {partitions}; "
+                "start without a token",
+                field="resume_token",
             )
         return cls(ids, offsets)
 
 
 def event_filter(users: Iterable[str], types: Iterable[str]) -> Callable[[Event], bool]:
     """Which events a subscriber wants; checks the filters (InvalidArgument names what is wrong)."""
-    wanted_users = {check_user(user) for user in users}
+    wanted_users = {check_user(user, field="users") for user in users}
     if len(wanted_users) > MAX_USERS:
-        raise InvalidArgument(f"too many users to filter by: {len(wanted_users)}, at most {MAX_USERS}")
+        raise InvalidArgument(f"too many users to filter by: {len(wanted_users)}, at most {MAX_USERS}", field="users")
     wanted_types = set(types) or set(CHANGES)
     unknown = wanted_types - set(keys.EVENT_TYPES)
     if unknown:
-        raise InvalidArgument(f"unknown event type {sorted(unknown)[0][:40]!r}: use {', '.join(keys.EVENT_TYPES)}")
+        raise InvalidArgument(
+            f"unknown event type {sorted(unknown)[0][:40]!r}: use {', '.join(keys.EVENT_TYPES)}", field="types"
+        )
     if wanted_users:
         return lambda event: event.type in wanted_types and event.user in wanted_users
     return lambda event: event.type in wanted_types
@@ -271,8 +275,11 @@ class EventsFeed:
                 # Blocking reads hold a connection for up to block_ms; they bypass the concurrency
                 # bound (the client keeps a connection for each partition beyond it).
                 client = await self.cluster.connected()
-                reply = await client.xread({stream: format_id(self.tail[partition])}, count=PAGE, block=self.block_ms)
-            except CLUSTER_UNAVAILABLE as error:
+                async with closed_under_command():  # outside the bound, so it converts a closed connection itself
+                    reply = await client.xread(
+                        {stream: format_id(self.tail[partition])}, count=PAGE, block=self.block_ms
+                    )
+            except CLUSTER_FAILURES as error:
                 log.warning("events tail of partition %d: cluster unavailable: %r", partition, error)
                 await asyncio.sleep(RETRY_S)
                 continue

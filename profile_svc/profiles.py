@@ -21,9 +21,8 @@ class Profiles:
     def __init__(self, cluster: Cluster) -> None:
         self.scripts = DurableScripts(cluster)
         self.partitions = cluster.settings.partitions
-        self._create = cluster.script(SCRIPTS / "create_profile.lua")
+        self._write = cluster.script(SCRIPTS / "write_profile.lua")
         self._get = cluster.script(SCRIPTS / "get_profile.lua")
-        self._update = cluster.script(SCRIPTS / "update_profile.lua")
         self._delete = cluster.script(SCRIPTS / "delete_profile.lua")
 
     def _keys(self, user: str) -> tuple[str, str]:
@@ -33,7 +32,7 @@ class Profiles:
     async def create(self, user: str, fields: dict[str, str]) -> None:
         check_user(user)
         fields = check_fields(fields)
-        if not await self.scripts.run(self._create, self._keys(user), [user, *_flatten(fields)]):
+        if not await self.scripts.run(self._write, self._keys(user), [user, "create", *_flatten(fields)]):
             raise AlreadyExists("Profile exists")
 
     async def get(self, user: str) -> dict[str, str]:
@@ -47,7 +46,7 @@ class Profiles:
     async def update(self, user: str, fields: dict[str, str]) -> None:
         check_user(user)
         fields = check_fields(fields)
-        if not await self.scripts.run(self._update, self._keys(user), [user, *_flatten(fields)]):
+        if not await self.scripts.run(self._write, self._keys(user), [user, "update", *_flatten(fields)]):
             raise NotFound(f"Profile not found for {user}")
 
     async def delete(self, user: str) -> None:

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from common.errors import InvalidArgument
-from common.server import translate_errors
-from common.streams import CLUSTER_UNAVAILABLE, StreamEnded, StreamLimits, TooManyStreams
-from profile_svc.events_feed import Event, EventsFeed, FellBehind, Position, Trimmed, event_filter
+from common.rpc_errors import stream_errors, translate_errors
+from common.stream_ids import format_id
+from common.streams import StreamLimits
+from profile_svc.events_feed import Event, EventsFeed, Position, event_filter
 from profile_svc.profiles import Profiles
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
-
-log = logging.getLogger(__name__)
 
 
 class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
@@ -47,12 +43,11 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
 
     async def WatchProfileEvents(
         self, request: profile_pb2.WatchProfileEventsRequest, context: grpc.aio.ServicerContext
-    ):
+    ) -> None:
         # Where to resume: the token of the last message written in full (a write cut short by a stop may
         # or may not have reached the client, which then resumes from the last message it did receive).
         token = request.resume_token
-        sent = 0
-        try:
+        async with stream_errors(context, "WatchProfileEvents", resume_token=token) as progress:
             wanted = event_filter(request.users, request.types)
             start = Position.from_token(token, self.feed.partitions) if token else None
             with self.limits.slot() as clock:
@@ -62,28 +57,9 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
                             event=_event(event), resume_token=position.token()
                         )
                         await clock.send(context.write(response))
-                        token = response.resume_token
+                        progress.resume_token = response.resume_token
                         clock.sent(event is not None)
-                        sent += event is not None
-        except asyncio.CancelledError:
-            log.info("WatchProfileEvents ended after %d events: cancelled by the client", sent)
-            raise
-        except InvalidArgument as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        except TooManyStreams as error:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
-        except Trimmed as error:
-            log.info("WatchProfileEvents ended after %d events: %s", sent, error)
-            await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(error))
-        except (FellBehind, StreamEnded, *CLUSTER_UNAVAILABLE) as error:
-            code = grpc.StatusCode.RESOURCE_EXHAUSTED if isinstance(error, FellBehind) else grpc.StatusCode.UNAVAILABLE
-            reason = (
-                str(error) if isinstance(error, (FellBehind, StreamEnded)) else "the cluster is unavailable; reconnect"
-            )
-            log.info("WatchProfileEvents ended after %d events: %s", sent, reason)
-            await context.abort(
-                code, f"{reason}; resume with resume_token {token}", trailing_metadata=(("resume-token", token),)
-            )
+                        progress.sent += event is not None
 
 
 def _event(event: Event | None) -> profile_pb2.ProfileEvent | None:
@@ -94,5 +70,5 @@ def _event(event: Event | None) -> profile_pb2.ProfileEvent | None:
         type=event.type,
         time=Timestamp(seconds=event.ts_ms // 1000, nanos=event.ts_ms % 1000 * 1_000_000),
         partition=event.partition,
-        id=f"{event.id[0]}-{event.id[1]}",
+        id=format_id(event.id),
     )

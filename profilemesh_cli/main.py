@@ -13,6 +13,7 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from common.config import ConfigError
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 from profilemesh.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from profilemesh_cli import status, watch
@@ -161,10 +162,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    endpoints = Endpoints.from_env()
     try:
+        endpoints = Endpoints.from_env()
         return args.handler(args, endpoints)
-    except UsageError as error:
+    except (UsageError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except grpc.RpcError as error:

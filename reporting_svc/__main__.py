@@ -6,6 +6,7 @@ import grpc
 
 from common.cluster import Cluster
 from common.command import parse_arguments
+from common.config import StartupError
 from common.server import Service, run_service
 from common.streams import StreamLimits
 from profilemesh.reporting.v1 import reporting_pb2, reporting_pb2_grpc
@@ -25,9 +26,12 @@ def build(server: grpc.aio.Server, cluster: Cluster) -> Service:
 
 
 def main() -> None:
-    """The `profilemesh-reporting` console script."""
+    """The `profilemesh-reporting` console script; only here does a start-up error end the process."""
     parse_arguments("profilemesh-reporting", "ReportingService")
-    run_service("reporting_svc", lambda settings: settings.reporting_listen, build)
+    try:
+        run_service("reporting_svc", lambda settings: settings.reporting_listen, build)
+    except StartupError as error:
+        raise SystemExit(f"reporting_svc: {error}") from None
 
 
 if __name__ == "__main__":

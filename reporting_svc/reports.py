@@ -16,7 +16,7 @@ MAX_LIMIT = 1000
 
 def check_limit(limit: int) -> int:
     if not 1 <= limit <= MAX_LIMIT:
-        raise InvalidArgument(f"limit must be an integer from 1 to {MAX_LIMIT}, got {limit}")
+        raise InvalidArgument(f"limit must be an integer from 1 to {MAX_LIMIT}, got {limit}", field="limit")
     return limit
 
 

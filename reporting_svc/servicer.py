@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
 
 import grpc
 
-from common.errors import InvalidArgument
-from common.server import translate_errors
-from common.streams import CLUSTER_UNAVAILABLE, StreamEnded, StreamLimits, TooManyStreams
+from common.rpc_errors import stream_errors, translate_errors
+from common.streams import StreamLimits
 from profilemesh.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from reporting_svc.reports import Reports
 from reporting_svc.watch import Leaderboard
-
-log = logging.getLogger(__name__)
 
 
 class ReportingServicer(reporting_pb2_grpc.ReportingServiceServicer):
@@ -42,8 +37,10 @@ class ReportingServicer(reporting_pb2_grpc.ReportingServiceServicer):
     ):
         return reporting_pb2.OperationTotals(**await self.reports.operation_totals())
 
-    async def WatchTopProfiles(self, request: reporting_pb2.WatchTopProfilesRequest, context: grpc.aio.ServicerContext):
-        try:
+    async def WatchTopProfiles(
+        self, request: reporting_pb2.WatchTopProfilesRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        async with stream_errors(context, "WatchTopProfiles") as progress:
             with self.limits.slot() as clock:
                 async with contextlib.aclosing(self.leaderboard.watch(request.limit, clock)) as snapshots:
                     async for ranking, totals in snapshots:
@@ -58,16 +55,4 @@ class ReportingServicer(reporting_pb2_grpc.ReportingServiceServicer):
                             )
                         )
                         clock.sent()
-        except asyncio.CancelledError:
-            log.info("WatchTopProfiles ended: cancelled by the client")
-            raise
-        except InvalidArgument as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        except TooManyStreams as error:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
-        except StreamEnded as error:
-            log.info("WatchTopProfiles ended: %s", error)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
-        except CLUSTER_UNAVAILABLE as error:
-            log.warning("WatchTopProfiles: cluster unavailable: %r", error)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the cluster is unavailable; reconnect")
+                        progress.sent += 1

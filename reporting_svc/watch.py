@@ -14,7 +14,8 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-from common.streams import CLUSTER_UNAVAILABLE, StreamClock
+from common.cluster import CLUSTER_FAILURES
+from common.streams import StreamClock
 from reporting_svc.reports import Reports, check_limit
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ class Leaderboard:
                     continue
                 ranking, totals = await self._snapshot(max(w.limit for w in self.watchers), partition_totals)
                 version = partition_totals
-            except CLUSTER_UNAVAILABLE as error:
+            except CLUSTER_FAILURES as error:
                 log.warning("leaderboard: cluster unavailable: %r", error)
                 continue
             for watcher in self.watchers:

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 import redis
 from redis.commands.core import Script
 
-from aggregator_svc.aggregator import script_source
+from aggregator_svc.aggregator import APPLY_SCRIPT, TRIM_SCRIPT
+from common.scripts import script_source
 from tests.helpers import expected_statistics
 
 GROUP = "aggregator"
@@ -190,8 +191,8 @@ def run_many(url: str, seeds: Sequence[int], tag: str = "{model}", apply: Apply 
     keys = PartitionKeys(tag)
     with redis.Redis.from_url(url, decode_responses=True) as node:
         scripts = (
-            node.register_script(script_source("apply_events.lua")),
-            node.register_script(script_source("trim_acknowledged.lua")),
+            node.register_script(script_source(APPLY_SCRIPT)),
+            node.register_script(script_source(TRIM_SCRIPT)),
         )
         wrong = {}
         for seed in seeds:

@@ -8,6 +8,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from redis.cluster import RedisCluster
 
 from common import keys
@@ -27,6 +29,19 @@ def http_call(port: int, method: str, path: str, body: Any = None, raw: bytes | 
         return reply.status, json.loads(payload)
     finally:
         connection.close()
+
+
+def status_details(error: Any) -> dict[str, Any]:
+    """The google.rpc details (ErrorInfo, BadRequest) of a failed call's status, by type name."""
+    status = rpc_status.from_call(error)
+    assert status is not None, "the error carries no google.rpc.Status"
+    details: dict[str, Any] = {}
+    for packed in status.details:
+        for kind in (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest):
+            if packed.Is(kind.DESCRIPTOR):
+                details[kind.DESCRIPTOR.name] = kind()
+                packed.Unpack(details[kind.DESCRIPTOR.name])
+    return details
 
 
 def wait_until(condition: Callable[[], Any], timeout_s: float = 30, interval_s: float = 0.1, what: str = "") -> Any:

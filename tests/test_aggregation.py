@@ -16,7 +16,8 @@ import pytest
 import redis
 from redis.commands.core import Script
 
-from aggregator_svc.aggregator import script_source
+from aggregator_svc.aggregator import APPLY_SCRIPT
+from common.scripts import script_source
 from tests.aggregation_model import GROUP, PartitionKeys, run_parallel
 
 RUNS = int(os.environ.get("PROFILEMESH_MODEL_RUNS", "5000"))
@@ -41,7 +42,7 @@ class Partition:
         self.node = node
         self.keys = PartitionKeys(tag)
         self.events, self.reads = self.keys.apply_keys[0], self.keys.apply_keys[1]
-        self.apply_script: Script = node.register_script(script_source("apply_events.lua"))
+        self.apply_script: Script = node.register_script(script_source(APPLY_SCRIPT))
         node.delete(*self.keys.apply_keys)
         node.xgroup_create(self.events, GROUP, id="0", mkstream=True)
 

@@ -257,6 +257,41 @@ def test_invalid_top_n(fresh_system: System, fresh_client: RedisCluster, case: t
     assert_rejected(fresh_system, fresh_client, "GET", f"/reporting/profileStats/{n}", 400, says=says)
 
 
+# --- What a program reads: the field at fault, and a stable reason -----------------------------------
+
+FIELD_VIOLATIONS = {
+    "user in the path": ("GET", "/profile/-x", None, "user"),
+    "user in the stats path": ("GET", "/reporting/users/a:b/stats", None, "user"),
+    "limit out of range": ("GET", "/reporting/profileStats/0", None, "limit"),
+    "limit not an integer": ("GET", "/reporting/profileStats/abc", None, "limit"),
+    "empty body": ("POST", f"/profile/{NEW}", b"", "fields"),
+    "body not JSON": ("PATCH", f"/profile/{EXISTING}", b"{", "fields"),
+    "value not a string": ("POST", f"/profile/{NEW}", {"age": 42}, "fields.age"),
+    "no fields": ("POST", f"/profile/{NEW}", {}, "fields"),
+    "field name": ("PATCH", f"/profile/{EXISTING}", {"a b": "x"}, "fields"),
+    "value too long": ("PATCH", f"/profile/{EXISTING}", {"bio": "x" * 4097}, "fields.bio"),
+}
+
+
+@pytest.mark.parametrize("case", FIELD_VIOLATIONS.values(), ids=FIELD_VIOLATIONS.keys())
+def test_field_violations_name_the_field(
+    fresh_system: System, fresh_client: RedisCluster, case: tuple[str, str, Any, str]
+) -> None:
+    """A 400 carries google.rpc details: ErrorInfo's reason and BadRequest's violation of the field at fault."""
+    method, path, body, field = case
+    raw = body if isinstance(body, bytes) else None
+    reply = assert_rejected(
+        fresh_system, fresh_client, method, path, 400, body=None if raw is not None else body, raw=raw, users=(NEW,)
+    )
+    by_type = {detail["@type"].rpartition("/")[2]: detail for detail in reply["details"]}
+    assert by_type["google.rpc.ErrorInfo"] == {
+        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+        "reason": "INVALID_ARGUMENT",
+        "domain": "profilemesh",
+    }
+    assert by_type["google.rpc.BadRequest"]["fieldViolations"] == [{"field": field, "description": reply["message"]}]
+
+
 # --- Paths and methods the API does not have -------------------------------------------------------
 
 UNKNOWN_PATHS = [

@@ -79,7 +79,7 @@ def test_concurrent_creates_through_the_gateway_have_one_winner(
         if status == 201:
             assert body == {"message": f"Profile created for: {user}"}
         else:
-            assert (status, body) == (409, {"message": "Profile exists"})
+            assert (status, body["message"]) == (409, "Profile exists")
     assert [kind for _, kind in events_of(redis_client, user)] == ["create"]
 
 

@@ -17,8 +17,9 @@ import grpc
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
-from aggregator_svc.aggregator import apply_keys, script_source
+from aggregator_svc.aggregator import APPLY_SCRIPT, apply_keys
 from common import keys
+from common.scripts import script_source
 from localdev.ports import free_ports
 from localdev.system import System
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
@@ -205,7 +206,7 @@ def test_every_read_counted_exactly_once(fresh_system: System, fresh_client: Red
             wait_until(settled, timeout_s=30, what="every entry applied and acknowledged")
 
             # The ghost comes back and applies what it held: XACK returns 0, nothing counts twice.
-            apply = fresh_client.register_script(script_source("apply_events.lua"))
+            apply = fresh_client.register_script(script_source(APPLY_SCRIPT))
             for partition, entries in run.ghost_entries.items():
                 args = [GROUP] + [entry_id for entry_id, _ in entries]
                 assert apply(keys=apply_keys(partition), args=args, client=fresh_client) == [0, 0]

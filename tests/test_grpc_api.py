@@ -7,6 +7,7 @@ docs/architecture.md, and check that the gateway turns each status into the HTTP
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 import pytest
@@ -17,7 +18,7 @@ from localdev.system import System
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 from profilemesh.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from tests.conftest import PARTITIONS, events_of
-from tests.helpers import http_call, wait_until
+from tests.helpers import http_call, status_details, wait_until
 
 TIMEOUT_S = 5
 AGGREGATOR_GROUP = "aggregator"  # Settings.aggregator_group; the test settings keep the default
@@ -202,17 +203,51 @@ def test_gateway_maps_statuses_to_http(system: System, unique: str) -> None:
         201,
         {"message": f"Profile created for: {user}"},
     )
-    assert http_call(port, "POST", f"/profile/{user}", {"a": "2"}) == (409, {"message": "Profile exists"})
+    status, body = http_call(port, "POST", f"/profile/{user}", {"a": "2"})
+    assert (status, body["message"]) == (409, "Profile exists")
     assert http_call(port, "PATCH", f"/profile/{user}", {"b": "2"}) == (200, {"message": f"Profile updated for {user}"})
     assert http_call(port, "GET", f"/profile/{user}") == (200, {"a": "1", "b": "2"})
     assert http_call(port, "DELETE", f"/profile/{user}") == (200, {"message": f"Profile deleted for {user}"})
     for method, body in (("GET", None), ("PATCH", {"a": "3"}), ("DELETE", None)):
-        assert http_call(port, method, f"/profile/{user}", body) == (404, {"message": f"Profile not found for {user}"})
+        status, reply = http_call(port, method, f"/profile/{user}", body)
+        assert (status, reply["message"]) == (404, f"Profile not found for {user}")
 
     status, body = http_call(port, "POST", f"/profile/{user}", {"_id": "x"})
     assert status == 400 and "field name '_id' is invalid" in body["message"]
     status, body = http_call(port, "GET", "/reporting/profileStats/0")
     assert status == 400 and "limit must be an integer from 1 to 1000" in body["message"]
+
+
+def rich_status(call: Callable[[], object]) -> tuple[grpc.StatusCode, dict[str, Any]]:
+    """The status of a failing call and its google.rpc details, by type name."""
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    return caught.value.code(), status_details(caught.value)  # type: ignore[attr-defined]
+
+
+def test_errors_carry_reason_and_field_violations(
+    profile_stub: profile_pb2_grpc.ProfileServiceStub,
+    reporting_stub: reporting_pb2_grpc.ReportingServiceStub,
+    unique: str,
+) -> None:
+    """What a program branches on: ErrorInfo's stable reason, and for INVALID_ARGUMENT the field at fault."""
+    code, details = rich_status(
+        lambda: profile_stub.GetProfile(profile_pb2.GetProfileRequest(user=unique), timeout=TIMEOUT_S)
+    )
+    assert code == grpc.StatusCode.NOT_FOUND
+    assert (details["ErrorInfo"].reason, details["ErrorInfo"].domain) == ("PROFILE_NOT_FOUND", "profilemesh")
+
+    bad = profile_pb2.UpdateProfileRequest(user=unique, fields={"ok": "x", "bio": "x" * 4097})
+    code, details = rich_status(lambda: profile_stub.UpdateProfile(bad, timeout=TIMEOUT_S))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details["ErrorInfo"].reason == "INVALID_ARGUMENT"
+    (violation,) = details["BadRequest"].field_violations
+    assert (violation.field, violation.description) == ("fields.bio", "field 'bio' is 4097 bytes, at most 4096")
+
+    code, details = rich_status(
+        lambda: reporting_stub.GetTopProfiles(reporting_pb2.GetTopProfilesRequest(limit=0), timeout=TIMEOUT_S)
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in details["BadRequest"].field_violations] == ["limit"]
 
 
 # --- ReportingService -----------------------------------------------------------------------------

@@ -168,7 +168,7 @@ def test_prometheus_scrapes_exact_counts_per_route_and_method(
     # One event per successful operation: 1 create, 3 reads, 1 update, 1 delete.
     wait_until(lambda: _vector(prometheus, applied_query, ())[()] - applied_before == 6, 10, what="6 events applied")
     assert (
-        _vector(prometheus, 'sum(profilemesh_cluster_commands_total{kind="script",name="create_profile"})', ())[()] >= 2
+        _vector(prometheus, 'sum(profilemesh_cluster_commands_total{kind="script",name="write_profile"})', ())[()] >= 2
     )
     assert _vector(prometheus, "count(process_resident_memory_bytes)", ())[()] == len(SERVICES)
 

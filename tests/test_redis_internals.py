@@ -8,11 +8,13 @@ import inspect
 
 import redis
 from redis._parsers.commands import AsyncCommandsParser
+from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.connection import AbstractConnection
 
 from common import keys
 from common.cluster import Cluster
 from common.config import Settings
-from common.redis_internals import stream_keys
+from common.redis_internals import send_on_one_connection
 from localdev.system import System
 
 
@@ -24,13 +26,36 @@ def test_the_parser_internals_it_patches_are_there() -> None:
     assert parser.commands == {}
 
 
-def test_stream_keys_are_the_first_half_after_streams() -> None:
-    assert stream_keys(["XREADGROUP", "GROUP", "g", "c", "COUNT", 5, "STREAMS", "a", "b", ">", ">"]) == ["a", "b"]
-    assert stream_keys([b"XREAD", b"BLOCK", 10, b"STREAMS", b"s", b"0"]) == [b"s"]
-    # A group or consumer named "streams" is not the keyword.
-    assert stream_keys(["xreadgroup", "GROUP", "streams", "STREAMS", "STREAMS", "k", "0"]) == ["k"]
-    assert stream_keys(["GET", "k"]) is None
-    assert stream_keys(["XADD", "k", "*", "f", "v"]) is None
+def test_the_connection_internals_it_pipelines_on_are_there() -> None:
+    """send_on_one_connection takes a connection from a node's pool and drives it by hand."""
+    assert callable(ClusterNode.acquire_connection) and callable(ClusterNode.release)
+    for name in ("connect", "disconnect", "can_read", "send_packed_command", "read_response"):
+        assert inspect.iscoroutinefunction(getattr(AbstractConnection, name)), name
+    assert "check_health" in inspect.signature(AbstractConnection.send_packed_command).parameters
+    assert callable(AbstractConnection.pack_commands)
+    assert isinstance(AbstractConnection.is_connected, property)
+
+
+def test_one_connection_carries_a_script_and_its_wait(system: System) -> None:
+    """The durable path's shape: commands and WAIT on one connection, replies (errors too) in order."""
+    key = keys.profile_key("internals-pipeline", 16)
+
+    async def pipeline() -> list[object]:
+        cluster = Cluster(Settings(redis_url=system.cluster.url, partitions=16))
+        try:
+            client = await cluster.connected()
+            node = client.get_node_from_key(key)
+            return await send_on_one_connection(
+                node, [("SET", key, "v"), ("GET", key), ("HGET", key, "f"), ("WAIT", 1, 1000), ("UNLINK", key)]
+            )
+        finally:
+            await cluster.close()
+
+    replies = asyncio.run(pipeline())
+    assert replies[:2] == [b"OK", b"v"]  # raw replies: no response callbacks on this path
+    assert isinstance(replies[2], redis.exceptions.ResponseError) and "WRONGTYPE" in str(replies[2])
+    # WAIT answers how many replicas have the SET (0 if a replica link is still syncing); then the key is gone.
+    assert isinstance(replies[3], int) and replies[4] == 1
 
 
 def _calls(system: System, command: str) -> int:

@@ -20,11 +20,12 @@ from redis.cluster import RedisCluster
 from redis.commands.core import Script
 from redis.crc import key_slot
 
-from aggregator_svc.aggregator import script_source
+from aggregator_svc.aggregator import APPLY_SCRIPT, TRIM_SCRIPT
 from common import keys
 from common.cluster import Cluster
 from common.config import Settings
 from common.errors import InvalidArgument
+from common.scripts import script_source
 from common.validation import MAX_FIELDS, MAX_VALUE_BYTES, check_fields, check_user
 from localdev.system import System
 from profilemesh.reporting.v1 import reporting_pb2, reporting_pb2_grpc
@@ -96,12 +97,12 @@ def part(redis_client: RedisCluster) -> Iterator[Partition]:
 
 @pytest.fixture(scope="module")
 def apply_script(redis_client: RedisCluster) -> Script:
-    return redis_client.register_script(script_source("apply_events.lua"))
+    return redis_client.register_script(script_source(APPLY_SCRIPT))
 
 
 @pytest.fixture(scope="module")
 def trim_script(redis_client: RedisCluster) -> Script:
-    return redis_client.register_script(script_source("trim_acknowledged.lua"))
+    return redis_client.register_script(script_source(TRIM_SCRIPT))
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from localdev.system import System
 from tests.helpers import http_call, wait_until
 
@@ -37,13 +39,22 @@ def walk_seed(port: int) -> None:
     assert status == 200 and "zach" not in [row["user"] for row in body["results"]]
 
 
+def error_info_reason(body: dict[str, Any]) -> str:
+    """The stable reason of an error body's google.rpc.ErrorInfo detail."""
+    (info,) = [detail for detail in body["details"] if detail["@type"] == "type.googleapis.com/google.rpc.ErrorInfo"]
+    assert info["domain"] == "profilemesh"
+    return str(info["reason"])
+
+
 def test_seed_error_bodies(system: System, unique: str) -> None:
+    """The seed's status and message, and (added, so a client need not parse the message) the reason."""
     port = system.gateway_port
     assert http_call(port, "POST", f"/profile/{unique}", {"email": "a@example.com"})[0] == 201
-    assert http_call(port, "POST", f"/profile/{unique}", {"email": "b@example.com"}) == (
-        409,
-        {"message": "Profile exists"},
-    )
-    for method in ("GET", "DELETE"):
-        assert http_call(port, method, "/profile/nobody") == (404, {"message": "Profile not found for nobody"})
-    assert http_call(port, "PATCH", "/profile/nobody", {"a": "b"}) == (404, {"message": "Profile not found for nobody"})
+    status, body = http_call(port, "POST", f"/profile/{unique}", {"email": "b@example.com"})
+    assert (status, body["message"], error_info_reason(body)) == (409, "Profile exists", "PROFILE_EXISTS")
+    assert set(body) == {"message", "details"}
+    missing = [("GET", None), ("DELETE", None), ("PATCH", {"a": "b"})]
+    for method, fields in missing:
+        status, body = http_call(port, method, "/profile/nobody", fields)
+        assert (status, body["message"]) == (404, "Profile not found for nobody")
+        assert error_info_reason(body) == "PROFILE_NOT_FOUND"

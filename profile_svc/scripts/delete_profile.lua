@@ -5,7 +5,5 @@
 if redis.call('UNLINK', KEYS[1]) == 0 then
   return 0
 end
-local now = redis.call('TIME')
-redis.call('XADD', KEYS[2], '*', 'user', ARGV[1], 'type', 'delete',
-  'ts', now[1] * 1000 + math.floor(now[2] / 1000))
+append_event(KEYS[2], ARGV[1], 'delete')
 return 1

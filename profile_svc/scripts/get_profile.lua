@@ -6,7 +6,5 @@ local fields = redis.call('HGETALL', KEYS[1])
 if #fields == 0 then
   return false
 end
-local now = redis.call('TIME')
-redis.call('XADD', KEYS[2], '*', 'user', ARGV[1], 'type', 'read',
-  'ts', now[1] * 1000 + math.floor(now[2] / 1000))
+append_event(KEYS[2], ARGV[1], 'read')
 return fields

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import grpc
@@ -23,6 +24,8 @@ import pytest
 
 from common import keys
 from localdev.faults import primary_of, shard_of
+from localdev.ports import free_ports
+from localdev.prometheus import Prometheus
 from localdev.system import System, on_free_ports
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 from tests.conftest import PARTITIONS, TEST_SETTINGS
@@ -255,3 +258,18 @@ def test_a_killed_replica_is_replaced(replicated: System, capsys: pytest.Capture
     with grpc.insecure_channel(f"127.0.0.1:{replicated.profile_port}") as channel:
         stub = profile_pb2_grpc.ProfileServiceStub(channel)
         wait_until(lambda: _create(stub, 5), timeout_s=5, what="replica-durable creates on the shard")
+
+
+def test_prometheus_scrapes_every_replica(replicated: System, tmp_path: Path) -> None:
+    """Each replica serves metrics on a port of its own, and the scrape configuration names them all."""
+    prometheus = Prometheus(tmp_path / "prometheus", free_ports(1)[0], replicated.metrics_ports, scrape_interval_s=1)
+    try:
+        prometheus.start()
+
+        def up_by_job() -> dict[str, int]:
+            return {r["metric"]["job"]: int(r["value"][1]) for r in prometheus.query("count by (job) (up == 1)")}
+
+        expected = {"profile_svc": 2, "reporting_svc": 2, "aggregator_svc": 1, "gateway": 1}
+        wait_until(lambda: up_by_job() == expected, 30, what=f"Prometheus to see {expected} targets up")
+    finally:
+        prometheus.stop()

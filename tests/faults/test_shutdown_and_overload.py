@@ -6,12 +6,14 @@ import asyncio
 import itertools
 import signal
 import time
+import urllib.request
 import uuid
 
 import aiohttp
 import grpc
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.load import LoadResult, closed_loop
 from localdev.system import System
@@ -131,6 +133,8 @@ def test_a_burst_far_beyond_capacity_is_shed_with_bounded_memory(fresh_system: S
         codes: dict[str, int] = {}
         for reply in replies:
             name = "OK" if not isinstance(reply, grpc.aio.AioRpcError) else reply.code().name
+            if name == "RESOURCE_EXHAUSTED" and "server busy" in (reply.details() or ""):
+                name = "RESOURCE_EXHAUSTED (shed)"  # by profile_svc; the rest by gRPC core's backstop
             codes[name] = codes.get(name, 0) + 1
         return codes, peak[0]
 
@@ -148,14 +152,16 @@ def test_a_burst_far_beyond_capacity_is_shed_with_bounded_memory(fresh_system: S
             await asyncio.gather(*(get() for _ in range(1000)))
         return statuses
 
+    shed_before = _shed_count(system)
     codes, peak_mb = asyncio.run(grpc_burst())
     print(f"\noverload: gRPC {codes}, profile_svc peak RSS {peak_mb:.1f} MB")
-    # Beyond max_in_flight the server answers RESOURCE_EXHAUSTED; streams gRPC core can't even
-    # queue are CANCELLED, and in some bursts that is all of the refusals. Either way the call did
-    # nothing, as the read count below shows.
-    assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED", "CANCELLED"}
-    assert codes.get("RESOURCE_EXHAUSTED", 0) + codes.get("CANCELLED", 0) > 0
+    # Beyond max_in_flight profile_svc answers RESOURCE_EXHAUSTED and counts it. Beyond its backstop
+    # gRPC core refuses too (RESOURCE_EXHAUSTED, or CANCELLED for streams it can't even queue),
+    # before any Python runs. Either way the call did nothing, as the read count below shows.
+    assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED (shed)", "RESOURCE_EXHAUSTED", "CANCELLED"}
+    assert codes.get("RESOURCE_EXHAUSTED (shed)", 0) > 0
     assert codes.get("OK", 0) > 0
+    assert _shed_count(system) - shed_before == codes["RESOURCE_EXHAUSTED (shed)"]
     assert peak_mb < RSS_BOUND_MB
     wait_until(lambda: _reads_of(system, user) == codes["OK"], what="the served reads to be counted")
 
@@ -169,3 +175,15 @@ def _reads_of(system: System, user: str) -> int:
     with grpc.insecure_channel(f"127.0.0.1:{system.reporting_port}") as channel:
         stub = reporting_pb2_grpc.ReportingServiceStub(channel)
         return stub.GetProfileStats(reporting_pb2.GetProfileStatsRequest(user=user), timeout=5).reads
+
+
+def _shed_count(system: System) -> float:
+    """profile_svc's count of GetProfile calls it shed, from its /metrics."""
+    with urllib.request.urlopen(system.metrics_url("profile_svc"), timeout=5) as reply:
+        text = reply.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "profilemesh_grpc_server_shed_total" and sample.labels["method"].endswith("/GetProfile")
+    )

@@ -6,13 +6,15 @@ DEPS   := $(VENV)/.deps-installed
 PROTOS := $(shell find protos -name '*.proto')
 GEN    := gen/.generated
 CLI    := $(VENV)/bin/profilemesh
+# cfn-lint, checkov, kubernetes-validate and podman-compose: their own venv, so checkov's pins can't move ours.
+DEPLOY_TOOLS := .venv-deploy/.deps-installed
 
 .PHONY: run test test-fast bench proto cluster clean wrk browser prometheus podman image
 
 run: $(GEN) $(CLI) $(if $(filter 1,$(PROFILEMESH_PROMETHEUS)),prometheus)
 	$(PY) -m localdev.run
 
-test: $(GEN) $(CLI) wrk browser prometheus podman
+test: $(GEN) $(CLI) $(DEPLOY_TOOLS) wrk browser prometheus podman
 	$(PY) -m pytest
 
 # The unit tests alone (tests/unit: no cluster, no subprocesses), in seconds; `make test` runs them too.
@@ -40,6 +42,11 @@ podman:
 # The container image, built with podman from a local base and host-built wheels (no registry needed).
 image: $(DEPS) podman
 	$(PY) -m localdev.image
+
+$(DEPLOY_TOOLS): requirements-deploy.txt
+	$(PYTHON) -m venv .venv-deploy
+	.venv-deploy/bin/python -m pip install --quiet -r requirements-deploy.txt
+	touch $@
 
 # wrk, the HTTP load generator of `make bench` (and of its smoke test in `make test`): a Debian package.
 wrk:
@@ -74,4 +81,4 @@ $(DEPS): requirements.txt requirements-dev.txt
 	touch $(DEPS)
 
 clean:
-	rm -rf $(VENV) gen .cluster
+	rm -rf $(VENV) .venv-deploy gen .cluster build .image-cache

@@ -53,6 +53,7 @@ def containers(built_image: str, tmp_path_factory: pytest.TempPathFactory) -> It
     system.cluster.start()
     run_id = uuid.uuid4().hex[:8]
     started: dict[str, str] = {}
+    launched = time.monotonic()
     try:
         for component in COMPONENTS:
             name = f"profilemesh-test-{run_id}-{component}"
@@ -69,6 +70,7 @@ def containers(built_image: str, tmp_path_factory: pytest.TempPathFactory) -> It
             )
             started[component] = name
         wait_until(lambda: answers_ok(f"{system.gateway_url}/readyz"), timeout_s=60, what="the gateway's /readyz")
+        print(f"containers started to gateway ready: {time.monotonic() - launched:.1f} s")
         yield system, started
     finally:
         for name in started.values():

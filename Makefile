@@ -9,13 +9,41 @@ CLI    := $(VENV)/bin/profilemesh
 # cfn-lint, checkov, kubernetes-validate and podman-compose: their own venv, so checkov's pins can't move ours.
 DEPLOY_TOOLS := .venv-deploy/.deps-installed
 
-.PHONY: run test test-fast bench proto cluster clean wrk browser prometheus podman image
+BUF_VERSION := 1.75.0
+BUF    := .tools/node_modules/.bin/buf
+CONTRACT := .tools/contract.binpb
+
+.PHONY: run test test-fast lint release-contract bench proto cluster clean wrk browser prometheus podman image
 
 run: $(GEN) $(CLI) $(if $(filter 1,$(PROFILEMESH_PROMETHEUS)),prometheus)
 	$(PY) -m localdev.run
 
 test: $(GEN) $(CLI) $(DEPLOY_TOOLS) wrk browser prometheus podman
 	$(PY) -m pytest
+
+# Lint, format and types of the Python, buf's lint of the contract, and no breaking change against the
+# last released contract (protos/released.binpb). CI runs it before the tests.
+lint: $(GEN) $(BUF)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(MAKE) --no-print-directory $(CONTRACT)
+	cd protos && ../$(BUF) lint ../$(CONTRACT) --config buf.yaml --path profilemesh
+	cd protos && ../$(BUF) breaking ../$(CONTRACT) --against released.binpb --config buf.yaml --path profilemesh
+
+# On a release: the contract as it is now becomes the one later changes must not break.
+release-contract: $(CONTRACT)
+	$(PY) -c "from google.protobuf import descriptor_pb2 as d; s = d.FileDescriptorSet.FromString(open('$(CONTRACT)', 'rb').read()); [f.ClearField('source_code_info') for f in s.file]; open('protos/released.binpb', 'wb').write(s.SerializeToString())"
+
+# The contract as buf sees it: an image built by protoc, comments included (buf can't fetch google/api here).
+$(CONTRACT): $(PROTOS) $(DEPS)
+	mkdir -p $(dir $@)
+	$(PY) -m grpc_tools.protoc -I protos -I $$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") \
+		--include_imports --include_source_info --descriptor_set_out=$@ $(PROTOS)
+
+# buf (lint and breaking-change checks of protos/), from npm, into .tools/.
+$(BUF):
+	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
 
 # The unit tests alone (tests/unit: no cluster, no subprocesses), in seconds; `make test` runs them too.
 test-fast: $(GEN)
@@ -61,7 +89,8 @@ proto: $(DEPS)
 	rm -rf gen
 	mkdir -p gen
 	$(PY) -m grpc_tools.protoc -I protos -I $$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") \
-		--python_out=gen --pyi_out=gen --grpc_python_out=gen $(PROTOS)
+		--python_out=gen --pyi_out=gen --grpc_python_out=gen \
+		--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc --mypy_grpc_out=gen $(PROTOS)
 	touch $(GEN)
 
 # A local cluster alone (3 primaries, 3 replicas), for poking at with valkey-cli.
@@ -81,4 +110,4 @@ $(DEPS): requirements.txt requirements-dev.txt
 	touch $(DEPS)
 
 clean:
-	rm -rf $(VENV) .venv-deploy gen .cluster build .image-cache
+	rm -rf $(VENV) .venv-deploy gen .cluster .tools build .image-cache

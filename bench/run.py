@@ -124,7 +124,13 @@ async def request_phase(
             for scenario in SCENARIOS:
                 before: dict[str, float] = {}
                 result = await asyncio.to_thread(
-                    run_scenario, scenario, concurrency, targets, scale, run_id, lambda: before.update(meter.snapshot())
+                    run_scenario,
+                    scenario,
+                    concurrency,
+                    targets,
+                    scale,
+                    run_id,
+                    lambda before=before: before.update(meter.snapshot()),
                 )
                 after = meter.snapshot()
                 if concurrency == top:
@@ -286,9 +292,8 @@ async def run(scale: Scale, out: Path, title: str) -> Report:
         else:
             say(f"kept logs and data in {work}")
     report.elapsed_s = time.perf_counter() - started
-    out.parent.mkdir(parents=True, exist_ok=True)
     text = render(report)
-    out.write_text(text)
+    await asyncio.to_thread(_write, out, text)
     print(text)
     say(f"wrote {out} in {report.elapsed_s:.0f} s")
     return report
@@ -308,3 +313,8 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _write(out: Path, text: str) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)

@@ -105,9 +105,7 @@ class Cluster:
         name = self.name_of(script)
         # With tracing off, no span and not even its arguments are made: this is every script's path.
         span = (
-            tracing.span(
-                f"script {name}", tracing.trace.SpanKind.CLIENT, **{"db.system": "redis", "db.operation": name}
-            )
+            tracing.span(f"script {name}", tracing.SpanKind.CLIENT, **{"db.system": "redis", "db.operation": name})
             if tracing.ENABLED
             else contextlib.nullcontext()
         )
@@ -142,7 +140,7 @@ class Cluster:
         wanted = self.settings.partitions
         async with self.bounded() as client:
             await client.set(keys.PARTITIONS_KEY, wanted, nx=True)
-            recorded = int(await client.get(keys.PARTITIONS_KEY))
+            recorded = int(await client.get(keys.PARTITIONS_KEY) or 0)  # just set if it wasn't there
         if recorded != wanted:
             raise PartitionMismatch(
                 f"the cluster was set up with {recorded} partitions but PROFILEMESH_PARTITIONS is {wanted}; "

@@ -19,7 +19,7 @@ def partition_of(user: str, partitions: int) -> int:
 
 
 def tag(partition: int) -> str:
-    return "{p%02d}" % partition
+    return f"{{p{partition:02d}}}"
 
 
 def profile_key(user: str, partitions: int) -> str:

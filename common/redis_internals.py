@@ -40,9 +40,9 @@ def keep_command_table(client: RedisCluster) -> None:
         if not parser.commands:
             await learn(node)
 
-    async def get_movable_keys(*args: Any) -> Sequence[Any] | None:
+    async def get_movable_keys(*args: Any) -> tuple[str, ...] | None:
         keys = stream_keys(args)
-        return keys if keys is not None else await movable_keys(*args)
+        return tuple(keys) if keys is not None else await movable_keys(*args)
 
     parser.initialize = initialize  # type: ignore[method-assign]  # the patch this module exists for
     parser._get_moveable_keys = get_movable_keys  # type: ignore[method-assign]  # likewise
@@ -115,7 +115,7 @@ async def send_on_one_connection(node: ClusterNode, commands: list[tuple[Any, ..
         except _BROKEN:
             await connection.disconnect()
         try:
-            await connection.connect()
+            await connection.connect()  # type: ignore[no-untyped-call]  # untyped in redis-py 8.1
         except _BROKEN as error:
             raise NothingSent(f"cannot connect to {node.name}: {error}") from error
         try:

@@ -8,8 +8,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -84,7 +85,7 @@ class Service:
     """What a process serves: its gRPC services (for health and reflection) and its background jobs."""
 
     names: list[str]
-    background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
     # Called when SIGTERM arrives, e.g. to end long-lived streams so their clients reconnect elsewhere.
     on_drain: list[Callable[[], None]] = field(default_factory=list)
 

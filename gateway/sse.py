@@ -20,7 +20,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from aiohttp import web
@@ -32,7 +32,7 @@ from common.streams import StreamEnded, StreamLimits, TooManyStreams
 from gateway import upstreams
 from gateway.errors import http_status, rendered_details, rich_status, rpc_error_response, service_error_response
 from gateway.routes import Route
-from gateway.translate import DECIMAL, INTEGER_TYPES, BadRequest, build_request, render_response
+from gateway.translate import DECIMAL, INTEGER_TYPES, BadRequest, Field, build_request, render_response
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def build_stream_request(
     return request
 
 
-def _scalar(field: FieldDescriptor, raw: str) -> Any:
+def _scalar(field: Field, raw: str) -> Any:
     if field.type == FieldDescriptor.TYPE_STRING:
         return raw
     if field.type == FieldDescriptor.TYPE_BOOL and raw in ("true", "false"):
@@ -143,7 +143,7 @@ def stream_handler(
         except (BadRequest, TooManyStreams, StreamEnded) as error:
             return service_error_response(error)
 
-    async def relay(request: web.Request, call: grpc.aio.UnaryStreamCall) -> web.StreamResponse:
+    async def relay(request: web.Request, call: grpc.aio.UnaryStreamCall[Any, Message]) -> web.StreamResponse:
         # The first message decides between a JSON error and a 200 event stream.
         reading = asyncio.ensure_future(call.read())
         try:
@@ -177,7 +177,7 @@ def stream_handler(
                     if message is grpc.aio.EOF:
                         await response.write(_end(grpc.StatusCode.OK, "the stream ended"))
                         return response
-                    await response.write(render(message))
+                    await response.write(render(cast(Message, message)))  # not EOF: a message
                     last_write = time.monotonic()
                     reading = asyncio.ensure_future(call.read())
                     continue

@@ -28,7 +28,11 @@ class BadRequest(InvalidArgument):
     """The HTTP request can't become a gRPC request; the message says why, `field` which request field."""
 
 
-def _is_string_map(field: FieldDescriptor) -> bool:
+# A field's descriptor: the stubs type protobuf's C (upb) and Python descriptors apart; both behave alike.
+Field = Any
+
+
+def _is_string_map(field: Field) -> bool:
     entry = field.message_type
     return (
         entry is not None
@@ -108,5 +112,5 @@ def _integers_as_numbers(message: Message, data: dict[str, Any]) -> None:
             data[field.json_name] = [int(v) for v in value] if repeated else int(value)
         elif field.message_type is not None and not field.message_type.GetOptions().map_entry:
             children = getattr(message, field.name)
-            for child, child_data in zip(children, value) if repeated else [(children, value)]:
+            for child, child_data in zip(children, value, strict=True) if repeated else [(children, value)]:
                 _integers_as_numbers(child, child_data)

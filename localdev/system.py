@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -99,19 +100,18 @@ class System:
         if name != module and module in SERVICES and self.metrics_ports:
             port = self.metrics_ports.setdefault(name, free_ports(1)[0])
             env.setdefault(_metrics_variable(module), f"127.0.0.1:{port}")
-        output: IO | None = None
-        if self.log_dir is not None:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            output = open(self.log_dir / f"{name}.log", "ab")
-        process = subprocess.Popen(
-            [sys.executable, "-m", module],
-            env=self.env(**env),
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        if output is not None:
-            output.close()
+        with contextlib.ExitStack() as files:  # the child keeps its own copy of its log file
+            output: IO[bytes] | None = None
+            if self.log_dir is not None:
+                self.log_dir.mkdir(parents=True, exist_ok=True)
+                output = files.enter_context(open(self.log_dir / f"{name}.log", "ab"))
+            process = subprocess.Popen(
+                [sys.executable, "-m", module],
+                env=self.env(**env),
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.processes[name] = process
         return process
 
@@ -202,6 +202,6 @@ def on_free_ports(
         aggregator_port=ports[12],
         gateway_port=ports[13],
         log_dir=directory / "logs",
-        metrics_ports=dict(zip(SERVICES, ports[14 + 2 * replicas :])),
+        metrics_ports=dict(zip(SERVICES, ports[14 + 2 * replicas :], strict=True)),
         settings=dict(settings or {}),
     )

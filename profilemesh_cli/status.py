@@ -67,7 +67,7 @@ async def _components(endpoints: Endpoints) -> list[dict[str, str]]:
         for address in replicas(endpoints.grpc_target(component)):
             checks.append((component, address, _grpc_health(address)))
     results = await asyncio.gather(*(check for _, _, check in checks))
-    found = [{"component": c, "address": a, "status": s} for (c, a, _), s in zip(checks, results)]
+    found = [{"component": c, "address": a, "status": s} for (c, a, _), s in zip(checks, results, strict=True)]
     gateway = endpoints.gateway_url
     found.append(
         {
@@ -124,7 +124,7 @@ async def _cluster(endpoints: Endpoints, report: Report) -> None:
     answers = await asyncio.gather(
         *(_node_answers(n["address"], url.get("password"), url.get("username")) for n in by_id.values())
     )
-    for node, answered in zip(by_id.values(), answers):
+    for node, answered in zip(by_id.values(), answers, strict=True):
         if not answered:
             node["state"] = "unreachable" if node["state"] == "ok" else node["state"]
         if node["state"] != "ok":

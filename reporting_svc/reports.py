@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import cast
 
 from common import keys
 from common.cluster import Cluster
@@ -54,7 +55,7 @@ class Reports:
 
         async def totals(partition: int) -> dict[bytes, bytes]:
             async with self.cluster.bounded() as client:
-                return await client.hgetall(keys.totals_key(partition))
+                return cast(dict[bytes, bytes], await client.hgetall(keys.totals_key(partition)))  # bytes: no decoding
 
         return await asyncio.gather(*(totals(p) for p in self.partitions))
 

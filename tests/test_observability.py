@@ -76,15 +76,21 @@ def request(
 
 
 def _vector(prometheus: Prometheus, promql: str, labels: tuple[str, ...]) -> dict[tuple[str, ...], int]:
-    return {tuple(r["metric"].get(l, "") for l in labels): int(float(r["value"][1])) for r in prometheus.query(promql)}
+    return {
+        tuple(r["metric"].get(label, "") for label in labels): int(float(r["value"][1]))
+        for r in prometheus.query(promql)
+    }
 
 
 def test_prometheus_scrapes_exact_counts_per_route_and_method(
     observed: System, prometheus: Prometheus, tmp_path: Path
 ) -> None:
     port = observed.gateway_port
-    up = lambda: _vector(prometheus, "up", ("job",))
-    wait_until(lambda: up() == {(name,): 1 for name in SERVICES}, 30, what="every component scraped and up")
+    wait_until(
+        lambda: _vector(prometheus, "up", ("job",)) == {(name,): 1 for name in SERVICES},
+        30,
+        what="every component scraped and up",
+    )
     rest_query = 'sum by (route, method, status) (profilemesh_http_requests_total{route!~"/healthz|/readyz"})'
     grpc_query = 'sum by (method, code) (profilemesh_grpc_server_requests_total{method=~"/profilemesh.*"})'
     rest_before = _vector(prometheus, rest_query, ("route", "method", "status"))

@@ -39,6 +39,14 @@ def _container_env(system: System) -> list[str]:
     return [option for name, value in sorted(settings.items()) for option in ("-e", f"{name}={value}")]
 
 
+def _all_running(started: dict[str, str]) -> bool:
+    """True while every container runs; one that exited fails the test at once, with its last words."""
+    for name in started.values():
+        if image.podman("inspect", "--format", "{{.State.Running}}", name).stdout.strip() != "true":
+            raise AssertionError(f"{name} exited: {image.podman('logs', name, check=False).stderr[-500:]}")
+    return True
+
+
 @pytest.fixture(scope="module")
 def built_image() -> str:
     seconds = image.build()
@@ -69,7 +77,11 @@ def containers(built_image: str, tmp_path_factory: pytest.TempPathFactory) -> It
                 f"profilemesh-{component}",
             )
             started[component] = name
-        wait_until(lambda: answers_ok(f"{system.gateway_url}/readyz"), timeout_s=60, what="the gateway's /readyz")
+        wait_until(
+            lambda: _all_running(started) and answers_ok(f"{system.gateway_url}/readyz"),
+            timeout_s=60,
+            what="the gateway's /readyz",
+        )
         print(f"containers started to gateway ready: {time.monotonic() - launched:.1f} s")
         yield system, started
     finally:
@@ -93,6 +105,9 @@ def test_components_run_non_root_on_a_read_only_root(containers: tuple[System, d
         # Not even the application's own files can be changed.
         refused = image.podman("exec", name, "touch", "/opt/profilemesh/changed", check=False)
         assert refused.returncode != 0 and "Read-only file system" in refused.stderr, (component, refused)
+    # The final stage has no build tools: no compiler, no make, no pip.
+    tools = "import shutil; print([t for t in ('gcc', 'cc', 'c++', 'make', 'pip', 'pip3') if shutil.which(t)])"
+    assert image.podman("exec", names["gateway"], "python3", "-c", tools).stdout.strip() == "[]"
 
 
 def test_the_image_healthcheck_answers_for_every_component(containers: tuple[System, dict[str, str]]) -> None:

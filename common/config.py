@@ -135,6 +135,25 @@ class Settings:
     stream_idle_s: int = setting(600, "a stream with no event (or a client reading nothing) this long ends", minimum=1)
     stream_max_s: int = setting(3600, "the longest a stream stays open", minimum=1)
     watch_interval_ms: int = setting(250, "WatchTopProfiles sends at most one message per interval", minimum=1)
+    # The gateway's public edge; see gateway/edge.py.
+    http_max_url_bytes: int = setting(
+        16384,
+        "the gateway's longest request line (method, URL, version); room for 100 `users=` of 128 characters",
+        minimum=256,
+    )
+    http_max_header_bytes: int = setting(8190, "the longest header (name and value)", minimum=256)
+    http_max_headers: int = setting(100, "the most headers a request may have", minimum=8)
+    http_max_body_bytes: int = setting(65536, "the largest request body (413 beyond)", minimum=1)
+    http_idle_timeout_s: int = setting(
+        75,
+        "a connection without a whole request's headers this long after it opened or after its last answer is closed",
+        minimum=1,
+    )
+    http_body_timeout_s: int = setting(10, "a request body must arrive within this after its headers (408)", minimum=1)
+    rate_limit_per_s: int = setting(
+        0, "requests a second per client address at the gateway (429 with `Retry-After` beyond); 0: off", minimum=0
+    )
+    rate_limit_burst: int = setting(50, "requests a client address may send at once before the rate applies", minimum=1)
     log_level: str = setting("INFO", "log level (`DEBUG`: a line per request)", choices=LOG_LEVELS)
     log_format: str = setting(
         "",

@@ -12,6 +12,7 @@ from common.logs import setup_logging
 from common.metrics import serve_metrics
 from common.tracing import setup_tracing, shutdown_tracing
 from gateway.app import build_app
+from gateway.edge import server_limits
 
 
 def serve() -> None:
@@ -30,6 +31,7 @@ def serve() -> None:
         shutdown_timeout=settings.shutdown_grace_s,
         access_log=None,
         loop=uvloop.new_event_loop(),
+        **server_limits(settings),
     )
     shutdown_tracing()
 

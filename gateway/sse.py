@@ -30,6 +30,7 @@ from google.protobuf.message import Message
 from common.errors import DeadlineExceeded
 from common.streams import StreamEnded, StreamLimits, TooManyStreams
 from gateway import upstreams
+from gateway.edge import public_message
 from gateway.errors import http_status, rendered_details, rich_status, rpc_error_response, service_error_response
 from gateway.routes import Route
 from gateway.translate import DECIMAL, INTEGER_TYPES, BadRequest, Field, build_request, render_response
@@ -40,7 +41,7 @@ CLOSE_CHECK_S = 0.2
 RETRY_MS = 1000
 RESUME_FIELD = "resume_token"
 STREAM_CALLS = web.AppKey("stream_calls", dict)
-STREAM_CHANNELS = web.AppKey("stream_channels", dict)
+STREAM_CHANNELS = web.AppKey("stream_channels", dict[str, grpc.aio.Channel])
 
 
 def stream_channel(target: str) -> grpc.aio.Channel:
@@ -114,7 +115,8 @@ def _frame(data: Any, event: str | None = None, event_id: str | None = None, ret
 def _end(
     code: grpc.StatusCode, message: str, resume_token: str | None = None, details: list[Any] | None = None
 ) -> bytes:
-    body: dict[str, Any] = {"code": code.name, "status": http_status(code), "message": message}
+    status = http_status(code)
+    body: dict[str, Any] = {"code": code.name, "status": status, "message": public_message(status, message)}
     if details:
         body["details"] = details
     return _frame(body, event="end", event_id=resume_token, retry_ms=RETRY_MS)

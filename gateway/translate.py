@@ -66,7 +66,9 @@ def _parse_body(route: Route, request: Message, body: bytes) -> None:
     if not body.strip():
         raise BadRequest("request body is empty: send a JSON object", field=where)
     try:
-        data = json.loads(body)
+        data = json.loads(body, object_pairs_hook=_without_duplicates)
+    except BadRequest:
+        raise
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise BadRequest(f"request body is not valid JSON: {error}", field=where) from None
     except (ValueError, RecursionError):  # a number of over 4300 digits; nesting deeper than the parser's stack
@@ -91,6 +93,16 @@ def _parse_body(route: Route, request: Message, body: bytes) -> None:
         json_format.ParseDict(target, request)
     except json_format.ParseError as error:
         raise BadRequest(f"request body does not fit {request.DESCRIPTOR.name}: {error}", field=where) from None
+
+
+def _without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object that names a key twice is refused: parsers disagree on which value wins."""
+    data: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in data:
+            raise BadRequest(f"request body names {name[:64]!r} more than once")
+        data[name] = value
+    return data
 
 
 def render_response(route: Route, response: Message) -> Any:

@@ -32,14 +32,13 @@ from common.errors import InvalidArgument, ServiceError
 from common.redis_internals import closed_under_command
 from common.stream_ids import StreamId, format_id, parse_id
 from common.streams import StreamClock
-from common.validation import check_user
+from common.validation import MAX_USERS, check_user
 
 log = logging.getLogger(__name__)
 
 SCRIPTS = Path(__file__).parent / "scripts"
 PAGE = 500  # entries per XREAD of the tail and per catch-up read
 RETRY_S = 0.5
-MAX_USERS = 100
 CHANGES = ("create", "update", "delete")
 TOKEN_PREFIX = "v1."
 

@@ -9,10 +9,9 @@ from typing import cast
 from common import keys
 from common.cluster import Cluster
 from common.errors import InvalidArgument
-from common.validation import check_user
+from common.validation import MAX_LIMIT, check_user
 
 SCRIPTS = Path(__file__).parent / "scripts"
-MAX_LIMIT = 1000
 
 
 def check_limit(limit: int) -> int:

@@ -6,11 +6,14 @@ DEPS   := $(VENV)/.deps-installed
 PROTOS := $(shell find protos -name '*.proto')
 GEN    := gen/.generated
 CLI    := $(VENV)/bin/profilemesh
+# cfn-lint, checkov, kubernetes-validate and podman-compose: their own venv, so checkov's pins can't move ours.
+DEPLOY_TOOLS := .venv-deploy/.deps-installed
+
 BUF_VERSION := 1.75.0
 BUF    := .tools/node_modules/.bin/buf
 CONTRACT := .tools/contract.binpb
 
-.PHONY: run run-secure test test-fast lint release-contract bench proto cluster clean wrk browser prometheus tls-server
+.PHONY: run run-secure test test-fast lint release-contract bench proto cluster clean wrk browser prometheus tls-server podman image
 
 run: $(GEN) $(CLI) $(if $(filter 1,$(PROFILEMESH_PROMETHEUS)),prometheus) $(if $(filter 1,$(PROFILEMESH_SECURE)),tls-server)
 	$(PY) -m localdev.run
@@ -23,7 +26,7 @@ run-secure:
 tls-server:
 	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
 
-test: $(GEN) $(CLI) wrk browser prometheus tls-server
+test: $(GEN) $(CLI) $(DEPLOY_TOOLS) wrk browser prometheus tls-server podman
 	$(PY) -m pytest
 
 # Lint, format and types of the Python, buf's lint of the contract, and no breaking change against the
@@ -68,6 +71,20 @@ $(CLI): $(DEPS)
 	printf '%s\n' '#!$(CURDIR)/$(PY)' 'import sys' 'from profilemesh_cli.main import main' 'sys.exit(main())' > $@
 	chmod +x $@
 
+# Podman (runc, and debootstrap for a local base image), for the container image's test and `make image`.
+podman:
+	@command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq podman runc debootstrap)
+
+# The container image, built with podman from a local base and host-built wheels (no registry needed).
+image: $(DEPS) podman
+	$(PY) -m localdev.image
+
+$(DEPLOY_TOOLS): requirements-deploy.txt
+	$(PYTHON) -m venv .venv-deploy
+	.venv-deploy/bin/python -m pip install --quiet -r requirements-deploy.txt
+	touch $@
+
 # wrk, the HTTP load generator of `make bench` (and of its smoke test in `make test`): a Debian package.
 wrk:
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
@@ -102,4 +119,4 @@ $(DEPS): requirements.txt requirements-dev.txt
 	touch $(DEPS)
 
 clean:
-	rm -rf $(VENV) gen .cluster .cluster-secure .tools
+	rm -rf $(VENV) .venv-deploy gen .cluster .cluster-secure .tools build .image-cache

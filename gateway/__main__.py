@@ -6,6 +6,7 @@ import uvloop
 from aiohttp import web
 
 from common.addresses import parse_listen
+from common.command import parse_arguments
 from common.config import Settings, StartupError
 from common.logs import setup_logging
 from common.metrics import serve_metrics
@@ -14,7 +15,7 @@ from gateway.app import build_app
 from gateway.edge import server_limits
 
 
-def main() -> None:
+def serve() -> None:
     settings = Settings.from_env()
     setup_logging("gateway", settings.log_level, settings.log_format)
     setup_tracing("gateway")
@@ -35,8 +36,14 @@ def main() -> None:
     shutdown_tracing()
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """The `profilemesh-gateway` console script; only here does a start-up error end the process."""
+    parse_arguments("profilemesh-gateway", "REST gateway")
     try:
-        main()
+        serve()
     except StartupError as error:
         raise SystemExit(f"gateway: {error}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -21,7 +21,8 @@ def test_seed_walkthrough(fresh_system: System) -> None:
 
 
 def walk_through(port: int) -> None:
-    """The seed's walk-through against the gateway on `port` (also run on the secured system)."""
+    """The seed's walk-through against the gateway on `port` of a system on an empty cluster (also run on the
+    secured system and against the containers)."""
     for user, fields in SEED_USERS.items():
         assert http_call(port, "POST", f"/profile/{user}", fields) == (201, {"message": f"Profile created for: {user}"})
 

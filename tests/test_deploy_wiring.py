@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from common.acl import rules
 from tests.wiring import ROOT, Wiring, from_compose, from_ecs, from_k8s, load_all, problems, secret_problems
 
 COMPOSE = ROOT / "compose.yaml"
@@ -163,3 +164,15 @@ def test_compose_file_is_read_by_podman_compose() -> None:
     done = subprocess.run([TOOLS / "podman-compose", "-f", COMPOSE, "config"], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert "profilemesh-gateway" in done.stdout and "cluster-create" in done.stdout
+
+
+def test_memorydb_users_have_the_acl_rules_of_common_acl() -> None:
+    """The template's MemoryDB users grant exactly what the local cluster's ACL users do (common/acl.py)."""
+    template = load_all(ECS.read_text())[0]
+    users = {
+        name: resource for name, resource in template["Resources"].items() if resource["Type"] == "AWS::MemoryDB::User"
+    }
+    expected = {"ProfileUser": "profile_svc", "ReportingUser": "reporting_svc", "AggregatorUser": "aggregator_svc"}
+    assert set(users) == set(expected)
+    for name, component in expected.items():
+        assert users[name]["Properties"]["AccessString"] == f"on {rules(component)}", name

@@ -26,6 +26,7 @@ import grpc
 from aiohttp import web
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
+from multidict import MultiMapping
 
 from common.config import Settings
 from common.errors import DeadlineExceeded
@@ -66,7 +67,7 @@ def stream_calls(channels: Mapping[str, grpc.aio.Channel], routes: list[Route]) 
 
 
 def build_stream_request(
-    route: Route, path_params: dict[str, str], query: Mapping[str, str], last_event_id: str | None
+    route: Route, path_params: dict[str, str], query: MultiMapping[str], last_event_id: str | None
 ) -> Message:
     request = build_request(route, path_params, b"")
     fields = request.DESCRIPTOR.fields
@@ -77,7 +78,7 @@ def build_stream_request(
         if field is None or field.name in in_path:
             allowed = ", ".join(f.name for f in fields if f.name not in in_path) or "none"
             raise BadRequest(f"unknown query parameter {name[:40]!r}: this path takes {allowed}", field=name[:40])
-        values = query.getall(name)  # type: ignore[attr-defined]
+        values = query.getall(name)
         if field.is_repeated:
             getattr(request, field.name).extend(_scalar(field, value) for value in values)
         elif len(values) > 1:

@@ -147,10 +147,10 @@ class LocalCluster:
 
     def client(self, user: str = acl.ADMIN_USER, **kwargs: object) -> RedisCluster:
         """A cluster client as `user` (the admin unless said): how tests and tools look at the cluster."""
-        return RedisCluster(host="127.0.0.1", port=self.ports[0], **self._client_options(user), **kwargs)  # type: ignore[arg-type]
+        return RedisCluster(host="127.0.0.1", port=self.ports[0], **self._client_options(user), **kwargs)  # type: ignore[arg-type]  # keywords of several types
 
     def async_client(self, user: str = acl.ADMIN_USER, **kwargs: object) -> redis.asyncio.RedisCluster:
-        return redis.asyncio.RedisCluster(host="127.0.0.1", port=self.ports[0], **self._client_options(user), **kwargs)  # type: ignore[arg-type]
+        return redis.asyncio.RedisCluster(host="127.0.0.1", port=self.ports[0], **self._client_options(user), **kwargs)  # type: ignore[arg-type]  # keywords of several types
 
     @property
     def startup_urls(self) -> str:
@@ -161,7 +161,7 @@ class LocalCluster:
             port=self.ports[index],
             socket_timeout=2,
             decode_responses=True,
-            **self._client_options(acl.ADMIN_USER),  # type: ignore[arg-type]
+            **self._client_options(acl.ADMIN_USER),  # type: ignore[arg-type]  # keywords of several types
         )
 
     def _write_config(self) -> Path:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from common import keys
 from common.cluster import Cluster
-from common.durable import DurableScripts
 from common.errors import AlreadyExists, NotFound
 from common.validation import check_fields, check_user
+from profile_svc.durable import DurableScripts
 
 SCRIPTS = Path(__file__).parent / "scripts"
 

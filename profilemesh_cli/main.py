@@ -7,7 +7,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.protobuf import json_format
@@ -172,12 +172,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except grpc.RpcError as error:
-        code: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
-        if code == grpc.StatusCode.UNAVAILABLE and "connect" in (error.details() or "").lower():  # type: ignore[attr-defined]
-            print(
-                f"error: nothing answers at {error.details()} — is profilemesh running (make run)?",  # type: ignore[attr-defined]
-                file=sys.stderr,
-            )
+        call = cast(grpc.Call, error)  # what a failed call raises is both
+        code = call.code()
+        if code == grpc.StatusCode.UNAVAILABLE and "connect" in (call.details() or "").lower():
+            print(f"error: nothing answers at {call.details()} — is profilemesh running (make run)?", file=sys.stderr)
             return 2
-        print(f"error: {code.name}: {error.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        print(f"error: {code.name}: {call.details()}", file=sys.stderr)
         return 1

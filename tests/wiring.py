@@ -82,7 +82,7 @@ def _tagged(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, 
         return {suffix: loader.construct_scalar(node)}
     if isinstance(node, yaml.SequenceNode):
         return {suffix: loader.construct_sequence(node, deep=True)}
-    return {suffix: loader.construct_mapping(node, deep=True)}  # type: ignore[arg-type]
+    return {suffix: loader.construct_mapping(node, deep=True)}  # type: ignore[arg-type]  # a MappingNode here
 
 
 _Loader.add_multi_constructor("!", _tagged)

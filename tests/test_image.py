@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from common import acl
 from localdev import image
 from localdev.system import System, on_free_ports
 from localdev.waiting import answers_ok
@@ -33,10 +34,21 @@ COMPONENTS = {
 GRACE_S = int(TEST_SETTINGS["PROFILEMESH_SHUTDOWN_GRACE_S"])
 
 
-def _container_env(system: System) -> list[str]:
-    """The PROFILEMESH_* settings the local system would give its processes, as podman -e options."""
+def _container_options(system: System, module: str, secret: str | None) -> list[str]:
+    """The PROFILEMESH_* settings the local system would give the component, as podman options; its cluster
+    user's password from a podman secret into PROFILEMESH_REDIS_PASSWORD (never on a command line)."""
     settings = {name: value for name, value in system.env().items() if name.startswith("PROFILEMESH_")}
-    return [option for name, value in sorted(settings.items()) for option in ("-e", f"{name}={value}")]
+    secrets: list[str] = []
+    if secret is not None:
+        settings["PROFILEMESH_REDIS_USERNAME"] = acl.USERS[module]
+        secrets = ["--secret", f"{secret},type=env,target=PROFILEMESH_REDIS_PASSWORD"]
+    return [*secrets, *(option for name, value in sorted(settings.items()) for option in ("-e", f"{name}={value}"))]
+
+
+def _create_secret(system: System, module: str, name: str) -> str:
+    password_file = system.cluster.user_env(module)["PROFILEMESH_REDIS_PASSWORD_FILE"]
+    image.podman("secret", "create", name, password_file)
+    return name
 
 
 def _all_running(started: dict[str, str]) -> bool:
@@ -61,8 +73,12 @@ def containers(built_image: str, tmp_path_factory: pytest.TempPathFactory) -> It
     system.cluster.start()
     run_id = uuid.uuid4().hex[:8]
     started: dict[str, str] = {}
+    secrets: dict[str, str] = {}
     launched = time.monotonic()
     try:
+        for component, module in COMPONENTS.items():
+            if module in acl.USERS:
+                secrets[component] = _create_secret(system, module, f"profilemesh-test-{run_id}-{component}-password")
         for component in COMPONENTS:
             name = f"profilemesh-test-{run_id}-{component}"
             image.podman(
@@ -72,7 +88,7 @@ def containers(built_image: str, tmp_path_factory: pytest.TempPathFactory) -> It
                 name,
                 "--network=host",
                 "--read-only",
-                *_container_env(system),
+                *_container_options(system, COMPONENTS[component], secrets.get(component)),
                 built_image,
                 f"profilemesh-{component}",
             )
@@ -89,6 +105,8 @@ def containers(built_image: str, tmp_path_factory: pytest.TempPathFactory) -> It
             logs = image.podman("logs", name, check=False)
             Path(system.cluster.data_dir.parent / f"{name}.log").write_text(logs.stdout + logs.stderr)
             image.podman("rm", "--force", "--time", "0", name, check=False)
+        for secret in secrets.values():
+            image.podman("secret", "rm", secret, check=False)
         system.cluster.stop()
 
 

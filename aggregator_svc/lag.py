@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
@@ -33,24 +33,25 @@ async def partition_figures(client: RedisCluster, stream: str, group: str, now_m
     """Stream length, undelivered (lag) and pending entries, and the age in seconds of the oldest of each."""
     length = await client.xlen(stream)
     info = next((g for g in await client.xinfo_groups(stream) if _text(g["name"]) == group), None)
+    lag: int | None
     if info is None:  # no aggregator has created the group yet: everything is undelivered
         lag, pending, oldest_pending, last_delivered = length, 0, 0.0, "0-0"
     else:
         last_delivered = _text(info["last-delivered-id"])
         pending = int(info["pending"])
-        lag = info.get("lag")
+        lag = None if info.get("lag") is None else int(info["lag"])
         oldest_pending = 0.0
         if pending:
             summary = await client.xpending(stream, group)
             if summary["min"] is not None:  # None: acknowledged since XINFO GROUPS was read
-                oldest_pending = max(0, now_ms - parse_id(summary["min"])[0]) / 1000
+                oldest_pending = max(0, now_ms - parse_id(cast(bytes, summary["min"]))[0]) / 1000
     if lag is None:  # the server can't tell after deletions inside the range: count what is left
-        lag = len(await client.xrange(stream, min=f"({last_delivered}", count=COUNT_LIMIT))
+        lag = len(await client.xrange(stream, min=f"({last_delivered}", count=COUNT_LIMIT) or ())
     oldest_undelivered = 0.0
     if lag:  # an idle partition costs two commands a second: XLEN and XINFO GROUPS
         first_undelivered = await client.xrange(stream, min=f"({last_delivered}", count=1)
         if first_undelivered:
-            oldest_undelivered = max(0, now_ms - parse_id(first_undelivered[0][0])[0]) / 1000
+            oldest_undelivered = max(0, now_ms - parse_id(cast(bytes, first_undelivered[0][0]))[0]) / 1000
     return {
         "length": length,
         "lag": int(lag),

@@ -7,6 +7,7 @@ the requests served in between is the CPU each component spent per request.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 
 import psutil
@@ -28,10 +29,8 @@ def cpu_seconds(pids: list[int]) -> float:
 def rss_mb(pids: list[int]) -> float:
     total = 0
     for pid in pids:
-        try:
+        with contextlib.suppress(psutil.Error):  # a process that has just exited
             total += psutil.Process(pid).memory_info().rss
-        except psutil.Error:
-            pass
     return total / 2**20
 
 

@@ -87,11 +87,11 @@ def drain(
     `on_start` gets the replicas' PIDs once they apply their first events (to attach a profiler).
     Leaves one replica (the system's own) running afterwards.
     """
-    client = RedisCluster.from_url(system.cluster.url, decode_responses=True)
+    client = RedisCluster.from_url(system.cluster.admin_url, decode_responses=True)
     try:
         for name in [n for n in system.processes if n.startswith(REPLICA)]:
             system.stop_process(name)
-        write_backlog(system.cluster.url, events, users, partitions, seed=replicas, mix=mix)
+        write_backlog(system.cluster.admin_url, events, users, partitions, seed=replicas, mix=mix)
         backlog = remaining(client, group, partitions)
         primaries = _primaries(system)
         for node in primaries:

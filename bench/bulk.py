@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 
 import hiredis
 from redis.cluster import RedisCluster
+from redis.connection import parse_url
 from redis.crc import key_slot
 
 CHUNK = 5000  # commands per write; replies are read before the next chunk goes out
@@ -37,11 +38,17 @@ def _slot_owners(url: str) -> list[tuple[str, int]]:
         client.close()
 
 
-def _send(address: tuple[str, int], payloads: list[bytes]) -> int:
+def _send(address: tuple[str, int], payloads: list[bytes], login: bytes | None) -> int:
     """Write the encoded commands in chunks, reading every reply; returns how many replies were errors."""
     errors = 0
     with socket.create_connection(address, timeout=30) as connection:
         reader = hiredis.Reader()
+        if login is not None:  # AUTH first: the cluster's default user is off
+            connection.sendall(login)
+            while (reply := reader.gets()) is False:
+                reader.feed(connection.recv(1 << 16))
+            if isinstance(reply, hiredis.ReplyError):
+                raise ConnectionError(f"{address} refused the login: {reply}")
         for start in range(0, len(payloads), CHUNK):
             chunk = payloads[start : start + CHUNK]
             connection.sendall(b"".join(chunk))
@@ -71,7 +78,13 @@ def bulk_write(url: str, commands: Iterable[Command]) -> int:
         key = command[1]
         by_node[owners[key_slot(key.encode() if isinstance(key, str) else key)]].append(_encode(command))
         sent += 1
-    errors = sum(_send(address, payloads) for address, payloads in by_node.items())
+    parsed = parse_url(url)
+    login = (
+        _encode(("AUTH", parsed["username"], parsed["password"]))
+        if parsed.get("username") and parsed.get("password")
+        else None
+    )
+    errors = sum(_send(address, payloads, login) for address, payloads in by_node.items())
     if errors:
         raise RuntimeError(f"{errors} of {sent} bulk commands failed")
     return sent

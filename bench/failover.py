@@ -68,7 +68,7 @@ def run_failover(system: System, users: int = 3000, workers: int = 16, kill_afte
     load, killed_at, promoted_after, rejoined_after = asyncio.run(
         _creates_with_failover(system, names, workers, kill_after)
     )
-    client = RedisCluster.from_url(system.cluster.url, decode_responses=True)
+    client = RedisCluster.from_url(system.cluster.admin_url, decode_responses=True)
     try:
         lost = [o.item for o in load.ok() if not client.exists(keys.profile_key(o.item, PARTITIONS))]
     finally:

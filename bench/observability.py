@@ -72,7 +72,7 @@ def one_run(variant: str, work: Path, base: Path, sink: OtlpSink, seconds: int) 
         os.chdir(here)
         os.environ.pop("PYTHONPATH", None)
     try:
-        load_profiles(system.cluster.url, PREFIX, 0, USERS, PARTITIONS)
+        load_profiles(system.cluster.admin_url, PREFIX, 0, USERS, PARTITIONS)
         run_wrk("warm-up", variant, system.gateway_url, "reads.lua", [PREFIX, str(USERS)], 16, 3)
         meter = CpuMeter(
             {

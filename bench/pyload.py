@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import subprocess
 import sys
@@ -28,13 +29,14 @@ Call = Callable[[int, int], Awaitable[None]]  # (worker index, user index)
 
 
 async def _grpc_calls(target: str, users: list[str], concurrency: int) -> tuple[Call, Callable[[], Awaitable[None]]]:
-    import grpc
-
+    from common import grpc_tls
+    from common.config import Settings
     from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 
+    settings = Settings.from_env()  # plaintext, or mutual TLS when PROFILEMESH_GRPC_* say so
     # A local subchannel pool gives each channel its own TCP connection.
     channels = [
-        grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+        grpc_tls.aio_channel(target, settings, options=[("grpc.use_local_subchannel_pool", 1)])
         for _ in range(min(concurrency, MAX_CONNECTIONS))
     ]
     stubs = [profile_pb2_grpc.ProfileServiceStub(channel) for channel in channels]
@@ -131,6 +133,7 @@ def run_pyload(
     partitions: int,
     processes: int = 1,
     on_start: Callable[[], object] | None = None,
+    env: dict[str, str] | None = None,
 ) -> LoadResult:
     """Run `processes` generator processes sharing `concurrency` workers; blocks until they end.
 
@@ -145,7 +148,6 @@ def run_pyload(
                 "-m",
                 "bench.pyload",
                 kind,
-                target,
                 prefix,
                 str(count),
                 str(share),
@@ -156,6 +158,9 @@ def run_pyload(
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
+            # The target may be a cluster URL with credentials: the environment, not the command line.
+            # env: e.g. PROFILEMESH_GRPC_* for mutual TLS (common/grpc_tls.py).
+            env={**os.environ, **(env or {}), "PYLOAD_TARGET": target},
         )
         for share in shares
     ]
@@ -197,7 +202,8 @@ def run_pyload(
 
 
 if __name__ == "__main__":
-    kind, target, prefix, count, concurrency, duration_s, warmup_s, partitions = sys.argv[1:9]
+    kind, prefix, count, concurrency, duration_s, warmup_s, partitions = sys.argv[1:8]
+    target = os.environ["PYLOAD_TARGET"]
     result = asyncio.run(
         _child(kind, target, prefix, int(count), int(concurrency), float(duration_s), float(warmup_s), int(partitions))
     )

@@ -119,12 +119,18 @@ async def request_phase(
             )
     meter, top, run_id = cpu_groups(system, baseline), max(scale.concurrencies), uuid.uuid4().hex[:6]
     baseline_rss = 0.0
-    with StreamSampler(system.cluster.url, PARTITIONS) as streams:
+    with StreamSampler(system.cluster.admin_url, PARTITIONS) as streams:
         for concurrency in scale.concurrencies:
             for scenario in SCENARIOS:
                 before: dict[str, float] = {}
                 result = await asyncio.to_thread(
-                    run_scenario, scenario, concurrency, targets, scale, run_id, lambda: before.update(meter.snapshot())
+                    run_scenario,
+                    scenario,
+                    concurrency,
+                    targets,
+                    scale,
+                    run_id,
+                    lambda before=before: before.update(meter.snapshot()),
                 )
                 after = meter.snapshot()
                 if concurrency == top:
@@ -239,7 +245,7 @@ def growth_phase(system: System, targets: Targets, scale: Scale, report: Report)
                 scale.load_s,
             )
 
-        result = grow(system.cluster.url, GROWTH_PREFIX, have, size, PARTITIONS, read)
+        result = grow(system.cluster.admin_url, GROWTH_PREFIX, have, size, PARTITIONS, read)
         report.growth.append(result)
         have = size
         say(f"growth {size:,}: {result.bytes_per_profile:.0f} B/profile, reads p99 {result.read.p99_ms:.1f} ms")
@@ -250,20 +256,22 @@ async def run(scale: Scale, out: Path, title: str) -> Report:
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="profilemesh-bench-"))
     system = on_free_ports(work, BENCH_SETTINGS)
-    baseline = BaselineServer(system.cluster.url, free_ports(1)[0], work / "logs" / "baseline.log")
+    baseline = BaselineServer(system.cluster.admin_url, free_ports(1)[0], work / "logs" / "baseline.log")
     succeeded = False
     try:
         say(f"starting a cluster, the services and the baseline (logs in {work / 'logs'})")
         await asyncio.to_thread(system.start)
         await asyncio.to_thread(baseline.start)
-        report = Report(title=title, machine=machine_info(system.cluster.url), scale=asdict(scale), notes=list(NOTES))
-        await asyncio.to_thread(load_profiles, system.cluster.url, READ_PREFIX, 0, scale.read_users, PARTITIONS)
-        await asyncio.to_thread(load_baseline_profiles, system.cluster.url, READ_PREFIX, scale.read_users)
+        report = Report(
+            title=title, machine=machine_info(system.cluster.admin_url), scale=asdict(scale), notes=list(NOTES)
+        )
+        await asyncio.to_thread(load_profiles, system.cluster.admin_url, READ_PREFIX, 0, scale.read_users, PARTITIONS)
+        await asyncio.to_thread(load_baseline_profiles, system.cluster.admin_url, READ_PREFIX, scale.read_users)
         targets = Targets(
             gateway_url=system.gateway_url,
             baseline_url=baseline.url,
             profile_address=f"127.0.0.1:{system.profile_port}",
-            cluster_url=system.cluster.url,
+            cluster_url=system.cluster.admin_url,
             user_prefix=READ_PREFIX,
             users=scale.read_users,
             partitions=PARTITIONS,
@@ -286,12 +294,16 @@ async def run(scale: Scale, out: Path, title: str) -> Report:
         else:
             say(f"kept logs and data in {work}")
     report.elapsed_s = time.perf_counter() - started
-    out.parent.mkdir(parents=True, exist_ok=True)
     text = render(report)
-    out.write_text(text)
+    await asyncio.to_thread(_write, out, text)
     print(text)
     say(f"wrote {out} in {report.elapsed_s:.0f} s")
     return report
+
+
+def _write(out: Path, text: str) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
 
 
 def main() -> None:

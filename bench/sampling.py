@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import psutil
 
@@ -20,10 +21,8 @@ class PeakRss:
     async def _sample(self) -> None:
         while True:
             for name, process in self.processes.items():
-                try:
+                with contextlib.suppress(psutil.Error):  # a process that has just exited
                     self.peak_mb[name] = max(self.peak_mb[name], process.memory_info().rss / 2**20)
-                except psutil.Error:
-                    pass
             await asyncio.sleep(0.05)
 
     async def __aenter__(self) -> PeakRss:

@@ -12,10 +12,10 @@ from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisClusterException, RedisError
 
 from common import keys, metrics, tracing
-from common.config import Settings
+from common.config import Settings, StartupError
 from common.errors import PartitionMismatch
 from common.redis_internals import closed_under_command, keep_command_table
 from common.scripts import script_source
@@ -27,6 +27,29 @@ _errors = metrics.children(metrics.CLUSTER_ERRORS)
 # What the client raises when the cluster fails under a command: a loop waits these out, a call answers
 # UNAVAILABLE. RedisClusterException (e.g. no node reachable) is not a RedisError; TimeoutError is an OSError.
 CLUSTER_FAILURES: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError)
+
+
+def connection_options(settings: Settings) -> dict[str, Any]:
+    """The ACL user and TLS files of `settings` as redis-py keyword arguments (for cluster and node clients).
+
+    Credentials go as arguments, never into the URL: redis-py repeats URLs in some error messages.
+    """
+    options: dict[str, Any] = {}
+    if settings.redis_username:
+        options["username"] = settings.redis_username
+    if settings.redis_password:
+        options["password"] = settings.redis_password
+    if settings.redis_url.startswith("rediss://"):
+        options.update(ssl_cert_reqs="required", ssl_check_hostname=True)
+        if settings.redis_ca_file:
+            options["ssl_ca_certs"] = settings.redis_ca_file
+        if settings.redis_cert_file:
+            options.update(ssl_certfile=settings.redis_cert_file, ssl_keyfile=settings.redis_key_file)
+    return options
+
+
+class CredentialsRefused(StartupError):
+    """The cluster refused this process's user or password: no retry will help."""
 
 
 class Cluster:
@@ -47,6 +70,7 @@ class Cluster:
             require_full_coverage=False,
             # Room beyond the bound for the aggregator's blocking reads, one per partition.
             max_connections=settings.redis_max_concurrency + settings.partitions + 8,
+            **connection_options(settings),
         )
         keep_command_table(self.client)
         self.limit = asyncio.Semaphore(settings.redis_max_concurrency)
@@ -66,6 +90,20 @@ class Cluster:
                     await self.client.initialize()
                     self._initialized = True
         return self.client
+
+    async def check_credentials(self) -> None:
+        """Fail at once if the cluster refuses our user; an unreachable cluster is left to health checks."""
+        try:
+            await self.connected()
+        except (RedisClusterException, RedisError, OSError) as error:
+            cause = error if isinstance(error, (AuthenticationError, NoPermissionError)) else error.__cause__
+            if isinstance(cause, (AuthenticationError, NoPermissionError)):
+                user = self.settings.redis_username or "default"
+                raise CredentialsRefused(
+                    f"the cluster refused user {user!r}: {cause}; check PROFILEMESH_REDIS_USERNAME and "
+                    "PROFILEMESH_REDIS_PASSWORD (or _FILE)"
+                ) from None
+            log.warning("the cluster is not reachable yet: %s", type(error).__name__)
 
     async def refresh_topology(self) -> None:
         """Re-learn which node serves which slot (after a MOVED or a failover); one task at a time."""
@@ -105,9 +143,7 @@ class Cluster:
         name = self.name_of(script)
         # With tracing off, no span and not even its arguments are made: this is every script's path.
         span = (
-            tracing.span(
-                f"script {name}", tracing.trace.SpanKind.CLIENT, **{"db.system": "redis", "db.operation": name}
-            )
+            tracing.span(f"script {name}", tracing.SpanKind.CLIENT, **{"db.system": "redis", "db.operation": name})
             if tracing.ENABLED
             else contextlib.nullcontext()
         )
@@ -141,8 +177,11 @@ class Cluster:
         """Record the partition count on first start; refuse to run with a different one."""
         wanted = self.settings.partitions
         async with self.bounded() as client:
-            await client.set(keys.PARTITIONS_KEY, wanted, nx=True)
-            recorded = int(await client.get(keys.PARTITIONS_KEY))
+            recorded_text = await client.get(keys.PARTITIONS_KEY)
+            if recorded_text is None:  # only profile_svc's user may record it (common/acl.py)
+                await client.set(keys.PARTITIONS_KEY, wanted, nx=True)
+                recorded_text = await client.get(keys.PARTITIONS_KEY)
+            recorded = int(recorded_text or 0)
         if recorded != wanted:
             raise PartitionMismatch(
                 f"the cluster was set up with {recorded} partitions but PROFILEMESH_PARTITIONS is {wanted}; "

@@ -74,7 +74,7 @@ class Settings:
 
     redis_url: str = setting(
         "redis://127.0.0.1:7000",
-        "any cluster node; `rediss://user:password@host:port` for TLS and ACL users (MemoryDB: the cluster endpoint)",
+        "any cluster node; `rediss://host:port` for TLS (MemoryDB: the cluster endpoint)",
         secret=True,
         shown="`redis://127.0.0.1:7000`",
     )
@@ -141,6 +141,25 @@ class Settings:
     stream_idle_s: int = setting(600, "a stream with no event (or a client reading nothing) this long ends", minimum=1)
     stream_max_s: int = setting(3600, "the longest a stream stays open", minimum=1)
     watch_interval_ms: int = setting(250, "WatchTopProfiles sends at most one message per interval", minimum=1)
+    # The gateway's public edge; see gateway/edge.py.
+    http_max_url_bytes: int = setting(
+        16384,
+        "the gateway's longest request line (method, URL, version); room for 100 `users=` of 128 characters",
+        minimum=256,
+    )
+    http_max_header_bytes: int = setting(8190, "the longest header (name and value)", minimum=256)
+    http_max_headers: int = setting(100, "the most headers a request may have", minimum=8)
+    http_max_body_bytes: int = setting(65536, "the largest request body (413 beyond)", minimum=1)
+    http_idle_timeout_s: int = setting(
+        75,
+        "a connection without a whole request's headers this long after it opened or after its last answer is closed",
+        minimum=1,
+    )
+    http_body_timeout_s: int = setting(10, "a request body must arrive within this after its headers (408)", minimum=1)
+    rate_limit_per_s: int = setting(
+        0, "requests a second per client address at the gateway (429 with `Retry-After` beyond); 0: off", minimum=0
+    )
+    rate_limit_burst: int = setting(50, "requests a client address may send at once before the rate applies", minimum=1)
     log_level: str = setting("INFO", "log level (`DEBUG`: a line per request)", choices=LOG_LEVELS)
     log_format: str = setting(
         "",
@@ -153,12 +172,37 @@ class Settings:
     reporting_metrics_listen: str = setting("0.0.0.0:9102", "where reporting_svc serves `/metrics`; `off` for none")
     aggregator_metrics_listen: str = setting("0.0.0.0:9103", "where the aggregator serves `/metrics`; `off` for none")
     gateway_metrics_listen: str = setting("0.0.0.0:9104", "where the gateway serves `/metrics`; `off` for none")
+    # Security (README "Security"): the component's cluster ACL user (common/acl.py), TLS to the cluster,
+    # and gRPC TLS. Credentials are settings, never command-line arguments.
+    redis_username: str = setting("", "the component's cluster ACL user (`make run` sets each service's)", shown="none")
+    redis_password: str = setting(
+        "",
+        "its password; or `PROFILEMESH_REDIS_PASSWORD_FILE`, a file holding it (a mounted container secret)",
+        secret=True,
+        shown="none",
+    )
+    redis_ca_file: str = setting("", "TLS to the cluster: the CA that signed the nodes' certificates", shown="none")
+    redis_cert_file: str = setting("", "TLS to the cluster: an optional client certificate", shown="none")
+    redis_key_file: str = setting("", "TLS to the cluster: the client certificate's key", shown="none")
+    grpc_cert_file: str = setting(
+        "", "the component's gRPC certificate: served, and presented as a client (unset: plaintext)", shown="none"
+    )
+    grpc_key_file: str = setting("", "that certificate's key", shown="none")
+    grpc_ca_file: str = setting(
+        "", "servers require client certificates it signed; clients verify servers with it", shown="none"
+    )
+    grpc_allowed_clients: str = setting(
+        "", "`/service/method=identity,...;...`: which client certificates may call what", shown="none"
+    )
 
     def __post_init__(self) -> None:
         """Check every value, however the Settings was made: a bad one raises ConfigError."""
         types = typing.get_type_hints(type(self))
         for spec in dataclasses.fields(self):
             _check(spec, types[spec.name], getattr(self, spec.name))
+        for certificate, key in (("grpc_cert_file", "grpc_key_file"), ("redis_cert_file", "redis_key_file")):
+            if bool(getattr(self, certificate)) != bool(getattr(self, key)):
+                raise ConfigError(f"{variable(certificate)} and {variable(key)} must be set together")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -170,11 +214,23 @@ class Settings:
             raw = environ.get(variable(spec.name), "")
             if raw != "":
                 given[spec.name] = _parse(spec, types[spec.name], raw)
+        password_file = environ.get(variable("redis_password") + "_FILE", "")
+        if password_file and "redis_password" not in given:
+            given["redis_password"] = _read_secret(password_file)
         return cls(**given)
 
     def metrics_listen(self, component: str) -> str:
         """The metrics address of `component` (profile_svc, reporting_svc, aggregator_svc or gateway)."""
         return str(getattr(self, f"{component.removesuffix('_svc')}_metrics_listen"))
+
+
+def _read_secret(path: str) -> str:
+    """A secret from a file, without its trailing newline; the error names the file, never its content."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.read().rstrip("\r\n")
+    except OSError as error:
+        raise ConfigError(f"{variable('redis_password')}_FILE: cannot read {path}: {error.strerror}") from None
 
 
 def variable(name: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 
@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
 _HEALTH = "/grpc.health.v1.Health/"
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # generic in the stubs only
 
 
 class ObservingInterceptor(grpc.aio.ServerInterceptor):
@@ -35,15 +36,13 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, max_in_flight: int) -> None:
         self.max_in_flight = max_in_flight
         self._busy = 0  # unary calls in flight, every method but health checks
-        self._wrapped: dict[
-            str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]
-        ] = {}  # method: (original, wrapped)
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}  # method: (original, wrapped)
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler | None:
         handler = await continuation(details)
         if handler is None or handler.unary_unary is None:
             return handler  # unknown methods and streams (health Watch, reflection) pass through
@@ -52,8 +51,9 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
             cached = self._wrapped[details.method] = (handler, self._wrap(details.method, handler))
         return cached[1]
 
-    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        behavior = handler.unary_unary
+    def _wrap(self, method: str, handler: Handler) -> Handler:
+        # A coroutine function under grpc.aio, which the stubs type as a plain (synchronous) callable.
+        behavior: Any = handler.unary_unary
         latency = metrics.GRPC_LATENCY.labels(method)
         shed = metrics.GRPC_SHED.labels(method)
         in_flight = [0]
@@ -69,14 +69,15 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
                 counter = counters[code] = metrics.GRPC_REQUESTS.labels(method, name)
             counter.inc()
 
-        async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             if self._busy >= self.max_in_flight and not is_health:  # health answers even when busy
                 shed.inc()
                 count(grpc.StatusCode.RESOURCE_EXHAUSTED)
                 await abort(
                     context, TooManyRequests(f"server busy: {self.max_in_flight} calls in flight; retry with backoff")
                 )
-            carrier = dict(context.invocation_metadata() or ())
+            # Binary (-bin) metadata aside, values are text.
+            carrier = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
             request_id = carrier.get(REQUEST_ID_HEADER)
             REQUEST_ID.set(request_id)
             in_flight[0] += 1

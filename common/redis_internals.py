@@ -40,9 +40,9 @@ def keep_command_table(client: RedisCluster) -> None:
         if not parser.commands:
             await learn(node)
 
-    async def get_movable_keys(*args: Any) -> Sequence[Any] | None:
+    async def get_movable_keys(*args: Any) -> tuple[str, ...] | None:
         keys = stream_keys(args)
-        return keys if keys is not None else await movable_keys(*args)
+        return tuple(keys) if keys is not None else await movable_keys(*args)
 
     parser.initialize = initialize  # type: ignore[method-assign]  # the patch this module exists for
     parser._get_moveable_keys = get_movable_keys  # type: ignore[method-assign]  # likewise
@@ -82,13 +82,17 @@ async def closed_under_command() -> AsyncIterator[None]:
 
 
 def _raised_in_redis(error: BaseException) -> bool:
-    """Whether the innermost frame of the error's traceback is redis-py's code."""
+    """Whether the innermost frame of the error's traceback is redis-py's code, or asyncio's streams
+    called by it (over TLS a closed transport fails inside asyncio.sslproto: `'NoneType' object has no
+    attribute '_write_appdata'`)."""
+    modules = []
     trace = error.__traceback__
-    if trace is None:
-        return False
-    while trace.tb_next is not None:
+    while trace is not None:
+        modules.append(str(trace.tb_frame.f_globals.get("__name__", "")))
         trace = trace.tb_next
-    return str(trace.tb_frame.f_globals.get("__name__", "")).startswith("redis.")
+    while modules and modules[-1].startswith("asyncio."):
+        modules.pop()
+    return bool(modules) and modules[-1].startswith("redis.")
 
 
 _BROKEN = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -115,7 +119,7 @@ async def send_on_one_connection(node: ClusterNode, commands: list[tuple[Any, ..
         except _BROKEN:
             await connection.disconnect()
         try:
-            await connection.connect()
+            await connection.connect()  # type: ignore[no-untyped-call]  # untyped in redis-py 8.1
         except _BROKEN as error:
             raise NothingSent(f"cannot connect to {node.name}: {error}") from error
         try:

@@ -50,7 +50,9 @@ def as_service_error(error: BaseException) -> ServiceError | None:
 
 
 async def abort(
-    context: grpc.aio.ServicerContext, error: ServiceError, trailing_metadata: tuple[tuple[str, str], ...] = ()
+    context: grpc.aio.ServicerContext[Any, Any],
+    error: ServiceError,
+    trailing_metadata: tuple[tuple[str, str], ...] = (),
 ) -> NoReturn:
     """End the call with the error's status, its google.rpc details in the trailers."""
     status = rpc_status.to_status(error.status())
@@ -62,7 +64,7 @@ def translate_errors(method: Handler) -> Handler:
     """A unary method's errors as gRPC statuses, within a deadline; nothing expected escapes as UNKNOWN."""
 
     @functools.wraps(method)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         remaining = context.time_remaining()
         deadline = asyncio.timeout(min(remaining, MAX_CALL_S) if remaining is not None else MAX_CALL_S)
         try:
@@ -93,7 +95,7 @@ class StreamProgress:
 
 @contextlib.asynccontextmanager
 async def stream_errors(
-    context: grpc.aio.ServicerContext, method: str, resume_token: str = ""
+    context: grpc.aio.ServicerContext[Any, Any], method: str, resume_token: str = ""
 ) -> AsyncIterator[StreamProgress]:
     """A streaming method's errors as gRPC statuses; one that can be resumed from says where, in the
     message and in the `resume-token` trailer (and its ErrorInfo)."""

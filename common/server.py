@@ -8,14 +8,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from common import grpc_tls
 from common.cluster import CLUSTER_FAILURES, Cluster
 from common.config import Settings, StartupError
 from common.interceptors import ObservingInterceptor
@@ -54,7 +56,7 @@ async def _watch_cluster(cluster: Cluster, health: health_aio.HealthServicer, se
         await asyncio.sleep(HEALTH_INTERVAL_S)
 
 
-async def _bind(server: grpc.aio.Server, listen: str) -> None:
+async def _bind(server: grpc.aio.Server, listen: str, credentials: grpc.ServerCredentials | None) -> None:
     """Listen on `listen`, waiting up to BIND_WAIT_S for the port to be free.
 
     Ports such as 50051 lie in Linux's ephemeral range: an outgoing connection may have used one
@@ -64,7 +66,10 @@ async def _bind(server: grpc.aio.Server, listen: str) -> None:
     waited = 0
     while True:
         try:
-            server.add_insecure_port(listen)
+            if credentials is None:
+                server.add_insecure_port(listen)
+            else:
+                server.add_secure_port(listen, credentials)
             return
         except RuntimeError:
             if waited >= BIND_WAIT_S:
@@ -84,7 +89,7 @@ class Service:
     """What a process serves: its gRPC services (for health and reflection) and its background jobs."""
 
     names: list[str]
-    background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
     # Called when SIGTERM arrives, e.g. to end long-lived streams so their clients reconnect elsewhere.
     on_drain: list[Callable[[], None]] = field(default_factory=list)
 
@@ -100,6 +105,7 @@ def run_service(
 
     async def main() -> None:
         cluster = Cluster(settings)
+        await cluster.check_credentials()  # a refused user or password: StartupError, the process exits
         await serve(listen(settings), cluster, lambda server: build(server, cluster))
 
     try:
@@ -114,9 +120,21 @@ async def serve(listen: str, cluster: Cluster, build: Callable[[grpc.aio.Server]
     ``build`` adds the servicers and says what the process serves. On a signal,
     health turns NOT_SERVING first, so load balancers stop sending before the listener closes.
     """
+    settings = cluster.settings
+    try:
+        allowed_clients = grpc_tls.parse_allowed_clients(settings.grpc_allowed_clients)
+    except ValueError as error:
+        raise StartupError(str(error)) from None
+    if allowed_clients and not settings.grpc_ca_file:
+        raise StartupError(
+            "PROFILEMESH_GRPC_ALLOWED_CLIENTS needs PROFILEMESH_GRPC_CA_FILE: identities come from client certificates"
+        )
+    # The first sheds unary calls beyond PROFILEMESH_MAX_IN_FLIGHT (RESOURCE_EXHAUSTED, counted).
+    interceptors: list[grpc.aio.ServerInterceptor] = [ObservingInterceptor(cluster.settings.max_in_flight)]
+    if allowed_clients:
+        interceptors.append(grpc_tls.AllowedClients(allowed_clients))
     server = grpc.aio.server(
-        # Sheds unary calls beyond PROFILEMESH_MAX_IN_FLIGHT (RESOURCE_EXHAUSTED, counted).
-        interceptors=[ObservingInterceptor(cluster.settings.max_in_flight)],
+        interceptors=interceptors,
         # A backstop above the shedding and the stream limit (common/streams.py), so that a flood
         # that outruns Python still can't queue without bound. gRPC core refuses calls beyond it
         # before any Python runs: only callers see those.
@@ -125,6 +143,9 @@ async def serve(listen: str, cluster: Cluster, build: Callable[[grpc.aio.Server]
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             # Fail loudly if the port is taken rather than silently sharing it.
             ("grpc.so_reuseport", 0),
+            # Accept the gateway's keepalive pings (every 30 s on a long stream). gRPC's default allows one
+            # per 5 minutes and answers more with GOAWAY "too_many_pings", dropping the connection.
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ],
     )
     served = build(server)
@@ -136,9 +157,15 @@ async def serve(listen: str, cluster: Cluster, build: Callable[[grpc.aio.Server]
     reflection.enable_server_reflection(
         [*services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
     )
-    await _bind(server, listen)
+    credentials = grpc_tls.server_credentials(cluster.settings)
+    await _bind(server, listen, credentials)
     await server.start()
-    log.info("listening on %s", listen)
+    tls = (
+        "plaintext"
+        if credentials is None
+        else "TLS" + (", client certificates required" if cluster.settings.grpc_ca_file else "")
+    )
+    log.info("listening on %s (%s)", listen, tls)
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

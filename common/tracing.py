@@ -7,10 +7,11 @@ instrumented place checks `ENABLED` first, so tracing off costs one boolean test
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
-from typing import Any, ContextManager
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind as SpanKind  # re-exported: callers name span kinds through this module
 
 ENABLED = bool(
     (os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
@@ -43,19 +44,19 @@ def shutdown_tracing() -> None:
         provider.shutdown()
 
 
-def span(name: str, kind: trace.SpanKind = trace.SpanKind.INTERNAL, **attributes: Any) -> ContextManager:
+def span(name: str, kind: SpanKind = SpanKind.INTERNAL, **attributes: Any) -> AbstractContextManager[object]:
     """A span around a block when tracing is on; a no-op context otherwise."""
     if not ENABLED:
         return nullcontext()
     return tracer.start_as_current_span(name, kind=kind, attributes=attributes)
 
 
-def server_span(name: str, carrier: dict[str, str], **attributes: Any) -> ContextManager:
+def server_span(name: str, carrier: dict[str, str], **attributes: Any) -> AbstractContextManager[object]:
     """A SERVER span whose parent is the W3C trace context the caller sent (traceparent, tracestate)."""
     if not ENABLED:
         return nullcontext()
     return tracer.start_as_current_span(
-        name, context=propagate.extract(carrier), kind=trace.SpanKind.SERVER, attributes=attributes
+        name, context=propagate.extract(carrier), kind=SpanKind.SERVER, attributes=attributes
     )
 
 

@@ -11,6 +11,8 @@ USER_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
 FIELD_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAX_FIELDS = 64
 MAX_VALUE_BYTES = 4096
+MAX_USERS = 100  # the most users a WatchProfileEvents filter names
+MAX_LIMIT = 1000  # the most profiles a top list (GetTopProfiles, WatchTopProfiles) returns
 
 
 def _shown(text: str) -> str:

@@ -6,14 +6,16 @@ import uvloop
 from aiohttp import web
 
 from common.addresses import parse_listen
+from common.command import parse_arguments
 from common.config import Settings, StartupError
 from common.logs import setup_logging
 from common.metrics import serve_metrics
 from common.tracing import setup_tracing, shutdown_tracing
 from gateway.app import build_app
+from gateway.edge import server_limits
 
 
-def main() -> None:
+def serve() -> None:
     settings = Settings.from_env()
     setup_logging("gateway", settings.log_level, settings.log_format)
     setup_tracing("gateway")
@@ -29,12 +31,19 @@ def main() -> None:
         shutdown_timeout=settings.shutdown_grace_s,
         access_log=None,
         loop=uvloop.new_event_loop(),
+        **server_limits(settings),
     )
     shutdown_tracing()
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """The `profilemesh-gateway` console script; only here does a start-up error end the process."""
+    parse_arguments("profilemesh-gateway", "REST gateway")
     try:
-        main()
+        serve()
     except StartupError as error:
         raise SystemExit(f"gateway: {error}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import grpc
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from common import metrics
@@ -16,49 +17,54 @@ from common.config import Settings
 from common.errors import ServiceError
 from common.streams import StreamLimits
 from common.validation import check_user
-from gateway import upstreams
-from gateway.coalesce import BATCH_METHOD, ReadCoalescer
-from gateway.errors import rpc_error_response, service_error_response
+from gateway import openapi, upstreams
+from gateway.coalesce import MemberError, ReadCoalescer
+from gateway.edge import no_internal_text, rate_limit, read_body_within, stamp_request_id
+from gateway.errors import error_json, http_status, rendered_details, rpc_error_response, service_error_response
 from gateway.observe import observe, outgoing_metadata
 from gateway.routes import Route, routes_from
 from gateway.sse import STREAM_CALLS, STREAM_CHANNELS, stream_calls, stream_channel, stream_handler
 from gateway.translate import BadRequest, build_request, render_response
-from profilemesh.profile.v1 import profile_pb2
+from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 from profilemesh.reporting.v1 import reporting_pb2
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 64 * 1024
 READY_TIMEOUT_S = 1.0
 DASHBOARD = Path(__file__).parent / "static" / "dashboard.html"
 
-CHANNELS = web.AppKey("channels", dict)
+CHANNELS = web.AppKey("channels", dict[str, grpc.aio.Channel])
 CALLS = web.AppKey("calls", dict)
 READS = web.AppKey("reads", ReadCoalescer)
 GET_PROFILE = "/profilemesh.profile.v1.ProfileService/GetProfile"
+MAX_BODY = web.AppKey("max_body", int)
 
 
 @web.middleware
-async def json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+async def json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     """aiohttp's own errors (404, 405, 413) as JSON bodies; never a traceback to the client."""
     try:
         return await handler(request)
     except web.HTTPException as error:
         if error.status < 400:
             raise
-        message = error.reason if error.status != 413 else f"request body is larger than {MAX_BODY_BYTES} bytes"
+        message = error.reason if error.status != 413 else f"request body is larger than {request.app[MAX_BODY]} bytes"
         return web.json_response({"message": message}, status=error.status, headers=_kept_headers(error))
     except Exception:
         log.exception("unexpected error for %s %s", request.method, request.path)
         return web.json_response({"message": "internal error"}, status=500)
 
 
-def shed_load(limit: int) -> Callable:
+def shed_load(limit: int) -> Middleware:
     """Answer 429 at once beyond `limit` requests in flight, instead of queueing without bound."""
     in_flight = 0
 
     @web.middleware
-    async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         nonlocal in_flight
         if in_flight >= limit and request.path not in ("/healthz", "/readyz"):
             metrics.HTTP_SHED.inc()
@@ -105,8 +111,10 @@ def _batched_get(route: Route) -> Callable[[web.Request], Awaitable[web.Response
             # Checked here, so that one bad name can't fail the batch it would have joined.
             user = check_user(request.match_info["user"])
             profile = await request.app[READS].get(user)
-        except ServiceError as error:  # a bad name, or this member's own error (MemberError)
+        except ServiceError as error:  # a bad name
             return service_error_response(error)
+        except MemberError as error:  # this member's own error, as GetProfile would have failed
+            return error_json(http_status(error.code), error.rpc_status.message, rendered_details(error.rpc_status))
         except grpc.aio.AioRpcError as error:
             return rpc_error_response(error)
         return web.json_response(render_response(route, profile))
@@ -144,9 +152,22 @@ async def dashboard(request: web.Request) -> web.FileResponse:
 
 
 def build_app(settings: Settings) -> web.Application:
-    app = web.Application(
-        client_max_size=MAX_BODY_BYTES, middlewares=[observe, shed_load(settings.max_in_flight), json_errors]
+    limited = (
+        [rate_limit(settings.rate_limit_per_s, settings.rate_limit_burst)] if settings.rate_limit_per_s > 0 else []
     )
+    app = web.Application(
+        client_max_size=settings.http_max_body_bytes,
+        middlewares=[
+            observe,
+            no_internal_text,
+            *limited,
+            shed_load(settings.max_in_flight),
+            json_errors,
+            read_body_within(settings.http_body_timeout_s, settings.http_max_body_bytes),
+        ],
+    )
+    app[MAX_BODY] = settings.http_max_body_bytes
+    app.on_response_prepare.append(stamp_request_id)
     profile_service = profile_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name
     targets = {
         profile_service: settings.profile_target,
@@ -155,8 +176,8 @@ def build_app(settings: Settings) -> web.Application:
 
     routes = routes_from([profile_pb2.DESCRIPTOR, reporting_pb2.DESCRIPTOR])
 
-    async def channels(app: web.Application):
-        app[CHANNELS] = {service: upstreams.channel(target) for service, target in targets.items()}
+    async def channels(app: web.Application) -> AsyncIterator[None]:
+        app[CHANNELS] = {service: upstreams.channel(target, settings) for service, target in targets.items()}
         # One callable per method, made once: making it per request costs a few percent of the gateway's CPU.
         app[CALLS] = {
             route.grpc_path: app[CHANNELS][route.service].unary_unary(
@@ -167,14 +188,11 @@ def build_app(settings: Settings) -> web.Application:
             for route in routes
             if not route.method.server_streaming
         }
-        batch_call = app[CHANNELS][profile_service].unary_unary(
-            BATCH_METHOD,
-            request_serializer=profile_pb2.BatchGetProfilesRequest.SerializeToString,
-            response_deserializer=profile_pb2.BatchGetProfilesResponse.FromString,
-        )
-        app[READS] = ReadCoalescer(batch_call, app[CALLS][GET_PROFILE], settings.deadline_ms / 1000)
-        app[STREAM_CHANNELS] = {service: stream_channel(target) for service, target in targets.items()}
-        app[STREAM_CALLS] = stream_calls(app[STREAM_CHANNELS], routes)
+        profiles = profile_pb2_grpc.ProfileServiceStub(app[CHANNELS][profile_service])
+        app[READS] = ReadCoalescer(profiles.BatchGetProfiles, profiles.GetProfile, settings.deadline_ms / 1000)
+        stream_channels = {service: stream_channel(target, settings) for service, target in targets.items()}
+        app[STREAM_CHANNELS] = stream_channels
+        app[STREAM_CALLS] = stream_calls(stream_channels, routes)
         yield
         channels = [*app[CHANNELS].values(), *app[STREAM_CHANNELS].values()]
         await asyncio.gather(*(channel.close() for channel in channels))
@@ -190,6 +208,7 @@ def build_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz, allow_head=False)
     app.router.add_get("/readyz", readyz, allow_head=False)
     app.router.add_get("/dashboard", dashboard, allow_head=False)
+    app.router.add_get("/openapi.json", openapi.handler(routes), allow_head=False)
     # Streaming routes first: /profile/events must not be taken for the profile of a user called "events".
     for route in sorted(routes, key=lambda r: not r.method.server_streaming):
         if route.method.server_streaming:

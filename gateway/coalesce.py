@@ -22,26 +22,21 @@ from collections.abc import Sequence
 import grpc
 from google.rpc import status_pb2
 
-from common.errors import ServiceError
 from profilemesh.profile.v1 import profile_pb2
 
 log = logging.getLogger(__name__)
 
 # At most this many reads per call: bounds a batch's latency and size; well under the service's limit.
 MAX_BATCH = 100
-BATCH_METHOD = "/profilemesh.profile.v1.ProfileService/BatchGetProfiles"
 
 
-class MemberError(ServiceError):
-    """One member's error, from the google.rpc.Status the batch carried for it."""
+class MemberError(Exception):
+    """One member's error, as the google.rpc.Status the batch carried for it."""
 
     def __init__(self, status: status_pb2.Status) -> None:
         super().__init__(status.message)
         self.rpc_status = status
-        self.code = grpc.StatusCode(next(code for code in grpc.StatusCode if code.value[0] == status.code))
-
-    def status(self) -> status_pb2.Status:
-        return self.rpc_status
+        self.code = next((code for code in grpc.StatusCode if code.value[0] == status.code), grpc.StatusCode.UNKNOWN)
 
 
 class ReadCoalescer:
@@ -49,8 +44,10 @@ class ReadCoalescer:
 
     def __init__(
         self,
-        batch_call: grpc.aio.UnaryUnaryMultiCallable,
-        single_call: grpc.aio.UnaryUnaryMultiCallable,
+        batch_call: grpc.aio.UnaryUnaryMultiCallable[
+            profile_pb2.BatchGetProfilesRequest, profile_pb2.BatchGetProfilesResponse
+        ],
+        single_call: grpc.aio.UnaryUnaryMultiCallable[profile_pb2.GetProfileRequest, profile_pb2.Profile],
         timeout_s: float,
         max_batch: int = MAX_BATCH,
     ) -> None:

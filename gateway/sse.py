@@ -20,19 +20,22 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from aiohttp import web
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
+from multidict import MultiMapping
 
+from common.config import Settings
 from common.errors import DeadlineExceeded
 from common.streams import StreamEnded, StreamLimits, TooManyStreams
 from gateway import upstreams
+from gateway.edge import public_message
 from gateway.errors import http_status, rendered_details, rich_status, rpc_error_response, service_error_response
 from gateway.routes import Route
-from gateway.translate import DECIMAL, INTEGER_TYPES, BadRequest, build_request, render_response
+from gateway.translate import DECIMAL, INTEGER_TYPES, BadRequest, Field, build_request, render_response
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +43,14 @@ CLOSE_CHECK_S = 0.2
 RETRY_MS = 1000
 RESUME_FIELD = "resume_token"
 STREAM_CALLS = web.AppKey("stream_calls", dict)
-STREAM_CHANNELS = web.AppKey("stream_channels", dict)
+STREAM_CHANNELS = web.AppKey("stream_channels", dict[str, grpc.aio.Channel])
 
 
-def stream_channel(target: str) -> grpc.aio.Channel:
+def stream_channel(target: str, settings: Settings) -> grpc.aio.Channel:
     """Streams get channels of their own, without BDP probing: with it, gRPC grows a stream's receive
     window to megabytes, which a slow SSE client would make the gateway hold for each of its streams.
     At the default 64 KiB window the service's bounded queue takes the back-pressure instead."""
-    return upstreams.channel(target, extra_options=[("grpc.http2.bdp_probe", 0)])
+    return upstreams.channel(target, settings, extra_options=[("grpc.http2.bdp_probe", 0)])
 
 
 def stream_calls(channels: Mapping[str, grpc.aio.Channel], routes: list[Route]) -> dict[str, Any]:
@@ -64,7 +67,7 @@ def stream_calls(channels: Mapping[str, grpc.aio.Channel], routes: list[Route]) 
 
 
 def build_stream_request(
-    route: Route, path_params: dict[str, str], query: Mapping[str, str], last_event_id: str | None
+    route: Route, path_params: dict[str, str], query: MultiMapping[str], last_event_id: str | None
 ) -> Message:
     request = build_request(route, path_params, b"")
     fields = request.DESCRIPTOR.fields
@@ -75,7 +78,7 @@ def build_stream_request(
         if field is None or field.name in in_path:
             allowed = ", ".join(f.name for f in fields if f.name not in in_path) or "none"
             raise BadRequest(f"unknown query parameter {name[:40]!r}: this path takes {allowed}", field=name[:40])
-        values = query.getall(name)  # type: ignore[attr-defined]
+        values = query.getall(name)
         if field.is_repeated:
             getattr(request, field.name).extend(_scalar(field, value) for value in values)
         elif len(values) > 1:
@@ -89,7 +92,7 @@ def build_stream_request(
     return request
 
 
-def _scalar(field: FieldDescriptor, raw: str) -> Any:
+def _scalar(field: Field, raw: str) -> Any:
     if field.type == FieldDescriptor.TYPE_STRING:
         return raw
     if field.type == FieldDescriptor.TYPE_BOOL and raw in ("true", "false"):
@@ -114,7 +117,8 @@ def _frame(data: Any, event: str | None = None, event_id: str | None = None, ret
 def _end(
     code: grpc.StatusCode, message: str, resume_token: str | None = None, details: list[Any] | None = None
 ) -> bytes:
-    body: dict[str, Any] = {"code": code.name, "status": http_status(code), "message": message}
+    status = http_status(code)
+    body: dict[str, Any] = {"code": code.name, "status": status, "message": public_message(status, message)}
     if details:
         body["details"] = details
     return _frame(body, event="end", event_id=resume_token, retry_ms=RETRY_MS)
@@ -143,7 +147,7 @@ def stream_handler(
         except (BadRequest, TooManyStreams, StreamEnded) as error:
             return service_error_response(error)
 
-    async def relay(request: web.Request, call: grpc.aio.UnaryStreamCall) -> web.StreamResponse:
+    async def relay(request: web.Request, call: grpc.aio.UnaryStreamCall[Any, Message]) -> web.StreamResponse:
         # The first message decides between a JSON error and a 200 event stream.
         reading = asyncio.ensure_future(call.read())
         try:
@@ -177,7 +181,7 @@ def stream_handler(
                     if message is grpc.aio.EOF:
                         await response.write(_end(grpc.StatusCode.OK, "the stream ended"))
                         return response
-                    await response.write(render(message))
+                    await response.write(render(cast(Message, message)))  # not EOF: a message
                     last_write = time.monotonic()
                     reading = asyncio.ensure_future(call.read())
                     continue

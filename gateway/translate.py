@@ -28,7 +28,11 @@ class BadRequest(InvalidArgument):
     """The HTTP request can't become a gRPC request; the message says why, `field` which request field."""
 
 
-def _is_string_map(field: FieldDescriptor) -> bool:
+# A field's descriptor: the stubs type protobuf's C (upb) and Python descriptors apart; both behave alike.
+Field = Any
+
+
+def _is_string_map(field: Field) -> bool:
     entry = field.message_type
     return (
         entry is not None
@@ -62,7 +66,9 @@ def _parse_body(route: Route, request: Message, body: bytes) -> None:
     if not body.strip():
         raise BadRequest("request body is empty: send a JSON object", field=where)
     try:
-        data = json.loads(body)
+        data = json.loads(body, object_pairs_hook=_without_duplicates)
+    except BadRequest:
+        raise
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise BadRequest(f"request body is not valid JSON: {error}", field=where) from None
     except (ValueError, RecursionError):  # a number of over 4300 digits; nesting deeper than the parser's stack
@@ -89,6 +95,16 @@ def _parse_body(route: Route, request: Message, body: bytes) -> None:
         raise BadRequest(f"request body does not fit {request.DESCRIPTOR.name}: {error}", field=where) from None
 
 
+def _without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object that names a key twice is refused: parsers disagree on which value wins."""
+    data: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in data:
+            raise BadRequest(f"request body names {name[:64]!r} more than once")
+        data[name] = value
+    return data
+
+
 def render_response(route: Route, response: Message) -> Any:
     data = json_format.MessageToDict(response, always_print_fields_with_no_presence=True)
     _integers_as_numbers(response, data)
@@ -108,5 +124,5 @@ def _integers_as_numbers(message: Message, data: dict[str, Any]) -> None:
             data[field.json_name] = [int(v) for v in value] if repeated else int(value)
         elif field.message_type is not None and not field.message_type.GetOptions().map_entry:
             children = getattr(message, field.name)
-            for child, child_data in zip(children, value) if repeated else [(children, value)]:
+            for child, child_data in zip(children, value, strict=True) if repeated else [(children, value)]:
                 _integers_as_numbers(child, child_data)

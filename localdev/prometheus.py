@@ -62,20 +62,19 @@ class Prometheus:
     def start(self, timeout_s: float = 30) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(scrape_config(self.metrics_ports, self.scrape_interval_s))
-        log = open(self.directory / "prometheus.log", "ab")
-        self.process = subprocess.Popen(
-            [
-                binary(),
-                f"--config.file={self.config_path}",
-                f"--storage.tsdb.path={self.directory / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                "--storage.tsdb.retention.time=1d",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
+        with open(self.directory / "prometheus.log", "ab") as log:  # the child keeps its own copy
+            self.process = subprocess.Popen(
+                [
+                    binary(),
+                    f"--config.file={self.config_path}",
+                    f"--storage.tsdb.path={self.directory / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--storage.tsdb.retention.time=1d",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         poll_until(self._running_and_ready, timeout_s, "prometheus to be ready", interval_s=0.2)
 
     def _running_and_ready(self) -> bool:

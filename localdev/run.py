@@ -22,6 +22,16 @@ def _ports(variable: str, default: int, replicas: int) -> list[int]:
     return [first + REPLICA_PORT_STEP * k for k in range(replicas)]
 
 
+def _write_client_env(system: System, path: Path) -> None:
+    """The settings a client of the secured system needs (file paths, never a secret), to `source`."""
+    env = {**system.cluster.user_env(None), **system.grpc_env("localdev")}
+    env.update(
+        PROFILEMESH_PROFILE_TARGET=f"ipv4:{','.join(f'127.0.0.1:{p}' for p in system.profile_ports)}",
+        PROFILEMESH_REPORTING_TARGET=f"ipv4:{','.join(f'127.0.0.1:{p}' for p in system.reporting_ports)}",
+    )
+    path.write_text("".join(f"export {name}={value}\n" for name, value in env.items()))
+
+
 def _metrics_port(component: str) -> int:
     variable = f"PROFILEMESH_{component.removesuffix('_svc').upper()}_METRICS_PORT"
     return int(os.environ.get(variable, DEFAULT_TARGETS[component]))
@@ -29,8 +39,15 @@ def _metrics_port(component: str) -> int:
 
 def main() -> None:
     replicas = replicas_from_env()
+    # Secured: ACL users over a TLS cluster (Debian's redis-server), mutual TLS between every gRPC
+    # client and server, certificates made for the run. Its data lives apart from the plaintext cluster's.
+    secure = os.environ.get("PROFILEMESH_SECURE") == "1"
+    data_dir = Path(".cluster-secure" if secure else ".cluster")
+    cluster = default_cluster(data_dir, supervised=True)
+    cluster.tls = secure
     system = System(
-        cluster=default_cluster(Path(".cluster"), supervised=True),
+        grpc_tls=secure,
+        cluster=cluster,
         profile_ports=_ports("PROFILEMESH_PROFILE_PORT", 50051, replicas),
         reporting_ports=_ports("PROFILEMESH_REPORTING_PORT", 50052, replicas),
         aggregator_port=int(os.environ.get("PROFILEMESH_AGGREGATOR_PORT", "50053")),
@@ -54,12 +71,21 @@ def main() -> None:
         system.start(timeout_s=120)
         if prometheus is not None:
             prometheus.start()
+        client_env = data_dir.resolve() / "client.env"
+        if secure:
+            _write_client_env(system, client_env)
+        security = (
+            "ACL users, TLS cluster, mutual TLS gRPC"
+            if secure
+            else f"ACL users (passwords in {data_dir / 'secrets'}/), plaintext"
+        )
         metrics = "".join(
             f"  {name:<14} http://127.0.0.1:{port}/metrics\n" for name, port in system.metrics_ports.items()
         )
         print(
             "\nprofilemesh is running:\n"
-            f"  cluster        {system.cluster.url}  (nodes {system.cluster.startup_urls}, data in .cluster/)\n"
+            f"  cluster        {system.cluster.url}  (nodes {system.cluster.startup_urls}, data in {data_dir}/)\n"
+            f"  security       {security}\n"
             f"  cluster nodes  supervised: a node that exits is started again and rejoins as a replica\n"
             f"  profile_svc    grpc {', '.join(f'127.0.0.1:{port}' for port in system.profile_ports)}\n"
             f"  reporting_svc  grpc {', '.join(f'127.0.0.1:{port}' for port in system.reporting_ports)}\n"
@@ -71,8 +97,12 @@ def main() -> None:
                 if prometheus
                 else "  (PROFILEMESH_PROMETHEUS=1 make run also starts Prometheus on them)\n"
             )
-            + "Try: .venv/bin/profilemesh status, .venv/bin/profilemesh watch\n"
-            "Ctrl-C stops everything.\n",
+            + (
+                f"Try: source {client_env}; .venv/bin/profilemesh status\n"
+                if secure
+                else "Try: .venv/bin/profilemesh status, .venv/bin/profilemesh watch\n"
+            )
+            + "Ctrl-C stops everything.\n",
             flush=True,
         )
         while all(process.poll() is None for process in system.processes.values()):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -13,6 +14,8 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from common import acl, grpc_tls
+from common.config import Settings
 from localdev import processes
 from localdev.cluster import LocalCluster
 from localdev.ports import free_ports
@@ -23,6 +26,13 @@ SERVICES = ("profile_svc", "reporting_svc", "aggregator_svc", "gateway")
 
 # How many replicas of profile_svc and of reporting_svc `make run` starts.
 REPLICAS_VARIABLE = "PROFILEMESH_REPLICAS"
+
+
+# With mutual TLS, only the gateway and localdev (the profilemesh command, tests) may change profiles.
+PROFILE_CHANGES_ALLOWED = ";".join(
+    f"/profilemesh.profile.v1.ProfileService/{method}=gateway,localdev"
+    for method in ("CreateProfile", "UpdateProfile", "DeleteProfile")
+)
 
 
 def replicas_from_env() -> int:
@@ -50,6 +60,8 @@ class System:
     log_dir: Path | None = None  # None: children write to this terminal
     metrics_ports: dict[str, int] = field(default_factory=dict)  # process name -> its /metrics port
     settings: dict[str, str] = field(default_factory=dict)  # extra PROFILEMESH_* variables
+    # Mutual TLS between every gRPC client and server, with certificates the cluster's CA signs.
+    grpc_tls: bool = False
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     @property
@@ -71,6 +83,43 @@ class System:
         ports.update({_replica_name("reporting_svc", i): port for i, port in enumerate(self.reporting_ports)})
         ports["aggregator_svc"] = self.aggregator_port
         return ports
+
+    def grpc_env(self, name: str) -> dict[str, str]:
+        """The PROFILEMESH_GRPC_* settings of identity `name` (empty without gRPC TLS)."""
+        if not self.grpc_tls:
+            return {}
+        identity = self.cluster.identity(name)
+        env = {
+            "PROFILEMESH_GRPC_CERT_FILE": str(identity.cert),
+            "PROFILEMESH_GRPC_KEY_FILE": str(identity.key),
+            "PROFILEMESH_GRPC_CA_FILE": str(self.cluster.ca_file),
+        }
+        if name == "profile_svc":
+            env["PROFILEMESH_GRPC_ALLOWED_CLIENTS"] = PROFILE_CHANGES_ALLOWED
+        return env
+
+    def client_settings(self, component: str | None = None) -> Settings:
+        """Settings for a client of this system: `component`'s cluster user (None: the admin), and the
+        gRPC certificate of `localdev` (health checks, tests, the profilemesh command)."""
+        return Settings.from_env(self.client_env(component))
+
+    def client_env(self, component: str | None = None) -> dict[str, str]:
+        """The environment of a client process (the profilemesh command) as `component`'s user or the admin."""
+        return self.env(**self.cluster.user_env(component), **self.grpc_env("localdev"))
+
+    def grpc_channel(self, port: int) -> grpc.Channel:
+        return grpc_tls.sync_channel(f"127.0.0.1:{port}", self._client)
+
+    def grpc_aio_channel(self, target: str, options: list[tuple[str, object]] | None = None) -> grpc.aio.Channel:
+        """A channel to `target` (host:port) as localdev: plaintext, or mutual TLS with its certificate."""
+        return grpc_tls.aio_channel(target, self._client, options or [])
+
+    @property
+    def _client(self) -> Settings:
+        cached = self.__dict__.get("_client_settings")
+        if cached is None:
+            cached = self.__dict__["_client_settings"] = self.client_settings()
+        return cached
 
     def env(self, **overrides: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -99,19 +148,21 @@ class System:
         if name != module and module in SERVICES and self.metrics_ports:
             port = self.metrics_ports.setdefault(name, free_ports(1)[0])
             env.setdefault(_metrics_variable(module), f"127.0.0.1:{port}")
-        output: IO | None = None
-        if self.log_dir is not None:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            output = open(self.log_dir / f"{name}.log", "ab")
-        process = subprocess.Popen(
-            [sys.executable, "-m", module],
-            env=self.env(**env),
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        if output is not None:
-            output.close()
+        # Each component as its own cluster user; the gateway has none.
+        identity = {**(self.cluster.user_env(module) if module in acl.USERS else {}), **self.grpc_env(module)}
+        env = {**identity, **env}
+        with contextlib.ExitStack() as files:  # the child keeps its own copy of its log file
+            output: IO[bytes] | None = None
+            if self.log_dir is not None:
+                self.log_dir.mkdir(parents=True, exist_ok=True)
+                output = files.enter_context(open(self.log_dir / f"{name}.log", "ab"))
+            process = subprocess.Popen(
+                [sys.executable, "-m", module],
+                env=self.env(**env),
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.processes[name] = process
         return process
 
@@ -146,7 +197,7 @@ class System:
         return f"http://127.0.0.1:{self.metrics_ports[component]}/metrics"
 
     def grpc_status(self, port: int) -> str:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with self.grpc_channel(port) as channel:
             try:
                 reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
                 return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
@@ -185,6 +236,7 @@ def on_free_ports(
     node_timeout_ms: int = 2000,
     replicas: int = 1,
     supervised: bool = False,
+    secure: bool = False,
 ) -> System:
     """A whole system (not started) on free ports, its data and logs under `directory`: for tests and benchmarks."""
     ports = free_ports(14 + 2 * replicas + len(SERVICES))  # the last ones serve each component's metrics
@@ -194,6 +246,7 @@ def on_free_ports(
         bus_ports=ports[6:12],
         node_timeout_ms=node_timeout_ms,
         supervised=supervised,
+        tls=secure,
     )
     return System(
         cluster=cluster,
@@ -202,6 +255,7 @@ def on_free_ports(
         aggregator_port=ports[12],
         gateway_port=ports[13],
         log_dir=directory / "logs",
-        metrics_ports=dict(zip(SERVICES, ports[14 + 2 * replicas :])),
+        metrics_ports=dict(zip(SERVICES, ports[14 + 2 * replicas :], strict=True)),
         settings=dict(settings or {}),
+        grpc_tls=secure,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 from common.cluster import Cluster
+from common.command import parse_arguments
 from common.config import StartupError
 from common.server import Service, run_service
 from common.streams import StreamLimits
@@ -21,8 +22,14 @@ def build(server: grpc.aio.Server, cluster: Cluster) -> Service:
     return Service(names=[profile_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name], on_drain=[limits.drain])
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """The `profilemesh-profile` console script; only here does a start-up error end the process."""
+    parse_arguments("profilemesh-profile", "ProfileService")
     try:
         run_service("profile_svc", lambda settings: settings.profile_listen, build)
     except StartupError as error:
         raise SystemExit(f"profile_svc: {error}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -19,9 +19,10 @@ import base64
 import binascii
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import grpc
 
@@ -31,14 +32,13 @@ from common.errors import InvalidArgument, ServiceError
 from common.redis_internals import closed_under_command
 from common.stream_ids import StreamId, format_id, parse_id
 from common.streams import StreamClock
-from common.validation import check_user
+from common.validation import MAX_USERS, check_user
 
 log = logging.getLogger(__name__)
 
 SCRIPTS = Path(__file__).parent / "scripts"
 PAGE = 500  # entries per XREAD of the tail and per catch-up read
 RETRY_S = 0.5
-MAX_USERS = 100
 CHANGES = ("create", "update", "delete")
 TOKEN_PREFIX = "v1."
 
@@ -80,7 +80,7 @@ class Position:
         self.offsets[event.partition] = event.offset
 
     def token(self) -> str:
-        packed = ",".join(f"{format_id(i)}:{offset}" for i, offset in zip(self.ids, self.offsets)).encode()
+        packed = ",".join(f"{format_id(i)}:{offset}" for i, offset in zip(self.ids, self.offsets, strict=True)).encode()
         return TOKEN_PREFIX + base64.urlsafe_b64encode(packed).decode().rstrip("=")
 
     @classmethod
@@ -177,12 +177,12 @@ class EventsFeed:
         self.tail: list[StreamId] = []  # per partition, the last entry the tail reader has seen
         self.tail_offsets: list[int] = []
         self.subscriptions: set[Subscription] = set()
-        self._tailers: list[asyncio.Task] = []
+        self._tailers: list[asyncio.Task[None]] = []
         self._starting = asyncio.Lock()
 
     async def watch(
         self, clock: StreamClock, position: Position | None, wanted: Callable[[Event], bool]
-    ) -> AsyncIterator[tuple[Event | None, Position]]:
+    ) -> AsyncGenerator[tuple[Event | None, Position]]:
         """Yield (event, position after it) for every wanted event, and (None, position) for heartbeats:
         the first at once, then whenever the clock says one is due."""
         subscription = await self._subscribe(clock)
@@ -190,7 +190,7 @@ class EventsFeed:
             if position is None:
                 position = Position(self.tail, self.tail_offsets)
             yield None, position
-            for partition, (tail, tail_offset) in enumerate(zip(list(self.tail), list(self.tail_offsets))):
+            for partition, (tail, tail_offset) in enumerate(zip(list(self.tail), list(self.tail_offsets), strict=True)):
                 async for event in self._catch_up(position, partition, tail, tail_offset, wanted):
                     yield event, position
             while True:
@@ -234,7 +234,7 @@ class EventsFeed:
                 return
             for raw_id, flat in entries:  # a script's reply: fields as a flat list
                 offset += 1
-                event = _event(partition, raw_id, dict(zip(flat[::2], flat[1::2])), offset)
+                event = _event(partition, raw_id, dict(zip(flat[::2], flat[1::2], strict=True)), offset)
                 position.advance(event)
                 if wanted(event):
                     yield event
@@ -276,8 +276,9 @@ class EventsFeed:
                 # bound (the client keeps a connection for each partition beyond it).
                 client = await self.cluster.connected()
                 async with closed_under_command():  # outside the bound, so it converts a closed connection itself
-                    reply = await client.xread(
-                        {stream: format_id(self.tail[partition])}, count=PAGE, block=self.block_ms
+                    reply = cast(  # RESP2, bytes: [[stream, [(id, fields), ...]]], or None when the block ran out
+                        list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]] | None,
+                        await client.xread({stream: format_id(self.tail[partition])}, count=PAGE, block=self.block_ms),
                     )
             except CLUSTER_FAILURES as error:
                 log.warning("events tail of partition %d: cluster unavailable: %r", partition, error)

@@ -8,9 +8,9 @@ from typing import Any
 
 from common import keys
 from common.cluster import Cluster
-from common.durable import DurableScripts
 from common.errors import AlreadyExists, InvalidArgument, NotFound
 from common.validation import check_fields, check_user
+from profile_svc.durable import DurableScripts
 
 SCRIPTS = Path(__file__).parent / "scripts"
 # The most users one BatchGetProfiles may name: bounds a call's work and its reply's size.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -26,18 +27,22 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
         self.limits = limits
 
     @translate_errors
-    async def CreateProfile(self, request: profile_pb2.CreateProfileRequest, context: grpc.aio.ServicerContext):
+    async def CreateProfile(
+        self, request: profile_pb2.CreateProfileRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> profile_pb2.CreateProfileResponse:
         await self.profiles.create(request.user, dict(request.fields))
         return profile_pb2.CreateProfileResponse(message=f"Profile created for: {request.user}")
 
     @translate_errors
-    async def GetProfile(self, request: profile_pb2.GetProfileRequest, context: grpc.aio.ServicerContext):
+    async def GetProfile(
+        self, request: profile_pb2.GetProfileRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> profile_pb2.Profile:
         fields = await self.profiles.get(request.user)
         return profile_pb2.Profile(user=request.user, fields=fields)
 
     @translate_errors
     async def BatchGetProfiles(
-        self, request: profile_pb2.BatchGetProfilesRequest, context: grpc.aio.ServicerContext
+        self, request: profile_pb2.BatchGetProfilesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> profile_pb2.BatchGetProfilesResponse:
         found = await self.profiles.get_many(list(request.users))
         return profile_pb2.BatchGetProfilesResponse(
@@ -45,17 +50,21 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
         )
 
     @translate_errors
-    async def UpdateProfile(self, request: profile_pb2.UpdateProfileRequest, context: grpc.aio.ServicerContext):
+    async def UpdateProfile(
+        self, request: profile_pb2.UpdateProfileRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> profile_pb2.UpdateProfileResponse:
         await self.profiles.update(request.user, dict(request.fields))
         return profile_pb2.UpdateProfileResponse(message=f"Profile updated for {request.user}")
 
     @translate_errors
-    async def DeleteProfile(self, request: profile_pb2.DeleteProfileRequest, context: grpc.aio.ServicerContext):
+    async def DeleteProfile(
+        self, request: profile_pb2.DeleteProfileRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> profile_pb2.DeleteProfileResponse:
         await self.profiles.delete(request.user)
         return profile_pb2.DeleteProfileResponse(message=f"Profile deleted for {request.user}")
 
-    async def WatchProfileEvents(
-        self, request: profile_pb2.WatchProfileEventsRequest, context: grpc.aio.ServicerContext
+    async def WatchProfileEvents(  # type: ignore[override]  # grpc.aio: written with context.write, not yielded
+        self, request: profile_pb2.WatchProfileEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
         # Where to resume: the token of the last message written in full (a write cut short by a stop may
         # or may not have reached the client, which then resumes from the last message it did receive).

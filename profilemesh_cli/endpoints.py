@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
+from common import acl
 from common.config import Settings
+
+# Where `make run` keeps the local cluster's admin password: the command's default user there.
+LOCAL_ADMIN_PASSWORD = Path(__file__).resolve().parent.parent / ".cluster" / "secrets" / f"{acl.ADMIN_USER}.password"
 
 COMPONENTS = ("profile_svc", "reporting_svc", "aggregator_svc", "gateway")
 
@@ -38,7 +44,13 @@ class Endpoints:
 
     @classmethod
     def from_env(cls) -> Endpoints:
-        return cls(Settings.from_env())
+        """The PROFILEMESH_* settings; with no cluster user set, `make run`'s admin user when there is one."""
+        settings = Settings.from_env()
+        if not settings.redis_username and LOCAL_ADMIN_PASSWORD.exists():
+            settings = dataclasses.replace(
+                settings, redis_username=acl.ADMIN_USER, redis_password=LOCAL_ADMIN_PASSWORD.read_text().strip()
+            )
+        return cls(settings)
 
     def grpc_target(self, component: str) -> str:
         """The gRPC target of a service: its target setting, or its listen address for the aggregator."""

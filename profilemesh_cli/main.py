@@ -7,12 +7,13 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from common import grpc_tls
 from common.config import ConfigError
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 from profilemesh.reporting.v1 import reporting_pb2, reporting_pb2_grpc
@@ -36,8 +37,8 @@ def _fields(pairs: list[str]) -> dict[str, str]:
     return fields
 
 
-def _call(target: str, stub_class: type, method: str, request: Message) -> Message:
-    with grpc.insecure_channel(target) as channel:
+def _call(endpoints: Endpoints, target: str, stub_class: type, method: str, request: Message) -> Message:
+    with grpc_tls.sync_channel(target, endpoints.settings) as channel:
         return getattr(stub_class(channel), method)(request, timeout=CALL_TIMEOUT_S)
 
 
@@ -61,6 +62,7 @@ def cmd_status(args: argparse.Namespace, endpoints: Endpoints) -> int:
 
 def cmd_top(args: argparse.Namespace, endpoints: Endpoints) -> int:
     reply = _call(
+        endpoints,
         endpoints.settings.reporting_target,
         reporting_pb2_grpc.ReportingServiceStub,
         "GetTopProfiles",
@@ -76,6 +78,7 @@ def cmd_top(args: argparse.Namespace, endpoints: Endpoints) -> int:
 
 def cmd_stats(args: argparse.Namespace, endpoints: Endpoints) -> int:
     reply = _call(
+        endpoints,
         endpoints.settings.reporting_target,
         reporting_pb2_grpc.ReportingServiceStub,
         "GetProfileStats",
@@ -88,11 +91,11 @@ def cmd_stats(args: argparse.Namespace, endpoints: Endpoints) -> int:
 def cmd_profile(args: argparse.Namespace, endpoints: Endpoints) -> int:
     target, stub = endpoints.settings.profile_target, profile_pb2_grpc.ProfileServiceStub
     if args.action == "get":
-        reply = _call(target, stub, "GetProfile", profile_pb2.GetProfileRequest(user=args.user))
+        reply = _call(endpoints, target, stub, "GetProfile", profile_pb2.GetProfileRequest(user=args.user))
         _show(reply, args.json, lambda d: "\n".join(f"{k}: {v}" for k, v in sorted(d["fields"].items())))
         return 0
     if args.action == "delete":
-        reply = _call(target, stub, "DeleteProfile", profile_pb2.DeleteProfileRequest(user=args.user))
+        reply = _call(endpoints, target, stub, "DeleteProfile", profile_pb2.DeleteProfileRequest(user=args.user))
     else:
         fields = _fields(args.fields)
         if not fields:
@@ -102,7 +105,7 @@ def cmd_profile(args: argparse.Namespace, endpoints: Endpoints) -> int:
             if args.action == "create"
             else ("UpdateProfile", profile_pb2.UpdateProfileRequest)
         )
-        reply = _call(target, stub, method, request_class(user=args.user, fields=fields))
+        reply = _call(endpoints, target, stub, method, request_class(user=args.user, fields=fields))
     _show(reply, args.json, lambda d: d["message"])
     return 0
 
@@ -169,12 +172,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except grpc.RpcError as error:
-        code: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
-        if code == grpc.StatusCode.UNAVAILABLE and "connect" in (error.details() or "").lower():  # type: ignore[attr-defined]
-            print(
-                f"error: nothing answers at {error.details()} — is profilemesh running (make run)?",  # type: ignore[attr-defined]
-                file=sys.stderr,
-            )
+        call = cast(grpc.Call, error)  # what a failed call raises is both
+        code = call.code()
+        if code == grpc.StatusCode.UNAVAILABLE and "connect" in (call.details() or "").lower():
+            print(f"error: nothing answers at {call.details()} — is profilemesh running (make run)?", file=sys.stderr)
             return 2
-        print(f"error: {code.name}: {error.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        print(f"error: {code.name}: {call.details()}", file=sys.stderr)
         return 1

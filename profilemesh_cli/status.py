@@ -18,7 +18,9 @@ from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, RedisError
 
 from aggregator_svc.lag import partition_figures
-from common import keys
+from common import grpc_tls, keys
+from common.cluster import connection_options
+from common.config import Settings
 from common.topology import parse_cluster_nodes
 from profilemesh_cli.endpoints import COMPONENTS, Endpoints, replicas
 
@@ -38,8 +40,8 @@ class Report:
         return not self.nodes and all(c["status"] == UNREACHABLE for c in self.components)
 
 
-async def _grpc_health(address: str) -> str:
-    async with grpc.aio.insecure_channel(address) as channel:
+async def _grpc_health(address: str, settings: Settings) -> str:
+    async with grpc_tls.aio_channel(address, settings) as channel:
         try:
             reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT_S)
             return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
@@ -65,9 +67,9 @@ async def _components(endpoints: Endpoints) -> list[dict[str, str]]:
     checks: list[tuple[str, str, Any]] = []
     for component in COMPONENTS[:3]:
         for address in replicas(endpoints.grpc_target(component)):
-            checks.append((component, address, _grpc_health(address)))
+            checks.append((component, address, _grpc_health(address, endpoints.settings)))
     results = await asyncio.gather(*(check for _, _, check in checks))
-    found = [{"component": c, "address": a, "status": s} for (c, a, _), s in zip(checks, results)]
+    found = [{"component": c, "address": a, "status": s} for (c, a, _), s in zip(checks, results, strict=True)]
     gateway = endpoints.gateway_url
     found.append(
         {
@@ -79,13 +81,13 @@ async def _components(endpoints: Endpoints) -> list[dict[str, str]]:
     return found
 
 
-async def _node_answers(address: str, password: str | None, username: str | None) -> bool:
+async def _node_answers(address: str, settings: Settings) -> bool:
     host, _, port = address.rpartition(":")
     node = aioredis.Redis(
         host=host,
         port=int(port),
-        username=username,
-        password=password,
+        ssl=settings.redis_url.startswith("rediss://"),
+        **connection_options(settings),
         socket_timeout=TIMEOUT_S,
         socket_connect_timeout=TIMEOUT_S,
     )
@@ -99,7 +101,9 @@ async def _node_answers(address: str, password: str | None, username: str | None
 
 async def _cluster(endpoints: Endpoints, report: Report) -> None:
     settings = endpoints.settings
-    seed = aioredis.Redis.from_url(settings.redis_url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S)
+    seed = aioredis.Redis.from_url(
+        settings.redis_url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S, **connection_options(settings)
+    )
     try:
         raw = await seed.execute_command("CLUSTER", "NODES")
     except (RedisError, OSError) as error:
@@ -120,11 +124,8 @@ async def _cluster(endpoints: Endpoints, report: Report) -> None:
             "primary_of": line.primary_id if role == "replica" else None,
             "partitions": [],
         }
-    url = aioredis.Redis.from_url(settings.redis_url).connection_pool.connection_kwargs
-    answers = await asyncio.gather(
-        *(_node_answers(n["address"], url.get("password"), url.get("username")) for n in by_id.values())
-    )
-    for node, answered in zip(by_id.values(), answers):
+    answers = await asyncio.gather(*(_node_answers(n["address"], settings) for n in by_id.values()))
+    for node, answered in zip(by_id.values(), answers, strict=True):
         if not answered:
             node["state"] = "unreachable" if node["state"] == "ok" else node["state"]
         if node["state"] != "ok":
@@ -147,7 +148,11 @@ async def _cluster(endpoints: Endpoints, report: Report) -> None:
 async def _partitions(endpoints: Endpoints, holder: dict[int, str | None], healthy: set[str], report: Report) -> None:
     settings = endpoints.settings
     client = RedisCluster.from_url(
-        settings.redis_url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S, require_full_coverage=False
+        settings.redis_url,
+        socket_timeout=TIMEOUT_S,
+        socket_connect_timeout=TIMEOUT_S,
+        require_full_coverage=False,
+        **connection_options(settings),
     )
     try:
         now_ms = int(time.time() * 1000)

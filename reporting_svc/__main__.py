@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 from common.cluster import Cluster
+from common.command import parse_arguments
 from common.config import StartupError
 from common.server import Service, run_service
 from common.streams import StreamLimits
@@ -24,8 +25,14 @@ def build(server: grpc.aio.Server, cluster: Cluster) -> Service:
     )
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """The `profilemesh-reporting` console script; only here does a start-up error end the process."""
+    parse_arguments("profilemesh-reporting", "ReportingService")
     try:
         run_service("reporting_svc", lambda settings: settings.reporting_listen, build)
     except StartupError as error:
         raise SystemExit(f"reporting_svc: {error}") from None
+
+
+if __name__ == "__main__":
+    main()

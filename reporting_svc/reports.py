@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import cast
 
 from common import keys
 from common.cluster import Cluster
 from common.errors import InvalidArgument
-from common.validation import check_user
+from common.validation import MAX_LIMIT, check_user
 
 SCRIPTS = Path(__file__).parent / "scripts"
-MAX_LIMIT = 1000
 
 
 def check_limit(limit: int) -> int:
@@ -54,7 +54,7 @@ class Reports:
 
         async def totals(partition: int) -> dict[bytes, bytes]:
             async with self.cluster.bounded() as client:
-                return await client.hgetall(keys.totals_key(partition))
+                return cast(dict[bytes, bytes], await client.hgetall(keys.totals_key(partition)))  # bytes: no decoding
 
         return await asyncio.gather(*(totals(p) for p in self.partitions))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import grpc
 
@@ -20,25 +21,29 @@ class ReportingServicer(reporting_pb2_grpc.ReportingServiceServicer):
         self.limits = limits
 
     @translate_errors
-    async def GetTopProfiles(self, request: reporting_pb2.GetTopProfilesRequest, context: grpc.aio.ServicerContext):
+    async def GetTopProfiles(
+        self, request: reporting_pb2.GetTopProfilesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> reporting_pb2.GetTopProfilesResponse:
         ranked = await self.reports.top_profiles(request.limit)
         return reporting_pb2.GetTopProfilesResponse(
             results=[reporting_pb2.ProfileScore(user=user, score=score) for user, score in ranked]
         )
 
     @translate_errors
-    async def GetProfileStats(self, request: reporting_pb2.GetProfileStatsRequest, context: grpc.aio.ServicerContext):
+    async def GetProfileStats(
+        self, request: reporting_pb2.GetProfileStatsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> reporting_pb2.ProfileStats:
         reads = await self.reports.user_reads(request.user)
         return reporting_pb2.ProfileStats(user=request.user, reads=reads)
 
     @translate_errors
     async def GetOperationTotals(
-        self, request: reporting_pb2.GetOperationTotalsRequest, context: grpc.aio.ServicerContext
-    ):
+        self, request: reporting_pb2.GetOperationTotalsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> reporting_pb2.OperationTotals:
         return reporting_pb2.OperationTotals(**await self.reports.operation_totals())
 
-    async def WatchTopProfiles(
-        self, request: reporting_pb2.WatchTopProfilesRequest, context: grpc.aio.ServicerContext
+    async def WatchTopProfiles(  # type: ignore[override]  # grpc.aio: written with context.write, not yielded
+        self, request: reporting_pb2.WatchTopProfilesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
         async with stream_errors(context, "WatchTopProfiles") as progress:
             with self.limits.slot() as clock:

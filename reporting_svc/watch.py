@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from common.cluster import CLUSTER_FAILURES
 from common.streams import StreamClock
@@ -44,9 +44,9 @@ class Leaderboard:
         self.reports = reports
         self.interval_s = interval_ms / 1000
         self.watchers: set[Watcher] = set()
-        self._poller: asyncio.Task | None = None
+        self._poller: asyncio.Task[None] | None = None
 
-    async def watch(self, limit: int, clock: StreamClock) -> AsyncIterator[Snapshot]:
+    async def watch(self, limit: int, clock: StreamClock) -> AsyncGenerator[Snapshot]:
         """The snapshot now, then each different one the poller finds (at most one per interval)."""
         watcher = Watcher(check_limit(limit), clock)
         self.watchers.add(watcher)

@@ -78,14 +78,14 @@ def fresh_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
 @pytest.fixture(scope="module")
 def fresh_client(fresh_system: System) -> Iterator[RedisCluster]:
     """A client of the module's own cluster, to look at what the services wrote."""
-    client = RedisCluster.from_url(fresh_system.cluster.url, decode_responses=True)
+    client = fresh_system.cluster.client(decode_responses=True)
     yield client
     client.close()
 
 
 @pytest.fixture(scope="session")
 def redis_client(system: System) -> Iterator[RedisCluster]:
-    client = RedisCluster.from_url(system.cluster.url, decode_responses=True)
+    client = system.cluster.client(decode_responses=True)
     yield client
     client.close()
 

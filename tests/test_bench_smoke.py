@@ -28,7 +28,7 @@ def _rows(text: str, header: tuple[str, ...]) -> list[dict[str, str]]:
     for line in lines[start:]:
         if not line.startswith("|"):
             break
-        rows.append(dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")))))
+        rows.append(dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")), strict=True)))
     return rows
 
 

@@ -126,8 +126,8 @@ def test_concurrent_reads_are_each_counted_once(
             # Interleave the users, so every partition's stream takes reads of several at once.
             order = [user for round_ in range(max(planned.values())) for user in users if planned[user] > round_]
             done = await asyncio.gather(*(read(user) for user in order))
-        succeeded = Counter(user for user, ok in zip(order, done) if ok)
-        unknown = Counter(user for user, ok in zip(order, done) if not ok)
+        succeeded = Counter(user for user, ok in zip(order, done, strict=True) if ok)
+        unknown = Counter(user for user, ok in zip(order, done, strict=True) if not ok)
         return succeeded, unknown
 
     succeeded, unknown = asyncio.run(run())

@@ -117,7 +117,7 @@ def test_each_successful_operation_has_one_event_in_order(
     expected_by_user = asyncio.run(run())
     end_ms = int(time.time() * 1000)
 
-    for user, expected in zip(users, expected_by_user):
+    for user, expected in zip(users, expected_by_user, strict=True):
         assert expected == ["create", "read", "read", "update", "read", "delete", "create", "read"]
         events = full_events(redis_client, user)
         assert [fields["type"] for _, fields in events] == expected, user
@@ -166,7 +166,7 @@ def test_racing_operations_on_one_user_are_serialised(
         async with grpc.aio.insecure_channel(f"127.0.0.1:{system.profile_port}") as channel:
             stub = profile_pb2_grpc.ProfileServiceStub(channel)
             outcomes = await asyncio.gather(*(call(stub, op, user, {"n": str(i)}) for i, op in enumerate(ops)))
-        return [(op, status) for op, (status, _) in zip(ops, outcomes)]
+        return [(op, status) for op, (status, _) in zip(ops, outcomes, strict=True)]
 
     results = asyncio.run(run())
     for op, status in results:

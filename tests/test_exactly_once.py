@@ -104,7 +104,7 @@ async def drive(system: System, client: RedisCluster) -> Run:
                     run.reads[user] += 1
 
         async def controller() -> None:
-            aclient = AsyncRedisCluster.from_url(system.cluster.url, decode_responses=True)
+            aclient = system.cluster.async_client(decode_responses=True)
             try:
                 # Initialise before the concurrent reads below: redis-py's racing first commands fail.
                 await aclient.initialize()
@@ -166,7 +166,7 @@ async def drive(system: System, client: RedisCluster) -> Run:
 
 def test_every_read_counted_exactly_once(fresh_system: System, fresh_client: RedisCluster) -> None:
     system = fresh_system
-    ports = dict(zip(REPLICAS, free_ports(len(REPLICAS))))
+    ports = dict(zip(REPLICAS, free_ports(len(REPLICAS)), strict=True))
     try:
         for name, port in ports.items():
             system.start_process(
@@ -176,7 +176,7 @@ def test_every_read_counted_exactly_once(fresh_system: System, fresh_client: Red
                 PROFILEMESH_AGGREGATOR_CONSUMER=name,
             )
         for port in ports.values():
-            wait_until(lambda: system.grpc_status(port) == "SERVING", timeout_s=30, what="a replica to serve")
+            wait_until(lambda port=port: system.grpc_status(port) == "SERVING", timeout_s=30, what="a replica to serve")
         wait_until(lambda: consumers_everywhere(fresh_client, REPLICAS), timeout_s=30, what="replicas to consume")
         for partition in range(PARTITIONS):
             fresh_client.xgroup_create(keys.events_key(partition), AUDIT, id="$", mkstream=True)

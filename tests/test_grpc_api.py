@@ -7,7 +7,7 @@ docs/architecture.md, and check that the gateway turns each status into the HTTP
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -222,7 +222,8 @@ def rich_status(call: Callable[[], object]) -> tuple[grpc.StatusCode, dict[str, 
     """The status of a failing call and its google.rpc details, by type name."""
     with pytest.raises(grpc.RpcError) as caught:
         call()
-    return caught.value.code(), status_details(caught.value)  # type: ignore[attr-defined]
+    failed = cast(grpc.Call, caught.value)  # what a failed call raises is both an RpcError and a Call
+    return failed.code(), status_details(caught.value)
 
 
 def test_errors_carry_reason_and_field_violations(

@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
-from redis.asyncio.cluster import RedisCluster as AsyncCluster
 
 from aggregator_svc.lag import partition_figures
 from common import keys
@@ -76,15 +74,21 @@ def request(
 
 
 def _vector(prometheus: Prometheus, promql: str, labels: tuple[str, ...]) -> dict[tuple[str, ...], int]:
-    return {tuple(r["metric"].get(l, "") for l in labels): int(float(r["value"][1])) for r in prometheus.query(promql)}
+    return {
+        tuple(r["metric"].get(label, "") for label in labels): int(float(r["value"][1]))
+        for r in prometheus.query(promql)
+    }
 
 
 def test_prometheus_scrapes_exact_counts_per_route_and_method(
     observed: System, prometheus: Prometheus, tmp_path: Path
 ) -> None:
     port = observed.gateway_port
-    up = lambda: _vector(prometheus, "up", ("job",))
-    wait_until(lambda: up() == {(name,): 1 for name in SERVICES}, 30, what="every component scraped and up")
+    wait_until(
+        lambda: _vector(prometheus, "up", ("job",)) == {(name,): 1 for name in SERVICES},
+        30,
+        what="every component scraped and up",
+    )
     rest_query = 'sum by (route, method, status) (profilemesh_http_requests_total{route!~"/healthz|/readyz"})'
     grpc_query = 'sum by (method, code) (profilemesh_grpc_server_requests_total{method=~"/profilemesh.*"})'
     rest_before = _vector(prometheus, rest_query, ("route", "method", "status"))
@@ -258,7 +262,9 @@ def _profilemesh(system: System | None, *args: str, env: dict[str, str] | None =
     """The installed `profilemesh` command (make installs it into the venv), pointed at `system`."""
     command = Path(sys.executable).with_name("profilemesh")
     assert command.exists(), "make did not install the profilemesh command"
-    return subprocess.run([str(command), *args], env=env or system.env(), capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [str(command), *args], env=env or system.client_env(), capture_output=True, text=True, timeout=60
+    )
 
 
 def test_profilemesh_commands_through_the_grpc_api(observed: System) -> None:
@@ -342,9 +348,7 @@ def test_profilemesh_status_lists_everything_and_fails_when_a_node_stops(observe
     assert text.returncode == 0 and "status: healthy" in text.stdout
 
     # Stop a replica (the seed node, ports[0], stays): status names it and exits non-zero.
-    index = next(
-        i for i in range(1, 6) if redis.Redis(port=observed.cluster.ports[i]).info("replication")["role"] == "slave"
-    )
+    index = next(i for i in range(1, 6) if observed.cluster.node(i).info("replication")["role"] == "slave")
     observed.cluster.stop_node(index)
     try:
         stopped = f"127.0.0.1:{observed.cluster.ports[index]}"
@@ -363,7 +367,7 @@ def test_lag_figures_count_undelivered_and_pending_entries(observed: System) -> 
     stream = keys.events_key(5)
 
     async def check() -> None:
-        client = AsyncCluster.from_url(observed.cluster.url)
+        client = observed.cluster.async_client()
         try:
             await client.xgroup_create(stream, "slow-reader", id="$", mkstream=True)
             for user in users:

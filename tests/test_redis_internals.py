@@ -13,7 +13,6 @@ from redis.asyncio.connection import AbstractConnection
 
 from common import keys
 from common.cluster import Cluster
-from common.config import Settings
 from common.redis_internals import send_on_one_connection
 from localdev.system import System
 
@@ -41,7 +40,7 @@ def test_one_connection_carries_a_script_and_its_wait(system: System) -> None:
     key = keys.profile_key("internals-pipeline", 16)
 
     async def pipeline() -> list[object]:
-        cluster = Cluster(Settings(redis_url=system.cluster.url, partitions=16))
+        cluster = Cluster(system.client_settings())
         try:
             client = await cluster.connected()
             node = client.get_node_from_key(key)
@@ -72,7 +71,7 @@ def test_stream_reads_neither_ask_the_default_node_nor_relearn_the_command_table
     stream = keys.events_key(3)
 
     async def read_refresh_read() -> None:
-        cluster = Cluster(Settings(redis_url=system.cluster.url, partitions=16))
+        cluster = Cluster(system.client_settings("aggregator_svc"))
         try:
             client = await cluster.connected()
             for _ in range(2):

@@ -23,7 +23,6 @@ from redis.crc import key_slot
 from aggregator_svc.aggregator import APPLY_SCRIPT, TRIM_SCRIPT
 from common import keys
 from common.cluster import Cluster
-from common.config import Settings
 from common.errors import InvalidArgument
 from common.scripts import script_source
 from common.validation import MAX_FIELDS, MAX_VALUE_BYTES, check_fields, check_user
@@ -88,7 +87,7 @@ class Partition:
 
 @pytest.fixture
 def part(redis_client: RedisCluster) -> Iterator[Partition]:
-    partition = Partition(redis_client, "{tunit-%s}" % uuid.uuid4().hex)
+    partition = Partition(redis_client, f"{{tunit-{uuid.uuid4().hex}}}")
     redis_client.xgroup_create(partition.events, GROUP, id="0", mkstream=True)
     yield partition
     for key in partition.all_keys:
@@ -319,7 +318,7 @@ def test_trim_drops_idle_consumers_with_nothing_pending(part: Partition, trim_sc
 
 
 def test_trim_on_missing_stream_or_without_groups(redis_client: RedisCluster, trim_script: Script) -> None:
-    tag = "{tunit-%s}" % uuid.uuid4().hex
+    tag = f"{{tunit-{uuid.uuid4().hex}}}"
     stream, deleted, deleted_at = f"events:{tag}", f"stats:deleted:{tag}", f"stats:deleted-at:{tag}"
     try:
         assert trim_script(keys=[stream, deleted, deleted_at], args=[GROUP, 1000], client=redis_client) == 0
@@ -338,7 +337,7 @@ def _pairs(flat: list[str]) -> list[tuple[str, int]]:
 
 
 def test_top_readers_includes_the_tie_by_name(redis_client: RedisCluster, top_script: Script) -> None:
-    key = "stats:reads:{tunit-%s}" % uuid.uuid4().hex
+    key = f"stats:reads:{{tunit-{uuid.uuid4().hex}}}"
     try:
         redis_client.zadd(key, {"a": 5, "b": 5, "c": 5, "d": 5, "e": 9, "f": 1})
         got = _pairs(top_script(keys=[key], args=[3], client=redis_client))
@@ -355,7 +354,7 @@ def test_top_readers_includes_the_tie_by_name(redis_client: RedisCluster, top_sc
             ("a", 5),
             ("f", 1),
         ]
-        assert top_script(keys=["stats:reads:{tunit-%s}" % uuid.uuid4().hex], args=[3], client=redis_client) == []
+        assert top_script(keys=[f"stats:reads:{{tunit-{uuid.uuid4().hex}}}"], args=[3], client=redis_client) == []
     finally:
         redis_client.delete(key)
 
@@ -379,7 +378,7 @@ def test_top_profiles_merge_breaks_ties_by_name_across_partitions(
     expected = sorted(scores.items(), key=lambda item: (-item[1], item[0]))
 
     async def in_process(limits: list[int]) -> list[list[tuple[str, int]]]:
-        cluster = Cluster(Settings(redis_url=fresh_system.cluster.url, partitions=PARTITIONS))
+        cluster = Cluster(fresh_system.client_settings("reporting_svc"))
         try:
             reports = Reports(cluster)
             return [await reports.top_profiles(limit) for limit in limits]
@@ -387,7 +386,7 @@ def test_top_profiles_merge_breaks_ties_by_name_across_partitions(
             await cluster.close()
 
     limits = [1, 2, 3, 5, 17, 100, 162, 1000]
-    for limit, got in zip(limits, asyncio.run(in_process(limits))):
+    for limit, got in zip(limits, asyncio.run(in_process(limits)), strict=True):
         assert got == expected[:limit], limit
 
     with grpc.insecure_channel(f"127.0.0.1:{fresh_system.reporting_port}") as channel:

@@ -17,7 +17,12 @@ SEED_USERS = {
 
 def test_seed_walkthrough(fresh_system: System) -> None:
     """On an empty cluster, so that the top three are the seed's users."""
-    port = fresh_system.gateway_port
+    walk_through(fresh_system.gateway_port)
+
+
+def walk_through(port: int) -> None:
+    """The seed's walk-through against the gateway on `port` of a system on an empty cluster (also run on the
+    secured system and against the containers)."""
     for user, fields in SEED_USERS.items():
         assert http_call(port, "POST", f"/profile/{user}", fields) == (201, {"message": f"Profile created for: {user}"})
 

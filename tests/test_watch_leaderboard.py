@@ -13,7 +13,6 @@ from pathlib import Path
 import aiohttp
 import grpc
 import pytest
-from redis.cluster import RedisCluster
 
 from common import keys
 from localdev.ports import free_ports
@@ -169,7 +168,7 @@ def test_live_leaderboard_page_in_chromium_survives_a_gateway_restart(board: Sys
 
 
 def test_resuming_after_the_retention_window_answers_out_of_range(board: System) -> None:
-    client = RedisCluster.from_url(board.cluster.url, decode_responses=True)
+    client = board.cluster.client(decode_responses=True)
     user = "trimmed-soon"
     stream = keys.events_key(keys.partition_of(user, PARTITIONS))
 

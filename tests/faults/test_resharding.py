@@ -11,7 +11,7 @@ import redis
 from redis.cluster import RedisCluster, key_slot
 
 from bench.load import closed_loop
-from common import keys
+from common import acl, keys
 from localdev.faults import primary_of
 from localdev.system import System
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
@@ -35,7 +35,8 @@ def _migrate_slot(system: System, slot: int, source: int, target: int) -> None:
         batch = src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 10)
         if not batch:
             break
-        src.execute_command("MIGRATE", "127.0.0.1", cluster.ports[target], "", 0, 5000, "KEYS", *batch)
+        login = ("AUTH2", acl.ADMIN_USER, cluster.password(acl.ADMIN_USER))  # the target refuses the default user
+        src.execute_command("MIGRATE", "127.0.0.1", cluster.ports[target], "", 0, 5000, *login, "KEYS", *batch)
     for index in list(cluster.processes):
         node = cluster.node(index)
         if node.execute_command("ROLE")[0] == "master":

@@ -1,0 +1,88 @@
+"""The cluster's ACL users: one per component, each allowed only what its code runs.
+
+The one place the rules live. Key patterns come from common/keys.py's prefixes; localdev writes them
+into the local cluster's ACL file, and the README's MemoryDB access strings are the same strings.
+Scripts run with their caller's permissions, so each user is also allowed the commands and keys
+its scripts touch. The gateway has no user: it never talks to the cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from common import keys
+
+USERS = {
+    "profile_svc": "profilemesh-profile",
+    "aggregator_svc": "profilemesh-aggregator",
+    "reporting_svc": "profilemesh-reporting",
+}
+# For people and test helpers that inspect the cluster (the `profilemesh` command), never for services.
+ADMIN_USER = "profilemesh-admin"
+# What a replica uses to sync from its primary (masteruser).
+REPLICATION_USER = "profilemesh-replication"
+
+# What any cluster client needs: learn and follow the topology, the command table, health pings.
+_CLIENT = "+ping +cluster|slots +cluster|shards +cluster|nodes +cluster|info +command +asking +readonly"
+# Running scripts by SHA and loading them when a node does not know them yet.
+_SCRIPTS = "+evalsha +eval +script|load +script|exists"
+# The partition count: profile_svc records it on first start, the others only read it.
+_PARTITIONS_READ = f"%R~{keys.PARTITIONS_KEY} +get"
+
+_ROLES = {
+    "profile_svc": (
+        f"~{keys.PROFILE_PREFIX}* ~{keys.EVENTS_PREFIX}* ~{keys.PARTITIONS_KEY} +get +set "
+        f"{_CLIENT} {_SCRIPTS} +info +wait +waitaof "
+        # create/get/update/delete_profile.lua and events_after.lua; the change feed's tail readers.
+        "+exists +hset +hgetall +unlink +xadd +time +xinfo|stream +xrange +xread"
+    ),
+    "aggregator_svc": (
+        f"~{keys.EVENTS_PREFIX}* ~{keys.STATS_PREFIX}* {_PARTITIONS_READ} {_CLIENT} {_SCRIPTS} "
+        "+xgroup|create +xgroup|delconsumer +xreadgroup +xautoclaim +xack +xpending +xinfo|groups "
+        "+xinfo|consumers +xinfo|stream +xlen +xrange +xtrim +exists +time "
+        # apply_events.lua and trim_acknowledged.lua write the statistics.
+        "+hget +hset +hdel +hincrby +zincrby +zadd +zrem +zrangebyscore"
+    ),
+    # Read-only by its commands: EVALSHA declares its keys read-write (Redis 7.0 refuses it on %R~ keys),
+    # so the key pattern can't say it; none of the commands it is allowed writes.
+    "reporting_svc": (
+        f"~{keys.STATS_PREFIX}* {_PARTITIONS_READ} {_CLIENT} {_SCRIPTS} +zscore +hgetall +zrevrange +zrangebyscore"
+    ),
+}
+_ADMIN = "~* &* +@all"
+_REPLICATION = "+psync +replconf +ping"
+
+
+def rules(component: str, waitaof: bool = True) -> str:
+    """The ACL rules of a component's user (a MemoryDB access string); `waitaof` False for servers before 7.2."""
+    role = _ROLES[component]
+    return role if waitaof else role.replace(" +waitaof", "")
+
+
+def password_hash(password: str) -> str:
+    return hashlib.sha256(password.encode()).hexdigest()
+
+
+def acl_file(passwords: dict[str, str], waitaof: bool = True) -> str:
+    """An ACL file (aclfile) with every user and its password's hash, and the default user off.
+
+    `passwords` maps user name to password for every component's user, the admin and replication.
+    """
+    # `off` is what refuses every connection that does not log in as one of the users below. The default
+    # user keeps its permissions: the server replays MULTI/EXEC blocks from the append-only file as the
+    # default user and re-checks them, so without them a restart silently drops every script's writes.
+    lines = ["user default off nopass ~* &* +@all"]
+    for component, user in USERS.items():
+        lines.append(f"user {user} on #{password_hash(passwords[user])} resetchannels {rules(component, waitaof)}")
+    lines.append(f"user {ADMIN_USER} on #{password_hash(passwords[ADMIN_USER])} {_ADMIN}")
+    lines.append(f"user {REPLICATION_USER} on #{password_hash(passwords[REPLICATION_USER])} {_REPLICATION}")
+    return "\n".join(lines) + "\n"
+
+
+def all_users() -> list[str]:
+    return [*USERS.values(), ADMIN_USER, REPLICATION_USER]
+
+
+if __name__ == "__main__":  # `python -m common.acl`: the MemoryDB access strings, as the README gives them
+    for component_name, user_name in USERS.items():
+        print(f"{user_name}: on {rules(component_name)}")

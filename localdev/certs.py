@@ -1,0 +1,64 @@
+"""Certificates made for one run (a CA and a certificate per component), with the openssl command.
+
+Only for local runs and tests: the files go into the run's data directory, keys readable by us alone.
+Every certificate names 127.0.0.1 and localhost, so hostname checking works over loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+DAYS = "30"
+
+
+@dataclass(frozen=True)
+class Identity:
+    cert: Path
+    key: Path
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _private_key(path: Path) -> None:
+    _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", str(path))
+    os.chmod(path, 0o600)
+
+
+def make_ca(directory: Path, name: str = "profilemesh local CA") -> Identity:
+    """A self-signed CA in `directory` (reused if it is there)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = Identity(directory / "ca.crt", directory / "ca.key")
+    if not ca.cert.exists():
+        _private_key(ca.key)
+        _openssl(
+            "req", "-x509", "-new", "-key", str(ca.key), "-out", str(ca.cert), "-days", DAYS, "-subj", f"/CN={name}",
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        )  # fmt: skip
+    return ca
+
+
+def issue(ca: Identity, directory: Path, name: str) -> Identity:
+    """A certificate for `name` (its subject CN and a DNS SAN), valid for server and client use on loopback."""
+    identity = Identity(directory / f"{name}.crt", directory / f"{name}.key")
+    if identity.cert.exists():
+        return identity
+    _private_key(identity.key)
+    request = directory / f"{name}.csr"
+    extensions = directory / f"{name}.ext"
+    extensions.write_text(
+        f"subjectAltName=DNS:{name},DNS:localhost,IP:127.0.0.1\n"
+        "extendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n"
+    )
+    _openssl("req", "-new", "-key", str(identity.key), "-out", str(request), "-subj", f"/CN={name}")
+    _openssl(
+        "x509", "-req", "-in", str(request), "-CA", str(ca.cert), "-CAkey", str(ca.key), "-CAcreateserial",
+        "-out", str(identity.cert), "-days", DAYS, "-extfile", str(extensions),
+    )  # fmt: skip
+    request.unlink()
+    extensions.unlink()
+    return identity

@@ -1,0 +1,120 @@
+"""Least privilege in the cluster: each component's ACL user (common/acl.py) can do its job and nothing else.
+
+The session's system runs every service as its own user with the default user off, so every other test
+passing is the proof that the users can do their jobs; here, what they must not do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+from redis.cluster import RedisCluster
+from redis.exceptions import AuthenticationError, ResponseError
+
+from common import acl, keys
+from localdev.system import System
+from tests.conftest import PARTITIONS
+
+PROFILE = keys.profile_key("acl-someone", PARTITIONS)
+PARTITION = keys.partition_of("acl-someone", PARTITIONS)
+EVENTS, READS, TOTALS = keys.events_key(PARTITION), keys.reads_key(PARTITION), keys.totals_key(PARTITION)
+
+Check = Callable[[RedisCluster], Any]
+
+# What every component's user must be refused: the whole cluster's data and configuration.
+FORBIDDEN_TO_ALL: dict[str, Check] = {
+    "FLUSHALL": lambda c: c.flushall(),
+    "CONFIG GET": lambda c: c.config_get("requirepass"),
+    "CONFIG SET": lambda c: c.config_set("appendonly", "no"),
+    "KEYS": lambda c: c.keys("*"),
+    "ACL LIST": lambda c: c.acl_list(),
+    "SCRIPT FLUSH": lambda c: c.script_flush(),
+    "CLIENT LIST": lambda c: c.client_list(),
+    "DEL a stream": lambda c: c.delete(EVENTS),
+    "a key outside the layout": lambda c: c.set("elsewhere", "1"),
+}
+
+FORBIDDEN: dict[str, dict[str, Check]] = {
+    "profile_svc": {
+        "write statistics": lambda c: c.zadd(READS, {"mallory": 1000}),
+        "read statistics": lambda c: c.hgetall(TOTALS),
+        "trim a stream": lambda c: c.xtrim(EVENTS, maxlen=0),
+        "statistics through a script": lambda c: c.eval("return redis.call('HSET', KEYS[1], 'x', 1)", 1, TOTALS),
+    },
+    "aggregator_svc": {
+        "read a profile": lambda c: c.hgetall(PROFILE),
+        "write a profile": lambda c: c.hset(PROFILE, "email", "x@example.com"),
+        "append an event": lambda c: c.xadd(EVENTS, {"user": "mallory", "type": "read", "ts": "0"}),
+        "record the partition count": lambda c: c.set(keys.PARTITIONS_KEY, "3"),
+        "a profile through a script": lambda c: c.eval("return redis.call('HGETALL', KEYS[1])", 1, PROFILE),
+    },
+    "reporting_svc": {
+        "read a profile": lambda c: c.hgetall(PROFILE),
+        "read the events": lambda c: c.xrange(EVENTS, count=1),
+        "write statistics": lambda c: c.zadd(READS, {"mallory": 1000}),
+        "statistics through a script": lambda c: c.eval("return redis.call('HSET', KEYS[1], 'x', 1)", 1, TOTALS),
+        "delete statistics": lambda c: c.delete(TOTALS),
+        "record the partition count": lambda c: c.set(keys.PARTITIONS_KEY, "3"),
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def clients(system: System) -> Iterator[dict[str, RedisCluster]]:
+    opened = {component: system.cluster.client(user) for component, user in acl.USERS.items()}
+    yield opened
+    for client in opened.values():
+        client.close()
+
+
+@pytest.mark.parametrize(
+    ("component", "what"),
+    [(c, w) for c in acl.USERS for w in FORBIDDEN_TO_ALL] + [(c, w) for c, checks in FORBIDDEN.items() for w in checks],
+)
+def test_each_user_is_refused_what_is_not_its_job(
+    clients: dict[str, RedisCluster], redis_client: RedisCluster, component: str, what: str
+) -> None:
+    before = {key: redis_client.exists(key) for key in (PROFILE, READS, TOTALS, "elsewhere")}
+    check = FORBIDDEN_TO_ALL.get(what) or FORBIDDEN[component][what]
+    # NOPERM, or (a command inside a script whose keys the user may touch) "ACL failure in script".
+    with pytest.raises(ResponseError, match="(?i)NOPERM|no permissions|ACL failure"):
+        check(clients[component])
+    assert {key: redis_client.exists(key) for key in before} == before
+    assert redis_client.dbsize() > 0  # nothing was flushed
+
+
+def test_each_user_can_do_its_job(clients: dict[str, RedisCluster], redis_client: RedisCluster) -> None:
+    """The same clients are not simply refused everything: each reads or writes what its role covers."""
+    redis_client.hset(PROFILE, "email", "someone@example.com")
+    redis_client.hset(TOTALS, "read", 1)
+    try:
+        assert clients["profile_svc"].hgetall(PROFILE) == {b"email": b"someone@example.com"}
+        assert clients["aggregator_svc"].hincrby(TOTALS, "read", 1) == 2
+        assert clients["reporting_svc"].hgetall(TOTALS) == {b"read": b"2"}
+        assert clients["reporting_svc"].get(keys.PARTITIONS_KEY) == str(PARTITIONS).encode()
+    finally:
+        redis_client.delete(PROFILE, TOTALS)
+
+
+def test_the_default_user_is_refused(system: System) -> None:
+    for index in range(len(system.cluster.ports)):
+        anonymous = redis.Redis(port=system.cluster.ports[index], socket_timeout=2)
+        with pytest.raises(AuthenticationError):
+            anonymous.ping()
+        with pytest.raises(AuthenticationError):
+            anonymous.execute_command("AUTH", "default", "")
+        anonymous.close()
+
+
+def test_services_connect_only_as_their_own_users(system: System) -> None:
+    """Every connection to every node belongs to a profilemesh user: none to the default user."""
+    seen: set[str] = set()
+    for index in range(len(system.cluster.ports)):
+        for connection in system.cluster.node(index).client_list():
+            seen.add(connection["user"])
+    # "(superuser)": a replica's link to its primary, which the server itself opens.
+    assert seen <= {*acl.all_users(), "(superuser)"}
+    assert set(acl.USERS.values()) <= seen, f"every component's user is connected: {seen}"

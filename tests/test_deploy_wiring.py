@@ -1,0 +1,178 @@
+"""Drift between the code and the deployment artifacts is caught: environment variables, ports, health checks and
+drain timings of compose.yaml, the ECS task definitions and the Kubernetes Deployments agree with what the code
+reads and serves; a deliberately broken copy of each artifact is refused. Also the artifacts' own linters."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from common.acl import rules
+from tests.wiring import ROOT, Wiring, from_compose, from_ecs, from_k8s, load_all, problems, secret_problems
+
+COMPOSE = ROOT / "compose.yaml"
+ECS = ROOT / "deploy" / "aws" / "profilemesh.yaml"
+K8S = ROOT / "deploy" / "k8s" / "profilemesh.yaml"
+TOOLS = ROOT / ".venv-deploy" / "bin"
+ARTIFACTS: dict[str, tuple[Path, Callable[[str], dict[str, Wiring]]]] = {
+    "compose": (COMPOSE, from_compose),
+    "ecs": (ECS, from_ecs),
+    "k8s": (K8S, from_k8s),
+}
+
+
+@pytest.mark.parametrize("artifact", ARTIFACTS)
+def test_artifact_agrees_with_the_code(artifact: str) -> None:
+    path, read = ARTIFACTS[artifact]
+    assert problems(read(path.read_text())) == []
+
+
+@pytest.mark.parametrize("artifact", ["ecs", "k8s"])
+def test_cluster_credentials_come_from_secrets(artifact: str) -> None:
+    path, read = ARTIFACTS[artifact]
+    wired = read(path.read_text())
+    assert secret_problems(wired) == []
+    assert all("PROFILEMESH_REDIS_URL" in wired[service].secrets for service in ("profile", "reporting", "aggregator"))
+
+
+# One deliberate break per kind of drift, in a copy of each artifact: (artifact, original, broken, what is reported).
+BREAKS = [
+    (
+        "compose",
+        "PROFILEMESH_PROFILE_TARGET: dns:///profile:50051",
+        "PROFILEMESH_PROFILE_TARGET: dns:///profile:50061",
+        "gateway: PROFILEMESH_PROFILE_TARGET port 50061, but profile listens on 50051",
+    ),
+    ("compose", "stop_grace_period: 15s", "stop_grace_period: 5s", "stops after 5 s"),
+    (
+        "compose",
+        "PROFILEMESH_GATEWAY_LISTEN: 0.0.0.0:8080",
+        "PROFILEMESH_GATEWAY_LISTEN: 0.0.0.0:8081",
+        "gateway: exposes [8080] but listens on 8081",
+    ),
+    ("compose", "PROFILEMESH_PARTITIONS:", "PROFILEMESH_PARTITION:", "PROFILEMESH_PARTITION is read by no code"),
+    ("ecs", "HealthCheckPath: /readyz", "HealthCheckPath: /ready", "the load balancer checks /ready"),
+    ("ecs", "StopTimeout: 15", "StopTimeout: 10", "stops after 10 s"),
+    (
+        "ecs",
+        'deregistration_delay.timeout_seconds, Value: "10"',
+        'deregistration_delay.timeout_seconds, Value: "5"',
+        "the deregistration delay is shorter",
+    ),
+    (
+        "ecs",
+        '{Name: PROFILEMESH_REPORTING_LISTEN, Value: "0.0.0.0:50052"}',
+        '{Name: PROFILEMESH_REPORTING_LISTEN, Value: "0.0.0.0:50054"}',
+        "reporting: exposes",
+    ),
+    (
+        "ecs",
+        "{Name: PROFILEMESH_REDIS_URL, ValueFrom: !Ref ProfileClusterUrl}",
+        "{Name: PROFILEMESH_REDIS_ADDRESS, ValueFrom: !Ref ProfileClusterUrl}",
+        "profile: PROFILEMESH_REDIS_URL is not set",
+    ),
+    ("ecs", "DnsName: reporting}", "DnsName: reports}", "names 'reporting', which no service answers to"),
+    ("k8s", "terminationGracePeriodSeconds: 15", "terminationGracePeriodSeconds: 3", "stops after 3 s"),
+    ("k8s", "readinessProbe: {grpc: {port: 50053}", "readinessProbe: {grpc: {port: 50055}", "aggregator: health check"),
+    (
+        "k8s",
+        "readinessProbe: {httpGet: {path: /readyz",
+        "readinessProbe: {httpGet: {path: /ready",
+        "gateway: health check",
+    ),
+    (
+        "k8s",
+        '- {name: PROFILEMESH_DRAIN_MS, value: "1000"}',
+        '- {name: PROFILEMESH_DRAIN_MILLIS, value: "1000"}',
+        "PROFILEMESH_DRAIN_MILLIS is read by no code",
+    ),
+    (
+        "k8s",
+        '- {name: PROFILEMESH_REPORTING_TARGET, value: "dns:///reporting:50052"}',
+        '- {name: PROFILEMESH_REPORTING_TARGET, value: "dns:///reporting:50052"}\n'
+        "            - {name: PROFILEMESH_REDIS_URL, value: redis://x:6379}",
+        "gateway: PROFILEMESH_REDIS_URL is set, but the gateway has no cluster access",
+    ),
+]
+
+
+@pytest.mark.parametrize(("artifact", "original", "broken", "reported"), BREAKS)
+def test_a_broken_copy_is_caught(artifact: str, original: str, broken: str, reported: str, tmp_path: Path) -> None:
+    path, read = ARTIFACTS[artifact]
+    text = path.read_text()
+    assert original in text, f"the break's original text is gone from {path.name}; update BREAKS"
+    copy = tmp_path / path.name
+    copy.write_text(text.replace(original, broken, 1))
+    found = problems(read(copy.read_text()))
+    assert any(reported in problem for problem in found), found
+
+
+def test_a_plain_cluster_url_is_caught(tmp_path: Path) -> None:
+    text = K8S.read_text().replace(
+        "- name: PROFILEMESH_REDIS_URL\n"
+        "              valueFrom: {secretKeyRef: {name: profilemesh-cluster, key: profile-url}}",
+        '- {name: PROFILEMESH_REDIS_URL, value: "rediss://profile:hunter2@cluster:6379"}',
+    )
+    assert "hunter2" in text
+    assert secret_problems(from_k8s(text)) == ["profile: PROFILEMESH_REDIS_URL is a plain value, not a secret"]
+
+
+def test_k8s_pods_run_non_root_read_only() -> None:
+    for component, wiring in from_k8s(K8S.read_text()).items():
+        pod, container = wiring.extra["security"]
+        assert pod["runAsNonRoot"] is True and pod["runAsUser"] != 0, component
+        assert container["readOnlyRootFilesystem"] is True and container["allowPrivilegeEscalation"] is False
+
+
+def test_cloudformation_template_passes_cfn_lint_and_checkov() -> None:
+    lint = subprocess.run([TOOLS / "cfn-lint", ECS], capture_output=True, text=True)
+    assert lint.returncode == 0 and lint.stdout == "", lint.stdout
+    checkov = subprocess.run(
+        [TOOLS / "checkov", "-f", ECS, "--framework", "cloudformation", "--skip-download", "-o", "json"],
+        capture_output=True,
+        text=True,
+        env={"BC_SKIP_MAPPING": "TRUE", "PATH": "/usr/bin:/bin"},
+    )
+    report = json.loads(checkov.stdout)
+    failed = [(check["check_id"], check["resource"]) for check in report["results"]["failed_checks"]]
+    assert failed == [], failed
+    # Each check we skip is justified next to its resource (Metadata.checkov.skip[].comment).
+    skipped = [check["check_id"] for check in report["results"]["skipped_checks"]]
+    justified = [
+        skip["id"]
+        for resource in load_all(ECS.read_text())[0]["Resources"].values()
+        for skip in resource.get("Metadata", {}).get("checkov", {}).get("skip", [])
+        if len(skip.get("comment", "")) > 20
+    ]
+    assert skipped and sorted(skipped) == sorted(justified)
+
+
+def test_k8s_manifests_validate_against_the_schemas() -> None:
+    manifests = [K8S, ROOT / "deploy" / "k8s" / "namespace.yaml", ROOT / "deploy" / "k8s" / "secret.example.yaml"]
+    done = subprocess.run(
+        [TOOLS / "kubernetes-validate", "--strict", "-k", "1.31.0", *manifests], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("passed") == 15, done.stdout
+
+
+def test_compose_file_is_read_by_podman_compose() -> None:
+    done = subprocess.run([TOOLS / "podman-compose", "-f", COMPOSE, "config"], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert "profilemesh-gateway" in done.stdout and "cluster-create" in done.stdout
+
+
+def test_memorydb_users_have_the_acl_rules_of_common_acl() -> None:
+    """The template's MemoryDB users grant exactly what the local cluster's ACL users do (common/acl.py)."""
+    template = load_all(ECS.read_text())[0]
+    users = {
+        name: resource for name, resource in template["Resources"].items() if resource["Type"] == "AWS::MemoryDB::User"
+    }
+    expected = {"ProfileUser": "profile_svc", "ReportingUser": "reporting_svc", "AggregatorUser": "aggregator_svc"}
+    assert set(users) == set(expected)
+    for name, component in expected.items():
+        assert users[name]["Properties"]["AccessString"] == f"on {rules(component)}", name

@@ -1,0 +1,129 @@
+"""The container image is real: built with podman, every component run from it against a cluster, the seed's
+walk-through through the containerized gateway, non-root with a read-only root file system, clean stops.
+
+The cluster runs as local processes (localdev.cluster): no Valkey image can be pulled on these machines.
+The components run as containers on the host network, configured only through PROFILEMESH_* variables.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from localdev import image
+from localdev.system import System, on_free_ports
+from localdev.waiting import answers_ok
+from tests.conftest import TEST_SETTINGS
+from tests.helpers import wait_until
+from tests.test_seed_walkthrough import walk_through
+
+pytestmark = pytest.mark.skipif(shutil.which("podman") is None, reason="podman is not installed (make podman)")
+
+COMPONENTS = {
+    "profile": "profile_svc",
+    "reporting": "reporting_svc",
+    "aggregator": "aggregator_svc",
+    "gateway": "gateway",
+}
+GRACE_S = int(TEST_SETTINGS["PROFILEMESH_SHUTDOWN_GRACE_S"])
+
+
+def _container_env(system: System) -> list[str]:
+    """The PROFILEMESH_* settings the local system would give its processes, as podman -e options."""
+    settings = {name: value for name, value in system.env().items() if name.startswith("PROFILEMESH_")}
+    return [option for name, value in sorted(settings.items()) for option in ("-e", f"{name}={value}")]
+
+
+def _all_running(started: dict[str, str]) -> bool:
+    """True while every container runs; one that exited fails the test at once, with its last words."""
+    for name in started.values():
+        if image.podman("inspect", "--format", "{{.State.Running}}", name).stdout.strip() != "true":
+            raise AssertionError(f"{name} exited: {image.podman('logs', name, check=False).stderr[-500:]}")
+    return True
+
+
+@pytest.fixture(scope="module")
+def built_image() -> str:
+    seconds = image.build()
+    print(f"image built in {seconds:.1f} s, {image.size_bytes() / 1e6:.0f} MB")
+    return image.IMAGE
+
+
+@pytest.fixture(scope="module")
+def containers(built_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[System, dict[str, str]]]:
+    """The cluster as local processes, each component as a container from the image; all removed afterwards."""
+    system = on_free_ports(tmp_path_factory.mktemp("image"), TEST_SETTINGS)
+    system.cluster.start()
+    run_id = uuid.uuid4().hex[:8]
+    started: dict[str, str] = {}
+    launched = time.monotonic()
+    try:
+        for component in COMPONENTS:
+            name = f"profilemesh-test-{run_id}-{component}"
+            image.podman(
+                "run",
+                "--detach",
+                "--name",
+                name,
+                "--network=host",
+                "--read-only",
+                *_container_env(system),
+                built_image,
+                f"profilemesh-{component}",
+            )
+            started[component] = name
+        wait_until(
+            lambda: _all_running(started) and answers_ok(f"{system.gateway_url}/readyz"),
+            timeout_s=60,
+            what="the gateway's /readyz",
+        )
+        print(f"containers started to gateway ready: {time.monotonic() - launched:.1f} s")
+        yield system, started
+    finally:
+        for name in started.values():
+            logs = image.podman("logs", name, check=False)
+            Path(system.cluster.data_dir.parent / f"{name}.log").write_text(logs.stdout + logs.stderr)
+            image.podman("rm", "--force", "--time", "0", name, check=False)
+        system.cluster.stop()
+
+
+def test_seed_walkthrough_through_the_containers(containers: tuple[System, dict[str, str]]) -> None:
+    system, _ = containers
+    walk_through(system.gateway_port)
+
+
+def test_components_run_non_root_on_a_read_only_root(containers: tuple[System, dict[str, str]]) -> None:
+    _, names = containers
+    for component, name in names.items():
+        assert image.podman("exec", name, "id", "-u").stdout.strip() != "0", component
+        assert image.podman("inspect", "--format", "{{.HostConfig.ReadonlyRootfs}}", name).stdout.strip() == "true"
+        # Not even the application's own files can be changed.
+        refused = image.podman("exec", name, "touch", "/opt/profilemesh/changed", check=False)
+        assert refused.returncode != 0 and "Read-only file system" in refused.stderr, (component, refused)
+    # The final stage has no build tools: no compiler, no make, no pip.
+    tools = "import shutil; print([t for t in ('gcc', 'cc', 'c++', 'make', 'pip', 'pip3') if shutil.which(t)])"
+    assert image.podman("exec", names["gateway"], "python3", "-c", tools).stdout.strip() == "[]"
+
+
+def test_the_image_healthcheck_answers_for_every_component(containers: tuple[System, dict[str, str]]) -> None:
+    """The HEALTHCHECK (python3 -m common.probe, no extra binary) finds the component it runs beside."""
+    _, names = containers
+    for component, name in names.items():
+        assert image.podman("healthcheck", "run", name, check=False).returncode == 0, component
+
+
+def test_podman_stop_exits_each_component_cleanly_within_the_grace(containers: tuple[System, dict[str, str]]) -> None:
+    """Last in this module: SIGTERM (the image's STOPSIGNAL), then a drain and exit 0 before podman would kill."""
+    _, names = containers
+    for component, name in names.items():
+        started = time.monotonic()
+        image.podman("stop", "--time", str(GRACE_S + 10), name)
+        took = time.monotonic() - started
+        state = image.podman("inspect", "--format", "{{.State.ExitCode}} {{.State.OOMKilled}}", name).stdout.split()
+        assert state == ["0", "false"], (component, state)
+        assert took < GRACE_S, (component, took)

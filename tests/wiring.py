@@ -1,0 +1,272 @@
+"""What the deployment artifacts say about each component, read into one shape, and the checks of it against the code.
+
+Each artifact (compose.yaml, the ECS task definitions of deploy/aws, the Deployments of deploy/k8s) becomes a
+`Wiring` per component: the environment it sets (and which values come from secrets), the ports it exposes,
+its health check, its stop timeout. `problems()` compares them with what the code reads and serves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from common.config import PREFIX, Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+PRODUCT = ("common", "gateway", "profile_svc", "reporting_svc", "aggregator_svc")
+COMPONENTS = ("profile", "reporting", "aggregator", "gateway")
+SERVICES = ("profile", "reporting", "aggregator")
+# The image's HEALTHCHECK; a deployment's own health check must run the same probe.
+PROBE = ["python3", "-m", "common.probe"]
+# What each component cannot run without in a deployment (the rest have sound defaults). Names of settings.
+NEEDS = {
+    **{
+        service: {
+            "redis_url",
+            f"{service}_listen",
+            f"{service}_metrics_listen",
+            "partitions",
+            "drain_ms",
+            "shutdown_grace_s",
+        }
+        for service in SERVICES
+    },
+    "gateway": {"gateway_listen", "gateway_metrics_listen", "profile_target", "reporting_target", "shutdown_grace_s"},
+}
+SECRET = {"redis_url"}
+
+
+def variable(name: str) -> str:
+    return PREFIX + name.upper()
+
+
+def variables_the_code_reads() -> set[str]:
+    """Every PROFILEMESH_ variable: the Settings fields, and any other the product code spells out."""
+    names = {variable(spec.name) for spec in dataclasses.fields(Settings)}
+    for package in PRODUCT:
+        for source in (ROOT / package).rglob("*.py"):
+            names |= set(re.findall(r"\bPROFILEMESH_[A-Z0-9_]*[A-Z0-9]\b", source.read_text()))
+    return names
+
+
+def gateway_paths() -> set[str]:
+    """The paths the gateway serves, from its own router."""
+    from gateway.app import build_app
+
+    app = build_app(Settings())
+    return {resource.canonical for resource in app.router.resources()}
+
+
+@dataclass
+class Wiring:
+    component: str
+    env: dict[str, str] = field(default_factory=dict)  # plain values
+    secrets: set[str] = field(default_factory=set)  # variables injected from a secret store
+    ports: set[int] = field(default_factory=set)
+    health: str = ""  # "grpc:PORT", "http:PORT/PATH" or "probe" (the image's probe)
+    stop_timeout_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with CloudFormation's short tags (!Ref, !Sub, ...) read as {"Tag": value}."""
+
+
+def _tagged(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
+    if isinstance(node, yaml.ScalarNode):
+        return {suffix: loader.construct_scalar(node)}
+    if isinstance(node, yaml.SequenceNode):
+        return {suffix: loader.construct_sequence(node, deep=True)}
+    return {suffix: loader.construct_mapping(node, deep=True)}  # type: ignore[arg-type]  # a MappingNode here
+
+
+_Loader.add_multi_constructor("!", _tagged)
+
+
+def load_all(text: str) -> list[Any]:
+    return [document for document in yaml.load_all(text, Loader=_Loader) if document]
+
+
+def _duration_s(value: str) -> float:
+    match = re.fullmatch(r"(\d+)(ms|s|m)", value)
+    assert match, f"a duration, got {value!r}"
+    return int(match.group(1)) * {"ms": 0.001, "s": 1, "m": 60}[match.group(2)]
+
+
+def from_compose(text: str) -> dict[str, Wiring]:
+    services = load_all(text)[0]["services"]
+    wired = {}
+    for component in COMPONENTS:
+        spec = services[component]
+        wiring = Wiring(component, env={k: str(v) for k, v in spec.get("environment", {}).items()})
+        wiring.ports = {int(mapping.split(":")[-1]) for mapping in spec.get("ports", [])}
+        wiring.health = "probe" if spec["healthcheck"]["test"] == ["CMD", *PROBE] else str(spec["healthcheck"]["test"])
+        wiring.stop_timeout_s = _duration_s(spec["stop_grace_period"])
+        wiring.extra["service_names"] = set(services)
+        wired[component] = wiring
+    return wired
+
+
+def from_ecs(text: str) -> dict[str, Wiring]:
+    resources = load_all(text)[0]["Resources"]
+    wired = {}
+    aliases: dict[str, int] = {}
+    for resource in resources.values():
+        if resource["Type"] == "AWS::ECS::Service":
+            connect = resource["Properties"].get("ServiceConnectConfiguration", {})
+            for service in connect.get("Services", []):
+                aliases.update({alias["DnsName"]: alias["Port"] for alias in service["ClientAliases"]})
+    for resource in resources.values():
+        if resource["Type"] != "AWS::ECS::TaskDefinition":
+            continue
+        (container,) = resource["Properties"]["ContainerDefinitions"]
+        component = container["Command"][0].removeprefix("profilemesh-")
+        wiring = Wiring(component, env={e["Name"]: str(e["Value"]) for e in container.get("Environment", [])})
+        wiring.secrets = {secret["Name"] for secret in container.get("Secrets", [])}
+        wiring.ports = {mapping["ContainerPort"] for mapping in container["PortMappings"]}
+        command = container["HealthCheck"]["Command"]
+        wiring.health = "probe" if command == ["CMD", *PROBE] else str(command)
+        wiring.stop_timeout_s = container["StopTimeout"]
+        wiring.extra["service_names"] = set(aliases)
+        wiring.extra["alias_ports"] = aliases
+        wired[component] = wiring
+    groups = [r["Properties"] for r in resources.values() if r["Type"] == "AWS::ElasticLoadBalancingV2::TargetGroup"]
+    (group,) = groups
+    attributes = {a["Key"]: a["Value"] for a in group.get("TargetGroupAttributes", [])}
+    wired["gateway"].extra["balancer"] = {
+        "port": group["Port"],
+        "path": group["HealthCheckPath"],
+        "deregistration_s": int(attributes.get("deregistration_delay.timeout_seconds", 300)),
+    }
+    return wired
+
+
+def from_k8s(text: str) -> dict[str, Wiring]:
+    documents = load_all(text)
+    headless = {
+        d["metadata"]["name"] for d in documents if d["kind"] == "Service" and d["spec"].get("clusterIP") == "None"
+    }
+    wired = {}
+    for document in documents:
+        if document["kind"] != "Deployment":
+            continue
+        pod = document["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        component = container["command"][0].removeprefix("profilemesh-")
+        wiring = Wiring(component)
+        for entry in container.get("env", []):
+            if "valueFrom" in entry:
+                if "secretKeyRef" in entry["valueFrom"]:
+                    wiring.secrets.add(entry["name"])
+                else:
+                    wiring.env[entry["name"]] = "<from elsewhere>"
+            else:
+                wiring.env[entry["name"]] = str(entry["value"])
+        wiring.ports = {port["containerPort"] for port in container["ports"]}
+        probes = [container["readinessProbe"], container["livenessProbe"]]
+        shapes = {
+            f"grpc:{p['grpc']['port']}" if "grpc" in p else f"http:{p['httpGet']['port']}{p['httpGet']['path']}"
+            for p in probes
+        }
+        wiring.health = " ".join(sorted(shapes))
+        wiring.stop_timeout_s = pod["terminationGracePeriodSeconds"]
+        wiring.extra["service_names"] = headless
+        wiring.extra["security"] = (pod.get("securityContext", {}), container.get("securityContext", {}))
+        wired[component] = wiring
+    return wired
+
+
+def _port(address: str) -> int:
+    return int(address.rsplit(":", 1)[1])
+
+
+def problems(wired: dict[str, Wiring]) -> list[str]:
+    """Everything in `wired` that disagrees with the code; empty when the artifact is sound."""
+    found: list[str] = []
+    known = variables_the_code_reads()
+    defaults = Settings()
+    paths = gateway_paths()
+    for component in COMPONENTS:
+        if component not in wired:
+            found.append(f"{component}: not deployed")
+            continue
+        wiring = wired[component]
+        given = set(wiring.env) | wiring.secrets
+        for name in sorted(given - known):
+            found.append(f"{component}: {name} is read by no code")
+        for need in sorted(NEEDS[component]):
+            name = variable(need)
+            if name not in known:
+                found.append(f"{component}: the code no longer reads {name}; update NEEDS")
+            elif name not in given:
+                found.append(f"{component}: {name} is not set")
+        if component == "gateway":
+            for name in sorted(n for n in given if n.startswith(variable("redis"))):
+                found.append(f"gateway: {name} is set, but the gateway has no cluster access")
+
+        def setting(name: str, wiring: Wiring = wiring) -> str:
+            """The value the component gets: the artifact's, else the code's default."""
+            return wiring.env.get(variable(name), str(getattr(defaults, name)))
+
+        listen = _port(setting(f"{component}_listen"))
+        metrics = _port(setting(f"{component}_metrics_listen"))
+        if wiring.ports and listen not in wiring.ports:
+            found.append(f"{component}: exposes {sorted(wiring.ports)} but listens on {listen}")
+        for port in sorted(wiring.ports - {listen, metrics}):
+            found.append(f"{component}: exposes port {port}, on which nothing listens")
+        if component == "gateway":
+            expected_health = {"probe", f"http:{listen}/healthz http:{listen}/readyz"}
+            for target in ("profile", "reporting"):
+                address = setting(f"{target}_target").removeprefix("dns:///")
+                host, port = address.rsplit(":", 1)
+                target_listen = _port(
+                    wired[target].env.get(variable(f"{target}_listen"), str(getattr(defaults, f"{target}_listen")))
+                )
+                if int(port) != target_listen:
+                    found.append(
+                        f"gateway: {variable(f'{target}_target')} port {port}, but {target} listens on {target_listen}"
+                    )
+                if host not in wiring.extra.get("service_names", {host}):
+                    found.append(f"gateway: {variable(f'{target}_target')} names {host!r}, which no service answers to")
+            balancer = wiring.extra.get("balancer")
+            if balancer:
+                if balancer["path"] not in paths or balancer["path"] != "/readyz":
+                    found.append(f"gateway: the load balancer checks {balancer['path']}, not the gateway's /readyz")
+                if balancer["port"] != listen:
+                    found.append(
+                        f"gateway: the load balancer sends to {balancer['port']}, the gateway listens on {listen}"
+                    )
+                if balancer["deregistration_s"] < int(setting("shutdown_grace_s")):
+                    found.append("gateway: the deregistration delay is shorter than PROFILEMESH_SHUTDOWN_GRACE_S")
+        else:
+            expected_health = {"probe", f"grpc:{listen}"}
+        if wiring.health not in expected_health:
+            found.append(f"{component}: health check {wiring.health!r}, expected one of {sorted(expected_health)}")
+        for path in re.findall(
+            r"/[a-z]+", wiring.health if component == "gateway" and wiring.health != "probe" else ""
+        ):
+            if path not in paths:
+                found.append(f"gateway: probes {path}, which it does not serve")
+        drain_s = int(setting("drain_ms")) / 1000 if component != "gateway" else 0
+        needed = drain_s + int(setting("shutdown_grace_s"))
+        if wiring.stop_timeout_s <= needed:
+            found.append(
+                f"{component}: stops after {wiring.stop_timeout_s} s, within the drain ({drain_s} s) and grace "
+                f"({setting('shutdown_grace_s')} s) it needs"
+            )
+    return found
+
+
+def secret_problems(wired: dict[str, Wiring]) -> list[str]:
+    """Cluster credentials must come from a secret store, never a plain value (ECS and Kubernetes)."""
+    return [
+        f"{component}: {variable(name)} is a plain value, not a secret"
+        for component, wiring in wired.items()
+        for name in SECRET
+        if variable(name) in wiring.env
+    ]

@@ -140,7 +140,9 @@ class DurableScripts:
         async with self.cluster.scripting(script) as client:
             return await self._run(client, script, keys, args, durable)
 
-    async def run_many(self, script: AsyncScript, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
+    async def run_many(
+        self, script: AsyncScript, calls: Sequence[tuple[Sequence[str], Sequence[Any]]], retry_budget_s: float
+    ) -> list[Any]:
         """Run the script once per call, without the durability wait (reads): one pipeline per primary.
 
         Each call's script runs on its own slot's primary, as `run` would run it, so the cluster's fixed cost
@@ -186,7 +188,15 @@ class DurableScripts:
             async def by_itself(index: int) -> None:
                 keys, args = calls[index]
                 try:
-                    results[index] = await self._run(client, script, keys, args, durable=False)
+                    # Bounded below the call's deadline, so that one member on a shard in trouble
+                    # can't make the whole batch miss it: the others' answers are ready.
+                    async with asyncio.timeout(retry_budget_s):
+                        results[index] = await self._run(client, script, keys, args, durable=False)
+                except TimeoutError:
+                    results[index] = Unavailable(
+                        "the cluster did not serve this profile's partition in time; retry later",
+                        reason="PARTITION_UNAVAILABLE",
+                    )
                 except (ServiceError, RedisError, *_BROKEN) as error:
                     results[index] = error
 

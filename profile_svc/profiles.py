@@ -57,7 +57,7 @@ class Profiles:
             raise result
         return result
 
-    async def get_many(self, users: Sequence[str]) -> list[dict[str, str] | Exception]:
+    async def get_many(self, users: Sequence[str], retry_budget_s: float) -> list[dict[str, str] | Exception]:
         """Each user's profile or the error a get of it alone would raise, in order; one read counted per user."""
         if not users:
             raise InvalidArgument("users must not be empty: give at least one user", field="users")
@@ -65,7 +65,7 @@ class Profiles:
             raise InvalidArgument(f"too many users: {len(users)}, at most {MAX_BATCH}", field="users")
         for index, user in enumerate(users):
             check_user(user, field=f"users[{index}]")
-        replies = await self.scripts.run_many(self._get, [(self._keys(user), [user]) for user in users])
+        replies = await self.scripts.run_many(self._get, [(self._keys(user), [user]) for user in users], retry_budget_s)
         return [_profile_or_error(user, reply) for user, reply in zip(users, replies, strict=True)]
 
     async def update(self, user: str, fields: dict[str, str]) -> None:

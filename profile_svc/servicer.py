@@ -10,7 +10,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from common.errors import ServiceError
-from common.rpc_errors import as_service_error, stream_errors, translate_errors
+from common.rpc_errors import MAX_CALL_S, as_service_error, stream_errors, translate_errors
 from common.stream_ids import format_id
 from common.streams import StreamLimits
 from profile_svc.events_feed import Event, EventsFeed, Position, event_filter
@@ -18,6 +18,8 @@ from profile_svc.profiles import Profiles
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 
 log = logging.getLogger(__name__)
+# The share of a batch call's deadline its members may spend retrying (failover, MOVED) before giving up.
+BATCH_RETRY_SHARE = 0.6
 
 
 class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
@@ -44,7 +46,10 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
     async def BatchGetProfiles(
         self, request: profile_pb2.BatchGetProfilesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> profile_pb2.BatchGetProfilesResponse:
-        found = await self.profiles.get_many(list(request.users))
+        remaining = context.time_remaining()
+        # Members still retrying give up well before the call's deadline, so the batch answers in time.
+        budget = BATCH_RETRY_SHARE * min(remaining if remaining is not None else MAX_CALL_S, MAX_CALL_S)
+        found = await self.profiles.get_many(list(request.users), budget)
         return profile_pb2.BatchGetProfilesResponse(
             results=[_result(user, outcome) for user, outcome in zip(request.users, found, strict=True)]
         )

@@ -110,7 +110,7 @@ def _batched_get(route: Route) -> Callable[[web.Request], Awaitable[web.Response
         try:
             # Checked here, so that one bad name can't fail the batch it would have joined.
             user = check_user(request.match_info["user"])
-            profile = await request.app[READS].get(user)
+            profile = await request.app[READS].get(user, outgoing_metadata())
         except ServiceError as error:  # a bad name
             return service_error_response(error)
         except MemberError as error:  # this member's own error, as GetProfile would have failed

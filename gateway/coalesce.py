@@ -39,6 +39,10 @@ class MemberError(Exception):
         self.code = next((code for code in grpc.StatusCode if code.value[0] == status.code), grpc.StatusCode.UNKNOWN)
 
 
+Metadata = Sequence[tuple[str, str]]
+Waiting = tuple[str, "asyncio.Future[profile_pb2.Profile]", Metadata]
+
+
 class ReadCoalescer:
     """Sends the reads of one gateway as batches, one batch in flight at a time."""
 
@@ -55,13 +59,14 @@ class ReadCoalescer:
         self._single_call = single_call
         self._timeout_s = timeout_s
         self._max_batch = max_batch
-        self._waiting: list[tuple[str, asyncio.Future[profile_pb2.Profile]]] = []
+        # (user, its future, its call metadata: the request id a read alone carries to profile_svc)
+        self._waiting: list[Waiting] = []
         self._in_flight = 0  # batch calls under way; at most one unless the cap sent another early
 
-    async def get(self, user: str) -> profile_pb2.Profile:
+    async def get(self, user: str, metadata: Metadata = ()) -> profile_pb2.Profile:
         """The user's profile; raises MemberError for this user's error, AioRpcError for the call's."""
         future: asyncio.Future[profile_pb2.Profile] = asyncio.get_running_loop().create_future()
-        self._waiting.append((user, future))
+        self._waiting.append((user, future, metadata))
         if not self._in_flight or len(self._waiting) >= self._max_batch:
             self._send()
         return await future
@@ -77,16 +82,16 @@ class ReadCoalescer:
         if self._waiting and not self._in_flight:
             self._send()
 
-    async def _run(self, batch: Sequence[tuple[str, asyncio.Future[profile_pb2.Profile]]]) -> None:
+    async def _run(self, batch: Sequence[Waiting]) -> None:
         if len(batch) == 1:  # alone (the idle case): a plain GetProfile, cheaper than a batch of one
             await self._run_one(*batch[0])
             return
         try:
             response = await self._call(
-                profile_pb2.BatchGetProfilesRequest(users=[user for user, _ in batch]), timeout=self._timeout_s
+                profile_pb2.BatchGetProfilesRequest(users=[user for user, _, _ in batch]), timeout=self._timeout_s
             )
         except BaseException as error:  # the whole call failed: every member fails with its status
-            for _, future in batch:
+            for _, future, _ in batch:
                 if not future.done():
                     future.set_exception(error)
             if not isinstance(error, Exception):
@@ -96,11 +101,11 @@ class ReadCoalescer:
             failure = grpc.aio.AioRpcError(
                 grpc.StatusCode.INTERNAL, grpc.aio.Metadata(), grpc.aio.Metadata(), "batch answer of the wrong size"
             )
-            for _, future in batch:
+            for _, future, _ in batch:
                 if not future.done():
                     future.set_exception(failure)
             return
-        for (_, future), result in zip(batch, response.results, strict=True):
+        for (_, future, _), result in zip(batch, response.results, strict=True):
             if future.done():  # its caller went away
                 continue
             if result.WhichOneof("result") == "profile":
@@ -108,9 +113,11 @@ class ReadCoalescer:
             else:
                 future.set_exception(MemberError(result.error))
 
-    async def _run_one(self, user: str, future: asyncio.Future[profile_pb2.Profile]) -> None:
+    async def _run_one(self, user: str, future: asyncio.Future[profile_pb2.Profile], metadata: Metadata) -> None:
         try:
-            profile = await self._single_call(profile_pb2.GetProfileRequest(user=user), timeout=self._timeout_s)
+            profile = await self._single_call(
+                profile_pb2.GetProfileRequest(user=user), timeout=self._timeout_s, metadata=metadata
+            )
         except BaseException as error:
             if not future.done():
                 future.set_exception(error)

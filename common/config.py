@@ -103,6 +103,12 @@ class Settings:
     )
     reporting_target: str = setting("dns:///127.0.0.1:50052", "where the gateway finds reporting_svc, likewise")
     deadline_ms: int = setting(2000, "deadline of every gateway call", minimum=1)
+    gateway_batch: str = setting(
+        "on",
+        "`on`: concurrent `GET /profile/{user}` share BatchGetProfiles calls (no added wait when idle); `off`: one"
+        " GetProfile each, for A/B measurements",
+        choices=("on", "off"),
+    )
     shutdown_grace_s: int = setting(10, "how long in-flight calls may finish after SIGTERM", minimum=0)
     aggregator_group: str = setting("aggregator", "the consumer group")
     aggregator_consumer: str = setting(

@@ -14,15 +14,18 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from common import metrics
 from common.config import Settings
+from common.errors import ServiceError
 from common.streams import StreamLimits
+from common.validation import check_user
 from gateway import openapi, upstreams
+from gateway.coalesce import MemberError, ReadCoalescer
 from gateway.edge import no_internal_text, rate_limit, read_body_within, stamp_request_id
-from gateway.errors import rpc_error_response, service_error_response
+from gateway.errors import error_json, http_status, rendered_details, rpc_error_response, service_error_response
 from gateway.observe import observe, outgoing_metadata
 from gateway.routes import Route, routes_from
 from gateway.sse import STREAM_CALLS, STREAM_CHANNELS, stream_calls, stream_channel, stream_handler
 from gateway.translate import BadRequest, build_request, render_response
-from profilemesh.profile.v1 import profile_pb2
+from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 from profilemesh.reporting.v1 import reporting_pb2
 
 log = logging.getLogger(__name__)
@@ -32,6 +35,8 @@ DASHBOARD = Path(__file__).parent / "static" / "dashboard.html"
 
 CHANNELS = web.AppKey("channels", dict[str, grpc.aio.Channel])
 CALLS = web.AppKey("calls", dict)
+READS = web.AppKey("reads", ReadCoalescer)
+GET_PROFILE = "/profilemesh.profile.v1.ProfileService/GetProfile"
 MAX_BODY = web.AppKey("max_body", int)
 
 
@@ -77,8 +82,10 @@ def _kept_headers(error: web.HTTPException) -> dict[str, str]:
     return {name: error.headers[name] for name in ("Allow",) if name in error.headers}
 
 
-def _handler(route: Route, timeout_s: float) -> Callable[[web.Request], Awaitable[web.Response]]:
+def _handler(route: Route, timeout_s: float, batched: bool) -> Callable[[web.Request], Awaitable[web.Response]]:
     success = 201 if route.http_method == "POST" else 200
+    if batched and route.grpc_path == GET_PROFILE:
+        return _batched_get(route)
 
     async def handle(request: web.Request) -> web.Response:
         body = await request.read() if route.body else b""
@@ -92,6 +99,25 @@ def _handler(route: Route, timeout_s: float) -> Callable[[web.Request], Awaitabl
         except grpc.aio.AioRpcError as error:
             return rpc_error_response(error)
         return web.json_response(render_response(route, response), status=success)
+
+    return handle
+
+
+def _batched_get(route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """GET /profile/{user} through the read coalescer (gateway/coalesce.py); same answers as one GetProfile."""
+
+    async def handle(request: web.Request) -> web.Response:
+        try:
+            # Checked here, so that one bad name can't fail the batch it would have joined.
+            user = check_user(request.match_info["user"])
+            profile = await request.app[READS].get(user, outgoing_metadata())
+        except ServiceError as error:  # a bad name
+            return service_error_response(error)
+        except MemberError as error:  # this member's own error, as GetProfile would have failed
+            return error_json(http_status(error.code), error.rpc_status.message, rendered_details(error.rpc_status))
+        except grpc.aio.AioRpcError as error:
+            return rpc_error_response(error)
+        return web.json_response(render_response(route, profile))
 
     return handle
 
@@ -142,8 +168,9 @@ def build_app(settings: Settings) -> web.Application:
     )
     app[MAX_BODY] = settings.http_max_body_bytes
     app.on_response_prepare.append(stamp_request_id)
+    profile_service = profile_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name
     targets = {
-        profile_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name: settings.profile_target,
+        profile_service: settings.profile_target,
         reporting_pb2.DESCRIPTOR.services_by_name["ReportingService"].full_name: settings.reporting_target,
     }
 
@@ -161,6 +188,8 @@ def build_app(settings: Settings) -> web.Application:
             for route in routes
             if not route.method.server_streaming
         }
+        profiles = profile_pb2_grpc.ProfileServiceStub(app[CHANNELS][profile_service])
+        app[READS] = ReadCoalescer(profiles.BatchGetProfiles, profiles.GetProfile, settings.deadline_ms / 1000)
         stream_channels = {service: stream_channel(target, settings) for service, target in targets.items()}
         app[STREAM_CHANNELS] = stream_channels
         app[STREAM_CALLS] = stream_calls(stream_channels, routes)
@@ -169,6 +198,7 @@ def build_app(settings: Settings) -> web.Application:
         await asyncio.gather(*(channel.close() for channel in channels))
 
     streams = StreamLimits(settings)
+    batched = settings.gateway_batch == "on"
 
     async def drain_streams(app: web.Application) -> None:
         streams.drain()  # SSE streams end with a retry hint while the gateway drains
@@ -186,5 +216,5 @@ def build_app(settings: Settings) -> web.Application:
                 route.http_method, route.path, stream_handler(route, streams, settings.deadline_ms / 1000)
             )
         else:
-            app.router.add_route(route.http_method, route.path, _handler(route, settings.deadline_ms / 1000))
+            app.router.add_route(route.http_method, route.path, _handler(route, settings.deadline_ms / 1000, batched))
     return app

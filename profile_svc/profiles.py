@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from common import keys
 from common.cluster import Cluster
-from common.errors import AlreadyExists, NotFound
+from common.errors import AlreadyExists, InvalidArgument, NotFound
 from common.validation import check_fields, check_user
 from profile_svc.durable import DurableScripts
 
 SCRIPTS = Path(__file__).parent / "scripts"
+# The most users one BatchGetProfiles may name: bounds a call's work and its reply's size.
+MAX_BATCH = 1000
 
 
 def _flatten(fields: dict[str, str]) -> list[str]:
     return [item for pair in fields.items() for item in pair]
+
+
+def _profile_or_error(user: str, reply: Any) -> dict[str, str] | Exception:
+    """A get_profile script's reply as the profile, or the error it stands for."""
+    if isinstance(reply, Exception):
+        return reply
+    if reply is None:
+        return NotFound(f"Profile not found for {user}")
+    return {reply[i].decode(): reply[i + 1].decode() for i in range(0, len(reply), 2)}
 
 
 class Profiles:
@@ -39,9 +52,21 @@ class Profiles:
         check_user(user)
         # A read's only write is its statistics event: the caller's data does not wait on replication.
         flat = await self.scripts.run(self._get, self._keys(user), [user], durable=False)
-        if flat is None:
-            raise NotFound(f"Profile not found for {user}")
-        return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
+        result = _profile_or_error(user, flat)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def get_many(self, users: Sequence[str], retry_budget_s: float) -> list[dict[str, str] | Exception]:
+        """Each user's profile or the error a get of it alone would raise, in order; one read counted per user."""
+        if not users:
+            raise InvalidArgument("users must not be empty: give at least one user", field="users")
+        if len(users) > MAX_BATCH:
+            raise InvalidArgument(f"too many users: {len(users)}, at most {MAX_BATCH}", field="users")
+        for index, user in enumerate(users):
+            check_user(user, field=f"users[{index}]")
+        replies = await self.scripts.run_many(self._get, [(self._keys(user), [user]) for user in users], retry_budget_s)
+        return [_profile_or_error(user, reply) for user, reply in zip(users, replies, strict=True)]
 
     async def update(self, user: str, fields: dict[str, str]) -> None:
         check_user(user)

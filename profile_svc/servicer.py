@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from common.rpc_errors import stream_errors, translate_errors
+from common.errors import ServiceError
+from common.rpc_errors import MAX_CALL_S, as_service_error, stream_errors, translate_errors
 from common.stream_ids import format_id
 from common.streams import StreamLimits
 from profile_svc.events_feed import Event, EventsFeed, Position, event_filter
 from profile_svc.profiles import Profiles
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
+
+log = logging.getLogger(__name__)
+# The share of a batch call's deadline its members may spend retrying (failover, MOVED) before giving up.
+BATCH_RETRY_SHARE = 0.6
 
 
 class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
@@ -35,6 +41,18 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
     ) -> profile_pb2.Profile:
         fields = await self.profiles.get(request.user)
         return profile_pb2.Profile(user=request.user, fields=fields)
+
+    @translate_errors
+    async def BatchGetProfiles(
+        self, request: profile_pb2.BatchGetProfilesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> profile_pb2.BatchGetProfilesResponse:
+        remaining = context.time_remaining()
+        # Members still retrying give up well before the call's deadline, so the batch answers in time.
+        budget = BATCH_RETRY_SHARE * min(remaining if remaining is not None else MAX_CALL_S, MAX_CALL_S)
+        found = await self.profiles.get_many(list(request.users), budget)
+        return profile_pb2.BatchGetProfilesResponse(
+            results=[_result(user, outcome) for user, outcome in zip(request.users, found, strict=True)]
+        )
 
     @translate_errors
     async def UpdateProfile(
@@ -69,6 +87,18 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
                         progress.resume_token = response.resume_token
                         clock.sent(event is not None)
                         progress.sent += event is not None
+
+
+def _result(user: str, outcome: dict[str, str] | Exception) -> profile_pb2.BatchGetProfileResult:
+    """One member's result: its profile, or the status GetProfile would have failed with."""
+    if not isinstance(outcome, Exception):
+        return profile_pb2.BatchGetProfileResult(profile=profile_pb2.Profile(user=user, fields=outcome))
+    failure = as_service_error(outcome)
+    if failure is None:  # a bug, not an outcome: fail the call as GetProfile would
+        raise outcome
+    if not isinstance(outcome, ServiceError):
+        log.warning("BatchGetProfiles: %s: %r", failure.message, outcome)
+    return profile_pb2.BatchGetProfileResult(error=failure.status())
 
 
 def _event(event: Event | None) -> profile_pb2.ProfileEvent | None:

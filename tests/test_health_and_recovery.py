@@ -88,6 +88,7 @@ def test_reflection_describes_profile_service(channels: dict[str, grpc.Channel])
     assert methods == {
         "CreateProfile": (f"{package}.CreateProfileRequest", f"{package}.CreateProfileResponse"),
         "GetProfile": (f"{package}.GetProfileRequest", f"{package}.Profile"),
+        "BatchGetProfiles": (f"{package}.BatchGetProfilesRequest", f"{package}.BatchGetProfilesResponse"),
         "UpdateProfile": (f"{package}.UpdateProfileRequest", f"{package}.UpdateProfileResponse"),
         "DeleteProfile": (f"{package}.DeleteProfileRequest", f"{package}.DeleteProfileResponse"),
         "WatchProfileEvents": (f"{package}.WatchProfileEventsRequest", f"{package}.WatchProfileEventsResponse"),

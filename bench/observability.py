@@ -4,7 +4,7 @@
 wrk read load (64 connections) against three systems on free ports, interleaved round by round so
 background noise hits each alike:
 
-- uninstrumented: the services as of REV (default: main's merge base), from `git archive`;
+- uninstrumented: the services as of REV (default: main's merge base), from `git archive`, with code generated from its own protos;
 - metrics, tracing off: this tree, OTEL_EXPORTER_OTLP_ENDPOINT unset (the default);
 - metrics, tracing on: this tree, every request traced and exported to an OTLP receiver in this process.
 
@@ -39,6 +39,8 @@ SETTINGS = {
     "PROFILEMESH_SHUTDOWN_GRACE_S": "5",
     "PROFILEMESH_DRAIN_MS": "100",
     "PROFILEMESH_LOG_LEVEL": "INFO",
+    # Like for like: the uninstrumented base predates read batching, so this tree runs without it too.
+    "PROFILEMESH_GATEWAY_BATCH": "off",
 }
 VARIANTS = ("uninstrumented", "metrics, tracing off", "metrics, tracing on")
 GROUPS = ("gateway", "profile_svc", "aggregator_svc", "cluster")
@@ -49,11 +51,23 @@ def say(message: str) -> None:
 
 
 def export_base(rev: str, into: Path) -> None:
-    """The services as of `rev`, with this tree's generated code (the protos must be the same)."""
-    if subprocess.run(["git", "diff", "--quiet", rev, "--", "protos"], cwd=ROOT).returncode != 0:
-        raise SystemExit(f"protos/ differ from {rev}: this tree's gen/ would not fit its services")
+    """The services as of `rev`, with code generated from that revision's own protos into `into/gen`."""
     archive = subprocess.run(["git", "archive", rev], cwd=ROOT, check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    protos = sorted(str(path.relative_to(into / "protos")) for path in (into / "protos").rglob("*.proto"))
+    (into / "gen").mkdir(exist_ok=True)
+    includes = subprocess.run(
+        [sys.executable, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    subprocess.run(
+        [sys.executable, "-m", "grpc_tools.protoc", "-I", "protos", "-I", includes]
+        + ["--python_out=gen", "--grpc_python_out=gen", *protos],
+        cwd=into,
+        check=True,
+    )
 
 
 def one_run(variant: str, work: Path, base: Path, sink: OtlpSink, seconds: int) -> dict[str, float]:
@@ -63,9 +77,11 @@ def one_run(variant: str, work: Path, base: Path, sink: OtlpSink, seconds: int) 
     system: System = on_free_ports(work / variant.replace(" ", "-").replace(",", ""), settings)
     here = Path.cwd()
     if variant == "uninstrumented":
+        # The base predates the cluster's per-component users: its services log in as the admin, by URL.
+        system.cluster.user_env = lambda component: {"PROFILEMESH_REDIS_URL": system.cluster.admin_url}  # type: ignore[method-assign]  # a bench-only override
         # `python -m service` looks in its working directory first: start the old tree's services.
         os.chdir(base)
-        os.environ["PYTHONPATH"] = f"{base}{os.pathsep}{ROOT / 'gen'}"
+        os.environ["PYTHONPATH"] = f"{base}{os.pathsep}{base / 'gen'}"
     try:
         system.start()
     finally:

@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from common import grpc_tls
 from common.cluster import CLUSTER_FAILURES, Cluster
+from common.command import parse_arguments
 from common.config import Settings, StartupError
 from common.interceptors import ObservingInterceptor
 from common.logs import setup_logging
@@ -92,6 +93,21 @@ class Service:
     background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
     # Called when SIGTERM arrives, e.g. to end long-lived streams so their clients reconnect elsewhere.
     on_drain: list[Callable[[], None]] = field(default_factory=list)
+
+
+def service_main(
+    command: str,
+    component: str,
+    process: str,
+    listen: Callable[[Settings], str],
+    build: Callable[[grpc.aio.Server, Cluster], Service],
+) -> None:
+    """A service's console script: --help, then run; only here does a start-up error end the process."""
+    parse_arguments(command, component)
+    try:
+        run_service(process, listen, build)
+    except StartupError as error:
+        raise SystemExit(f"{process}: {error}") from None
 
 
 def run_service(

@@ -111,9 +111,10 @@ class Aggregator:
                         own_pending_due = time.monotonic() + self.maintenance_s
                     continue
                 taken, last_delivered = await self._take(partition)
-                # Idle: wait for an entry past the group's last delivered one, without taking it.
-                while not taken and not await self._wait_for_entries(client, stream, last_delivered):
-                    pass
+                # Idle: wait for an entry past the group's last delivered one, without taking it. None within
+                # block_ms: take again, which also finds a stream flushed or failed over in the meantime.
+                if not taken and not await self._wait_for_entries(client, stream, last_delivered):
+                    continue
                 if taken < self.batch:
                     # A trickle: let the next batch gather for a moment rather than paying a script per
                     # event. Bounds the added lag; an idle partition waits above instead.

@@ -7,11 +7,13 @@ one runs from `git archive REV` (default: the merge base with main), the other f
 round by round. Each run drives wrk (64 connections) at GET /profile/<user> and reports requests/s, the
 events the statistics gained (every read appends one), the aggregator's batches, and CPU microseconds by
 process group: per request for each group, and per applied event for the aggregator. wrk is excluded.
+Then the read-to-visible lag (p50, p99) as `make bench` measures it, under 1,000 gRPC reads/s.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import statistics
 import subprocess
@@ -24,6 +26,7 @@ from pathlib import Path
 from redis.cluster import RedisCluster
 
 from bench.accounting import CpuMeter
+from bench.lag import measure_lag
 from bench.observability import export_base
 from bench.run import BENCH_SETTINGS, PARTITIONS, READ_PREFIX
 from bench.seeding import load_profiles
@@ -36,6 +39,9 @@ USERS = 1000
 CONCURRENCY = 64
 MODES = ("base", "this tree")
 GROUPS = ("gateway", "profile_svc", "aggregator_svc", "reporting_svc")
+# Read-to-visible lag (bench/lag.py) after each load run, as `make bench` measures it: probes over a steady load.
+LAG_PROBES = 300
+LAG_RATE = 1000.0
 
 
 def applied_reads(client: RedisCluster) -> int:
@@ -80,6 +86,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for this tree's aggregator only")
+    parser.add_argument("--base-env", action="append", default=[], help="NAME=VALUE for the base aggregator only")
     options = parser.parse_args()
     rev = (
         options.base
@@ -88,6 +95,7 @@ def main() -> None:
         ).stdout.strip()
     )
     tree_env = dict(item.split("=", 1) for item in options.env)
+    base_env = dict(item.split("=", 1) for item in options.base_env)
     rows: dict[str, list[dict[str, float]]] = defaultdict(list)
     with tempfile.TemporaryDirectory(prefix="bench-aggregator-ab-") as tmp:
         base = Path(tmp) / "base"
@@ -102,7 +110,7 @@ def main() -> None:
             cpu = CpuMeter({**groups, "cluster (6 nodes)": lambda: [p.pid for p in system.cluster.processes.values()]})
             for round_ in range(options.rounds):
                 for mode in MODES if round_ % 2 == 0 else MODES[::-1]:
-                    start_aggregator(system, mode, base, {} if mode == "base" else tree_env)
+                    start_aggregator(system, mode, base, base_env if mode == "base" else tree_env)
                     run_wrk("warm-up", mode, system.gateway_url, "reads.lua", [READ_PREFIX, str(USERS)], 16, 2)
                     wait_caught_up(client, applied_reads(client) + 1, 2)
                     events_before, batches_before = applied_reads(client), aggregator_batches(system)
@@ -121,6 +129,16 @@ def main() -> None:
                     row["µs/req system"] = sum(usage.values())
                     row["aggregator µs/event"] = aggregator_s / max(events, 1) * 1e6
                     row["events/batch"] = events / max(batches, 1)
+                    lag = asyncio.run(
+                        measure_lag(
+                            f"127.0.0.1:{system.profile_port}",
+                            f"127.0.0.1:{system.reporting_port}",
+                            probes=LAG_PROBES,
+                            background_rate=LAG_RATE,
+                            max_seconds=options.seconds,
+                        )
+                    )
+                    row["lag p50 ms"], row["lag p99 ms"] = lag["median_ms"], lag["p99_ms"]
                     row["load"] = os.getloadavg()[0]
                     rows[mode].append(row)
                     print(
@@ -129,7 +147,9 @@ def main() -> None:
             client.close()
         finally:
             system.stop()
-    print(f"\nmedians [min–max] over {options.rounds} rounds (base = {rev[:12]} | this tree {tree_env or ''}):")
+    print(
+        f"\nmedians [min–max] over {options.rounds} rounds (base = {rev[:12]} {base_env or ''} | this tree {tree_env or ''}):"
+    )
     for key in rows[MODES[0]][0]:
         cells = []
         for mode in MODES:

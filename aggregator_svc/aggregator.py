@@ -115,10 +115,11 @@ class Aggregator:
                 # block_ms: take again, which also finds a stream flushed or failed over in the meantime.
                 if not taken and not await self._wait_for_entries(client, stream, last_delivered):
                     continue
-                if taken < self.batch:
+                if taken < self.batch and self.linger_s:
                     # A trickle: let the next batch gather for a moment rather than paying a script per
-                    # event. Bounds the added lag; an idle partition waits above instead.
-                    await asyncio.sleep(self.linger_s)
+                    # event. Bounds the added lag; an idle partition waits above instead. Every partition
+                    # wakes on the same tick, so the event loop wakes once for all of them.
+                    await asyncio.sleep(self.linger_s - time.monotonic() % self.linger_s)
             except ResponseError as error:
                 own_pending_due = 0.0
                 if "NOGROUP" in str(error):  # the stream was deleted (e.g. a flushed cluster)

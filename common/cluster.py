@@ -17,7 +17,7 @@ from redis.exceptions import AuthenticationError, NoPermissionError, RedisCluste
 from common import keys, metrics, tracing
 from common.config import Settings, StartupError
 from common.errors import PartitionMismatch
-from common.redis_internals import closed_under_command, keep_command_table
+from common.redis_internals import closed_under_command, keep_command_table, keeping_startup_nodes, startup_nodes
 from common.scripts import script_source
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ class Cluster:
             **connection_options(settings),
         )
         keep_command_table(self.client)
+        self._startup_nodes = startup_nodes(self.client)
         self.limit = asyncio.Semaphore(settings.redis_max_concurrency)
         self.script_names: dict[str, str] = {}  # sha -> name, for metrics and spans
         self._initialized = False
@@ -87,7 +88,8 @@ class Cluster:
         if not self._initialized:
             async with self._initializing:
                 if not self._initialized:
-                    await self.client.initialize()
+                    async with keeping_startup_nodes(self.client, self._startup_nodes):
+                        await self.client.initialize()
                     self._initialized = True
         return self.client
 
@@ -112,8 +114,9 @@ class Cluster:
                 return
         async with self._initializing:
             try:
-                await self.client.nodes_manager.initialize()
-            except (RedisError, OSError) as error:
+                async with keeping_startup_nodes(self.client, self._startup_nodes):
+                    await self.client.nodes_manager.initialize()
+            except (RedisError, RedisClusterException, OSError) as error:
                 log.debug("topology refresh failed: %r", error)
 
     @asynccontextmanager

@@ -17,7 +17,13 @@ from redis.exceptions import AuthenticationError, NoPermissionError, RedisCluste
 from common import keys, metrics, tracing
 from common.config import Settings, StartupError
 from common.errors import PartitionMismatch
-from common.redis_internals import closed_under_command, keep_command_table, keeping_startup_nodes, startup_nodes
+from common.redis_internals import (
+    closed_under_command,
+    covered_slots,
+    keep_command_table,
+    keeping_startup_nodes,
+    startup_nodes,
+)
 from common.scripts import script_source
 
 log = logging.getLogger(__name__)
@@ -27,6 +33,7 @@ _errors = metrics.children(metrics.CLUSTER_ERRORS)
 # What the client raises when the cluster fails under a command: a loop waits these out, a call answers
 # UNAVAILABLE. RedisClusterException (e.g. no node reachable) is not a RedisError; TimeoutError is an OSError.
 CLUSTER_FAILURES: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError)
+CLUSTER_SLOTS = 16384
 
 
 def connection_options(settings: Settings) -> dict[str, Any]:
@@ -90,6 +97,11 @@ class Cluster:
                 if not self._initialized:
                     async with keeping_startup_nodes(self.client, self._startup_nodes):
                         await self.client.initialize()
+                    # Only a whole layout: one learnt while the cluster is being created would be kept for good.
+                    covered = covered_slots(self.client)
+                    if covered < CLUSTER_SLOTS:
+                        await self.client.aclose()  # the next call initialises again
+                        raise RedisClusterException(f"the cluster serves {covered} of {CLUSTER_SLOTS} slots so far")
                     self._initialized = True
         return self.client
 

@@ -76,6 +76,16 @@ async def keeping_startup_nodes(client: RedisCluster, configured: dict[str, Clus
             manager.startup_nodes.setdefault(name, node)
 
 
+def covered_slots(client: RedisCluster) -> int:
+    """How many of the 16384 slots the client knows a node for.
+
+    A client that learnt the layout halfway through the cluster's creation knows only some; a command on any
+    other slot then fails with KeyError inside redis-py (not SlotNotCoveredError), and nothing makes it learn
+    the layout again, since no node ever answers MOVED for a slot it was never asked about.
+    """
+    return len(client.nodes_manager.slots_cache)
+
+
 def stream_keys(args: Sequence[Any]) -> list[Any] | None:
     """The stream keys of an XREADGROUP or XREAD command (None for any other command)."""
     words = [value.decode() if isinstance(value, bytes) else str(value) for value in args]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from common import acl
 from common.acl import rules
 from tests.wiring import ROOT, Wiring, from_compose, from_ecs, from_k8s, load_all, problems, secret_problems
 
@@ -32,11 +33,25 @@ def test_artifact_agrees_with_the_code(artifact: str) -> None:
 
 
 @pytest.mark.parametrize("artifact", ["ecs", "k8s"])
-def test_cluster_credentials_come_from_secrets(artifact: str) -> None:
+def test_cluster_credentials_are_a_user_and_a_secret_password(artifact: str) -> None:
     path, read = ARTIFACTS[artifact]
     wired = read(path.read_text())
     assert secret_problems(wired) == []
-    assert all("PROFILEMESH_REDIS_URL" in wired[service].secrets for service in ("profile", "reporting", "aggregator"))
+    for service in ("profile", "reporting", "aggregator"):
+        assert "PROFILEMESH_REDIS_PASSWORD" in wired[service].secrets, service
+        assert "PROFILEMESH_REDIS_USERNAME" in wired[service].env, service
+        assert "PROFILEMESH_REDIS_URL" not in wired[service].secrets, service
+
+
+def test_k8s_users_are_the_acl_users_of_common_acl() -> None:
+    """The local cluster's ACL users (common/acl.py) are the ones the Deployments log in as."""
+    wired = from_k8s(K8S.read_text())
+    for service, module in (
+        ("profile", "profile_svc"),
+        ("reporting", "reporting_svc"),
+        ("aggregator", "aggregator_svc"),
+    ):
+        assert wired[service].env["PROFILEMESH_REDIS_USERNAME"] == acl.USERS[module]
 
 
 # One deliberate break per kind of drift, in a copy of each artifact: (artifact, original, broken, what is reported).
@@ -71,9 +86,23 @@ BREAKS = [
     ),
     (
         "ecs",
-        "{Name: PROFILEMESH_REDIS_URL, ValueFrom: !Ref ProfileClusterUrl}",
-        "{Name: PROFILEMESH_REDIS_ADDRESS, ValueFrom: !Ref ProfileClusterUrl}",
+        '{Name: PROFILEMESH_REDIS_URL, Value: !Sub "rediss://${Cluster.ClusterEndpoint.Address}:6379"}\n'
+        "            - {Name: PROFILEMESH_REDIS_USERNAME, Value: !Ref ProfileUser}",
+        '{Name: PROFILEMESH_REDIS_ADDRESS, Value: !Sub "rediss://${Cluster.ClusterEndpoint.Address}:6379"}\n'
+        "            - {Name: PROFILEMESH_REDIS_USERNAME, Value: !Ref ProfileUser}",
         "profile: PROFILEMESH_REDIS_URL is not set",
+    ),
+    (
+        "ecs",
+        "{Name: PROFILEMESH_REDIS_PASSWORD, ValueFrom: !Ref ReportingPassword}",
+        "{Name: PROFILEMESH_REDIS_PASSWD, ValueFrom: !Ref ReportingPassword}",
+        "reporting: PROFILEMESH_REDIS_PASSWORD does not come from a secret",
+    ),
+    (
+        "ecs",
+        "{Name: PROFILEMESH_REDIS_USERNAME, Value: !Ref AggregatorUser}",
+        "{Name: PROFILEMESH_REDIS_USER, Value: !Ref AggregatorUser}",
+        "aggregator: PROFILEMESH_REDIS_USERNAME is not set",
     ),
     ("ecs", "DnsName: reporting}", "DnsName: reports}", "names 'reporting', which no service answers to"),
     ("k8s", "terminationGracePeriodSeconds: 15", "terminationGracePeriodSeconds: 3", "stops after 3 s"),
@@ -107,18 +136,29 @@ def test_a_broken_copy_is_caught(artifact: str, original: str, broken: str, repo
     assert original in text, f"the break's original text is gone from {path.name}; update BREAKS"
     copy = tmp_path / path.name
     copy.write_text(text.replace(original, broken, 1))
-    found = problems(read(copy.read_text()))
+    wired = read(copy.read_text())
+    found = problems(wired) + (secret_problems(wired) if artifact != "compose" else [])
     assert any(reported in problem for problem in found), found
 
 
-def test_a_plain_cluster_url_is_caught(tmp_path: Path) -> None:
-    text = K8S.read_text().replace(
-        "- name: PROFILEMESH_REDIS_URL\n"
-        "              valueFrom: {secretKeyRef: {name: profilemesh-cluster, key: profile-url}}",
-        '- {name: PROFILEMESH_REDIS_URL, value: "rediss://profile:hunter2@cluster:6379"}',
+def test_a_plain_password_or_credentials_in_the_url_are_caught() -> None:
+    secret = (
+        "- name: PROFILEMESH_REDIS_PASSWORD\n"
+        "              valueFrom: {secretKeyRef: {name: profilemesh-cluster, key: profile-password}}"
     )
-    assert "hunter2" in text
-    assert secret_problems(from_k8s(text)) == ["profile: PROFILEMESH_REDIS_URL is a plain value, not a secret"]
+    original = K8S.read_text()
+    assert secret in original
+    plain = original.replace(secret, '- {name: PROFILEMESH_REDIS_PASSWORD, value: "hunter2"}')
+    assert secret_problems(from_k8s(plain)) == ["profile: PROFILEMESH_REDIS_PASSWORD is a plain value, not a secret"]
+    url = (
+        "- name: PROFILEMESH_REDIS_URL\n"
+        "              valueFrom: {configMapKeyRef: {name: profilemesh-cluster, key: url}}"
+    )
+    assert url in original
+    in_url = original.replace(url, '- {name: PROFILEMESH_REDIS_URL, value: "rediss://profile:hunter2@cluster:6379"}', 1)
+    assert secret_problems(from_k8s(in_url)) == [
+        "profile: PROFILEMESH_REDIS_URL carries credentials; give PROFILEMESH_REDIS_USERNAME and a secret"
+    ]
 
 
 def test_k8s_pods_run_non_root_read_only() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -216,3 +217,40 @@ def test_memorydb_users_have_the_acl_rules_of_common_acl() -> None:
     assert set(users) == set(expected)
     for name, component in expected.items():
         assert users[name]["Properties"]["AccessString"] == f"on {rules(component)}", name
+
+
+def test_kustomize_renders_valid_manifests_that_agree_with_the_code(tmp_path: Path) -> None:
+    """`kubectl kustomize deploy/k8s` (what `kubectl apply -k` applies): every object in the namespace, the image
+    and the cluster's ConfigMap (its generated name) filled in, valid against the schemas, wiring still sound."""
+    rendered = subprocess.run([TOOLS / "kubectl", "kustomize", ROOT / "deploy" / "k8s"], capture_output=True, text=True)
+    assert rendered.returncode == 0, rendered.stderr
+    documents = load_all(rendered.stdout)
+    kinds = Counter(document["kind"] for document in documents)
+    assert kinds == {
+        "Namespace": 1,
+        "ConfigMap": 1,
+        "Deployment": 4,
+        "Service": 3,
+        "PodDisruptionBudget": 4,
+        "HorizontalPodAutoscaler": 2,
+    }
+    assert {d["metadata"].get("namespace") for d in documents if d["kind"] != "Namespace"} == {"profilemesh"}
+    (config_map,) = [document for document in documents if document["kind"] == "ConfigMap"]
+    assert config_map["metadata"]["name"].startswith("profilemesh-cluster-")  # the generator's hash suffix
+    assert config_map["data"]["url"].startswith("rediss://")
+    for document in documents:
+        if document["kind"] == "Deployment":
+            (container,) = document["spec"]["template"]["spec"]["containers"]
+            assert container["image"] == "registry.example.com/profilemesh:0.1.0"
+            for entry in container["env"]:
+                if "configMapKeyRef" in entry.get("valueFrom", {}):
+                    assert entry["valueFrom"]["configMapKeyRef"]["name"] == config_map["metadata"]["name"]
+    wired = from_k8s(rendered.stdout)
+    assert problems(wired) == [] and secret_problems(wired) == []
+    manifests = tmp_path / "rendered.yaml"
+    manifests.write_text(rendered.stdout)
+    done = subprocess.run(
+        [TOOLS / "kubernetes-validate", "--strict", "-k", "1.31.0", manifests], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("passed") == sum(kinds.values()), done.stdout

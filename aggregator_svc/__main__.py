@@ -7,9 +7,7 @@ import grpc
 from aggregator_svc.aggregator import Aggregator
 from aggregator_svc.lag import collect_lag
 from common.cluster import Cluster
-from common.command import parse_arguments
-from common.config import StartupError
-from common.server import Service, run_service
+from common.server import Service, service_main
 
 
 def build(server: grpc.aio.Server, cluster: Cluster) -> Service:
@@ -19,12 +17,10 @@ def build(server: grpc.aio.Server, cluster: Cluster) -> Service:
 
 
 def main() -> None:
-    """The `profilemesh-aggregator` console script; only here does a start-up error end the process."""
-    parse_arguments("profilemesh-aggregator", "aggregator")
-    try:
-        run_service("aggregator_svc", lambda settings: settings.aggregator_listen, build)
-    except StartupError as error:
-        raise SystemExit(f"aggregator_svc: {error}") from None
+    """The `profilemesh-aggregator` console script."""
+    service_main(
+        "profilemesh-aggregator", "aggregator", "aggregator_svc", lambda settings: settings.aggregator_listen, build
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """What seeing inside costs: REST reads through the gateway with and without the instrumentation.
 
-`python -m bench.observability [--base REV] [--rounds N] [--seconds S] [--out FILE]` runs the same
+`python -m bench.observability [--base REV] [--batch on|off] [--rounds N] [--seconds S] [--out FILE]` runs the same
 wrk read load (64 connections) against three systems on free ports, interleaved round by round so
 background noise hits each alike:
 
@@ -39,8 +39,6 @@ SETTINGS = {
     "PROFILEMESH_SHUTDOWN_GRACE_S": "5",
     "PROFILEMESH_DRAIN_MS": "100",
     "PROFILEMESH_LOG_LEVEL": "INFO",
-    # Like for like: the uninstrumented base predates read batching, so this tree runs without it too.
-    "PROFILEMESH_GATEWAY_BATCH": "off",
 }
 VARIANTS = ("uninstrumented", "metrics, tracing off", "metrics, tracing on")
 GROUPS = ("gateway", "profile_svc", "aggregator_svc", "cluster")
@@ -123,7 +121,7 @@ def render(runs: dict[str, list[dict[str, float]]], base_rev: str, seconds: int)
         "",
         f"REST reads (GET /profile/<user> of {USERS:,} preloaded users), wrk with {CONCURRENCY} connections for "
         f"{seconds} s per run; variants interleaved, {len(next(iter(runs.values())))} rounds; medians, then every run. "
-        f"Uninstrumented = the services at {base_rev}. CPU is microseconds of CPU per request by process group, "
+        f"Uninstrumented = the services at {base_rev}; the gateway's read batching {SETTINGS['PROFILEMESH_GATEWAY_BATCH']}. CPU is microseconds of CPU per request by process group, "
         f"on a 2-core machine shared with other work.",
         "",
         "| variant | req/s | p99 ms | " + " | ".join(f"{g} us/req" for g in GROUPS) + " | total us/req |",
@@ -149,6 +147,12 @@ def main() -> None:
     parser.add_argument(
         "--base", default=None, help="revision of the uninstrumented services (default: merge base with main)"
     )
+    parser.add_argument(
+        "--batch",
+        choices=("on", "off"),
+        default="on",
+        help="the gateway's read batching (off: like for like with a base older than batching)",
+    )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--out", type=Path, default=None)
@@ -159,6 +163,7 @@ def main() -> None:
             ["git", "merge-base", "HEAD", "main"], cwd=ROOT, check=True, capture_output=True, text=True
         ).stdout.strip()
     )
+    SETTINGS["PROFILEMESH_GATEWAY_BATCH"] = args.batch
     runs: dict[str, list[dict[str, float]]] = {variant: [] for variant in VARIANTS}
     sink = OtlpSink(free_ports(1)[0]).start()
     try:

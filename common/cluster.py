@@ -132,9 +132,10 @@ class Cluster:
                 log.debug("topology refresh failed: %r", error)
 
     @asynccontextmanager
-    async def bounded(self, kind: str = "command", name: str = "other") -> AsyncIterator[RedisCluster]:
-        """The client, for one command (or script) within the concurrency bound; counted, failures by kind."""
-        _commands(kind, name).inc()
+    async def bounded(self, kind: str = "command", name: str = "other", calls: int = 1) -> AsyncIterator[RedisCluster]:
+        """The client, for one connection's work (a command, a script, a pipeline of `calls`) within the
+        concurrency bound; counted, failures by kind."""
+        _commands(kind, name).inc(calls)
         async with self.limit:
             try:
                 async with closed_under_command():
@@ -153,8 +154,9 @@ class Cluster:
         return self.script_names.get(script.sha, "script")
 
     @asynccontextmanager
-    async def scripting(self, script: AsyncScript) -> AsyncIterator[RedisCluster]:
-        """The client, for running `script` within the bound: counted, and traced when tracing is on."""
+    async def scripting(self, script: AsyncScript, calls: int = 1) -> AsyncIterator[RedisCluster]:
+        """The client, for running `script` (`calls` times on one connection) within the bound: counted, and
+        traced when tracing is on."""
         name = self.name_of(script)
         # With tracing off, no span and not even its arguments are made: this is every script's path.
         span = (
@@ -163,7 +165,7 @@ class Cluster:
             else contextlib.nullcontext()
         )
         with span:
-            async with self.bounded("script", name) as client:
+            async with self.bounded("script", name, calls) as client:
                 yield client
 
     async def run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:

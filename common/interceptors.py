@@ -76,10 +76,9 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
                 await abort(
                     context, TooManyRequests(f"server busy: {self.max_in_flight} calls in flight; retry with backoff")
                 )
-            # Binary (-bin) metadata aside, values are text.
-            carrier = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
-            request_id = carrier.get(REQUEST_ID_HEADER)
-            REQUEST_ID.set(request_id)
+            metadata = context.invocation_metadata() or ()
+            request_id = next((value for key, value in metadata if key == REQUEST_ID_HEADER), None)
+            REQUEST_ID.set(request_id if isinstance(request_id, str) else None)
             in_flight[0] += 1
             if not is_health:
                 self._busy += 1
@@ -89,8 +88,9 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
                     return await behavior(request, context)
                 with tracing.server_span(
                     method,
-                    carrier,
-                    **{"rpc.system": "grpc", "rpc.method": method, "profilemesh.request_id": request_id or ""},
+                    # Binary (-bin) metadata aside, values are text.
+                    {key: value for key, value in metadata if isinstance(value, str)},
+                    **{"rpc.system": "grpc", "rpc.method": method, "profilemesh.request_id": str(request_id or "")},
                 ):
                     return await behavior(request, context)
             finally:
@@ -100,7 +100,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
                 latency.observe(time.perf_counter() - started)
                 code = context.code()
                 count(code)
-                if not is_health:  # health checks come every second: not worth a line each
+                if not is_health and log.isEnabledFor(logging.DEBUG):  # health checks: not worth a line each
                     log.debug(
                         "%s answered %s in %.1f ms",
                         method,

@@ -108,27 +108,29 @@ async def closed_under_command() -> AsyncIterator[None]:
 
     redis-py 8.1 raises AttributeError or TypeError instead when a connection is closed under a command
     (its writer or reader is already None: `'NoneType' object has no attribute 'writelines'`), as happens
-    to concurrent commands when the cluster comes back. Only errors raised inside redis-py itself are
-    converted: the same errors from our own code are bugs, and surface as such.
+    to concurrent commands when the cluster comes back; under uvloop, a write to a transport the peer
+    closed raises RuntimeError ("the handler is closed"). Only errors raised inside redis-py itself (or
+    the asyncio streams it calls) are converted: the same errors from our own code are bugs, and surface
+    as such.
     """
     try:
         yield
-    except (AttributeError, TypeError) as error:
+    except (AttributeError, TypeError, RuntimeError) as error:
         if not _raised_in_redis(error):
             raise
         raise RedisConnectionError(f"connection closed under a running command: {error!r}") from error
 
 
 def _raised_in_redis(error: BaseException) -> bool:
-    """Whether the innermost frame of the error's traceback is redis-py's code, or asyncio's streams
-    called by it (over TLS a closed transport fails inside asyncio.sslproto: `'NoneType' object has no
-    attribute '_write_appdata'`)."""
+    """Whether the innermost frame of the error's traceback is redis-py's code, or the event loop's called
+    by it (over TLS a closed transport fails inside asyncio.sslproto: `'NoneType' object has no attribute
+    '_write_appdata'`; uvloop's transports are Cython, whose frames name their module too)."""
     modules = []
     trace = error.__traceback__
     while trace is not None:
         modules.append(str(trace.tb_frame.f_globals.get("__name__", "")))
         trace = trace.tb_next
-    while modules and modules[-1].startswith("asyncio."):
+    while modules and modules[-1].startswith(("asyncio.", "uvloop.")):
         modules.pop()
     return bool(modules) and modules[-1].startswith("redis.")
 
@@ -161,14 +163,15 @@ async def send_on_one_connection(node: ClusterNode, commands: list[tuple[Any, ..
         except _BROKEN as error:
             raise NothingSent(f"cannot connect to {node.name}: {error}") from error
         try:
-            await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
-            replies: list[Any] = []
-            for _ in commands:
-                try:
-                    replies.append(await connection.read_response())
-                except ResponseError as error:
-                    replies.append(error)
-            return replies
+            async with closed_under_command():
+                await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+                replies: list[Any] = []
+                for _ in commands:
+                    try:
+                        replies.append(await connection.read_response())
+                    except ResponseError as error:
+                        replies.append(error)
+                return replies
         except (RedisError, OSError):
             await connection.disconnect()
             raise

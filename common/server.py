@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import uvloop
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from common import grpc_tls
 from common.cluster import CLUSTER_FAILURES, Cluster
+from common.command import parse_arguments
 from common.config import Settings, StartupError
 from common.interceptors import ObservingInterceptor
 from common.logs import setup_logging
@@ -94,6 +96,21 @@ class Service:
     on_drain: list[Callable[[], None]] = field(default_factory=list)
 
 
+def service_main(
+    command: str,
+    component: str,
+    process: str,
+    listen: Callable[[Settings], str],
+    build: Callable[[grpc.aio.Server, Cluster], Service],
+) -> None:
+    """A service's console script: --help, then run; only here does a start-up error end the process."""
+    parse_arguments(command, component)
+    try:
+        run_service(process, listen, build)
+    except StartupError as error:
+        raise SystemExit(f"{process}: {error}") from None
+
+
 def run_service(
     process: str, listen: Callable[[Settings], str], build: Callable[[grpc.aio.Server, Cluster], Service]
 ) -> None:
@@ -109,7 +126,10 @@ def run_service(
         await serve(listen(settings), cluster, lambda server: build(server, cluster))
 
     try:
-        asyncio.run(main())
+        # uvloop: cheaper I/O per call; redis-py's errors on a connection closed under a command differ
+        # there (RuntimeError), and common/redis_internals.py reports them as connection errors.
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main())
     finally:
         shutdown_tracing()
 

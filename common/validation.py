@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Any
 
 from common.errors import InvalidArgument
 
@@ -46,3 +47,25 @@ def check_fields(fields: Mapping[str, str]) -> dict[str, str]:
         if size > MAX_VALUE_BYTES:
             raise InvalidArgument(f"field {name!r} is {size} bytes, at most {MAX_VALUE_BYTES}", field=f"fields.{name}")
     return dict(fields)
+
+
+def check_limit(limit: int) -> int:
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidArgument(f"limit must be an integer from 1 to {MAX_LIMIT}, got {limit}", field="limit")
+    return limit
+
+
+def check_request(message: Any) -> None:
+    """Check a request message's `user`, `fields` and `limit`, whichever it has, as its service would.
+
+    The gateway runs this before calling, so bad input is answered 400 even while every replica of the
+    service is down (a 503 would tell the client to retry what can never succeed). The services still
+    check everything themselves: they are the authority for clients that call them directly.
+    """
+    names = message.DESCRIPTOR.fields_by_name
+    if "user" in names:
+        check_user(message.user)
+    if "fields" in names:
+        check_fields(message.fields)
+    if "limit" in names:
+        check_limit(message.limit)

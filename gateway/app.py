@@ -16,7 +16,7 @@ from common import metrics
 from common.config import Settings
 from common.errors import ServiceError
 from common.streams import StreamLimits
-from common.validation import check_user
+from common.validation import check_request, check_user
 from gateway import openapi, upstreams
 from gateway.coalesce import MemberError, ReadCoalescer
 from gateway.edge import no_internal_text, rate_limit, read_body_within, stamp_request_id
@@ -24,7 +24,7 @@ from gateway.errors import error_json, http_status, rendered_details, rpc_error_
 from gateway.observe import observe, outgoing_metadata
 from gateway.routes import Route, routes_from
 from gateway.sse import STREAM_CALLS, STREAM_CHANNELS, stream_calls, stream_channel, stream_handler
-from gateway.translate import BadRequest, build_request, render_response
+from gateway.translate import build_request, render_response
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 from profilemesh.reporting.v1 import reporting_pb2
 
@@ -91,7 +91,8 @@ def _handler(route: Route, timeout_s: float, batched: bool) -> Callable[[web.Req
         body = await request.read() if route.body else b""
         try:
             message = build_request(route, dict(request.match_info), body)
-        except BadRequest as error:
+            check_request(message)  # bad input is a 400 even while the service is down
+        except ServiceError as error:  # BadRequest, InvalidArgument
             return service_error_response(error)
         call = request.app[CALLS][route.grpc_path]
         try:

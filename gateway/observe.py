@@ -44,6 +44,10 @@ def outgoing_metadata() -> list[tuple[str, str]]:
     return metadata
 
 
+async def _bad_request_id() -> web.StreamResponse:
+    return web.json_response({"message": "X-Request-Id must be 1 to 128 letters, digits or ._:+/=-"}, status=400)
+
+
 @web.middleware
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     global _in_flight
@@ -57,22 +61,25 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
     _in_flight += 1
     try:
-        with tracing.server_span(
-            f"{method} {route}",
-            dict(request.headers),
-            **{"http.request.method": method, "http.route": route, "profilemesh.request_id": request_id},
-        ):
-            if given is not None and given != request_id:
-                response: web.StreamResponse = web.json_response(
-                    {"message": "X-Request-Id must be 1 to 128 letters, digits or ._:+/=-"}, status=400
-                )
-            else:
-                response = await handler(request)
+        if given is not None and given != request_id:
+            answer: Awaitable[web.StreamResponse] = _bad_request_id()
+        else:
+            answer = handler(request)
+        if not tracing.ENABLED:  # every request's path when tracing is off: not even a span's arguments
+            response = await answer
+        else:
+            with tracing.server_span(
+                f"{method} {route}",
+                dict(request.headers),
+                **{"http.request.method": method, "http.route": route, "profilemesh.request_id": request_id},
+            ):
+                response = await answer
     finally:
         _in_flight -= 1
     elapsed = time.perf_counter() - started
     _latency(route, method).observe(elapsed)
     _requests(route, method, str(response.status)).inc()
     response.headers["X-Request-Id"] = request_id
-    log.debug("%s %s answered %d in %.1f ms", request.method, request.path, response.status, elapsed * 1000)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("%s %s answered %d in %.1f ms", request.method, request.path, response.status, elapsed * 1000)
     return response

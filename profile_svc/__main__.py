@@ -5,9 +5,7 @@ from __future__ import annotations
 import grpc
 
 from common.cluster import Cluster
-from common.command import parse_arguments
-from common.config import StartupError
-from common.server import Service, run_service
+from common.server import Service, service_main
 from common.streams import StreamLimits
 from profile_svc.events_feed import EventsFeed
 from profile_svc.profiles import Profiles
@@ -23,12 +21,10 @@ def build(server: grpc.aio.Server, cluster: Cluster) -> Service:
 
 
 def main() -> None:
-    """The `profilemesh-profile` console script; only here does a start-up error end the process."""
-    parse_arguments("profilemesh-profile", "ProfileService")
-    try:
-        run_service("profile_svc", lambda settings: settings.profile_listen, build)
-    except StartupError as error:
-        raise SystemExit(f"profile_svc: {error}") from None
+    """The `profilemesh-profile` console script."""
+    service_main(
+        "profilemesh-profile", "ProfileService", "profile_svc", lambda settings: settings.profile_listen, build
+    )
 
 
 if __name__ == "__main__":

@@ -152,55 +152,59 @@ class DurableScripts:
         call on that node an unknown outcome (UNAVAILABLE), as for `run`.
         """
         results: list[Any] = [None] * len(calls)
-        async with self.cluster.scripting(script) as client:
-            by_node: dict[str, tuple[ClusterNode, list[int]]] = {}
-            alone: list[int] = []
-            for index, (keys, _) in enumerate(calls):
-                try:
-                    node = client.get_node_from_key(keys[0])
-                except SlotNotCoveredError:
-                    node = None
-                if node is None:
+        # Routing needs no connection; each pipeline and each retry below holds its own place within the
+        # cluster's concurrency bound, so a batch never asks for more connections than the client has
+        # (during a failover, many members may be retried at once).
+        client = await self.cluster.connected()
+        by_node: dict[str, tuple[ClusterNode, list[int]]] = {}
+        alone: list[int] = []
+        for index, (keys, _) in enumerate(calls):
+            try:
+                node = client.get_node_from_key(keys[0])
+            except SlotNotCoveredError:
+                node = None
+            if node is None:
+                alone.append(index)
+            else:
+                by_node.setdefault(node.name, (node, []))[1].append(index)
+
+        async def on_node(node: ClusterNode, indexes: list[int]) -> None:
+            commands = [("EVALSHA", script.sha, len(calls[i][0]), *calls[i][0], *calls[i][1]) for i in indexes]
+            try:
+                async with self.cluster.scripting(script, len(commands)):
+                    replies = await send_on_one_connection(node, commands)
+            except NothingSent:
+                alone.extend(indexes)
+                return
+            except _BROKEN as error:
+                log.warning("lost the connection to %s mid-batch: %r", node.name, error)
+                for index in indexes:
+                    results[index] = Unavailable(UNCONFIRMED, reason="OUTCOME_UNKNOWN")
+                return
+            for index, reply in zip(indexes, replies, strict=True):
+                if isinstance(reply, (NoScriptError, AskError, *_NOT_EXECUTED)):
                     alone.append(index)
                 else:
-                    by_node.setdefault(node.name, (node, []))[1].append(index)
+                    results[index] = reply
 
-            async def on_node(node: ClusterNode, indexes: list[int]) -> None:
-                commands = [("EVALSHA", script.sha, len(calls[i][0]), *calls[i][0], *calls[i][1]) for i in indexes]
-                try:
-                    replies = await send_on_one_connection(node, commands)
-                except NothingSent:
-                    alone.extend(indexes)
-                    return
-                except _BROKEN as error:
-                    log.warning("lost the connection to %s mid-batch: %r", node.name, error)
-                    for index in indexes:
-                        results[index] = Unavailable(UNCONFIRMED, reason="OUTCOME_UNKNOWN")
-                    return
-                for index, reply in zip(indexes, replies, strict=True):
-                    if isinstance(reply, (NoScriptError, AskError, *_NOT_EXECUTED)):
-                        alone.append(index)
-                    else:
-                        results[index] = reply
+        await asyncio.gather(*(on_node(node, indexes) for node, indexes in by_node.values()))
 
-            await asyncio.gather(*(on_node(node, indexes) for node, indexes in by_node.values()))
+        async def by_itself(index: int) -> None:
+            keys, args = calls[index]
+            try:
+                # Bounded below the call's deadline, so that one member on a shard in trouble
+                # can't make the whole batch miss it: the others' answers are ready.
+                async with asyncio.timeout(retry_budget_s), self.cluster.scripting(script) as client:
+                    results[index] = await self._run(client, script, keys, args, durable=False)
+            except TimeoutError:
+                results[index] = Unavailable(
+                    "the cluster did not serve this profile's partition in time; retry later",
+                    reason="PARTITION_UNAVAILABLE",
+                )
+            except (ServiceError, RedisError, *_BROKEN) as error:
+                results[index] = error
 
-            async def by_itself(index: int) -> None:
-                keys, args = calls[index]
-                try:
-                    # Bounded below the call's deadline, so that one member on a shard in trouble
-                    # can't make the whole batch miss it: the others' answers are ready.
-                    async with asyncio.timeout(retry_budget_s):
-                        results[index] = await self._run(client, script, keys, args, durable=False)
-                except TimeoutError:
-                    results[index] = Unavailable(
-                        "the cluster did not serve this profile's partition in time; retry later",
-                        reason="PARTITION_UNAVAILABLE",
-                    )
-                except (ServiceError, RedisError, *_BROKEN) as error:
-                    results[index] = error
-
-            await asyncio.gather(*(by_itself(index) for index in alone))
+        await asyncio.gather(*(by_itself(index) for index in alone))
         return results
 
     async def _run(

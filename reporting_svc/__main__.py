@@ -5,9 +5,7 @@ from __future__ import annotations
 import grpc
 
 from common.cluster import Cluster
-from common.command import parse_arguments
-from common.config import StartupError
-from common.server import Service, run_service
+from common.server import Service, service_main
 from common.streams import StreamLimits
 from profilemesh.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from reporting_svc.reports import Reports
@@ -26,12 +24,10 @@ def build(server: grpc.aio.Server, cluster: Cluster) -> Service:
 
 
 def main() -> None:
-    """The `profilemesh-reporting` console script; only here does a start-up error end the process."""
-    parse_arguments("profilemesh-reporting", "ReportingService")
-    try:
-        run_service("reporting_svc", lambda settings: settings.reporting_listen, build)
-    except StartupError as error:
-        raise SystemExit(f"reporting_svc: {error}") from None
+    """The `profilemesh-reporting` console script."""
+    service_main(
+        "profilemesh-reporting", "ReportingService", "reporting_svc", lambda settings: settings.reporting_listen, build
+    )
 
 
 if __name__ == "__main__":

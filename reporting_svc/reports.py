@@ -8,16 +8,9 @@ from typing import cast
 
 from common import keys
 from common.cluster import Cluster
-from common.errors import InvalidArgument
-from common.validation import MAX_LIMIT, check_user
+from common.validation import check_limit, check_user
 
 SCRIPTS = Path(__file__).parent / "scripts"
-
-
-def check_limit(limit: int) -> int:
-    if not 1 <= limit <= MAX_LIMIT:
-        raise InvalidArgument(f"limit must be an integer from 1 to {MAX_LIMIT}, got {limit}", field="limit")
-    return limit
 
 
 class Reports:

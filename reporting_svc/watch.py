@@ -16,7 +16,8 @@ from collections.abc import AsyncGenerator
 
 from common.cluster import CLUSTER_FAILURES
 from common.streams import StreamClock
-from reporting_svc.reports import Reports, check_limit
+from common.validation import check_limit
+from reporting_svc.reports import Reports
 
 log = logging.getLogger(__name__)
 

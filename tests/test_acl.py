@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.exceptions import AuthenticationError, ResponseError
+from redis.retry import Retry
 
 from common import acl, keys
 from localdev.system import System
@@ -101,7 +103,8 @@ def test_each_user_can_do_its_job(clients: dict[str, RedisCluster], redis_client
 
 def test_the_default_user_is_refused(system: System) -> None:
     for index in range(len(system.cluster.ports)):
-        anonymous = redis.Redis(port=system.cluster.ports[index], socket_timeout=2)
+        # No retries: redis-py counts a refused login as a connection error and would retry it with backoff.
+        anonymous = redis.Redis(port=system.cluster.ports[index], socket_timeout=2, retry=Retry(NoBackoff(), 0))
         with pytest.raises(AuthenticationError):
             anonymous.ping()
         with pytest.raises(AuthenticationError):

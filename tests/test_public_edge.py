@@ -474,6 +474,30 @@ def test_5xx_bodies_give_a_request_id_and_no_internals(edge: System, cluster: Re
     assert http_call(edge.gateway_port, "POST", "/profile/back", {"a": "b"})[0] == 201
 
 
+def test_bad_input_is_refused_while_its_service_is_down(edge: System) -> None:
+    """With every profile_svc replica gone, bad input is still a 400 naming the field (retrying can't help
+    it), while good input gets the 503 that says to retry."""
+    edge.stop_process("profile_svc", signal.SIGKILL)
+    try:
+        for method, path, body, field in (
+            ("POST", "/profile/-leading-dash", {"a": "b"}, "user"),
+            ("POST", "/profile/fine", {}, "fields"),
+            ("PATCH", "/profile/fine", {"a b": "x"}, "fields"),
+            ("PATCH", "/profile/fine", {"bio": "x" * 4097}, "fields.bio"),
+            ("DELETE", "/profile/" + "x" * 129, None, "user"),
+        ):
+            status, reply = http_call(edge.gateway_port, method, path, body)
+            assert status == 400, (method, path, status, reply)
+            violations = next(d for d in reply["details"] if d["@type"].endswith("BadRequest"))["fieldViolations"]
+            assert violations == [{"field": field, "description": reply["message"]}], (method, path, reply)
+        assert http_call(edge.gateway_port, "POST", "/profile/fine", {"a": "b"})[0] == 503
+        assert http_call(edge.gateway_port, "GET", "/reporting/profileStats/0")[0] == 400  # reporting is up
+    finally:
+        edge.start_replica("profile_svc", 0)
+        edge.wait_healthy()
+    assert http_call(edge.gateway_port, "POST", "/profile/fine", {"a": "b"})[0] == 201
+
+
 def test_rate_limit_per_client_address(edge: System, cluster: RedisCluster) -> None:
     """Off by default (the fuzzing run above met no 429); a gateway with it answers 429 with Retry-After."""
     port = free_ports(1)[0]

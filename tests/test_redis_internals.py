@@ -8,15 +8,18 @@ import inspect
 import time
 from pathlib import Path
 
+import pytest
 import redis
+import uvloop
 from redis._parsers.commands import AsyncCommandsParser
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from common import keys
 from common.cluster import Cluster
 from common.config import Settings
-from common.redis_internals import send_on_one_connection
+from common.redis_internals import closed_under_command, send_on_one_connection
 from localdev.cluster import LocalCluster
 from localdev.ports import free_ports
 from localdev.system import System
@@ -61,6 +64,35 @@ def test_one_connection_carries_a_script_and_its_wait(system: System) -> None:
     assert isinstance(replies[2], redis.exceptions.ResponseError) and "WRONGTYPE" in str(replies[2])
     # WAIT answers how many replicas have the SET (0 if a replica link is still syncing); then the key is gone.
     assert isinstance(replies[3], int) and replies[4] == 1
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_write_to_a_connection_closed_under_it_is_a_connection_error(system: System, loop: str) -> None:
+    """What a command meets when a concurrent one tore its connection down: asyncio reports a reset,
+    uvloop a RuntimeError from its transport; callers must see the ConnectionError either way."""
+
+    async def write_after_close() -> BaseException:
+        client = system.cluster.async_client()
+        try:
+            await client.initialize()
+            node = client.get_default_node()
+            connection = node.acquire_connection()
+            try:
+                await connection.connect()  # type: ignore[no-untyped-call]  # untyped in redis-py 8.1
+                connection._writer.transport.close()  # type: ignore[union-attr]  # as a concurrent disconnect does
+                with pytest.raises(RedisConnectionError) as caught:
+                    async with closed_under_command():
+                        await connection.send_packed_command(connection.pack_command("PING"), check_health=False)
+                        await connection.read_response()
+                return caught.value
+            finally:
+                node.release(connection)
+        finally:
+            await client.aclose()
+
+    error = uvloop.run(write_after_close()) if loop == "uvloop" else asyncio.run(write_after_close())
+    if loop == "uvloop":
+        assert isinstance(error.__cause__, RuntimeError), "uvloop's own error, converted"
 
 
 def _calls(system: System, command: str) -> int:

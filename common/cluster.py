@@ -128,7 +128,7 @@ class Cluster:
             try:
                 async with keeping_startup_nodes(self.client, self._startup_nodes):
                     await self.client.nodes_manager.initialize()
-            except (RedisError, RedisClusterException, OSError) as error:
+            except (RedisError, OSError) as error:
                 log.debug("topology refresh failed: %r", error)
 
     @asynccontextmanager

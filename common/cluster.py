@@ -30,7 +30,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from common import keys, metrics, tracing
 from common.config import Settings, StartupError
 from common.errors import PartitionMismatch
-from common.redis_internals import closed_under_command, keep_command_table
+from common.redis_internals import (
+    closed_under_command,
+    covered_slots,
+    keep_command_table,
+    keeping_startup_nodes,
+    startup_nodes,
+)
 from common.scripts import script_source
 
 log = logging.getLogger(__name__)
@@ -52,6 +58,7 @@ _RUN_THROUGH_THE_CLIENT = (
     RedisTimeoutError,
     OSError,
 )
+CLUSTER_SLOTS = 16384
 
 
 def connection_options(settings: Settings) -> dict[str, Any]:
@@ -98,6 +105,7 @@ class Cluster:
             **connection_options(settings),
         )
         keep_command_table(self.client)
+        self._startup_nodes = startup_nodes(self.client)
         self.limit = asyncio.Semaphore(settings.redis_max_concurrency)
         self.script_names: dict[str, str] = {}  # sha -> name, for metrics and spans
         self._initialized = False
@@ -112,7 +120,13 @@ class Cluster:
         if not self._initialized:
             async with self._initializing:
                 if not self._initialized:
-                    await self.client.initialize()
+                    async with keeping_startup_nodes(self.client, self._startup_nodes):
+                        await self.client.initialize()
+                    # Only a whole layout: one learnt while the cluster is being created would be kept for good.
+                    covered = covered_slots(self.client)
+                    if covered < CLUSTER_SLOTS:
+                        await self.client.aclose()  # the next call initialises again
+                        raise RedisClusterException(f"the cluster serves {covered} of {CLUSTER_SLOTS} slots so far")
                     self._initialized = True
         return self.client
 
@@ -137,7 +151,8 @@ class Cluster:
                 return
         async with self._initializing:
             try:
-                await self.client.nodes_manager.initialize()
+                async with keeping_startup_nodes(self.client, self._startup_nodes):
+                    await self.client.nodes_manager.initialize()
             except (RedisError, OSError) as error:
                 log.debug("topology refresh failed: %r", error)
 

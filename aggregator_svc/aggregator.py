@@ -69,14 +69,15 @@ class Aggregator:
         self._trim = cluster.script(TRIM_SCRIPT)
 
     async def run(self) -> None:
-        """Consume every partition until cancelled."""
-        await asyncio.gather(
-            *(self._consume(partition) for partition in self.partitions),
-            # Each partition is reclaimed and trimmed on its own schedule: one on a shard that is down
-            # fails alone, and waiting out its timeouts holds up no other partition.
-            *(self._every(self.claim_idle_ms / 4000, "reclaim", self._reclaim, p) for p in self.partitions),
-            *(self._every(self.maintenance_s, "maintenance", self._maintain, p) for p in self.partitions),
-        )
+        """Consume every partition until cancelled; an unexpected failure of one loop ends them all (a task
+        group, unlike gather, cancels the others), so the process shuts down rather than half-running."""
+        async with asyncio.TaskGroup() as loops:
+            for partition in self.partitions:
+                loops.create_task(self._consume(partition))
+                # Each partition is reclaimed and trimmed on its own schedule: one on a shard that is down
+                # fails alone, and waiting out its timeouts holds up no other partition.
+                loops.create_task(self._every(self.claim_idle_ms / 4000, "reclaim", self._reclaim, partition))
+                loops.create_task(self._every(self.maintenance_s, "maintenance", self._maintain, partition))
 
     async def _ensure_group(self, partition: int) -> None:
         """Create the group from the stream's first entry, so events written before any aggregator ran count."""
@@ -100,9 +101,9 @@ class Aggregator:
                 # concurrency bound (the client has a connection reserved for each partition).
                 client = await self.cluster.connected()
                 if time.monotonic() >= own_pending_due:
-                    # A read whose reply was lost (a timeout, or the client's own retry of it) leaves
-                    # its entries pending for us: take them back first, after every error and every
-                    # maintenance interval, rather than waiting for them to be reclaimed as idle.
+                    # Entries delivered to us but never applied (a replica of an older version read them
+                    # apart from applying them, or died between): take them back first, after every error
+                    # and every maintenance interval, rather than waiting for them to be reclaimed as idle.
                     reply = await self._read(client, stream, "0")
                     entries = reply[0][1] if reply else []
                     if entries:
@@ -110,13 +111,16 @@ class Aggregator:
                     if len(entries) < self.batch:
                         own_pending_due = time.monotonic() + self.maintenance_s
                     continue
-                reply = await self._read(client, stream, ">", block_ms=self.block_ms)
-                for _, entries in reply or ():
-                    await self._apply_entries(partition, entries)
-                    if len(entries) < self.batch:
-                        # A trickle: let the next batch gather for a moment rather than paying a read
-                        # and a script per event. Bounds the added lag; an idle partition just blocks.
-                        await asyncio.sleep(self.linger_s)
+                taken, last_delivered = await self._take(partition)
+                # Idle: wait for an entry past the group's last delivered one, without taking it. None within
+                # block_ms: take again, which also finds a stream flushed or failed over in the meantime.
+                if not taken and not await self._wait_for_entries(client, stream, last_delivered):
+                    continue
+                if taken < self.batch and self.linger_s:
+                    # A trickle: let the next batch gather for a moment rather than paying a script per
+                    # event. Bounds the added lag; an idle partition waits above instead. Every partition
+                    # wakes on the same tick, so the event loop wakes once for all of them.
+                    await asyncio.sleep(self.linger_s - time.monotonic() % self.linger_s)
             except ResponseError as error:
                 own_pending_due = 0.0
                 if "NOGROUP" in str(error):  # the stream was deleted (e.g. a flushed cluster)
@@ -135,12 +139,33 @@ class Aggregator:
         async with closed_under_command():
             return await client.xreadgroup(self.group, self.consumer, {stream: after}, count=self.batch, block=block_ms)
 
+    async def _wait_for_entries(self, client: RedisCluster, stream: str, after: str) -> bool:
+        """Whether the stream got an entry past `after` within block_ms; XREAD delivers nothing to the group."""
+        async with closed_under_command():
+            return bool(await client.xread({stream: after}, count=1, block=self.block_ms))
+
+    async def _take(self, partition: int) -> tuple[int, str]:
+        """Take the group's next entries for us, apply and acknowledge them: one script, their content stays in
+        the cluster. Returns how many were taken and the group's last delivered id."""
+        applied, gone, taken, last_delivered = await self.cluster.run_on_primary(
+            self._apply, apply_keys(partition), [self.group, ">", self.consumer, self.batch]
+        )
+        if taken:
+            self._count(partition, int(applied), int(gone))
+        return int(taken), last_delivered.decode() if isinstance(last_delivered, bytes) else str(last_delivered)
+
     async def _apply_entries(self, partition: int, entries: list[Entry]) -> int:
         """Apply and acknowledge entries by id; the script reads their content from the stream itself."""
         if not entries:
             return 0
         ids = [entry_id for entry_id, _ in entries]
         applied, gone = await self.cluster.run(self._apply, apply_keys(partition), [self.group, *ids])
+        self._count(partition, int(applied), int(gone))
+        return int(applied)
+
+    @staticmethod
+    def _count(partition: int, applied: int, gone: int) -> None:
+        """Export a batch's figures; say when pending entries were trimmed before anyone applied them."""
         if gone:
             log.warning(
                 "partition %d: %d pending entries were no longer in the stream (trimmed); "
@@ -149,8 +174,7 @@ class Aggregator:
                 gone,
             )
         metrics.BATCHES.inc()
-        metrics.EVENTS_APPLIED.inc(int(applied))
-        return int(applied)
+        metrics.EVENTS_APPLIED.inc(applied)
 
     async def _reclaim(self, partition: int) -> None:
         """Take over entries another consumer left pending too long (it crashed or stalled)."""

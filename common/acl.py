@@ -38,7 +38,7 @@ _ROLES = {
     ),
     "aggregator_svc": (
         f"~{keys.EVENTS_PREFIX}* ~{keys.STATS_PREFIX}* {_PARTITIONS_READ} {_CLIENT} {_SCRIPTS} "
-        "+xgroup|create +xgroup|delconsumer +xreadgroup +xautoclaim +xack +xpending +xinfo|groups "
+        "+xgroup|create +xgroup|delconsumer +xreadgroup +xread +xautoclaim +xack +xpending +xinfo|groups "
         "+xinfo|consumers +xinfo|stream +xlen +xrange +xtrim +exists +time "
         # apply_events.lua and trim_acknowledged.lua write the statistics.
         "+hget +hset +hdel +hincrby +zincrby +zadd +zrem +zrangebyscore"

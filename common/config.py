@@ -120,9 +120,9 @@ class Settings:
     )
     aggregator_maintenance_s: int = setting(5, "how often acknowledged entries are trimmed", minimum=1)
     aggregator_linger_ms: int = setting(
-        10,
+        25,
         "after a batch smaller than a full one, how long a partition's events gather before the next read"
-        " (less CPU per event, that much more lag)",
+        " (less CPU per event, that much more lag); partitions wake together, on multiples of it",
         minimum=0,
     )
     # Streams (WatchProfileEvents, WatchTopProfiles and their SSE routes); see common/streams.py.

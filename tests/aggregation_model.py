@@ -110,6 +110,12 @@ class Run:
         if ids:
             consumer.held.append(ids)
 
+    def _take(self, consumer: Consumer) -> bool:
+        """The aggregator's hot path: the script takes the next entries for the consumer and applies them."""
+        count = self.rng.randint(1, 6)
+        _, _, taken, _ = self.apply_script(keys=self.keys.apply_keys, args=[GROUP, ">", consumer.name, count])
+        return int(taken) > 0
+
     def _apply_held(self, consumer: Consumer) -> None:
         batch = consumer.held.pop(self.rng.randrange(len(consumer.held)))  # not always the oldest: a stall
         self.apply(self.node, self.apply_script, self.keys, batch)
@@ -121,10 +127,12 @@ class Run:
     def step(self) -> None:
         consumer = self.rng.choice(self.consumers)
         action = self.rng.choices(
-            ("read", "apply", "reclaim", "own", "die", "reapply", "trim"), weights=(6, 6, 2, 1, 1, 1, 1)
+            ("read", "apply", "take", "reclaim", "own", "die", "reapply", "trim"), weights=(6, 6, 6, 2, 1, 1, 1, 1)
         )[0]
         if action == "read":
             self._read(consumer, ">")
+        elif action == "take":
+            self._take(consumer)
         elif action == "apply" and consumer.held:
             self._apply_held(consumer)
         elif action == "reclaim":
@@ -145,6 +153,8 @@ class Run:
         for consumer in self.consumers:
             while consumer.held:
                 self._apply_held(consumer)
+        while self.rng.random() < 0.5 and self._take(last):
+            pass
         for _ in range(1000):
             _, entries, *_ = self.node.xautoclaim(
                 self.keys.events, GROUP, last.name, min_idle_time=0, start_id="0-0", count=100

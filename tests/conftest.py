@@ -14,6 +14,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from common import keys
+from localdev import image
 from localdev.cluster import LocalNode
 from localdev.system import System, on_free_ports
 from profilemesh.profile.v1 import profile_pb2_grpc
@@ -54,6 +55,14 @@ def running_system(directory: Path, settings: dict[str, str] | None = None) -> I
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     with running_system(tmp_path_factory.mktemp("system")) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def built_image() -> str:
+    """The profilemesh image, built once for the image and compose tests (podman, no registry)."""
+    seconds = image.build()
+    print(f"image built in {seconds:.1f} s, {image.size_bytes() / 1e6:.0f} MB")
+    return image.IMAGE
 
 
 @pytest.fixture(scope="session")

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from common import acl
 from common.acl import rules
 from tests.wiring import ROOT, Wiring, from_compose, from_ecs, from_k8s, load_all, problems, secret_problems
 
@@ -32,11 +34,25 @@ def test_artifact_agrees_with_the_code(artifact: str) -> None:
 
 
 @pytest.mark.parametrize("artifact", ["ecs", "k8s"])
-def test_cluster_credentials_come_from_secrets(artifact: str) -> None:
+def test_cluster_credentials_are_a_user_and_a_secret_password(artifact: str) -> None:
     path, read = ARTIFACTS[artifact]
     wired = read(path.read_text())
     assert secret_problems(wired) == []
-    assert all("PROFILEMESH_REDIS_URL" in wired[service].secrets for service in ("profile", "reporting", "aggregator"))
+    for service in ("profile", "reporting", "aggregator"):
+        assert "PROFILEMESH_REDIS_PASSWORD" in wired[service].secrets, service
+        assert "PROFILEMESH_REDIS_USERNAME" in wired[service].env, service
+        assert "PROFILEMESH_REDIS_URL" not in wired[service].secrets, service
+
+
+def test_k8s_users_are_the_acl_users_of_common_acl() -> None:
+    """The local cluster's ACL users (common/acl.py) are the ones the Deployments log in as."""
+    wired = from_k8s(K8S.read_text())
+    for service, module in (
+        ("profile", "profile_svc"),
+        ("reporting", "reporting_svc"),
+        ("aggregator", "aggregator_svc"),
+    ):
+        assert wired[service].env["PROFILEMESH_REDIS_USERNAME"] == acl.USERS[module]
 
 
 # One deliberate break per kind of drift, in a copy of each artifact: (artifact, original, broken, what is reported).
@@ -71,9 +87,23 @@ BREAKS = [
     ),
     (
         "ecs",
-        "{Name: PROFILEMESH_REDIS_URL, ValueFrom: !Ref ProfileClusterUrl}",
-        "{Name: PROFILEMESH_REDIS_ADDRESS, ValueFrom: !Ref ProfileClusterUrl}",
+        '{Name: PROFILEMESH_REDIS_URL, Value: !Sub "rediss://${Cluster.ClusterEndpoint.Address}:6379"}\n'
+        "            - {Name: PROFILEMESH_REDIS_USERNAME, Value: !Ref ProfileUser}",
+        '{Name: PROFILEMESH_REDIS_ADDRESS, Value: !Sub "rediss://${Cluster.ClusterEndpoint.Address}:6379"}\n'
+        "            - {Name: PROFILEMESH_REDIS_USERNAME, Value: !Ref ProfileUser}",
         "profile: PROFILEMESH_REDIS_URL is not set",
+    ),
+    (
+        "ecs",
+        "{Name: PROFILEMESH_REDIS_PASSWORD, ValueFrom: !Ref ReportingPassword}",
+        "{Name: PROFILEMESH_REDIS_PASSWD, ValueFrom: !Ref ReportingPassword}",
+        "reporting: PROFILEMESH_REDIS_PASSWORD does not come from a secret",
+    ),
+    (
+        "ecs",
+        "{Name: PROFILEMESH_REDIS_USERNAME, Value: !Ref AggregatorUser}",
+        "{Name: PROFILEMESH_REDIS_USER, Value: !Ref AggregatorUser}",
+        "aggregator: PROFILEMESH_REDIS_USERNAME is not set",
     ),
     ("ecs", "DnsName: reporting}", "DnsName: reports}", "names 'reporting', which no service answers to"),
     ("k8s", "terminationGracePeriodSeconds: 15", "terminationGracePeriodSeconds: 3", "stops after 3 s"),
@@ -107,18 +137,29 @@ def test_a_broken_copy_is_caught(artifact: str, original: str, broken: str, repo
     assert original in text, f"the break's original text is gone from {path.name}; update BREAKS"
     copy = tmp_path / path.name
     copy.write_text(text.replace(original, broken, 1))
-    found = problems(read(copy.read_text()))
+    wired = read(copy.read_text())
+    found = problems(wired) + (secret_problems(wired) if artifact != "compose" else [])
     assert any(reported in problem for problem in found), found
 
 
-def test_a_plain_cluster_url_is_caught(tmp_path: Path) -> None:
-    text = K8S.read_text().replace(
-        "- name: PROFILEMESH_REDIS_URL\n"
-        "              valueFrom: {secretKeyRef: {name: profilemesh-cluster, key: profile-url}}",
-        '- {name: PROFILEMESH_REDIS_URL, value: "rediss://profile:hunter2@cluster:6379"}',
+def test_a_plain_password_or_credentials_in_the_url_are_caught() -> None:
+    secret = (
+        "- name: PROFILEMESH_REDIS_PASSWORD\n"
+        "              valueFrom: {secretKeyRef: {name: profilemesh-cluster, key: profile-password}}"
     )
-    assert "hunter2" in text
-    assert secret_problems(from_k8s(text)) == ["profile: PROFILEMESH_REDIS_URL is a plain value, not a secret"]
+    original = K8S.read_text()
+    assert secret in original
+    plain = original.replace(secret, '- {name: PROFILEMESH_REDIS_PASSWORD, value: "hunter2"}')
+    assert secret_problems(from_k8s(plain)) == ["profile: PROFILEMESH_REDIS_PASSWORD is a plain value, not a secret"]
+    url = (
+        "- name: PROFILEMESH_REDIS_URL\n"
+        "              valueFrom: {configMapKeyRef: {name: profilemesh-cluster, key: url}}"
+    )
+    assert url in original
+    in_url = original.replace(url, '- {name: PROFILEMESH_REDIS_URL, value: "rediss://profile:hunter2@cluster:6379"}', 1)
+    assert secret_problems(from_k8s(in_url)) == [
+        "profile: PROFILEMESH_REDIS_URL carries credentials; give PROFILEMESH_REDIS_USERNAME and a secret"
+    ]
 
 
 def test_k8s_pods_run_non_root_read_only() -> None:
@@ -176,3 +217,40 @@ def test_memorydb_users_have_the_acl_rules_of_common_acl() -> None:
     assert set(users) == set(expected)
     for name, component in expected.items():
         assert users[name]["Properties"]["AccessString"] == f"on {rules(component)}", name
+
+
+def test_kustomize_renders_valid_manifests_that_agree_with_the_code(tmp_path: Path) -> None:
+    """`kubectl kustomize deploy/k8s` (what `kubectl apply -k` applies): every object in the namespace, the image
+    and the cluster's ConfigMap (its generated name) filled in, valid against the schemas, wiring still sound."""
+    rendered = subprocess.run([TOOLS / "kubectl", "kustomize", ROOT / "deploy" / "k8s"], capture_output=True, text=True)
+    assert rendered.returncode == 0, rendered.stderr
+    documents = load_all(rendered.stdout)
+    kinds = Counter(document["kind"] for document in documents)
+    assert kinds == {
+        "Namespace": 1,
+        "ConfigMap": 1,
+        "Deployment": 4,
+        "Service": 3,
+        "PodDisruptionBudget": 4,
+        "HorizontalPodAutoscaler": 2,
+    }
+    assert {d["metadata"].get("namespace") for d in documents if d["kind"] != "Namespace"} == {"profilemesh"}
+    (config_map,) = [document for document in documents if document["kind"] == "ConfigMap"]
+    assert config_map["metadata"]["name"].startswith("profilemesh-cluster-")  # the generator's hash suffix
+    assert config_map["data"]["url"].startswith("rediss://")
+    for document in documents:
+        if document["kind"] == "Deployment":
+            (container,) = document["spec"]["template"]["spec"]["containers"]
+            assert container["image"] == "registry.example.com/profilemesh:0.1.0"
+            for entry in container["env"]:
+                if "configMapKeyRef" in entry.get("valueFrom", {}):
+                    assert entry["valueFrom"]["configMapKeyRef"]["name"] == config_map["metadata"]["name"]
+    wired = from_k8s(rendered.stdout)
+    assert problems(wired) == [] and secret_problems(wired) == []
+    manifests = tmp_path / "rendered.yaml"
+    manifests.write_text(rendered.stdout)
+    done = subprocess.run(
+        [TOOLS / "kubernetes-validate", "--strict", "-k", "1.31.0", manifests], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("passed") == sum(kinds.values()), done.stdout

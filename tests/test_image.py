@@ -59,13 +59,6 @@ def _all_running(started: dict[str, str]) -> bool:
 
 
 @pytest.fixture(scope="module")
-def built_image() -> str:
-    seconds = image.build()
-    print(f"image built in {seconds:.1f} s, {image.size_bytes() / 1e6:.0f} MB")
-    return image.IMAGE
-
-
-@pytest.fixture(scope="module")
 def containers(built_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[System, dict[str, str]]]:
     """The cluster as local processes, each component as a container from the image; all removed afterwards."""
     system = on_free_ports(tmp_path_factory.mktemp("image"), TEST_SETTINGS)

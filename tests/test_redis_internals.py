@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
+from pathlib import Path
 
 import pytest
 import redis
@@ -16,8 +18,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from common import keys
 from common.cluster import Cluster
+from common.config import Settings
 from common.redis_internals import closed_under_command, send_on_one_connection
+from localdev.cluster import LocalCluster
+from localdev.ports import free_ports
 from localdev.system import System
+from localdev.waiting import poll_until
 
 
 def test_the_parser_internals_it_patches_are_there() -> None:
@@ -117,3 +123,42 @@ def test_stream_reads_neither_ask_the_default_node_nor_relearn_the_command_table
     asyncio.run(read_refresh_read())
     assert _calls(system, "command|getkeys") == getkeys
     assert _calls(system, "command") == tables + 1  # learnt once, at the start
+
+
+def test_a_client_started_before_its_cluster_exists_connects_once_it_does(tmp_path: Path) -> None:
+    """Nodes that answer but serve no slot yet (compose starts everything at once) must not make the client forget
+    its startup nodes (keeping_startup_nodes; before, it never connected and the service never served), nor may
+    it keep a layout learnt halfway through the creation (a command on a slot it lacks failed with KeyError)."""
+    ports = free_ports(12)
+    cluster = LocalCluster(data_dir=tmp_path / "cluster", ports=ports[:6], bus_ports=ports[6:])
+    settings = Settings.from_env(cluster.user_env(None))
+
+    async def scenario() -> tuple[bool, bool, bool, bool]:
+        client = Cluster(settings)
+        try:
+            await client.check_credentials()  # nothing answers yet: a warning, no failure
+            before_nodes = await client.ping()
+            for index in range(6):
+                cluster.start_node(index)
+            await asyncio.to_thread(
+                poll_until, lambda: all(cluster._answers(i) for i in range(6)), 30, "the nodes to answer"
+            )
+            before_creation = await client.ping()  # every node answers, none serves a slot
+            first = cluster.node(0)
+            first.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 5460)  # as the creation does, one node at a time
+            halfway = await client.ping()
+            first.execute_command("CLUSTER", "FLUSHSLOTS")
+            first.close()
+            await asyncio.to_thread(cluster._create)
+            await asyncio.to_thread(cluster.wait_ready, 30)
+            deadline = time.monotonic() + 10
+            while not await client.ping() and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            return before_nodes, before_creation, halfway, await client.ping()
+        finally:
+            await client.close()
+
+    try:
+        assert asyncio.run(scenario()) == (False, False, False, True)
+    finally:
+        cluster.stop()

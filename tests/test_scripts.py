@@ -125,6 +125,40 @@ def test_apply_counts_each_pending_entry_once(part: Partition, apply_script: Scr
     assert part.client.xpending(part.events, GROUP)["pending"] == 0
 
 
+def test_take_reads_applies_and_acknowledges_the_next_entries_in_one_script(
+    part: Partition, apply_script: Script
+) -> None:
+    """The aggregator's hot path: '>' takes the group's next entries itself; their content never leaves the node."""
+    ids = [part.add(user, kind) for user, kind in (("ann", "read"), ("bob", "read"), ("ann", "update"))]
+    later = part.add("ann", "read")
+
+    assert apply_script(keys=part.all_keys, args=[GROUP, ">", "c", 3], client=part.client) == [3, 0, 3, ids[-1]]
+    assert part.client.xpending(part.events, GROUP)["pending"] == 0  # acknowledged in the same script
+    assert apply_script(keys=part.all_keys, args=[GROUP, ">", "c", 3], client=part.client) == [1, 0, 1, later]
+    # Nothing new: nothing applied, and the group's last delivered id, past which to wait for entries.
+    assert apply_script(keys=part.all_keys, args=[GROUP, ">", "c", 3], client=part.client) == [0, 0, 0, later]
+    assert part.score("ann") == 2 and part.score("bob") == 1
+    assert part.client.hgetall(part.totals) == {"read": "3", "update": "1"}
+    # Entries another consumer was delivered are not taken again, and a take leaves them pending for it.
+    held = part.add("bob", "read")
+    assert part.deliver("other") == [held]
+    assert apply_script(keys=part.all_keys, args=[GROUP, ">", "c", 3], client=part.client) == [0, 0, 0, held]
+    assert part.apply(apply_script, [held]) == 1
+    assert part.score("bob") == 2
+
+
+def test_take_recounts_after_a_delete_like_an_apply_by_id(part: Partition, apply_script: Script) -> None:
+    """A delete taken with '>' resets its user's score; reads of the re-created user after it count from 0."""
+    part.add("ann", "create"), part.add("ann", "read"), part.add("ann", "read")
+    assert apply_script(keys=part.all_keys, args=[GROUP, ">", "c", 10], client=part.client)[:3] == [3, 0, 3]
+    assert part.score("ann") == 2
+    delete = part.add("ann", "delete")
+    part.add("ann", "create"), part.add("ann", "read")
+    assert apply_script(keys=part.all_keys, args=[GROUP, ">", "c", 10], client=part.client)[:3] == [3, 0, 3]
+    assert part.score("ann") == 1
+    assert part.client.hget(part.deleted, "ann") == delete
+
+
 def test_apply_skips_undelivered_and_already_acknowledged_entries(part: Partition, apply_script: Script) -> None:
     first, second = part.add("ann", "read"), part.add("ann", "read")
     assert part.deliver() == [first, second]

@@ -38,7 +38,9 @@ NEEDS = {
     },
     "gateway": {"gateway_listen", "gateway_metrics_listen", "profile_target", "reporting_target", "shutdown_grace_s"},
 }
-SECRET = {"redis_url"}
+# Where a deployment has cluster credentials (ECS, Kubernetes): the ACL user as a plain value, its password
+# from a secret store, and no credentials in the URL.
+USERNAME, PASSWORD, URL = "redis_username", "redis_password", "redis_url"
 
 
 def variable(name: str) -> str:
@@ -263,10 +265,17 @@ def problems(wired: dict[str, Wiring]) -> list[str]:
 
 
 def secret_problems(wired: dict[str, Wiring]) -> list[str]:
-    """Cluster credentials must come from a secret store, never a plain value (ECS and Kubernetes)."""
-    return [
-        f"{component}: {variable(name)} is a plain value, not a secret"
-        for component, wiring in wired.items()
-        for name in SECRET
-        if variable(name) in wiring.env
-    ]
+    """Each service logs in as its ACL user with a password from a secret store, never a plain value (ECS and
+    Kubernetes); its cluster URL carries no credentials."""
+    found = []
+    for component in SERVICES:
+        wiring = wired[component]
+        if variable(PASSWORD) in wiring.env:
+            found.append(f"{component}: {variable(PASSWORD)} is a plain value, not a secret")
+        elif variable(PASSWORD) not in wiring.secrets:
+            found.append(f"{component}: {variable(PASSWORD)} does not come from a secret")
+        if variable(USERNAME) not in wiring.env and variable(USERNAME) not in wiring.secrets:
+            found.append(f"{component}: {variable(USERNAME)} is not set")
+        if "@" in wiring.env.get(variable(URL), ""):
+            found.append(f"{component}: {variable(URL)} carries credentials; give {variable(USERNAME)} and a secret")
+    return found

@@ -1,8 +1,11 @@
 -- Apply a batch of events to the partition's statistics and acknowledge it, atomically.
 -- KEYS[1] event stream, KEYS[2] reads (sorted set), KEYS[3] totals (hash),
 -- KEYS[4] tombstones: user -> id of the latest applied delete (hash), KEYS[5] tombstones by time (sorted set)
--- ARGV[1] consumer group, ARGV[2..] ids of the entries to apply, in any order.
--- Returns {events applied, entries acknowledged whose content the stream no longer held}.
+-- ARGV[1] consumer group, then either ARGV[2..] ids of the entries to apply, in any order, or
+-- ARGV[2] '>', ARGV[3] consumer, ARGV[4] count: take the group's next entries (at most count) for the
+-- consumer and apply them, one round trip per batch and no entry's content sent to the caller.
+-- Returns {events applied, entries acknowledged whose content the stream no longer held}, and with '>'
+-- also the number of entries taken and the group's last delivered id (where a wait for new entries starts).
 --
 -- Exactly once: an entry is applied only when XACK returns 1, i.e. it was still pending. When a slow
 -- consumer and one that claimed its entries race, or a batch is applied twice, the later one applies
@@ -52,9 +55,19 @@ end
 
 -- 0. The batch's entries as the stream holds them: one read of the batch's span. When the span holds
 -- exactly the batch (a '>' read, the usual case) it is `contiguous`; otherwise ids outside it are looked up one by one.
-local batch_size = #ARGV - 1
-local span_first, span_last = ARGV[2], ARGV[#ARGV]
-local span = redis.call('XRANGE', stream, span_first, span_last, 'COUNT', batch_size + 1)
+local ids, span = {}, nil
+if ARGV[2] == '>' then
+  -- New to the group, so delivered now and pending for us alone: the stream's next entries, contiguous.
+  local reply = redis.call('XREADGROUP', 'GROUP', group, ARGV[3], 'COUNT', ARGV[4], 'STREAMS', stream, '>')
+  span = reply and reply[1][2] or {}
+  if #span == 0 then return {0, 0, 0, last_delivered() or '0-0'} end
+  for i, entry in ipairs(span) do ids[i] = entry[1] end
+else
+  for i = 2, #ARGV do ids[i - 1] = ARGV[i] end
+  span = redis.call('XRANGE', stream, ids[1], ids[#ids], 'COUNT', #ids + 1)
+end
+local batch_size = #ids
+local span_last = ids[#ids]
 local content = {}
 for _, entry in ipairs(span) do content[entry[1]] = entry[2] end
 local contiguous = #span == batch_size
@@ -64,8 +77,7 @@ local applied, gone = 0, 0
 local totals = {}   -- event type -> count
 local reads = {}    -- acknowledged reads: {id, user}
 local resets = {}   -- user -> the batch's newest delete newer than the user's tombstone
-for i = 2, #ARGV do
-  local id = ARGV[i]
+for _, id in ipairs(ids) do
   local fields = content[id]
   if fields == nil then
     contiguous = false
@@ -150,4 +162,5 @@ if from ~= nil then
     redis.call('ZADD', KEYS[5], tonumber(string.match(id, '(%d+)-')), user)
   end
 end
+if ARGV[2] == '>' then return {applied, gone, batch_size, span_last} end
 return {applied, gone}

@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from bench.aggregator_bench import DrainResult
 from bench.growth import GrowthResult
-from bench.results import LoadResult
-from bench.scenarios import BASELINE_REST, PROFILEMESH_REST, SCENARIOS
+from bench.rounds import Key, LoadSummary, Run, Spread, cpu_summaries, round_ratios, summarise
+from bench.scenarios import BASELINE_REST, PROFILEMESH_GRPC, PROFILEMESH_REST, SCENARIOS
 from bench.streams import StreamSummary
 
-LOAD_HEADER = ("scenario", "system", "c", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "generator CPU (cores)")
+LOAD_HEADER = (
+    "scenario",
+    "system",
+    "c",
+    "req/s",
+    "req/s by round",
+    "p50 ms",
+    "p99 ms",
+    "p99.9 ms",
+    "errors",
+    "generator CPU (cores)",
+)
+RATIO_HEADER = ("target", "median of rounds", "min", "by round", "verdict")
+SINGLE_HEADER = ("target", "measured", "verdict")
+SYSTEM_TOTAL = "system total (generator excluded)"
+GENERATOR_COLUMN = "load generator (not in total)"
+IDLE_COLUMN = "other system, idle (not in total)"
+
 DRAIN_HEADER = (
     "replicas",
     "backlog",
@@ -57,8 +75,7 @@ class Report:
     title: str
     machine: dict[str, Any]
     scale: dict[str, Any]
-    loads: list[LoadResult] = field(default_factory=list)
-    cpu_us: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)  # (scenario, system) at max c
+    runs: list[Run] = field(default_factory=list)  # every request scenario's run, every round
     drains: list[DrainResult] = field(default_factory=list)
     lag: dict[str, float] = field(default_factory=dict)
     growth: list[GrowthResult] = field(default_factory=list)
@@ -67,12 +84,6 @@ class Report:
     profiles: dict[str, dict[str, list[tuple[str, float]]]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
-
-    def load(self, scenario: str, system: str, concurrency: int) -> LoadResult | None:
-        for result in self.loads:
-            if (result.scenario, result.system, result.concurrency) == (scenario, system, concurrency):
-                return result
-        return None
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[str]:
@@ -85,13 +96,16 @@ def _n(value: float, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
-def _load_row(r: LoadResult) -> tuple[Any, ...]:
-    cpu = f"{r.generator_cpu:.2f} of {r.generator_cores}" + ("" if r.generator_headroom else " (saturated!)")
+def _load_row(r: LoadSummary) -> tuple[Any, ...]:
+    cpu = f"{r.generator_cpu:.2f} of {r.generator_cores}"
+    if r.saturated_rounds:
+        cpu += f" (saturated in {r.saturated_rounds} round(s)!)"
     return (
         r.scenario,
         r.system,
         r.concurrency,
-        _n(r.rps),
+        _n(r.rps.median),
+        " / ".join(_n(value) for value in r.rps.values),
         _n(r.p50_ms, 2),
         _n(r.p99_ms, 2),
         _n(r.p999_ms, 2),
@@ -100,35 +114,102 @@ def _load_row(r: LoadResult) -> tuple[Any, ...]:
     )
 
 
-def _targets(report: Report) -> list[tuple[str, str, str]]:
-    top = max(report.scale["concurrencies"])
-    rest = report.load("a REST reads", PROFILEMESH_REST, top)
-    base = report.load("b REST reads", BASELINE_REST, top)
-    grpc_ = report.load("c gRPC GetProfile", "profilemesh (direct gRPC)", top)
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+def _ratio_row(target: str, spread: Spread, ok: bool) -> tuple[str, str, str, str, str]:
+    return (
+        target,
+        f"{spread.median:.2f}x",
+        f"{spread.min:.2f}x",
+        ", ".join(f"{value:.2f}" for value in spread.values),
+        _verdict(ok),
+    )
+
+
+def _rps(run: Run) -> float:
+    return run.load.rps
+
+
+def _p50(run: Run) -> float:
+    return run.load.p50_ms
+
+
+def _p99(run: Run) -> float:
+    return run.load.p99_ms
+
+
+def _system_us(run: Run) -> float:
+    return run.system_us
+
+
+def ratio_targets(runs: list[Run], top: int) -> list[tuple[str, str, str, str, str]]:
+    """The A/B targets at concurrency `top`, each a ratio taken within every round; the verdict is the median's."""
+    rest: Key = ("a REST reads", PROFILEMESH_REST, top)
+    base: Key = ("b REST reads", BASELINE_REST, top)
+    grpc_: Key = ("c gRPC GetProfile", PROFILEMESH_GRPC, top)
+    mix: Key = ("e REST mix", PROFILEMESH_REST, top)
+    base_mix: Key = ("e REST mix", BASELINE_REST, top)
+    checks: list[tuple[str, Key, Key, Callable[[Run], float], Callable[[float], bool]]] = [
+        (f"REST reads via gateway >= 2x baseline req/s at c={top}", rest, base, _rps, lambda r: r >= 2),
+        (
+            f"REST reads p99 below baseline's at c={top} (REST p99 / baseline p99 < 1)",
+            rest,
+            base,
+            _p99,
+            lambda r: r < 1,
+        ),
+        (
+            f"REST reads: system CPU per request <= 0.5x baseline's at c={top} (generator excluded)",
+            rest,
+            base,
+            _system_us,
+            lambda r: r <= 0.5,
+        ),
+        (f"REST mix via gateway >= 2x baseline req/s at c={top}", mix, base_mix, _rps, lambda r: r >= 2),
+        (
+            f"REST mix: system CPU per request <= 0.5x baseline's at c={top} (generator excluded)",
+            mix,
+            base_mix,
+            _system_us,
+            lambda r: r <= 0.5,
+        ),
+        (f"direct gRPC >= 4x baseline req/s at c={top}", grpc_, base, _rps, lambda r: r >= 4),
+        (f"REST >= 0.7x direct gRPC req/s at c={top}", rest, grpc_, _rps, lambda r: r >= 0.7),
+    ]
+    rows = []
+    for target, numerator, denominator, figure, meets in checks:
+        spread = round_ratios(runs, numerator, denominator, figure)
+        if spread is not None:
+            rows.append(_ratio_row(target, spread, meets(spread.median)))
+    return rows
+
+
+def idle_latency(runs: list[Run], low: int) -> str | None:
+    """REST reads at the lowest concurrency, both systems: batching must add nothing when idle."""
+    loads = {(s.scenario, s.system): s for s in summarise([r for r in runs if r.load.concurrency == low])}
+    rest, base = loads.get(("a REST reads", PROFILEMESH_REST)), loads.get(("b REST reads", BASELINE_REST))
+    p50 = round_ratios(runs, ("a REST reads", PROFILEMESH_REST, low), ("b REST reads", BASELINE_REST, low), _p50)
+    if rest is None or base is None or p50 is None:
+        return None
+    return (
+        f"c={low} latency, REST reads (medians of rounds): profilemesh p50 {rest.p50_ms:.2f} ms, "
+        f"p99 {rest.p99_ms:.2f} ms; baseline p50 {base.p50_ms:.2f} ms, p99 {base.p99_ms:.2f} ms; "
+        f"profilemesh's p50 over the baseline's within a round: median {p50.median:.2f}x, min {p50.min:.2f}x."
+    )
+
+
+def single_targets(report: Report) -> list[tuple[str, str, str]]:
+    """Targets measured once per benchmark (no A/B): the aggregator, the lag, the services' memory."""
     rows: list[tuple[str, str, str]] = []
-    verdict = lambda ok: "met" if ok else "**not met**"  # noqa: E731
-    if rest and base and base.rps:
-        ratio = rest.rps / base.rps
-        rows.append(
-            (
-                f"REST via gateway >= 2x baseline req/s at c={top}, lower p99",
-                f"{ratio:.2f}x; p99 {rest.p99_ms:.1f} vs {base.p99_ms:.1f} ms",
-                verdict(ratio >= 2 and rest.p99_ms < base.p99_ms),
-            )
-        )
-    if grpc_ and base and base.rps:
-        ratio = grpc_.rps / base.rps
-        rows.append((f"direct gRPC >= 4x baseline req/s at c={top}", f"{ratio:.2f}x", verdict(ratio >= 4)))
-    if rest and grpc_ and grpc_.rps:
-        share = rest.rps / grpc_.rps
-        rows.append((f"REST >= 70% of direct gRPC req/s at c={top}", f"{100 * share:.0f}%", verdict(share >= 0.7)))
     one = report.drains[0] if report.drains else None
     if one:
         rows.append(
             (
                 "aggregator >= 50,000 events/s, 1 replica",
                 f"{_n(one.events_per_s)} events/s ({one.mix})",
-                verdict(one.events_per_s >= 50_000 and one.finished),
+                _verdict(one.events_per_s >= 50_000 and one.finished),
             )
         )
     if report.lag:
@@ -139,7 +220,7 @@ def _targets(report: Report) -> list[tuple[str, str, str]]:
                 f"lag p99 < 100 ms at {lag['rate']:,.0f} reads/s",
                 f"{lag['p99_ms']:.1f} ms at {lag['background_rate']:,.0f} reads/s achieved"
                 + ("" if held else f", {lag['background_errors']:,} failed, {lag['background_dropped']:,} dropped"),
-                verdict(lag["p99_ms"] < 100 and held),
+                _verdict(lag["p99_ms"] < 100 and held),
             )
         )
     services = {name: mb for name, mb in report.rss_mb.items() if not name.startswith("baseline")}
@@ -149,29 +230,61 @@ def _targets(report: Report) -> list[tuple[str, str, str]]:
             (
                 "every service < 100 MB RSS at steady load",
                 f"max {services[worst]:.0f} MB ({worst})",
-                verdict(services[worst] < RSS_LIMIT_MB),
+                _verdict(services[worst] < RSS_LIMIT_MB),
             )
         )
     return rows
 
 
+def cpu_table(runs: list[Run], concurrency: int) -> list[str]:
+    """CPU µs per request by process at one concurrency: medians of rounds, the generator apart."""
+    summaries = cpu_summaries([run for run in runs if run.load.concurrency == concurrency])
+    processes = sorted({name for summary in summaries for name in summary.by_process})
+    rows = [
+        (
+            summary.key[0],
+            summary.key[1],
+            *(_n(summary.by_process[name]) if name in summary.by_process else "–" for name in processes),
+            _n(summary.system_total),
+            _n(summary.generator),
+            _n(summary.other_system),
+        )
+        for summary in summaries
+    ]
+    return _table(("scenario", "system", *processes, SYSTEM_TOTAL, GENERATOR_COLUMN, IDLE_COLUMN), rows)
+
+
 def render(report: Report) -> str:
     m = report.machine
+    rounds = report.scale["rounds"]
+    top, low = max(report.scale["concurrencies"]), min(report.scale["concurrencies"])
     out = [f"# {report.title}", ""]
     out += [
         f"- date: {m['date']}",
         f"- machine: {m['cores']} cores ({m['cpu']}), {m['memory_gb']:.0f} GiB, Python {m['python']}, {m['server']}",
         f"- load average before the run: {m['loadavg_before']}; after: {m['loadavg_after']} "
-        "(anything else running on the machine shares its cores: one run, provisional figures)",
+        "(anything else running on the machine shares its cores: figures are provisional)",
         f"- services: production defaults except as set here: {m['config']}; the baseline: gunicorn "
         "sync workers, one per core",
-        f"- each load run: {report.scale['load_s']} s after warm-up, concurrency {report.scale['concurrencies']}; "
+        f"- each load run: {report.scale['load_s']} s after warm-up, concurrency {report.scale['concurrencies']}, "
+        f"{rounds} round(s) (each round runs every scenario at every concurrency, the two systems interleaved); "
         f"whole benchmark: {report.elapsed_s:.0f} s",
         "",
     ]
 
-    out += ["## Targets (ratios within this run)", ""]
-    out += _table(("target", "measured", "verdict"), _targets(report))
+    out += [
+        "## Targets",
+        "",
+        "A/B ratios, profilemesh over the baseline, each taken within one round (round k's figure over round "
+        f"k's), over {rounds} round(s): the verdict is the median's; the minimum and every round's ratio show "
+        "the spread. CPU per request is the system's total, the load generator excluded.",
+        "",
+    ]
+    out += _table(RATIO_HEADER, ratio_targets(report.runs, top))
+    idle = idle_latency(report.runs, low)
+    if idle:
+        out += [idle, ""]
+    out += _table(SINGLE_HEADER, single_targets(report))
 
     out += [
         "## Requests",
@@ -179,35 +292,34 @@ def render(report: Report) -> str:
         "Closed-loop load: REST by wrk (1 thread, Lua scripts in bench/wrk/), gRPC and the bare script by "
         "bench/pyload.py (asyncio). Latency from the generator's side; errors are non-2xx/3xx answers plus "
         "socket errors (gRPC: any failed call). Reads pick uniformly among "
-        f"{report.scale['read_users']:,} preloaded profiles.",
+        f"{report.scale['read_users']:,} preloaded profiles. Each figure is the median over the {rounds} "
+        "round(s) (req/s of each round beside it); errors are summed over the rounds.",
         "",
     ]
-    out += _table(LOAD_HEADER, [_load_row(r) for r in report.loads])
-    saturated = [r for r in report.loads if not r.generator_headroom]
+    loads = summarise(report.runs)
+    out += _table(LOAD_HEADER, [_load_row(r) for r in loads])
+    saturated = sum(r.saturated_rounds for r in loads)
     out += [
         (
             "Generator headroom: every run's generator stayed below 80% of the cores it could use."
             if not saturated
-            else f"Generator headroom: **{len(saturated)} run(s) had a saturated generator**; their figures understate "
+            else f"Generator headroom: **{saturated} run(s) had a saturated generator**; their figures understate "
             "the server."
         ),
         "",
     ]
 
-    if report.cpu_us:
-        components = sorted({name for usage in report.cpu_us.values() for name in usage})
+    for concurrency in report.scale["concurrencies"]:
         out += [
-            f"### CPU per request at c={max(report.scale['concurrencies'])} (µs of CPU, by process)",
+            f"### CPU per request at c={concurrency} (µs of CPU by process, medians of {rounds} round(s))",
             "",
             "Two cores are shared by the generator, the servers and the six cluster nodes, so CPU per request, "
-            "more than requests/s, says where a request's cost lies.",
+            "more than requests/s, says where a request's cost lies. The system's total is the median of the "
+            "rounds' totals over the loaded system's processes (the cluster nodes included, the load generator "
+            "not); the generator and the other system's idle processes are shown apart.",
             "",
         ]
-        rows = [
-            (scenario, system, *(_n(usage.get(name, 0.0)) for name in components), _n(sum(usage.values())))
-            for (scenario, system), usage in report.cpu_us.items()
-        ]
-        out += _table(("scenario", "system", *components, "total"), rows)
+        out += cpu_table(report.runs, concurrency)
 
     if report.drains:
         out += [

@@ -22,14 +22,16 @@ from pathlib import Path
 
 import psutil
 import redis
+from redis.cluster import RedisCluster
 
 from bench import profiling
 from bench.accounting import CpuMeter, rss_mb
-from bench.aggregator_bench import drain
+from bench.aggregator_bench import drain, remaining
 from bench.baseline.server import BaselineServer
 from bench.growth import grow
 from bench.lag import measure_lag
 from bench.report import Report, render
+from bench.rounds import BASELINE, CLUSTER, Run, split_by_system
 from bench.sampling import PeakRss
 from bench.scale import FULL, SMOKE, Scale
 from bench.scenarios import BASELINE_REST, PROFILEMESH_REST, SCENARIOS, Targets, run_scenario
@@ -45,9 +47,12 @@ READ_PREFIX = "r"
 GROWTH_PREFIX = "g"
 BACKLOG_USERS = 10_000
 DEFAULT_OUT = Path(__file__).parent / "results.md"
+SETTLE_MAX_S = 30.0  # after a run, the longest wait for the aggregator to catch up before reading CPU
 NOTES = [
     "The baseline runs no aggregator (the seed's is a separate service), so its CPU per request has no "
     "statistics work in it; profilemesh's aggregator keeps applying the read events on the same two cores.",
+    "A run's CPU is read once the aggregator has applied every event so far (the wait is short, the processes "
+    "mostly idle in it), so profilemesh's rows include the aggregation of their own events and no other run's.",
     "gunicorn's sync workers close the connection after every response, so wrk reconnects for each baseline "
     "request, as clients of such a deployment do.",
     "Load is closed-loop (wrk, bench/pyload.py): when the server stalls, fewer requests are sent, so the "
@@ -103,47 +108,66 @@ def cpu_groups(system: System, baseline: BaselineServer) -> CpuMeter:
         return lambda: [system.processes[name].pid] if name in system.processes else []
 
     groups = {name: service(name) for name in ("gateway", "profile_svc", "aggregator_svc", "reporting_svc")}
-    groups["cluster (6 nodes)"] = lambda: [p.pid for p in system.cluster.processes.values()]
-    groups["baseline"] = baseline.pids
+    groups[CLUSTER] = lambda: [p.pid for p in system.cluster.processes.values()]
+    groups[BASELINE] = baseline.pids
     return CpuMeter(groups)
+
+
+def settle(client: RedisCluster, group: str) -> bool:
+    """Wait until the aggregator has applied every event so far, so that a run's CPU includes the
+    aggregation of its own events and none of the previous run's; False if it took over SETTLE_MAX_S."""
+    deadline = time.monotonic() + SETTLE_MAX_S
+    while remaining(client, group, PARTITIONS):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 async def request_phase(
     system: System, baseline: BaselineServer, targets: Targets, scale: Scale, report: Report, work: Path
 ) -> None:
-    """Every request scenario at every concurrency, systems interleaved so background noise hits both."""
+    """Every request scenario at every concurrency, once per round, systems interleaved so background noise
+    hits both; CPU per request by process is recorded for every run."""
     if scale.warmup_s >= 1:
         for url in (targets.gateway_url, targets.baseline_url):
             await asyncio.to_thread(
                 run_wrk, "warm-up", "", url, "reads.lua", [READ_PREFIX, str(targets.users)], 16, int(scale.warmup_s)
             )
-    meter, top, run_id = cpu_groups(system, baseline), max(scale.concurrencies), uuid.uuid4().hex[:6]
+    meter, run_id = cpu_groups(system, baseline), uuid.uuid4().hex[:6]
+    group = system.env().get("PROFILEMESH_AGGREGATOR_GROUP", "aggregator")
     baseline_rss = 0.0
     with StreamSampler(system.cluster.admin_url, PARTITIONS) as streams:
-        for concurrency in scale.concurrencies:
-            for scenario in SCENARIOS:
-                before: dict[str, float] = {}
-                result = await asyncio.to_thread(
-                    run_scenario,
-                    scenario,
-                    concurrency,
-                    targets,
-                    scale,
-                    run_id,
-                    lambda before=before: before.update(meter.snapshot()),
-                )
-                after = meter.snapshot()
-                if concurrency == top:
-                    usage = CpuMeter.per_request_us(before, after, result.requests)
-                    usage["load generator"] = result.generator_cpu * result.duration_s / max(result.requests, 1) * 1e6
-                    report.cpu_us[(scenario.name, scenario.system)] = usage
-                if scenario.target == "baseline":
-                    baseline_rss = max(baseline_rss, rss_mb(baseline.pids()))
-                report.loads.append(result)
-                say(
-                    f"{result.scenario} / {result.system} c={concurrency}: {result.rps:,.0f} req/s, "
-                    f"p99 {result.p99_ms:.1f} ms, {result.errors} errors"
-                )
+        for round_ in range(scale.rounds):
+            for concurrency in scale.concurrencies:
+                for scenario in SCENARIOS:
+                    before: dict[str, float] = {}
+                    result = await asyncio.to_thread(
+                        run_scenario,
+                        scenario,
+                        concurrency,
+                        targets,
+                        scale,
+                        f"{run_id}r{round_}",
+                        lambda before=before: before.update(meter.snapshot()),
+                    )
+                    waited = time.monotonic()
+                    if not await asyncio.to_thread(settle, streams.client, group):
+                        report.notes.append(
+                            f"round {round_ + 1}, {scenario.name} / {scenario.system} c={concurrency}: the "
+                            f"aggregator had not caught up {SETTLE_MAX_S:.0f} s after the run; its rest counts "
+                            "in the next run"
+                        )
+                    waited = time.monotonic() - waited
+                    usage = CpuMeter.per_request_us(before, meter.snapshot(), result.requests)
+                    report.runs.append(Run(round_, result, *split_by_system(usage, scenario.target == "baseline")))
+                    if scenario.target == "baseline":
+                        baseline_rss = max(baseline_rss, rss_mb(baseline.pids()))
+                    say(
+                        f"round {round_ + 1}/{scale.rounds} {result.scenario} / {result.system} c={concurrency}: "
+                        f"{result.rps:,.0f} req/s, p99 {result.p99_ms:.1f} ms, {result.errors} errors "
+                        f"(aggregator caught up in {waited:.2f} s)"
+                    )
         if scale.profile_s:
             await profile_services(system, baseline, targets, scale, report, work)
     report.streams = streams.summary()

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Scale:
     concurrencies: tuple[int, ...] = (1, 16, 64)
+    rounds: int = 3  # A/B rounds: every request scenario at every concurrency, once per round
     load_s: int = 5  # each wrk / Python load run (wrk takes whole seconds)
     warmup_s: float = 1.0  # before each system's first run and inside each Python generator
     read_users: int = 10_000  # preloaded profiles that the read and mix scenarios pick from
@@ -25,6 +26,7 @@ class Scale:
 FULL = Scale()
 
 SMOKE = Scale(
+    rounds=1,
     load_s=1,
     warmup_s=0.2,
     read_users=1_000,

@@ -12,6 +12,7 @@ from bench.wrk_runner import run_wrk
 
 PROFILEMESH_REST = "profilemesh (REST via gateway)"
 BASELINE_REST = "baseline (Flask + gunicorn)"
+PROFILEMESH_GRPC = "profilemesh (direct gRPC)"
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class Scenario:
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario("a REST reads", PROFILEMESH_REST, "wrk", "gateway"),
     Scenario("b REST reads", BASELINE_REST, "wrk", "baseline"),
-    Scenario("c gRPC GetProfile", "profilemesh (direct gRPC)", "grpc", "profile_svc"),
+    Scenario("c gRPC GetProfile", PROFILEMESH_GRPC, "grpc", "profile_svc"),
     Scenario("d cluster script (floor)", "get_profile.lua via redis.asyncio", "script", "cluster"),
     Scenario("e REST mix", PROFILEMESH_REST, "wrk", "gateway", "mix.lua"),
     Scenario("e REST mix", BASELINE_REST, "wrk", "baseline", "mix.lua"),

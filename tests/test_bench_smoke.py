@@ -13,17 +13,32 @@ from pathlib import Path
 
 import pytest
 
-from bench.report import DRAIN_HEADER, GROWTH_HEADER, LAG_HEADER, LOAD_HEADER, expected_load_rows
+from bench.report import (
+    DRAIN_HEADER,
+    GENERATOR_COLUMN,
+    GROWTH_HEADER,
+    IDLE_COLUMN,
+    LAG_HEADER,
+    LOAD_HEADER,
+    RATIO_HEADER,
+    SINGLE_HEADER,
+    SYSTEM_TOTAL,
+    expected_load_rows,
+)
 from bench.scale import SMOKE
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _rows(text: str, header: tuple[str, ...]) -> list[dict[str, str]]:
-    """The rows of the Markdown table whose header is `header`, as dicts."""
+def loads_at(concurrency: int) -> list[tuple[str, str, int]]:
+    return [row for row in expected_load_rows(SMOKE.concurrencies) if row[2] == concurrency]
+
+
+def _rows(text: str, header: tuple[str, ...], after: str = "") -> list[dict[str, str]]:
+    """The rows of the Markdown table whose header is `header` (the first after the line `after`), as dicts."""
     lines = text.splitlines()
     head = "| " + " | ".join(header) + " |"
-    start = lines.index(head) + 2
+    start = lines.index(head, lines.index(after) if after else 0) + 2
     rows = []
     for line in lines[start:]:
         if not line.startswith("|"):
@@ -52,6 +67,27 @@ def test_bench_smoke_writes_every_scenario_without_errors(tmp_path: Path) -> Non
     for row in loads:
         assert row["errors"] == "0", row
         assert int(row["req/s"].replace(",", "")) > 0, row
+
+    for concurrency in SMOKE.concurrencies:
+        title = next(line for line in text.splitlines() if line.startswith(f"### CPU per request at c={concurrency} "))
+        header = next(line for line in text.splitlines()[text.splitlines().index(title) :] if line.startswith("| "))
+        columns = tuple(cell.strip() for cell in header.strip("|").split("|"))
+        assert {"gateway", "profile_svc", "aggregator_svc", "cluster (6 nodes)", "baseline"} <= set(columns), columns
+        assert columns[-3:] == (SYSTEM_TOTAL, GENERATOR_COLUMN, IDLE_COLUMN), columns
+        cpu = _rows(text, columns, after=title)
+        assert {(row["scenario"], row["system"]) for row in cpu} == {(s, system) for s, system, c in loads_at(1)}
+        for row in cpu:
+            assert int(row[SYSTEM_TOTAL].replace(",", "")) > 0, row
+            own = [int(row[name].replace(",", "")) for name in columns[2:-3] if row[name] != "–"]
+            assert row["cluster (6 nodes)"] != "–", row  # the cluster counts for both systems
+            assert int(row[SYSTEM_TOTAL].replace(",", "")) == pytest.approx(sum(own), abs=len(columns)), row
+            # the system's processes, rounded, add up to its total; the generator and the idle system are apart
+
+    ratios = _rows(text, RATIO_HEADER)
+    assert len(ratios) == 7, ratios
+    assert all(row["median of rounds"].endswith("x") and row["verdict"] in ("met", "**not met**") for row in ratios)
+    assert any(line.startswith("c=1 latency, REST reads") for line in text.splitlines())
+    assert [row["target"].split()[0] for row in _rows(text, SINGLE_HEADER)] == ["aggregator", "lag", "every"]
 
     drains = _rows(text, DRAIN_HEADER)
     assert [row["replicas"] for row in drains] == ["1", "1", "2"]

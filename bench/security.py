@@ -14,6 +14,8 @@ import asyncio
 import tempfile
 from pathlib import Path
 
+import grpc
+
 from bench.pyload import run_pyload
 from bench.results import LoadResult
 from bench.wrk_runner import run_wrk
@@ -26,20 +28,27 @@ SETTINGS = {"PROFILEMESH_PARTITIONS": str(PARTITIONS), "PROFILEMESH_LOG_LEVEL": 
 RESULTS = Path(__file__).resolve().parent / "security-results.md"
 
 
+async def _create(stub: profile_pb2_grpc.ProfileServiceStub, i: int) -> None:
+    """One profile; UNAVAILABLE says the outcome is unknown and a retry is safe (ALREADY_EXISTS then means done)."""
+    request = profile_pb2.CreateProfileRequest(user=f"{PREFIX}{i}", fields={"email": f"{i}@example.com"})
+    for attempt in range(5):
+        try:
+            await stub.CreateProfile(request, timeout=10)
+            return
+        except grpc.aio.AioRpcError as error:
+            if attempt and error.code() == grpc.StatusCode.ALREADY_EXISTS:
+                return
+            if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == 4:
+                raise
+            await asyncio.sleep(0.2 * 2**attempt)
+
+
 async def _load(system: System, users: int) -> None:
     """The profiles the reads pick from, created through the API (the admin needs no TLS options here)."""
     async with system.grpc_aio_channel(f"127.0.0.1:{system.profile_port}") as channel:
         stub = profile_pb2_grpc.ProfileServiceStub(channel)
         for start in range(0, users, 100):
-            await asyncio.gather(
-                *(
-                    stub.CreateProfile(
-                        profile_pb2.CreateProfileRequest(user=f"{PREFIX}{i}", fields={"email": f"{i}@example.com"}),
-                        timeout=10,
-                    )
-                    for i in range(start, min(start + 100, users))
-                )
-            )
+            await asyncio.gather(*(_create(stub, i) for i in range(start, min(start + 100, users))))
 
 
 def measure(work: Path, secure: bool, users: int, concurrency: int, seconds: int) -> list[LoadResult]:

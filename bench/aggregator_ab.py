@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
 import tempfile
 import time
 import urllib.request
@@ -27,7 +26,7 @@ from redis.cluster import RedisCluster
 
 from bench.accounting import CpuMeter
 from bench.lag import measure_lag
-from bench.observability import export_base
+from bench.observability import base_revision, export_base
 from bench.run import BENCH_SETTINGS, PARTITIONS, READ_PREFIX
 from bench.seeding import load_profiles
 from bench.wrk_runner import run_wrk
@@ -88,12 +87,7 @@ def main() -> None:
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for this tree's aggregator only")
     parser.add_argument("--base-env", action="append", default=[], help="NAME=VALUE for the base aggregator only")
     options = parser.parse_args()
-    rev = (
-        options.base
-        or subprocess.run(
-            ["git", "merge-base", "HEAD", "main"], cwd=ROOT, check=True, capture_output=True, text=True
-        ).stdout.strip()
-    )
+    rev = base_revision(options.base)
     tree_env = dict(item.split("=", 1) for item in options.env)
     base_env = dict(item.split("=", 1) for item in options.base_env)
     rows: dict[str, list[dict[str, float]]] = defaultdict(list)

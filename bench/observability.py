@@ -48,6 +48,14 @@ def say(message: str) -> None:
     print(f"[bench.observability {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def base_revision(given: str | None) -> str:
+    """The revision an A/B compares this tree with: the one given, else the merge base with main."""
+    if given:
+        return given
+    merge_base = ["git", "merge-base", "HEAD", "main"]
+    return subprocess.run(merge_base, cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
+
+
 def export_base(rev: str, into: Path) -> None:
     """The services as of `rev`, with code generated from that revision's own protos into `into/gen`."""
     archive = subprocess.run(["git", "archive", rev], cwd=ROOT, check=True, capture_output=True).stdout
@@ -157,12 +165,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    base_rev = (
-        args.base
-        or subprocess.run(
-            ["git", "merge-base", "HEAD", "main"], cwd=ROOT, check=True, capture_output=True, text=True
-        ).stdout.strip()
-    )
+    base_rev = base_revision(args.base)
     SETTINGS["PROFILEMESH_GATEWAY_BATCH"] = args.batch
     runs: dict[str, list[dict[str, float]]] = {variant: [] for variant in VARIANTS}
     sink = OtlpSink(free_ports(1)[0]).start()

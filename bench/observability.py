@@ -90,6 +90,9 @@ def one_run(variant: str, work: Path, base: Path, sink: OtlpSink, seconds: int) 
         os.environ["PYTHONPATH"] = f"{base}{os.pathsep}{base / 'gen'}"
     try:
         system.start()
+    except BaseException:
+        system.stop()  # a system that never got healthy still stops what it started
+        raise
     finally:
         os.chdir(here)
         os.environ.pop("PYTHONPATH", None)

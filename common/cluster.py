@@ -208,19 +208,22 @@ class Cluster:
         """
         if tracing.ENABLED:
             return await self.run(script, keys, args)
-        _commands("script", self.name_of(script)).inc()
+        counted = _commands("script", self.name_of(script))
         try:
             async with closed_under_command():
                 node = (await self.connected()).get_node_from_key(keys[0])
                 if node is None:  # only a replica can be missing; typed as if a primary could
                     raise SlotNotCoveredError(f"no primary serves {keys[0]!r}")
-                return await node.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                reply = await node.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
         except _RUN_THROUGH_THE_CLIENT as error:
             _errors(type(error).__name__).inc()
-            return await self.run(script, keys, args)
+            return await self.run(script, keys, args)  # counted there: one command, not two
         except Exception as error:
+            counted.inc()
             _errors(type(error).__name__).inc()
             raise
+        counted.inc()
+        return reply
 
     async def ping(self) -> bool:
         """Whether any primary answers; used for gRPC health.

@@ -104,7 +104,7 @@ class Aggregator:
                     # Entries delivered to us but never applied (a replica of an older version read them
                     # apart from applying them, or died between): take them back first, after every error
                     # and every maintenance interval, rather than waiting for them to be reclaimed as idle.
-                    reply = await self._read(client, stream, "0")
+                    reply = await self._read_own_pending(client, stream)
                     entries = reply[0][1] if reply else []
                     if entries:
                         await self._apply_entries(partition, entries)
@@ -133,11 +133,11 @@ class Aggregator:
                 log.warning("partition %d: cluster unavailable: %r", partition, error)
                 await asyncio.sleep(RETRY_S)
 
-    async def _read(self, client: RedisCluster, stream: str, after: str, block_ms: int | None = None) -> Any:
-        """XREADGROUP: the entries pending for us ("0") or new ones (">"), waiting up to block_ms for new ones."""
+    async def _read_own_pending(self, client: RedisCluster, stream: str) -> Any:
+        """XREADGROUP from "0": the entries delivered to us and not yet acknowledged."""
         # Outside the bound (Cluster.bounded), so it says itself that a connection closed under it is a failure.
         async with closed_under_command():
-            return await client.xreadgroup(self.group, self.consumer, {stream: after}, count=self.batch, block=block_ms)
+            return await client.xreadgroup(self.group, self.consumer, {stream: "0"}, count=self.batch)
 
     async def _wait_for_entries(self, client: RedisCluster, stream: str, after: str) -> bool:
         """Whether the stream got an entry past `after` within block_ms; XREAD delivers nothing to the group."""

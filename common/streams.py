@@ -104,6 +104,13 @@ class StreamClock:
         if event:
             self.last_event = self.last_message
 
+    def heartbeat_due(self) -> bool:
+        """Whether a heartbeat is due now, for a stream busy with work that sends nothing (a filtered catch-up);
+        raises the stream's end when it must end, so such work stops on a drain too."""
+        if self.stopped is not None:
+            raise self.stopped
+        return time.monotonic() >= self.last_message + self.limits.heartbeat_s
+
     async def wait(self) -> bool:
         """Wait until woken (True) or until a heartbeat is due (False); raise StreamEnded when the stream must end."""
         while True:

@@ -23,7 +23,7 @@ from common.rpc_errors import CLUSTER_DOWN, as_service_error
 from common.streams import StreamEnded, TooManyStreams
 from gateway.errors import HTTP_STATUS, http_status, rendered_details, service_error_response
 from gateway.translate import BadRequest
-from profile_svc.events_feed import FellBehind, Trimmed
+from profile_svc.events_feed import HistoryChanged, Trimmed
 
 ERRORS: list[tuple[ServiceError, grpc.StatusCode, str, int]] = [
     (InvalidArgument("bad", field="user"), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", 400),
@@ -36,8 +36,8 @@ ERRORS: list[tuple[ServiceError, grpc.StatusCode, str, int]] = [
     (TooManyRequests("busy"), grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_REQUESTS", 429),
     (TooManyStreams("full"), grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_STREAMS", 429),
     (StreamEnded("bye"), grpc.StatusCode.UNAVAILABLE, "STREAM_ENDED", 503),
-    (FellBehind("slow"), grpc.StatusCode.RESOURCE_EXHAUSTED, "SUBSCRIBER_FELL_BEHIND", 429),
     (Trimmed("gone"), grpc.StatusCode.OUT_OF_RANGE, "EVENTS_TRIMMED", 400),
+    (HistoryChanged("lost"), grpc.StatusCode.OUT_OF_RANGE, "EVENTS_HISTORY_CHANGED", 400),
 ]
 
 

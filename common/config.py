@@ -133,7 +133,7 @@ class Settings:
         128, "streams (Watch RPCs, SSE in the gateway) open per process before new ones are refused", minimum=1
     )
     stream_queue: int = setting(
-        2000, "events queued for one subscriber before it is cut off (RESOURCE_EXHAUSTED)", minimum=1
+        2000, "events one subscriber may have queued before it reads from the stream instead", minimum=1
     )
     stream_heartbeat_s: int = setting(
         15, "silence after which a stream sends a heartbeat (SSE: a keepalive comment)", minimum=1

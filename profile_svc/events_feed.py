@@ -8,12 +8,14 @@ itself through scripts/events_after.lua until it is level again. So a subscriber
 partition once and in order, or its stream ends with a status that says what to do.
 
 A position is, per partition, the last entry passed: its id, its offset `n` (the stream's entries-added
-count once it was in, stored in the entry by the write scripts) and its time. Every read of the stream
-first checks the position against the stream as it is now, in the same script: the entry must be there
-with that offset and time, or be the last one trimmed. A position older than the stream's head means
-events were trimmed (Trimmed: OUT_OF_RANGE, EVENTS_TRIMMED); a position the stream no longer holds as it
-was means a failover lost entries the feed had already handed out, and may have handed their ids out
-again (HistoryChanged: OUT_OF_RANGE, EVENTS_HISTORY_CHANGED). Nothing is ever skipped silently.
+count once it was in) and its time. Every read of the stream first checks the position against the
+stream as it is now, in the same script: the entry must be there with that id and time, at an offset the
+stream still holds, or be the last one trimmed; the offsets of what it reads follow from the position's
+(or from the head's, entries-added - length + 1), so no offset is ever counted on from an unchecked base.
+A position older than the stream's head means events were trimmed (Trimmed: OUT_OF_RANGE,
+EVENTS_TRIMMED); a position the stream no longer holds as it was means a failover lost entries the feed
+had already handed out, and may have handed their ids out again (HistoryChanged: OUT_OF_RANGE,
+EVENTS_HISTORY_CHANGED). Nothing is ever skipped silently.
 
 A resume token is the position, the deployment's identity and a MAC under a secret the deployment keeps
 in the cluster (keys.DEPLOYMENT_KEY): a token is checked completely before anything reaches the streams,
@@ -385,10 +387,7 @@ class EventsFeed:
             [keys.events_key(partition), keys.trimmed_key(partition)],
             [format_id(after.id), after.n, after.ts, until if isinstance(until, str) else format_id(until), count],
         )
-        verdict, events, contiguous = _text(reply[0]), *_events(partition, reply[2], int(reply[1]))
-        if verdict == "ok" and not contiguous:
-            verdict = "changed"  # offsets that don't follow on: not the history the position is in
-        return verdict, events
+        return _text(reply[0]), _events(partition, reply[2], int(reply[1]))
 
     async def _last(self, partition: int) -> Anchor:
         reply = await self.cluster.run(
@@ -466,18 +465,11 @@ def _anchor_of(reply: Sequence[Any]) -> Anchor:
     return Anchor((int(ms), int(seq or 0)), int(reply[1]), int(reply[2]))
 
 
-def _events(partition: int, entries: Sequence[Any], first_n: int) -> tuple[list[Event], bool]:
-    """Events from a script's entries (fields as a flat list), and whether their stored offsets run on from
-    first_n one by one (entries written before offsets were stored are counted on)."""
+def _events(partition: int, entries: Sequence[Any], first_n: int) -> list[Event]:
+    """Events from a script's entries (fields as a flat list), the first at offset first_n."""
     events = []
-    n = first_n
-    contiguous = True
-    for raw_id, flat in entries:
+    for n, (raw_id, flat) in enumerate(entries, first_n):
         fields = dict(zip(flat[::2], flat[1::2], strict=True))
-        stored = fields.get(b"n")
-        if stored is not None and int(stored) != n:
-            contiguous = False
-            n = int(stored)
         ms, _, seq = _text(raw_id).partition("-")
         events.append(
             Event(
@@ -489,5 +481,4 @@ def _events(partition: int, entries: Sequence[Any], first_n: int) -> tuple[list[
                 ts_ms=int(fields[b"ts"]),
             )
         )
-        n += 1
-    return events, contiguous
+    return events

@@ -10,8 +10,10 @@
 --   'trimmed'  entries after the position are gone; entries are the oldest ones kept (offsets from the head)
 --   'changed'  the position is not in this stream's history (the stream lost entries it had, in a failover
 --              whose replica lacked them, and may have handed their ids out again); entries are none
--- An entry's offset is the stream's entries-added count once it was in; profile_svc stores it as field n.
--- Entries leave a stream only from its head, so the head's offset is entries-added - length + 1.
+-- An entry's offset is the stream's entries-added count once it was in. Entries leave a stream only from its
+-- head, so the head's offset is entries-added - length + 1, and the entries after a position that is in the
+-- stream have the offsets after its own. A position whose entry is there, at its id and with its time, is in
+-- the stream's history with every entry before it: a replica that lacked entries lacked a suffix.
 
 local stream, record = KEYS[1], KEYS[2]
 local after_id, after_n, after_ts = ARGV[1], tonumber(ARGV[2]), ARGV[3]
@@ -31,9 +33,9 @@ local function older(a, b)
   return a_ms < b_ms or (a_ms == b_ms and a_seq < b_seq)
 end
 
--- An entry written before offsets were stored has no n: its time alone is compared then.
-local function is_position(id, n, ts)
-  return id == after_id and (n == nil or tonumber(n) == after_n) and tostring(ts) == after_ts
+-- The position's entry: that id with that time (an id handed out again after a failover has another time).
+local function is_position(id, ts)
+  return id == after_id and tostring(ts) == after_ts
 end
 
 local trimmed = redis.call('HMGET', record, 'id', 'n', 'ts')
@@ -67,7 +69,7 @@ end
 if after_n >= head_n then
   -- The position's entry is still in the stream: it must be there, at that id, with that offset and time.
   local at = redis.call('XRANGE', stream, after_id, after_id)[1]
-  if not at or not is_position(at[1], field(at[2], 'n'), field(at[2], 'ts') or 0) then
+  if not at or not is_position(at[1], field(at[2], 'ts') or 0) then
     return {'changed', head_n, {}, last}
   end
   return after('ok', '(' .. after_id, after_n + 1)

@@ -50,7 +50,8 @@ from common.validation import MAX_USERS, check_user
 log = logging.getLogger(__name__)
 
 SCRIPTS = Path(__file__).parent / "scripts"
-PAGE = 1000  # entries per read of the stream: a tail batch, a catch-up page (well under a millisecond of script)
+PAGE = 1000  # entries per tail read of the stream (a millisecond or two of script)
+CATCH_UP_PAGE = 2000  # entries a catch-up scans per read; it returns only those its subscriber wants
 RETRY_S = 0.5
 CHANGES = ("create", "update", "delete")
 TOKEN_PREFIX = "v2."
@@ -217,7 +218,22 @@ class Position:
         return self.tokens.issue(self.anchors)
 
 
-def event_filter(users: Iterable[str], types: Iterable[str]) -> Callable[[Event], bool]:
+@dataclass(frozen=True)
+class EventFilter:
+    """Which events a subscriber wants: its types, and its users (none: everyone's). A catch-up passes it to
+    the stream's script, so what a subscriber filters out is not even sent to the service."""
+
+    types: frozenset[str]
+    users: frozenset[str]
+
+    def __call__(self, event: Event) -> bool:
+        return event.type in self.types and (not self.users or event.user in self.users)
+
+    def script_args(self) -> list[str]:
+        return [",".join(sorted(self.types)), *sorted(self.users)]
+
+
+def event_filter(users: Iterable[str], types: Iterable[str]) -> EventFilter:
     """Which events a subscriber wants; checks the filters (InvalidArgument names what is wrong)."""
     wanted_users = {check_user(user, field="users") for user in users}
     if len(wanted_users) > MAX_USERS:
@@ -228,9 +244,17 @@ def event_filter(users: Iterable[str], types: Iterable[str]) -> Callable[[Event]
         raise InvalidArgument(
             f"unknown event type {sorted(unknown)[0][:40]!r}: use {', '.join(keys.EVENT_TYPES)}", field="types"
         )
-    if wanted_users:
-        return lambda event: event.type in wanted_types and event.user in wanted_users
-    return lambda event: event.type in wanted_types
+    return EventFilter(frozenset(wanted_types), frozenset(wanted_users))
+
+
+@dataclass(frozen=True)
+class Read:
+    """What one checked read of a stream found."""
+
+    verdict: str  # ok, trimmed or changed (events_after.lua)
+    events: list[Event]
+    scanned: int  # entries the script went through, wanted or not
+    scanned_to: Anchor | None  # the last of them: where a reader that filtered stands after this read
 
 
 @dataclass(frozen=True)
@@ -366,28 +390,46 @@ class EventsFeed:
         first = True
         while first or position.anchors[partition].id < until:
             first = False
-            verdict, events = await self._read(partition, position.anchors[partition], until, PAGE)
-            if verdict == "trimmed":
+            read = await self._read(partition, position.anchors[partition], until, CATCH_UP_PAGE, wanted)
+            if read.verdict == "trimmed":
                 raise _trimmed(partition)
-            if verdict == "changed":
+            if read.verdict == "changed":
                 raise _changed(partition)
-            for event in events:
+            for event in read.events:
                 position.advance(event)
                 if wanted(event):
                     yield event
-            if len(events) < PAGE:
+            if read.scanned_to is not None:
+                position.anchors[partition] = read.scanned_to
+            if read.scanned < CATCH_UP_PAGE:
                 return
             if clock.heartbeat_due():
                 yield None
 
-    async def _read(self, partition: int, after: Anchor, until: StreamId | str, count: int) -> tuple[str, list[Event]]:
-        """One checked read of the stream after `after` (events_after.lua): its verdict and the events."""
+    async def _read(
+        self,
+        partition: int,
+        after: Anchor,
+        until: StreamId | str,
+        count: int,
+        wanted: Callable[[Event], bool] | None = None,
+    ) -> Read:
+        """One checked read of the stream after `after` (events_after.lua). With an EventFilter, the script
+        returns only the entries it wants, and where its scan ended."""
+        filtering = wanted.script_args() if isinstance(wanted, EventFilter) else []
         reply = await self.cluster.run(
             self._events_after,
             [keys.events_key(partition), keys.trimmed_key(partition)],
-            [format_id(after.id), after.n, after.ts, until if isinstance(until, str) else format_id(until), count],
+            [format_id(after.id), after.n, after.ts, until if isinstance(until, str) else format_id(until), count]
+            + filtering,
         )
-        return _text(reply[0]), _events(partition, reply[2], int(reply[1]))
+        verdict, first_n, entries, scanned = _text(reply[0]), int(reply[1]), reply[2], int(reply[4])
+        if not filtering:
+            events = _events(partition, entries, range(first_n, first_n + len(entries)))
+            return Read(verdict, events, scanned, events[-1].anchor if events else None)
+        end = reply[6]
+        scanned_to = Anchor(_id(end[0]), first_n + scanned - 1, int(end[1])) if scanned else None
+        return Read(verdict, _events(partition, entries, [int(n) for n in reply[5]]), scanned, scanned_to)
 
     async def _last(self, partition: int) -> Anchor:
         reply = await self.cluster.run(
@@ -431,7 +473,8 @@ class EventsFeed:
                     async with closed_under_command():  # outside the bound, so it converts a closed connection itself
                         await client.xread({stream: format_id(self.tail[partition].id)}, count=1, block=self.block_ms)
                 base = self.tail[partition]
-                verdict, events = await self._read(partition, base, "+", PAGE)
+                read = await self._read(partition, base, "+", PAGE)
+                verdict, events = read.verdict, read.events
                 if verdict == "changed":
                     log.warning("events of partition %d: the stream lost entries already read (failover)", partition)
                     self.tail[partition] = await self._last(partition)
@@ -460,20 +503,23 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _id(raw: Any) -> StreamId:
+    ms, _, seq = _text(raw).partition("-")
+    return int(ms), int(seq or 0)
+
+
 def _anchor_of(reply: Sequence[Any]) -> Anchor:
-    ms, _, seq = _text(reply[0]).partition("-")
-    return Anchor((int(ms), int(seq or 0)), int(reply[1]), int(reply[2]))
+    return Anchor(_id(reply[0]), int(reply[1]), int(reply[2]))
 
 
-def _events(partition: int, entries: Sequence[Any], first_n: int) -> list[Event]:
-    """Events from a script's entries (fields as a flat list), the first at offset first_n."""
+def _events(partition: int, entries: Sequence[Any], offsets: Iterable[int]) -> list[Event]:
+    """Events from a script's entries (fields as a flat list) at the given offsets."""
     events = []
-    for n, (raw_id, flat) in enumerate(entries, first_n):
+    for n, (raw_id, flat) in zip(offsets, entries, strict=False):
         fields = dict(zip(flat[::2], flat[1::2], strict=True))
-        ms, _, seq = _text(raw_id).partition("-")
         events.append(
             Event(
-                id=(int(ms), int(seq)),
+                id=_id(raw_id),
                 n=n,
                 partition=partition,
                 user=fields[b"user"].decode(),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import signal
 import threading
@@ -22,9 +23,11 @@ import redis
 from redis.cluster import RedisCluster
 
 from common import keys
+from common.cluster import Cluster
 from common.scripts import script_source
+from common.streams import StreamLimits
 from localdev.system import System, on_free_ports
-from profile_svc.events_feed import Anchor, Tokens
+from profile_svc.events_feed import CATCH_UP_PAGE, Anchor, EventsFeed, Tokens, event_filter
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 from tests.conftest import PARTITIONS, TEST_SETTINGS
 from tests.helpers import status_details, wait_until
@@ -322,6 +325,56 @@ def test_a_filtered_subscriber_400000_entries_behind_catches_up_under_3000_event
         f"\n{via}: a subscriber filtering out everything, {BEHIND:,} entries behind while {RATE:,} events/s "
         f"arrived, caught up in {result['caught_up_s']:.1f} s ({len(tokens)} heartbeats on the way)"
     )
+
+
+def test_every_page_of_a_catch_up_can_carry_a_heartbeat_with_an_advancing_token(
+    system: System, admin: RedisCluster
+) -> None:
+    """The catch-up itself, in-process on the real feed, with a heartbeat due at every moment: a subscriber
+    filtering out a backlog of one partition gets a token after every page it goes through, each further on."""
+    user = user_in(9, "pages")
+    admin.hset(keys.profile_key(user, PARTITIONS), "v", "1")
+    system.stop_process("aggregator_svc")
+    try:
+
+        async def scenario() -> tuple[list[int], int, int]:
+            cluster = Cluster(system.client_settings("profile_svc"))
+            try:
+                feed = EventsFeed(cluster)
+                limits = StreamLimits(cluster.settings)
+                start = await feed.resume(await _first_token(feed, limits))
+                begin = start.anchors[9].n
+                _append_reads(admin, system, [user], 20_000)
+                end = int(admin.xinfo_stream(keys.events_key(9))["entries-added"])
+                limits.heartbeat_s = 0  # a heartbeat is due whenever the feed looks
+                seen: list[int] = []
+                with limits.slot() as clock:
+                    async with contextlib.aclosing(feed.watch(clock, start, event_filter(["nobody"], []))) as events:
+                        async for event, position in events:
+                            assert event is None
+                            seen.append(position.anchors[9].n)
+                            clock.sent(False)
+                            if position.anchors[9].n >= end:
+                                break
+                return seen, begin, end
+            finally:
+                await cluster.close()
+
+        seen, begin, end = asyncio.run(scenario())
+    finally:
+        system.start_process("aggregator_svc", "aggregator_svc")
+    between = [n for n in seen if begin < n < end]
+    assert seen == sorted(seen) and seen[-1] >= end
+    # 20,000 entries in pages of CATCH_UP_PAGE: a token after each page but the last.
+    assert len(between) >= 20_000 // CATCH_UP_PAGE - 1, (begin, end, seen)
+
+
+async def _first_token(feed: EventsFeed, limits: StreamLimits) -> str:
+    with limits.slot() as clock:
+        async with contextlib.aclosing(feed.watch(clock, None, event_filter([], []))) as events:
+            async for _, position in events:
+                return position.token()
+    raise AssertionError("no first heartbeat")
 
 
 async def _sse_catch_up(system: System, token: str, behind: Any) -> tuple[list[tuple[float, str]], Any]:

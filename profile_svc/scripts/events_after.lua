@@ -2,10 +2,14 @@
 -- the stream as it is now, atomically (a trim or an append can't slip in between).
 -- KEYS[1] partition event stream, KEYS[2] the last entry trimmed from it (hash: id, n, ts; trim_acknowledged.lua)
 -- ARGV[1] the position: the id of the last entry passed ('0-0' before the first), ARGV[2] its offset n (0 before
--- the first), ARGV[3] its ts; ARGV[4] inclusive end id or '+'; ARGV[5] at most how many entries (0: none,
--- only the verdict and the last entry).
--- Returns {verdict, offset of the first entry returned, entries, last}, last = {id, n, ts} of the stream's last
--- entry (or of the last one trimmed when none is left, or {'0-0', 0, 0}), verdict one of:
+-- the first), ARGV[3] its ts; ARGV[4] inclusive end id or '+'; ARGV[5] at most how many entries to go through
+-- (0: none, only the verdict and the last entry); optionally a filter: ARGV[6] the event types wanted,
+-- comma-separated, ARGV[7..] the users wanted (none: every user's).
+-- Returns {verdict, offset of the first entry gone through, entries, last, scanned, offsets, scanned_to}:
+-- entries are those gone through (only the wanted ones with a filter, whose offsets are then in `offsets`),
+-- scanned how many were gone through, scanned_to {id, ts} of the last of them (with a filter);
+-- last = {id, n, ts} of the stream's last entry (or of the last one trimmed when none is left, or
+-- {'0-0', 0, 0}); verdict one of:
 --   'ok'       the position is in this stream's history; entries are those after it (offsets from ARGV[2] + 1)
 --   'trimmed'  entries after the position are gone; entries are the oldest ones kept (offsets from the head)
 --   'changed'  the position is not in this stream's history (the stream lost entries it had, in a failover
@@ -41,8 +45,8 @@ end
 local trimmed = redis.call('HMGET', record, 'id', 'n', 'ts')
 if redis.call('EXISTS', stream) == 0 then
   local last = {'0-0', 0, 0}
-  if after_n == 0 then return {'ok', 1, {}, last} end
-  return {'changed', 1, {}, last}
+  if after_n == 0 then return {'ok', 1, {}, last, 0, {}, {}} end
+  return {'changed', 1, {}, last, 0, {}, {}}
 end
 
 local info = redis.call('XINFO', 'STREAM', stream)
@@ -58,19 +62,41 @@ else
   last = {'0-0', 0, 0}
 end
 
+local types, users = nil, nil
+if ARGV[6] then
+  types = {}
+  for kind in string.gmatch(ARGV[6], '[^,]+') do types[kind] = true end
+  if #ARGV > 6 then
+    users = {}
+    for i = 7, #ARGV do users[ARGV[i]] = true end
+  end
+end
+
 local function after(verdict, from, first_n)
-  if count == 0 then return {verdict, first_n, {}, last} end
-  return {verdict, first_n, redis.call('XRANGE', stream, from, upto, 'COUNT', count), last}
+  if count == 0 then return {verdict, first_n, {}, last, 0, {}, {}} end
+  local entries = redis.call('XRANGE', stream, from, upto, 'COUNT', count)
+  if not types then return {verdict, first_n, entries, last, #entries, {}, {}} end
+  local wanted, offsets = {}, {}
+  for i, entry in ipairs(entries) do
+    local fields = entry[2]
+    if types[field(fields, 'type')] and (not users or users[field(fields, 'user')]) then
+      wanted[#wanted + 1] = entry
+      offsets[#offsets + 1] = first_n + i - 1
+    end
+  end
+  local scanned_to = {}
+  if #entries > 0 then scanned_to = {entries[#entries][1], field(entries[#entries][2], 'ts')} end
+  return {verdict, first_n, wanted, last, #entries, offsets, scanned_to}
 end
 
 if after_n > added then
-  return {'changed', head_n, {}, last}  -- an offset this stream has not reached: its end was lost
+  return {'changed', head_n, {}, last, 0, {}, {}}  -- an offset this stream has not reached: its end was lost
 end
 if after_n >= head_n then
   -- The position's entry is still in the stream: it must be there, at that id, with that offset and time.
   local at = redis.call('XRANGE', stream, after_id, after_id)[1]
   if not at or not is_position(at[1], field(at[2], 'ts') or 0) then
-    return {'changed', head_n, {}, last}
+    return {'changed', head_n, {}, last, 0, {}, {}}
   end
   return after('ok', '(' .. after_id, after_n + 1)
 end
@@ -80,9 +106,9 @@ end
 -- The position is the entry just before the head: the stream's start, or the last entry trimmed.
 if after_n > 0 and trimmed[1] and not (trimmed[1] == after_id and tonumber(trimmed[2]) == after_n
     and tostring(trimmed[3]) == after_ts) then
-  return {'changed', head_n, {}, last}
+  return {'changed', head_n, {}, last, 0, {}, {}}
 end
 if length > 0 and not older(after_id, field(info, 'first-entry')[1]) then
-  return {'changed', head_n, {}, last}  -- the head must come after the position
+  return {'changed', head_n, {}, last, 0, {}, {}}  -- the head must come after the position
 end
 return after('ok', '(' .. after_id, after_n + 1)

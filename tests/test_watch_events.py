@@ -264,15 +264,20 @@ def test_ten_subscribers_keep_up_with_500_changes_a_second_and_a_slow_one_reads_
             )
             started = time.monotonic()
             writer.start()
-            while True:  # (the writer exits only once its result is read)
-                rss_peak = max(rss_peak, process.memory_info().rss)
-                try:
-                    acknowledged: list[Change] = results.get_nowait()
-                    break
-                except queue.Empty:
-                    assert writer.is_alive() and time.monotonic() - started < 120, "the writer did not finish"
-                    await asyncio.sleep(0.5)
-            writer.join(10)
+            try:
+                while True:  # (the writer exits only once its result is read)
+                    rss_peak = max(rss_peak, process.memory_info().rss)
+                    try:
+                        acknowledged: list[Change] = results.get_nowait()
+                        break
+                    except queue.Empty:
+                        assert writer.is_alive() and time.monotonic() - started < 120, "the writer did not finish"
+                        await asyncio.sleep(0.5)
+                writer.join(10)
+            finally:
+                if writer.is_alive():  # a failed test stops its writer too
+                    writer.terminate()
+                    writer.join(10)
             write_s = time.monotonic() - started
             for subscriber in subscribers:
                 await subscriber.wait_for(len(acknowledged), timeout_s=60)

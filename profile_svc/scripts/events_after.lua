@@ -56,10 +56,10 @@ local last
 if length > 0 then
   local entry = field(info, 'last-entry')
   last = {entry[1], added, field(entry[2], 'ts') or 0}
-elseif trimmed[1] then
-  last = {trimmed[1], tonumber(trimmed[2]), trimmed[3]}
-else
-  last = {'0-0', 0, 0}
+elseif trimmed[1] and tonumber(trimmed[2]) == added then
+  last = {trimmed[1], added, trimmed[3]}
+else  -- trimmed empty by a version that kept no record: the last id, with a time the check below won't need
+  last = {field(info, 'last-generated-id'), added, 0}
 end
 
 local types, users = nil, nil
@@ -103,9 +103,10 @@ end
 if after_n < head_n - 1 then
   return after('trimmed', '-', head_n)  -- entries after the position were trimmed
 end
--- The position is the entry just before the head: the stream's start, or the last entry trimmed.
-if after_n > 0 and trimmed[1] and not (trimmed[1] == after_id and tonumber(trimmed[2]) == after_n
-    and tostring(trimmed[3]) == after_ts) then
+-- The position is the entry just before the head: the stream's start, or the last entry trimmed. The record
+-- decides when it is of that offset (a trim by a version that kept none leaves an older one: offsets decide).
+if after_n > 0 and trimmed[1] and tonumber(trimmed[2]) == after_n
+    and not (trimmed[1] == after_id and tostring(trimmed[3]) == after_ts) then
   return {'changed', head_n, {}, last, 0, {}, {}}
 end
 if length > 0 and not older(after_id, field(info, 'first-entry')[1]) then

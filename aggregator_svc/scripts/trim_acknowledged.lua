@@ -34,7 +34,8 @@ local trim_to = keep_from
 if older(retain_from, trim_to) then
   trim_to = retain_from
 end
-local last_trimmed = redis.call('XREVRANGE', KEYS[1], '(' .. trim_to, '-', 'COUNT', 1)[1]
+local last_trimmed = nil  -- the newest entry older than trim_to (none before 0-0)
+if trim_to ~= '0-0' then last_trimmed = redis.call('XREVRANGE', KEYS[1], '(' .. trim_to, '-', 'COUNT', 1)[1] end
 local trimmed = redis.call('XTRIM', KEYS[1], 'MINID', trim_to)
 if trimmed > 0 and last_trimmed then
   -- Its offset is the count of entries ever added minus those left, whatever fields it carries.

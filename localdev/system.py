@@ -24,6 +24,10 @@ from localdev.waiting import answers_ok, poll_until
 # Every component; each serves Prometheus metrics on a port of its own.
 SERVICES = ("profile_svc", "reporting_svc", "aggregator_svc", "gateway")
 
+# The services with Watch RPCs, and the setting naming whom they trust to say which client a stream is for.
+STREAMING = ("profile_svc", "reporting_svc")
+TRUSTED_PROXIES = "PROFILEMESH_TRUSTED_PROXIES"
+
 # How many replicas of profile_svc and of reporting_svc `make run` starts.
 REPLICAS_VARIABLE = "PROFILEMESH_REPLICAS"
 
@@ -150,6 +154,9 @@ class System:
             env.setdefault(_metrics_variable(module), f"127.0.0.1:{port}")
         # Each component as its own cluster user; the gateway has none.
         identity = {**(self.cluster.user_env(module) if module in acl.USERS else {}), **self.grpc_env(module)}
+        if module in STREAMING and TRUSTED_PROXIES not in self.settings:
+            # The gateway (on loopback) names the HTTP client of each stream: its share is that client's.
+            identity[TRUSTED_PROXIES] = "127.0.0.1"
         env = {**identity, **env}
         with contextlib.ExitStack() as files:  # the child keeps its own copy of its log file
             output: IO[bytes] | None = None

@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from common import acl, grpc_tls
 from common.config import Settings
-from localdev import processes
+from localdev import certs, processes
 from localdev.cluster import LocalCluster
 from localdev.ports import free_ports
 from localdev.waiting import answers_ok, poll_until
@@ -32,10 +32,21 @@ TRUSTED_PROXIES = "PROFILEMESH_TRUSTED_PROXIES"
 REPLICAS_VARIABLE = "PROFILEMESH_REPLICAS"
 
 
-# With mutual TLS, only the gateway and localdev (the profilemesh command, tests) may change profiles.
+# With mutual TLS, who may call what (common/grpc_tls.py AllowedClients; a method no rule covers is refused):
+# only the gateway and localdev (the profilemesh command, tests) may change profiles, or read them and the
+# statistics; health checks are open to any certificate the mesh's CA signed; reflection is localdev's.
 PROFILE_CHANGES_ALLOWED = ";".join(
     f"/profilemesh.profile.v1.ProfileService/{method}=gateway,localdev"
     for method in ("CreateProfile", "UpdateProfile", "DeleteProfile")
+)
+MESH_ALLOWED_CLIENTS = ";".join(
+    (
+        PROFILE_CHANGES_ALLOWED,
+        "/profilemesh.profile.v1.ProfileService/=gateway,localdev",
+        "/profilemesh.reporting.v1.ReportingService/=gateway,localdev",
+        "/grpc.health.v1.Health/=*",
+        "/grpc.reflection.=localdev",
+    )
 )
 
 
@@ -88,18 +99,32 @@ class System:
         ports["aggregator_svc"] = self.aggregator_port
         return ports
 
+    @property
+    def mesh_dir(self) -> Path:
+        """The gRPC mesh's CA and certificates: a CA of their own, apart from the cluster's (its tls/)."""
+        return self.cluster.data_dir / "mesh"
+
+    @property
+    def mesh_ca_file(self) -> Path:
+        return certs.make_ca(self.mesh_dir, "profilemesh local mesh CA").cert
+
+    def mesh_identity(self, name: str) -> certs.Identity:
+        """A gRPC certificate for `name`, signed by the mesh's CA (made on first use)."""
+        return certs.issue(certs.make_ca(self.mesh_dir, "profilemesh local mesh CA"), self.mesh_dir, name)
+
     def grpc_env(self, name: str) -> dict[str, str]:
-        """The PROFILEMESH_GRPC_* settings of identity `name` (empty without gRPC TLS)."""
+        """The PROFILEMESH_GRPC_* settings of identity `name` (empty without gRPC TLS); every server checks
+        each call's client against MESH_ALLOWED_CLIENTS."""
         if not self.grpc_tls:
             return {}
-        identity = self.cluster.identity(name)
+        identity = self.mesh_identity(name)
         env = {
             "PROFILEMESH_GRPC_CERT_FILE": str(identity.cert),
             "PROFILEMESH_GRPC_KEY_FILE": str(identity.key),
-            "PROFILEMESH_GRPC_CA_FILE": str(self.cluster.ca_file),
+            "PROFILEMESH_GRPC_CA_FILE": str(self.mesh_ca_file),
         }
-        if name == "profile_svc":
-            env["PROFILEMESH_GRPC_ALLOWED_CLIENTS"] = PROFILE_CHANGES_ALLOWED
+        if name in SERVICES and name != "gateway":
+            env["PROFILEMESH_GRPC_ALLOWED_CLIENTS"] = MESH_ALLOWED_CLIENTS
         return env
 
     def client_settings(self, component: str | None = None) -> Settings:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,11 +62,15 @@ def test_services_refuse_clients_without_a_certificate_the_ca_signed(secured: Sy
     # The cluster's CA signs the nodes' and the components' cluster certificates, not the mesh's: one of
     # its certificates, even named like an allowed client, is no gRPC client.
     cluster_signed = secured.cluster.identity("gateway")
-    assert secured.cluster.ca_file.read_bytes() != ca
+    cluster_ca = secured.cluster.ca_file.read_bytes()
+    assert cluster_ca != ca
     clients = {
+        # It trusts either CA for the server, so that only the server's refusal can fail the call.
         "a certificate from the cluster's CA (named gateway)": lambda address: grpc.secure_channel(
             address,
-            grpc.ssl_channel_credentials(ca, cluster_signed.key.read_bytes(), cluster_signed.cert.read_bytes()),
+            grpc.ssl_channel_credentials(
+                ca + cluster_ca, cluster_signed.key.read_bytes(), cluster_signed.cert.read_bytes()
+            ),
         ),
         "plaintext": lambda address: grpc.insecure_channel(address),
         "TLS, no client certificate": lambda address: grpc.secure_channel(
@@ -140,6 +146,16 @@ def test_only_the_gateway_and_localdev_may_call_the_services(secured: System) ->
         with pytest.raises(grpc.RpcError) as refused:
             reporting_pb2_grpc.ReportingServiceStub(intruding).GetTopProfiles(request, timeout=5)
         assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_the_image_probe_checks_a_service_over_mutual_tls(secured: System) -> None:
+    """`python -m common.probe` (the Kubernetes exec probe) with a service's own settings: its certificate,
+    the server's checked for `localhost`; without them the service refuses the probe."""
+    env = secured.env(**secured.grpc_env("profile_svc"))
+    probe = [sys.executable, "-m", "common.probe", "profile"]
+    assert subprocess.run(probe, env=env, timeout=30).returncode == 0
+    plaintext = {k: v for k, v in env.items() if not k.startswith("PROFILEMESH_GRPC_")}
+    assert subprocess.run(probe, env=plaintext, timeout=30, capture_output=True).returncode == 1
 
 
 def test_data_files_are_readable_by_us_alone(secured: System) -> None:

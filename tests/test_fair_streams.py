@@ -11,9 +11,12 @@ import aiohttp
 import grpc
 import pytest
 
+from localdev.ports import free_ports
 from localdev.system import System
+from localdev.waiting import answers_ok
 from profilemesh.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from tests.conftest import TEST_SETTINGS, running_system
+from tests.helpers import wait_until
 
 MAX_STREAMS = 8
 SHARE = 2  # 25 % of 8
@@ -107,3 +110,41 @@ def test_a_service_gives_one_grpc_peer_its_share(fair: System) -> None:
                 call.cancel()
 
     asyncio.run(scenario())
+
+
+def test_the_rate_limit_counts_the_same_client(fair: System) -> None:
+    """The rate limit's client is the streams' (one helper): behind the trusted proxy each forwarded client has a
+    bucket of its own; an untrusted peer's X-Forwarded-For is ignored."""
+    port = free_ports(1)[0]
+    fair.start_process(
+        "gateway-rate-limited",
+        "gateway",
+        PROFILEMESH_GATEWAY_LISTEN=f"127.0.0.1:{port}",
+        PROFILEMESH_RATE_LIMIT_PER_S="1",
+        PROFILEMESH_RATE_LIMIT_BURST="2",
+    )
+    url = f"http://127.0.0.1:{port}/reporting/operationTotals"
+
+    async def statuses(session: aiohttp.ClientSession, forwarded: str | None, count: int) -> list[int]:
+        codes = []
+        for _ in range(count):
+            async with session.get(url, headers={"X-Forwarded-For": forwarded} if forwarded else {}) as response:
+                codes.append(response.status)
+                if response.status == 429:
+                    assert int(response.headers["Retry-After"]) >= 1
+        return codes
+
+    async def scenario() -> None:
+        async with _session(PROXY) as proxy, _session("127.0.0.2") as direct:
+            first = await statuses(proxy, "198.51.100.1", 4)
+            assert first[:2] == [200, 200] and 429 in first, first
+            assert (await statuses(proxy, "198.51.100.2", 2)) == [200, 200]  # another client behind the proxy
+            spoofed = await statuses(direct, "198.51.100.3", 4)  # counted as 127.0.0.2, whatever it claims
+            assert spoofed[:2] == [200, 200] and 429 in spoofed, spoofed
+            assert 429 in await statuses(direct, "198.51.100.4", 1)
+
+    try:
+        wait_until(lambda: answers_ok(f"http://127.0.0.1:{port}/readyz"), what="the rate-limited gateway")
+        asyncio.run(scenario())
+    finally:
+        fair.stop_process("gateway-rate-limited")

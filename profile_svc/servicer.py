@@ -77,7 +77,7 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
         async with stream_errors(context, "WatchProfileEvents", resume_token=token) as progress:
             wanted = event_filter(request.users, request.types)
             start = await self.feed.resume(token) if token else None
-            with self.limits.slot() as clock:
+            with self.limits.slot(self.limits.grpc_client(context)) as clock:
                 async with contextlib.aclosing(self.feed.watch(clock, start, wanted)) as feed:
                     async for event, position in feed:
                         response = profile_pb2.WatchProfileEventsResponse(

@@ -55,13 +55,17 @@ def test_each_error_carries_its_status_reason_and_http_status(
 
 
 @pytest.mark.parametrize("error", [e[0] for e in ERRORS], ids=[type(e[0]).__name__ for e in ERRORS])
-def test_only_invalid_argument_carries_a_field_violation(error: ServiceError) -> None:
+def test_only_invalid_argument_carries_a_field_violation_and_only_too_many_streams_a_retry_delay(
+    error: ServiceError,
+) -> None:
     kinds = [detail.TypeName() for detail in error.status().details]
     if isinstance(error, InvalidArgument):
         assert kinds == ["google.rpc.ErrorInfo", "google.rpc.BadRequest"]
         bad_request = error_details_pb2.BadRequest()
         error.status().details[1].Unpack(bad_request)
         assert [(v.field, v.description) for v in bad_request.field_violations] == [(error.field, error.message)]
+    elif isinstance(error, TooManyStreams):  # and how long to wait: Retry-After at the gateway
+        assert kinds == ["google.rpc.ErrorInfo", "google.rpc.RetryInfo"]
     else:
         assert kinds == ["google.rpc.ErrorInfo"]
 

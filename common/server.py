@@ -104,10 +104,13 @@ async def _stop_tasks(tasks: list[asyncio.Task[None]], within_s: float) -> None:
     _, running = await asyncio.wait(tasks, timeout=within_s)
     if not running:
         return
-    for task in running:
-        stack = io.StringIO()
-        task.print_stack(file=stack)
-        log.error("%s did not stop within %.1f s of its cancellation:\n%s", task.get_name(), within_s, stack.getvalue())
+    stacks = io.StringIO()
+    for task in asyncio.all_tasks() - {asyncio.current_task()}:  # the stuck ones and whatever they wait for
+        task.print_stack(file=stacks)
+    names = ", ".join(sorted(task.get_name() for task in running))
+    log.error(
+        "%s did not stop within %.1f s of its cancellation; every task left:\n%s", names, within_s, stacks.getvalue()
+    )
     logging.shutdown()
     os._exit(EXIT_STUCK)
 

@@ -58,7 +58,7 @@ test-fast: $(GEN)
 	$(PY) -m pytest tests/unit -q
 
 # Shutdown never hangs, at length: SHUTDOWN_CYCLES start/SIGTERM cycles of every component under load (200:
-# about 20 minutes on two cores; `make test` runs 8). The exit time of each component prints at the end.
+# 15 to 25 minutes on two cores; `make test` runs 8). The exit times of each component print at the end.
 SHUTDOWN_CYCLES ?= 200
 verify-shutdown: $(GEN) $(CLI)
 	PROFILEMESH_SHUTDOWN_CYCLES=$(SHUTDOWN_CYCLES) $(PY) -m pytest tests/faults/test_shutdown_cycles.py -q -s

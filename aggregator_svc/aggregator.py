@@ -74,14 +74,15 @@ class Aggregator:
         self._trim = cluster.script(TRIM_SCRIPT)
 
     async def run(self) -> None:
-        """Consume every partition until cancelled."""
-        await asyncio.gather(
-            *(self._consume(partition) for partition in self.partitions),
-            # Each partition is reclaimed and trimmed on its own schedule: one on a shard that is down
-            # fails alone, and waiting out its timeouts holds up no other partition.
-            *(self._every(self.claim_idle_ms / 4000, "reclaim", self._reclaim, p) for p in self.partitions),
-            *(self._every(self.maintenance_s, "maintenance", self._maintain, p) for p in self.partitions),
-        )
+        """Consume every partition until cancelled; an unexpected failure of one loop ends them all (a task
+        group, unlike gather, cancels the others), so the process shuts down rather than half-running."""
+        async with asyncio.TaskGroup() as loops:
+            for partition in self.partitions:
+                loops.create_task(self._consume(partition))
+                # Each partition is reclaimed and trimmed on its own schedule: one on a shard that is down
+                # fails alone, and waiting out its timeouts holds up no other partition.
+                loops.create_task(self._every(self.claim_idle_ms / 4000, "reclaim", self._reclaim, partition))
+                loops.create_task(self._every(self.maintenance_s, "maintenance", self._maintain, partition))
 
     async def _ensure_group(self, partition: int) -> None:
         """Create the group from the stream's first entry, so events written before any aggregator ran count."""

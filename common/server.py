@@ -6,7 +6,9 @@ How errors become statuses is common/rpc_errors.py's job.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
@@ -17,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from common import grpc_tls
+from common import cancellation, grpc_tls
 from common.cluster import CLUSTER_FAILURES, Cluster
 from common.command import parse_arguments
 from common.config import Settings, StartupError
@@ -33,6 +35,10 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 1 << 20
 HEALTH_INTERVAL_S = 1.0
 BIND_WAIT_S = 65
+# Background tasks end within the shutdown budget (drain + grace) of SIGTERM, and have at least this long.
+STOP_TASKS_MIN_S = 1.0
+# The exit status of a process whose background task would not stop (sysexits' EX_SOFTWARE: a bug of ours).
+EXIT_STUCK = 70
 
 
 async def _watch_cluster(
@@ -93,6 +99,30 @@ async def _bind(server: grpc.aio.Server, listen: str, credentials: grpc.ServerCr
             waited += 1
 
 
+async def _stop_tasks(tasks: list[asyncio.Task[None]], within_s: float) -> None:
+    """Cancel the background tasks and wait for them, up to `within_s`.
+
+    A task still running then has lost its cancellation (something under it caught the CancelledError:
+    see common/cancellation.py for the case that hung the aggregator) and would hold the process forever,
+    since asyncio.run waits for every task. That is a bug: its stack is logged, so the log names the
+    place, and the process exits with EXIT_STUCK rather than outliving its orchestrator's patience.
+    """
+    for task in tasks:
+        task.cancel()
+    _, running = await asyncio.wait(tasks, timeout=within_s)
+    if not running:
+        return
+    stacks = io.StringIO()
+    for task in asyncio.all_tasks() - {asyncio.current_task()}:  # the stuck ones and whatever they wait for
+        task.print_stack(file=stacks)
+    names = ", ".join(sorted(task.get_name() for task in running))
+    log.error(
+        "%s did not stop within %.1f s of its cancellation; every task left:\n%s", names, within_s, stacks.getvalue()
+    )
+    logging.shutdown()
+    os._exit(EXIT_STUCK)
+
+
 @dataclass
 class Service:
     """What a process serves: its gRPC services (for health and reflection) and its background jobs."""
@@ -124,6 +154,7 @@ def run_service(
     process: str, listen: Callable[[Settings], str], build: Callable[[grpc.aio.Server, Cluster], Service]
 ) -> None:
     """A service's whole `main`: settings, logging, the cluster client, then serve until a signal."""
+    cancellation.install()  # before the loop starts: redis-py's sends must not lose a cancellation
     settings = Settings.from_env()
     setup_logging(process, settings.log_level, settings.log_format)
     setup_tracing(process)
@@ -214,15 +245,14 @@ async def serve(listen: str, cluster: Cluster, build: Callable[[grpc.aio.Server]
     log.info(
         "shutting down: NOT_SERVING for %d ms, then draining up to %d s", settings.drain_ms, settings.shutdown_grace_s
     )
+    stop_by = loop.time() + settings.drain_ms / 1000 + settings.shutdown_grace_s
     await health.enter_graceful_shutdown()
     for drain in served.on_drain:
         drain()
     # Load balancers and clients see NOT_SERVING (and go elsewhere) before the listener closes.
     await asyncio.sleep(settings.drain_ms / 1000)
     await server.stop(settings.shutdown_grace_s)
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await _stop_tasks(tasks, max(stop_by - loop.time(), STOP_TASKS_MIN_S))
     await cluster.close()
     if failure is not None:
         raise failure

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uvloop
 from aiohttp import web
 
+from common import cancellation
 from common.addresses import parse_listen
 from common.command import parse_arguments
 from common.config import Settings, StartupError
@@ -16,6 +17,7 @@ from gateway.edge import server_limits
 
 
 def serve() -> None:
+    cancellation.install()  # before the loop starts: a wait_for must not lose a cancellation (gateway/sse.py)
     settings = Settings.from_env()
     setup_logging("gateway", settings.log_level, settings.log_format)
     setup_tracing("gateway")

@@ -175,7 +175,8 @@ class System:
         metrics_ports gives for its name, else a free one, recorded there so that Prometheus scrapes it.
         """
         if name != module and module in SERVICES and self.metrics_ports:
-            port = self.metrics_ports.setdefault(name, free_ports(1)[0])
+            port = self.metrics_ports.get(name) or free_ports(1)[0]
+            self.metrics_ports[name] = port
             env.setdefault(_metrics_variable(module), f"127.0.0.1:{port}")
         # Each component as its own cluster user; the gateway has none.
         identity = {**(self.cluster.user_env(module) if module in acl.USERS else {}), **self.grpc_env(module)}

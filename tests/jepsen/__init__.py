@@ -1,0 +1,1 @@
+"""Histories of concurrent profile operations under faults, recorded and checked for linearizability."""

@@ -51,6 +51,11 @@ def build_system(out: Path, durability: str, node_timeout_ms: int, read_check: s
         "PROFILEMESH_DURABILITY": durability,
         "PROFILEMESH_PARTITIONS": str(PARTITIONS),
         "PROFILEMESH_LOG_LEVEL": "WARNING",
+        # Quick reclaims and stops, as in the suite (tests/conftest.py): the statistics settle sooner.
+        "PROFILEMESH_AGGREGATOR_CLAIM_IDLE_MS": "2000",
+        "PROFILEMESH_AGGREGATOR_MAINTENANCE_S": "1",
+        "PROFILEMESH_SHUTDOWN_GRACE_S": "5",
+        "PROFILEMESH_DRAIN_MS": "300",
         # Metrics are not looked at here; off, so that two replicas never ask for the same port.
         **{f"PROFILEMESH_{name.removesuffix('_svc').upper()}_METRICS_LISTEN": "off" for name in SERVICES},
     }

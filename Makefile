@@ -65,6 +65,7 @@ verify: $(GEN) $(CLI) nftables
 bench: $(GEN) wrk tls-server
 	$(PY) -m bench.run
 	$(PY) -m bench.security
+	$(PY) -m bench.read_check
 
 # Prometheus (and promtool), for the tests and `PROFILEMESH_PROMETHEUS=1 make run`: a Debian package.
 prometheus:

@@ -17,7 +17,7 @@ def test_histories_under_every_fault_are_linearizable_and_counted(tmp_path: Path
     assert not problem, f"the jepsen run needs root and nft (make nftables): {problem}"
     out = tmp_path / "run"
     # One cycle of every fault; durability replica with the read check, the setting whose model is linearizable.
-    harness.record(out, "--seed", "19", "--duration-s", "35", "--read-check", "replica", timeout_s=240)
+    harness.record(out, "--seed", "19", "--duration-s", "35", "--read-check", "replica", timeout_s=600)
     verdict = verify.judge(out)
     verify.report(out, verdict, "CI run, seed 19")
     summary = verdict.summary

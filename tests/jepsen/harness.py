@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from tests.jepsen.nemesis import NAMESPACE_VARIABLE
@@ -37,6 +38,10 @@ def record(out: Path, *run_args: str, timeout_s: float = 3600) -> None:
     The run's own output goes to out/run.log. Raises CalledProcessError when the run fails.
     """
     name = f"pmjepsen-{os.getpid()}-{secrets.token_hex(3)}"
+    # SIGTERM (a CI runner, a timeout) unwinds like Ctrl-C, through the cleanup below.
+    previous = (
+        signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() else None
+    )
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
         subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True)
@@ -64,6 +69,12 @@ def record(out: Path, *run_args: str, timeout_s: float = 3600) -> None:
     finally:
         _end_namespace_processes(name)
         subprocess.run(["ip", "netns", "delete", name], check=False)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _end(process: subprocess.Popen[bytes]) -> None:

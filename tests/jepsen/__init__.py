@@ -1,1 +1,0 @@
-"""Histories of concurrent profile operations under faults, recorded and checked for linearizability."""

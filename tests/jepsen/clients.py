@@ -23,11 +23,13 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
-from tests.jepsen.history import Function, Op, Via
+from tests.jepsen.history import Op
 
 # Reasons that prove the operation was refused before anything ran (common/errors.py, profile_svc/durable.py).
 NOT_RUN_REASONS = frozenset({"NO_REPLICA", "PARTITION_UNAVAILABLE", "TOO_MANY_REQUESTS", "INVALID_ARGUMENT"})
 CALL_TIMEOUT_S = 3.0
+Function = str  # create, update, delete, read
+Via = str  # grpc, rest
 FUNCTIONS: tuple[Function, ...] = ("read", "update", "create", "delete")
 WEIGHTS = (0.45, 0.25, 0.17, 0.13)
 
@@ -35,8 +37,9 @@ WEIGHTS = (0.45, 0.25, 0.17, 0.13)
 @dataclass
 class Answer:
     result: str  # ok, fail, unknown
-    outcome: str = ""
+    outcome: str | None = None  # done, exists, not_found when ok
     value: dict[str, str] | None = None
+    error: str | None = None  # what the client got instead of an answer, for a reader of the history
     unexpected: str = ""  # an answer no correct service gives (e.g. 500, INTERNAL): reported by the run
 
 
@@ -86,18 +89,19 @@ def _grpc_answer(error: grpc.aio.AioRpcError) -> Answer:
         return Answer("ok", "exists")
     if code == grpc.StatusCode.NOT_FOUND:
         return Answer("ok", "not_found")
+    reason = _grpc_reason(error)
+    said = f"{code.name} {reason}".strip()
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return Answer("fail")
+        return Answer("fail", error=said)
     if code == grpc.StatusCode.UNAVAILABLE:
-        reason = _grpc_reason(error)
         if reason in NOT_RUN_REASONS:
-            return Answer("fail")
+            return Answer("fail", error=said)
         if not reason and "failed to connect" in (error.details() or "").lower():
-            return Answer("fail")  # no connection to the replica: nothing was sent
-        return Answer("unknown")
+            return Answer("fail", error=f"{said} (no connection)")  # nothing was sent
+        return Answer("unknown", error=said)
     if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
-        return Answer("unknown")
-    return Answer("unknown", unexpected=f"grpc {code.name}: {error.details()}")
+        return Answer("unknown", error=said)
+    return Answer("unknown", error=said, unexpected=f"grpc {code.name}: {error.details()}")
 
 
 def _grpc_reason(error: grpc.aio.AioRpcError) -> str:
@@ -129,22 +133,23 @@ class RestClient(Client):
                 body = await response.read()
                 status = response.status
         except aiohttp.ClientConnectorError:
-            return Answer("fail")  # the connection was never made
-        except (aiohttp.ClientError, TimeoutError):
-            return Answer("unknown")
+            return Answer("fail", error="no connection")  # the connection was never made
+        except (aiohttp.ClientError, TimeoutError) as error:
+            return Answer("unknown", error=type(error).__name__)
         if 200 <= status < 300:
             return Answer("ok", "done", json.loads(body) if f == "read" else None)
         if status == 409 and f == "create":
             return Answer("ok", "exists")
         if status == 404 and f != "create":
             return Answer("ok", "not_found")
+        said = f"http {status} {_rest_reason(body)}".strip()
         if status == 429:
-            return Answer("fail")
+            return Answer("fail", error=said)
         if status == 503:
-            return Answer("fail") if _rest_reason(body) in NOT_RUN_REASONS else Answer("unknown")
+            return Answer("fail" if _rest_reason(body) in NOT_RUN_REASONS else "unknown", error=said)
         if status == 504:
-            return Answer("unknown")
-        return Answer("unknown", unexpected=f"http {status}: {body[:200]!r}")
+            return Answer("unknown", error=said)
+        return Answer("unknown", error=said, unexpected=f"http {status}: {body[:200]!r}")
 
     async def close(self) -> None:
         await self.session.close()
@@ -198,9 +203,10 @@ class Recorder:
             value=value,
             invoke_s=invoked,
             complete_s=completed,
-            result=answer.result,  # type: ignore[arg-type]  # one of ok, fail, unknown
-            outcome=answer.outcome,
+            result=answer.result,
             via=client.via,
+            outcome=answer.outcome if answer.result == "ok" else None,
+            error=answer.error,
         )
         self.ops.append(op)
         return op

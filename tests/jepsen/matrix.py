@@ -19,6 +19,7 @@ from pathlib import Path
 from tests.jepsen import harness, history
 from tests.jepsen.history import Op
 from tests.jepsen.nemesis import load_faults
+from tests.jepsen.verify import counted_reads
 
 CELLS = {
     "kill": "kill",
@@ -42,7 +43,7 @@ def check_cell(out: Path) -> dict[str, object]:
     full = checker.check(ops)
     only_writes = checker.check(writes)
     kept = checker.check(_acknowledged_changes(writes) + settled_reads)
-    counted = checker.check_statistics(ops, stats["reads"], stats["totals"])
+    counted = checker.check_statistics(ops, counted_reads(stats), stats["totals"])
     return {
         "ops": len(ops),
         "unknown": sum(op.result == "unknown" for op in ops),
@@ -51,7 +52,7 @@ def check_cell(out: Path) -> dict[str, object]:
         "linearizable_reads": bool(full.ok),
         "no_acknowledged_write_lost": bool(kept.ok),
         "statistics_exact": bool(counted.ok),
-        "explanation": "" if full.ok and counted.ok else f"{full}\n{counted}"[:4000],
+        "explanation": "" if full.ok and counted.ok else f"{full.summary()}\n{counted.summary()}"[:4000],
         "summary": {k: summary[k] for k in ("ok", "fail", "faults_by_kind", "duration_s")},
     }
 

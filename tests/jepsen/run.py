@@ -230,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         system.stop()
     ops = sorted(recorder.ops, key=lambda op: op.invoke_s)
-    history.dump(ops, out / "history.jsonl")
+    with (out / "history.jsonl").open("w") as file:
+        history.dump(ops, file)
     dump_faults(nemesis.faults, out / "faults.jsonl")
     (out / "stats.json").write_text(json.dumps(stats, indent=1) + "\n")
     summary = {

@@ -13,10 +13,11 @@ from tests.jepsen.clients import NOT_RUN_REASONS, _rest_reason
 
 def test_a_history_survives_a_dump_and_a_load(tmp_path: Path) -> None:
     ops = [
-        history.Op(0, "user0", "create", {"v": "w1"}, 0.1, 0.2, "ok", "done", "grpc"),
-        history.Op(1, "user0", "read", None, 0.15, None, "unknown", "", "rest"),
+        history.Op(0, "user0", "create", {"v": "w1"}, 0.1, 0.2, "ok", via="grpc", outcome="done"),
+        history.Op(1, "user0", "read", None, 0.15, 1.2, "unknown", via="rest", error="DEADLINE_EXCEEDED"),
     ]
-    history.dump(ops, tmp_path / "history.jsonl")
+    with (tmp_path / "history.jsonl").open("w") as file:
+        history.dump(ops, file)
     assert history.load(tmp_path / "history.jsonl") == ops
 
 

@@ -13,7 +13,7 @@ BUF_VERSION := 1.75.0
 BUF    := .tools/node_modules/.bin/buf
 CONTRACT := .tools/contract.binpb
 
-.PHONY: run run-secure test test-fast verify-shutdown lint release-contract bench proto cluster clean wrk browser prometheus tls-server podman image valkey-image
+.PHONY: run run-secure test test-fast lint release-contract bench verify verify-shutdown proto cluster clean wrk browser prometheus tls-server podman image valkey-image nftables
 
 run: $(GEN) $(CLI) $(if $(filter 1,$(PROFILEMESH_PROMETHEUS)),prometheus) $(if $(filter 1,$(PROFILEMESH_SECURE)),tls-server)
 	$(PY) -m localdev.run
@@ -26,7 +26,7 @@ run-secure:
 tls-server:
 	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
 
-test: $(GEN) $(CLI) $(DEPLOY_TOOLS) wrk browser prometheus tls-server podman
+test: $(GEN) $(CLI) $(DEPLOY_TOOLS) wrk browser prometheus tls-server podman nftables
 	$(PY) -m pytest
 
 # Lint, format and types of the Python, buf's lint of the contract, and no breaking change against the
@@ -63,9 +63,17 @@ SHUTDOWN_CYCLES ?= 200
 verify-shutdown: $(GEN) $(CLI)
 	PROFILEMESH_SHUTDOWN_CYCLES=$(SHUTDOWN_CYCLES) $(PY) -m pytest tests/faults/test_shutdown_cycles.py -q -s
 
+# A long recorded run under faults, checked for linearizability (tests/jepsen/verify.py): >= 10 minutes,
+# >= 50 faults; summary.md and timeline.html in verify-results/. Needs root (network namespaces). Then the
+# shutdown cycles at length.
+verify: $(GEN) $(CLI) nftables
+	$(PY) -m tests.jepsen.verify --out verify-results
+	$(MAKE) --no-print-directory verify-shutdown
+
 bench: $(GEN) wrk tls-server
 	$(PY) -m bench.run
 	$(PY) -m bench.security
+	$(PY) -m bench.read_check
 
 # Prometheus (and promtool), for the tests and `PROFILEMESH_PROMETHEUS=1 make run`: a Debian package.
 prometheus:
@@ -98,6 +106,10 @@ $(DEPLOY_TOOLS): requirements-deploy.txt
 # wrk, the HTTP load generator of `make bench` (and of its smoke test in `make test`): a Debian package.
 wrk:
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+
+# nft, for the partitions of tests/jepsen (rules only inside the run's own network namespace): a Debian package.
+nftables:
+	@command -v nft >/dev/null || (apt-get update -qq && apt-get install -y -qq nftables)
 
 # Headless Chromium and its WebDriver, for the live leaderboard page's test in `make test`: Debian packages.
 browser:

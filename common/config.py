@@ -62,6 +62,9 @@ def setting(
 # none: the primary applied it. local: and fsynced it to its append-only file (WAITAOF 1 0).
 # replica: and at least one replica has it (WAIT 1), so it survives the loss of the primary.
 DURABILITY_LEVELS = ("none", "local", "replica")
+# none: a read answers what its primary has. replica: and that primary confirms a replica still follows it
+# (WAIT 1 after the read), so a paused or partitioned old primary can't answer with stale or lost data.
+READ_CHECKS = ("none", "replica")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("json", "text")
 
@@ -89,6 +92,11 @@ class Settings:
         choices=DURABILITY_LEVELS,
     )
     durability_timeout_ms: int = setting(1000, "how long to wait for that before answering UNAVAILABLE", minimum=0)
+    read_check: str = setting(
+        "none",
+        "`none` or `replica`: whether a read waits for a replica to confirm it still follows the primary (above)",
+        choices=READ_CHECKS,
+    )
     max_in_flight: int = setting(
         256, "calls (requests, in the gateway) in flight before new ones are refused", minimum=1
     )

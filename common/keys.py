@@ -35,6 +35,14 @@ def profile_key(user: str, partitions: int) -> str:
     return f"{PROFILE_PREFIX}{tag(partition_of(user, partitions))}:{user}"
 
 
+def fence_key(partition_key: str) -> str:
+    """The fence of the partition of `partition_key` (any key of it): profile_svc's read check sets it right
+    before WAIT, so WAIT covers every write the primary has made, not only the calling connection's.
+    It can't be taken for a profile: no `:` follows the tag."""
+    start = partition_key.index("{")
+    return f"{PROFILE_PREFIX}{partition_key[start : partition_key.index('}', start) + 1]}#fence"
+
+
 def events_key(partition: int) -> str:
     return f"{EVENTS_PREFIX}{tag(partition)}"
 

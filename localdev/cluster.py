@@ -75,14 +75,20 @@ class LocalCluster:
     log_to_files: bool = True
     supervised: bool = False
     tls: bool = False
+    # Each node's own address (default: all on 127.0.0.1); a node binds, announces and connects from it,
+    # so a firewall rule on addresses can cut one node off (tests/jepsen, in a network namespace).
+    hosts: list[str] = field(default_factory=list)
     processes: dict[int, subprocess.Popen] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _supervisor_stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _supervisor: threading.Thread | None = field(default=None, repr=False)
 
+    def host(self, index: int) -> str:
+        return self.hosts[index] if self.hosts else "127.0.0.1"
+
     @property
     def url(self) -> str:
-        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.ports[0]}"
+        return f"{'rediss' if self.tls else 'redis'}://{self.host(0)}:{self.ports[0]}"
 
     @property
     def admin_url(self) -> str:
@@ -90,7 +96,7 @@ class LocalCluster:
         (they pass URLs between processes); never logged. Everything else passes credentials as arguments."""
         password = self.password(acl.ADMIN_USER)
         scheme = "rediss" if self.tls else "redis"
-        return f"{scheme}://{acl.ADMIN_USER}:{password}@127.0.0.1:{self.ports[0]}"
+        return f"{scheme}://{acl.ADMIN_USER}:{password}@{self.host(0)}:{self.ports[0]}"
 
     @property
     def secrets_dir(self) -> Path:
@@ -147,17 +153,18 @@ class LocalCluster:
 
     def client(self, user: str = acl.ADMIN_USER, **kwargs: object) -> RedisCluster:
         """A cluster client as `user` (the admin unless said): how tests and tools look at the cluster."""
-        return RedisCluster(host="127.0.0.1", port=self.ports[0], **self._client_options(user), **kwargs)  # type: ignore[arg-type]  # keywords of several types
+        return RedisCluster(host=self.host(0), port=self.ports[0], **self._client_options(user), **kwargs)  # type: ignore[arg-type]  # keywords of several types
 
     def async_client(self, user: str = acl.ADMIN_USER, **kwargs: object) -> redis.asyncio.RedisCluster:
-        return redis.asyncio.RedisCluster(host="127.0.0.1", port=self.ports[0], **self._client_options(user), **kwargs)  # type: ignore[arg-type]  # keywords of several types
+        return redis.asyncio.RedisCluster(host=self.host(0), port=self.ports[0], **self._client_options(user), **kwargs)  # type: ignore[arg-type]  # keywords of several types
 
     @property
     def startup_urls(self) -> str:
-        return ",".join(f"127.0.0.1:{port}" for port in self.ports)
+        return ",".join(f"{self.host(i)}:{port}" for i, port in enumerate(self.ports))
 
     def node(self, index: int) -> redis.Redis:
         return redis.Redis(
+            host=self.host(index),
             port=self.ports[index],
             socket_timeout=2,
             decode_responses=True,
@@ -207,7 +214,7 @@ class LocalCluster:
 
     def _create(self) -> None:
         server = server_binary(self.tls)
-        hosts = [f"127.0.0.1:{port}" for port in self.ports]
+        hosts = [f"{self.host(i)}:{port}" for i, port in enumerate(self.ports)]
         tls = ["--tls", "--cacert", str(self.ca_file)] if self.tls else []
         subprocess.run(
             [str(cli_binary(server)), *tls, "--user", acl.ADMIN_USER, "--cluster", "create", *hosts]
@@ -221,7 +228,7 @@ class LocalCluster:
     def start_node(self, index: int) -> None:
         port = self.ports[index]
         for taken in (port, self.bus_ports[index]):
-            if not port_is_free(taken):
+            if not port_is_free(taken, self.host(index)):
                 raise RuntimeError(f"port {taken} is in use: is another cluster (make run?) still running?")
         node_dir = self.data_dir / str(port)
         _private_dir(node_dir)
@@ -231,7 +238,11 @@ class LocalCluster:
             str(self._write_config()),
             *listen,
             "--bind",
-            "127.0.0.1",
+            self.host(index),
+            "--bind-source-addr",
+            self.host(index),
+            "--cluster-announce-ip",
+            self.host(index),
             "--cluster-enabled",
             "yes",
             "--cluster-port",
@@ -319,7 +330,8 @@ class LocalCluster:
                     continue  # its port is not free yet
                 down_since.pop(index)
                 print(
-                    f"[cluster {time.strftime('%H:%M:%S')}] node 127.0.0.1:{self.ports[index]} exited (code {code}) at "
+                    f"[cluster {time.strftime('%H:%M:%S')}] node {self.host(index)}:{self.ports[index]} exited "
+                    f"(code {code}) at "
                     f"{time.strftime('%H:%M:%S', time.localtime(since))}; started it again on its own port and data "
                     f"{time.time() - since:.1f} s later; {outcome}",
                     file=sys.stderr,
@@ -335,7 +347,7 @@ class LocalCluster:
         (eventually) when it has no replica left to take over.
         """
         nodes = self.cluster_nodes()
-        me = next((node for node in nodes if node.port == self.ports[index]), None)
+        me = next((node for node in nodes if node.address == f"{self.host(index)}:{self.ports[index]}"), None)
         if me is None:
             return "it joins the cluster"
         if not me.slot_ranges:  # a replica, or a primary whose slots were taken over

@@ -31,13 +31,13 @@ _blocks: list[int] = []  # the first port of each block this process holds
 _locks: list[IO[bytes]] = []  # their lock files, open (and so locked) until the process ends
 
 
-def port_is_free(port: int) -> bool:
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         # As servers bind (valkey, gRPC, aiohttp all set SO_REUSEADDR): connections left in TIME_WAIT
         # by a stopped node must not make its port look taken when the node starts again.
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind(("127.0.0.1", port))
+            probe.bind((host, port))
         except OSError:
             return False
     return True

@@ -57,9 +57,9 @@ def replicas_from_env() -> int:
     return int(raw)
 
 
-def _target(ports: list[int]) -> str:
+def _target(host: str, ports: list[int]) -> str:
     """One gRPC target for every replica: the gateway balances over its addresses."""
-    return "ipv4:" + ",".join(f"127.0.0.1:{port}" for port in ports)
+    return "ipv4:" + ",".join(f"{host}:{port}" for port in ports)
 
 
 @dataclass
@@ -77,6 +77,11 @@ class System:
     settings: dict[str, str] = field(default_factory=dict)  # extra PROFILEMESH_* variables
     # Mutual TLS between every gRPC client and server, with certificates the cluster's CA signs.
     grpc_tls: bool = False
+    # The address every service listens on and is reached at (tests/jepsen: one of a namespace's own).
+    host: str = "127.0.0.1"
+    # A process name -> the group id it runs as: a firewall rule can match its packets (`meta skgid`),
+    # which cuts one replica off from a cluster node while others still reach it (tests/jepsen).
+    groups: dict[str, int] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     @property
@@ -89,7 +94,7 @@ class System:
 
     @property
     def gateway_url(self) -> str:
-        return f"http://127.0.0.1:{self.gateway_port}"
+        return f"http://{self.host}:{self.gateway_port}"
 
     @property
     def grpc_ports(self) -> dict[str, int]:
@@ -137,7 +142,7 @@ class System:
         return self.env(**self.cluster.user_env(component), **self.grpc_env("localdev"))
 
     def grpc_channel(self, port: int) -> grpc.Channel:
-        return grpc_tls.sync_channel(f"127.0.0.1:{port}", self._client)
+        return grpc_tls.sync_channel(f"{self.host}:{port}", self._client)
 
     def grpc_aio_channel(self, target: str, options: list[tuple[str, object]] | None = None) -> grpc.aio.Channel:
         """A channel to `target` (host:port) as localdev: plaintext, or mutual TLS with its certificate."""
@@ -154,16 +159,16 @@ class System:
         env = dict(os.environ)
         env.update(
             PROFILEMESH_REDIS_URL=self.cluster.url,
-            PROFILEMESH_PROFILE_LISTEN=f"127.0.0.1:{self.profile_port}",
-            PROFILEMESH_REPORTING_LISTEN=f"127.0.0.1:{self.reporting_port}",
-            PROFILEMESH_AGGREGATOR_LISTEN=f"127.0.0.1:{self.aggregator_port}",
-            PROFILEMESH_GATEWAY_LISTEN=f"127.0.0.1:{self.gateway_port}",
-            PROFILEMESH_PROFILE_TARGET=_target(self.profile_ports),
-            PROFILEMESH_REPORTING_TARGET=_target(self.reporting_ports),
+            PROFILEMESH_PROFILE_LISTEN=f"{self.host}:{self.profile_port}",
+            PROFILEMESH_REPORTING_LISTEN=f"{self.host}:{self.reporting_port}",
+            PROFILEMESH_AGGREGATOR_LISTEN=f"{self.host}:{self.aggregator_port}",
+            PROFILEMESH_GATEWAY_LISTEN=f"{self.host}:{self.gateway_port}",
+            PROFILEMESH_PROFILE_TARGET=_target(self.host, self.profile_ports),
+            PROFILEMESH_REPORTING_TARGET=_target(self.host, self.reporting_ports),
         )
         for name in SERVICES:
             if name in self.metrics_ports:
-                env[_metrics_variable(name)] = f"127.0.0.1:{self.metrics_ports[name]}"
+                env[_metrics_variable(name)] = f"{self.host}:{self.metrics_ports[name]}"
         env.update(self.settings)
         env.update(overrides)
         return env
@@ -177,12 +182,12 @@ class System:
         if name != module and module in SERVICES and self.metrics_ports:
             port = self.metrics_ports.get(name) or free_ports(1)[0]
             self.metrics_ports[name] = port
-            env.setdefault(_metrics_variable(module), f"127.0.0.1:{port}")
+            env.setdefault(_metrics_variable(module), f"{self.host}:{port}")
         # Each component as its own cluster user; the gateway has none.
         identity = {**(self.cluster.user_env(module) if module in acl.USERS else {}), **self.grpc_env(module)}
         if module in STREAMING and TRUSTED_PROXIES not in self.settings:
-            # The gateway (on loopback) names the HTTP client of each stream: its share is that client's.
-            identity[TRUSTED_PROXIES] = "127.0.0.1"
+            # The gateway (on the services' host) names the HTTP client of each stream: its share is that client's.
+            identity[TRUSTED_PROXIES] = self.host
         env = {**identity, **env}
         with contextlib.ExitStack() as files:  # the child keeps its own copy of its log file
             output: IO[bytes] | None = None
@@ -195,6 +200,7 @@ class System:
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                group=self.groups.get(name),
             )
         self.processes[name] = process
         return process
@@ -209,7 +215,7 @@ class System:
         variable = {"profile_svc": "PROFILEMESH_PROFILE_LISTEN", "reporting_svc": "PROFILEMESH_REPORTING_LISTEN"}[
             service
         ]
-        return self.start_process(_replica_name(service, index), service, **{variable: f"127.0.0.1:{ports[index]}"})
+        return self.start_process(_replica_name(service, index), service, **{variable: f"{self.host}:{ports[index]}"})
 
     def start(self, timeout_s: float = 60) -> None:
         self.cluster.start(timeout_s)
@@ -227,7 +233,7 @@ class System:
         self.cluster.stop()
 
     def metrics_url(self, component: str) -> str:
-        return f"http://127.0.0.1:{self.metrics_ports[component]}/metrics"
+        return f"http://{self.host}:{self.metrics_ports[component]}/metrics"
 
     def grpc_status(self, port: int) -> str:
         with self.grpc_channel(port) as channel:

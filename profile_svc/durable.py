@@ -7,7 +7,11 @@ CLUSTERDOWN reply); a failure after the script was sent is reported as an unknow
 never retried behind the caller's back, because a create that ran and is retried would answer
 ALREADY_EXISTS to a caller whose create succeeded.
 
-Reads skip the wait (their only write is a statistics event). With `replica` durability a change
+Reads skip the durability wait (their only write is a statistics event). With
+`PROFILEMESH_READ_CHECK=replica` a read is followed by WAIT 1 on its connection instead: answered only
+once a replica acknowledged the primary's stream up to the read, so an old primary that was paused or
+cut off (its replica promoted or out of reach) can't answer with data the shard no longer has, nor with
+a write it never made durable. With `replica` durability a change
 on a primary that has no replica in sync is refused before it runs: WAIT could only time out, and
 the caller would learn after a second that the outcome is unknown instead of at once that nothing
 happened.
@@ -39,6 +43,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from common import keys as keys_module
 from common import metrics
 from common.cluster import Cluster
 from common.errors import ServiceError, Unavailable
@@ -62,6 +67,16 @@ REPLICA_CHECK_TTL_S = 0.05
 UNCONFIRMED = (
     "the cluster did not confirm the operation in time: it may or may not have happened; "
     "retrying is safe (a create then answers ALREADY_EXISTS, a delete NOT_FOUND)"
+)
+
+
+NO_REPLICA_READ = (
+    "the shard holding this partition has no replica, so the read check can't confirm its primary; "
+    "nothing was read; retry once a replica has rejoined"
+)
+UNCONFIRMED_READ = (
+    "no replica confirmed that this profile's primary is still followed, so its read was not answered "
+    "(it may have been counted in the statistics); retry"
 )
 
 
@@ -127,6 +142,9 @@ class DurableScripts:
             "local": ("WAITAOF", 1, 0, timeout_ms),
             "replica": ("WAIT", 1, timeout_ms),
         }[cluster.settings.durability]
+        self.read_wait: tuple[Any, ...] | None = (
+            ("WAIT", 1, timeout_ms) if cluster.settings.read_check == "replica" else None
+        )
         self._replicas = _ReplicaCheck()
         self._waits = metrics.DURABILITY_WAITS.labels(cluster.settings.durability)
         self._wait_failures = metrics.DURABILITY_FAILURES.labels(cluster.settings.durability)
@@ -134,11 +152,11 @@ class DurableScripts:
     async def run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any], durable: bool = True) -> Any:
         """Run the script on its slot's primary, then wait for durability; retry only the provably safe.
 
-        `durable=False` skips the wait: for reads, whose only write is a statistics event.
-        The caller bounds the retries with a deadline (asyncio.timeout).
+        `durable=False`, for reads (whose only write is a statistics event): the read check's wait, if any,
+        instead of the durability wait. The caller bounds the retries with a deadline (asyncio.timeout).
         """
         async with self.cluster.scripting(script) as client:
-            return await self._run(client, script, keys, args, durable)
+            return await self._run(client, script, keys, args, self.wait_command if durable else self.read_wait)
 
     async def run_many(
         self, script: AsyncScript, calls: Sequence[tuple[Sequence[str], Sequence[Any]]], retry_budget_s: float
@@ -170,6 +188,12 @@ class DurableScripts:
 
         async def on_node(node: ClusterNode, indexes: list[int]) -> None:
             commands = [("EVALSHA", script.sha, len(calls[i][0]), *calls[i][0], *calls[i][1]) for i in indexes]
+            if self.read_wait:
+                if not await self._replicas.has_replica(node):
+                    for index in indexes:
+                        results[index] = Unavailable(NO_REPLICA_READ, reason="NO_REPLICA")
+                    return
+                commands += [("SET", keys_module.fence_key(calls[indexes[0]][0][0]), "1"), self.read_wait]
             try:
                 async with self.cluster.scripting(script, len(commands)):
                     replies = await send_on_one_connection(node, commands)
@@ -181,6 +205,16 @@ class DurableScripts:
                 for index in indexes:
                     results[index] = Unavailable(UNCONFIRMED, reason="OUTCOME_UNKNOWN")
                 return
+            if self.read_wait:
+                self._waits.inc()
+                fence_reply, wait_reply = replies[-2:]
+                replies = replies[:-2]
+                if isinstance(fence_reply, Exception) or not self._confirmed(self.read_wait, wait_reply):
+                    self._wait_failures.inc()
+                    self._replicas.forget(node)
+                    for index in indexes:
+                        results[index] = Unavailable(UNCONFIRMED_READ, reason="OUTCOME_UNKNOWN")
+                    return
             for index, reply in zip(indexes, replies, strict=True):
                 if isinstance(reply, (NoScriptError, AskError, *_NOT_EXECUTED)):
                     alone.append(index)
@@ -195,7 +229,7 @@ class DurableScripts:
                 # Bounded below the call's deadline, so that one member on a shard in trouble
                 # can't make the whole batch miss it: the others' answers are ready.
                 async with asyncio.timeout(retry_budget_s), self.cluster.scripting(script) as client:
-                    results[index] = await self._run(client, script, keys, args, durable=False)
+                    results[index] = await self._run(client, script, keys, args, self.read_wait)
             except TimeoutError:
                 results[index] = Unavailable(
                     "the cluster did not serve this profile's partition in time; retry later",
@@ -208,7 +242,12 @@ class DurableScripts:
         return results
 
     async def _run(
-        self, client: RedisCluster, script: AsyncScript, keys: Sequence[str], args: Sequence[Any], durable: bool
+        self,
+        client: RedisCluster,
+        script: AsyncScript,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        wait: tuple[Any, ...] | None,
     ) -> Any:
         ask: _Ask | None = None
         attempt = 0
@@ -217,9 +256,9 @@ class DurableScripts:
                 node = client.get_node(ask.host, ask.port) if ask else client.get_node_from_key(keys[0])
                 if node is None:  # an ASK to a node the client does not know yet
                     raise _NotExecuted("unknown node")
-                wait = self.wait_command if durable else None
                 if wait and wait[0] == "WAIT" and not await self._replicas.has_replica(node):
-                    raise Unavailable(NO_REPLICA, reason="NO_REPLICA")
+                    read = wait is self.read_wait
+                    raise Unavailable(NO_REPLICA_READ if read else NO_REPLICA, reason="NO_REPLICA")
                 return await self._run_once(node, script, keys, args, wait, asking=ask is not None)
             except _Ask as redirect:
                 metrics.CLUSTER_REDIRECTS.labels("ask").inc()
@@ -251,6 +290,11 @@ class DurableScripts:
     ) -> Any:
         commands: list[tuple[Any, ...]] = [("ASKING",)] if asking else []
         commands.append(("EVALSHA", script.sha, len(keys), *keys, *args))
+        if wait and self.read_wait:
+            # The read check: WAIT counts from the connection's last write, and a read of nothing, or a
+            # change that found nothing to do (ALREADY_EXISTS, NOT_FOUND), writes nothing, so the fence
+            # moves it to now: the answer is confirmed only once a replica has all the primary has.
+            commands.append(("SET", keys_module.fence_key(keys[0]), "1"))
         if wait:
             commands.append(wait)
         try:
@@ -277,7 +321,7 @@ class DurableScripts:
             if not self._confirmed(wait, replies[-1]):
                 self._wait_failures.inc()
                 self._replicas.forget(node)  # perhaps the replica just went away: look again next time
-                raise Unavailable(UNCONFIRMED, reason="OUTCOME_UNKNOWN")
+                raise Unavailable(UNCONFIRMED_READ if wait is self.read_wait else UNCONFIRMED, reason="OUTCOME_UNKNOWN")
         return result
 
     @staticmethod

@@ -159,3 +159,11 @@ def test_the_same_errors_from_our_own_code_stay_bugs(bug: Exception) -> None:
 
     with pytest.raises(type(bug)):
         asyncio.run(buggy())
+
+
+def test_the_read_checks_fence_shares_its_partitions_slot_and_is_never_a_profile() -> None:
+    profile = keys.profile_key("ana", 16)
+    fence = keys.fence_key(profile)
+    assert fence == keys.fence_key(keys.events_key(keys.partition_of("ana", 16)))
+    assert key_slot(fence.encode()) == key_slot(profile.encode())
+    assert fence.startswith(keys.PROFILE_PREFIX) and ":" not in fence.split("}", 1)[1]

@@ -352,7 +352,7 @@ def test_every_page_of_a_catch_up_can_carry_a_heartbeat_with_an_advancing_token(
                 end = int(admin.xinfo_stream(keys.events_key(9))["entries-added"])
                 limits.heartbeat_s = 0  # a heartbeat is due whenever the feed looks
                 seen: list[int] = []
-                with limits.slot() as clock:
+                with limits.slot("test") as clock:
                     async with contextlib.aclosing(feed.watch(clock, start, event_filter(["nobody"], []))) as events:
                         async for event, position in events:
                             assert event is None
@@ -374,7 +374,7 @@ def test_every_page_of_a_catch_up_can_carry_a_heartbeat_with_an_advancing_token(
 
 
 async def _first_token(feed: EventsFeed, limits: StreamLimits) -> str:
-    with limits.slot() as clock:
+    with limits.slot("test") as clock:
         async with contextlib.aclosing(feed.watch(clock, None, event_filter([], []))) as events:
             async for _, position in events:
                 return position.token()

@@ -155,6 +155,43 @@ def test_unknown_delete_that_took_effect_late_and_a_recreate() -> None:
     )
 
 
+def test_unknown_creates_with_other_fields_are_not_interchangeable() -> None:
+    # Only the second create explains the read: the first would have left its email behind.
+    assert_linearizable(
+        [
+            op(1, "create", 0, None, {"name": "a1", "email": "a1"}, result="unknown"),
+            op(2, "create", 0.5, None, {"name": "b1"}, result="unknown"),
+            op(3, "update", 2, 3, {"name": "u"}),
+            op(3, "read", 4, 5, {"name": "u"}),
+        ]
+    )
+
+
+def test_unknown_writes_of_the_same_value_either_explains_a_read() -> None:
+    # Values should be unique; when two unknown writes share one, neither may be left out or pinned.
+    assert_linearizable(
+        [
+            op(1, "create", 0, 1, v("c")),
+            op(2, "update", 2, None, v("z"), result="unknown"),
+            op(3, "update", 2, None, v("z"), result="unknown"),
+            op(1, "read", 4, 5, v("z")),
+        ]
+    )
+
+
+def test_an_unknown_create_a_read_may_have_seen_is_not_interchangeable() -> None:
+    # The read's value was written by the second create or by the update; only the create explains it,
+    # so it must be tried although the first create has the same fields.
+    assert_linearizable(
+        [
+            op(1, "create", 0, None, {"name": "b"}, result="unknown"),
+            op(2, "update", 0, None, {"name": "a", "age": "x"}, result="unknown"),
+            op(3, "create", 0.5, None, {"name": "a"}, result="unknown"),
+            op(4, "read", 4, 5, {"name": "a"}),
+        ]
+    )
+
+
 def test_failed_operations_constrain_nothing() -> None:
     assert_linearizable(
         [
@@ -300,6 +337,19 @@ class _Planned:
     effective: bool
 
 
+Changes = list[tuple[float, str, dict[str, str] | None, Op]]
+
+
+@dataclass
+class Truth:
+    """What the execution did: each key's reads since its last delete, the events per type, and when
+    the last operation took effect."""
+
+    reads: dict[str, int]
+    totals: dict[str, int]
+    last_effect: float
+
+
 def random_history(
     seed: int,
     n_ops: int = 120,
@@ -307,12 +357,12 @@ def random_history(
     processes: int = 5,
     p_unknown: float = 0.08,
     p_fail: float = 0.03,
-) -> tuple[list[Op], list[tuple[float, str, dict[str, str] | None, Op]]]:
+) -> tuple[list[Op], Changes, Truth]:
     """A linearizable history: each process runs operations one after another; each takes effect at a
     random point inside its interval (an unknown one possibly after the client gave up, or never); the
     outcomes and read values come from applying them in point order to the model.
 
-    Also returns the changes in point order: (point, key, state after, operation)."""
+    Also returns the changes in point order, (point, key, state after, operation), and the truth."""
     rng = random.Random(seed)
     clock = [rng.random() for _ in range(processes)]
     planned: list[_Planned] = []
@@ -344,8 +394,9 @@ def random_history(
             o = Op(p, key, f, value if f != "read" else {"?": "?"}, start, end, "ok", "grpc", "done")
         planned.append(_Planned(o, point, effective))
     state: dict[str, checker.State] = {}
-    changes: list[tuple[float, str, dict[str, str] | None, Op]] = []
+    changes: Changes = []
     final: list[Op] = []
+    truth = Truth({}, dict.fromkeys(("create", "update", "delete", "read"), 0), 0.0)
     for pl in sorted(planned, key=lambda x: x.point):
         o = pl.op
         if not pl.effective:
@@ -354,6 +405,11 @@ def random_history(
         before = state.get(o.key)
         outcome, after, seen = checker.step(before, o.f, None if o.f == "read" else o.value)
         state[o.key] = after
+        truth.last_effect = pl.point
+        if outcome == "done":  # the operation appended its event
+            truth.totals[o.f] += 1
+            if o.f in ("read", "delete"):
+                truth.reads[o.key] = truth.reads.get(o.key, 0) + 1 if o.f == "read" else 0
         if o.f != "read" and after != before:
             changes.append((pl.point, o.key, None if after is None else dict(after), o))
         if o.result == "ok":
@@ -363,17 +419,17 @@ def random_history(
                 o = replace(o, outcome=outcome)
         final.append(o)
     final.sort(key=lambda x: (x.invoke_s, x.process))
-    return final, changes
+    return final, changes, truth
 
 
-def stale_mutation(ops: list[Op], changes: list[tuple[float, str, dict[str, str] | None, Op]], seed: int) -> Op | None:
+def stale_mutation(ops: list[Op], changes: Changes, seed: int) -> Op | None:
     """Change one ok read to return a state that certainly can't be read any more: the state right after
     an ok write x, returned by a read invoked after an ok change d (an update of one of x's fields, or a
     delete) completed, where x completed before d was invoked. x alone wrote its values, so after d the
     read's value can't exist again, in any order the intervals allow. Returns the mutated read."""
     rng = random.Random(seed)
     candidates: list[tuple[int, dict[str, str]]] = []
-    by_key: dict[str, list[tuple[float, str, dict[str, str] | None, Op]]] = {}
+    by_key: dict[str, Changes] = {}
     for c in changes:
         by_key.setdefault(c[1], []).append(c)
     for i, r in enumerate(ops):
@@ -402,7 +458,7 @@ SEEDS = range(300)
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_random_linearizable_history_passes_and_a_stale_read_fails(seed: int) -> None:
-    ops, changes = random_history(seed)
+    ops, changes, _ = random_history(seed)
     result = check(ops)
     assert result.ok, f"seed {seed}: " + result.summary()
     mutated = stale_mutation(ops, changes, seed)
@@ -416,7 +472,7 @@ def test_random_linearizable_history_passes_and_a_stale_read_fails(seed: int) ->
 
 def test_random_histories_with_many_unknowns_and_tight_concurrency() -> None:
     for seed in range(40):
-        ops, _ = random_history(1000 + seed, n_ops=200, keys=1, processes=8, p_unknown=0.25)
+        ops, _, _ = random_history(1000 + seed, n_ops=200, keys=1, processes=8, p_unknown=0.25)
         result = check(ops)
         assert result.ok, f"seed {1000 + seed}: " + result.summary()
 
@@ -475,15 +531,14 @@ def test_uncounted_reads_can_be_allowed_but_never_extra_ones() -> None:
 
 
 def test_statistics_when_the_order_against_a_delete_is_uncertain() -> None:
-    # A read concurrent with the delete may be before it (not counted) or after the recreate? No: a
-    # read that found the first life is before the delete; one concurrent with delete and create is
-    # in the current life only if it returned the second life's value.
+    # Two reads concurrent with the delete and the re-create: the values they returned say which
+    # life each belongs to, so the count is exact.
     ops = [
         op(1, "create", 0, 1, v("c1")),
-        op(2, "read", 1.5, 6, v("c1")),  # concurrent with the delete: certainly the old life
+        op(2, "read", 1.5, 6, v("c1")),  # the old life: before the delete
         op(1, "delete", 2, 3),
         op(1, "create", 4, 5, v("c2")),
-        op(3, "read", 4.5, 5.5, v("c2")),  # concurrent with the create, but it saw it: current
+        op(3, "read", 2.5, 6, v("c2")),  # the current life: after the re-create
     ]
     assert read_bounds(ops) == (1, 1)
 
@@ -498,6 +553,20 @@ def test_statistics_with_an_unknown_delete() -> None:
     assert read_bounds(ops, settled_s=2.5) == (1, 1)  # it was settled before the read
     ops.append(op(2, "read", 6, 7))  # NOT_FOUND: the delete ran after the read
     assert read_bounds(ops) == (0, 0)
+
+
+@pytest.mark.parametrize("p_unknown", [0.0, 0.1])
+def test_statistics_bounds_hold_the_truth_of_random_executions(p_unknown: float) -> None:
+    exact = users = 0
+    for seed in range(150):
+        ops, _, truth = random_history(seed, n_ops=150, keys=3, p_unknown=p_unknown)
+        for settled in (None, truth.last_effect):
+            res = check_statistics(ops, truth.reads, truth.totals, settled_s=settled)
+            assert res.ok, f"seed {seed}, settled {settled}: " + res.summary()
+        users += len(res.reads)
+        exact += sum(1 for b in res.reads.values() if b.low == b.high)
+    if p_unknown == 0.0:  # sound, and exact when every outcome is known (concurrency aside)
+        assert exact >= 0.95 * users, (exact, users)
 
 
 def test_statistics_of_a_user_outside_the_history() -> None:
@@ -542,3 +611,62 @@ def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert checker.main([str(bad)]) == 1
     out = capsys.readouterr().out
     assert "NOT linearizable" in out and "culprit" in out
+
+
+# --- against a brute-force oracle: every pruning must keep the verdict -----------------------------
+
+
+def brute_force_linearizable(ops: list[Op]) -> bool:
+    """Every order the intervals allow, every subset of unknown operations, no pruning at all."""
+    live = [o for o in ops if o.result != "fail"]
+
+    def ends(o: Op) -> float:
+        return o.complete_s if o.result == "ok" and o.complete_s is not None else float("inf")
+
+    def search(rest: list[Op], state: checker.State) -> bool:
+        if all(o.result == "unknown" for o in rest):
+            return True  # the unknown ones left never took effect
+        frontier = min(ends(o) for o in rest)
+        for i, o in enumerate(rest):
+            if o.invoke_s > frontier:
+                continue
+            outcome, after, seen = checker.step(state, o.f, None if o.f == "read" else o.value)
+            if o.result == "ok":
+                if o.f == "read" and (None if o.value is None else frozenset(o.value.items())) != seen:
+                    continue
+                if o.f != "read" and outcome != o.outcome:
+                    continue
+            if search(rest[:i] + rest[i + 1 :], after):
+                return True
+        return False
+
+    return all(search([o for o in live if o.key == k], None) for k in {o.key for o in live})
+
+
+def tiny_history(seed: int) -> list[Op]:
+    """A few operations on one key with tight overlaps, a sequential execution's answers, and then
+    random corruptions (so some are linearizable and some are not)."""
+    ops, _, _ = random_history(seed, n_ops=7, keys=1, processes=3, p_unknown=0.3, p_fail=0.1)
+    rng = random.Random(seed)
+    written = [dict(o.value) for o in ops if o.f in ("create", "update") and o.value] or [{"name": "x"}]
+    for i, o in enumerate(ops):
+        if o.result != "ok" or rng.random() > 0.25:
+            continue
+        if o.f == "read":
+            pick = rng.choice([None, *written, {**rng.choice(written), **rng.choice(written)}])
+            ops[i] = replace(o, value=pick, outcome="not_found" if pick is None else "done")
+        else:
+            outcomes = {"create": ["done", "exists"], "update": ["done", "not_found"], "delete": ["done", "not_found"]}
+            ops[i] = replace(o, outcome=rng.choice(outcomes[o.f]))
+    return ops
+
+
+def test_agrees_with_brute_force_on_tiny_histories() -> None:
+    verdicts = {True: 0, False: 0}
+    for seed in range(600):
+        ops = tiny_history(seed)
+        expected = brute_force_linearizable(ops)
+        got = check(ops)
+        assert got.ok == expected, f"seed {seed}: brute force says {expected}\n" + got.summary() + "\n" + dumps(ops)
+        verdicts[expected] += 1
+    assert min(verdicts.values()) > 100, verdicts  # both kinds well represented

@@ -366,14 +366,12 @@ def random_history(
     rng = random.Random(seed)
     clock = [rng.random() for _ in range(processes)]
     planned: list[_Planned] = []
-    counter = 0
-    for _ in range(n_ops):
+    for counter in range(1, n_ops + 1):
         p = rng.randrange(processes)
         start = clock[p] + rng.expovariate(4.0)
         end = start + rng.expovariate(1.0) + 0.01
         clock[p] = end
         f = rng.choices(["create", "update", "delete", "read"], [2, 3, 1, 5])[0]
-        counter += 1
         value: dict[str, str] | None = None
         if f == "create":
             value = {"name": f"n{counter}", "email": f"e{counter}"}

@@ -431,7 +431,9 @@ def _truncate(ops: Sequence[Op], t: float) -> list[Op]:
         if op.invoke_s > t:
             continue
         if op.result == "ok" and op.complete_s is not None and op.complete_s > t:
-            op = Op(op.process, op.key, op.f, op.value if op.f != "read" else None, op.invoke_s, None, "unknown", op.via)
+            op = Op(
+                op.process, op.key, op.f, op.value if op.f != "read" else None, op.invoke_s, None, "unknown", op.via
+            )
         out.append(op)
     return out
 
@@ -677,7 +679,11 @@ def read_bounds(ops: Sequence[Op], settled_s: float | None = None) -> tuple[int,
         lives[find(x)].append(members[x])
     deletes_may = [op for op in ops if op.f == "delete" and (op.result == "unknown" or _counts_an_event(op))]
     # Operations that prove a delete ran after everything certainly before them.
-    enders = [op for op in ops if op.result == "ok" and (op.outcome == "not_found" or (op.f, op.outcome) == ("create", "done"))]
+    enders = [
+        op
+        for op in ops
+        if op.result == "ok" and (op.outcome == "not_found" or (op.f, op.outcome) == ("create", "done"))
+    ]
     enders += [op for op in ops if op.f == "delete" and _counts_an_event(op)]
     ender_invokes = sorted(op.invoke_s for op in enders)
 

@@ -508,8 +508,16 @@ def test_statistics_bounds_of_the_current_life() -> None:
     [
         (1, {"create": 2, "update": 0, "delete": 1, "read": 4}, "read count 1 outside [2, 3]"),  # a read lost
         (4, {"create": 2, "update": 0, "delete": 1, "read": 4}, "read count 4 outside [2, 3]"),  # counted twice
-        (2, {"create": 3, "update": 0, "delete": 1, "read": 4}, "total create: 3 outside [2, 2]"),  # an ALREADY_EXISTS counted
-        (2, {"create": 2, "update": 1, "delete": 1, "read": 4}, "total update: 1 outside [0, 0]"),  # a failed update counted
+        (
+            2,
+            {"create": 3, "update": 0, "delete": 1, "read": 4},
+            "total create: 3 outside [2, 2]",
+        ),  # an ALREADY_EXISTS counted
+        (
+            2,
+            {"create": 2, "update": 1, "delete": 1, "read": 4},
+            "total update: 1 outside [0, 0]",
+        ),  # a failed update counted
         (2, {"create": 2, "update": 0, "delete": 0, "read": 4}, "total delete: 0 outside [1, 1]"),  # a delete lost
         (2, {"create": 2, "update": 0, "delete": 1, "read": 6}, "total read: 6 outside [4, 5]"),  # a NOT_FOUND counted
     ],

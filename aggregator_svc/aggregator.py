@@ -48,7 +48,12 @@ def apply_keys(partition: int) -> list[str]:
 
 def trim_keys(partition: int) -> list[str]:
     """The keys trim_acknowledged.lua takes, in its order."""
-    return [keys.events_key(partition), keys.deleted_key(partition), keys.deleted_at_key(partition)]
+    return [
+        keys.events_key(partition),
+        keys.deleted_key(partition),
+        keys.deleted_at_key(partition),
+        keys.trimmed_key(partition),
+    ]
 
 
 class Aggregator:

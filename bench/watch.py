@@ -127,7 +127,9 @@ def run_round(system: System, subscribers: int, rate: int, seconds: float) -> di
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
-        system = on_free_ports(Path(directory), {"PROFILEMESH_MAX_STREAMS": "200"})
+        system = on_free_ports(
+            Path(directory), {"PROFILEMESH_MAX_STREAMS": "200", "PROFILEMESH_STREAM_CLIENT_SHARE_PERCENT": "100"}
+        )
         try:
             system.start()
             latency = run_round(system, 1, rate=500, seconds=10)

@@ -31,15 +31,15 @@ _PARTITIONS_READ = f"%R~{keys.PARTITIONS_KEY} +get"
 
 _ROLES = {
     "profile_svc": (
-        f"~{keys.PROFILE_PREFIX}* ~{keys.EVENTS_PREFIX}* ~{keys.PARTITIONS_KEY} +get +set "
+        f"~{keys.PROFILE_PREFIX}* ~{keys.EVENTS_PREFIX}* ~{keys.PARTITIONS_KEY} ~{keys.DEPLOYMENT_KEY} +get +set "
         f"{_CLIENT} {_SCRIPTS} +info +wait +waitaof "
         # create/get/update/delete_profile.lua and events_after.lua; the change feed's tail readers.
-        "+exists +hset +hgetall +unlink +xadd +time +xinfo|stream +xrange +xread"
+        "+exists +hset +hgetall +hmget +unlink +xadd +time +xinfo|stream +xrange +xread"
     ),
     "aggregator_svc": (
         f"~{keys.EVENTS_PREFIX}* ~{keys.STATS_PREFIX}* {_PARTITIONS_READ} {_CLIENT} {_SCRIPTS} "
         "+xgroup|create +xgroup|delconsumer +xreadgroup +xread +xautoclaim +xack +xpending +xinfo|groups "
-        "+xinfo|consumers +xinfo|stream +xlen +xrange +xtrim +exists +time "
+        "+xinfo|consumers +xinfo|stream +xlen +xrange +xrevrange +xtrim +exists +time "
         # apply_events.lua and trim_acknowledged.lua write the statistics.
         "+hget +hset +hdel +hincrby +zincrby +zadd +zrem +zrangebyscore"
     ),

@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from common.clients import parse_networks
+
 PREFIX = "PROFILEMESH_"
 T = TypeVar("T")
 
@@ -132,8 +134,22 @@ class Settings:
     max_streams: int = setting(
         128, "streams (Watch RPCs, SSE in the gateway) open per process before new ones are refused", minimum=1
     )
+    stream_client_share_percent: int = setting(
+        25,
+        "the share of `PROFILEMESH_MAX_STREAMS` one client address may hold (at least 1); beyond it 429"
+        " (RESOURCE_EXHAUSTED `TOO_MANY_STREAMS_FROM_CLIENT`)",
+        minimum=1,
+        maximum=100,
+    )
+    trusted_proxies: str = setting(
+        "",
+        "addresses or CIDR blocks (comma-separated) of proxies trusted to name the client: their right-most"
+        " untrusted X-Forwarded-For entry (at a service: the gateway's `x-forwarded-for` metadata) is the client;"
+        " empty: the peer is",
+        shown="none",
+    )
     stream_queue: int = setting(
-        2000, "events queued for one subscriber before it is cut off (RESOURCE_EXHAUSTED)", minimum=1
+        2000, "events one subscriber may have queued before it reads from the stream instead", minimum=1
     )
     stream_heartbeat_s: int = setting(
         15, "silence after which a stream sends a heartbeat (SSE: a keepalive comment)", minimum=1
@@ -200,6 +216,10 @@ class Settings:
         types = typing.get_type_hints(type(self))
         for spec in dataclasses.fields(self):
             _check(spec, types[spec.name], getattr(self, spec.name))
+        try:
+            parse_networks(self.trusted_proxies)
+        except ValueError as error:
+            raise ConfigError(f"{variable('trusted_proxies')}: {error}") from None
         for certificate, key in (("grpc_cert_file", "grpc_key_file"), ("redis_cert_file", "redis_key_file")):
             if bool(getattr(self, certificate)) != bool(getattr(self, key)):
                 raise ConfigError(f"{variable(certificate)} and {variable(key)} must be set together")

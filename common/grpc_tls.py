@@ -2,7 +2,9 @@
 
 A component's certificate is what it serves and what it presents as a client. With a CA set, servers
 require a client certificate that CA signed, and clients accept only servers it signed. Without a
-certificate everything is plaintext, as in `make run`.
+certificate everything is plaintext, as in `make run`. The mesh's CA signs nothing else (not the cluster's
+certificates), so no certificate made for another purpose is a valid gRPC client or server. With
+PROFILEMESH_GRPC_ALLOWED_CLIENTS, every method is checked against the client's identity (AllowedClients).
 """
 
 from __future__ import annotations
@@ -65,8 +67,12 @@ def sync_channel(target: str, settings: Settings, options: Sequence[tuple[str, A
     return grpc.secure_channel(target, credentials, options=list(options))
 
 
+ANY_CLIENT = "*"  # in a rule: any client certificate the CA signed
+
+
 def parse_allowed_clients(text: str) -> dict[str, frozenset[str]]:
-    """`/pkg.Service/Method=gateway,localdev;/pkg.Service/=gateway`: method or service prefix -> identities.
+    """`/pkg.Service/Method=gateway,localdev;/pkg.Service/=gateway;/grpc.health.v1.Health/=*`: method or
+    service prefix -> identities (`*`: any the CA signed).
 
     Raises ValueError naming the rule that is not of that form.
     """
@@ -88,15 +94,16 @@ def peer_identities(context: grpc.aio.ServicerContext[Any, Any]) -> set[str]:
 
 
 class AllowedClients(grpc.aio.ServerInterceptor):
-    """Only the listed client identities may call a method that a rule covers (the longest prefix wins);
-    methods no rule covers are open to every client the CA signed. Refusals are PERMISSION_DENIED."""
+    """Every method is checked: only the identities of the rule that covers it (the longest prefix wins) may
+    call it, and a method no rule covers is refused to everyone (default deny: a new RPC, a mutation above
+    all, is closed until a rule names who may call it). Refusals are PERMISSION_DENIED."""
 
     def __init__(self, rules: dict[str, frozenset[str]]) -> None:
         self.rules = rules
 
-    def allowed(self, method: str) -> frozenset[str] | None:
+    def allowed(self, method: str) -> frozenset[str]:
         matching = [prefix for prefix in self.rules if method.startswith(prefix)]
-        return self.rules[max(matching, key=len)] if matching else None
+        return self.rules[max(matching, key=len)] if matching else frozenset()
 
     async def intercept_service(
         self,
@@ -104,36 +111,55 @@ class AllowedClients(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> Handler | None:
         handler = await continuation(details)
-        allowed = self.allowed(details.method)
-        if handler is None or allowed is None:
+        if handler is None:
             return handler
+        allowed = self.allowed(details.method)
         method = details.method
 
         async def refuse_strangers(context: grpc.aio.ServicerContext[Any, Any]) -> None:
             identities = peer_identities(context)
+            if ANY_CLIENT in allowed and identities:
+                return
             if not identities & allowed:
                 names = list(context.auth_context().get("x509_common_name", []))
                 who = names[0].decode() if names else "a client without a certificate"
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{who} may not call {method}")
 
-        if handler.unary_unary is not None:
-            unary: Any = handler.unary_unary
+        return _guarded(handler, refuse_strangers, method)
 
-            async def guarded_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                await refuse_strangers(context)
-                return await unary(request, context)
 
-            return grpc.unary_unary_rpc_method_handler(
-                guarded_unary, handler.request_deserializer, handler.response_serializer
-            )
-        if handler.unary_stream is not None and not inspect.isasyncgenfunction(handler.unary_stream):
-            stream: Any = handler.unary_stream
+def _guarded(
+    handler: Handler,
+    check: Callable[[grpc.aio.ServicerContext[Any, Any]], Awaitable[None]],
+    method: str,
+) -> Handler:
+    """`handler` with `check` run before its behaviour, for each of the four kinds of RPC."""
+    kinds: list[tuple[Any, Callable[..., Any]]] = [
+        (handler.unary_unary, grpc.unary_unary_rpc_method_handler),
+        (handler.unary_stream, grpc.unary_stream_rpc_method_handler),
+        (handler.stream_unary, grpc.stream_unary_rpc_method_handler),
+        (handler.stream_stream, grpc.stream_stream_rpc_method_handler),
+    ]
+    present = [(behaviour, make) for behaviour, make in kinds if behaviour is not None]
+    if not present:
+        raise ValueError(f"PROFILEMESH_GRPC_ALLOWED_CLIENTS covers {method}, whose handler has no behaviour")
+    inner: Any = present[0][0]
+    make = present[0][1]
+    guarded: Any
+    if inspect.isasyncgenfunction(inner):
 
-            async def guarded_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                await refuse_strangers(context)
-                return await stream(request, context)
+        async def guarded_generator(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            await check(context)
+            async for response in inner(request, context):
+                yield response
 
-            return grpc.unary_stream_rpc_method_handler(
-                guarded_stream, handler.request_deserializer, handler.response_serializer
-            )
-        raise ValueError(f"PROFILEMESH_GRPC_ALLOWED_CLIENTS covers {method}, whose kind of handler it can't guard")
+        guarded = guarded_generator
+    else:
+
+        async def guarded_call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            await check(context)
+            return await inner(request, context)
+
+        guarded = guarded_call
+    wrapped: Handler = make(guarded, handler.request_deserializer, handler.response_serializer)
+    return wrapped

@@ -10,6 +10,9 @@ import zlib
 
 # Records the partition count on first start; it is fixed for the life of a deployment.
 PARTITIONS_KEY = "profilemesh:partitions"
+# A random secret recorded by profile_svc on first start: it signs the change feed's resume tokens, so a
+# token names the deployment that issued it and can't be forged (profile_svc/events_feed.py).
+DEPLOYMENT_KEY = "profilemesh:deployment"
 
 EVENT_TYPES = ("create", "read", "update", "delete")
 
@@ -34,6 +37,12 @@ def profile_key(user: str, partitions: int) -> str:
 
 def events_key(partition: int) -> str:
     return f"{EVENTS_PREFIX}{tag(partition)}"
+
+
+def trimmed_key(partition: int) -> str:
+    """Hash: the id, offset and time of the last entry trimmed from the partition's stream, so the change
+    feed can tell a position trimmed exactly up to from one whose history changed (a lossy failover)."""
+    return f"{EVENTS_PREFIX}{tag(partition)}:trimmed"
 
 
 def reads_key(partition: int) -> str:

@@ -15,10 +15,12 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from common import grpc_tls
 from common.config import Settings
 
 TIMEOUT_S = 2.0
 COMPONENTS = ("profile", "reporting", "aggregator", "gateway")
+PROBE_NAME = "localhost"  # the name a server's certificate must carry for the probe (over mutual TLS)
 
 
 def _local(listen: str) -> str:
@@ -44,7 +46,10 @@ def probe(component: str, settings: Settings) -> bool:
         except (urllib.error.URLError, OSError):
             return False
     listen = getattr(settings, f"{component}_listen")
-    with grpc.insecure_channel(_local(listen)) as channel:
+    # With mutual TLS, the component's own certificate, and the server's checked for the name `localhost`
+    # (certificates name it for this probe: README.md, "Deploying"); the address stays the local one.
+    options = [("grpc.ssl_target_name_override", PROBE_NAME)] if settings.grpc_ca_file else []
+    with grpc_tls.sync_channel(_local(listen), settings, options) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT_S)
         except grpc.RpcError:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,8 +35,14 @@ HEALTH_INTERVAL_S = 1.0
 BIND_WAIT_S = 65
 
 
-async def _watch_cluster(cluster: Cluster, health: health_aio.HealthServicer, services: Iterable[str]) -> None:
-    """Keep health in step with the cluster: SERVING only while it answers."""
+async def _watch_cluster(
+    cluster: Cluster,
+    health: health_aio.HealthServicer,
+    services: Iterable[str],
+    checks: Iterable[Callable[[], Awaitable[object]]] = (),
+) -> None:
+    """Keep health in step with the cluster: SERVING only while it answers, and once what the process records
+    in or checks against the cluster at start (the partition count, its `checks`) has been done."""
     verified = False
     previous = None
     while True:
@@ -44,6 +50,8 @@ async def _watch_cluster(cluster: Cluster, health: health_aio.HealthServicer, se
         if healthy and not verified:
             try:
                 await cluster.verify_partitions()  # a PartitionMismatch ends the process
+                for check in checks:
+                    await check()
                 verified = True
             except CLUSTER_FAILURES as error:
                 log.warning("cannot check the partition count yet: %r", error)
@@ -93,6 +101,8 @@ class Service:
     background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
     # Called when SIGTERM arrives, e.g. to end long-lived streams so their clients reconnect elsewhere.
     on_drain: list[Callable[[], None]] = field(default_factory=list)
+    # Run once the cluster answers, before the process reports SERVING (retried until they succeed).
+    on_cluster: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
 
 
 def service_main(
@@ -190,7 +200,7 @@ async def serve(listen: str, cluster: Cluster, build: Callable[[grpc.aio.Server]
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
 
-    tasks = [asyncio.create_task(_watch_cluster(cluster, health, services), name="health")]
+    tasks = [asyncio.create_task(_watch_cluster(cluster, health, services, served.on_cluster), name="health")]
     tasks += [asyncio.create_task(job(), name=getattr(job, "__name__", "job")) for job in served.background]
     stop_wait = asyncio.create_task(stopping.wait())
     done, _ = await asyncio.wait([stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)

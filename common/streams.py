@@ -16,17 +16,28 @@ from collections.abc import Coroutine, Iterator
 from typing import Any
 
 import grpc
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2
 
+from common.clients import FORWARDED_METADATA, client_address, grpc_peer_address, parse_networks
 from common.config import Settings
 from common.errors import ServiceError, TooManyRequests
 
 DRAINING = "the server is shutting down; reconnect"
 
 
+RETRY_AFTER_S = 10  # what a refused client is told to wait: streams last minutes, so not sooner
+
+
 class TooManyStreams(TooManyRequests):
-    """Every stream slot of this process is taken (RESOURCE_EXHAUSTED, HTTP 429)."""
+    """Every stream slot of this process is taken, or the client's share of them (RESOURCE_EXHAUSTED,
+    HTTP 429 with Retry-After); the reason says which."""
 
     default_reason = "TOO_MANY_STREAMS"
+
+    def details(self) -> list[Message]:
+        return [*super().details(), error_details_pb2.RetryInfo(retry_delay=Duration(seconds=RETRY_AFTER_S))]
 
 
 class StreamEnded(ServiceError):
@@ -38,13 +49,29 @@ class StreamEnded(ServiceError):
 
 
 class StreamLimits:
+    """The process's stream slots, and each client's share of them: one client address (common/clients.py)
+    holds at most PROFILEMESH_STREAM_CLIENT_SHARE_PERCENT of PROFILEMESH_MAX_STREAMS (at least one), so one
+    address can't lock everyone else out."""
+
     def __init__(self, settings: Settings) -> None:
         self.max_streams = settings.max_streams
+        self.per_client = max(1, settings.max_streams * settings.stream_client_share_percent // 100)
+        self.by_client: dict[str, int] = {}  # client -> streams it holds (only clients holding one)
         self.idle_s = settings.stream_idle_s
         self.max_s = settings.stream_max_s
         self.heartbeat_s = settings.stream_heartbeat_s
+        self.trusted = parse_networks(settings.trusted_proxies)
         self.draining = False
         self._clocks: set[StreamClock] = set()
+
+    def grpc_client(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        """Whom a Watch call is for: its gRPC peer's address, or the client a trusted peer (the gateway) names."""
+        forwarded = [
+            value
+            for key, value in context.invocation_metadata() or ()
+            if key == FORWARDED_METADATA and isinstance(value, str)
+        ]
+        return client_address(grpc_peer_address(context.peer()), forwarded, self.trusted)
 
     @property
     def open(self) -> int:
@@ -57,17 +84,29 @@ class StreamLimits:
             clock.stop(StreamEnded(DRAINING))
 
     @contextlib.contextmanager
-    def slot(self) -> Iterator[StreamClock]:
+    def slot(self, client: str) -> Iterator[StreamClock]:
+        """A slot for a stream of `client` (its address, from common/clients.py), while the block runs."""
         if self.draining:
             raise StreamEnded(DRAINING)
         if self.open >= self.max_streams:
             raise TooManyStreams(f"too many streams open (at most {self.max_streams} per process); retry later")
+        held = self.by_client.get(client, 0)
+        if held >= self.per_client:
+            raise TooManyStreams(
+                f"too many streams from one client (at most {self.per_client} of this process's"
+                f" {self.max_streams}); close one or retry later",
+                reason="TOO_MANY_STREAMS_FROM_CLIENT",
+            )
         clock = StreamClock(self)
         self._clocks.add(clock)
+        self.by_client[client] = held + 1
         try:
             yield clock
         finally:
             self._clocks.discard(clock)
+            left = self.by_client.pop(client, 1) - 1
+            if left > 0:
+                self.by_client[client] = left
 
 
 class StreamClock:
@@ -103,6 +142,13 @@ class StreamClock:
         self.last_message = time.monotonic()
         if event:
             self.last_event = self.last_message
+
+    def heartbeat_due(self) -> bool:
+        """Whether a heartbeat is due now, for a stream busy with work that sends nothing (a filtered catch-up);
+        raises the stream's end when it must end, so such work stops on a drain too."""
+        if self.stopped is not None:
+            raise self.stopped
+        return time.monotonic() >= self.last_message + self.limits.heartbeat_s
 
     async def wait(self) -> bool:
         """Wait until woken (True) or until a heartbeat is due (False); raise StreamEnded when the stream must end."""

@@ -13,6 +13,7 @@ from aiohttp.typedefs import Middleware
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from common import metrics
+from common.clients import parse_networks
 from common.config import Settings
 from common.errors import ServiceError
 from common.streams import StreamLimits
@@ -154,7 +155,9 @@ async def dashboard(request: web.Request) -> web.FileResponse:
 
 def build_app(settings: Settings) -> web.Application:
     limited = (
-        [rate_limit(settings.rate_limit_per_s, settings.rate_limit_burst)] if settings.rate_limit_per_s > 0 else []
+        [rate_limit(settings.rate_limit_per_s, settings.rate_limit_burst, parse_networks(settings.trusted_proxies))]
+        if settings.rate_limit_per_s > 0
+        else []
     )
     app = web.Application(
         client_max_size=settings.http_max_body_bytes,

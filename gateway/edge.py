@@ -5,7 +5,8 @@
 - A request's headers must arrive within `http_idle_timeout_s` of the connection opening or of the previous
   response (aiohttp's keep-alive timer, which closes a connection that has no whole request by then), and
   its body within `http_body_timeout_s` (408): a client that trickles bytes can't hold a connection for ever.
-- An optional token bucket per client address (429 with Retry-After).
+- An optional token bucket per client address (429 with Retry-After); the address is `http_client`'s, which
+  the SSE routes' per-client share of the stream slots uses too.
 - A 5xx body never carries internal error text: it says what a client can do and gives the request id,
   under which the log holds the details.
 """
@@ -25,6 +26,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from aiohttp.web_protocol import RequestPayloadError
 
+from common.clients import Network, client_address
 from common.config import Settings
 from common.logs import REQUEST_ID
 
@@ -135,6 +137,12 @@ def read_body_within(timeout_s: float, max_bytes: int) -> Middleware:
     return middleware
 
 
+def http_client(request: web.Request, trusted: tuple[Network, ...]) -> str:
+    """The client of a request: its peer's address, or behind a trusted proxy the right-most untrusted
+    X-Forwarded-For entry (common/clients.py); an untrusted peer's X-Forwarded-For is ignored."""
+    return client_address(request.remote or "", request.headers.getall("X-Forwarded-For", ()), trusted)
+
+
 class TokenBuckets:
     """One token bucket per client address: `rate` requests a second on average, bursts up to `burst`."""
 
@@ -160,19 +168,20 @@ class TokenBuckets:
             self.buckets = {a: (t, w) for a, (t, w) in self.buckets.items() if now - w < full_after}
 
 
-def rate_limit(rate: float, burst: int) -> Middleware:
-    """429 with Retry-After for a client address beyond its bucket. Behind a load balancer every request
-    comes from the balancer's address: limit there instead (or per client at the balancer)."""
+def rate_limit(rate: float, burst: int, trusted: tuple[Network, ...] = ()) -> Middleware:
+    """429 with Retry-After for a client address beyond its bucket. Behind a load balancer, name it in
+    PROFILEMESH_TRUSTED_PROXIES, or every request counts as the balancer's."""
     buckets = TokenBuckets(rate, burst)
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in UNLIMITED_PATHS:
             return await handler(request)
-        wait_s = buckets.take(request.remote or "", time.monotonic())
+        client = http_client(request, trusted)
+        wait_s = buckets.take(client, time.monotonic())
         if wait_s > 0:
             return web.json_response(
-                {"message": f"too many requests from {request.remote}: at most {rate:g} a second; retry later"},
+                {"message": f"too many requests from {client[:64]}: at most {rate:g} a second; retry later"},
                 status=429,
                 headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
             )

@@ -7,7 +7,9 @@ and the status's `google.rpc` details for programs, each as proto3 JSON with its
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 from typing import Any
 
 import grpc
@@ -65,11 +67,21 @@ def rich_status(error: grpc.aio.AioRpcError) -> status_pb2.Status | None:
         return None
 
 
+RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
+
+
 def error_json(status: int, message: str, details: list[dict[str, Any]]) -> web.Response:
+    """The JSON error; a RetryInfo detail (e.g. too many streams) becomes a Retry-After header too."""
     body: dict[str, Any] = {"message": message}
+    headers = {}
     if details:
         body["details"] = details
-    return web.json_response(body, status=status)
+        for detail in details:
+            delay = detail.get("retryDelay") if detail.get("@type") == RETRY_INFO else None
+            if isinstance(delay, str) and delay.endswith("s"):
+                with contextlib.suppress(ValueError):
+                    headers["Retry-After"] = str(max(1, math.ceil(float(delay[:-1]))))
+    return web.json_response(body, status=status, headers=headers)
 
 
 def service_error_response(error: ServiceError) -> web.Response:

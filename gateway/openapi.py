@@ -190,7 +190,7 @@ def _error_response(status: int) -> Schema:
     headers: dict[str, Any] = {"X-Request-Id": REQUEST_ID_HEADER}
     if status == 429:
         headers["Retry-After"] = {
-            "description": "seconds to wait (the per-address rate limit)",
+            "description": "seconds to wait (the per-address rate limit, or a client's share of the streams)",
             "required": False,
             "schema": {"type": "string", "pattern": "^[0-9]+$"},
         }

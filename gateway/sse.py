@@ -28,11 +28,12 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from multidict import MultiMapping
 
+from common.clients import FORWARDED_METADATA
 from common.config import Settings
 from common.errors import DeadlineExceeded
 from common.streams import StreamEnded, StreamLimits, TooManyStreams
 from gateway import upstreams
-from gateway.edge import public_message
+from gateway.edge import http_client, public_message
 from gateway.errors import http_status, rendered_details, rich_status, rpc_error_response, service_error_response
 from gateway.routes import Route
 from gateway.translate import DECIMAL, INTEGER_TYPES, BadRequest, Field, build_request, render_response
@@ -138,8 +139,10 @@ def stream_handler(
             message = build_stream_request(
                 route, dict(request.match_info), request.query, request.headers.get("Last-Event-ID")
             )
-            with limits.slot():
-                call = request.app[STREAM_CALLS][route.grpc_path](message)
+            client = http_client(request, limits.trusted)
+            with limits.slot(client):
+                # The services give each client its share too: the gateway says whom the stream is for.
+                call = request.app[STREAM_CALLS][route.grpc_path](message, metadata=[(FORWARDED_METADATA, client)])
                 try:
                     return await relay(request, call)
                 finally:

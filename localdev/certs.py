@@ -1,6 +1,7 @@
 """Certificates made for one run (a CA and a certificate per component), with the openssl command.
 
-Only for local runs and tests: the files go into the run's data directory, keys readable by us alone.
+Only for local runs and tests: the files go into the run's data directory (mode 700), every file readable
+by us alone (600).
 Every certificate names 127.0.0.1 and localhost, so hostname checking works over loopback.
 """
 
@@ -21,7 +22,7 @@ class Identity:
 
 
 def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    subprocess.run(["openssl", *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, umask=0o077)
 
 
 def _private_key(path: Path) -> None:
@@ -31,7 +32,8 @@ def _private_key(path: Path) -> None:
 
 def make_ca(directory: Path, name: str = "profilemesh local CA") -> Identity:
     """A self-signed CA in `directory` (reused if it is there)."""
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
     ca = Identity(directory / "ca.crt", directory / "ca.key")
     if not ca.cert.exists():
         _private_key(ca.key)
@@ -50,6 +52,7 @@ def issue(ca: Identity, directory: Path, name: str) -> Identity:
     _private_key(identity.key)
     request = directory / f"{name}.csr"
     extensions = directory / f"{name}.ext"
+    extensions.touch(mode=0o600)
     extensions.write_text(
         f"subjectAltName=DNS:{name},DNS:localhost,IP:127.0.0.1\n"
         "extendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n"

@@ -104,8 +104,8 @@ class LocalCluster:
         """The file holding `user`'s password, made (readable by us only) the first time it is asked for."""
         path = self.secrets_dir / f"{user}.password"
         if not path.exists():
-            self.secrets_dir.mkdir(parents=True, exist_ok=True)
-            os.chmod(self.secrets_dir, 0o700)
+            _private_dir(self.data_dir)
+            _private_dir(self.secrets_dir)
             descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(descriptor, "w") as file:
                 file.write(secrets.token_urlsafe(32))
@@ -166,7 +166,7 @@ class LocalCluster:
 
     def _write_config(self) -> Path:
         """The nodes' shared configuration: the ACL file, replication's user, TLS; secrets stay out of argv."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        _private_dir(self.data_dir)
         passwords = {user: self.password(user) for user in acl.all_users()}
         acl_path = self.data_dir / "users.acl"
         _replace_file(acl_path, acl.acl_file(passwords, waitaof=not self.tls))
@@ -198,7 +198,7 @@ class LocalCluster:
         if not marker.exists():
             self._wait(lambda: all(self._answers(i) for i in range(len(self.ports))), timeout_s, "nodes to start")
             self._create()
-            marker.write_text("\n".join(map(str, self.ports)))
+            _replace_file(marker, "\n".join(map(str, self.ports)))
         self.wait_ready(timeout_s)
         if self.supervised:
             self._supervisor_stop.clear()
@@ -224,7 +224,7 @@ class LocalCluster:
             if not port_is_free(taken):
                 raise RuntimeError(f"port {taken} is in use: is another cluster (make run?) still running?")
         node_dir = self.data_dir / str(port)
-        node_dir.mkdir(parents=True, exist_ok=True)
+        _private_dir(node_dir)
         listen = ["--port", "0", "--tls-port", str(port)] if self.tls else ["--port", str(port)]
         args = [
             str(server_binary(self.tls)),
@@ -258,7 +258,8 @@ class LocalCluster:
         if self.log_to_files:
             args += ["--logfile", str(node_dir / "node.log")]
         # A new session: Ctrl-C in a terminal reaches the supervisor, which stops nodes in order.
-        process = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL)
+        # umask 077: the node's append-only files, RDB and nodes.conf hold profiles, readable by us alone.
+        process = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, umask=0o077)
         with self._lock:
             self.processes[index] = process
 
@@ -427,6 +428,12 @@ class LocalNode:
         if self.process is not None:
             processes.stop(self.process)
             self.process = None
+
+
+def _private_dir(path: Path) -> None:
+    """`path` (and its missing parents) as a directory only we can enter (700)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
 
 
 def _replace_file(path: Path, text: str) -> None:

@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from common import acl, grpc_tls
 from common.config import Settings
-from localdev import processes
+from localdev import certs, processes
 from localdev.cluster import LocalCluster
 from localdev.ports import free_ports
 from localdev.waiting import answers_ok, poll_until
@@ -24,14 +24,29 @@ from localdev.waiting import answers_ok, poll_until
 # Every component; each serves Prometheus metrics on a port of its own.
 SERVICES = ("profile_svc", "reporting_svc", "aggregator_svc", "gateway")
 
+# The services with Watch RPCs, and the setting naming whom they trust to say which client a stream is for.
+STREAMING = ("profile_svc", "reporting_svc")
+TRUSTED_PROXIES = "PROFILEMESH_TRUSTED_PROXIES"
+
 # How many replicas of profile_svc and of reporting_svc `make run` starts.
 REPLICAS_VARIABLE = "PROFILEMESH_REPLICAS"
 
 
-# With mutual TLS, only the gateway and localdev (the profilemesh command, tests) may change profiles.
+# With mutual TLS, who may call what (common/grpc_tls.py AllowedClients; a method no rule covers is refused):
+# only the gateway and localdev (the profilemesh command, tests) may change profiles, or read them and the
+# statistics; health checks are open to any certificate the mesh's CA signed; reflection is localdev's.
 PROFILE_CHANGES_ALLOWED = ";".join(
     f"/profilemesh.profile.v1.ProfileService/{method}=gateway,localdev"
     for method in ("CreateProfile", "UpdateProfile", "DeleteProfile")
+)
+MESH_ALLOWED_CLIENTS = ";".join(
+    (
+        PROFILE_CHANGES_ALLOWED,
+        "/profilemesh.profile.v1.ProfileService/=gateway,localdev",
+        "/profilemesh.reporting.v1.ReportingService/=gateway,localdev",
+        "/grpc.health.v1.Health/=*",
+        "/grpc.reflection.=localdev",
+    )
 )
 
 
@@ -84,18 +99,32 @@ class System:
         ports["aggregator_svc"] = self.aggregator_port
         return ports
 
+    @property
+    def mesh_dir(self) -> Path:
+        """The gRPC mesh's CA and certificates: a CA of their own, apart from the cluster's (its tls/)."""
+        return self.cluster.data_dir / "mesh"
+
+    @property
+    def mesh_ca_file(self) -> Path:
+        return certs.make_ca(self.mesh_dir, "profilemesh local mesh CA").cert
+
+    def mesh_identity(self, name: str) -> certs.Identity:
+        """A gRPC certificate for `name`, signed by the mesh's CA (made on first use)."""
+        return certs.issue(certs.make_ca(self.mesh_dir, "profilemesh local mesh CA"), self.mesh_dir, name)
+
     def grpc_env(self, name: str) -> dict[str, str]:
-        """The PROFILEMESH_GRPC_* settings of identity `name` (empty without gRPC TLS)."""
+        """The PROFILEMESH_GRPC_* settings of identity `name` (empty without gRPC TLS); every server checks
+        each call's client against MESH_ALLOWED_CLIENTS."""
         if not self.grpc_tls:
             return {}
-        identity = self.cluster.identity(name)
+        identity = self.mesh_identity(name)
         env = {
             "PROFILEMESH_GRPC_CERT_FILE": str(identity.cert),
             "PROFILEMESH_GRPC_KEY_FILE": str(identity.key),
-            "PROFILEMESH_GRPC_CA_FILE": str(self.cluster.ca_file),
+            "PROFILEMESH_GRPC_CA_FILE": str(self.mesh_ca_file),
         }
-        if name == "profile_svc":
-            env["PROFILEMESH_GRPC_ALLOWED_CLIENTS"] = PROFILE_CHANGES_ALLOWED
+        if name in SERVICES and name != "gateway":
+            env["PROFILEMESH_GRPC_ALLOWED_CLIENTS"] = MESH_ALLOWED_CLIENTS
         return env
 
     def client_settings(self, component: str | None = None) -> Settings:
@@ -150,6 +179,9 @@ class System:
             env.setdefault(_metrics_variable(module), f"127.0.0.1:{port}")
         # Each component as its own cluster user; the gateway has none.
         identity = {**(self.cluster.user_env(module) if module in acl.USERS else {}), **self.grpc_env(module)}
+        if module in STREAMING and TRUSTED_PROXIES not in self.settings:
+            # The gateway (on loopback) names the HTTP client of each stream: its share is that client's.
+            identity[TRUSTED_PROXIES] = "127.0.0.1"
         env = {**identity, **env}
         with contextlib.ExitStack() as files:  # the child keeps its own copy of its log file
             output: IO[bytes] | None = None

@@ -15,9 +15,14 @@ from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 
 def build(server: grpc.aio.Server, cluster: Cluster) -> Service:
     limits = StreamLimits(cluster.settings)
-    servicer = ProfileServicer(Profiles(cluster), EventsFeed(cluster), limits)
+    feed = EventsFeed(cluster)
+    servicer = ProfileServicer(Profiles(cluster), feed, limits)
     profile_pb2_grpc.add_ProfileServiceServicer_to_server(servicer, server)
-    return Service(names=[profile_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name], on_drain=[limits.drain])
+    return Service(
+        names=[profile_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name],
+        on_drain=[limits.drain],
+        on_cluster=[feed.tokens],  # records the deployment's identity on first start
+    )
 
 
 def main() -> None:

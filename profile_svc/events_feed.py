@@ -1,15 +1,25 @@
 """The change feed behind WatchProfileEvents: one tail reader per partition, shared by every subscriber.
 
-While anyone subscribes, each partition's stream is read by one blocking XREAD per process, and every
-batch goes to every subscriber's bounded queue together with the entry it follows. A subscriber whose
-position is behind that entry (it resumed from a token, or its queue started after the batch's
-predecessor) first reads the missing entries itself through scripts/events_after.lua. So a subscriber
-sees each entry of a partition once and in order.
+While anyone subscribes, each partition's stream is followed by one tail reader per process, and every
+batch it reads goes to every subscriber's bounded queue together with the position it was read from.
+A subscriber delivers a batch as it is only when the batch starts exactly at its own position; otherwise
+(it resumed from a token, its queue overflowed, the tail reader found a gap) it reads from the stream
+itself through scripts/events_after.lua until it is level again. So a subscriber sees each entry of a
+partition once and in order, or its stream ends with a status that says what to do.
 
-A gap is reported (Trimmed), never skipped. A position is an entry's id and its offset: how many entries
-the stream had ever had once it was added (XINFO's entries-added). Entries only leave a stream from its
-head, so the stream still holds everything after a position exactly when the position's offset is at
-least entries-added minus length. (XINFO's max-deleted-entry-id would be simpler, but XTRIM leaves it alone.)
+A position is, per partition, the last entry passed: its id, its offset `n` (the stream's entries-added
+count once it was in) and its time. Every read of the stream first checks the position against the
+stream as it is now, in the same script: the entry must be there with that id and time, at an offset the
+stream still holds, or be the last one trimmed; the offsets of what it reads follow from the position's
+(or from the head's, entries-added - length + 1), so no offset is ever counted on from an unchecked base.
+A position older than the stream's head means events were trimmed (Trimmed: OUT_OF_RANGE,
+EVENTS_TRIMMED); a position the stream no longer holds as it was means a failover lost entries the feed
+had already handed out, and may have handed their ids out again (HistoryChanged: OUT_OF_RANGE,
+EVENTS_HISTORY_CHANGED). Nothing is ever skipped silently.
+
+A resume token is the position, the deployment's identity and a MAC under a secret the deployment keeps
+in the cluster (keys.DEPLOYMENT_KEY): a token is checked completely before anything reaches the streams,
+and one that was not issued by this deployment, or was altered, is INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
@@ -17,12 +27,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
+import hmac
 import logging
+import secrets
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, NamedTuple
 
 import grpc
 
@@ -30,27 +43,50 @@ from common import keys
 from common.cluster import CLUSTER_FAILURES, Cluster
 from common.errors import InvalidArgument, ServiceError
 from common.redis_internals import closed_under_command
-from common.stream_ids import StreamId, format_id, parse_id
+from common.stream_ids import StreamId, format_id
 from common.streams import StreamClock
 from common.validation import MAX_USERS, check_user
 
 log = logging.getLogger(__name__)
 
 SCRIPTS = Path(__file__).parent / "scripts"
-PAGE = 500  # entries per XREAD of the tail and per catch-up read
+PAGE = 1000  # entries per tail read of the stream (a millisecond or two of script)
+CATCH_UP_PAGE = 2000  # entries a catch-up scans per read; it returns only those its subscriber wants
 RETRY_S = 0.5
 CHANGES = ("create", "update", "delete")
-TOKEN_PREFIX = "v1."
+TOKEN_PREFIX = "v2."
+MAC_BYTES = 16
+MAX_U64 = 2**64 - 1
+MAX_I64 = 2**63 - 1
+# Batches a subscriber's queue holds, whatever they contain: beyond it, it reads from the stream instead.
+MAX_QUEUED_BATCHES = 10_000
+
+START_OVER = "start again without a token and re-read whatever you derive from the events"
+
+
+class Anchor(NamedTuple):
+    """An entry a position can stand on: its id, its offset in the stream's history, and its time."""
+
+    id: StreamId
+    n: int
+    ts: int
+
+
+BEFORE_FIRST = Anchor((0, 0), 0, 0)
 
 
 @dataclass(frozen=True)
 class Event:
     id: StreamId
-    offset: int  # entries ever added to the partition's stream, up to and including this one
+    n: int  # the entry's offset: entries ever added to the partition's stream, up to and including this one
     partition: int
     user: str
     type: str
     ts_ms: int
+
+    @property
+    def anchor(self) -> Anchor:
+        return Anchor(self.id, self.n, self.ts_ms)
 
 
 class Trimmed(ServiceError):
@@ -60,56 +96,144 @@ class Trimmed(ServiceError):
     default_reason = "EVENTS_TRIMMED"
 
 
-class FellBehind(ServiceError):
-    """The subscriber's queue overflowed: it reads more slowly than events arrive (RESOURCE_EXHAUSTED)."""
+class HistoryChanged(ServiceError):
+    """The stream no longer holds the subscriber's position as it was: a failover lost events already sent
+    (OUT_OF_RANGE). What the subscriber derived from them may describe changes that did not survive."""
 
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    default_reason = "SUBSCRIBER_FELL_BEHIND"
-    resumable = True
+    code = grpc.StatusCode.OUT_OF_RANGE
+    default_reason = "EVENTS_HISTORY_CHANGED"
+
+
+def _trimmed(partition: int) -> Trimmed:
+    return Trimmed(
+        f"events of partition {partition} after the resume token were trimmed (they are kept for "
+        f"PROFILEMESH_EVENTS_RETENTION_S after being aggregated); {START_OVER}"
+    )
+
+
+def _changed(partition: int) -> HistoryChanged:
+    return HistoryChanged(
+        f"the history of partition {partition} changed under the resume token (a failover lost events that "
+        f"had been delivered); {START_OVER}"
+    )
+
+
+class Tokens:
+    """Resume tokens of one deployment: a position, the deployment's identity and a MAC over both."""
+
+    def __init__(self, secret: bytes, partitions: int) -> None:
+        self._secret = secret
+        self.partitions = partitions
+        self.identity = hashlib.sha256(b"profilemesh deployment " + secret).hexdigest()[:12]
+
+    def _mac(self, body: bytes) -> bytes:
+        return hmac.new(self._secret, body, hashlib.sha256).digest()[:MAC_BYTES]
+
+    def issue(self, anchors: Sequence[Anchor]) -> str:
+        body = (self.identity + ";" + ",".join(f"{format_id(a.id)}.{a.n}.{a.ts}" for a in anchors)).encode()
+        return TOKEN_PREFIX + _b64(body) + "." + _b64(self._mac(body))
+
+    def check(self, token: SignedToken) -> list[Anchor]:
+        """The anchors of a well-formed token, once its identity and MAC say this deployment issued it."""
+        if token.identity != self.identity.encode():
+            raise _invalid("resume_token was issued by another profilemesh deployment")
+        if not hmac.compare_digest(token.mac, self._mac(token.body)):
+            raise _invalid("resume_token was altered: it is not a token this deployment issued")
+        return token.anchors
+
+
+class SignedToken(NamedTuple):
+    body: bytes
+    identity: bytes
+    anchors: list[Anchor]
+    mac: bytes
+
+
+def read_token(token: str, partitions: int) -> SignedToken:
+    """A token taken apart and every number range-checked, without the deployment's secret, so malformed
+    input is refused even while the cluster is down; InvalidArgument naming resume_token."""
+    not_ours = _invalid("resume_token is not a token this service issued")
+    if not token.startswith(TOKEN_PREFIX) or len(token) > 120 * partitions + 64:
+        raise not_ours
+    body_text, _, mac_text = token[len(TOKEN_PREFIX) :].partition(".")
+    try:
+        body, mac = _unb64(body_text), _unb64(mac_text)
+        identity, _, packed = body.partition(b";")
+        anchors = [_anchor(part) for part in packed.decode().split(",")]
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise not_ours from None
+    if len(anchors) != partitions:
+        raise _invalid(f"resume_token covers {len(anchors)} partitions but this deployment has {partitions}")
+    return SignedToken(body, identity, anchors, mac)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    if not text or any(c not in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_" for c in text):
+        raise ValueError("not base64url")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _anchor(text: str) -> Anchor:
+    """`ms-seq.n.ts`, each a decimal in the range the cluster accepts; ValueError otherwise."""
+    entry, n, ts = text.split(".")
+    ms, seq = entry.split("-")
+    values = [_decimal(ms, MAX_U64), _decimal(seq, MAX_U64), _decimal(n, MAX_I64), _decimal(ts, MAX_I64)]
+    anchor = Anchor((values[0], values[1]), values[2], values[3])
+    if (anchor.n == 0) != (anchor.id == (0, 0)):
+        raise ValueError("only the position before the first entry has offset 0")
+    return anchor
+
+
+def _decimal(text: str, maximum: int) -> int:
+    if not text.isascii() or not text.isdigit() or len(text) > 20 or (len(text) > 1 and text[0] == "0"):
+        raise ValueError(f"not a canonical decimal: {text!r}")
+    value = int(text)
+    if value > maximum:
+        raise ValueError(f"out of range: {text}")
+    return value
+
+
+def _invalid(message: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"{message}: pass the resume_token of a message received from this deployment, or none to start from now",
+        field="resume_token",
+    )
 
 
 class Position:
-    """The last entry a subscriber has passed, per partition (its id and offset): what a resume token encodes."""
+    """The last entry a subscriber has passed, per partition: what a resume token encodes."""
 
-    def __init__(self, ids: Iterable[StreamId], offsets: Iterable[int]) -> None:
-        self.ids = list(ids)
-        self.offsets = list(offsets)
+    def __init__(self, anchors: Iterable[Anchor], tokens: Tokens) -> None:
+        self.anchors = list(anchors)
+        self.tokens = tokens
 
     def advance(self, event: Event) -> None:
-        self.ids[event.partition] = event.id
-        self.offsets[event.partition] = event.offset
+        self.anchors[event.partition] = event.anchor
 
     def token(self) -> str:
-        packed = ",".join(f"{format_id(i)}:{offset}" for i, offset in zip(self.ids, self.offsets, strict=True)).encode()
-        return TOKEN_PREFIX + base64.urlsafe_b64encode(packed).decode().rstrip("=")
-
-    @classmethod
-    def from_token(cls, token: str, partitions: int) -> Position:
-        invalid = InvalidArgument(
-            "resume_token is not a token this service issued: pass the resume_token of a message received, "
-            "or none to start from now",
-            field="resume_token",
-        )
-        if not token.startswith(TOKEN_PREFIX) or len(token) > 64 * partitions:
-            raise invalid
-        body = token[len(TOKEN_PREFIX) :]
-        try:
-            parts = [
-                part.split(":") for part in base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode().split(",")
-            ]
-            ids, offsets = [parse_id(entry) for entry, _ in parts], [int(offset) for _, offset in parts]
-        except (binascii.Error, UnicodeDecodeError, ValueError):
-            raise invalid from None
-        if len(ids) != partitions:
-            raise InvalidArgument(
-                f"resume_token covers {len(ids)} partitions but this deployment has {partitions}; "
-                "start without a token",
-                field="resume_token",
-            )
-        return cls(ids, offsets)
+        return self.tokens.issue(self.anchors)
 
 
-def event_filter(users: Iterable[str], types: Iterable[str]) -> Callable[[Event], bool]:
+@dataclass(frozen=True)
+class EventFilter:
+    """Which events a subscriber wants: its types, and its users (none: everyone's). A catch-up passes it to
+    the stream's script, so what a subscriber filters out is not even sent to the service."""
+
+    types: frozenset[str]
+    users: frozenset[str]
+
+    def __call__(self, event: Event) -> bool:
+        return event.type in self.types and (not self.users or event.user in self.users)
+
+    def script_args(self) -> list[str]:
+        return [",".join(sorted(self.types)), *sorted(self.users)]
+
+
+def event_filter(users: Iterable[str], types: Iterable[str]) -> EventFilter:
     """Which events a subscriber wants; checks the filters (InvalidArgument names what is wrong)."""
     wanted_users = {check_user(user, field="users") for user in users}
     if len(wanted_users) > MAX_USERS:
@@ -120,49 +244,56 @@ def event_filter(users: Iterable[str], types: Iterable[str]) -> Callable[[Event]
         raise InvalidArgument(
             f"unknown event type {sorted(unknown)[0][:40]!r}: use {', '.join(keys.EVENT_TYPES)}", field="types"
         )
-    if wanted_users:
-        return lambda event: event.type in wanted_types and event.user in wanted_users
-    return lambda event: event.type in wanted_types
+    return EventFilter(frozenset(wanted_types), frozenset(wanted_users))
+
+
+@dataclass(frozen=True)
+class Read:
+    """What one checked read of a stream found."""
+
+    verdict: str  # ok, trimmed or changed (events_after.lua)
+    events: list[Event]
+    scanned: int  # entries the script went through, wanted or not
+    scanned_to: Anchor | None  # the last of them: where a reader that filtered stands after this read
 
 
 @dataclass(frozen=True)
 class Batch:
     partition: int
-    after: StreamId  # the id of the entry before the first of these
-    after_offset: int
+    after: Anchor | None  # the position the tail reader read these from; None when it found a gap or a change
     events: list[Event]
 
 
 class Subscription:
-    """A subscriber's queue of batches, bounded in events: beyond `limit` it is dropped and marked overflowed."""
+    """A subscriber's queue of batches, bounded in the events it wants (and in batches). Beyond that its
+    queue is dropped and it reads from the stream instead, as a resumed subscriber does."""
 
-    def __init__(self, limit: int, clock: StreamClock) -> None:
+    def __init__(self, limit: int, clock: StreamClock, wanted: Callable[[Event], bool]) -> None:
         self.limit = limit
         self.clock = clock
-        self.batches: deque[Batch] = deque()
-        self.queued = 0
+        self.wanted = wanted
+        self.batches: deque[tuple[Batch, int]] = deque()
+        self.queued = 0  # wanted events in the queue
         self.overflowed = False
 
     def push(self, batch: Batch) -> None:
         if self.overflowed:
             return
-        if self.queued + len(batch.events) > self.limit:
+        wanted = sum(1 for event in batch.events if self.wanted(event))
+        if self.queued + wanted > self.limit or len(self.batches) >= MAX_QUEUED_BATCHES:
             self.overflowed = True
             self.batches.clear()
             self.queued = 0
-            self.clock.stop(
-                FellBehind(f"the subscriber fell more than {self.limit} events behind (it reads too slowly)")
-            )
         else:
-            self.batches.append(batch)
-            self.queued += len(batch.events)
-            self.clock.wake.set()
+            self.batches.append((batch, wanted))
+            self.queued += wanted
+        self.clock.wake.set()
 
     def pop(self) -> Batch | None:
         if not self.batches:
             return None
-        batch = self.batches.popleft()
-        self.queued -= len(batch.events)
+        batch, wanted = self.batches.popleft()
+        self.queued -= wanted
         return batch
 
 
@@ -174,82 +305,152 @@ class EventsFeed:
         # A blocking read must return before the client's socket timeout fires.
         self.block_ms = max(cluster.settings.redis_timeout_ms // 2, 10)
         self._events_after = cluster.script(SCRIPTS / "events_after.lua")
-        self.tail: list[StreamId] = []  # per partition, the last entry the tail reader has seen
-        self.tail_offsets: list[int] = []
+        self.tail: list[Anchor] = []  # per partition, the last entry the tail reader has passed
         self.subscriptions: set[Subscription] = set()
         self._tailers: list[asyncio.Task[None]] = []
         self._starting = asyncio.Lock()
+        self._tokens: Tokens | None = None
+
+    async def tokens(self) -> Tokens:
+        """This deployment's tokens; its secret is recorded in the cluster by the first process to need it."""
+        if self._tokens is None:
+            async with self.cluster.bounded() as client:
+                secret = await client.get(keys.DEPLOYMENT_KEY)
+                if secret is None:
+                    await client.set(keys.DEPLOYMENT_KEY, secrets.token_hex(32), nx=True)
+                    secret = await client.get(keys.DEPLOYMENT_KEY)
+            if not secret:
+                raise ConnectionError("the deployment's identity could not be read from the cluster")
+            self._tokens = Tokens(secret if isinstance(secret, bytes) else str(secret).encode(), self.partitions)
+        return self._tokens
+
+    async def resume(self, token: str) -> Position:
+        """The position a resume token holds; InvalidArgument (resume_token) unless this deployment issued it."""
+        signed = read_token(token, self.partitions)
+        tokens = await self.tokens()
+        return Position(tokens.check(signed), tokens)
 
     async def watch(
         self, clock: StreamClock, position: Position | None, wanted: Callable[[Event], bool]
     ) -> AsyncGenerator[tuple[Event | None, Position]]:
         """Yield (event, position after it) for every wanted event, and (None, position) for heartbeats:
-        the first at once, then whenever the clock says one is due."""
-        subscription = await self._subscribe(clock)
+        the first at once, then whenever the clock says one is due (also while catching up)."""
+        tokens = await self.tokens()
+        # The tail as the subscription starts: every batch queued from now on starts at or after it.
+        subscription, targets = await self._subscribe(clock, wanted)
         try:
             if position is None:
-                position = Position(self.tail, self.tail_offsets)
+                position = Position(targets, tokens)
             yield None, position
-            for partition, (tail, tail_offset) in enumerate(zip(list(self.tail), list(self.tail_offsets), strict=True)):
-                async for event in self._catch_up(position, partition, tail, tail_offset, wanted):
-                    yield event, position
             while True:
-                while (batch := subscription.pop()) is not None:
-                    async for event in self._deliver(position, batch, wanted):
+                for partition, target in enumerate(targets):
+                    async for event in self._catch_up(position, partition, target.id, clock, wanted):
                         yield event, position
-                if not await clock.wait():  # raises FellBehind once the queue overflowed
+                while not subscription.overflowed and (batch := subscription.pop()) is not None:
+                    async for event in self._deliver(position, batch, clock, wanted):
+                        yield event, position
+                    if clock.heartbeat_due():  # a long queue of unwanted events still shows progress
+                        yield None, position
+                if subscription.overflowed:  # its queue was dropped: read from the stream up to the tail
+                    subscription.overflowed = False
+                    targets = list(self.tail)
+                    continue
+                targets = []
+                if not await clock.wait():
                     yield None, position
         finally:
             self._unsubscribe(subscription)
 
-    async def _deliver(self, position: Position, batch: Batch, wanted: Callable[[Event], bool]) -> AsyncIterator[Event]:
+    async def _deliver(
+        self, position: Position, batch: Batch, clock: StreamClock, wanted: Callable[[Event], bool]
+    ) -> AsyncIterator[Event | None]:
         partition = batch.partition
-        if position.ids[partition] < batch.after:
-            async for event in self._catch_up(position, partition, batch.after, batch.after_offset, wanted):
-                yield event
-        for event in batch.events:
-            if event.id > position.ids[partition]:
+        if batch.after is not None and batch.after == position.anchors[partition]:
+            for event in batch.events:
                 position.advance(event)
                 if wanted(event):
                     yield event
+            return
+        # Not level with the batch: the stream itself says what comes after the position, up to the batch's end.
+        until = batch.events[-1].id if batch.events else position.anchors[partition].id
+        async for caught_up in self._catch_up(position, partition, until, clock, wanted):
+            yield caught_up
 
     async def _catch_up(
-        self, position: Position, partition: int, until: StreamId, until_offset: int, wanted: Callable[[Event], bool]
-    ) -> AsyncIterator[Event]:
-        """The entries after the position up to `until`, read from the stream; Trimmed if some are gone."""
-        stream = keys.events_key(partition)
-        while position.ids[partition] < until:
-            after, offset = position.ids[partition], position.offsets[partition]
-            added, length, entries = await self.cluster.run(
-                self._events_after, [stream], [format_id(after), format_id(until), PAGE]
-            )
-            if not added - length <= offset <= added:  # entries after it were trimmed (or the stream was reset)
-                raise Trimmed(
-                    f"events of partition {partition} after the resume token were trimmed (they are kept for "
-                    f"PROFILEMESH_EVENTS_RETENTION_S after being aggregated); start again without a token and "
-                    f"re-read whatever you derive from the events"
-                )
-            if not entries:
-                position.ids[partition], position.offsets[partition] = until, until_offset  # nothing was there
-                return
-            for raw_id, flat in entries:  # a script's reply: fields as a flat list
-                offset += 1
-                event = _event(partition, raw_id, dict(zip(flat[::2], flat[1::2], strict=True)), offset)
+        self,
+        position: Position,
+        partition: int,
+        until: StreamId,
+        clock: StreamClock,
+        wanted: Callable[[Event], bool],
+    ) -> AsyncIterator[Event | None]:
+        """The entries after the position up to `until`, read from the stream, and None whenever a heartbeat
+        is due; Trimmed or HistoryChanged when the position no longer leads there. Reads at least once, so
+        the position is checked even when there is nothing to read."""
+        first = True
+        while first or position.anchors[partition].id < until:
+            first = False
+            read = await self._read(partition, position.anchors[partition], until, CATCH_UP_PAGE, wanted)
+            if read.verdict == "trimmed":
+                raise _trimmed(partition)
+            if read.verdict == "changed":
+                raise _changed(partition)
+            for event in read.events:
                 position.advance(event)
                 if wanted(event):
                     yield event
+            if read.scanned_to is not None:
+                position.anchors[partition] = read.scanned_to
+            if read.scanned < CATCH_UP_PAGE:
+                return
+            if clock.heartbeat_due():
+                yield None
 
-    async def _subscribe(self, clock: StreamClock) -> Subscription:
+    async def _read(
+        self,
+        partition: int,
+        after: Anchor,
+        until: StreamId | str,
+        count: int,
+        wanted: Callable[[Event], bool] | None = None,
+    ) -> Read:
+        """One checked read of the stream after `after` (events_after.lua). With an EventFilter, the script
+        returns only the entries it wants, and where its scan ended."""
+        filtering = wanted.script_args() if isinstance(wanted, EventFilter) else []
+        reply = await self.cluster.run(
+            self._events_after,
+            [keys.events_key(partition), keys.trimmed_key(partition)],
+            [format_id(after.id), after.n, after.ts, until if isinstance(until, str) else format_id(until), count]
+            + filtering,
+        )
+        verdict, first_n, entries, scanned = _text(reply[0]), int(reply[1]), reply[2], int(reply[4])
+        if not filtering:
+            events = _events(partition, entries, range(first_n, first_n + len(entries)))
+            return Read(verdict, events, scanned, events[-1].anchor if events else None)
+        end = reply[6]
+        scanned_to = Anchor(_id(end[0]), first_n + scanned - 1, int(end[1])) if scanned else None
+        return Read(verdict, _events(partition, entries, [int(n) for n in reply[5]]), scanned, scanned_to)
+
+    async def _last(self, partition: int) -> Anchor:
+        reply = await self.cluster.run(
+            self._events_after,
+            [keys.events_key(partition), keys.trimmed_key(partition)],
+            ["0-0", 0, 0, "+", 0],
+        )
+        return _anchor_of(reply[3])
+
+    async def _subscribe(
+        self, clock: StreamClock, wanted: Callable[[Event], bool]
+    ) -> tuple[Subscription, list[Anchor]]:
         async with self._starting:
             if not self._tailers:
-                lasts = await asyncio.gather(*(self._last_entry(p) for p in range(self.partitions)))
-                self.tail, self.tail_offsets = [entry for entry, _ in lasts], [offset for _, offset in lasts]
+                self.tail = list(await asyncio.gather(*(self._last(p) for p in range(self.partitions))))
                 self._tailers = [
                     asyncio.create_task(self._follow(p), name=f"events-tail-{p}") for p in range(self.partitions)
                 ]
-            subscription = Subscription(self.queue_limit, clock)
+            subscription = Subscription(self.queue_limit, clock, wanted)
             self.subscriptions.add(subscription)
-            return subscription
+            return subscription, list(self.tail)
 
     def _unsubscribe(self, subscription: Subscription) -> None:
         self.subscriptions.discard(subscription)
@@ -258,52 +459,72 @@ class EventsFeed:
                 task.cancel()
             self._tailers = []
 
-    async def _last_entry(self, partition: int) -> tuple[StreamId, int]:
-        """The id and offset of the partition's last entry, in one command so they belong together."""
-        async with self.cluster.bounded() as client:
-            stream = keys.events_key(partition)
-            if not await client.exists(stream):
-                return (0, 0), 0
-            info = await client.xinfo_stream(stream)
-        return parse_id(info["last-generated-id"]), int(info["entries-added"])
-
     async def _follow(self, partition: int) -> None:
-        """Tail one partition's stream and hand every batch to every subscriber."""
+        """Tail one partition's stream and hand every batch, with the position it was read from, to every
+        subscriber. A blocking XREAD waits for news; the checked read then says what it is."""
         stream = keys.events_key(partition)
+        more = False
         while True:
             try:
-                # Blocking reads hold a connection for up to block_ms; they bypass the concurrency
-                # bound (the client keeps a connection for each partition beyond it).
-                client = await self.cluster.connected()
-                async with closed_under_command():  # outside the bound, so it converts a closed connection itself
-                    reply = cast(  # RESP2, bytes: [[stream, [(id, fields), ...]]], or None when the block ran out
-                        list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]] | None,
-                        await client.xread({stream: format_id(self.tail[partition])}, count=PAGE, block=self.block_ms),
-                    )
+                if not more:
+                    # Blocking reads hold a connection for up to block_ms; they bypass the concurrency
+                    # bound (the client keeps a connection for each partition beyond it).
+                    client = await self.cluster.connected()
+                    async with closed_under_command():  # outside the bound, so it converts a closed connection itself
+                        await client.xread({stream: format_id(self.tail[partition].id)}, count=1, block=self.block_ms)
+                base = self.tail[partition]
+                read = await self._read(partition, base, "+", PAGE)
+                verdict, events = read.verdict, read.events
+                if verdict == "changed":
+                    log.warning("events of partition %d: the stream lost entries already read (failover)", partition)
+                    self.tail[partition] = await self._last(partition)
+                    self._hand_out(Batch(partition, None, []))
+                    more = False
+                    continue
             except CLUSTER_FAILURES as error:
                 log.warning("events tail of partition %d: cluster unavailable: %r", partition, error)
                 await asyncio.sleep(RETRY_S)
+                more = False
                 continue
-            for _, entries in reply or ():
-                if not entries:
-                    continue
-                # Offsets count on from the last entry seen: entries leave only from the head, never between.
-                after, after_offset = self.tail[partition], self.tail_offsets[partition]
-                events = [
-                    _event(partition, raw_id, fields, after_offset + n) for n, (raw_id, fields) in enumerate(entries, 1)
-                ]
-                batch = Batch(partition, after, after_offset, events)
-                self.tail[partition], self.tail_offsets[partition] = events[-1].id, events[-1].offset
-                for subscription in self.subscriptions:
-                    subscription.push(batch)
+            if verdict == "trimmed":  # it stalled and entries after its position were trimmed
+                log.warning("events tail of partition %d: entries after its position were trimmed", partition)
+            if events:
+                self.tail[partition] = events[-1].anchor
+            if events or verdict != "ok":
+                self._hand_out(Batch(partition, base if verdict == "ok" else None, events))
+            more = len(events) == PAGE
+
+    def _hand_out(self, batch: Batch) -> None:
+        for subscription in self.subscriptions:
+            subscription.push(batch)
 
 
-def _event(partition: int, raw_id: bytes, fields: dict[bytes, bytes], offset: int) -> Event:
-    return Event(
-        id=parse_id(raw_id),
-        offset=offset,
-        partition=partition,
-        user=fields[b"user"].decode(),
-        type=fields[b"type"].decode(),
-        ts_ms=int(fields[b"ts"]),
-    )
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _id(raw: Any) -> StreamId:
+    ms, _, seq = _text(raw).partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _anchor_of(reply: Sequence[Any]) -> Anchor:
+    return Anchor(_id(reply[0]), int(reply[1]), int(reply[2]))
+
+
+def _events(partition: int, entries: Sequence[Any], offsets: Iterable[int]) -> list[Event]:
+    """Events from a script's entries (fields as a flat list) at the given offsets."""
+    events = []
+    for n, (raw_id, flat) in zip(offsets, entries, strict=False):
+        fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        events.append(
+            Event(
+                id=_id(raw_id),
+                n=n,
+                partition=partition,
+                user=fields[b"user"].decode(),
+                type=fields[b"type"].decode(),
+                ts_ms=int(fields[b"ts"]),
+            )
+        )
+    return events

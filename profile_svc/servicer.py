@@ -13,7 +13,7 @@ from common.errors import ServiceError
 from common.rpc_errors import MAX_CALL_S, as_service_error, stream_errors, translate_errors
 from common.stream_ids import format_id
 from common.streams import StreamLimits
-from profile_svc.events_feed import Event, EventsFeed, Position, event_filter
+from profile_svc.events_feed import Event, EventsFeed, event_filter
 from profile_svc.profiles import Profiles
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 
@@ -76,8 +76,8 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
         token = request.resume_token
         async with stream_errors(context, "WatchProfileEvents", resume_token=token) as progress:
             wanted = event_filter(request.users, request.types)
-            start = Position.from_token(token, self.feed.partitions) if token else None
-            with self.limits.slot() as clock:
+            start = await self.feed.resume(token) if token else None
+            with self.limits.slot(self.limits.grpc_client(context)) as clock:
                 async with contextlib.aclosing(self.feed.watch(clock, start, wanted)) as feed:
                     async for event, position in feed:
                         response = profile_pb2.WatchProfileEventsResponse(

@@ -46,7 +46,7 @@ class ReportingServicer(reporting_pb2_grpc.ReportingServiceServicer):
         self, request: reporting_pb2.WatchTopProfilesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
         async with stream_errors(context, "WatchTopProfiles") as progress:
-            with self.limits.slot() as clock:
+            with self.limits.slot(self.limits.grpc_client(context)) as clock:
                 async with contextlib.aclosing(self.leaderboard.watch(request.limit, clock)) as snapshots:
                     async for ranking, totals in snapshots:
                         await clock.send(

@@ -48,8 +48,8 @@ class PartitionKeys:
 
     @property
     def trim_keys(self) -> list[str]:
-        """What trim_acknowledged.lua takes: stream, tombstones, tombstones by time."""
-        return [self.apply_keys[0], *self.apply_keys[3:]]
+        """What trim_acknowledged.lua takes: stream, tombstones, tombstones by time, the trim record."""
+        return [self.apply_keys[0], *self.apply_keys[3:], f"{self.events}:trimmed"]
 
 
 # An apply function: the node, the script, the partition and a batch of entry ids; it applies and acknowledges them.

@@ -14,11 +14,24 @@ import pytest
 
 from common import acl
 from common.acl import rules
-from tests.wiring import ROOT, Wiring, from_compose, from_ecs, from_k8s, load_all, problems, secret_problems
+from tests.wiring import (
+    ROOT,
+    Wiring,
+    from_compose,
+    from_ecs,
+    from_k8s,
+    load_all,
+    mtls_problems,
+    network_problems,
+    problems,
+    secret_problems,
+)
 
 COMPOSE = ROOT / "compose.yaml"
 ECS = ROOT / "deploy" / "aws" / "profilemesh.yaml"
 K8S = ROOT / "deploy" / "k8s" / "profilemesh.yaml"
+NETWORK_POLICIES = ROOT / "deploy" / "k8s" / "network-policies.yaml"
+CERT_MANAGER = ROOT / "deploy" / "k8s" / "cert-manager.example.yaml"
 TOOLS = ROOT / ".venv-deploy" / "bin"
 ARTIFACTS: dict[str, tuple[Path, Callable[[str], dict[str, Wiring]]]] = {
     "compose": (COMPOSE, from_compose),
@@ -107,7 +120,12 @@ BREAKS = [
     ),
     ("ecs", "DnsName: reporting}", "DnsName: reports}", "names 'reporting', which no service answers to"),
     ("k8s", "terminationGracePeriodSeconds: 15", "terminationGracePeriodSeconds: 3", "stops after 3 s"),
-    ("k8s", "readinessProbe: {grpc: {port: 50053}", "readinessProbe: {grpc: {port: 50055}", "aggregator: health check"),
+    (
+        "k8s",
+        "readinessProbe: {exec: {command: [python3, -m, common.probe]}",
+        "readinessProbe: {grpc: {port: 50051}",
+        "profile: health check",
+    ),
     (
         "k8s",
         "readinessProbe: {httpGet: {path: /readyz",
@@ -140,6 +158,116 @@ def test_a_broken_copy_is_caught(artifact: str, original: str, broken: str, repo
     wired = read(copy.read_text())
     found = problems(wired) + (secret_problems(wired) if artifact != "compose" else [])
     assert any(reported in problem for problem in found), found
+
+
+def _k8s_with_policies(manifests: str | None = None, policies: str | None = None) -> dict[str, Wiring]:
+    """The Deployments and the NetworkPolicies together, as `kubectl apply -k` applies them."""
+    return from_k8s(
+        (manifests if manifests is not None else K8S.read_text())
+        + "\n---\n"
+        + (policies if policies is not None else NETWORK_POLICIES.read_text())
+    )
+
+
+def test_k8s_has_mutual_tls_the_allow_list_and_network_policies() -> None:
+    wired = _k8s_with_policies()
+    assert mtls_problems(wired) == []
+    assert network_problems(wired) == []
+
+
+# Deliberately broken copies of the mesh security: (file, original, broken, what is reported).
+MESH_BREAKS = [
+    (
+        K8S,
+        "- {name: PROFILEMESH_GRPC_CA_FILE, value: /etc/profilemesh/grpc/ca.crt}\n",
+        "",
+        "profile: PROFILEMESH_GRPC_CA_FILE is not set: gRPC without mutual TLS",
+    ),
+    (
+        K8S,
+        "- {name: PROFILEMESH_GRPC_CERT_FILE, value: /etc/profilemesh/grpc/tls.crt}",
+        "- {name: PROFILEMESH_GRPC_CERT_FILE, value: /tmp/tls.crt}",
+        "profile: PROFILEMESH_GRPC_CERT_FILE (/tmp/tls.crt) is not in a mounted Secret",
+    ),
+    (
+        K8S,
+        "/profilemesh.profile.v1.ProfileService/=gateway;",
+        "/profilemesh.profile.v1.ProfileService/=*;",
+        "profile: /profilemesh.profile.v1.ProfileService/ is open to any certificate",
+    ),
+    (
+        K8S,
+        "/profilemesh.profile.v1.ProfileService/=gateway;",
+        "/profilemesh.profile.v1.ProfileService/=gateway;/profilemesh.profile.v1.ProfileService/DeleteProfile=gateway,debug;",
+        "profile: /profilemesh.profile.v1.ProfileService/DeleteProfile is allowed to ['debug', 'gateway']",
+    ),
+    (
+        K8S,
+        "/profilemesh.profile.v1.ProfileService/=gateway;/profilemesh.reporting.v1.ReportingService/=gateway;",
+        "/profilemesh.profile.v1.ProfileService/GetProfile=gateway;/profilemesh.reporting.v1.ReportingService/=gateway;",
+        "profile: /profilemesh.profile.v1.ProfileService/CreateProfile is allowed to [], not to the gateway alone",
+    ),
+    (NETWORK_POLICIES, "  policyTypes: [Ingress, Egress]\n", "  policyTypes: [Ingress]\n", "no default-deny"),
+    (
+        NETWORK_POLICIES,
+        "    - from:\n"
+        "        - podSelector: {matchLabels: {app.kubernetes.io/name: profilemesh, app.kubernetes.io/component: gateway}}\n"
+        "      ports: [{protocol: TCP, port: 50051}",
+        "    - ports: [{protocol: TCP, port: 50051}",
+        "profile: its gRPC port 50051 is reachable from ['outside']",
+    ),
+    (
+        NETWORK_POLICIES,
+        "values: [profile, reporting, aggregator]",
+        "values: [profile, reporting, aggregator, gateway]",
+        "the cluster's port 6379 is reachable from ['aggregator', 'gateway', 'profile', 'reporting']",
+    ),
+    (
+        NETWORK_POLICIES,
+        "    - to: [{ipBlock: {cidr: 10.0.64.0/20}}]\n      ports: [{protocol: TCP, port: 6379}]",
+        "    - to: [{ipBlock: {cidr: 10.0.64.0/20}}]",
+        "",  # every port of the cluster's subnet: still only the services (checked: nothing reported)
+    ),
+    (
+        NETWORK_POLICIES,
+        "      ports: [{protocol: TCP, port: 50051}]\n",
+        "      ports: [{protocol: TCP, port: 50061}]\n",
+        "profile: the gateway can't reach its gRPC port 50051",
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "original", "broken", "reported"), MESH_BREAKS)
+def test_a_broken_copy_of_the_mesh_security_is_caught(path: Path, original: str, broken: str, reported: str) -> None:
+    text = path.read_text()
+    assert original in text, f"the break's original text is gone from {path.name}; update MESH_BREAKS"
+    copy = text.replace(original, broken, 1)
+    wired = _k8s_with_policies(copy, None) if path == K8S else _k8s_with_policies(None, copy)
+    found = mtls_problems(wired) + network_problems(wired)
+    if reported:
+        assert any(reported in problem for problem in found), found
+    else:
+        assert found == []
+
+
+def test_cert_manager_example_makes_the_secrets_the_deployments_mount() -> None:
+    """Each component's Certificate: the Secret its Deployment mounts, its identity (the allow-list names the
+    gateway's), its Service's name (the gateway checks it) and localhost (the exec probe), from the mesh's own CA."""
+    documents = load_all(CERT_MANAGER.read_text())
+    certificates = {d["spec"]["secretName"]: d["spec"] for d in documents if d["kind"] == "Certificate"}
+    wired = from_k8s(K8S.read_text())
+    for component, wiring in wired.items():
+        (secret,) = set(wiring.extra["secret_mounts"].values())
+        spec = certificates[secret]
+        assert spec["commonName"] == component
+        assert {component, "localhost"} <= set(spec["dnsNames"]), component
+        assert {"client auth", "server auth"} <= set(spec["usages"])
+        (issuer,) = [
+            d for d in documents if d["kind"] == "Issuer" and d["metadata"]["name"] == spec["issuerRef"]["name"]
+        ]
+        assert issuer["spec"]["ca"]["secretName"] == "profilemesh-mesh-ca"
+    assert certificates["profilemesh-mesh-ca"]["isCA"] is True
+    assert "gateway" in wired["profile"].env["PROFILEMESH_GRPC_ALLOWED_CLIENTS"]
 
 
 def test_a_plain_password_or_credentials_in_the_url_are_caught() -> None:
@@ -193,12 +321,17 @@ def test_cloudformation_template_passes_cfn_lint_and_checkov() -> None:
 
 
 def test_k8s_manifests_validate_against_the_schemas() -> None:
-    manifests = [K8S, ROOT / "deploy" / "k8s" / "namespace.yaml", ROOT / "deploy" / "k8s" / "secret.example.yaml"]
+    manifests = [
+        K8S,
+        NETWORK_POLICIES,
+        ROOT / "deploy" / "k8s" / "namespace.yaml",
+        ROOT / "deploy" / "k8s" / "secret.example.yaml",
+    ]
     done = subprocess.run(
         [TOOLS / "kubernetes-validate", "--strict", "-k", "1.31.0", *manifests], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.count("passed") == 15, done.stdout
+    assert done.stdout.count("passed") == 22, done.stdout
 
 
 def test_compose_file_is_read_by_podman_compose() -> None:
@@ -233,6 +366,7 @@ def test_kustomize_renders_valid_manifests_that_agree_with_the_code(tmp_path: Pa
         "Service": 3,
         "PodDisruptionBudget": 4,
         "HorizontalPodAutoscaler": 2,
+        "NetworkPolicy": 7,
     }
     assert {d["metadata"].get("namespace") for d in documents if d["kind"] != "Namespace"} == {"profilemesh"}
     (config_map,) = [document for document in documents if document["kind"] == "ConfigMap"]
@@ -247,6 +381,8 @@ def test_kustomize_renders_valid_manifests_that_agree_with_the_code(tmp_path: Pa
                     assert entry["valueFrom"]["configMapKeyRef"]["name"] == config_map["metadata"]["name"]
     wired = from_k8s(rendered.stdout)
     assert problems(wired) == [] and secret_problems(wired) == []
+    assert mtls_problems(wired) == [] and network_problems(wired) == []
+    assert {d["metadata"]["name"] for d in documents if d["kind"] == "NetworkPolicy"} >= {"profilemesh-default-deny"}
     manifests = tmp_path / "rendered.yaml"
     manifests.write_text(rendered.stdout)
     done = subprocess.run(

@@ -272,7 +272,7 @@ def test_apply_older_delete_after_newer_delete_is_ignored(part: Partition, apply
 def _trim(part: Partition, script: Script, forget_consumers_after_ms: int = 600_000, retention_ms: int = 0) -> int:
     return int(
         script(
-            keys=[part.events, part.deleted, part.deleted_at],
+            keys=[part.events, part.deleted, part.deleted_at, f"{part.events}:trimmed"],
             args=[GROUP, forget_consumers_after_ms, retention_ms],
             client=part.client,
         )

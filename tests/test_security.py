@@ -7,6 +7,9 @@ the fixture fails rather than skips), with certificates and passwords made for t
 from __future__ import annotations
 
 import base64
+import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from localdev.ports import free_ports
 from localdev.system import System, on_free_ports
 from localdev.waiting import poll_until
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
+from profilemesh.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from tests.conftest import TEST_SETTINGS
 from tests.test_seed_walkthrough import walk_through
 
@@ -51,11 +55,23 @@ def test_the_seed_walkthrough_passes_secured(secured: System) -> None:
 
 
 def test_services_refuse_clients_without_a_certificate_the_ca_signed(secured: System, tmp_path: Path) -> None:
-    ca = secured.cluster.ca_file.read_bytes()
+    ca = secured.mesh_ca_file.read_bytes()
     stranger_ca = certs.make_ca(tmp_path / "other", "someone else's CA")
     stranger = certs.issue(stranger_ca, tmp_path / "other", "localdev")
-    own = secured.cluster.identity("localdev")
+    own = secured.mesh_identity("localdev")
+    # The cluster's CA signs the nodes' and the components' cluster certificates, not the mesh's: one of
+    # its certificates, even named like an allowed client, is no gRPC client.
+    cluster_signed = secured.cluster.identity("gateway")
+    cluster_ca = secured.cluster.ca_file.read_bytes()
+    assert cluster_ca != ca
     clients = {
+        # It trusts either CA for the server, so that only the server's refusal can fail the call.
+        "a certificate from the cluster's CA (named gateway)": lambda address: grpc.secure_channel(
+            address,
+            grpc.ssl_channel_credentials(
+                ca + cluster_ca, cluster_signed.key.read_bytes(), cluster_signed.cert.read_bytes()
+            ),
+        ),
         "plaintext": lambda address: grpc.insecure_channel(address),
         "TLS, no client certificate": lambda address: grpc.secure_channel(
             address, grpc.ssl_channel_credentials(root_certificates=ca)
@@ -76,25 +92,82 @@ def test_services_refuse_clients_without_a_certificate_the_ca_signed(secured: Sy
             assert _health(channel) == "SERVING", name
 
 
-def test_only_the_gateway_and_localdev_may_change_profiles(secured: System) -> None:
-    """PROFILEMESH_GRPC_ALLOWED_CLIENTS: a client the CA signed, but not named in the rule, may read only."""
-    intruder = secured.cluster.identity("intruder")
+def test_only_the_gateway_and_localdev_may_call_the_services(secured: System) -> None:
+    """PROFILEMESH_GRPC_ALLOWED_CLIENTS on every service, every method: a client the mesh's CA signed, but
+    not named in the rules, may call no mutation and no read (only health checks), and changes nothing."""
+    intruder = secured.mesh_identity("intruder")
     credentials = grpc.ssl_channel_credentials(
-        secured.cluster.ca_file.read_bytes(), intruder.key.read_bytes(), intruder.cert.read_bytes()
+        secured.mesh_ca_file.read_bytes(), intruder.key.read_bytes(), intruder.cert.read_bytes()
     )
     with grpc.secure_channel(f"127.0.0.1:{secured.profile_port}", credentials) as channel:
         stub = profile_pb2_grpc.ProfileServiceStub(channel)
+        refusals = {
+            "CreateProfile": lambda: stub.CreateProfile(
+                profile_pb2.CreateProfileRequest(user="intruded", fields={"a": "b"}), timeout=5
+            ),
+            "UpdateProfile": lambda: stub.UpdateProfile(
+                profile_pb2.UpdateProfileRequest(user="allowed", fields={"a": "x"}), timeout=5
+            ),
+            "DeleteProfile": lambda: stub.DeleteProfile(profile_pb2.DeleteProfileRequest(user="allowed"), timeout=5),
+            "GetProfile": lambda: stub.GetProfile(profile_pb2.GetProfileRequest(user="allowed"), timeout=5),
+            "WatchProfileEvents": lambda: next(stub.WatchProfileEvents(profile_pb2.WatchProfileEventsRequest())),
+        }
+        with secured.grpc_channel(secured.profile_port) as allowed_channel:  # localdev's certificate: allowed
+            allowed = profile_pb2_grpc.ProfileServiceStub(allowed_channel)
+            allowed.CreateProfile(profile_pb2.CreateProfileRequest(user="allowed", fields={"a": "b"}), timeout=5)
+            for method, call in refusals.items():
+                with pytest.raises(grpc.RpcError) as refused:
+                    call()
+                assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED, method
+                assert f"intruder may not call /profilemesh.profile.v1.ProfileService/{method}" in (
+                    refused.value.details() or ""
+                )
+            assert allowed.GetProfile(profile_pb2.GetProfileRequest(user="allowed"), timeout=5).fields == {"a": "b"}
+            with pytest.raises(grpc.RpcError) as missing:
+                allowed.GetProfile(profile_pb2.GetProfileRequest(user="intruded"), timeout=5)
+            assert missing.value.code() == grpc.StatusCode.NOT_FOUND  # the refused create changed nothing
+        assert _health(channel) == "SERVING"  # health checks are open to any certificate the mesh's CA signed
+    for name, port in secured.grpc_ports.items():
+        with grpc.secure_channel(f"127.0.0.1:{port}", credentials) as channel:
+            reflection = channel.stream_stream(
+                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                request_serializer=lambda message: message,
+                response_deserializer=lambda data: data,
+            )
+            with pytest.raises(grpc.RpcError) as refused:
+                next(iter(reflection(iter([b""]), timeout=5)))
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED, name
+    with (
+        secured.grpc_channel(secured.reporting_port) as channel,
+        grpc.secure_channel(f"127.0.0.1:{secured.reporting_port}", credentials) as intruding,
+    ):
+        request = reporting_pb2.GetTopProfilesRequest(limit=3)
+        reporting_pb2_grpc.ReportingServiceStub(channel).GetTopProfiles(request, timeout=5)
         with pytest.raises(grpc.RpcError) as refused:
-            stub.CreateProfile(profile_pb2.CreateProfileRequest(user="intruded", fields={"a": "b"}), timeout=5)
+            reporting_pb2_grpc.ReportingServiceStub(intruding).GetTopProfiles(request, timeout=5)
         assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        assert "intruder may not call /profilemesh.profile.v1.ProfileService/CreateProfile" in refused.value.details()
-        with pytest.raises(grpc.RpcError) as missing:
-            stub.GetProfile(profile_pb2.GetProfileRequest(user="intruded"), timeout=5)
-        assert missing.value.code() == grpc.StatusCode.NOT_FOUND  # reads are open; the create changed nothing
-    with secured.grpc_channel(secured.profile_port) as channel:  # localdev's certificate: allowed
-        stub = profile_pb2_grpc.ProfileServiceStub(channel)
-        stub.CreateProfile(profile_pb2.CreateProfileRequest(user="allowed", fields={"a": "b"}), timeout=5)
-        assert stub.GetProfile(profile_pb2.GetProfileRequest(user="allowed"), timeout=5).fields == {"a": "b"}
+
+
+def test_the_image_probe_checks_a_service_over_mutual_tls(secured: System) -> None:
+    """`python -m common.probe` (the Kubernetes exec probe) with a service's own settings: its certificate,
+    the server's checked for `localhost`; without them the service refuses the probe."""
+    env = secured.env(**secured.grpc_env("profile_svc"))
+    probe = [sys.executable, "-m", "common.probe", "profile"]
+    assert subprocess.run(probe, env=env, timeout=30).returncode == 0
+    plaintext = {k: v for k, v in env.items() if not k.startswith("PROFILEMESH_GRPC_")}
+    assert subprocess.run(probe, env=plaintext, timeout=30, capture_output=True).returncode == 1
+
+
+def test_data_files_are_readable_by_us_alone(secured: System) -> None:
+    """Append-only files, nodes.conf, passwords, keys and certificates: 600; their directories: 700."""
+    data = secured.cluster.data_dir
+    files = [path for path in data.rglob("*") if path.is_file()]
+    directories = [data, *(path for path in data.rglob("*") if path.is_dir())]
+    names = {path.name for path in files}
+    assert {"nodes.conf", "users.acl", "ca.crt", "ca.key"} <= names, names
+    assert any(path.suffix == ".aof" for path in files) and any(path.name.endswith(".manifest") for path in files)
+    assert {path for path in files if stat.S_IMODE(path.stat().st_mode) != 0o600} == set()
+    assert {path for path in directories if stat.S_IMODE(path.stat().st_mode) != 0o700} == set()
 
 
 def test_the_cluster_refuses_plaintext_clients(secured: System) -> None:
@@ -158,8 +231,7 @@ def test_no_password_or_private_key_in_any_log_or_metrics(secured: System) -> No
     import urllib.request
 
     secrets = [secured.cluster.password(user) for user in acl.all_users()]
-    keys_dir = secured.cluster.tls_dir
-    for key in keys_dir.glob("*.key"):
+    for key in [*secured.cluster.tls_dir.glob("*.key"), *secured.mesh_dir.glob("*.key")]:
         body = "".join(line for line in key.read_text().splitlines() if not line.startswith("-----"))
         secrets += [body, body[:40]]
     assert len(secrets) > len(acl.all_users())

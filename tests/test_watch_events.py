@@ -1,5 +1,6 @@
-"""WatchProfileEvents: every change once, in partition order, resumable; slow subscribers are cut off
-with a token; the same feed as Server-Sent Events through the gateway, which ends streams cleanly."""
+"""WatchProfileEvents: every change once, in partition order, resumable; a slow subscriber reads from the
+stream rather than being cut off; the same feed as Server-Sent Events through the gateway, which ends
+streams cleanly."""
 
 from __future__ import annotations
 
@@ -189,7 +190,7 @@ def test_bad_requests_change_nothing_and_say_what_is_wrong(system: System) -> No
     invalid = grpc.StatusCode.INVALID_ARGUMENT
     for request, words in (
         ({"resume_token": "not-a-token"}, "resume_token"),
-        ({"resume_token": "v1.MC0wOjA"}, "covers 1 partitions"),
+        ({"resume_token": "v1.MC0wOjA"}, "not a token this service issued"),
         ({"types": ["read", "rename"]}, "unknown event type 'rename'"),
         ({"users": ["no spaces"]}, "user 'no spaces' is invalid"),
         ({"users": [f"u{i}" for i in range(101)]}, "at most 100"),
@@ -232,7 +233,7 @@ def write_changes(port: int, users: list[str], rate: int, total: int, results: m
     results.put(asyncio.run(run()))
 
 
-def test_ten_subscribers_keep_up_with_500_changes_a_second_and_a_slow_one_is_cut_off(
+def test_ten_subscribers_keep_up_with_500_changes_a_second_and_a_slow_one_reads_from_the_stream(
     system: System, unique: str
 ) -> None:
     rate, duration_s = 500, 20
@@ -263,22 +264,26 @@ def test_ten_subscribers_keep_up_with_500_changes_a_second_and_a_slow_one_is_cut
             )
             started = time.monotonic()
             writer.start()
-            while True:  # (the writer exits only once its result is read)
-                rss_peak = max(rss_peak, process.memory_info().rss)
-                try:
-                    acknowledged: list[Change] = results.get_nowait()
-                    break
-                except queue.Empty:
-                    assert writer.is_alive() and time.monotonic() - started < 120, "the writer did not finish"
-                    await asyncio.sleep(0.5)
-            writer.join(10)
+            try:
+                while True:  # (the writer exits only once its result is read)
+                    rss_peak = max(rss_peak, process.memory_info().rss)
+                    try:
+                        acknowledged: list[Change] = results.get_nowait()
+                        break
+                    except queue.Empty:
+                        assert writer.is_alive() and time.monotonic() - started < 120, "the writer did not finish"
+                        await asyncio.sleep(0.5)
+                writer.join(10)
+            finally:
+                if writer.is_alive():  # a failed test stops its writer too
+                    writer.terminate()
+                    writer.join(10)
             write_s = time.monotonic() - started
             for subscriber in subscribers:
                 await subscriber.wait_for(len(acknowledged), timeout_s=60)
             rss_peak = max(rss_peak, process.memory_info().rss)
             await asyncio.sleep(0.5)
-            await asyncio.wait_for(asyncio.shield(slow.task), 30)  # the slow one has been cut off by now
-            for subscriber in subscribers:
+            for subscriber in [*subscribers, slow]:
                 await subscriber.close()
             return {
                 "acknowledged": acknowledged,
@@ -299,15 +304,18 @@ def test_ten_subscribers_keep_up_with_500_changes_a_second_and_a_slow_one_is_cut
         # Every acknowledged change (a write that timed out may have happened too: then it is there as well).
         assert expected <= Counter(mine)
         assert by_partition(mine) == by_partition(subscribers[0].changes())
-    assert slow.error is not None and slow.error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, slow.error
-    trailing = dict(slow.error.trailing_metadata() or ())
-    assert trailing["resume-token"] == slow.token and "resume_token" in slow.error.details()
-    assert len(slow.events) < len(acknowledged)
+    # The slow one overflowed its queue long ago, and reads from the stream instead: not cut off, and what it
+    # got is, partition by partition, the start of what the others got.
+    assert slow.error is None, slow.error
+    assert 0 < len(slow.events) < len(acknowledged)
+    everything = by_partition(subscribers[0].changes())
+    for partition, changes in by_partition(slow.changes()).items():
+        assert changes == everything[partition][: len(changes)], partition
     growth_mb = (result["rss_peak"] - result["rss_before"]) / 2**20
     print(
         f"\n{total} changes at {total / result['write_s']:.0f}/s (paced at {rate}/s) in {result['write_s']:.1f} s, 10 subscribers + 1 slow: profile_svc RSS "
         f"{result['rss_before'] / 2**20:.0f} MB before, {result['rss_peak'] / 2**20:.0f} MB at peak; "
-        f"the slow one got {len(slow.events)} events before RESOURCE_EXHAUSTED"
+        f"the slow one, reading from the stream, got {len(slow.events)} events"
     )
     assert growth_mb < 100
 

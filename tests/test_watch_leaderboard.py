@@ -44,6 +44,7 @@ def board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
         **TEST_SETTINGS,
         "PROFILEMESH_EVENTS_RETENTION_S": "1",
         "PROFILEMESH_MAX_STREAMS": str(MAX_STREAMS),
+        "PROFILEMESH_STREAM_CLIENT_SHARE_PERCENT": "100",  # the whole pool from one address (tests/test_fair_streams.py: shares)
         "PROFILEMESH_WATCH_INTERVAL_MS": "250",
     }
     with running_system(tmp_path_factory.mktemp("board"), settings) as running:

@@ -171,16 +171,34 @@ def from_k8s(text: str) -> dict[str, Wiring]:
                 wiring.env[entry["name"]] = str(entry["value"])
         wiring.ports = {port["containerPort"] for port in container["ports"]}
         probes = [container["readinessProbe"], container["livenessProbe"]]
-        shapes = {
-            f"grpc:{p['grpc']['port']}" if "grpc" in p else f"http:{p['httpGet']['port']}{p['httpGet']['path']}"
-            for p in probes
-        }
+        shapes = {_k8s_probe(probe) for probe in probes}
         wiring.health = " ".join(sorted(shapes))
         wiring.stop_timeout_s = pod["terminationGracePeriodSeconds"]
         wiring.extra["service_names"] = headless
         wiring.extra["security"] = (pod.get("securityContext", {}), container.get("securityContext", {}))
+        secrets = {v["name"]: v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
+        wiring.extra["secret_mounts"] = {
+            mount["mountPath"]: secrets[mount["name"]]
+            for mount in container.get("volumeMounts", [])
+            if mount["name"] in secrets
+        }
+        wiring.extra["labels"] = document["spec"]["template"]["metadata"]["labels"]
+        wiring.extra["named_ports"] = {
+            port["name"]: port["containerPort"] for port in container["ports"] if "name" in port
+        }
         wired[component] = wiring
+    wired_policies = [d for d in documents if d["kind"] == "NetworkPolicy"]
+    for wiring in wired.values():
+        wiring.extra["network_policies"] = wired_policies
     return wired
+
+
+def _k8s_probe(probe: dict[str, Any]) -> str:
+    if "grpc" in probe:
+        return f"grpc:{probe['grpc']['port']}"
+    if "exec" in probe:
+        return "probe" if probe["exec"]["command"] == PROBE else str(probe["exec"]["command"])
+    return f"http:{probe['httpGet']['port']}{probe['httpGet']['path']}"
 
 
 def _port(address: str) -> int:
@@ -278,4 +296,164 @@ def secret_problems(wired: dict[str, Wiring]) -> list[str]:
             found.append(f"{component}: {variable(USERNAME)} is not set")
         if "@" in wiring.env.get(variable(URL), ""):
             found.append(f"{component}: {variable(URL)} carries credentials; give {variable(USERNAME)} and a secret")
+    return found
+
+
+# Mesh security where the deployment has no other (Kubernetes): mutual TLS and the allow-list on every gRPC
+# server, and NetworkPolicies. The gRPC port each service listens on, and the cluster's port.
+GRPC_PORTS = {"profile": 50051, "reporting": 50052, "aggregator": 50053}
+CLUSTER_PORT = 6379
+OUTSIDE = "outside"  # anything that is not one of the components' pods: other pods, other namespaces, the internet
+GRPC_FILES = ("grpc_cert_file", "grpc_key_file", "grpc_ca_file")
+
+
+def _rpc_methods(component: str) -> list[str]:
+    """The full method names a service serves, from its descriptors."""
+    from profilemesh.profile.v1 import profile_pb2
+    from profilemesh.reporting.v1 import reporting_pb2
+
+    module = {"profile": profile_pb2, "reporting": reporting_pb2}.get(component)
+    if module is None:
+        return []
+    return [f"/{s.full_name}/{m.name}" for s in module.DESCRIPTOR.services_by_name.values() for m in s.methods]
+
+
+def mtls_problems(wired: dict[str, Wiring]) -> list[str]:
+    """Every component serves and calls gRPC over mutual TLS with files from a mounted Secret; every service
+    checks each method's client: its RPCs only the gateway, health any certificate of the mesh, nothing else."""
+    from common.grpc_tls import ANY_CLIENT, AllowedClients, parse_allowed_clients
+
+    found = []
+    for component in COMPONENTS:
+        wiring = wired[component]
+        for name in GRPC_FILES:
+            path = wiring.env.get(variable(name))
+            if not path:
+                found.append(f"{component}: {variable(name)} is not set: gRPC without mutual TLS")
+            elif not any(path.startswith(mount.rstrip("/") + "/") for mount in wiring.extra.get("secret_mounts", {})):
+                found.append(f"{component}: {variable(name)} ({path}) is not in a mounted Secret")
+        if component == "gateway":
+            continue
+        try:
+            rules = parse_allowed_clients(wiring.env.get(variable("grpc_allowed_clients"), ""))
+        except ValueError as error:
+            found.append(f"{component}: {error}")
+            continue
+        if not rules:
+            found.append(
+                f"{component}: {variable('grpc_allowed_clients')} is not set: any certificate may call anything"
+            )
+            continue
+        allowed = AllowedClients(rules).allowed
+        for method in _rpc_methods(component):
+            if allowed(method) != {"gateway"}:
+                found.append(f"{component}: {method} is allowed to {sorted(allowed(method))}, not to the gateway alone")
+        if ANY_CLIENT not in allowed("/grpc.health.v1.Health/Check"):
+            found.append(f"{component}: health checks are not open to the mesh (the exec probe can't check)")
+        for prefix, identities in rules.items():
+            if ANY_CLIENT in identities and not prefix.startswith("/grpc.health.v1.Health/"):
+                found.append(f"{component}: {prefix} is open to any certificate")
+    return found
+
+
+def _selects(selector: dict[str, Any] | None, labels: dict[str, str]) -> bool:
+    """Whether a label selector (matchLabels, matchExpressions) selects `labels`; an empty one selects all."""
+    selector = selector or {}
+    if any(labels.get(key) != value for key, value in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values", [])
+        ok = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": labels.get(key) not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[operator]
+        if not ok:
+            return False
+    return True
+
+
+def _peers(rule_peers: list[dict[str, Any]] | None, wired: dict[str, Wiring], direction: str) -> set[str]:
+    """The components (and OUTSIDE, and `cluster:CIDR` for egress ipBlocks) a rule's from/to admits."""
+    if not rule_peers:
+        return {*COMPONENTS, OUTSIDE}
+    admitted: set[str] = set()
+    for peer in rule_peers:
+        if "ipBlock" in peer:
+            admitted.add(OUTSIDE if direction == "ingress" else f"cluster:{peer['ipBlock']['cidr']}")
+        elif "namespaceSelector" in peer:
+            admitted.add(OUTSIDE)  # other namespaces (this one only if it matches: not assumed)
+        elif "podSelector" in peer:
+            admitted |= {c for c in COMPONENTS if _selects(peer["podSelector"], wired[c].extra.get("labels", {}))}
+    return admitted
+
+
+def _ports_admit(ports: list[dict[str, Any]] | None, port: int, wiring: Wiring) -> bool:
+    if not ports:
+        return True
+    for entry in ports:
+        number = entry.get("port")
+        if isinstance(number, str):
+            number = wiring.extra.get("named_ports", {}).get(number)
+        if number is None or number == port or (entry.get("endPort") and number <= port <= entry["endPort"]):
+            return True
+    return False
+
+
+def _allowed(wired: dict[str, Wiring], pod: str, direction: str, port: int, port_owner: str) -> set[str] | None:
+    """Who may reach `pod` on `port` (ingress), or where `pod` may send to `port` (egress); None: unrestricted."""
+    policies = [
+        policy
+        for policy in wired[pod].extra.get("network_policies", [])
+        if _selects(policy["spec"].get("podSelector"), wired[pod].extra.get("labels", {}))
+        and direction.capitalize() in policy["spec"].get("policyTypes", ["Ingress"])
+    ]
+    if not policies:
+        return None
+    admitted: set[str] = set()
+    for policy in policies:
+        for rule in policy["spec"].get(direction, []):
+            if _ports_admit(rule.get("ports"), port, wired[port_owner]):
+                admitted |= _peers(rule.get("from" if direction == "ingress" else "to"), wired, direction)
+    return admitted
+
+
+def network_problems(wired: dict[str, Wiring]) -> list[str]:
+    """The NetworkPolicies: everything denied by default; only the gateway reaches the services' gRPC ports
+    (and it does reach profile's and reporting's); only the services reach the cluster."""
+    found = []
+    policies = wired["gateway"].extra.get("network_policies", [])
+    if not any(
+        p["spec"].get("podSelector") in ({}, None)
+        and set(p["spec"].get("policyTypes", [])) == {"Ingress", "Egress"}
+        and not p["spec"].get("ingress")
+        and not p["spec"].get("egress")
+        for p in policies
+    ):
+        found.append("no default-deny NetworkPolicy (every pod, ingress and egress)")
+    for service, port in GRPC_PORTS.items():
+        ingress = _allowed(wired, service, "ingress", port, service)
+        reach = set()
+        for source in [*COMPONENTS, OUTSIDE]:
+            if ingress is not None and source not in ingress:
+                continue
+            if source == OUTSIDE:
+                reach.add(source)
+                continue
+            egress = _allowed(wired, source, "egress", port, service)
+            if egress is None or service in egress:
+                reach.add(source)
+        reach.discard(service)  # a pod's own probe runs inside it
+        if reach - {"gateway"}:
+            found.append(f"{service}: its gRPC port {port} is reachable from {sorted(reach - {'gateway'})}")
+        if service != "aggregator" and "gateway" not in reach:
+            found.append(f"{service}: the gateway can't reach its gRPC port {port}")
+    reaching = set()
+    for component in COMPONENTS:
+        egress = _allowed(wired, component, "egress", CLUSTER_PORT, component)
+        if egress is None or any(peer.startswith("cluster:") or peer == OUTSIDE for peer in egress):
+            reaching.add(component)
+    if reaching != set(SERVICES):
+        found.append(f"the cluster's port {CLUSTER_PORT} is reachable from {sorted(reaching)}, not the services alone")
     return found

@@ -1,6 +1,7 @@
 -- Bound the partition's memory: trim stream entries that every group has acknowledged,
 -- forget tombstones that no unapplied event can predate, drop idle consumers with nothing pending.
--- KEYS[1] event stream, KEYS[2] tombstones (hash), KEYS[3] tombstones by time (sorted set)
+-- KEYS[1] event stream, KEYS[2] tombstones (hash), KEYS[3] tombstones by time (sorted set),
+-- KEYS[4] the last entry trimmed (hash: id, n, ts), which the change feed checks a position against
 -- ARGV[1] this aggregator's group, ARGV[2] idle time (ms) after which an empty consumer is dropped,
 -- ARGV[3] retention (ms, default 0): acknowledged entries younger than this are kept for WatchProfileEvents subscribers
 -- Unacknowledged entries are never trimmed. Returns the number of entries trimmed.
@@ -33,7 +34,15 @@ local trim_to = keep_from
 if older(retain_from, trim_to) then
   trim_to = retain_from
 end
+local last_trimmed = nil  -- the newest entry older than trim_to (none before 0-0)
+if trim_to ~= '0-0' then last_trimmed = redis.call('XREVRANGE', KEYS[1], '(' .. trim_to, '-', 'COUNT', 1)[1] end
 local trimmed = redis.call('XTRIM', KEYS[1], 'MINID', trim_to)
+if trimmed > 0 and last_trimmed then
+  -- Its offset is the count of entries ever added minus those left, whatever fields it carries.
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  redis.call('HSET', KEYS[4], 'id', last_trimmed[1], 'n', field(info, 'entries-added') - field(info, 'length'),
+    'ts', field(last_trimmed[2], 'ts') or 0)
+end
 
 local before_ms = tonumber(string.match(keep_from, '(%d+)-')) - 1
 local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', before_ms, 'LIMIT', 0, 1000)

@@ -23,7 +23,7 @@ from common.rpc_errors import CLUSTER_DOWN, as_service_error
 from common.streams import StreamEnded, TooManyStreams
 from gateway.errors import HTTP_STATUS, http_status, rendered_details, service_error_response
 from gateway.translate import BadRequest
-from profile_svc.events_feed import FellBehind, Trimmed
+from profile_svc.events_feed import HistoryChanged, Trimmed
 
 ERRORS: list[tuple[ServiceError, grpc.StatusCode, str, int]] = [
     (InvalidArgument("bad", field="user"), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", 400),
@@ -36,8 +36,8 @@ ERRORS: list[tuple[ServiceError, grpc.StatusCode, str, int]] = [
     (TooManyRequests("busy"), grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_REQUESTS", 429),
     (TooManyStreams("full"), grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_STREAMS", 429),
     (StreamEnded("bye"), grpc.StatusCode.UNAVAILABLE, "STREAM_ENDED", 503),
-    (FellBehind("slow"), grpc.StatusCode.RESOURCE_EXHAUSTED, "SUBSCRIBER_FELL_BEHIND", 429),
     (Trimmed("gone"), grpc.StatusCode.OUT_OF_RANGE, "EVENTS_TRIMMED", 400),
+    (HistoryChanged("lost"), grpc.StatusCode.OUT_OF_RANGE, "EVENTS_HISTORY_CHANGED", 400),
 ]
 
 
@@ -55,13 +55,17 @@ def test_each_error_carries_its_status_reason_and_http_status(
 
 
 @pytest.mark.parametrize("error", [e[0] for e in ERRORS], ids=[type(e[0]).__name__ for e in ERRORS])
-def test_only_invalid_argument_carries_a_field_violation(error: ServiceError) -> None:
+def test_only_invalid_argument_carries_a_field_violation_and_only_too_many_streams_a_retry_delay(
+    error: ServiceError,
+) -> None:
     kinds = [detail.TypeName() for detail in error.status().details]
     if isinstance(error, InvalidArgument):
         assert kinds == ["google.rpc.ErrorInfo", "google.rpc.BadRequest"]
         bad_request = error_details_pb2.BadRequest()
         error.status().details[1].Unpack(bad_request)
         assert [(v.field, v.description) for v in bad_request.field_violations] == [(error.field, error.message)]
+    elif isinstance(error, TooManyStreams):  # and how long to wait: Retry-After at the gateway
+        assert kinds == ["google.rpc.ErrorInfo", "google.rpc.RetryInfo"]
     else:
         assert kinds == ["google.rpc.ErrorInfo"]
 

@@ -28,9 +28,16 @@ Each failure is classed by the defect of issue 18 it reveals: 1 catch-up (a subs
 it can is cut off, or its token never reaches the head), 2 lossy failover, 3 tail-reader gap (or offset
 drift) without a failover, 4 forged tokens; 0 for anything else.
 
-`python -m tests.feed_model --seed N` replays one schedule (with -v, step by step); `--runs K --first-seed S`
-runs many and prints a summary by failure kind. It starts a node of its own. A replay repeats the seed's
-choices; what the feed's tasks interleave with them can differ slightly from run to run.
+The feed's API is used only through FeedAdapter (resume, watch, where a position stands, an event's
+offset, forged tokens in the feed's token format). Its tail readers block for TAIL_BLOCK_MS instead of half
+the socket timeout: a tail reader checks its position whenever its blocking read returns, and a drain gives
+a subscriber that long (many times over: STUCK_*) before it calls it stuck.
+
+`python -m tests.feed_model --seed N` replays one schedule (step by step); `--runs K --first-seed S` runs
+many and prints a summary by failure kind (`--progress`: a line per schedule). It starts a node of its own.
+A replay repeats the seed's choices; what the feed's tasks interleave with them can differ from run to run
+(a stall's first write may or may not reach a blocked tail read), so a failure seen once may need a few
+replays.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ import contextlib
 import logging
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -78,12 +86,15 @@ PARTITIONS = 4
 # default 2,000 in the issue; the subscribers here read as fast as the loop lets them.
 QUEUE = 32
 HEARTBEAT_S = 0.002
-STUCK_HEARTBEATS = 25  # a subscriber whose token does not move for this many heartbeats is stuck
-STUCK_S = 0.5  # or that yields nothing at all this long
+STUCK_HEARTBEATS = 50  # a subscriber whose token does not move for this many heartbeats is stuck
+STUCK_STILL_S = 1.0  # and for this long (many tail reads: each checks its position within TAIL_BLOCK_MS)
+STUCK_S = 2.0  # or that yields nothing at all this long
+TAIL_BLOCK_MS = 15  # how long a tail reader's blocking read waits before it checks its position anyway
 FUTURE_MS = 3000  # how far ahead XSETID moves a stream's last id for ids handed out again
 TYPES = ("create", "read", "update", "delete")
 CHANGES = ("create", "update", "delete")  # what a subscriber without `types` gets
 MAX_SUBSCRIBERS = 5
+STEPS = (14, 26)  # a schedule's steps (changes, subscriptions, kills, resumes, forged tokens), at random
 CLASSES = {
     0: "other",
     1: "catch-up never completes / no advancing token",
@@ -172,19 +183,25 @@ class Outcome:
 
 
 class FeedAdapter:
-    """The change feed's API as of main before issue 18: Position.from_token, watch(clock, position, wanted)."""
+    """The change feed's API after issue 18: feed.resume(token) (signed tokens, checked before the cluster),
+    watch(clock, position, wanted), Position.anchors (id, n, ts), Event.n."""
 
-    api = "current"
+    api = "issue 18"
 
     def __init__(self, cluster: Cluster) -> None:
         self.feed = events_feed.EventsFeed(cluster)
+        # A tail reader checks its position whenever its blocking read returns, news or not: within block_ms
+        # (half the socket timeout, 500 ms by default). The socket timeout stays long (a stall blocks the
+        # loop), so the block is shortened to what a drain waits for a stuck subscriber.
+        self.feed.block_ms = TAIL_BLOCK_MS
         self.partitions = cluster.settings.partitions
 
     async def start(self) -> None:
-        """Whatever a service does once at start (nothing, for this API)."""
+        """What a service does once at start: read (or record) the deployment's identity."""
+        await self.feed.tokens()
 
     async def resume(self, token: str) -> Any:
-        return events_feed.Position.from_token(token, self.partitions)
+        return await self.feed.resume(token)
 
     def watch(
         self, clock: StreamClock, position: Any, users: Iterable[str], types: Iterable[str]
@@ -193,11 +210,11 @@ class FeedAdapter:
 
     @staticmethod
     def where(position: Any) -> list[tuple[StreamId, int]]:
-        return list(zip(position.ids, position.offsets, strict=True))
+        return [(anchor.id, anchor.n) for anchor in position.anchors]
 
     @staticmethod
     def delivered(event: Any) -> Delivered:
-        return Delivered(event.partition, event.id, event.user, event.type, event.ts_ms, event.offset)
+        return Delivered(event.partition, event.id, event.user, event.type, event.ts_ms, event.n)
 
     async def close(self) -> None:
         for task in self.feed._tailers:
@@ -205,36 +222,46 @@ class FeedAdapter:
         await asyncio.gather(*self.feed._tailers, return_exceptions=True)
 
     def forge(self, rng: random.Random, real: str | None) -> tuple[str, str]:
-        """A forged token and what it is: malformed, out of range, tampered with."""
+        """A forged token and what it is: malformed, out of range, unsigned, tampered with."""
+        identity = "0" * 12
+        if real:
+            body = real[3:].partition(".")[0]
+            identity = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode().partition(";")[0]
 
-        def packed(entries: list[str]) -> str:
-            return "v1." + base64.urlsafe_b64encode(",".join(entries).encode()).decode().rstrip("=")
+        def packed(first: str) -> str:
+            """This deployment's identity and a plausible position, with a MAC of zeros (no secret)."""
+            sane = f"{int(time.time() * 1000) - 1000}-0.1.{int(time.time() * 1000)}"
+            text = identity + ";" + ",".join([first] + [sane] * (self.partitions - 1))
+            return "v2." + _b64(text.encode()) + "." + _b64(bytes(16))
 
-        sane = [f"{int(time.time() * 1000) - 1000}-0:1"] * self.partitions
+        now = int(time.time() * 1000)
         kinds: dict[str, Any] = {
-            "garbage": lambda: rng.choice(["x", "v1.", "v1.!!!", "v2.AAAA", "v1." + "A" * 300, "\u00e9t\u00e9"]),
-            "partition count": lambda: packed(sane[:-1]),
-            "sequence >= 2^64": lambda: packed(["5-18446744073709551616:1", *sane[1:]]),
-            "negative sequence": lambda: packed(["5--3:1", *sane[1:]]),
-            "negative ms": lambda: packed(["-5-3:1", *sane[1:]]),
-            "id in the future": lambda: packed([f"{int(time.time() * 1000) + 10**9}-0:1", *sane[1:]]),
-            "maximum id": lambda: packed(["18446744073709551615-18446744073709551615:1", *sane[1:]]),
-            "negative offset": lambda: packed(["1-0:-7", *sane[1:]]),
-            "huge offset": lambda: packed([f"1-0:{10**30}", *sane[1:]]),
+            "garbage": lambda: rng.choice(["x", "v2.", "v2.!!!.AA", "v1.AAAA", "v2." + "A" * 600, "\u00e9t\u00e9"]),
+            "partition count": lambda: "v2." + _b64(f"{identity};1-0.1.1".encode()) + "." + _b64(bytes(16)),
+            "sequence >= 2^64": lambda: packed(f"5-18446744073709551616.1.{now}"),
+            "negative sequence": lambda: packed(f"5--3.1.{now}"),
+            "negative ms": lambda: packed(f"-5-3.1.{now}"),
+            "id in the future": lambda: packed(f"{now + 10**9}-0.1.{now}"),
+            "maximum id": lambda: packed(f"18446744073709551615-18446744073709551615.1.{now}"),
+            "negative offset": lambda: packed(f"1-0.-7.{now}"),
+            "huge offset": lambda: packed(f"1-0.{10**30}.{now}"),
+            "unsigned": lambda: packed(f"{now - 5000}-0.1.{now - 5000}"),
         }
         if real:
 
             def tampered() -> str:
-                index = rng.randrange(len(real) - 4) + 4  # past the version prefix
-                replacement = rng.choice(
-                    [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijkl0123456789-_" if c != real[index]]
-                )
-                return real[:index] + replacement + real[index + 1 :]
+                index = rng.randrange(3, len(real))  # past the version prefix
+                alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijkl0123456789-_"
+                return real[:index] + rng.choice([c for c in alphabet if c != real[index]]) + real[index + 1 :]
 
             kinds["tampered"] = tampered
             kinds["truncated"] = lambda: real[: rng.randrange(3, len(real) - 1)]
         kind = rng.choice(sorted(kinds))
         return kinds[kind](), kind
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
 def outcome_of(error: BaseException) -> Outcome:
@@ -386,7 +413,7 @@ class Subscriber:
         self.forged: str | None = None  # what kind of forged token it resumed from
         self.from_token: TokenInfo | None = None
         self.heartbeats_still = 0
-        self.progress_at = time.monotonic()
+        self.progress_at = self.still_since = time.monotonic()
         self.done_checked = False
         self.last_token = ""
 
@@ -415,7 +442,7 @@ class Schedule:
         self.tokens: list[TokenInfo] = []
         self.failures: list[Failure] = []
         self.exists: dict[str, bool] = {}
-        self.snapshots: dict[int, tuple[bytes | None, list[int], int, int]] = {}
+        self.snapshots: dict[int, tuple[dict[str, bytes | None], list[int], int, int]] = {}
         self.step = 0
         self.counter = Counter[str]()
         self.changed = asyncio.Event()
@@ -504,7 +531,8 @@ class Schedule:
             ahead = (max(last_ms, int(time.time() * 1000)) + FUTURE_MS, 0)
             self.h.node.execute_command("XSETID", stream, format_id(ahead))
             part.aliases[ahead] = part.lineage[-1] if part.lineage else None
-        dump = self.h.node.dump(stream)
+        # The copy holds the partition's stream and the record of its last trimmed entry (same slot).
+        dump = {key: self.h.node.dump(key) for key in (stream, keys.trimmed_key(partition))}
         self.snapshots[partition] = (dump, list(part.lineage), part.head, part.added)
         self.counter["snapshot-reuse" if reuse else "snapshot"] += 1
         self.log(f"snapshot of p{partition} at {len(part.lineage)} entries{' (ids ahead)' if reuse else ''}")
@@ -512,11 +540,11 @@ class Schedule:
     def rollback(self, partition: int) -> None:
         """Restore the copy: the entries appended since are lost (the promoted replica never had them)."""
         dump, lineage, head, added = self.snapshots.pop(partition)
-        stream = keys.events_key(partition)
-        if dump is None:
-            self.h.node.delete(stream)
-        else:
-            self.h.node.restore(stream, 0, dump, replace=True)
+        for key, payload in dump.items():
+            if payload is None:
+                self.h.node.delete(key)
+            else:
+                self.h.node.restore(key, 0, payload, replace=True)
         part = self.model.parts[partition]
         kept = set(lineage)
         lost = [uid for uid in part.lineage if uid not in kept]
@@ -562,10 +590,10 @@ class Schedule:
         while not subscriber.items and subscriber.outcome is None and time.monotonic() < deadline:
             await self.wait_change(0.05)
 
-    async def wait_change(self, timeout: float) -> None:
+    async def wait_change(self, within_s: float) -> None:
         self.changed.clear()
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(within_s):
                 await self.changed.wait()
 
     def filters(self) -> tuple[list[str], list[str]]:
@@ -653,9 +681,12 @@ class Schedule:
         for base in bases:
             if uid == base:
                 return True
-            if uid is not None and self.model.is_descendant(uid, base):
-                if not any(subscriber.wants(e) for e in self.model.between(base, uid)):
-                    return True
+            if (
+                uid is not None
+                and self.model.is_descendant(uid, base)
+                and not any(subscriber.wants(e) for e in self.model.between(base, uid))
+            ):
+                return True
         return False
 
     def lost(self, uid: int | None) -> bool:
@@ -679,10 +710,10 @@ class Schedule:
                 self.check_event(subscriber, item.event)
             if subscriber.failure is None:
                 self.check_token(subscriber, item)
-        if subscriber.failure is None and subscriber.outcome is not None and not subscriber.done_checked:
-            if subscriber.checked == len(subscriber.items):
-                subscriber.done_checked = True
-                self.check_outcome(subscriber, subscriber.outcome)
+        done = subscriber.outcome is not None and subscriber.checked == len(subscriber.items)
+        if subscriber.failure is None and subscriber.outcome is not None and done and not subscriber.done_checked:
+            subscriber.done_checked = True
+            self.check_outcome(subscriber, subscriber.outcome)
 
     def check_event(self, subscriber: Subscriber, event: Delivered) -> None:
         p = event.partition
@@ -797,6 +828,7 @@ class Schedule:
             subscriber.heartbeats_still += 1
         else:
             subscriber.heartbeats_still = 0
+            subscriber.still_since = time.monotonic()
         if subscriber.forged is None and subscriber.last_token != item.token:
             subscriber.last_token = item.token
             self.tokens.append(
@@ -874,13 +906,17 @@ class Schedule:
         for p in range(PARTITIONS):
             last = subscriber.last[p]
             rolled = self.rolled_back(subscriber, p)
+            base = self.model.anchor(last, p)
+            # A rollback is found when the stream is next read: once something was written after it.
+            written_since = bool(self.model.after(base, p))
             if subscriber.delivered_any[p] and self.lost(last):
+                if not written_since:
+                    continue
                 return False, (
                     2,
                     "no EVENTS_HISTORY_CHANGED after delivering lost events",
                     f"p{p}: delivered {self.name_of(last)}",
                 )
-            base = self.model.anchor(last, p)
             missing = [e for e in self.model.after(base, p) if subscriber.wants(e)]
             if missing:
                 first = missing[0]
@@ -901,7 +937,7 @@ class Schedule:
             lineage = self.model.parts[p].lineage
             head = lineage[-1] if lineage else None
             candidates = self.resolve(p, where[p][0]) or []
-            if head not in candidates and not (head is None and self.model.parts[p].rollbacks):
+            if head not in candidates and not (not written_since and any(self.lost(c) for c in candidates)):
                 return False, (
                     2 if rolled else 1,
                     "token does not advance to the head",
@@ -925,7 +961,10 @@ class Schedule:
             now = time.monotonic()
             for subscriber, why in pending:
                 assert why is not None
-                if subscriber.heartbeats_still >= STUCK_HEARTBEATS or now - subscriber.progress_at > STUCK_S:
+                still = now - subscriber.still_since
+                if (subscriber.heartbeats_still >= STUCK_HEARTBEATS and still > STUCK_STILL_S) or (
+                    now - subscriber.progress_at > STUCK_S
+                ):
                     self.fail(subscriber, *why)
                     await stop(subscriber)
             if now - started > 10:
@@ -946,7 +985,7 @@ class Schedule:
         rng = self.rng
         self.retention_ms = rng.choice([0, 0, 2, 10, 600_000])
         hot = rng.sample(range(PARTITIONS), rng.randint(1, 2))
-        steps = rng.randint(14, 26)
+        steps = rng.randint(*self.h.steps)
         for _ in range(rng.randint(1, 3)):
             await self.fresh()
         stall = False
@@ -1011,7 +1050,7 @@ async def stop(subscriber: Subscriber) -> None:
 
 
 class Harness:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, steps: tuple[int, int] = STEPS) -> None:
         self.url = url
         self.settings = settings_for(url)
         self.node = redis.Redis.from_url(url, socket_timeout=10)
@@ -1019,6 +1058,7 @@ class Harness:
         self.limits.heartbeat_s = HEARTBEAT_S  # type: ignore[assignment]  # seconds, below the setting's minimum of 1
         self.users = pick_users()
         self.foreign: list[str] = []  # tokens of earlier schedules: another deployment's, to this one
+        self.steps = steps
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="feed-model-worker", daemon=True)
         self._thread.start()
@@ -1087,9 +1127,10 @@ class Harness:
         return failures
 
     def close(self) -> None:
-        self.run(self.worker_cluster.close())
+        with contextlib.suppress(TimeoutError):
+            asyncio.run_coroutine_threadsafe(self.worker_cluster.close(), self._loop).result(timeout=2)
         self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
+        self._thread.join(timeout=2)
         self.node.close()
 
 
@@ -1130,19 +1171,27 @@ class Summary:
         return "\n".join(lines)
 
 
-async def run_seeds(url: str, seeds: Iterable[int], verbose: bool = False) -> Summary:
-    harness = Harness(url)
+async def run_seeds(
+    url: str, seeds: Iterable[int], verbose: bool = False, progress: bool = False, steps: tuple[int, int] = STEPS
+) -> Summary:
+    harness = Harness(url, steps)
     summary = Summary()
     started = time.monotonic()
     try:
         for seed in seeds:
             failures = await harness.schedule(seed, verbose)
             summary.runs += 1
+            if progress:
+                first = f": [{failures[0].defect}] {failures[0].kind}: {failures[0].detail}" if failures else ""
+                print(f"seed {seed}: {len(failures)} failures{first}", file=sys.stderr, flush=True)
             if failures:
                 summary.failed[seed] = failures
     finally:
-        if harness.cluster is not None:
-            await harness.cluster.close()
+        # Bounded: a client whose blocking reads were cancelled may take its time to close; the node goes anyway.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2):
+                if harness.cluster is not None:
+                    await harness.cluster.close()
         harness.close()
     summary.seconds = time.monotonic() - started
     return summary
@@ -1166,11 +1215,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("-v", "--verbose", action="store_true", help="print every step")
+    parser.add_argument("--progress", action="store_true", help="a line per schedule on stderr")
     options = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the node is stopped on a timeout too
     logging.basicConfig(level=logging.ERROR)  # the feed's warnings about the failovers made on purpose
     seeds = [options.seed] if options.seed is not None else range(options.first_seed, options.first_seed + options.runs)
     with one_node() as node:
-        summary = asyncio.run(run_seeds(node.url, seeds, verbose=options.verbose or options.seed is not None))
+        summary = asyncio.run(run_seeds(node.url, seeds, options.verbose or options.seed is not None, options.progress))
     print(summary.report())
     for seed, failures in summary.failed.items() if options.seed is not None else ():
         for failure in failures:

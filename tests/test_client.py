@@ -219,6 +219,8 @@ def test_watch_events_survives_sigterm_and_kill_of_the_replicas_with_no_resuming
                     n += 1
                     await asyncio.sleep(0.01)
 
+            while not watch.resume_token:  # the first heartbeat: the feed starts here
+                await asyncio.sleep(0.05)
             writing = asyncio.create_task(write())
             await asyncio.wait_for(first.wait(), 20)
             # SIGTERM a replica: if the watch was on it, it reconnects (to the other, the only one serving).
@@ -262,6 +264,25 @@ def test_watch_events_survives_sigterm_and_kill_of_the_replicas_with_no_resuming
     assert len(ids) == len(set(ids)), "an event arrived twice"
     assert sorted(ids) == sorted(stored), f"missing {set(stored) - set(ids)}, extra {set(ids) - set(stored)}"
     print(f"watch: {len(ids)} events once each across {reconnects} reconnects")
+
+
+def test_heartbeats_move_the_token_on_and_reach_the_persist_callback(mesh: System, unique: str) -> None:
+    """A filter that matches nothing still keeps a fresh token (heartbeats every second here)."""
+    persisted: list[str] = []
+
+    async def save(token: str) -> None:
+        persisted.append(token)
+
+    async def scenario() -> str:
+        async with AsyncProfileClient(_target(mesh.profile_ports)) as profiles:
+            watch = profiles.watch_events(users=[f"{unique}-nobody"], on_token=save)
+            waiting = asyncio.create_task(anext(watch))
+            await asyncio.sleep(2.5)
+            waiting.cancel()
+            return watch.resume_token
+
+    token = asyncio.run(scenario())
+    assert len(persisted) >= 2 and token == persisted[-1] and token
 
 
 def test_a_token_the_stream_no_longer_holds_raises_the_typed_error(mesh: System, unique: str) -> None:

@@ -71,16 +71,18 @@ class _Base:
         """One unary call with the retry policy: every attempt within one deadline."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (timeout_s or self.retry.timeout_s)
-        attempt = 0
+        attempts = tries = 0  # calls that reached a replica; every call
         while True:
             try:
                 return await method(request, timeout=max(deadline - loop.time(), 0.001))
             except grpc.aio.AioRpcError as failure:
                 error = from_rpc_error(failure)
-            attempt += 1
-            pause = self.retry.backoff_s(attempt - 1)
+            tries += 1
+            # A call that never reached a replica costs none of max_attempts: it is tried until the deadline.
+            attempts += not policy.never_sent(error)
+            pause = self.retry.backoff_s(tries - 1)
             if (
-                attempt >= self.retry.max_attempts
+                attempts >= self.retry.max_attempts
                 or not policy.retryable(kind, error)
                 or loop.time() + pause >= deadline
             ):

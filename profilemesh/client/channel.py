@@ -24,6 +24,11 @@ OPTIONS: list[tuple[str, Any]] = [
     ("grpc.enable_retries", 1),
     ("grpc.keepalive_time_ms", 30000),
     ("grpc.keepalive_timeout_ms", 10000),
+    # A replica that comes back (a restart, a rolling deploy) is connected to within a second, rather than
+    # after gRPC's default backoff of up to two minutes, during which the others may be the ones restarting.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 
 

@@ -137,7 +137,10 @@ BY_REASON: dict[str, type[ProfilemeshError]] = {
     "DEADLINE_EXCEEDED": DeadlineExceeded,
 }
 # Without an ErrorInfo (gRPC's own failures), by status code.
+# CANCELLED in an error (rather than asyncio's CancelledError) comes from the other side: a replica shutting
+# down cancelled the call, which may or may not have run, as with a connection lost mid-call.
 BY_CODE: dict[grpc.StatusCode, type[ProfilemeshError]] = {
+    grpc.StatusCode.CANCELLED: Unavailable,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.NOT_FOUND: ProfileNotFound,
     grpc.StatusCode.ALREADY_EXISTS: ProfileExists,

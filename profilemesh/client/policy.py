@@ -35,7 +35,7 @@ class Kind(enum.Enum):
 # Reasons with which the server says a change did not run (retrying it can't apply it twice).
 NOTHING_RAN = frozenset({"NO_REPLICA", "PARTITION_UNAVAILABLE", "CLUSTER_UNAVAILABLE", "TOO_MANY_REQUESTS"})
 # gRPC's words for a call that never left this client: no connection could be made to any replica.
-_NEVER_SENT = ("failed to connect to all addresses", "connection refused", "no healthy upstream")
+_NEVER_SENT = ("failed to connect to all addresses", "connections to all backends failing", "connection refused")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +51,9 @@ class RetryPolicy:
         return random.uniform(0, min(self.max_backoff_s, self.initial_backoff_s * 2**attempt))
 
 
-def _never_sent(error: ProfilemeshError) -> bool:
+def never_sent(error: ProfilemeshError) -> bool:
+    """No replica could be reached, so nothing was sent (gRPC's transparent retries cover a call that was
+    sent on a connection that then failed before the replica saw it)."""
     return (
         error.code == grpc.StatusCode.UNAVAILABLE and not error.reason and error.message.lower().startswith(_NEVER_SENT)
     )
@@ -63,7 +65,7 @@ def retryable(kind: Kind, error: ProfilemeshError) -> bool:
         return isinstance(error, (Unavailable, TooManyRequests)) or (
             isinstance(error, DeadlineExceeded) and bool(error.reason)  # the server's deadline, not ours
         )
-    return error.reason in NOTHING_RAN or _never_sent(error)
+    return error.reason in NOTHING_RAN or never_sent(error)
 
 
 def final(kind: Kind, error: ProfilemeshError) -> ProfilemeshError:

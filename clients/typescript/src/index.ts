@@ -62,7 +62,10 @@ export const BY_REASON: Record<string, ErrorClass> = {
   EVENTS_HISTORY_CHANGED: EventsHistoryChanged,
   DEADLINE_EXCEEDED: DeadlineExceeded,
 };
+// CANCELLED that this client did not cause (it aborts only watches it closes): a replica shutting down
+// cancelled or refused the call, which may or may not have run, as with a connection lost mid-call.
 const BY_CODE: Partial<Record<Code, ErrorClass>> = {
+  [Code.Canceled]: Unavailable,
   [Code.InvalidArgument]: InvalidArgument,
   [Code.NotFound]: ProfileNotFound,
   [Code.AlreadyExists]: ProfileExists,
@@ -131,7 +134,10 @@ export function fromError(error: unknown): ProfilemeshError {
   if (error instanceof ProfilemeshError) return error;
   const failure = ConnectError.from(error);
   const details = decodeDetails(failure.details.filter((d): d is { type: string; value: Uint8Array } => "value" in d));
-  return typed(failure.code, failure.rawMessage, details);
+  // HTTP/2 REFUSED_STREAM (a replica shutting down) guarantees the call was not processed: UNAVAILABLE,
+  // whichever code the transport gave it.
+  const refused = /REFUSED_STREAM/.test(failure.rawMessage);
+  return typed(refused ? Code.Unavailable : failure.code, failure.rawMessage, details);
 }
 
 // ---------------------------------------------------------------- retry policy
@@ -141,7 +147,7 @@ const NOTHING_RAN = new Set(["NO_REPLICA", "PARTITION_UNAVAILABLE", "CLUSTER_UNA
 
 function neverSent(error: ProfilemeshError): boolean {
   // A connection that could not be made: nothing left this client.
-  return error.code === Code.Unavailable && !error.reason && /ECONNREFUSED|connect/i.test(error.message);
+  return error.code === Code.Unavailable && !error.reason && /ECONNREFUSED|REFUSED_STREAM|connect/i.test(error.message);
 }
 
 export function retryable(kind: "read" | "change", error: ProfilemeshError): boolean {
@@ -236,15 +242,17 @@ abstract class Base<S extends typeof ProfileService | typeof ReportingService> {
   /** One unary call with the retry policy, every attempt within one deadline. */
   protected async call<T>(kind: "read" | "change", invoke: (client: Client<S>, timeoutMs: number) => Promise<T>): Promise<T> {
     const deadline = Date.now() + this.timeoutMs;
-    for (let attempt = 0; ; attempt++) {
+    let attempts = 0; // calls that reached a replica: one that never did is tried until the deadline
+    for (let tries = 0; ; tries++) {
       const [client, index] = this.replicas.pick();
       try {
         return await invoke(client, Math.max(deadline - Date.now(), 1));
       } catch (caught) {
         const error = fromError(caught);
         this.replicas.failed(index, error);
-        const pause = Math.random() * Math.min(1000, 50 * 2 ** attempt);
-        if (attempt + 1 >= this.maxAttempts || !retryable(kind, error) || Date.now() + pause >= deadline) {
+        if (!neverSent(error)) attempts++;
+        const pause = Math.random() * Math.min(1000, 50 * 2 ** tries);
+        if (attempts >= this.maxAttempts || !retryable(kind, error) || Date.now() + pause >= deadline) {
           throw final(kind, error);
         }
         await sleep(pause);
@@ -368,14 +376,30 @@ export class ProfileClient extends Base<typeof ProfileService> {
     }
   }
 
-  /** BatchGetProfiles in chunks of up to 1000: one result per user, in order, the profile or its typed error. */
+  /** BatchGetProfiles in chunks of up to 1000: one result per user, in order, the profile or its typed error;
+   * members the server could not serve this time (a shard in trouble) are asked for again. */
   async getMany(users: string[], chunk = 500): Promise<BatchResult[]> {
+    if (chunk < 1 || chunk > 1000) throw new RangeError(`chunk must be 1 to 1000, got ${chunk}`);
+    const one = async (part: string[]): Promise<BatchResult[]> => {
+      const results: BatchResult[] = part.map((user) => ({ user }));
+      let todo = part.map((_, i) => i);
+      for (let attempt = 0; attempt < this.maxAttempts && todo.length > 0; attempt++) {
+        if (attempt > 0) await sleep(Math.random() * Math.min(1000, 50 * 2 ** attempt));
+        const asked = todo;
+        const reply = await this.call("read", (c, timeoutMs) =>
+          c.batchGetProfiles({ users: asked.map((i) => part[i]) }, { timeoutMs }));
+        todo = [];
+        reply.results.forEach((r: BatchGetProfileResult, j: number) => {
+          const index = asked[j];
+          results[index] = result(part[index], r);
+          const error = results[index].error;
+          if (error && retryable("read", error)) todo.push(index);
+        });
+      }
+      return results;
+    };
     const parts: Promise<BatchResult[]>[] = [];
-    for (let i = 0; i < users.length; i += chunk) {
-      const part = users.slice(i, i + chunk);
-      parts.push(this.call("read", (c, timeoutMs) => c.batchGetProfiles({ users: part }, { timeoutMs }))
-        .then((reply) => reply.results.map((r: BatchGetProfileResult, j) => result(part[j], r))));
-    }
+    for (let i = 0; i < users.length; i += chunk) parts.push(one(users.slice(i, i + chunk)));
     return (await Promise.all(parts)).flat();
   }
 

@@ -13,7 +13,7 @@ BUF_VERSION := 1.75.0
 BUF    := .tools/node_modules/.bin/buf
 CONTRACT := .tools/contract.binpb
 
-.PHONY: run run-secure test test-fast lint release-contract bench verify verify-shutdown proto cluster clean wrk browser prometheus tls-server podman image valkey-image nftables
+.PHONY: run run-secure test test-typescript test-fast lint release-contract bench verify verify-shutdown proto cluster clean wrk browser prometheus tls-server podman image valkey-image nftables
 
 run: $(GEN) $(CLI) $(if $(filter 1,$(PROFILEMESH_PROMETHEUS)),prometheus) $(if $(filter 1,$(PROFILEMESH_SECURE)),tls-server)
 	$(PY) -m localdev.run
@@ -28,6 +28,12 @@ tls-server:
 
 test: $(GEN) $(CLI) $(DEPLOY_TOOLS) wrk browser prometheus tls-server podman nftables
 	$(PY) -m pytest
+	$(MAKE) --no-print-directory test-typescript
+
+# The TypeScript client (clients/typescript): pinned packages from its package-lock.json, code generated
+# from the contract image by buf, its tests against a real mesh (python -m localdev.serve).
+test-typescript: $(GEN) $(CONTRACT)
+	cd clients/typescript && npm ci --silent --no-audit --no-fund && npm test
 
 # Lint, format and types of the Python, buf's lint of the contract, and no breaking change against the
 # last released contract (protos/released.binpb). CI runs it before the tests.

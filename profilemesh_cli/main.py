@@ -1,4 +1,5 @@
-"""`profilemesh`: argument parsing and the gRPC API commands; `main()` is the console script's entry point."""
+"""`profilemesh`: argument parsing and the gRPC API commands (through profilemesh.client); `main()` is the
+console script's entry point."""
 
 from __future__ import annotations
 
@@ -7,16 +8,10 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
-import grpc
-from google.protobuf import json_format
-from google.protobuf.message import Message
-
-from common import grpc_tls
 from common.config import ConfigError
-from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
-from profilemesh.reporting.v1 import reporting_pb2, reporting_pb2_grpc
+from profilemesh.client import ProfileClient, ProfilemeshError, ReportingClient, RetryPolicy, Tls, Unavailable
 from profilemesh_cli import status, watch
 from profilemesh_cli.endpoints import Endpoints
 
@@ -37,13 +32,23 @@ def _fields(pairs: list[str]) -> dict[str, str]:
     return fields
 
 
-def _call(endpoints: Endpoints, target: str, stub_class: type, method: str, request: Message) -> Message:
-    with grpc_tls.sync_channel(target, endpoints.settings) as channel:
-        return getattr(stub_class(channel), method)(request, timeout=CALL_TIMEOUT_S)
+def _tls(endpoints: Endpoints) -> Tls | None:
+    settings = endpoints.settings
+    if not settings.grpc_ca_file:
+        return None
+    return Tls(settings.grpc_ca_file, settings.grpc_cert_file or None, settings.grpc_key_file or None)
 
 
-def _show(reply: Message, as_json: bool, human: Callable[[dict[str, Any]], str]) -> None:
-    data = json_format.MessageToDict(reply, always_print_fields_with_no_presence=True)
+def _profiles(endpoints: Endpoints) -> ProfileClient:
+    return ProfileClient(endpoints.settings.profile_target, tls=_tls(endpoints), retry=RetryPolicy(CALL_TIMEOUT_S))
+
+
+def _reporting(endpoints: Endpoints) -> ReportingClient:
+    return ReportingClient(endpoints.settings.reporting_target, tls=_tls(endpoints), retry=RetryPolicy(CALL_TIMEOUT_S))
+
+
+def _show(data: dict[str, Any], as_json: bool, human: Callable[[dict[str, Any]], str]) -> None:
+    """JSON as proto3 JSON renders the replies (64-bit integers as strings), as the command always printed."""
     print(json.dumps(data, indent=2) if as_json else human(data))
 
 
@@ -61,15 +66,11 @@ def cmd_status(args: argparse.Namespace, endpoints: Endpoints) -> int:
 
 
 def cmd_top(args: argparse.Namespace, endpoints: Endpoints) -> int:
-    reply = _call(
-        endpoints,
-        endpoints.settings.reporting_target,
-        reporting_pb2_grpc.ReportingServiceStub,
-        "GetTopProfiles",
-        reporting_pb2.GetTopProfilesRequest(limit=args.n),
-    )
+    with _reporting(endpoints) as reporting:
+        scores = reporting.top(args.n)
+    data = {"results": [{"user": s.user, "score": str(s.score)} for s in scores]}
     _show(
-        reply,
+        data,
         args.json,
         lambda d: "\n".join(f"{r['score']:>8}  {r['user']}" for r in d["results"]) or "no reads counted yet",
     )
@@ -77,36 +78,33 @@ def cmd_top(args: argparse.Namespace, endpoints: Endpoints) -> int:
 
 
 def cmd_stats(args: argparse.Namespace, endpoints: Endpoints) -> int:
-    reply = _call(
-        endpoints,
-        endpoints.settings.reporting_target,
-        reporting_pb2_grpc.ReportingServiceStub,
-        "GetProfileStats",
-        reporting_pb2.GetProfileStatsRequest(user=args.user),
-    )
-    _show(reply, args.json, lambda d: f"{d['user']}: {d['reads']} reads")
+    with _reporting(endpoints) as reporting:
+        reads = reporting.stats(args.user)
+    _show({"user": args.user, "reads": str(reads)}, args.json, lambda d: f"{d['user']}: {d['reads']} reads")
     return 0
 
 
 def cmd_profile(args: argparse.Namespace, endpoints: Endpoints) -> int:
-    target, stub = endpoints.settings.profile_target, profile_pb2_grpc.ProfileServiceStub
-    if args.action == "get":
-        reply = _call(endpoints, target, stub, "GetProfile", profile_pb2.GetProfileRequest(user=args.user))
-        _show(reply, args.json, lambda d: "\n".join(f"{k}: {v}" for k, v in sorted(d["fields"].items())))
-        return 0
-    if args.action == "delete":
-        reply = _call(endpoints, target, stub, "DeleteProfile", profile_pb2.DeleteProfileRequest(user=args.user))
-    else:
-        fields = _fields(args.fields)
-        if not fields:
-            raise UsageError(f"profile {args.action} needs at least one NAME=VALUE field")
-        method, request_class = (
-            ("CreateProfile", profile_pb2.CreateProfileRequest)
-            if args.action == "create"
-            else ("UpdateProfile", profile_pb2.UpdateProfileRequest)
-        )
-        reply = _call(endpoints, target, stub, method, request_class(user=args.user, fields=fields))
-    _show(reply, args.json, lambda d: d["message"])
+    with _profiles(endpoints) as profiles:
+        if args.action == "get":
+            profile = profiles.get(args.user)
+            data = {"user": profile.user, "fields": profile.fields}
+            _show(data, args.json, lambda d: "\n".join(f"{k}: {v}" for k, v in sorted(d["fields"].items())))
+            return 0
+        if args.action == "delete":
+            profiles.delete(args.user)
+            message = f"Profile deleted for {args.user}"
+        else:
+            fields = _fields(args.fields)
+            if not fields:
+                raise UsageError(f"profile {args.action} needs at least one NAME=VALUE field")
+            if args.action == "create":
+                profiles.create(args.user, fields)
+                message = f"Profile created for: {args.user}"
+            else:
+                profiles.update(args.user, fields)
+                message = f"Profile updated for {args.user}"
+    _show({"message": message}, args.json, lambda d: d["message"])
     return 0
 
 
@@ -171,11 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except grpc.RpcError as error:
-        call = cast(grpc.Call, error)  # what a failed call raises is both
-        code = call.code()
-        if code == grpc.StatusCode.UNAVAILABLE and "connect" in (call.details() or "").lower():
-            print(f"error: nothing answers at {call.details()} — is profilemesh running (make run)?", file=sys.stderr)
+    except ProfilemeshError as error:
+        if isinstance(error, Unavailable) and not error.reason and "connect" in error.message.lower():
+            print(f"error: nothing answers at {error.message} — is profilemesh running (make run)?", file=sys.stderr)
             return 2
-        print(f"error: {code.name}: {call.details()}", file=sys.stderr)
+        print(f"error: {error.code.name}: {error.message}", file=sys.stderr)
         return 1

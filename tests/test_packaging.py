@@ -84,6 +84,9 @@ def test_the_wheel_holds_the_generated_code_and_the_data_files(wheel: Path) -> N
     for script in ROOT.glob("*/scripts/*.lua"):
         assert str(script.relative_to(ROOT)) in names
     assert "gateway/static/dashboard.html" in names
+    # The hand-written client beside the generated code, in the one namespace package (no __init__ at its top).
+    assert {"profilemesh/client/__init__.py", "profilemesh/client/aio.py"} <= names
+    assert "profilemesh/__init__.py" not in names
     assert not any(name.startswith(("tests/", "bench/", "localdev/")) for name in names)
 
 
@@ -107,14 +110,16 @@ def test_every_console_script_answers_help_from_the_fresh_venv(venv: Path, tmp_p
         [
             venv / "python",
             "-c",
-            "import common, profilemesh.profile.v1.profile_pb2 as m; print(common.__file__, m.__file__)",
+            "import common, profilemesh.profile.v1.profile_pb2 as m, profilemesh.client as c; "
+            "print(common.__file__, m.__file__, c.__file__, c.ProfileClient.__name__)",
         ],
         cwd=tmp_path,
         capture_output=True,
         text=True,
         check=True,
     ).stdout.split()
-    assert all(path.startswith(str(venv.parent)) for path in where), where
+    assert where[-1] == "ProfileClient"
+    assert all(path.startswith(str(venv.parent)) for path in where[:-1]), where
 
 
 def test_the_installed_gateway_serves_and_stops_on_sigterm(venv: Path, tmp_path: Path) -> None:

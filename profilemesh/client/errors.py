@@ -131,6 +131,7 @@ BY_REASON: dict[str, type[ProfilemeshError]] = {
     "OUTCOME_UNKNOWN": OutcomeUnknown,
     "TOO_MANY_REQUESTS": TooManyRequests,
     "TOO_MANY_STREAMS": TooManyStreams,
+    "TOO_MANY_STREAMS_FROM_CLIENT": TooManyStreams,
     "STREAM_ENDED": StreamEnded,
     "EVENTS_TRIMMED": EventsTrimmed,
     "EVENTS_HISTORY_CHANGED": EventsHistoryChanged,

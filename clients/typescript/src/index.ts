@@ -57,6 +57,7 @@ export const BY_REASON: Record<string, ErrorClass> = {
   OUTCOME_UNKNOWN: OutcomeUnknown,
   TOO_MANY_REQUESTS: TooManyRequests,
   TOO_MANY_STREAMS: TooManyStreams,
+  TOO_MANY_STREAMS_FROM_CLIENT: TooManyStreams,
   STREAM_ENDED: StreamEnded,
   EVENTS_TRIMMED: EventsTrimmed,
   EVENTS_HISTORY_CHANGED: EventsHistoryChanged,

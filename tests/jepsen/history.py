@@ -75,14 +75,17 @@ class Op:
         if self.complete_s is not None and self.complete_s < self.invoke_s:
             raise HistoryError(f"complete_s ({self.complete_s}) is before invoke_s ({self.invoke_s})")
         if self.value is not None and not (
-            isinstance(self.value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in self.value.items())
+            isinstance(self.value, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in self.value.items())
         ):
             raise HistoryError("value must be an object of string fields, or null")
         if self.result == "ok":
             if self.complete_s is None:
                 raise HistoryError("an ok operation needs complete_s")
             if self.outcome not in _OUTCOMES_OF[self.f]:
-                raise HistoryError(f"outcome of an ok {self.f} must be one of {_OUTCOMES_OF[self.f]}, got {self.outcome!r}")
+                raise HistoryError(
+                    f"outcome of an ok {self.f} must be one of {_OUTCOMES_OF[self.f]}, got {self.outcome!r}"
+                )
         elif self.outcome is not None:
             raise HistoryError(f"outcome must be null when result is {self.result}")
         if self.f in ("create", "update") and not self.value:

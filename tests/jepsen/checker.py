@@ -16,7 +16,8 @@ sound (it never turns a linearizable history into a violation or back):
 
 - `fail` operations and `unknown` reads are left out: they constrain nothing.
 - Writes carry unique values, so an `unknown` create/update whose value some `ok` read returned took
-  effect, before that read completed: it is checked as an `ok` one completing then.
+  effect, before that read completed: it is checked as an `ok` one completing then (a value two
+  writes share proves nothing, and is left alone).
 - An `unknown` update whose values no read returned is left out: had it taken effect, every later
   read would have shown its values until they were overwritten or deleted, so leaving it out
   changes no read.
@@ -25,6 +26,11 @@ sound (it never turns a linearizable history into a violation or back):
   operation left out.
 - Pending `unknown` deletes are interchangeable (so are unobserved `unknown` creates of the same
   field names): only the earliest invoked one of each class is tried at each step.
+- An operation that changes nothing (a read, an answer of exists or not_found) and agrees with the
+  state now is placed now, without trying the alternatives: moved to the front of any successful
+  continuation, it still fits the model and the real-time order.
+
+`tests/unit/test_checker.py` checks every verdict against a search with none of this pruning.
 
 A history that is not linearizable is reported with the earliest completion time at which the
 history so far (operations still in flight then count as unknown) already has no linearization:
@@ -157,7 +163,7 @@ class Result:
         bad = [k for k in self.keys if not k.linearizable]
         slowest = max(self.keys, key=lambda k: k.seconds, default=None)
         lines = [
-            f"{n} operations on {len(self.keys)} keys ({unknown} unknown outcomes) checked in {self.seconds:.2f} s:"
+            f"{n} operations on {len(self.keys)} key(s) ({unknown} unknown outcomes) checked in {self.seconds:.2f} s:"
             + (" linearizable" if not bad else f" NOT linearizable on {len(bad)} key(s)")
         ]
         if slowest is not None:
@@ -400,7 +406,7 @@ def _search(ops: list[_COp], explain: bool = False) -> _SearchResult:
         if advanced:
             continue
         if explain:
-            depth = sum(1 for h in path if h < n_req)
+            depth = n_req - remaining
             if depth > best_depth:
                 best_depth = depth
                 result.deepest = [allops[h] for h in path]
@@ -508,13 +514,13 @@ def _window(ops: Sequence[Op], culprit: Op, res: _SearchResult, limit: int = 40)
     changes.sort(key=lambda o: o.complete_s or 0.0)
     for op in changes[-2:]:
         chosen[id(op)] = op
-    # The last operations of the longest linearized prefix (what the search settled on before it).
-    for c in res.deepest[-3:]:
-        chosen[id(c.src)] = c.src
     lo = min(op.invoke_s for op in chosen.values())
     for op in ops:  # unknown operations invoked within the window: they may have taken effect in it
         if op.result == "unknown" and lo <= op.invoke_s <= end:
             chosen[id(op)] = op
+    # The last acknowledged operations of the longest linearized prefix (what the search settled on).
+    for c in [c for c in res.deepest if c.src.result == "ok"][-3:]:
+        chosen[id(c.src)] = c.src
     if culprit.value is not None:  # and the writes of the values it returned, however old
         wanted = set(culprit.value.items())
         for op in ops:

@@ -505,21 +505,15 @@ def test_statistics_bounds_of_the_current_life() -> None:
 
 @pytest.mark.parametrize(
     ("reads", "totals", "what"),
+    # A read lost, one counted twice, an ALREADY_EXISTS counted, a failed update counted, a delete lost,
+    # a NOT_FOUND read counted.
     [
-        (1, {"create": 2, "update": 0, "delete": 1, "read": 4}, "read count 1 outside [2, 3]"),  # a read lost
-        (4, {"create": 2, "update": 0, "delete": 1, "read": 4}, "read count 4 outside [2, 3]"),  # counted twice
-        (
-            2,
-            {"create": 3, "update": 0, "delete": 1, "read": 4},
-            "total create: 3 outside [2, 2]",
-        ),  # an ALREADY_EXISTS counted
-        (
-            2,
-            {"create": 2, "update": 1, "delete": 1, "read": 4},
-            "total update: 1 outside [0, 0]",
-        ),  # a failed update counted
-        (2, {"create": 2, "update": 0, "delete": 0, "read": 4}, "total delete: 0 outside [1, 1]"),  # a delete lost
-        (2, {"create": 2, "update": 0, "delete": 1, "read": 6}, "total read: 6 outside [4, 5]"),  # a NOT_FOUND counted
+        (1, {"create": 2, "update": 0, "delete": 1, "read": 4}, "read count 1 outside [2, 3]"),
+        (4, {"create": 2, "update": 0, "delete": 1, "read": 4}, "read count 4 outside [2, 3]"),
+        (2, {"create": 3, "update": 0, "delete": 1, "read": 4}, "total create: 3 outside [2, 2]"),
+        (2, {"create": 2, "update": 1, "delete": 1, "read": 4}, "total update: 1 outside [0, 0]"),
+        (2, {"create": 2, "update": 0, "delete": 0, "read": 4}, "total delete: 0 outside [1, 1]"),
+        (2, {"create": 2, "update": 0, "delete": 1, "read": 6}, "total read: 6 outside [4, 5]"),
     ],
 )
 def test_statistics_violations(reads: int, totals: dict[str, int], what: str) -> None:
@@ -590,14 +584,15 @@ def test_history_round_trip_and_bad_records() -> None:
     assert list(iter_load(buf.getvalue().splitlines())) == ops
     assert dumps(ops) == buf.getvalue()
     good = ops[0].to_json()
-    for change, field_name in [
+    bad: list[tuple[dict[str, object], str]] = [
         ({"f": "upsert"}, "f must be"),
         ({"result": "ok", "outcome": "maybe"}, "outcome of an ok create"),
         ({"result": "unknown"}, "outcome must be null"),
         ({"complete_s": -1.0}, "complete_s"),
         ({"value": {"a": 1}}, "value must be"),
         ({"colour": "red"}, "unknown field"),
-    ]:
+    ]
+    for change, field_name in bad:
         with pytest.raises(HistoryError, match=field_name):
             list(iter_load(["", json.dumps({**good, **change})]))
     with pytest.raises(HistoryError, match="line 2"):

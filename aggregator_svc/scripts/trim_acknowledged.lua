@@ -1,12 +1,16 @@
 -- Bound the partition's memory: trim stream entries that every group has acknowledged,
 -- forget tombstones that no unapplied event can predate, drop idle consumers with nothing pending.
--- KEYS[1] event stream, KEYS[2] tombstones (hash), KEYS[3] tombstones by time (sorted set)
+-- KEYS[1] event stream, KEYS[2] tombstones (hash), KEYS[3] tombstones by time (sorted set),
+-- KEYS[4] recounts in progress (hash, see recount_step.lua)
 -- ARGV[1] this aggregator's group, ARGV[2] idle time (ms) after which an empty consumer is dropped,
 -- ARGV[3] retention (ms, default 0): acknowledged entries younger than this are kept for WatchProfileEvents subscribers
--- Unacknowledged entries are never trimmed. Returns the number of entries trimmed.
+-- Unacknowledged entries are never trimmed, nor entries a recount has still to read.
+-- Returns {entries trimmed, 1 if more entries or tombstones are due than one run trims or forgets
+-- (MAX_TRIM, MAX_FORGET): run again}.
 
+local MAX_FORGET, MAX_TRIM = 500, 10000
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  return 0
+  return {0, 0}
 end
 
 -- The oldest entry some group still needs: its oldest pending entry, or the one after
@@ -22,7 +26,7 @@ for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
   end
 end
 if keep_from == nil then
-  return 0
+  return {0, 0}
 end
 
 -- Retention for subscribers (issue 14): never trim entries younger than ARGV[3] ms, so a subscriber can
@@ -33,10 +37,24 @@ local trim_to = keep_from
 if older(retain_from, trim_to) then
   trim_to = retain_from
 end
-local trimmed = redis.call('XTRIM', KEYS[1], 'MINID', trim_to)
+-- A recount in progress reads the entries after its cursor.
+local head = tonumber(redis.call('HGET', KEYS[4], 'head') or '0')
+local tail = tonumber(redis.call('HGET', KEYS[4], 'tail') or '0')
+for n = head, tail - 1 do
+  local job = redis.call('HGET', KEYS[4], 'job:' .. n)
+  local cursor = job and string.match(job, '^(%S+) ')
+  if cursor and older(cursor, trim_to) then trim_to = cursor end
+end
+-- At most MAX_TRIM entries a run, so a run's time is bounded however far behind trimming is: whole
+-- stream nodes first (`~` with LIMIT), then, once they are done, the rest exactly (part of one node).
+local trimmed = redis.call('XTRIM', KEYS[1], 'MINID', '~', trim_to, 'LIMIT', MAX_TRIM)
+local more = trimmed > MAX_TRIM / 2  -- nodes hold at most 100 entries (stream-node-max-entries)
+if not more then
+  trimmed = trimmed + redis.call('XTRIM', KEYS[1], 'MINID', trim_to)
+end
 
 local before_ms = tonumber(string.match(keep_from, '(%d+)-')) - 1
-local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', before_ms, 'LIMIT', 0, 1000)
+local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', before_ms, 'LIMIT', 0, MAX_FORGET)
 if #expired > 0 then
   redis.call('HDEL', KEYS[2], unpack(expired))
   redis.call('ZREM', KEYS[3], unpack(expired))
@@ -47,4 +65,4 @@ for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
     redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], field(consumer, 'name'))
   end
 end
-return trimmed
+return {trimmed, (more or #expired == MAX_FORGET) and 1 or 0}

@@ -128,10 +128,10 @@ class Entry:
     id: str
     user: str | None
     kind: str  # an event type, or "malformed"
+    key: tuple[int, int] = (0, 0)  # the id as numbers, to compare
 
-    @property
-    def key(self) -> tuple[int, int]:
-        return id_key(self.id)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", id_key(self.id))
 
 
 class Run:
@@ -371,13 +371,14 @@ class Run:
         problems = []
 
         want_totals: dict[str, int] = {}
-        tombstones: dict[str, str] = {}
+        latest: dict[str, Entry] = {}
         for e in applied:
             if e.user is None:
                 continue
             want_totals[e.kind] = want_totals.get(e.kind, 0) + 1
-            if e.kind == "delete" and (e.user not in tombstones or id_key(tombstones[e.user]) < e.key):
-                tombstones[e.user] = e.id
+            if e.kind == "delete" and (e.user not in latest or latest[e.user].key < e.key):
+                latest[e.user] = e
+        tombstones = {user: e.id for user, e in latest.items()}
         if {kind: int(n) for kind, n in totals.items()} != want_totals:
             problems.append(f"totals {totals}, expected {want_totals}")
 
@@ -409,8 +410,8 @@ class Run:
         for e in applied:
             if e.kind != "read" or e.user is None:
                 continue
-            since = tombstones.get(e.user)
-            if since is not None and e.key <= id_key(since):
+            since = latest.get(e.user)
+            if since is not None and e.key <= since.key:
                 continue
             job = jobs.get(e.user)
             if job is not None and job[0] < e.key <= job[1]:

@@ -114,7 +114,7 @@ def report(name: str, repetitions: list[list[float]]) -> None:
     print(
         f"\n{name}: {len(repetitions)} x {aligned} scripts, p50 {statistics.median(everything):.2f} ms, "
         f"p99 {everything[max(0, math.ceil(0.99 * len(everything)) - 1)]:.2f} ms, max {everything[-1]:.2f} ms; "
-        f"slowest script at its least {max(least):.2f} ms"
+        f"slowest script at its least {max(least):.2f} ms (script {least.index(max(least)) + 1})"
     )
     assert max(least) < BOUND_MS, f"{name}: a script ran {max(least):.1f} ms every time"
 

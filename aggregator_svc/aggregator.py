@@ -10,6 +10,7 @@ only its own partitions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -28,6 +29,9 @@ log = logging.getLogger(__name__)
 SCRIPTS = Path(__file__).parent / "scripts"
 APPLY_SCRIPT = SCRIPTS / "apply_events.lua"
 TRIM_SCRIPT = SCRIPTS / "trim_acknowledged.lua"
+RECOUNT_SCRIPT = SCRIPTS / "recount_step.lua"
+# Entries one recount step reads: keeps each step's script well under 50 ms (tests/test_script_time.py).
+RECOUNT_STEP = 500
 RETRY_S = 0.5
 # Consumers with nothing pending and idle this long (a crashed or retired replica) are removed.
 FORGET_CONSUMER_AFTER_MS = 10 * 60 * 1000
@@ -43,6 +47,7 @@ def apply_keys(partition: int) -> list[str]:
         keys.totals_key(partition),
         keys.deleted_key(partition),
         keys.deleted_at_key(partition),
+        keys.recount_key(partition),
     ]
 
 
@@ -52,8 +57,14 @@ def trim_keys(partition: int) -> list[str]:
         keys.events_key(partition),
         keys.deleted_key(partition),
         keys.deleted_at_key(partition),
+        keys.recount_key(partition),
         keys.trimmed_key(partition),
     ]
+
+
+def recount_keys(partition: int) -> list[str]:
+    """The keys recount_step.lua takes, in its order."""
+    return [keys.events_key(partition), keys.reads_key(partition), keys.recount_key(partition)]
 
 
 class Aggregator:
@@ -72,6 +83,9 @@ class Aggregator:
         self.block_ms = max(settings.redis_timeout_ms // 2, 10)
         self._apply = cluster.script(APPLY_SCRIPT)
         self._trim = cluster.script(TRIM_SCRIPT)
+        self._recount_step = cluster.script(RECOUNT_SCRIPT)
+        # Set when an apply queued a recount on the partition, so its recount loop starts at once.
+        self._recount_due = {partition: asyncio.Event() for partition in self.partitions}
 
     async def run(self) -> None:
         """Consume every partition until cancelled; an unexpected failure of one loop ends them all (a task
@@ -79,10 +93,11 @@ class Aggregator:
         async with asyncio.TaskGroup() as loops:
             for partition in self.partitions:
                 loops.create_task(self._consume(partition))
-                # Each partition is reclaimed and trimmed on its own schedule: one on a shard that is down
-                # fails alone, and waiting out its timeouts holds up no other partition.
+                # Each partition is reclaimed, trimmed and recounted on its own schedule: one on a shard that
+                # is down fails alone, and waiting out its timeouts holds up no other partition.
                 loops.create_task(self._every(self.claim_idle_ms / 4000, "reclaim", self._reclaim, partition))
                 loops.create_task(self._every(self.maintenance_s, "maintenance", self._maintain, partition))
+                loops.create_task(self._recounts(partition))
 
     async def _ensure_group(self, partition: int) -> None:
         """Create the group from the stream's first entry, so events written before any aggregator ran count."""
@@ -152,11 +167,11 @@ class Aggregator:
     async def _take(self, partition: int) -> tuple[int, str]:
         """Take the group's next entries for us, apply and acknowledge them: one script, their content stays in
         the cluster. Returns how many were taken and the group's last delivered id."""
-        applied, gone, taken, last_delivered = await self.cluster.run_on_primary(
+        applied, gone, taken, last_delivered, malformed, queued = await self.cluster.run_on_primary(
             self._apply, apply_keys(partition), [self.group, ">", self.consumer, self.batch]
         )
         if taken:
-            self._count(partition, int(applied), int(gone))
+            self._count(partition, int(applied), int(gone), malformed, int(queued))
         return int(taken), last_delivered.decode() if isinstance(last_delivered, bytes) else str(last_delivered)
 
     async def _apply_entries(self, partition: int, entries: list[Entry]) -> int:
@@ -164,13 +179,30 @@ class Aggregator:
         if not entries:
             return 0
         ids = [entry_id for entry_id, _ in entries]
-        applied, gone = await self.cluster.run(self._apply, apply_keys(partition), [self.group, *ids])
-        self._count(partition, int(applied), int(gone))
+        applied, gone, malformed, queued = await self.cluster.run(
+            self._apply, apply_keys(partition), [self.group, *ids]
+        )
+        self._count(partition, int(applied), int(gone), malformed, int(queued))
         return int(applied)
 
-    @staticmethod
-    def _count(partition: int, applied: int, gone: int) -> None:
-        """Export a batch's figures; say when pending entries were trimmed before anyone applied them."""
+    def _count(self, partition: int, applied: int, gone: int, malformed: list[Any], queued: int) -> None:
+        """Export a batch's figures; say when pending entries were trimmed before anyone applied them, or
+        were malformed (acknowledged and skipped: they can never become valid, and left pending they would
+        be reclaimed for ever and hold back trimming)."""
+        if queued:
+            self._recount_due[partition].set()
+        if malformed:
+            shown = ", ".join(
+                entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id) for entry_id in malformed[:5]
+            )
+            log.error(
+                "partition %d: %d malformed entries (no user, or an unknown type) acknowledged without counting: %s%s",
+                partition,
+                len(malformed),
+                shown,
+                ", ..." if len(malformed) > 5 else "",
+            )
+            metrics.EVENTS_MALFORMED.inc(len(malformed))
         if gone:
             log.warning(
                 "partition %d: %d pending entries were no longer in the stream (trimmed); "
@@ -203,10 +235,37 @@ class Aggregator:
                 break
 
     async def _maintain(self, partition: int) -> None:
-        await self.cluster.run(
-            self._trim, trim_keys(partition), [self.group, FORGET_CONSUMER_AFTER_MS, self.retention_ms]
-        )
-        metrics.TRIMS.inc()
+        # One run forgets a bounded number of tombstones; run again until it has forgotten every one due,
+        # so forgetting keeps up with any delete rate.
+        while True:
+            _, more = await self.cluster.run(
+                self._trim, trim_keys(partition), [self.group, FORGET_CONSUMER_AFTER_MS, self.retention_ms]
+            )
+            metrics.TRIMS.inc()
+            if not int(more):
+                return
+
+    async def _recounts(self, partition: int) -> None:
+        """Walk the partition's recounts in bounded steps: at once when an apply queued one, and every
+        maintenance interval for those another replica queued or left half done."""
+        due = self._recount_due[partition]
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(due.wait(), self.maintenance_s)
+            due.clear()
+            try:
+                while True:
+                    _, more = await self.cluster.run(
+                        self._recount_step, recount_keys(partition), [self.group, RECOUNT_STEP]
+                    )
+                    metrics.RECOUNT_STEPS.inc()
+                    if not int(more):
+                        break
+            except ResponseError as error:
+                if "NOGROUP" not in str(error):
+                    log.warning("recount of partition %d: %s", partition, error)
+            except CLUSTER_FAILURES as error:
+                log.warning("recount of partition %d: cluster unavailable: %r", partition, error)
 
     @staticmethod
     async def _every(interval_s: float, job: str, work: Callable[[int], Awaitable[None]], partition: int) -> None:

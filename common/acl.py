@@ -39,9 +39,9 @@ _ROLES = {
     "aggregator_svc": (
         f"~{keys.EVENTS_PREFIX}* ~{keys.STATS_PREFIX}* {_PARTITIONS_READ} {_CLIENT} {_SCRIPTS} "
         "+xgroup|create +xgroup|delconsumer +xreadgroup +xread +xautoclaim +xack +xpending +xinfo|groups "
-        "+xinfo|consumers +xinfo|stream +xlen +xrange +xrevrange +xtrim +exists +time "
-        # apply_events.lua and trim_acknowledged.lua write the statistics.
-        "+hget +hset +hdel +hincrby +zincrby +zadd +zrem +zrangebyscore"
+        "+xinfo|consumers +xinfo|stream +xlen +xrange +xtrim +exists +time "
+        # apply_events.lua, recount_step.lua and trim_acknowledged.lua write the statistics.
+        "+hget +hmget +hset +hdel +hincrby +zincrby +zadd +zrem +zrangebyscore"
     ),
     # Read-only by its commands: EVALSHA declares its keys read-write (Redis 7.0 refuses it on %R~ keys),
     # so the key pattern can't say it; none of the commands it is allowed writes.

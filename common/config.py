@@ -124,7 +124,13 @@ class Settings:
     aggregator_consumer: str = setting(
         "", "this replica's consumer name", factory=_consumer_name, shown="`<hostname>-<pid>`"
     )
-    aggregator_batch: int = setting(500, "entries per read and per apply script", minimum=1)
+    aggregator_batch: int = setting(
+        250,
+        "entries per read and per apply script; at most 250, which bounds an apply script's time (apply_events.lua"
+        " enforces the same maximum)",
+        minimum=1,
+        maximum=250,
+    )
     aggregator_claim_idle_ms: int = setting(
         10000, "how long an entry may stay pending before another replica reclaims it", minimum=1
     )

@@ -69,3 +69,8 @@ def deleted_key(partition: int) -> str:
 def deleted_at_key(partition: int) -> str:
     """Sorted set: the same tombstones by time, so maintenance can forget the old ones."""
     return f"{STATS_PREFIX}deleted-at:{tag(partition)}"
+
+
+def recount_key(partition: int) -> str:
+    """Hash: the partition's recounts in progress (aggregator_svc/scripts/recount_step.lua lays it out)."""
+    return f"{STATS_PREFIX}recount:{tag(partition)}"

@@ -71,6 +71,10 @@ EVENTS_APPLIED = Counter("profilemesh_aggregator_events_applied", "events counte
 BATCHES = Counter("profilemesh_aggregator_batches", "batches applied (one apply script each)")
 RECLAIMED = Counter("profilemesh_aggregator_reclaimed_entries", "entries taken over from a stalled consumer")
 TRIMS = Counter("profilemesh_aggregator_trims", "trim runs over a partition's stream")
+EVENTS_MALFORMED = Counter(
+    "profilemesh_aggregator_events_malformed", "entries without a user or with an unknown type, acknowledged unapplied"
+)
+RECOUNT_STEPS = Counter("profilemesh_aggregator_recount_steps", "recount steps run (recount_step.lua)")
 STREAM_LENGTH = Gauge("profilemesh_stream_length_entries", "entries in a partition's event stream", ["partition"])
 LAG = Gauge("profilemesh_aggregator_lag_entries", "entries not yet delivered to the consumer group", ["partition"])
 PENDING = Gauge("profilemesh_aggregator_pending_entries", "entries delivered but not yet acknowledged", ["partition"])

@@ -16,13 +16,13 @@ import pytest
 import redis
 from redis.commands.core import Script
 
-from aggregator_svc.aggregator import APPLY_SCRIPT
+from aggregator_svc.aggregator import APPLY_SCRIPT, RECOUNT_SCRIPT, TRIM_SCRIPT
 from common.scripts import script_source
 from tests.aggregation_model import GROUP, PartitionKeys, run_parallel
 
 RUNS = int(os.environ.get("PROFILEMESH_MODEL_RUNS", "5000"))
 BOUND_MS = 500
-BATCH = 500  # the aggregator's default batch size
+BATCH = 250  # the aggregator's default (and largest) batch size
 
 
 def test_random_interleavings_count_like_a_sequential_replay(node: redis.Redis) -> None:
@@ -43,6 +43,8 @@ class Partition:
         self.keys = PartitionKeys(tag)
         self.events, self.reads = self.keys.apply_keys[0], self.keys.apply_keys[1]
         self.apply_script: Script = node.register_script(script_source(APPLY_SCRIPT))
+        self.recount_script: Script = node.register_script(script_source(RECOUNT_SCRIPT))
+        self.trim_script: Script = node.register_script(script_source(TRIM_SCRIPT))
         node.delete(*self.keys.apply_keys)
         node.xgroup_create(self.events, GROUP, id="0", mkstream=True)
 
@@ -57,8 +59,17 @@ class Partition:
         return [entry_id for _, entries in reply or () for entry_id, _ in entries]
 
     def apply(self, ids: list[str]) -> int:
-        applied, _ = self.apply_script(keys=self.keys.apply_keys, args=[GROUP, *ids], client=self.node)
+        """Apply by id as the aggregator does, and walk the recount it may leave."""
+        applied, _, _, queued = self.apply_script(keys=self.keys.apply_keys, args=[GROUP, *ids], client=self.node)
+        if queued:
+            self.recount()
         return int(applied)
+
+    def recount(self) -> None:
+        while True:
+            _, more = self.recount_script(keys=self.keys.recount_keys, args=[GROUP, 500], client=self.node)
+            if not more:
+                return
 
     def apply_everything(self, consumer: str = "setup") -> None:
         while ids := self.deliver(consumer):
@@ -143,15 +154,15 @@ def test_reclaimed_deletes_with_many_later_entries(node: redis.Redis, timed: lis
     assert node.xpending(part.events, GROUP)["pending"] == 0
 
 
-def test_one_batch_of_500_deletes(node: redis.Redis, timed: list[float]) -> None:
+def test_one_batch_of_the_largest_size_of_deletes(node: redis.Redis, timed: list[float]) -> None:
     part = Partition(node, "{cost-batch}")
-    users = [f"u{i}" for i in range(500)]
+    users = [f"u{i}" for i in range(BATCH)]
     part.append([(user, kind) for user in users for kind in ("create", "read", "read", "read")])
     part.apply_everything()
     part.append([(user, "delete") for user in users])
 
     measure(node, timed, lambda: part.apply(part.deliver("one")))
-    report("one batch of 500 deletes", timed)
+    report(f"one batch of {BATCH} deletes", timed)
     assert node.zcard(part.reads) == 0
 
 
@@ -161,7 +172,109 @@ def test_an_entry_trimmed_while_pending_is_acknowledged_not_counted(node: redis.
     part.append([("ann", "create"), ("ann", "read")])
     create, read = part.deliver("c")
     node.xdel(part.events, read)
-    applied, gone = part.apply_script(keys=part.keys.apply_keys, args=[GROUP, create, read], client=node)
+    applied, gone, *_ = part.apply_script(keys=part.keys.apply_keys, args=[GROUP, create, read], client=node)
     assert (applied, gone) == (1, 1)
     assert node.xpending(part.events, GROUP)["pending"] == 0
     assert part.score("ann") is None
+
+
+def test_a_malformed_entry_is_acknowledged_and_skipped_and_the_rest_counted(node: redis.Redis) -> None:
+    """Lua does not roll back: nothing may fail midway. A malformed entry can never become valid, so it is
+    acknowledged (else it is reclaimed for ever and holds back trimming), returned, and counts nowhere."""
+    part = Partition(node, "{malformed}")
+    part.append([("ann", "create"), ("ann", "read")])
+    node.xadd(part.events, {"type": "read", "ts": "0"})  # no user
+    node.xadd(part.events, {"user": "ann", "type": "bogus", "ts": "0"})  # unknown type
+    node.xadd(part.events, {"user": "ann", "ts": "0"})  # no type
+    part.append([("ann", "read")])
+    ids = [entry_id for entry_id, _ in node.xrange(part.events)]
+    part.deliver("c")
+    applied, gone, malformed, queued = part.apply_script(keys=part.keys.apply_keys, args=[GROUP, *ids])
+    assert (applied, gone, malformed, queued) == (3, 0, ids[2:5], 0)
+    assert part.score("ann") == 2
+    assert node.hgetall(part.keys.apply_keys[2]) == {"create": "1", "read": "2"}
+    assert node.xpending(part.events, GROUP)["pending"] == 0
+    # The same through a take.
+    node.xadd(part.events, {"type": "delete", "ts": "0"})
+    part.append([("ann", "read")])
+    reply = part.apply_script(keys=part.keys.apply_keys, args=[GROUP, ">", "c", BATCH])
+    assert reply[:3] == [1, 0, 2] and len(reply[4]) == 1
+    assert part.score("ann") == 3
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["1-0", "not-an-id"], ["1-0", ""], [">", "c", "0"], [">", "c", str(BATCH + 1)], [">", "", "1"], [">", "c", "1.5"]],
+)
+def test_bad_arguments_are_refused_before_anything_is_written(node: redis.Redis, args: list[str]) -> None:
+    part = Partition(node, "{bad-args}")
+    part.append([("ann", "create"), ("ann", "read")])
+    first, second = part.deliver("c")
+    args = [second if arg == "1-0" else arg for arg in args]
+    with pytest.raises(redis.ResponseError, match="apply_events"):
+        part.apply_script(keys=part.keys.apply_keys, args=[GROUP, *args])
+    assert node.xpending(part.events, GROUP)["pending"] == 2
+    assert node.exists(*part.keys.apply_keys[1:]) == 0
+    with pytest.raises(redis.ResponseError, match="at most"):
+        part.apply_script(keys=part.keys.apply_keys, args=[GROUP, *[first] * (BATCH + 1)])
+
+
+def test_a_repeated_id_is_one_entry_and_defeats_no_contiguity_test(node: redis.Redis) -> None:
+    """ids [delete, create, read, read] with a pending read between: the span from the first id to the last has
+    four entries and the batch four ids, but the read between is not the batch's: it must not count."""
+    part = Partition(node, "{repeated}")
+    part.append([("ann", "create"), ("ann", "read")])
+    part.apply_everything()
+    part.append([("ann", "delete"), ("ann", "create"), ("ann", "read"), ("ann", "read")])
+    delete, create, pending_read, read = part.deliver("c")
+    applied, *_ = part.apply_script(keys=part.keys.apply_keys, args=[GROUP, delete, create, read, read])
+    assert applied == 3
+    part.recount()
+    assert part.score("ann") == 1  # the read still pending is not counted
+    assert part.apply([pending_read]) == 1
+    assert part.score("ann") == 2
+
+
+def test_a_recount_in_steps_counts_reads_applied_meanwhile_once(node: redis.Redis) -> None:
+    """A late delete queues a recount; while it is walked in steps of one entry, reads on both sides of its
+    cursor are applied by other batches: each counts once, whichever side it falls."""
+    part = Partition(node, "{steps}")
+    part.append([("ann", "create"), ("ann", "read")])
+    part.apply_everything()
+    part.append([("ann", "delete")])
+    [delete] = part.deliver("dead")
+    part.append([("ann", "create")] + [("ann", "read")] * 6)
+    create, *reads = part.deliver("alive")
+    part.apply([create, reads[0], reads[3]])  # applied before the recount is queued
+    applied, _, _, queued = part.apply_script(keys=part.keys.apply_keys, args=[GROUP, delete])
+    assert (applied, queued) == (1, 1)
+
+    def step() -> int:
+        _, more = part.recount_script(keys=part.keys.recount_keys, args=[GROUP, 3])
+        return int(more)
+
+    assert step() == 1  # the cursor is past create, reads[0] (counted) and reads[1] (pending: not counted)
+    part.apply([reads[1], reads[4]])  # one behind the cursor (counted now), one ahead (counted by the walk)
+    while step():
+        pass
+    part.apply([reads[2], reads[5]])  # after the walk: counted as usual
+    assert part.score("ann") == 6
+    assert node.exists(part.keys.recount_keys[2]) == 0
+
+
+def test_maintenance_forgets_any_number_of_tombstones_in_bounded_runs(node: redis.Redis) -> None:
+    part = Partition(node, "{forget}")
+    users = [f"u{i}" for i in range(1200)]
+    part.append([(user, kind) for user in users for kind in ("create", "delete")])
+    part.apply_everything()
+    part.append([("late", "create")])
+    node.xadd(part.events, {"user": "late", "type": "read", "ts": "0"}, id=f"{2**42}-0")  # far later
+    part.apply_everything()
+    runs = 0
+    while True:
+        runs += 1
+        _, more = part.trim_script(keys=part.keys.trim_keys, args=[GROUP, 600_000, 0])
+        if not more:
+            break
+    assert runs == 3  # 500 + 500 + 200
+    assert node.hlen(part.keys.apply_keys[3]) == 0 and node.zcard(part.keys.apply_keys[4]) == 0

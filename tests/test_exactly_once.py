@@ -205,7 +205,7 @@ def test_every_read_counted_exactly_once(fresh_system: System, fresh_client: Red
             apply = fresh_client.register_script(script_source(APPLY_SCRIPT))
             for partition, entries in run.ghost_entries.items():
                 args = [GROUP] + [entry_id for entry_id, _ in entries]
-                assert apply(keys=apply_keys(partition), args=args, client=fresh_client) == [0, 0]
+                assert apply(keys=apply_keys(partition), args=args, client=fresh_client) == [0, 0, [], 0]
 
             for user in USERS:
                 stats = reporting.GetProfileStats(reporting_pb2.GetProfileStatsRequest(user=user), timeout=10)

@@ -63,6 +63,8 @@ def test_every_integer_setting_refuses_a_negative_value(name: str) -> None:
     [
         ("PROFILEMESH_PARTITIONS", "0", "PROFILEMESH_PARTITIONS must be 1..1024, got 0"),
         ("PROFILEMESH_PARTITIONS", "1025", "PROFILEMESH_PARTITIONS must be 1..1024, got 1025"),
+        ("PROFILEMESH_AGGREGATOR_BATCH", "251", "PROFILEMESH_AGGREGATOR_BATCH must be 1..250, got 251"),
+        ("PROFILEMESH_AGGREGATOR_BATCH", "0", "PROFILEMESH_AGGREGATOR_BATCH must be 1..250, got 0"),
         ("PROFILEMESH_MAX_STREAMS", "0", "PROFILEMESH_MAX_STREAMS must be at least 1, got 0"),
         ("PROFILEMESH_WATCH_INTERVAL_MS", "0", "PROFILEMESH_WATCH_INTERVAL_MS must be at least 1, got 0"),
         ("PROFILEMESH_DURABILITY", "all", "PROFILEMESH_DURABILITY must be one of none, local, replica, got 'all'"),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from aggregator_svc.aggregator import APPLY_SCRIPT, TRIM_SCRIPT
+from aggregator_svc.aggregator import APPLY_SCRIPT, RECOUNT_SCRIPT, TRIM_SCRIPT
 from aggregator_svc.aggregator import SCRIPTS as AGGREGATOR_SCRIPTS
 from common.scripts import script_source
 from profile_svc.profiles import SCRIPTS as PROFILE_SCRIPTS
@@ -38,7 +38,7 @@ def test_profile_scripts_append_events_through_the_helper(script: str) -> None:
 
 
 def test_the_aggregators_scripts_get_its_helpers() -> None:
-    for path in (APPLY_SCRIPT, TRIM_SCRIPT):
+    for path in (APPLY_SCRIPT, RECOUNT_SCRIPT, TRIM_SCRIPT):
         assert script_source(path).startswith((AGGREGATOR_SCRIPTS / "helpers.lua").read_text())
 
 

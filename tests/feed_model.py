@@ -47,6 +47,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import multiprocessing
 import random
 import shutil
 import signal
@@ -57,6 +58,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -94,6 +96,7 @@ FUTURE_MS = 3000  # how far ahead XSETID moves a stream's last id for ids handed
 TYPES = ("create", "read", "update", "delete")
 CHANGES = ("create", "update", "delete")  # what a subscriber without `types` gets
 MAX_SUBSCRIBERS = 5
+REUSE = 50  # schedules per feed-side cluster client
 STEPS = (14, 26)  # a schedule's steps (changes, subscriptions, kills, resumes, forged tokens), at random
 CLASSES = {
     0: "other",
@@ -1059,6 +1062,7 @@ class Harness:
         self.users = pick_users()
         self.foreign: list[str] = []  # tokens of earlier schedules: another deployment's, to this one
         self.steps = steps
+        self.schedules = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="feed-model-worker", daemon=True)
         self._thread.start()
@@ -1107,10 +1111,14 @@ class Harness:
 
     async def schedule(self, seed: int, verbose: bool = False) -> list[Failure]:
         self.node.flushall()
-        # A client of its own per schedule: cancelled blocking reads may keep connections of the last one busy.
-        if self.cluster is not None:
+        # One client for every schedule (its tail readers' blocking reads are short, so cancelled ones are soon
+        # done with their connections); a new one every REUSE schedules all the same.
+        if self.cluster is not None and self.schedules % REUSE == 0:
             await self.cluster.close()
-        self.cluster = Cluster(self.settings)
+            self.cluster = None
+        if self.cluster is None:
+            self.cluster = Cluster(self.settings)
+        self.schedules += 1
         self.adapter = FeedAdapter(self.cluster)
         await self.adapter.start()
         schedule = Schedule(self, seed, verbose)
@@ -1193,6 +1201,26 @@ async def run_seeds(
                 if harness.cluster is not None:
                     await harness.cluster.close()
         harness.close()
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def run_share(seeds: list[int], steps: tuple[int, int]) -> Summary:
+    """Some of the seeds on a node of this process's own (for run_parallel)."""
+    logging.basicConfig(level=logging.ERROR)
+    with one_node() as node:
+        return asyncio.run(run_seeds(node.url, seeds, steps=steps))
+
+
+def run_parallel(seeds: list[int], steps: tuple[int, int] = STEPS, workers: int = 2) -> Summary:
+    """The seeds spread over processes, each with a node of its own (the client side is the slow part)."""
+    started = time.monotonic()
+    summary = Summary()
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for share in pool.map(run_share, [seeds[i::workers] for i in range(workers)], [steps] * workers):
+            summary.runs += share.runs
+            summary.failed.update(share.failed)
+    summary.failed = dict(sorted(summary.failed.items()))
     summary.seconds = time.monotonic() - started
     return summary
 

@@ -535,7 +535,8 @@ class Schedule:
             self.h.node.execute_command("XSETID", stream, format_id(ahead))
             part.aliases[ahead] = part.lineage[-1] if part.lineage else None
         # The copy holds the partition's stream and the record of its last trimmed entry (same slot).
-        dump = {key: self.h.node.dump(key) for key in (stream, keys.trimmed_key(partition))}
+        copied = [stream, keys.trimmed_key(partition)] if hasattr(keys, "trimmed_key") else [stream]  # (none before)
+        dump = {key: self.h.node.dump(key) for key in copied}
         self.snapshots[partition] = (dump, list(part.lineage), part.head, part.added)
         self.counter["snapshot-reuse" if reuse else "snapshot"] += 1
         self.log(f"snapshot of p{partition} at {len(part.lineage)} entries{' (ids ahead)' if reuse else ''}")

@@ -255,6 +255,7 @@ class Read:
     events: list[Event]
     scanned: int  # entries the script went through, wanted or not
     scanned_to: Anchor | None  # the last of them: where a reader that filtered stands after this read
+    last: Anchor  # the stream's last entry (or the last one trimmed, when none is left)
 
 
 @dataclass(frozen=True)
@@ -262,6 +263,7 @@ class Batch:
     partition: int
     after: Anchor | None  # the position the tail reader read these from; None when it found a gap or a change
     events: list[Event]
+    until: Anchor  # where the tail reader stands after it: a subscriber not level with it reads up to here
 
 
 class Subscription:
@@ -371,9 +373,9 @@ class EventsFeed:
                 if wanted(event):
                     yield event
             return
-        # Not level with the batch: the stream itself says what comes after the position, up to the batch's end.
-        until = batch.events[-1].id if batch.events else position.anchors[partition].id
-        async for caught_up in self._catch_up(position, partition, until, clock, wanted):
+        # Not level with the batch: the stream itself says what comes after the position, up to where the tail
+        # reader stands (after a failover that may be past entries no batch carried).
+        async for caught_up in self._catch_up(position, partition, batch.until.id, clock, wanted):
             yield caught_up
 
     async def _catch_up(
@@ -424,12 +426,13 @@ class EventsFeed:
             + filtering,
         )
         verdict, first_n, entries, scanned = _text(reply[0]), int(reply[1]), reply[2], int(reply[4])
+        last = _anchor_of(reply[3])
         if not filtering:
             events = _events(partition, entries, range(first_n, first_n + len(entries)))
-            return Read(verdict, events, scanned, events[-1].anchor if events else None)
+            return Read(verdict, events, scanned, events[-1].anchor if events else None, last)
         end = reply[6]
         scanned_to = Anchor(_id(end[0]), first_n + scanned - 1, int(end[1])) if scanned else None
-        return Read(verdict, _events(partition, entries, [int(n) for n in reply[5]]), scanned, scanned_to)
+        return Read(verdict, _events(partition, entries, [int(n) for n in reply[5]]), scanned, scanned_to, last)
 
     async def _last(self, partition: int) -> Anchor:
         reply = await self.cluster.run(
@@ -477,8 +480,8 @@ class EventsFeed:
                 verdict, events = read.verdict, read.events
                 if verdict == "changed":
                     log.warning("events of partition %d: the stream lost entries already read (failover)", partition)
-                    self.tail[partition] = await self._last(partition)
-                    self._hand_out(Batch(partition, None, []))
+                    self.tail[partition] = read.last  # past what no batch will carry: subscribers read up to it
+                    self._hand_out(Batch(partition, None, [], read.last))
                     more = False
                     continue
             except CLUSTER_FAILURES as error:
@@ -490,8 +493,10 @@ class EventsFeed:
                 log.warning("events tail of partition %d: entries after its position were trimmed", partition)
             if events:
                 self.tail[partition] = events[-1].anchor
+            elif verdict == "trimmed":  # trimmed to the end: nothing after its position is left
+                self.tail[partition] = read.last
             if events or verdict != "ok":
-                self._hand_out(Batch(partition, base if verdict == "ok" else None, events))
+                self._hand_out(Batch(partition, base if verdict == "ok" else None, events, self.tail[partition]))
             more = len(events) == PAGE
 
     def _hand_out(self, batch: Batch) -> None:

@@ -67,7 +67,7 @@ import redis
 from redis.exceptions import ResponseError
 
 from aggregator_svc.aggregator import Aggregator
-from common import keys
+from common import cancellation, keys
 from common.cluster import Cluster
 from common.config import Settings
 from common.errors import AlreadyExists, NotFound
@@ -212,8 +212,8 @@ class FeedAdapter:
         return self.feed.watch(clock, position, events_feed.event_filter(users, types))
 
     @staticmethod
-    def where(position: Any) -> list[tuple[StreamId, int]]:
-        return [(anchor.id, anchor.n) for anchor in position.anchors]
+    def where(position: Any) -> list[tuple[StreamId, int, int]]:
+        return [(anchor.id, anchor.n, anchor.ts) for anchor in position.anchors]
 
     @staticmethod
     def delivered(event: Any) -> Delivered:
@@ -376,7 +376,7 @@ class Model:
 @dataclass
 class Item:
     event: Delivered | None
-    where: list[tuple[StreamId, int]]
+    where: list[tuple[StreamId, int, int]]  # per partition: id, offset and time of the entry it stands on
     token: str
 
 
@@ -664,12 +664,15 @@ class Schedule:
     def drift_defect(self, subscriber: Subscriber, partition: int) -> int:
         return 2 if self.rolled_back(subscriber, partition) else 3
 
-    def resolve(self, partition: int, position: StreamId) -> list[int | None] | None:
-        """The entries a position's id may stand for (an alias stands for the entry before it)."""
+    def resolve(self, partition: int, position: StreamId, ts: int | None = None) -> list[int | None] | None:
+        """The entries a position's id (and time, when known: an id handed out again after a rollback has
+        another) may stand for (an alias stands for the entry before it)."""
         if position == (0, 0):
             return [None]
         part = self.model.parts[partition]
-        candidates: list[int | None] = list(part.by_id.get(position, []))
+        candidates: list[int | None] = [
+            uid for uid in part.by_id.get(position, []) if ts is None or self.model.entries[uid].ts == ts
+        ]
         if position in part.aliases:
             candidates.append(part.aliases[position])
         return candidates or None
@@ -793,8 +796,8 @@ class Schedule:
         if len(item.where) != PARTITIONS:
             self.fail(subscriber, 0, "token of a wrong size", f"{len(item.where)} partitions")
             return
-        for p, (position, offset) in enumerate(item.where):
-            candidates = self.resolve(p, position)
+        for p, (position, offset, ts) in enumerate(item.where):
+            candidates = self.resolve(p, position, ts)
             if candidates is None:
                 self.fail(
                     subscriber, self.drift_defect(subscriber, p), "token at no entry", f"p{p} at {format_id(position)}"
@@ -940,7 +943,7 @@ class Schedule:
                 )
             lineage = self.model.parts[p].lineage
             head = lineage[-1] if lineage else None
-            candidates = self.resolve(p, where[p][0]) or []
+            candidates = self.resolve(p, where[p][0], where[p][2]) or []
             if head not in candidates and not (not written_since and any(self.lost(c) for c in candidates)):
                 return False, (
                     2 if rolled else 1,
@@ -1226,6 +1229,7 @@ async def run_seeds(
 def run_share(seeds: list[int], steps: tuple[int, int]) -> Summary:
     """Some of the seeds on a node of this process's own (for run_parallel)."""
     logging.basicConfig(level=logging.ERROR)
+    cancellation.install()  # as every service does: a cancelled task stays cancelled (Python 3.11)
     with one_node() as node:
         return asyncio.run(run_seeds(node.url, seeds, steps=steps))
 
@@ -1265,6 +1269,7 @@ def main() -> None:
     options = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the node is stopped on a timeout too
     logging.basicConfig(level=logging.ERROR)  # the feed's warnings about the failovers made on purpose
+    cancellation.install()  # as every service does: a cancelled task stays cancelled (Python 3.11)
     seeds = [options.seed] if options.seed is not None else range(options.first_seed, options.first_seed + options.runs)
     with one_node() as node:
         summary = asyncio.run(run_seeds(node.url, seeds, options.verbose or options.seed is not None, options.progress))

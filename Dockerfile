@@ -25,6 +25,7 @@ COPY reporting_svc reporting_svc
 COPY aggregator_svc aggregator_svc
 COPY gateway gateway
 COPY profilemesh_cli profilemesh_cli
+COPY profilemesh profilemesh
 RUN /opt/profilemesh/bin/pip install --quiet --no-deps . \
     && /opt/profilemesh/bin/pip uninstall --quiet --yes pip setuptools \
     && /opt/profilemesh/bin/python -m compileall -q /opt/profilemesh

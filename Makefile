@@ -27,8 +27,8 @@ tls-server:
 	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
 
 test: $(GEN) $(CLI) $(DEPLOY_TOOLS) wrk browser prometheus tls-server podman nftables
-	$(PY) -m pytest
 	$(MAKE) --no-print-directory test-typescript
+	$(PY) -m pytest
 
 # The TypeScript client (clients/typescript): pinned packages from its package-lock.json, code generated
 # from the contract image by buf, its tests against a real mesh (python -m localdev.serve).

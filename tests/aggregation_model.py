@@ -476,14 +476,7 @@ def run_many(url: str, seeds: Sequence[int], tag: str = "{model}", apply: Apply 
         redis.Redis.from_url(url, decode_responses=True) as node,
         redis.Redis.from_url(url) as raw,
     ):
-        scripts = (
-            node.register_script(script_source(APPLY_SCRIPT)),
-            node.register_script(script_source(TRIM_SCRIPT)),
-            node.register_script(script_source(RECOUNT_SCRIPT)),
-            node.register_script(STATE),
-        )
-        for script in scripts:
-            node.script_load(script.script)
+        scripts = load_scripts(node)
         wrong = {}
         for seed in seeds:
             problem = Run(node, raw, keys, scripts, seed, apply).play()
@@ -491,6 +484,19 @@ def run_many(url: str, seeds: Sequence[int], tag: str = "{model}", apply: Apply 
                 wrong[seed] = problem
         node.delete(*keys.apply_keys)
     return wrong
+
+
+def load_scripts(node: redis.Redis) -> tuple[Script, Script, Script, Script]:
+    """The apply, trim and recount scripts and the state reader, loaded on the node."""
+    scripts = (
+        node.register_script(script_source(APPLY_SCRIPT)),
+        node.register_script(script_source(TRIM_SCRIPT)),
+        node.register_script(script_source(RECOUNT_SCRIPT)),
+        node.register_script(STATE),
+    )
+    for script in scripts:
+        node.script_load(script.script)
+    return scripts
 
 
 def run_parallel(url: str, seeds: Sequence[int], workers: int = 2) -> dict[int, str]:
@@ -506,14 +512,7 @@ def stats(url: str, seeds: Sequence[int]) -> dict[str, Any]:
     keys = PartitionKeys("{model-stats}")
     totals = {"runs": 0, "events": 0, "failovers": 0, "steps": 0}
     with redis.Redis.from_url(url, decode_responses=True) as node, redis.Redis.from_url(url) as raw:
-        scripts = (
-            node.register_script(script_source(APPLY_SCRIPT)),
-            node.register_script(script_source(TRIM_SCRIPT)),
-            node.register_script(script_source(RECOUNT_SCRIPT)),
-            node.register_script(STATE),
-        )
-        for script in scripts:
-            node.script_load(script.script)
+        scripts = load_scripts(node)
         for seed in seeds:
             run = Run(node, raw, keys, scripts, seed, apply_ids)
             run.play(check_every_step=False)

@@ -306,9 +306,11 @@ def test_filtered_subscribers_400000_entries_behind_catch_up_under_3000_events_a
     for via, result in results.items():
         tokens = result["tokens"]
         assert result["error"] is None, (via, result["error"])
-        # Heartbeats came during the catch-up, each with a token further on than the one before.
+        # Tokens came with the catch-up, each further on than the one before (how many depends on how fast it
+        # went: at least the first and one past the backlog; a heartbeat after every page is shown in-process
+        # by test_every_page_of_a_catch_up_can_carry_a_heartbeat_with_an_advancing_token).
         progress = [sum(offsets(token)) for _, token in tokens]
-        assert len(progress) >= 3 and progress == sorted(progress), via
+        assert len(progress) >= 2 and progress == sorted(progress), via
         assert progress[-1] > progress[0] + BEHIND, via
         assert result["final_behind"] < RATE, (via, result)  # level with the tail, give or take a second of writes
         print(
@@ -321,13 +323,15 @@ async def _grpc_catch_up(system: System, token: str, behind: Any) -> dict[str, A
     started = time.monotonic()
     watch = Watch(system.profile_port, users=["nobody"], types=["read"], resume_token=token)
     deadline = time.monotonic() + 120
+    final = BEHIND  # how far behind it was when last measured, at the moment it was measured
     while time.monotonic() < deadline and watch.error is None:
         await asyncio.sleep(0.5)
-        if watch.tokens and behind(watch.tokens[-1][1]) < RATE:
-            break
+        if watch.tokens:
+            final = behind(watch.tokens[-1][1])
+            if final < RATE:
+                break
     caught_up_s = time.monotonic() - started
     await watch.close()
-    final = behind(watch.tokens[-1][1]) if watch.tokens else BEHIND
     return {"tokens": watch.tokens, "error": watch.error, "caught_up_s": caught_up_s, "final_behind": final}
 
 
@@ -392,6 +396,7 @@ async def _sse_catch_up(system: System, token: str, behind: Any) -> dict[str, An
     ):
         assert response.status == 200, await response.text()
         deadline = time.monotonic() + 120
+        final = BEHIND  # as for gRPC: measured when the token arrived
         while time.monotonic() < deadline:
             line = (await response.content.readline()).decode().rstrip("\n")
             if line.startswith("event: end"):
@@ -399,10 +404,10 @@ async def _sse_catch_up(system: System, token: str, behind: Any) -> dict[str, An
                 break
             if line.startswith("id:"):
                 tokens.append((time.monotonic(), line.removeprefix("id:").strip()))
-                if behind(tokens[-1][1]) < RATE:
+                final = behind(tokens[-1][1])
+                if final < RATE:
                     break
     caught_up_s = time.monotonic() - started
-    final = behind(tokens[-1][1]) if tokens else BEHIND
     return {"tokens": tokens, "error": error, "caught_up_s": caught_up_s, "final_behind": final}
 
 

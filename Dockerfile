@@ -48,5 +48,5 @@ WORKDIR /tmp
 # gRPC services, the gateway, then the metrics ports.
 EXPOSE 50051 50052 50053 8080 9101 9102 9103 9104
 STOPSIGNAL SIGTERM
-HEALTHCHECK --interval=5s --timeout=3s --start-period=10s --retries=3 CMD ["python3", "-m", "common.probe"]
+HEALTHCHECK --interval=5s --timeout=3s --start-period=10s --retries=3 CMD ["python3", "-m", "common.runtime.probe"]
 CMD ["profilemesh-gateway"]

@@ -6,8 +6,8 @@ import grpc
 
 from aggregator_svc.aggregator import Aggregator
 from aggregator_svc.lag import collect_lag
-from common.cluster import Cluster
-from common.server import Service, service_main
+from common.rpc.server import Service, service_main
+from common.storage.cluster import Cluster
 
 
 def build(server: grpc.aio.Server, cluster: Cluster) -> Service:

@@ -20,9 +20,10 @@ from typing import Any
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
-from common import keys, metrics
-from common.cluster import CLUSTER_FAILURES, Cluster
-from common.redis_internals import closed_under_command
+from common.runtime import metrics
+from common.storage import keys
+from common.storage.cluster import CLUSTER_FAILURES, Cluster
+from common.storage.internals import closed_under_command
 
 log = logging.getLogger(__name__)
 

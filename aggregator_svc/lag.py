@@ -14,9 +14,10 @@ from typing import Any, cast
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
-from common import keys, metrics
-from common.cluster import Cluster
-from common.stream_ids import parse_id
+from common.runtime import metrics
+from common.storage import keys
+from common.storage.cluster import Cluster
+from common.storage.stream_ids import parse_id
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from bench.observability import base_revision, export_base
 from bench.run import BENCH_SETTINGS, PARTITIONS, READ_PREFIX
 from bench.seeding import load_profiles
 from bench.wrk_runner import run_wrk
-from common import keys
+from common.storage import keys
 from localdev.system import System, on_free_ports
 
 ROOT = Path(__file__).resolve().parent.parent

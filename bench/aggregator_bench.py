@@ -17,7 +17,7 @@ from redis.cluster import RedisCluster
 
 from bench.accounting import cpu_seconds, rss_mb
 from bench.seeding import MIX, write_backlog
-from common import keys
+from common.storage import keys
 from localdev.ports import free_ports
 from localdev.system import System
 

@@ -15,7 +15,7 @@ import grpc
 from redis.cluster import RedisCluster
 
 from bench.load import LoadResult, closed_loop
-from common import keys
+from common.storage import keys
 from localdev.faults import fail_over_by_killing
 from localdev.system import System
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc

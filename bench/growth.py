@@ -1,6 +1,6 @@
 """Growth: bytes per profile in the cluster and read latency at 10,000 and 1,000,000 profiles.
 
-Profiles are bulk-loaded straight into the cluster under common.keys names; memory is the
+Profiles are bulk-loaded straight into the cluster under common.storage.keys names; memory is the
 primaries' INFO used_memory before and after (replicas hold a second copy, not counted), with
 MEMORY USAGE of sampled keys beside it (the key and hash alone, without the keyspace overhead).
 """
@@ -16,7 +16,7 @@ from redis.cluster import RedisCluster
 
 from bench.results import LoadResult
 from bench.seeding import load_profiles
-from common import keys
+from common.storage import keys
 
 MEMORY_SAMPLES = 200
 

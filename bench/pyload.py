@@ -20,7 +20,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from bench.results import LoadResult, percentile
-from common.scripts import script_source
+from common.rpc import tls
+from common.storage.scripts import script_source
 
 MAX_CONNECTIONS = 4  # per process; more connections than this buy nothing on two cores
 GET_PROFILE_SCRIPT = Path(__file__).resolve().parent.parent / "profile_svc" / "scripts" / "get_profile.lua"
@@ -29,14 +30,13 @@ Call = Callable[[int, int], Awaitable[None]]  # (worker index, user index)
 
 
 async def _grpc_calls(target: str, users: list[str], concurrency: int) -> tuple[Call, Callable[[], Awaitable[None]]]:
-    from common import grpc_tls
-    from common.config import Settings
+    from common.runtime.config import Settings
     from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 
     settings = Settings.from_env()  # plaintext, or mutual TLS when PROFILEMESH_GRPC_* say so
     # A local subchannel pool gives each channel its own TCP connection.
     channels = [
-        grpc_tls.aio_channel(target, settings, options=[("grpc.use_local_subchannel_pool", 1)])
+        tls.aio_channel(target, settings, options=[("grpc.use_local_subchannel_pool", 1)])
         for _ in range(min(concurrency, MAX_CONNECTIONS))
     ]
     stubs = [profile_pb2_grpc.ProfileServiceStub(channel) for channel in channels]
@@ -54,7 +54,7 @@ async def _grpc_calls(target: str, users: list[str], concurrency: int) -> tuple[
 async def _script_calls(url: str, users: list[str], partitions: int) -> tuple[Call, Callable[[], Awaitable[None]]]:
     from redis.asyncio.cluster import RedisCluster
 
-    from common import keys
+    from common.storage import keys
 
     client = RedisCluster.from_url(url)
     await client.initialize()
@@ -159,7 +159,7 @@ def run_pyload(
             stdout=subprocess.PIPE,
             text=True,
             # The target may be a cluster URL with credentials: the environment, not the command line.
-            # env: e.g. PROFILEMESH_GRPC_* for mutual TLS (common/grpc_tls.py).
+            # env: e.g. PROFILEMESH_GRPC_* for mutual TLS (common/rpc/tls.py).
             env={**os.environ, **(env or {}), "PYLOAD_TARGET": target},
         )
         for share in shares

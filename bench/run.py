@@ -38,7 +38,7 @@ from bench.scenarios import BASELINE_REST, PROFILEMESH_REST, SCENARIOS, Targets,
 from bench.seeding import MIX, load_baseline_profiles, load_profiles
 from bench.streams import StreamSampler
 from bench.wrk_runner import run_wrk, wrk_binary
-from common.config import Settings
+from common.runtime.config import Settings
 from localdev.ports import free_ports
 from localdev.system import System, on_free_ports
 

@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 
 from bench.bulk import Command, bulk_write
-from common import keys
+from common.storage import keys
 
 BATCH = 100_000  # commands encoded per bulk write, to bound the memory a million profiles take
 
@@ -27,7 +27,7 @@ def _in_batches(commands: Iterator[Command], url: str) -> int:
 
 
 def load_profiles(url: str, prefix: str, start: int, stop: int, partitions: int) -> int:
-    """profilemesh profiles `prefix<i>` for i in [start, stop), under common.keys names."""
+    """profilemesh profiles `prefix<i>` for i in [start, stop), under common.storage.keys names."""
     return _in_batches(
         (("HSET", keys.profile_key(f"{prefix}{i}", partitions), *_fields(f"{prefix}{i}")) for i in range(start, stop)),
         url,

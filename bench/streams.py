@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from redis.cluster import RedisCluster
 
-from common import keys
+from common.storage import keys
 
 BASELINE_STREAM = "profile:events"
 

@@ -1,6 +1,6 @@
 """The errors a caller is told about: each class carries its gRPC status and a stable reason.
 
-Domain code raises these; common/rpc_errors.py turns them (and the cluster client's own exceptions,
+Domain code raises these; common/rpc/status.py turns them (and the cluster client's own exceptions,
 through its table) into a gRPC status with `google.rpc` details, and the gateway renders those as JSON.
 A client branches on ErrorInfo's `reason` (stable, UPPER_SNAKE_CASE in the `profilemesh` domain), not
 on the message, which is for people and may be reworded. Nothing here needs the cluster client, so the

@@ -5,13 +5,13 @@ from __future__ import annotations
 import uvloop
 from aiohttp import web
 
-from common import cancellation
-from common.addresses import parse_listen
-from common.command import parse_arguments
-from common.config import Settings, StartupError
-from common.logs import setup_logging
-from common.metrics import serve_metrics
-from common.tracing import setup_tracing, shutdown_tracing
+from common.runtime import cancellation
+from common.runtime.addresses import parse_listen
+from common.runtime.command import parse_arguments
+from common.runtime.config import Settings, StartupError
+from common.runtime.logs import setup_logging
+from common.runtime.metrics import serve_metrics
+from common.runtime.tracing import setup_tracing, shutdown_tracing
 from gateway.app import build_app
 from gateway.edge import server_limits
 

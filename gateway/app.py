@@ -12,12 +12,12 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from common import metrics
-from common.clients import parse_networks
-from common.config import Settings
 from common.errors import ServiceError
-from common.streams import StreamLimits
-from common.validation import check_request, check_user
+from common.rpc.clients import parse_networks
+from common.rpc.streams import StreamLimits
+from common.rpc.validation import check_request, check_user
+from common.runtime import metrics
+from common.runtime.config import Settings
 from gateway import openapi, upstreams
 from gateway.coalesce import MemberError, ReadCoalescer
 from gateway.edge import no_internal_text, rate_limit, read_body_within, stamp_request_id

@@ -26,9 +26,9 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from aiohttp.web_protocol import RequestPayloadError
 
-from common.clients import Network, client_address
-from common.config import Settings
-from common.logs import REQUEST_ID
+from common.rpc.clients import Network, client_address
+from common.runtime.config import Settings
+from common.runtime.logs import REQUEST_ID
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ PUBLIC_5XX = {
     504: "the service did not answer in time; retry later",
 }
 # 503 and 504 (UNAVAILABLE, DEADLINE_EXCEEDED) keep the services' own sentences, written for clients
-# ("partition ... has no replica"; common/server.py turns every failure below it into such a sentence). gRPC
+# ("partition ... has no replica"; common/rpc/server.py turns every failure below it into such a sentence). gRPC
 # itself, in the gateway, answers the same codes with transport errors that name addresses: not shown. Any
 # other 5xx (a service's UNKNOWN or INTERNAL, an exception in the gateway) may carry internals: never shown.
 SHOWN_5XX = frozenset((503, 504))
@@ -139,7 +139,7 @@ def read_body_within(timeout_s: float, max_bytes: int) -> Middleware:
 
 def http_client(request: web.Request, trusted: tuple[Network, ...]) -> str:
     """The client of a request: its peer's address, or behind a trusted proxy the right-most untrusted
-    X-Forwarded-For entry (common/clients.py); an untrusted peer's X-Forwarded-For is ignored."""
+    X-Forwarded-For entry (common/rpc/clients.py); an untrusted peer's X-Forwarded-For is ignored."""
     return client_address(request.remote or "", request.headers.getall("X-Forwarded-For", ()), trusted)
 
 

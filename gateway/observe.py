@@ -14,9 +14,9 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from common import metrics, tracing
-from common.interceptors import REQUEST_ID_HEADER
-from common.logs import REQUEST_ID
+from common.rpc.interceptors import REQUEST_ID_HEADER
+from common.runtime import metrics, tracing
+from common.runtime.logs import REQUEST_ID
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Paths, methods, path and query parameters, request bodies and response shapes are read from the RPCs'
 `google.api.http` rules and message descriptors, so an RPC with a rule (a new one included) is described
 the moment it is served. What descriptors can't say comes from the code that enforces it: the input limits
-(common/validation.py), the gateway's own answers (400 for bodies it can't read, 408, 413, 429) and which
+(common/rpc/validation.py), the gateway's own answers (400 for bodies it can't read, 408, 413, 429) and which
 gRPC codes each RPC returns, mapped to HTTP as the gateway maps them (gateway/translate.py).
 
 Left out, on purpose: /healthz, /readyz (probes for a load balancer, no RPC behind them) and /dashboard
@@ -21,8 +21,8 @@ import grpc
 from aiohttp import web
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from common.keys import EVENT_TYPES
-from common.validation import FIELD_PATTERN, MAX_FIELDS, MAX_LIMIT, MAX_USERS, MAX_VALUE_BYTES, USER_PATTERN
+from common.rpc.validation import FIELD_PATTERN, MAX_FIELDS, MAX_LIMIT, MAX_USERS, MAX_VALUE_BYTES, USER_PATTERN
+from common.storage.keys import EVENT_TYPES
 from gateway.errors import http_status
 from gateway.routes import Route
 
@@ -45,7 +45,7 @@ DEFAULT_CODES = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
 # Every call can meet these: too many in flight or rate limited, no replica serving, the deadline.
 COMMON_CODES = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
-# Limits of request fields, by field name, as common/validation.py and the services enforce them.
+# Limits of request fields, by field name, as common/rpc/validation.py and the services enforce them.
 USER_LIMITS: Schema = {"pattern": f"^{USER_PATTERN.pattern}$", "minLength": 1, "maxLength": 128}
 FIELD_LIMITS: dict[str, Schema] = {
     "user": USER_LIMITS,

@@ -28,10 +28,10 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from multidict import MultiMapping
 
-from common.clients import FORWARDED_METADATA
-from common.config import Settings
 from common.errors import DeadlineExceeded
-from common.streams import StreamEnded, StreamLimits, TooManyStreams
+from common.rpc.clients import FORWARDED_METADATA
+from common.rpc.streams import StreamEnded, StreamLimits, TooManyStreams
+from common.runtime.config import Settings
 from gateway import upstreams
 from gateway.edge import http_client, public_message
 from gateway.errors import http_status, rendered_details, rich_status, rpc_error_response, service_error_response

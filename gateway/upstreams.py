@@ -16,8 +16,8 @@ from typing import Any
 
 import grpc
 
-from common import grpc_tls
-from common.config import Settings
+from common.rpc import tls
+from common.runtime.config import Settings
 
 # Retries are safe only where a call changes nothing: ReportingService is read-only.
 # GetProfile counts a read, so it is not retried behind the caller's back.
@@ -43,7 +43,7 @@ SERVICE_CONFIG = json.dumps(
 
 def channel(target: str, settings: Settings, extra_options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
     """A channel to `target`, with mutual TLS when PROFILEMESH_GRPC_* configure it."""
-    return grpc_tls.aio_channel(
+    return tls.aio_channel(
         target,
         settings,
         options=[

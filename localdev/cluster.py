@@ -21,8 +21,8 @@ import redis
 import redis.asyncio
 from redis.cluster import RedisCluster
 
-from common import acl
-from common.topology import NodeLine, parse_cluster_nodes
+from common.storage import acl
+from common.storage.topology import NodeLine, parse_cluster_nodes
 from localdev import certs, processes
 from localdev.ports import port_is_free
 from localdev.waiting import poll_until

@@ -14,8 +14,9 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from common import acl, grpc_tls
-from common.config import Settings
+from common.rpc import tls
+from common.runtime.config import Settings
+from common.storage import acl
 from localdev import certs, processes
 from localdev.cluster import LocalCluster
 from localdev.ports import free_ports
@@ -32,7 +33,7 @@ TRUSTED_PROXIES = "PROFILEMESH_TRUSTED_PROXIES"
 REPLICAS_VARIABLE = "PROFILEMESH_REPLICAS"
 
 
-# With mutual TLS, who may call what (common/grpc_tls.py AllowedClients; a method no rule covers is refused):
+# With mutual TLS, who may call what (common/rpc/tls.py AllowedClients; a method no rule covers is refused):
 # only the gateway and localdev (the profilemesh command, tests) may change profiles, or read them and the
 # statistics; health checks are open to any certificate the mesh's CA signed; reflection is localdev's.
 PROFILE_CHANGES_ALLOWED = ";".join(
@@ -142,11 +143,11 @@ class System:
         return self.env(**self.cluster.user_env(component), **self.grpc_env("localdev"))
 
     def grpc_channel(self, port: int) -> grpc.Channel:
-        return grpc_tls.sync_channel(f"{self.host}:{port}", self._client)
+        return tls.sync_channel(f"{self.host}:{port}", self._client)
 
     def grpc_aio_channel(self, target: str, options: list[tuple[str, object]] | None = None) -> grpc.aio.Channel:
         """A channel to `target` (host:port) as localdev: plaintext, or mutual TLS with its certificate."""
-        return grpc_tls.aio_channel(target, self._client, options or [])
+        return tls.aio_channel(target, self._client, options or [])
 
     @property
     def _client(self) -> Settings:

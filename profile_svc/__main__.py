@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import grpc
 
-from common.cluster import Cluster
-from common.server import Service, service_main
-from common.streams import StreamLimits
+from common.rpc.server import Service, service_main
+from common.rpc.streams import StreamLimits
+from common.storage.cluster import Cluster
 from profile_svc.events_feed import EventsFeed
 from profile_svc.profiles import Profiles
 from profile_svc.servicer import ProfileServicer

@@ -39,13 +39,13 @@ from typing import Any, NamedTuple
 
 import grpc
 
-from common import keys
-from common.cluster import CLUSTER_FAILURES, Cluster
 from common.errors import InvalidArgument, ServiceError
-from common.redis_internals import closed_under_command
-from common.stream_ids import StreamId, format_id
-from common.streams import StreamClock
-from common.validation import MAX_USERS, check_user
+from common.rpc.streams import StreamClock
+from common.rpc.validation import MAX_USERS, check_user
+from common.storage import keys
+from common.storage.cluster import CLUSTER_FAILURES, Cluster
+from common.storage.internals import closed_under_command
+from common.storage.stream_ids import StreamId, format_id
 
 log = logging.getLogger(__name__)
 

@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from common import keys
-from common.cluster import Cluster
 from common.errors import AlreadyExists, InvalidArgument, NotFound
-from common.validation import check_fields, check_user
-from profile_svc.durable import DurableScripts
+from common.rpc.validation import check_fields, check_user
+from common.storage import keys
+from common.storage.cluster import Cluster
+from common.storage.durable import DurableScripts
 
 SCRIPTS = Path(__file__).parent / "scripts"
 # The most users one BatchGetProfiles may name: bounds a call's work and its reply's size.

@@ -10,9 +10,9 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from common.errors import ServiceError
-from common.rpc_errors import MAX_CALL_S, as_service_error, stream_errors, translate_errors
-from common.stream_ids import format_id
-from common.streams import StreamLimits
+from common.rpc.status import MAX_CALL_S, as_service_error, stream_errors, translate_errors
+from common.rpc.streams import StreamLimits
+from common.storage.stream_ids import format_id
 from profile_svc.events_feed import Event, EventsFeed, event_filter
 from profile_svc.profiles import Profiles
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc

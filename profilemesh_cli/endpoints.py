@@ -7,8 +7,8 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import acl
-from common.config import Settings
+from common.runtime.config import Settings
+from common.storage import acl
 
 # Where `make run` keeps the local cluster's admin password: the command's default user there.
 LOCAL_ADMIN_PASSWORD = Path(__file__).resolve().parent.parent / ".cluster" / "secrets" / f"{acl.ADMIN_USER}.password"

@@ -18,10 +18,11 @@ from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, RedisError
 
 from aggregator_svc.lag import partition_figures
-from common import grpc_tls, keys
-from common.cluster import connection_options
-from common.config import Settings
-from common.topology import parse_cluster_nodes
+from common.rpc import tls
+from common.runtime.config import Settings
+from common.storage import keys
+from common.storage.cluster import connection_options
+from common.storage.topology import parse_cluster_nodes
 from profilemesh_cli.endpoints import COMPONENTS, Endpoints, replicas
 
 TIMEOUT_S = 1.5
@@ -41,7 +42,7 @@ class Report:
 
 
 async def _grpc_health(address: str, settings: Settings) -> str:
-    async with grpc_tls.aio_channel(address, settings) as channel:
+    async with tls.aio_channel(address, settings) as channel:
         try:
             reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT_S)
             return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import grpc
 
-from common.cluster import Cluster
-from common.server import Service, service_main
-from common.streams import StreamLimits
+from common.rpc.server import Service, service_main
+from common.rpc.streams import StreamLimits
+from common.storage.cluster import Cluster
 from profilemesh.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from reporting_svc.reports import Reports
 from reporting_svc.servicer import ReportingServicer

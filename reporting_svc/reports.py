@@ -6,9 +6,9 @@ import asyncio
 from pathlib import Path
 from typing import cast
 
-from common import keys
-from common.cluster import Cluster
-from common.validation import check_limit, check_user
+from common.rpc.validation import check_limit, check_user
+from common.storage import keys
+from common.storage.cluster import Cluster
 
 SCRIPTS = Path(__file__).parent / "scripts"
 

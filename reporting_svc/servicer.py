@@ -7,8 +7,8 @@ from typing import Any
 
 import grpc
 
-from common.rpc_errors import stream_errors, translate_errors
-from common.streams import StreamLimits
+from common.rpc.status import stream_errors, translate_errors
+from common.rpc.streams import StreamLimits
 from profilemesh.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from reporting_svc.reports import Reports
 from reporting_svc.watch import Leaderboard

@@ -14,9 +14,9 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator
 
-from common.cluster import CLUSTER_FAILURES
-from common.streams import StreamClock
-from common.validation import check_limit
+from common.rpc.streams import StreamClock
+from common.rpc.validation import check_limit
+from common.storage.cluster import CLUSTER_FAILURES
 from reporting_svc.reports import Reports
 
 log = logging.getLogger(__name__)

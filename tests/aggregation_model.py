@@ -34,7 +34,7 @@ import redis
 from redis.commands.core import Script
 
 from aggregator_svc.aggregator import APPLY_SCRIPT, RECOUNT_SCRIPT, TRIM_SCRIPT
-from common.scripts import script_source
+from common.storage.scripts import script_source
 from tests.helpers import expected_statistics
 
 GROUP = "aggregator"
@@ -48,7 +48,7 @@ MALFORMED: tuple[dict[str, str], ...] = (
 
 @dataclass(frozen=True)
 class PartitionKeys:
-    """A made-up partition's keys, named like the real ones (common.keys) under a tag of the run's own."""
+    """A made-up partition's keys, named like the real ones (common.storage.keys) under a tag of the run's own."""
 
     tag: str
 

@@ -13,7 +13,7 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from common import keys
+from common.storage import keys
 from localdev import image
 from localdev.cluster import LocalNode
 from localdev.system import System, on_free_ports

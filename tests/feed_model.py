@@ -67,13 +67,14 @@ import redis
 from redis.exceptions import ResponseError
 
 from aggregator_svc.aggregator import Aggregator
-from common import cancellation, keys
-from common.cluster import Cluster
-from common.config import Settings
 from common.errors import AlreadyExists, NotFound
-from common.rpc_errors import as_service_error
-from common.stream_ids import StreamId, format_id, parse_id
-from common.streams import StreamClock, StreamLimits
+from common.rpc.status import as_service_error
+from common.rpc.streams import StreamClock, StreamLimits
+from common.runtime import cancellation
+from common.runtime.config import Settings
+from common.storage import keys
+from common.storage.cluster import Cluster
+from common.storage.stream_ids import StreamId, format_id, parse_id
 from localdev import processes
 from localdev.cluster import server_binary
 from localdev.ports import free_ports

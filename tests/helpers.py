@@ -12,7 +12,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from redis.cluster import RedisCluster
 
-from common import keys
+from common.storage import keys
 from localdev.waiting import poll_until
 
 

@@ -1,4 +1,4 @@
-"""Least privilege in the cluster: each component's ACL user (common/acl.py) can do its job and nothing else.
+"""Least privilege in the cluster: each component's ACL user (common/storage/acl.py) can do its job and nothing else.
 
 The session's system runs every service as its own user with the default user off, so every other test
 passing is the proof that the users can do their jobs; here, what they must not do.
@@ -16,7 +16,7 @@ from redis.cluster import RedisCluster
 from redis.exceptions import AuthenticationError, ResponseError
 from redis.retry import Retry
 
-from common import acl, keys
+from common.storage import acl, keys
 from localdev.system import System
 from tests.conftest import PARTITIONS
 

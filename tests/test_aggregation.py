@@ -17,7 +17,7 @@ import redis
 from redis.commands.core import Script
 
 from aggregator_svc.aggregator import APPLY_SCRIPT, RECOUNT_SCRIPT, TRIM_SCRIPT
-from common.scripts import script_source
+from common.storage.scripts import script_source
 from tests.aggregation_model import GROUP, PartitionKeys, run_parallel
 
 RUNS = int(os.environ.get("PROFILEMESH_MODEL_RUNS", "5000"))

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from redis.cluster import RedisCluster
 
-from common import keys
+from common.storage import keys
 from localdev.system import System
 from tests.conftest import PARTITIONS, events_of
 from tests.helpers import http_call, wait_until

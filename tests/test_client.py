@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from common import keys
+from common.storage import keys
 from localdev.system import System, on_free_ports
 from profilemesh.client import (
     AsyncProfileClient,

@@ -10,7 +10,7 @@ import aiohttp
 import grpc
 from redis.cluster import RedisCluster
 
-from common import keys
+from common.storage import keys
 from localdev.system import System
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 from profilemesh.reporting.v1 import reporting_pb2, reporting_pb2_grpc

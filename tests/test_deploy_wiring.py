@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from common import acl
-from common.acl import rules
+from common.storage import acl
+from common.storage.acl import rules
 from tests.wiring import (
     ROOT,
     Wiring,
@@ -58,7 +58,7 @@ def test_cluster_credentials_are_a_user_and_a_secret_password(artifact: str) -> 
 
 
 def test_k8s_users_are_the_acl_users_of_common_acl() -> None:
-    """The local cluster's ACL users (common/acl.py) are the ones the Deployments log in as."""
+    """The local cluster's ACL users (common/storage/acl.py) are the ones the Deployments log in as."""
     wired = from_k8s(K8S.read_text())
     for service, module in (
         ("profile", "profile_svc"),
@@ -122,7 +122,7 @@ BREAKS = [
     ("k8s", "terminationGracePeriodSeconds: 15", "terminationGracePeriodSeconds: 3", "stops after 3 s"),
     (
         "k8s",
-        "readinessProbe: {exec: {command: [python3, -m, common.probe]}",
+        "readinessProbe: {exec: {command: [python3, -m, common.runtime.probe]}",
         "readinessProbe: {grpc: {port: 50051}",
         "profile: health check",
     ),
@@ -341,7 +341,7 @@ def test_compose_file_is_read_by_podman_compose() -> None:
 
 
 def test_memorydb_users_have_the_acl_rules_of_common_acl() -> None:
-    """The template's MemoryDB users grant exactly what the local cluster's ACL users do (common/acl.py)."""
+    """The template's MemoryDB users grant exactly what the local cluster's ACL users do (common/storage/acl.py)."""
     template = load_all(ECS.read_text())[0]
     users = {
         name: resource for name, resource in template["Resources"].items() if resource["Type"] == "AWS::MemoryDB::User"

@@ -18,8 +18,8 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
 from aggregator_svc.aggregator import APPLY_SCRIPT, apply_keys
-from common import keys
-from common.scripts import script_source
+from common.storage import keys
+from common.storage.scripts import script_source
 from localdev.ports import free_ports
 from localdev.system import System
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc

@@ -22,10 +22,10 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from common import keys
-from common.cluster import Cluster
-from common.scripts import script_source
-from common.streams import StreamLimits
+from common.rpc.streams import StreamLimits
+from common.storage import keys
+from common.storage.cluster import Cluster
+from common.storage.scripts import script_source
 from localdev.system import System, on_free_ports
 from profile_svc.events_feed import CATCH_UP_PAGE, Anchor, EventsFeed, Tokens, event_filter
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc

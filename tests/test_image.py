@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from common import acl
+from common.storage import acl
 from localdev import image
 from localdev.system import System, on_free_ports
 from localdev.waiting import answers_ok
@@ -121,7 +121,7 @@ def test_components_run_non_root_on_a_read_only_root(containers: tuple[System, d
 
 
 def test_the_image_healthcheck_answers_for_every_component(containers: tuple[System, dict[str, str]]) -> None:
-    """The HEALTHCHECK (python3 -m common.probe, no extra binary) finds the component it runs beside."""
+    """The HEALTHCHECK (python3 -m common.runtime.probe, no extra binary) finds the component it runs beside."""
     _, names = containers
     for component, name in names.items():
         assert image.podman("healthcheck", "run", name, check=False).returncode == 0, component

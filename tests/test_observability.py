@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from aggregator_svc.lag import partition_figures
-from common import keys
+from common.storage import keys
 from localdev.otlp_sink import OtlpSink
 from localdev.ports import free_ports
 from localdev.prometheus import CONFIG, RULES, Prometheus

@@ -27,7 +27,7 @@ import pytest
 from google.api import annotations_pb2
 from redis.cluster import RedisCluster
 
-from common import keys
+from common.storage import keys
 from localdev.ports import free_ports
 from localdev.system import System
 from localdev.waiting import answers_ok

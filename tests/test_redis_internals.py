@@ -1,4 +1,4 @@
-"""What common/redis_internals.py relies on in redis-py, checked against the real cluster, so that an
+"""What common/storage/internals.py relies on in redis-py, checked against the real cluster, so that an
 upgrade that changes those internals fails here, by name, rather than in a shard outage."""
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from common import keys
-from common.cluster import Cluster
-from common.config import Settings
-from common.redis_internals import closed_under_command, send_on_one_connection
+from common.runtime.config import Settings
+from common.storage import keys
+from common.storage.cluster import Cluster
+from common.storage.internals import closed_under_command, send_on_one_connection
 from localdev.cluster import LocalCluster
 from localdev.ports import free_ports
 from localdev.system import System
@@ -27,7 +27,7 @@ from localdev.waiting import poll_until
 
 
 def test_the_parser_internals_it_patches_are_there() -> None:
-    assert redis.__version__ == "8.1.0", "re-check common/redis_internals.py against this redis-py, then update this"
+    assert redis.__version__ == "8.1.0", "re-check common/storage/internals.py against this redis-py, then update this"
     parser = AsyncCommandsParser()
     assert inspect.iscoroutinefunction(parser.initialize)
     assert inspect.iscoroutinefunction(parser._get_moveable_keys)

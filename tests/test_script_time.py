@@ -23,8 +23,8 @@ import redis
 from redis.commands.core import Script
 
 from aggregator_svc.aggregator import APPLY_SCRIPT, RECOUNT_SCRIPT, RECOUNT_STEP, TRIM_SCRIPT
-from common.config import Settings
-from common.scripts import script_source
+from common.runtime.config import Settings
+from common.storage.scripts import script_source
 from tests.aggregation_model import GROUP, PartitionKeys
 
 BOUND_MS = 50

@@ -21,11 +21,11 @@ from redis.commands.core import Script
 from redis.crc import key_slot
 
 from aggregator_svc.aggregator import APPLY_SCRIPT, RECOUNT_SCRIPT, TRIM_SCRIPT
-from common import keys
-from common.cluster import Cluster
 from common.errors import InvalidArgument
-from common.scripts import script_source
-from common.validation import MAX_FIELDS, MAX_VALUE_BYTES, check_fields, check_user
+from common.rpc.validation import MAX_FIELDS, MAX_VALUE_BYTES, check_fields, check_user
+from common.storage import keys
+from common.storage.cluster import Cluster
+from common.storage.scripts import script_source
 from localdev.system import System
 from profilemesh.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from reporting_svc.reports import Reports
@@ -437,7 +437,7 @@ def test_top_profiles_merge_breaks_ties_by_name_across_partitions(
     assert expected[:5] == [("zz-top", 9), ("zz-second", 8), ("u001", 7), ("u002", 7), ("u003", 7)]
 
 
-# ---------------------------------------------------------------- common.keys
+# ---------------------------------------------------------------- common.storage.keys
 
 
 def test_partition_of_is_crc32_mod_n() -> None:
@@ -487,7 +487,7 @@ def test_partitions_spread_over_slots() -> None:
     assert len({key_slot(keys.events_key(p).encode()) for p in range(16)}) == 16
 
 
-# ---------------------------------------------------------------- common.validation
+# ---------------------------------------------------------------- common.rpc.validation
 
 
 @pytest.mark.parametrize("user", ["a", "A", "0", "ana", "a.b_c@d+e-f", "x" * 128, "9lives", "Zach.Smith@example.com"])

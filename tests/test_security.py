@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from common import acl
+from common.storage import acl
 from localdev import certs
 from localdev.ports import free_ports
 from localdev.system import System, on_free_ports
@@ -149,10 +149,10 @@ def test_only_the_gateway_and_localdev_may_call_the_services(secured: System) ->
 
 
 def test_the_image_probe_checks_a_service_over_mutual_tls(secured: System) -> None:
-    """`python -m common.probe` (the Kubernetes exec probe) with a service's own settings: its certificate,
+    """`python -m common.runtime.probe` (the Kubernetes exec probe) with a service's own settings: its certificate,
     the server's checked for `localhost`; without them the service refuses the probe."""
     env = secured.env(**secured.grpc_env("profile_svc"))
-    probe = [sys.executable, "-m", "common.probe", "profile"]
+    probe = [sys.executable, "-m", "common.runtime.probe", "profile"]
     assert subprocess.run(probe, env=env, timeout=30).returncode == 0
     plaintext = {k: v for k, v in env.items() if not k.startswith("PROFILEMESH_GRPC_")}
     assert subprocess.run(probe, env=plaintext, timeout=30, capture_output=True).returncode == 1

@@ -1,8 +1,8 @@
-"""CLUSTER NODES parsing (common.topology), which the profilemesh command and the local cluster's supervision share."""
+"""CLUSTER NODES parsing (common.storage.topology), which the profilemesh command and the local cluster's supervision share."""
 
 from __future__ import annotations
 
-from common.topology import parse_cluster_nodes
+from common.storage.topology import parse_cluster_nodes
 
 NODES = """\
 a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460 [5461->-b2]

@@ -23,7 +23,7 @@ import grpc
 import psutil
 import pytest
 
-from common import keys
+from common.storage import keys
 from localdev.ports import free_ports
 from localdev.system import System
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc

@@ -15,14 +15,14 @@ from typing import Any
 
 import yaml
 
-from common.config import PREFIX, Settings
+from common.runtime.config import PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCT = ("common", "gateway", "profile_svc", "reporting_svc", "aggregator_svc")
 COMPONENTS = ("profile", "reporting", "aggregator", "gateway")
 SERVICES = ("profile", "reporting", "aggregator")
 # The image's HEALTHCHECK; a deployment's own health check must run the same probe.
-PROBE = ["python3", "-m", "common.probe"]
+PROBE = ["python3", "-m", "common.runtime.probe"]
 # What each component cannot run without in a deployment (the rest have sound defaults). Names of settings.
 NEEDS = {
     **{
@@ -321,7 +321,7 @@ def _rpc_methods(component: str) -> list[str]:
 def mtls_problems(wired: dict[str, Wiring]) -> list[str]:
     """Every component serves and calls gRPC over mutual TLS with files from a mounted Secret; every service
     checks each method's client: its RPCs only the gateway, health any certificate of the mesh, nothing else."""
-    from common.grpc_tls import ANY_CLIENT, AllowedClients, parse_allowed_clients
+    from common.rpc.tls import ANY_CLIENT, AllowedClients, parse_allowed_clients
 
     found = []
     for component in COMPONENTS:

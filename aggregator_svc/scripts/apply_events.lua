@@ -34,8 +34,8 @@
 -- pending entry nor a recount's cursor.
 
 local stream, group, recount = KEYS[1], ARGV[1], KEYS[6]
-local MAX_BATCH = 250  -- common/config.py's maximum of PROFILEMESH_AGGREGATOR_BATCH
-local KNOWN = {create = true, read = true, update = true, delete = true}  -- common/keys.py EVENT_TYPES
+local MAX_BATCH = 250  -- common/runtime/config.py's maximum of PROFILEMESH_AGGREGATOR_BATCH
+local KNOWN = {create = true, read = true, update = true, delete = true}  -- common/storage/keys.py EVENT_TYPES
 
 local function user_of(fields)  -- profile_svc writes user first: no search for the usual layout
   if fields[1] == 'user' then return fields[2] end

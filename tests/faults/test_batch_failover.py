@@ -9,7 +9,7 @@ from collections import Counter
 
 import grpc
 
-from common import keys
+from common.storage import keys
 from localdev.faults import fail_over_by_killing
 from localdev.system import System
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc

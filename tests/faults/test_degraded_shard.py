@@ -18,7 +18,7 @@ import aiohttp
 import grpc
 from redis.cluster import RedisCluster
 
-from common import keys
+from common.storage import keys
 from localdev.cluster import LocalCluster
 from localdev.faults import primary_of
 from localdev.system import System

@@ -11,7 +11,7 @@ import redis
 from redis.cluster import RedisCluster, key_slot
 
 from bench.load import closed_loop
-from common import acl, keys
+from common.storage import acl, keys
 from localdev.faults import primary_of
 from localdev.system import System
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc

@@ -22,7 +22,7 @@ import grpc
 import psutil
 import pytest
 
-from common import keys
+from common.storage import keys
 from localdev.faults import primary_of, shard_of
 from localdev.ports import free_ports
 from localdev.prometheus import Prometheus

@@ -10,7 +10,7 @@ import time
 import grpc
 from redis.cluster import RedisCluster
 
-from common import keys
+from common.storage import keys
 from localdev.faults import primary_of, shard_of
 from localdev.system import System
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
@@ -103,7 +103,7 @@ def test_aggregation_goes_on_for_the_other_partitions(fresh_system: System, fres
             # A replica takes an entry and dies without applying it.
             ghost_stream = keys.events_key(keys.partition_of(users[0], PARTITIONS))
             # (on the stream's node: redis-py's cluster client would ask its default node, perhaps a dead one,
-            # where XREADGROUP's key is; see common/redis_internals.py)
+            # where XREADGROUP's key is; see common/storage/internals.py)
             ghost_node = cluster.node(primary_of(cluster, ghost_stream))
             assert ghost_node.xreadgroup("aggregator", "killed-replica", {ghost_stream: ">"}, count=1)
             taken_at = time.monotonic()

@@ -7,7 +7,7 @@ talks to those two; unary calls through the gateway and straight to the services
 stream are in flight when SIGTERM reaches all six at once, at a moment that varies from cycle to cycle.
 
 CI runs PROFILEMESH_SHUTDOWN_CYCLES (default 8, about a minute: 24 aggregator stops; without the fix in
-common/cancellation.py, 4 of the first 24 hung); `make verify-shutdown` runs 200.
+common/runtime/cancellation.py, 4 of the first 24 hung); `make verify-shutdown` runs 200.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from grpc_status import rpc_status
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 from tests.jepsen.history import Op
 
-# Reasons that prove the operation was refused before anything ran (common/errors.py, profile_svc/durable.py).
+# Reasons that prove the operation was refused before anything ran (common/errors.py, common/storage/durable.py).
 NOT_RUN_REASONS = frozenset({"NO_REPLICA", "PARTITION_UNAVAILABLE", "TOO_MANY_REQUESTS", "INVALID_ARGUMENT"})
 CALL_TIMEOUT_S = 3.0
 Function = str  # create, update, delete, read

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from common.topology import parse_cluster_nodes
+from common.storage.topology import parse_cluster_nodes
 from localdev.cluster import LocalCluster
 from localdev.waiting import poll_until
 

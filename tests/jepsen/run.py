@@ -23,7 +23,7 @@ from pathlib import Path
 import grpc
 from redis.crc import key_slot
 
-from common import keys as key_names
+from common.storage import keys as key_names
 from localdev.cluster import LocalCluster
 from localdev.ports import free_ports
 from localdev.system import SERVICES, System

@@ -1,11 +1,11 @@
-"""The allow-list's rules (common/grpc_tls.py): the longest prefix wins, `*` is any certificate, and a method
+"""The allow-list's rules (common/rpc/tls.py): the longest prefix wins, `*` is any certificate, and a method
 no rule covers is refused to everyone (default deny)."""
 
 from __future__ import annotations
 
 import pytest
 
-from common.grpc_tls import AllowedClients, parse_allowed_clients
+from common.rpc.tls import AllowedClients, parse_allowed_clients
 from localdev.system import MESH_ALLOWED_CLIENTS
 
 

@@ -1,4 +1,4 @@
-"""common.cancellation: a cancellation that arrives as wait_for's inner work finishes is kept, not lost."""
+"""common.runtime.cancellation: a cancellation that arrives as wait_for's inner work finishes is kept, not lost."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from redis.asyncio.connection import Connection
 
-from common import cancellation
+from common.runtime import cancellation
 
 WaitFor = Callable[[Awaitable[Any], float | None], Awaitable[Any]]
 

@@ -1,12 +1,12 @@
-"""Who the client is (common/clients.py) and each client's share of the stream slots (common/streams.py)."""
+"""Who the client is (common/rpc/clients.py) and each client's share of the stream slots (common/rpc/streams.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from common.clients import client_address, grpc_peer_address, parse_networks
-from common.config import ConfigError, Settings
-from common.streams import StreamLimits, TooManyStreams
+from common.rpc.clients import client_address, grpc_peer_address, parse_networks
+from common.rpc.streams import StreamLimits, TooManyStreams
+from common.runtime.config import ConfigError, Settings
 
 PROXIES = parse_networks("10.0.0.0/8, 192.168.1.7")
 

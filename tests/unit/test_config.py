@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from common.config import ConfigError, Settings, markdown_table, variable
+from common.runtime.config import ConfigError, Settings, markdown_table, variable
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 INTEGER_SETTINGS = [f.name for f in dataclasses.fields(Settings) if f.type in ("int", int)]
@@ -124,11 +124,13 @@ def test_metrics_listen_of_each_component(component: str) -> None:
 
 
 def test_the_readme_table_is_the_declaration() -> None:
-    """The README's configuration table is `python -m common.config`'s output, row for row."""
+    """The README's configuration table is `python -m common.runtime.config`'s output, row for row."""
     text = README.read_text()
     found = re.search(r"<!-- settings:[^\n]*-->\n(.*?)\n<!-- end of settings -->", text, re.S)
     assert found, "the README lost its settings markers"
-    assert found.group(1) == markdown_table(), "run `python -m common.config` and paste its table into the README"
+    assert found.group(1) == markdown_table(), (
+        "run `python -m common.runtime.config` and paste its table into the README"
+    )
 
 
 def test_every_setting_has_a_sentence_and_a_variable_of_its_name() -> None:

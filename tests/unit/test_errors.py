@@ -19,8 +19,8 @@ from common.errors import (
     TooManyRequests,
     Unavailable,
 )
-from common.rpc_errors import CLUSTER_DOWN, as_service_error
-from common.streams import StreamEnded, TooManyStreams
+from common.rpc.status import CLUSTER_DOWN, as_service_error
+from common.rpc.streams import StreamEnded, TooManyStreams
 from gateway.errors import HTTP_STATUS, http_status, rendered_details, service_error_response
 from gateway.translate import BadRequest
 from profile_svc.events_feed import HistoryChanged, Trimmed

@@ -10,12 +10,12 @@ from redis.asyncio.connection import Connection
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from common import keys
-from common.addresses import parse_listen
 from common.errors import InvalidArgument
-from common.redis_internals import closed_under_command, stream_keys
-from common.stream_ids import format_id, parse_id
-from common.validation import MAX_FIELDS, check_fields, check_user
+from common.rpc.validation import MAX_FIELDS, check_fields, check_user
+from common.runtime.addresses import parse_listen
+from common.storage import keys
+from common.storage.internals import closed_under_command, stream_keys
+from common.storage.stream_ids import format_id, parse_id
 
 PARTITION_KEYS = [keys.events_key, keys.reads_key, keys.totals_key, keys.deleted_key, keys.deleted_at_key]
 

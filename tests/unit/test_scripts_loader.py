@@ -8,7 +8,7 @@ import pytest
 
 from aggregator_svc.aggregator import APPLY_SCRIPT, RECOUNT_SCRIPT, TRIM_SCRIPT
 from aggregator_svc.aggregator import SCRIPTS as AGGREGATOR_SCRIPTS
-from common.scripts import script_source
+from common.storage.scripts import script_source
 from profile_svc.profiles import SCRIPTS as PROFILE_SCRIPTS
 from reporting_svc.reports import SCRIPTS as REPORTING_SCRIPTS
 

@@ -14,9 +14,9 @@ from typing import Any
 import grpc
 import pytest
 
-from common.cluster import Cluster
-from common.config import Settings
-from common.streams import StreamLimits
+from common.rpc.streams import StreamLimits
+from common.runtime.config import Settings
+from common.storage.cluster import Cluster
 from localdev.ports import free_ports
 from profile_svc.events_feed import EventsFeed
 from profile_svc.profiles import Profiles

@@ -1,6 +1,6 @@
 """gRPC server bootstrap shared by every service: health, reflection, graceful shutdown.
 
-How errors become statuses is common/rpc_errors.py's job.
+How errors become statuses is common/rpc/status.py's job.
 """
 
 from __future__ import annotations
@@ -19,14 +19,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from common import cancellation, grpc_tls
-from common.cluster import CLUSTER_FAILURES, Cluster
-from common.command import parse_arguments
-from common.config import Settings, StartupError
-from common.interceptors import ObservingInterceptor
-from common.logs import setup_logging
-from common.metrics import serve_metrics
-from common.tracing import setup_tracing, shutdown_tracing
+from common.rpc import tls
+from common.rpc.interceptors import ObservingInterceptor
+from common.runtime import cancellation
+from common.runtime.command import parse_arguments
+from common.runtime.config import Settings, StartupError
+from common.runtime.logs import setup_logging
+from common.runtime.metrics import serve_metrics
+from common.runtime.tracing import setup_tracing, shutdown_tracing
+from common.storage.cluster import CLUSTER_FAILURES, Cluster
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ async def _stop_tasks(tasks: list[asyncio.Task[None]], within_s: float) -> None:
     """Cancel the background tasks and wait for them, up to `within_s`.
 
     A task still running then has lost its cancellation (something under it caught the CancelledError:
-    see common/cancellation.py for the case that hung the aggregator) and would hold the process forever,
+    see common/runtime/cancellation.py for the case that hung the aggregator) and would hold the process forever,
     since asyncio.run waits for every task. That is a bug: its stack is logged, so the log names the
     place, and the process exits with EXIT_STUCK rather than outliving its orchestrator's patience.
     """
@@ -181,7 +182,7 @@ async def serve(listen: str, cluster: Cluster, build: Callable[[grpc.aio.Server]
     """
     settings = cluster.settings
     try:
-        allowed_clients = grpc_tls.parse_allowed_clients(settings.grpc_allowed_clients)
+        allowed_clients = tls.parse_allowed_clients(settings.grpc_allowed_clients)
     except ValueError as error:
         raise StartupError(str(error)) from None
     if allowed_clients and not settings.grpc_ca_file:
@@ -191,10 +192,10 @@ async def serve(listen: str, cluster: Cluster, build: Callable[[grpc.aio.Server]
     # The first sheds unary calls beyond PROFILEMESH_MAX_IN_FLIGHT (RESOURCE_EXHAUSTED, counted).
     interceptors: list[grpc.aio.ServerInterceptor] = [ObservingInterceptor(cluster.settings.max_in_flight)]
     if allowed_clients:
-        interceptors.append(grpc_tls.AllowedClients(allowed_clients))
+        interceptors.append(tls.AllowedClients(allowed_clients))
     server = grpc.aio.server(
         interceptors=interceptors,
-        # A backstop above the shedding and the stream limit (common/streams.py), so that a flood
+        # A backstop above the shedding and the stream limit (common/rpc/streams.py), so that a flood
         # that outruns Python still can't queue without bound. gRPC core refuses calls beyond it
         # before any Python runs: only callers see those.
         maximum_concurrent_rpcs=2 * cluster.settings.max_in_flight + cluster.settings.max_streams,
@@ -216,15 +217,15 @@ async def serve(listen: str, cluster: Cluster, build: Callable[[grpc.aio.Server]
     reflection.enable_server_reflection(
         [*services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
     )
-    credentials = grpc_tls.server_credentials(cluster.settings)
+    credentials = tls.server_credentials(cluster.settings)
     await _bind(server, listen, credentials)
     await server.start()
-    tls = (
+    security = (
         "plaintext"
         if credentials is None
         else "TLS" + (", client certificates required" if cluster.settings.grpc_ca_file else "")
     )
-    log.info("listening on %s (%s)", listen, tls)
+    log.info("listening on %s (%s)", listen, security)
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,4 +1,4 @@
-"""The container image's HEALTHCHECK: `python3 -m common.probe [component]`, exit 0 when ready.
+"""The container image's HEALTHCHECK: `python3 -m common.runtime.probe [component]`, exit 0 when ready.
 
 It needs no extra binary (no curl, no grpc_health_probe): gRPC services answer the standard health
 service, the gateway its /readyz. Without an argument the component is the one running as PID 1,
@@ -15,8 +15,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from common import grpc_tls
-from common.config import Settings
+from common.rpc import tls
+from common.runtime.config import Settings
 
 TIMEOUT_S = 2.0
 COMPONENTS = ("profile", "reporting", "aggregator", "gateway")
@@ -49,7 +49,7 @@ def probe(component: str, settings: Settings) -> bool:
     # With mutual TLS, the component's own certificate, and the server's checked for the name `localhost`
     # (certificates name it for this probe: README.md, "Deploying"); the address stays the local one.
     options = [("grpc.ssl_target_name_override", PROBE_NAME)] if settings.grpc_ca_file else []
-    with grpc_tls.sync_channel(_local(listen), settings, options) as channel:
+    with tls.sync_channel(_local(listen), settings, options) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT_S)
         except grpc.RpcError:

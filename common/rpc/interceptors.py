@@ -13,10 +13,10 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from common import metrics, tracing
 from common.errors import TooManyRequests
-from common.logs import REQUEST_ID
-from common.rpc_errors import abort
+from common.rpc.status import abort
+from common.runtime import metrics, tracing
+from common.runtime.logs import REQUEST_ID
 
 log = logging.getLogger(__name__)
 

@@ -43,11 +43,11 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from common import keys as keys_module
-from common import metrics
-from common.cluster import Cluster
 from common.errors import ServiceError, Unavailable
-from common.redis_internals import NothingSent, send_on_one_connection
+from common.runtime import metrics
+from common.storage import keys as keys_module
+from common.storage.cluster import Cluster
+from common.storage.internals import NothingSent, send_on_one_connection
 
 log = logging.getLogger(__name__)
 

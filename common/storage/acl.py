@@ -1,6 +1,6 @@
 """The cluster's ACL users: one per component, each allowed only what its code runs.
 
-The one place the rules live. Key patterns come from common/keys.py's prefixes; localdev writes them
+The one place the rules live. Key patterns come from common/storage/keys.py's prefixes; localdev writes them
 into the local cluster's ACL file, and the README's MemoryDB access strings are the same strings.
 Scripts run with their caller's permissions, so each user is also allowed the commands and keys
 its scripts touch. The gateway has no user: it never talks to the cluster.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 
-from common import keys
+from common.storage import keys
 
 USERS = {
     "profile_svc": "profilemesh-profile",
@@ -83,6 +83,6 @@ def all_users() -> list[str]:
     return [*USERS.values(), ADMIN_USER, REPLICATION_USER]
 
 
-if __name__ == "__main__":  # `python -m common.acl`: the MemoryDB access strings, as the README gives them
+if __name__ == "__main__":  # `python -m common.storage.acl`: the MemoryDB access strings, as the README gives them
     for component_name, user_name in USERS.items():
         print(f"{user_name}: on {rules(component_name)}")

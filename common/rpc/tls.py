@@ -16,8 +16,8 @@ from typing import Any
 
 import grpc
 
-from common.config import Settings
-from common.interceptors import Handler
+from common.rpc.interceptors import Handler
+from common.runtime.config import Settings
 
 
 def _read(path: str, setting: str) -> bytes:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from common.clients import parse_networks
+from common.rpc.clients import parse_networks
 
 PREFIX = "PROFILEMESH_"
 T = TypeVar("T")
@@ -141,7 +141,7 @@ class Settings:
         " (less CPU per event, that much more lag); partitions wake together, on multiples of it",
         minimum=0,
     )
-    # Streams (WatchProfileEvents, WatchTopProfiles and their SSE routes); see common/streams.py.
+    # Streams (WatchProfileEvents, WatchTopProfiles and their SSE routes); see common/rpc/streams.py.
     events_retention_s: int = setting(
         600, "how long acknowledged events stay in the streams, so WatchProfileEvents subscribers can resume", minimum=1
     )
@@ -202,7 +202,7 @@ class Settings:
     reporting_metrics_listen: str = setting("0.0.0.0:9102", "where reporting_svc serves `/metrics`; `off` for none")
     aggregator_metrics_listen: str = setting("0.0.0.0:9103", "where the aggregator serves `/metrics`; `off` for none")
     gateway_metrics_listen: str = setting("0.0.0.0:9104", "where the gateway serves `/metrics`; `off` for none")
-    # Security (README "Security"): the component's cluster ACL user (common/acl.py), TLS to the cluster,
+    # Security (README "Security"): the component's cluster ACL user (common/storage/acl.py), TLS to the cluster,
     # and gRPC TLS. Credentials are settings, never command-line arguments.
     redis_username: str = setting("", "the component's cluster ACL user (`make run` sets each service's)", shown="none")
     redis_password: str = setting(

@@ -17,7 +17,7 @@ DEPLOYMENT_KEY = "profilemesh:deployment"
 EVENT_TYPES = ("create", "read", "update", "delete")
 
 # Every key starts with one of these: profile_svc owns profiles, the event streams are shared,
-# the aggregator writes statistics and reporting_svc reads them (common/acl.py builds on this).
+# the aggregator writes statistics and reporting_svc reads them (common/storage/acl.py builds on this).
 PROFILE_PREFIX = "profile:"
 EVENTS_PREFIX = "events:"
 STATS_PREFIX = "stats:"

@@ -27,17 +27,18 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from common import keys, metrics, tracing
-from common.config import Settings, StartupError
 from common.errors import PartitionMismatch
-from common.redis_internals import (
+from common.runtime import metrics, tracing
+from common.runtime.config import Settings, StartupError
+from common.storage import keys
+from common.storage.internals import (
     closed_under_command,
     covered_slots,
     keep_command_table,
     keeping_startup_nodes,
     startup_nodes,
 )
-from common.scripts import script_source
+from common.storage.scripts import script_source
 
 log = logging.getLogger(__name__)
 _commands = metrics.children(metrics.CLUSTER_COMMANDS)
@@ -170,7 +171,7 @@ class Cluster:
                 raise
 
     def script(self, path: Path) -> AsyncScript:
-        """A script from a .lua file (with its helpers, see common/scripts.py); run by SHA, loaded on first use."""
+        """A script from a .lua file (with its helpers, see common/storage/scripts.py); run by SHA, loaded on use."""
         script = self.client.register_script(script_source(path))
         self.script_names[script.sha] = path.stem
         return script
@@ -248,7 +249,7 @@ class Cluster:
         wanted = self.settings.partitions
         async with self.bounded() as client:
             recorded_text = await client.get(keys.PARTITIONS_KEY)
-            if recorded_text is None:  # only profile_svc's user may record it (common/acl.py)
+            if recorded_text is None:  # only profile_svc's user may record it (common/storage/acl.py)
                 await client.set(keys.PARTITIONS_KEY, wanted, nx=True)
                 recorded_text = await client.get(keys.PARTITIONS_KEY)
             recorded = int(recorded_text or 0)

@@ -4,7 +4,7 @@ A stream holds its slot for minutes, so it gets bounds a unary call doesn't need
 PROFILEMESH_MAX_STREAMS per process, an idle lifetime (no event, only heartbeats, for
 PROFILEMESH_STREAM_IDLE_S), a maximum lifetime (PROFILEMESH_STREAM_MAX_S), and an end as soon as the
 process drains, so clients reconnect to a replica that stays. (Unary load shedding, in
-common/interceptors.py, leaves streams to these bounds.)
+common/rpc/interceptors.py, leaves streams to these bounds.)
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 
-from common.clients import FORWARDED_METADATA, client_address, grpc_peer_address, parse_networks
-from common.config import Settings
 from common.errors import ServiceError, TooManyRequests
+from common.rpc.clients import FORWARDED_METADATA, client_address, grpc_peer_address, parse_networks
+from common.runtime.config import Settings
 
 DRAINING = "the server is shutting down; reconnect"
 
@@ -49,7 +49,7 @@ class StreamEnded(ServiceError):
 
 
 class StreamLimits:
-    """The process's stream slots, and each client's share of them: one client address (common/clients.py)
+    """The process's stream slots, and each client's share of them: one client address (common/rpc/clients.py)
     holds at most PROFILEMESH_STREAM_CLIENT_SHARE_PERCENT of PROFILEMESH_MAX_STREAMS (at least one), so one
     address can't lock everyone else out."""
 
@@ -85,7 +85,7 @@ class StreamLimits:
 
     @contextlib.contextmanager
     def slot(self, client: str) -> Iterator[StreamClock]:
-        """A slot for a stream of `client` (its address, from common/clients.py), while the block runs."""
+        """A slot for a stream of `client` (its address, from common/rpc/clients.py), while the block runs."""
         if self.draining:
             raise StreamEnded(DRAINING)
         if self.open >= self.max_streams:

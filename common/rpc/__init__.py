@@ -1,0 +1,1 @@
+"""gRPC plumbing: servers, errors as statuses, TLS and allow-lists, interceptors, stream limits, input checks."""

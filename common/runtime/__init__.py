@@ -1,0 +1,1 @@
+"""What every process needs at run time: settings, logs, metrics, traces, console scripts, health probes."""

@@ -17,6 +17,8 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
+from common.runtime.config import StartupError
+
 DOMAIN = "profilemesh"
 
 
@@ -95,3 +97,8 @@ class TooManyRequests(ServiceError):
 
 class PartitionMismatch(RuntimeError):
     """The cluster was set up with another partition count; running on would misroute data."""
+
+
+class FunctionsMissing(StartupError):
+    """A primary lacks this version's function library (never loaded, or another version's only): every call
+    on its partitions would fail, and a service may not load code itself, so it refuses to start."""

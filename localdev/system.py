@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -21,6 +22,7 @@ from localdev import certs, processes
 from localdev.cluster import LocalCluster
 from localdev.ports import free_ports
 from localdev.waiting import answers_ok, poll_until
+from profilemesh_cli import migrate
 
 # Every component; each serves Prometheus metrics on a port of its own.
 SERVICES = ("profile_svc", "reporting_svc", "aggregator_svc", "gateway")
@@ -218,8 +220,18 @@ class System:
         ]
         return self.start_process(_replica_name(service, index), service, **{variable: f"{self.host}:{ports[index]}"})
 
+    def migrate(self) -> list[migrate.Change]:
+        """`profilemesh cluster migrate` as the cluster's admin: the functions the services call, loaded before
+        any of them starts (they may not load code, and refuse to start without it)."""
+        changes = asyncio.run(migrate.migrate(self.client_settings()))
+        if not changes or any(change.outcome == migrate.FAILED for change in changes):
+            raise RuntimeError(f"profilemesh cluster migrate failed:\n{migrate.render(changes)}")
+        print(f"profilemesh cluster migrate:\n{migrate.render(changes)}", flush=True)
+        return changes
+
     def start(self, timeout_s: float = 60) -> None:
         self.cluster.start(timeout_s)
+        self.migrate()
         for index in range(len(self.profile_ports)):
             self.start_replica("profile_svc", index)
         for index in range(len(self.reporting_ports)):

@@ -12,7 +12,7 @@ from typing import Any
 
 from common.runtime.config import ConfigError
 from profilemesh.client import ProfileClient, ProfilemeshError, ReportingClient, RetryPolicy, Tls, Unavailable
-from profilemesh_cli import status, watch
+from profilemesh_cli import migrate, status, watch
 from profilemesh_cli.endpoints import Endpoints
 
 CALL_TIMEOUT_S = 5.0
@@ -158,6 +158,8 @@ def parser() -> argparse.ArgumentParser:
     )
     live.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
     live.add_argument("--count", type=int, default=None, help="stop after this many refreshes")
+    cluster = command("cluster", migrate.cmd_cluster, "operate the cluster as its admin: `cluster migrate`", False)
+    migrate.add_arguments(cluster)
     return top
 
 

@@ -63,6 +63,7 @@ def containers(built_image: str, tmp_path_factory: pytest.TempPathFactory) -> It
     """The cluster as local processes, each component as a container from the image; all removed afterwards."""
     system = on_free_ports(tmp_path_factory.mktemp("image"), TEST_SETTINGS)
     system.cluster.start()
+    system.migrate()  # the admin step the deployments run before the services (compose.yaml's functions)
     run_id = uuid.uuid4().hex[:8]
     started: dict[str, str] = {}
     secrets: dict[str, str] = {}

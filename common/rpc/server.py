@@ -57,6 +57,7 @@ async def _watch_cluster(
         if healthy and not verified:
             try:
                 await cluster.verify_partitions()  # a PartitionMismatch ends the process
+                await cluster.verify_functions()  # so does a FunctionsMissing
                 for check in checks:
                     await check()
                 verified = True
@@ -240,7 +241,8 @@ async def serve(listen: str, cluster: Cluster, build: Callable[[grpc.aio.Server]
     failure = None
     for task in done - {stop_wait}:
         failure = task.exception() or RuntimeError(f"{task.get_name()} ended unexpectedly")
-        log.error("%s failed; shutting down", task.get_name(), exc_info=failure)
+        # A StartupError's message says it all (the process exits with it): no stack.
+        log.error("%s failed; shutting down", task.get_name(), exc_info=None if isinstance(failure, StartupError) else failure)
 
     settings = cluster.settings
     log.info(

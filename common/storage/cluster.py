@@ -21,16 +21,17 @@ from redis.exceptions import (
     NoScriptError,
     RedisClusterException,
     RedisError,
+    ResponseError,
     SlotNotCoveredError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from common.errors import PartitionMismatch
+from common.errors import FunctionsMissing, PartitionMismatch
 from common.runtime import metrics, tracing
 from common.runtime.config import Settings, StartupError
-from common.storage import keys
+from common.storage import functions, keys
 from common.storage.internals import (
     closed_under_command,
     covered_slots,
@@ -109,6 +110,8 @@ class Cluster:
         self._startup_nodes = startup_nodes(self.client)
         self.limit = asyncio.Semaphore(settings.redis_max_concurrency)
         self.script_names: dict[str, str] = {}  # sha -> name, for metrics and spans
+        # The libraries this process calls functions of, each by its check function (verify_functions).
+        self.libraries: dict[str, functions.Function] = {}
         self._initialized = False
         self._initializing = asyncio.Lock()
 
@@ -174,6 +177,8 @@ class Cluster:
         """A script from a .lua file (with its helpers, see common/storage/scripts.py); run by SHA, loaded on use."""
         script = self.client.register_script(script_source(path))
         self.script_names[script.sha] = path.stem
+        library = functions.library_of(path)
+        self.libraries[library.name] = library.check
         return script
 
     def name_of(self, script: AsyncScript) -> str:
@@ -258,6 +263,25 @@ class Cluster:
                 f"the cluster was set up with {recorded} partitions but PROFILEMESH_PARTITIONS is {wanted}; "
                 "the partition count is fixed for the life of a deployment"
             )
+
+    async def verify_functions(self) -> None:
+        """Refuse to start unless every primary has this version's libraries (those of the functions this
+        process calls): a service may not load code (common/storage/acl.py), and without them every call on
+        that primary's partitions would fail. Asked with each library's own check function, so with no right
+        beyond FCALL (or FCALL_RO)."""
+        async with self.bounded() as client:
+            for check in self.libraries.values():
+                for node in client.get_primaries():
+                    try:
+                        await client.execute_command(check.command, check.name, 0, target_nodes=node)
+                    except ResponseError as error:
+                        if "function not found" not in str(error).lower():
+                            raise
+                        raise FunctionsMissing(
+                            f"the cluster's primary {node.name} has no function library {check.library} (this "
+                            "version's: it was never loaded there, or only another version's is); run "
+                            "`profilemesh cluster migrate` as the cluster's admin, then start this service again"
+                        ) from None
 
     async def close(self) -> None:
         await self.client.aclose()

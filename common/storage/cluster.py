@@ -28,9 +28,9 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from common.errors import FunctionsMissing, PartitionMismatch
+from common.errors import CredentialsRefused, FunctionsMissing, PartitionMismatch
 from common.runtime import metrics, tracing
-from common.runtime.config import Settings, StartupError
+from common.runtime.config import Settings
 from common.storage import functions, keys
 from common.storage.internals import (
     closed_under_command,
@@ -80,10 +80,6 @@ def connection_options(settings: Settings) -> dict[str, Any]:
         if settings.redis_cert_file:
             options.update(ssl_certfile=settings.redis_cert_file, ssl_keyfile=settings.redis_key_file)
     return options
-
-
-class CredentialsRefused(StartupError):
-    """The cluster refused this process's user or password: no retry will help."""
 
 
 class Cluster:

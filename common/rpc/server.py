@@ -63,7 +63,7 @@ async def _watch_cluster(
                     await check()
                 verified = True
             except CLUSTER_FAILURES as error:
-                log.warning("cannot check the partition count yet: %r", error)
+                log.warning("cannot check the partition count and functions yet: %r", error)
                 healthy = False
         status = health_pb2.HealthCheckResponse.SERVING if healthy else health_pb2.HealthCheckResponse.NOT_SERVING
         if status != previous:

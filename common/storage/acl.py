@@ -25,7 +25,7 @@ REPLICATION_USER = "profilemesh-replication"
 # What any cluster client needs: learn and follow the topology, the command table, health pings.
 _CLIENT = "+ping +cluster|slots +cluster|shards +cluster|nodes +cluster|info +command +asking +readonly"
 # Running scripts by SHA and loading them when a node does not know them yet.
-_SCRIPTS = "+evalsha +eval +script|load +script|exists"
+_SCRIPTS = "+evalsha +eval +script|load +script|exists +fcall"
 # The partition count: profile_svc records it on first start, the others only read it.
 _PARTITIONS_READ = f"%R~{keys.PARTITIONS_KEY} +get"
 
@@ -46,7 +46,7 @@ _ROLES = {
     # Read-only by its commands: EVALSHA declares its keys read-write (Redis 7.0 refuses it on %R~ keys),
     # so the key pattern can't say it; none of the commands it is allowed writes.
     "reporting_svc": (
-        f"~{keys.STATS_PREFIX}* {_PARTITIONS_READ} {_CLIENT} {_SCRIPTS} +zscore +hgetall +zrevrange +zrangebyscore"
+        f"~{keys.STATS_PREFIX}* {_PARTITIONS_READ} {_CLIENT} {_SCRIPTS} +fcall_ro +zscore +hgetall +zrevrange +zrangebyscore"
     ),
 }
 _ADMIN = "~* &* +@all"

@@ -270,6 +270,12 @@ class Cluster:
                 for node in client.get_primaries():
                     try:
                         await client.execute_command(check.command, check.name, 0, target_nodes=node)
+                    except NoPermissionError as error:
+                        user = self.settings.redis_username or "default"
+                        raise FunctionsMissing(
+                            f"the cluster refused {check.command} to user {user!r} ({error}): its ACL rules must "
+                            "allow it (common/storage/acl.py)"
+                        ) from None
                     except ResponseError as error:
                         if "function not found" not in str(error).lower():
                             raise

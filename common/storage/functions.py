@@ -94,8 +94,10 @@ def library(component: str) -> Library:
     name = f"{PREFIX}{component}_{version}"
     lines = [f"#!lua name={name}", template, ""]
     functions: dict[str, Function] = {}
+    # A library's check is called the way its other functions are (a user with only FCALL can't FCALL_RO).
+    only_reads = all(read_only for _, read_only in registrations)
     for stem, read_only in registrations:
-        function = Function(f"{stem}_{version}", stem, name, read_only)
+        function = Function(f"{stem}_{version}", stem, name, only_reads if stem == CHECK else read_only)
         functions[stem] = function
         flags = "{'no-writes'}" if read_only else "{}"
         callback = f"function() return '{name}' end" if stem == CHECK else stem

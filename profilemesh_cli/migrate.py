@@ -22,7 +22,8 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from common.runtime.config import Settings
 from common.storage import functions
-from common.storage.cluster import connection_options
+from common.storage.cluster import CLUSTER_SLOTS, connection_options
+from common.storage.internals import covered_slots
 
 TIMEOUT_S = 10.0
 LOADED, PRESENT, REPLACED, PRUNED, KEPT, FAILED = (
@@ -106,6 +107,11 @@ async def migrate(settings: Settings, prune: bool = False) -> list[Change]:
     )
     try:
         await client.initialize()
+        covered = covered_slots(client)
+        if covered < CLUSTER_SLOTS:  # being created, or a shard down: a primary could be missed
+            raise RedisClusterException(
+                f"the cluster serves {covered} of {CLUSTER_SLOTS} slots; run again once it serves them all"
+            )
         wanted = functions.libraries()
         primaries = sorted(client.get_primaries(), key=lambda node: node.name)
         done = await asyncio.gather(*(_migrate_node(client, node, wanted, prune) for node in primaries))
@@ -144,7 +150,7 @@ def cmd_cluster(args: argparse.Namespace, endpoints: Any) -> int:
         changes = asyncio.run(migrate(settings, prune=args.prune))
     except (RedisError, RedisClusterException, OSError) as error:
         where = settings.redis_url.split("@")[-1]
-        print(f"error: the cluster at {where} does not answer: {type(error).__name__}: {error}", file=sys.stderr)
+        print(f"error: cannot migrate the cluster at {where}: {type(error).__name__}: {error}", file=sys.stderr)
         return 2
     print(json.dumps([asdict(c) for c in changes], indent=2) if args.json else render(changes))
     return 1 if not changes or any(change.outcome == FAILED for change in changes) else 0

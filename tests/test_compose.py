@@ -114,11 +114,10 @@ def _waiting_for_the_cluster(compose: Compose) -> bool:
         return False
 
 
-def _cluster_created(compose: Compose) -> bool:
-    """The one-shot cluster-create has run to success (on a failure it runs again: restart on-failure)."""
-    state = image.podman(
-        "inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", compose.container("cluster-create")
-    )
+def _done(compose: Compose, one_shot: str) -> bool:
+    """A one-shot (cluster-create, cluster-migrate) has run to success (on a failure it runs again: restart
+    on-failure)."""
+    state = image.podman("inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", compose.container(one_shot))
     return state.stdout.split() == ["exited", "0"]
 
 
@@ -134,7 +133,8 @@ def compose(built_image: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         waiting = time.monotonic() - started
         cluster_started = time.monotonic()
         running("up", "-d", "--no-deps")
-        wait_until(lambda: _cluster_created(running), timeout_s=90, what="cluster-create to succeed")
+        wait_until(lambda: _done(running, "cluster-create"), timeout_s=90, what="cluster-create to succeed")
+        wait_until(lambda: _done(running, "cluster-migrate"), timeout_s=90, what="cluster-migrate to succeed")
         wait_until(
             lambda: answers_ok(f"http://127.0.0.1:{running.ports['GATEWAY_PORT']}/readyz"),
             timeout_s=60,
@@ -151,7 +151,7 @@ def compose(built_image: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield running
     finally:
         logs_dir = tmp_path_factory.mktemp("compose")
-        for service in [*NODES, "cluster-create", *COMPONENTS]:
+        for service in [*NODES, "cluster-create", "cluster-migrate", *COMPONENTS]:
             logs = image.podman("logs", running.container(service), check=False)
             (logs_dir / f"{service}.log").write_text(logs.stdout + logs.stderr)
         if running.leftovers():
@@ -164,6 +164,6 @@ def test_seed_walkthrough_through_compose(compose: Compose) -> None:
 
 def test_down_removes_everything_it_started(compose: Compose) -> None:
     """Last: `down` stops and removes every container of the project (found by its label) and its pod."""
-    assert len(compose.leftovers()) == len(NODES) + 1 + len(COMPONENTS) + 1  # and the pod
+    assert len(compose.leftovers()) == len(NODES) + 2 + len(COMPONENTS) + 1  # the two one-shots, and the pod
     compose("down")
     assert compose.leftovers() == []

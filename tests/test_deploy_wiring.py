@@ -15,12 +15,15 @@ import pytest
 from common.storage import acl
 from common.storage.acl import rules
 from tests.wiring import (
+    MIGRATE,
     ROOT,
     Wiring,
+    compose_migration_problems,
     from_compose,
     from_ecs,
     from_k8s,
     load_all,
+    migration_problems,
     mtls_problems,
     network_problems,
     problems,
@@ -220,7 +223,7 @@ MESH_BREAKS = [
         NETWORK_POLICIES,
         "values: [profile, reporting, aggregator]",
         "values: [profile, reporting, aggregator, gateway]",
-        "the cluster's port 6379 is reachable from ['aggregator', 'gateway', 'profile', 'reporting']",
+        "the cluster's port 6379 is reachable from ['aggregator', 'gateway', 'migrate', 'profile', 'reporting']",
     ),
     (
         NETWORK_POLICIES,
@@ -257,6 +260,8 @@ def test_cert_manager_example_makes_the_secrets_the_deployments_mount() -> None:
     certificates = {d["spec"]["secretName"]: d["spec"] for d in documents if d["kind"] == "Certificate"}
     wired = from_k8s(K8S.read_text())
     for component, wiring in wired.items():
+        if component == MIGRATE:  # no gRPC: no certificate
+            continue
         (secret,) = set(wiring.extra["secret_mounts"].values())
         spec = certificates[secret]
         assert spec["commonName"] == component
@@ -331,7 +336,7 @@ def test_k8s_manifests_validate_against_the_schemas() -> None:
         [TOOLS / "kubernetes-validate", "--strict", "-k", "1.31.0", *manifests], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.count("passed") == 22, done.stdout
+    assert done.stdout.count("passed") == 24, done.stdout
 
 
 def test_compose_file_is_read_by_podman_compose() -> None:
@@ -347,9 +352,10 @@ def test_memorydb_users_have_the_acl_rules_of_common_acl() -> None:
         name: resource for name, resource in template["Resources"].items() if resource["Type"] == "AWS::MemoryDB::User"
     }
     expected = {"ProfileUser": "profile_svc", "ReportingUser": "reporting_svc", "AggregatorUser": "aggregator_svc"}
-    assert set(users) == set(expected)
+    assert set(users) == {*expected, "MigrateUser"}
     for name, component in expected.items():
         assert users[name]["Properties"]["AccessString"] == f"on {rules(component)}", name
+    assert users["MigrateUser"]["Properties"]["AccessString"] == f"on {acl.MIGRATION}"
 
 
 def test_kustomize_renders_valid_manifests_that_agree_with_the_code(tmp_path: Path) -> None:
@@ -363,17 +369,18 @@ def test_kustomize_renders_valid_manifests_that_agree_with_the_code(tmp_path: Pa
         "Namespace": 1,
         "ConfigMap": 1,
         "Deployment": 4,
+        "Job": 1,
         "Service": 3,
         "PodDisruptionBudget": 4,
         "HorizontalPodAutoscaler": 2,
-        "NetworkPolicy": 7,
+        "NetworkPolicy": 8,
     }
     assert {d["metadata"].get("namespace") for d in documents if d["kind"] != "Namespace"} == {"profilemesh"}
     (config_map,) = [document for document in documents if document["kind"] == "ConfigMap"]
     assert config_map["metadata"]["name"].startswith("profilemesh-cluster-")  # the generator's hash suffix
     assert config_map["data"]["url"].startswith("rediss://")
     for document in documents:
-        if document["kind"] == "Deployment":
+        if document["kind"] in ("Deployment", "Job"):
             (container,) = document["spec"]["template"]["spec"]["containers"]
             assert container["image"] == "registry.example.com/profilemesh:0.1.0"
             for entry in container["env"]:
@@ -382,6 +389,7 @@ def test_kustomize_renders_valid_manifests_that_agree_with_the_code(tmp_path: Pa
     wired = from_k8s(rendered.stdout)
     assert problems(wired) == [] and secret_problems(wired) == []
     assert mtls_problems(wired) == [] and network_problems(wired) == []
+    assert migration_problems(wired, acl.MIGRATION_USER) == []
     assert {d["metadata"]["name"] for d in documents if d["kind"] == "NetworkPolicy"} >= {"profilemesh-default-deny"}
     manifests = tmp_path / "rendered.yaml"
     manifests.write_text(rendered.stdout)
@@ -390,3 +398,70 @@ def test_kustomize_renders_valid_manifests_that_agree_with_the_code(tmp_path: Pa
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("passed") == sum(kinds.values()), done.stdout
+
+
+def test_every_deployment_runs_the_migrate_step_before_the_services() -> None:
+    """compose's cluster-migrate, the ECS MigrateTask (its own MemoryDB user, let in by MemoryDB's security group) and
+    the Kubernetes Job (its own user, let out to the cluster by a NetworkPolicy): docs/functions.md."""
+    assert compose_migration_problems(COMPOSE.read_text()) == []
+    template = load_all(ECS.read_text())[0]["Resources"]
+    assert migration_problems(from_ecs(ECS.read_text()), "{'Ref': 'MigrateUser'}") == []
+    ingress = template["MemoryDBSecurityGroup"]["Properties"]["SecurityGroupIngress"]
+    assert {"Ref": "MigrateSecurityGroup"} in [rule["SourceSecurityGroupId"] for rule in ingress]
+    wired = _k8s_with_policies()
+    assert migration_problems(wired, acl.MIGRATION_USER) == [] and network_problems(wired) == []
+
+
+# Deliberately broken copies of the migrate step: (artifact, original, broken, what is reported).
+MIGRATE_BREAKS = [
+    (
+        "compose",
+        'command: ["profilemesh", "cluster", "migrate"]',
+        'command: ["profilemesh", "status"]',
+        "no one-off runs `profilemesh cluster migrate`",
+    ),
+    (
+        "compose",
+        "      PROFILEMESH_PROFILE_METRICS_LISTEN: 0.0.0.0:9101\n    depends_on:\n      cluster-migrate:",
+        "      PROFILEMESH_PROFILE_METRICS_LISTEN: 0.0.0.0:9101\n    depends_on:\n      cluster-create:",
+        "profile: does not wait for cluster-migrate to succeed",
+    ),
+    ("ecs", "Command: [profilemesh, cluster, migrate]", "Command: [profilemesh, status]", "no one-off runs"),
+    (
+        "ecs",
+        "{Name: PROFILEMESH_REDIS_PASSWORD, ValueFrom: !Ref MigratePassword}",
+        "{Name: PROFILEMESH_REDIS_PASSWD, ValueFrom: !Ref MigratePassword}",
+        "migrate: PROFILEMESH_REDIS_PASSWORD does not come from a secret",
+    ),
+    ("k8s", "command: [profilemesh, cluster, migrate]", "command: [profilemesh, status]", "no one-off runs"),
+    (
+        "k8s",
+        "- {name: PROFILEMESH_REDIS_USERNAME, value: profilemesh-migrate}",
+        "- {name: PROFILEMESH_REDIS_USERNAME, value: profilemesh-profile}",
+        "migrate: logs in as 'profilemesh-profile', not 'profilemesh-migrate'",
+    ),
+    (
+        "policies",
+        "  name: profilemesh-migrate-to-cluster\nspec:\n"
+        "  podSelector: {matchLabels: {app.kubernetes.io/name: profilemesh, app.kubernetes.io/component: migrate}}",
+        "  name: profilemesh-migrate-to-cluster\nspec:\n"
+        "  podSelector: {matchLabels: {app.kubernetes.io/name: profilemesh, app.kubernetes.io/component: migrator}}",
+        "migrate can't reach the cluster's port 6379",
+    ),
+]
+
+
+@pytest.mark.parametrize(("artifact", "original", "broken", "reported"), MIGRATE_BREAKS)
+def test_a_broken_copy_of_the_migrate_step_is_caught(artifact: str, original: str, broken: str, reported: str) -> None:
+    path = NETWORK_POLICIES if artifact == "policies" else ARTIFACTS[artifact][0]
+    text = path.read_text()
+    assert original in text, f"the break's original text is gone from {path.name}; update MIGRATE_BREAKS"
+    copy = text.replace(original, broken, 1)
+    if artifact == "compose":
+        found = compose_migration_problems(copy)
+    elif artifact == "ecs":
+        found = migration_problems(from_ecs(copy), "{'Ref': 'MigrateUser'}")
+    else:
+        wired = _k8s_with_policies(copy, None) if artifact == "k8s" else _k8s_with_policies(None, copy)
+        found = migration_problems(wired, acl.MIGRATION_USER) + network_problems(wired)
+    assert any(reported in problem for problem in found), found

@@ -130,6 +130,9 @@ def from_ecs(text: str) -> dict[str, Wiring]:
         component = container["Command"][0].removeprefix("profilemesh-")
         wiring = Wiring(component, env={e["Name"]: str(e["Value"]) for e in container.get("Environment", [])})
         wiring.secrets = {secret["Name"] for secret in container.get("Secrets", [])}
+        if container["Command"] == MIGRATE_COMMAND or "PortMappings" not in container:  # a one-off: no port
+            wired[MIGRATE if container["Command"] == MIGRATE_COMMAND else str(container["Command"])] = wiring
+            continue
         wiring.ports = {mapping["ContainerPort"] for mapping in container["PortMappings"]}
         command = container["HealthCheck"]["Command"]
         wiring.health = "probe" if command == ["CMD", *PROBE] else str(command)
@@ -187,6 +190,24 @@ def from_k8s(text: str) -> dict[str, Wiring]:
             port["name"]: port["containerPort"] for port in container["ports"] if "name" in port
         }
         wired[component] = wiring
+    for document in documents:
+        if document["kind"] != "Job":
+            continue
+        pod = document["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        wiring = Wiring(MIGRATE if container.get("command") == MIGRATE_COMMAND else str(container.get("command")))
+        for entry in container.get("env", []):
+            if "valueFrom" in entry:
+                if "secretKeyRef" in entry["valueFrom"]:
+                    wiring.secrets.add(entry["name"])
+                else:
+                    wiring.env[entry["name"]] = "<from elsewhere>"
+            else:
+                wiring.env[entry["name"]] = str(entry["value"])
+        wiring.extra["labels"] = document["spec"]["template"]["metadata"]["labels"]
+        wiring.extra["restart"] = pod.get("restartPolicy")
+        wiring.extra["security"] = (pod.get("securityContext", {}), container.get("securityContext", {}))
+        wired[wiring.component] = wiring
     wired_policies = [d for d in documents if d["kind"] == "NetworkPolicy"]
     for wiring in wired.values():
         wiring.extra["network_policies"] = wired_policies
@@ -199,6 +220,55 @@ def _k8s_probe(probe: dict[str, Any]) -> str:
     if "exec" in probe:
         return "probe" if probe["exec"]["command"] == PROBE else str(probe["exec"]["command"])
     return f"http:{probe['httpGet']['port']}{probe['httpGet']['path']}"
+
+
+# The one-off admin step that loads the function libraries (docs/functions.md): compose's cluster-migrate, the
+# ECS MigrateTask, the Kubernetes Job. Read as the Wiring of MIGRATE.
+MIGRATE = "migrate"
+MIGRATE_COMMAND = ["profilemesh", "cluster", "migrate"]
+
+
+def migration_problems(wired: dict[str, Wiring], user: str | None = None) -> list[str]:
+    """The one-off migrate step is there, runs `profilemesh cluster migrate` against the services' cluster as its own
+    user (`user`, when the artifact names it plainly) with a password from a secret store."""
+    if MIGRATE not in wired:
+        return ["no one-off runs `profilemesh cluster migrate`: the services would refuse to start"]
+    found = []
+    wiring = wired[MIGRATE]
+    url = wiring.env.get(variable(URL))
+    if url is None:
+        found.append(f"migrate: {variable(URL)} is not set")
+    elif any(url != wired[service].env.get(variable(URL)) for service in SERVICES):
+        found.append(f"migrate: {variable(URL)} is not the services' cluster")
+    if variable(PASSWORD) not in wiring.secrets:
+        found.append(f"migrate: {variable(PASSWORD)} does not come from a secret")
+    if user is not None and wiring.env.get(variable(USERNAME)) != user:
+        found.append(f"migrate: logs in as {wiring.env.get(variable(USERNAME))!r}, not {user!r}")
+    if wiring.extra.get("restart", "OnFailure") not in ("OnFailure", "Never"):
+        found.append(f"migrate: a Job's pod restarts {wiring.extra['restart']!r}")
+    return found
+
+
+def compose_migration_problems(text: str) -> list[str]:
+    """compose.yaml's one-shot cluster-migrate runs after cluster-create, and every service waits for its success."""
+    services = load_all(text)[0]["services"]
+    spec = services.get("cluster-migrate")
+    if spec is None or spec.get("command") != MIGRATE_COMMAND:
+        return ["no one-off runs `profilemesh cluster migrate`: the services would refuse to start"]
+    found = []
+    if spec.get("restart") != "on-failure":
+        found.append("cluster-migrate: does not run again on a failure (restart: on-failure)")
+    if spec.get("depends_on", {}).get("cluster-create") != {"condition": "service_completed_successfully"}:
+        found.append("cluster-migrate: does not wait for cluster-create")
+    url = spec.get("environment", {}).get(variable(URL))
+    for service in SERVICES:
+        if services[service].get("environment", {}).get(variable(URL)) != url:
+            found.append(f"cluster-migrate: {variable(URL)} is not {service}'s cluster")
+        if services[service].get("depends_on", {}).get("cluster-migrate") != {
+            "condition": "service_completed_successfully"
+        }:
+            found.append(f"{service}: does not wait for cluster-migrate to succeed")
+    return found
 
 
 def _port(address: str) -> int:
@@ -385,7 +455,7 @@ def _peers(rule_peers: list[dict[str, Any]] | None, wired: dict[str, Wiring], di
         elif "namespaceSelector" in peer:
             admitted.add(OUTSIDE)  # other namespaces (this one only if it matches: not assumed)
         elif "podSelector" in peer:
-            admitted |= {c for c in COMPONENTS if _selects(peer["podSelector"], wired[c].extra.get("labels", {}))}
+            admitted |= {c for c in wired if _selects(peer["podSelector"], wired[c].extra.get("labels", {}))}
     return admitted
 
 
@@ -435,7 +505,7 @@ def network_problems(wired: dict[str, Wiring]) -> list[str]:
     for service, port in GRPC_PORTS.items():
         ingress = _allowed(wired, service, "ingress", port, service)
         reach = set()
-        for source in [*COMPONENTS, OUTSIDE]:
+        for source in [*COMPONENTS, *([MIGRATE] if MIGRATE in wired else []), OUTSIDE]:
             if ingress is not None and source not in ingress:
                 continue
             if source == OUTSIDE:
@@ -450,10 +520,15 @@ def network_problems(wired: dict[str, Wiring]) -> list[str]:
         if service != "aggregator" and "gateway" not in reach:
             found.append(f"{service}: the gateway can't reach its gRPC port {port}")
     reaching = set()
-    for component in COMPONENTS:
+    for component in [*COMPONENTS, *([MIGRATE] if MIGRATE in wired else [])]:
         egress = _allowed(wired, component, "egress", CLUSTER_PORT, component)
         if egress is None or any(peer.startswith("cluster:") or peer == OUTSIDE for peer in egress):
             reaching.add(component)
-    if reaching != set(SERVICES):
-        found.append(f"the cluster's port {CLUSTER_PORT} is reachable from {sorted(reaching)}, not the services alone")
+    if reaching - {*SERVICES, MIGRATE}:
+        found.append(
+            f"the cluster's port {CLUSTER_PORT} is reachable from {sorted(reaching)}, not the services (and the "
+            "migrate Job) alone"
+        )
+    for component in sorted({*SERVICES, *([MIGRATE] if MIGRATE in wired else [])} - reaching):
+        found.append(f"{component} can't reach the cluster's port {CLUSTER_PORT}")
     return found

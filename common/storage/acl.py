@@ -59,6 +59,13 @@ def rules(component: str, waitaof: bool = True) -> str:
     return role if waitaof else role.replace(" +waitaof", "")
 
 
+# `profilemesh cluster migrate` (profilemesh_cli/migrate.py) where it has a user of its own (the MemoryDB users of
+# deploy/aws, the Kubernetes Job): follow the topology and load, list and delete function libraries; no key, no
+# FCALL. Locally the admin runs it.
+MIGRATION_USER = "profilemesh-migrate"
+MIGRATION = f"{_CLIENT} +function|load +function|list +function|delete"
+
+
 def password_hash(password: str) -> str:
     return hashlib.sha256(password.encode()).hexdigest()
 

@@ -10,7 +10,7 @@ import pytest
 
 from common.config import ConfigError, Settings, markdown_table, variable
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+CONFIGURATION_PAGE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 INTEGER_SETTINGS = [f.name for f in dataclasses.fields(Settings) if f.type in ("int", int)]
 
 
@@ -123,12 +123,14 @@ def test_metrics_listen_of_each_component(component: str) -> None:
     assert settings.metrics_listen(component) == "off"
 
 
-def test_the_readme_table_is_the_declaration() -> None:
-    """The README's configuration table is `python -m common.config`'s output, row for row."""
-    text = README.read_text()
+def test_the_configuration_page_table_is_the_declaration() -> None:
+    """docs/configuration.md's table is `python -m common.config`'s output, row for row."""
+    text = CONFIGURATION_PAGE.read_text()
     found = re.search(r"<!-- settings:[^\n]*-->\n(.*?)\n<!-- end of settings -->", text, re.S)
-    assert found, "the README lost its settings markers"
-    assert found.group(1) == markdown_table(), "run `python -m common.config` and paste its table into the README"
+    assert found, "docs/configuration.md lost its settings markers"
+    assert found.group(1) == markdown_table(), (
+        "run `python -m common.config` and paste its table into docs/configuration.md"
+    )
 
 
 def test_every_setting_has_a_sentence_and_a_variable_of_its_name() -> None:

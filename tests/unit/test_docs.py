@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from common import acl
+from common.storage import acl
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -2,8 +2,8 @@
 
 The one place the rules live. Key patterns come from common/storage/keys.py's prefixes; localdev writes them
 into the local cluster's ACL file, and the README's MemoryDB access strings are the same strings.
-Scripts run with their caller's permissions, so each user is also allowed the commands and keys
-its scripts touch. The gateway has no user: it never talks to the cluster.
+Functions run with their caller's permissions, so each user is also allowed the commands and keys
+its functions touch. The gateway has no user: it never talks to the cluster.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ REPLICATION_USER = "profilemesh-replication"
 
 # What any cluster client needs: learn and follow the topology, the command table, health pings.
 _CLIENT = "+ping +cluster|slots +cluster|shards +cluster|nodes +cluster|info +command +asking +readonly"
-# Running scripts by SHA and loading them when a node does not know them yet.
-_SCRIPTS = "+evalsha +eval +script|load +script|exists +fcall"
+# Running the functions an admin step loaded (common/storage/functions.py), never code of their own: no EVAL,
+# EVALSHA or SCRIPT, and no FUNCTION (the admin, or MIGRATION below, loads them). Reporting's run with FCALL_RO.
+_SCRIPTS = "+fcall"
 # The partition count: profile_svc records it on first start, the others only read it.
 _PARTITIONS_READ = f"%R~{keys.PARTITIONS_KEY} +get"
 
@@ -46,7 +47,7 @@ _ROLES = {
     # Read-only by its commands: EVALSHA declares its keys read-write (Redis 7.0 refuses it on %R~ keys),
     # so the key pattern can't say it; none of the commands it is allowed writes.
     "reporting_svc": (
-        f"~{keys.STATS_PREFIX}* {_PARTITIONS_READ} {_CLIENT} {_SCRIPTS} +fcall_ro +zscore +hgetall +zrevrange +zrangebyscore"
+        f"~{keys.STATS_PREFIX}* {_PARTITIONS_READ} {_CLIENT} +fcall_ro +zscore +hgetall +zrevrange +zrangebyscore"
     ),
 }
 _ADMIN = "~* &* +@all"

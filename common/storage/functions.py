@@ -123,3 +123,8 @@ def library_of(path: Path) -> Library:
 def function(path: Path) -> Function:
     """The function made from the .lua file at `path` (e.g. profile_svc/scripts/get_profile.lua)."""
     return library_of(path).functions[path.stem]
+
+
+def is_missing(error: BaseException) -> bool:
+    """Whether an error reply says the function called is not loaded (Redis 7 and Valkey: "Function not found")."""
+    return "function not found" in str(error).lower()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bench.results import LoadResult, percentile
 from common.rpc import tls
-from common.storage.scripts import script_source
+from common.storage import functions
 
 MAX_CONNECTIONS = 4  # per process; more connections than this buy nothing on two cores
 GET_PROFILE_SCRIPT = Path(__file__).resolve().parent.parent / "profile_svc" / "scripts" / "get_profile.lua"
@@ -58,14 +58,18 @@ async def _script_calls(url: str, users: list[str], partitions: int) -> tuple[Ca
 
     client = RedisCluster.from_url(url)
     await client.initialize()
-    script = client.register_script(script_source(GET_PROFILE_SCRIPT))
+    function = functions.function(GET_PROFILE_SCRIPT)  # loaded by the system's start (profilemesh cluster migrate)
     arguments = [
         ([keys.profile_key(u, partitions), keys.events_key(keys.partition_of(u, partitions))], [u]) for u in users
     ]
 
     async def call(worker: int, user: int) -> None:
         script_keys, args = arguments[user]
-        if await script(keys=script_keys, args=args, client=client) is None:
+        node = client.get_node_from_key(script_keys[0])
+        reply = await client.execute_command(
+            function.command, function.name, len(script_keys), *script_keys, *args, target_nodes=node
+        )
+        if reply is None:
             raise LookupError(users[user])
 
     return call, client.aclose

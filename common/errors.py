@@ -23,7 +23,6 @@ from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
-
 DOMAIN = "profilemesh"
 
 

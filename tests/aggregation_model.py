@@ -34,8 +34,7 @@ import redis
 from redis.commands.core import Script
 
 from aggregator_svc.aggregator import APPLY_SCRIPT, RECOUNT_SCRIPT, TRIM_SCRIPT
-from common.storage.scripts import script_source
-from tests.helpers import expected_statistics
+from tests.helpers import FunctionCall, expected_statistics, load_functions
 
 GROUP = "aggregator"
 USERS = ("ann", "bob", "cy", "dee", "eve", "fay", "gus", "hal")
@@ -77,7 +76,7 @@ Pipe = redis.client.Pipeline
 # What to do with a step's replies, once its pipeline ran.
 Done = Callable[..., None]
 # An apply function: a pipeline, the script, the partition and a batch of entry ids; it queues their apply.
-Apply = Callable[[Pipe, Script, PartitionKeys, list[str]], object]
+Apply = Callable[[Pipe, FunctionCall, PartitionKeys, list[str]], object]
 ACTIONS = ("read", "apply", "take", "reclaim", "own", "die", "reapply", "repeat", "trim", "recount", "save", "failover")
 WEIGHTS = (6, 6, 6, 2, 1, 1, 1, 1, 1, 3, 1, 1)
 # The partition's state in one reply (a read-only script; one command rather than seven keeps the 5,000 runs
@@ -102,12 +101,15 @@ def pairs(flat: list[str]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
-def call(client: redis.Redis | Pipe, script: Script, keys: list[str], args: list[Any]) -> Any:
-    """EVALSHA of a script loaded at the start (a Script on a pipeline would ask SCRIPT EXISTS every round trip)."""
+def call(client: redis.Redis | Pipe, script: Script | FunctionCall, keys: list[str], args: list[Any]) -> Any:
+    """FCALL of a function loaded at the start, or EVALSHA of the model's own script (a Script on a pipeline would
+    ask SCRIPT EXISTS every round trip)."""
+    if isinstance(script, FunctionCall):
+        return client.execute_command(*script.command(keys, args))
     return client.evalsha(script.sha, len(keys), *keys, *args)
 
 
-def apply_ids(node: Pipe, script: Script, keys: PartitionKeys, ids: list[str]) -> object:
+def apply_ids(node: Pipe, script: FunctionCall, keys: PartitionKeys, ids: list[str]) -> object:
     """How the aggregator calls apply_events.lua: the group, then the entry ids."""
     return call(node, script, keys.apply_keys, [GROUP, *ids])
 
@@ -142,7 +144,7 @@ class Run:
         node: redis.Redis,
         raw: redis.Redis,
         keys: PartitionKeys,
-        scripts: tuple[Script, Script, Script, Script],
+        scripts: tuple[FunctionCall, FunctionCall, FunctionCall, Script],
         seed: int,
         apply: Apply,
     ) -> None:
@@ -486,17 +488,13 @@ def run_many(url: str, seeds: Sequence[int], tag: str = "{model}", apply: Apply 
     return wrong
 
 
-def load_scripts(node: redis.Redis) -> tuple[Script, Script, Script, Script]:
-    """The apply, trim and recount scripts and the state reader, loaded on the node."""
-    scripts = (
-        node.register_script(script_source(APPLY_SCRIPT)),
-        node.register_script(script_source(TRIM_SCRIPT)),
-        node.register_script(script_source(RECOUNT_SCRIPT)),
-        node.register_script(STATE),
-    )
-    for script in scripts:
-        node.script_load(script.script)
-    return scripts
+def load_scripts(node: redis.Redis) -> tuple[FunctionCall, FunctionCall, FunctionCall, Script]:
+    """The apply, trim and recount functions (every library loaded on the node, as the admin step does) and the
+    model's own state reader (a script of the test's, on the test's own node)."""
+    load_functions(node)
+    state = node.register_script(STATE)
+    node.script_load(state.script)
+    return FunctionCall(APPLY_SCRIPT), FunctionCall(TRIM_SCRIPT), FunctionCall(RECOUNT_SCRIPT), state
 
 
 def run_parallel(url: str, seeds: Sequence[int], workers: int = 2) -> dict[int, str]:

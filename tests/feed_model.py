@@ -81,6 +81,7 @@ from localdev.ports import free_ports
 from localdev.waiting import poll_until
 from profile_svc import events_feed
 from profile_svc.profiles import Profiles
+from tests.helpers import load_functions
 
 T = TypeVar("T")
 
@@ -136,6 +137,7 @@ class OneNodeCluster:
         poll_until(lambda: _answers(node), 30, "the node to start")
         node.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
         poll_until(lambda: "cluster_state:ok" in node.execute_command("CLUSTER", "INFO"), 30, "cluster_state:ok")
+        load_functions(node)  # the admin step (FLUSHALL between runs leaves them)
         node.close()
 
     def stop(self) -> None:

@@ -5,14 +5,15 @@ from __future__ import annotations
 import http.client
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from redis.cluster import RedisCluster
 
-from common.storage import keys
+from common.storage import functions, keys
 from localdev.waiting import poll_until
 
 
@@ -101,3 +102,30 @@ def aggregator_settled(client: RedisCluster, partitions: int, group: str = "aggr
             if info["name"] == group and (info["pending"] or info["lag"]):
                 return False
     return True
+
+
+def load_functions(client: Any) -> None:
+    """Every function library loaded into a standalone node of the tests' own, as `profilemesh cluster migrate`
+    loads them into a cluster's primaries (REPLACE: a node that has them already is left as it was)."""
+    for library in functions.libraries():
+        client.function_load(library.source, replace=True)
+
+
+class FunctionCall:
+    """A product function (made from a .lua file, common/storage/functions.py) called as redis-py's Script is:
+    `f(keys=..., args=..., client=...)`, by FCALL (FCALL_RO for a no-writes one) on `client`, else its own."""
+
+    def __init__(self, path: Path, client: Any = None) -> None:
+        self.function = functions.function(path)
+        self.client = client
+
+    def command(self, keys: Sequence[Any], args: Sequence[Any]) -> tuple[Any, ...]:
+        return (self.function.command, self.function.name, len(keys), *keys, *args)
+
+    def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = (), client: Any = None) -> Any:
+        return (client if client is not None else self.client).execute_command(*self.command(keys, args))
+
+
+def is_function_call(command: str | bytes) -> bool:
+    """Whether a SLOWLOG entry's command is a function's call (how the timing tests pick them out)."""
+    return (command.decode() if isinstance(command, bytes) else command).upper().startswith("FCALL")

@@ -14,11 +14,10 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from redis.commands.core import Script
 
 from aggregator_svc.aggregator import APPLY_SCRIPT, RECOUNT_SCRIPT, TRIM_SCRIPT
-from common.storage.scripts import script_source
 from tests.aggregation_model import GROUP, PartitionKeys, run_parallel
+from tests.helpers import FunctionCall, is_function_call, load_functions
 
 RUNS = int(os.environ.get("PROFILEMESH_MODEL_RUNS", "5000"))
 BOUND_MS = 500
@@ -42,9 +41,10 @@ class Partition:
         self.node = node
         self.keys = PartitionKeys(tag)
         self.events, self.reads = self.keys.apply_keys[0], self.keys.apply_keys[1]
-        self.apply_script: Script = node.register_script(script_source(APPLY_SCRIPT))
-        self.recount_script: Script = node.register_script(script_source(RECOUNT_SCRIPT))
-        self.trim_script: Script = node.register_script(script_source(TRIM_SCRIPT))
+        load_functions(node)
+        self.apply_script = FunctionCall(APPLY_SCRIPT, node)
+        self.recount_script = FunctionCall(RECOUNT_SCRIPT, node)
+        self.trim_script = FunctionCall(TRIM_SCRIPT, node)
         node.delete(*self.keys.apply_keys)
         node.xgroup_create(self.events, GROUP, id="0", mkstream=True)
 
@@ -93,8 +93,7 @@ def measure(node: redis.Redis, durations: list[float], step) -> None:
     node.slowlog_reset()
     step()
     for entry in node.slowlog_get(100_000):
-        command = entry["command"]
-        if (command.decode() if isinstance(command, bytes) else command).upper().startswith("EVALSHA"):
+        if is_function_call(entry["command"]):
             durations.append(entry["duration"] / 1000)
 
 

@@ -19,13 +19,12 @@ from redis.cluster import RedisCluster
 
 from aggregator_svc.aggregator import APPLY_SCRIPT, apply_keys
 from common.storage import keys
-from common.storage.scripts import script_source
 from localdev.ports import free_ports
 from localdev.system import System
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 from profilemesh.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from tests.conftest import PARTITIONS
-from tests.helpers import read_events, wait_until
+from tests.helpers import FunctionCall, read_events, wait_until
 
 GROUP = "aggregator"  # the aggregators' consumer group (the default PROFILEMESH_AGGREGATOR_GROUP)
 GHOST = "ghost"
@@ -202,7 +201,7 @@ def test_every_read_counted_exactly_once(fresh_system: System, fresh_client: Red
             wait_until(settled, timeout_s=30, what="every entry applied and acknowledged")
 
             # The ghost comes back and applies what it held: XACK returns 0, nothing counts twice.
-            apply = fresh_client.register_script(script_source(APPLY_SCRIPT))
+            apply = FunctionCall(APPLY_SCRIPT)
             for partition, entries in run.ghost_entries.items():
                 args = [GROUP] + [entry_id for entry_id, _ in entries]
                 assert apply(keys=apply_keys(partition), args=args, client=fresh_client) == [0, 0, [], 0]

@@ -25,12 +25,11 @@ from redis.cluster import RedisCluster
 from common.rpc.streams import StreamLimits
 from common.storage import keys
 from common.storage.cluster import Cluster
-from common.storage.scripts import script_source
 from localdev.system import System, on_free_ports
 from profile_svc.events_feed import CATCH_UP_PAGE, Anchor, EventsFeed, Tokens, event_filter
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 from tests.conftest import PARTITIONS, TEST_SETTINGS
-from tests.helpers import status_details, wait_until
+from tests.helpers import FunctionCall, status_details, wait_until
 
 PROFILE_SCRIPTS = Path(__file__).parent.parent / "profile_svc" / "scripts"
 
@@ -235,8 +234,7 @@ RATE = 3_000
 def _append_reads(admin: RedisCluster, system: System, users: list[str], per_user: int, rate: float = 0) -> None:
     """Read events through the real get_profile script, pipelined per partition's primary: the backlog, or
     (with `rate`) a steady load of that many events a second in tenths of a second."""
-    source = script_source(PROFILE_SCRIPTS / "get_profile.lua")
-    sha = admin.script_load(source)
+    get_profile = FunctionCall(PROFILE_SCRIPTS / "get_profile.lua")  # loaded by the system's start (migrate)
     options = system.cluster._client_options("profilemesh-admin")
     by_node: dict[tuple[str, int], list[str]] = {}
     for user in users:
@@ -244,8 +242,6 @@ def _append_reads(admin: RedisCluster, system: System, users: list[str], per_use
         by_node.setdefault((node.host, node.port), []).append(user)
     clients = {address: redis.Redis(host=address[0], port=address[1], **options) for address in by_node}
     try:
-        for client in clients.values():
-            client.script_load(source)
         step = max(1, int(rate / 10)) if rate else 2_000
         remaining = per_user * len(users)
         while remaining > 0:
@@ -255,7 +251,8 @@ def _append_reads(admin: RedisCluster, system: System, users: list[str], per_use
                 for i in range(min(step, remaining) * len(mine) // len(users) or 1):
                     user = mine[i % len(mine)]
                     partition = keys.partition_of(user, PARTITIONS)
-                    pipe.evalsha(sha, 2, keys.profile_key(user, PARTITIONS), keys.events_key(partition), user)
+                    profile, events = keys.profile_key(user, PARTITIONS), keys.events_key(partition)
+                    pipe.execute_command(*get_profile.command([profile, events], [user]))
                 pipe.execute()
             remaining -= step
             if rate:

@@ -24,8 +24,8 @@ from redis.commands.core import Script
 
 from aggregator_svc.aggregator import APPLY_SCRIPT, RECOUNT_SCRIPT, RECOUNT_STEP, TRIM_SCRIPT
 from common.runtime.config import Settings
-from common.storage.scripts import script_source
 from tests.aggregation_model import GROUP, PartitionKeys
+from tests.helpers import FunctionCall, is_function_call, load_functions
 
 BOUND_MS = 50
 REPETITIONS = 3
@@ -42,9 +42,10 @@ end
 class Partition:
     def __init__(self, node: redis.Redis, tag: str) -> None:
         self.node, self.keys = node, PartitionKeys(tag)
-        self.apply_script: Script = node.register_script(script_source(APPLY_SCRIPT))
-        self.recount_script: Script = node.register_script(script_source(RECOUNT_SCRIPT))
-        self.trim_script: Script = node.register_script(script_source(TRIM_SCRIPT))
+        load_functions(node)
+        self.apply_script = FunctionCall(APPLY_SCRIPT, node)
+        self.recount_script = FunctionCall(RECOUNT_SCRIPT, node)
+        self.trim_script = FunctionCall(TRIM_SCRIPT, node)
         self.generate: Script = node.register_script(GENERATE)
         node.delete(*self.keys.apply_keys)
         node.xgroup_create(self.keys.events, GROUP, id="0", mkstream=True)
@@ -94,8 +95,7 @@ def timed(node: redis.Redis) -> Iterator[Callable[[Callable[[], None]], list[flo
             node.config_set("slowlog-log-slower-than", 10_000)
         durations = []
         for entry in node.slowlog_get(100_000):
-            command = entry["command"]
-            if (command.decode() if isinstance(command, bytes) else command).upper().startswith("EVALSHA"):
+            if is_function_call(entry["command"]):
                 durations.append(entry["duration"] / 1000)
         assert durations, "no script was timed"
         return durations[::-1]  # in the order they ran

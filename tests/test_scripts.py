@@ -17,7 +17,6 @@ from pathlib import Path
 import grpc
 import pytest
 from redis.cluster import RedisCluster
-from redis.commands.core import Script
 from redis.crc import key_slot
 
 from aggregator_svc.aggregator import APPLY_SCRIPT, RECOUNT_SCRIPT, TRIM_SCRIPT
@@ -25,11 +24,11 @@ from common.errors import InvalidArgument
 from common.rpc.validation import MAX_FIELDS, MAX_VALUE_BYTES, check_fields, check_user
 from common.storage import keys
 from common.storage.cluster import Cluster
-from common.storage.scripts import script_source
 from localdev.system import System
 from profilemesh.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from reporting_svc.reports import Reports
 from tests.conftest import PARTITIONS
+from tests.helpers import FunctionCall
 
 ROOT = Path(__file__).resolve().parent.parent
 TOP_READERS = ROOT / "reporting_svc" / "scripts" / "top_readers.lua"
@@ -79,12 +78,12 @@ class Partition:
         reply = self.client.xreadgroup(GROUP, consumer, {self.events: ">"}, count=count)
         return [entry_id for _, entries in reply for entry_id, _ in entries]
 
-    def apply(self, script: Script, entry_ids: list[str]) -> int:
+    def apply(self, script: FunctionCall, entry_ids: list[str]) -> int:
         """Run apply_events.lua on these entries as the aggregator does; returns how many it applied."""
         applied, gone, malformed, queued = script(keys=self.all_keys, args=[GROUP, *entry_ids], client=self.client)
         assert gone == 0 and malformed == []
         while queued:  # a recount left to recount_step.lua: walk it, as the aggregator does
-            recount = self.client.register_script(script_source(RECOUNT_SCRIPT))
+            recount = FunctionCall(RECOUNT_SCRIPT)
             _, queued = recount(keys=[self.events, self.reads, self.recount], args=[GROUP, 500], client=self.client)
         return int(applied)
 
@@ -102,24 +101,25 @@ def part(redis_client: RedisCluster) -> Iterator[Partition]:
 
 
 @pytest.fixture(scope="module")
-def apply_script(redis_client: RedisCluster) -> Script:
-    return redis_client.register_script(script_source(APPLY_SCRIPT))
+def apply_script(redis_client: RedisCluster) -> FunctionCall:
+    """The function the system's start loaded (profilemesh cluster migrate), called as the admin."""
+    return FunctionCall(APPLY_SCRIPT, redis_client)
 
 
 @pytest.fixture(scope="module")
-def trim_script(redis_client: RedisCluster) -> Script:
-    return redis_client.register_script(script_source(TRIM_SCRIPT))
+def trim_script(redis_client: RedisCluster) -> FunctionCall:
+    return FunctionCall(TRIM_SCRIPT, redis_client)
 
 
 @pytest.fixture(scope="module")
-def top_script(redis_client: RedisCluster) -> Script:
-    return redis_client.register_script(TOP_READERS.read_text())
+def top_script(redis_client: RedisCluster) -> FunctionCall:
+    return FunctionCall(TOP_READERS, redis_client)
 
 
 # ---------------------------------------------------------------- apply_events.lua
 
 
-def test_apply_counts_each_pending_entry_once(part: Partition, apply_script: Script) -> None:
+def test_apply_counts_each_pending_entry_once(part: Partition, apply_script: FunctionCall) -> None:
     ids = [part.add(user, "read") for user in ("ann", "ann", "bob", "ann")]
     ids.append(part.add("bob", "update"))
     assert part.deliver() == ids
@@ -133,7 +133,7 @@ def test_apply_counts_each_pending_entry_once(part: Partition, apply_script: Scr
 
 
 def test_take_reads_applies_and_acknowledges_the_next_entries_in_one_script(
-    part: Partition, apply_script: Script
+    part: Partition, apply_script: FunctionCall
 ) -> None:
     """The aggregator's hot path: '>' takes the group's next entries itself; their content never leaves the node."""
     ids = [part.add(user, kind) for user, kind in (("ann", "read"), ("bob", "read"), ("ann", "update"))]
@@ -154,7 +154,7 @@ def test_take_reads_applies_and_acknowledges_the_next_entries_in_one_script(
     assert part.score("bob") == 2
 
 
-def test_take_recounts_after_a_delete_like_an_apply_by_id(part: Partition, apply_script: Script) -> None:
+def test_take_recounts_after_a_delete_like_an_apply_by_id(part: Partition, apply_script: FunctionCall) -> None:
     """A delete taken with '>' resets its user's score; reads of the re-created user after it count from 0."""
     part.add("ann", "create"), part.add("ann", "read"), part.add("ann", "read")
     assert apply_script(keys=part.all_keys, args=[GROUP, ">", "c", 10], client=part.client)[:3] == [3, 0, 3]
@@ -166,7 +166,7 @@ def test_take_recounts_after_a_delete_like_an_apply_by_id(part: Partition, apply
     assert part.client.hget(part.deleted, "ann") == delete
 
 
-def test_apply_skips_undelivered_and_already_acknowledged_entries(part: Partition, apply_script: Script) -> None:
+def test_apply_skips_undelivered_and_already_acknowledged_entries(part: Partition, apply_script: FunctionCall) -> None:
     first, second = part.add("ann", "read"), part.add("ann", "read")
     assert part.deliver() == [first, second]
     undelivered = part.add("ann", "read")
@@ -177,7 +177,7 @@ def test_apply_skips_undelivered_and_already_acknowledged_entries(part: Partitio
     assert part.client.hgetall(part.totals) == {"read": "1"}
 
 
-def test_apply_slow_consumer_and_claimer_race(part: Partition, apply_script: Script) -> None:
+def test_apply_slow_consumer_and_claimer_race(part: Partition, apply_script: FunctionCall) -> None:
     """A stalled consumer's entries are claimed by another; whichever applies second applies nothing."""
     ids = [part.add("ann", "read") for _ in range(3)]
     assert part.deliver("slow") == ids
@@ -189,7 +189,7 @@ def test_apply_slow_consumer_and_claimer_race(part: Partition, apply_script: Scr
     assert part.score("ann") == 3
 
 
-def test_apply_read_older_than_delete_does_not_resurrect(part: Partition, apply_script: Script) -> None:
+def test_apply_read_older_than_delete_does_not_resurrect(part: Partition, apply_script: FunctionCall) -> None:
     create, read_before, delete = part.add("ann", "create"), part.add("ann", "read"), part.add("ann", "delete")
     recreate, read_after = part.add("ann", "create"), part.add("ann", "read")
     part.deliver()
@@ -206,7 +206,7 @@ def test_apply_read_older_than_delete_does_not_resurrect(part: Partition, apply_
     assert part.client.hgetall(part.totals) == {"create": "2", "read": "2", "delete": "1"}
 
 
-def test_apply_delete_after_newer_reads_keeps_them(part: Partition, apply_script: Script) -> None:
+def test_apply_delete_after_newer_reads_keeps_them(part: Partition, apply_script: FunctionCall) -> None:
     """A delete applied after reads that follow it (of the re-created user) removes only the older reads."""
     create, read_1 = part.add("ann", "create"), part.add("ann", "read")
     delete = part.add("ann", "delete")
@@ -229,7 +229,7 @@ def test_apply_delete_after_newer_reads_keeps_them(part: Partition, apply_script
 
 
 def test_apply_reclaimed_delete_keeps_reads_applied_between_its_batch_entries(
-    part: Partition, apply_script: Script
+    part: Partition, apply_script: FunctionCall
 ) -> None:
     """A reclaimed batch has gaps: reads of the re-created user that another consumer applied lie between its entries."""
     c1, r1, delete, c2, r2, r3 = (
@@ -249,7 +249,7 @@ def test_apply_reclaimed_delete_keeps_reads_applied_between_its_batch_entries(
     assert part.client.hgetall(part.totals) == {"create": "2", "read": "3", "delete": "1"}
 
 
-def test_apply_reads_what_the_stream_holds_under_an_id(part: Partition, apply_script: Script) -> None:
+def test_apply_reads_what_the_stream_holds_under_an_id(part: Partition, apply_script: FunctionCall) -> None:
     """The script takes ids only: an id reused after a failover lost the stream's tail means its new entry."""
     ann = part.add("ann", "read")
     part.deliver("stale")  # a replica delivered ann's read ...
@@ -262,7 +262,7 @@ def test_apply_reads_what_the_stream_holds_under_an_id(part: Partition, apply_sc
     assert part.score("bob") == 1 and part.score("ann") is None
 
 
-def test_apply_older_delete_after_newer_delete_is_ignored(part: Partition, apply_script: Script) -> None:
+def test_apply_older_delete_after_newer_delete_is_ignored(part: Partition, apply_script: FunctionCall) -> None:
     ids = [part.add("ann", kind) for kind in ("create", "delete", "create", "read", "delete", "create", "read")]
     part.deliver()
     first_delete, second_delete = ids[1], ids[4]
@@ -276,7 +276,9 @@ def test_apply_older_delete_after_newer_delete_is_ignored(part: Partition, apply
 # ---------------------------------------------------------------- trim_acknowledged.lua
 
 
-def _trim(part: Partition, script: Script, forget_consumers_after_ms: int = 600_000, retention_ms: int = 0) -> int:
+def _trim(
+    part: Partition, script: FunctionCall, forget_consumers_after_ms: int = 600_000, retention_ms: int = 0
+) -> int:
     trimmed, _ = script(
         keys=[part.events, part.deleted, part.deleted_at, part.recount, f"{part.events}:trimmed"],
         args=[GROUP, forget_consumers_after_ms, retention_ms],
@@ -289,7 +291,7 @@ def _ids(part: Partition) -> list[str]:
     return [entry_id for entry_id, _ in part.client.xrange(part.events)]
 
 
-def test_trim_keeps_pending_and_undelivered_entries(part: Partition, trim_script: Script) -> None:
+def test_trim_keeps_pending_and_undelivered_entries(part: Partition, trim_script: FunctionCall) -> None:
     ids = [part.add("ann", "read", f"{ms}-0") for ms in range(1000, 11000, 1000)]
     assert part.deliver(count=6) == ids[:6]
     part.client.xack(part.events, GROUP, *ids[:3])
@@ -299,7 +301,9 @@ def test_trim_keeps_pending_and_undelivered_entries(part: Partition, trim_script
     assert _trim(part, trim_script) == 0
 
 
-def test_trim_keeps_acknowledged_entries_within_the_retention_window(part: Partition, trim_script: Script) -> None:
+def test_trim_keeps_acknowledged_entries_within_the_retention_window(
+    part: Partition, trim_script: FunctionCall
+) -> None:
     now_ms = int(part.client.time()[0]) * 1000
     old = [part.add("ann", "update", f"{ms}-0") for ms in range(1000, 4000, 1000)]
     recent = [part.add("ann", "update", f"{now_ms - ago}-0") for ago in (30_000, 20_000, 10_000)]
@@ -314,7 +318,7 @@ def test_trim_keeps_acknowledged_entries_within_the_retention_window(part: Parti
     assert _ids(part) == recent[2:]
 
 
-def test_trim_waits_for_the_slowest_group(part: Partition, trim_script: Script) -> None:
+def test_trim_waits_for_the_slowest_group(part: Partition, trim_script: FunctionCall) -> None:
     ids = [part.add("ann", "read", f"{ms}-0") for ms in range(1000, 6000, 1000)]
     part.deliver()
     part.client.xack(part.events, GROUP, *ids)
@@ -326,7 +330,7 @@ def test_trim_waits_for_the_slowest_group(part: Partition, trim_script: Script) 
     assert _ids(part) == ids[1:]
 
 
-def test_trim_with_nothing_pending_keeps_the_last_delivered(part: Partition, trim_script: Script) -> None:
+def test_trim_with_nothing_pending_keeps_the_last_delivered(part: Partition, trim_script: FunctionCall) -> None:
     ids = [part.add("ann", "read", f"{ms}-0") for ms in range(1000, 6000, 1000)]
     assert part.deliver(count=3) == ids[:3]
     part.client.xack(part.events, GROUP, *ids[:3])
@@ -334,7 +338,9 @@ def test_trim_with_nothing_pending_keeps_the_last_delivered(part: Partition, tri
     assert _ids(part) == ids[2:]
 
 
-def test_trim_forgets_only_tombstones_no_unapplied_event_can_predate(part: Partition, trim_script: Script) -> None:
+def test_trim_forgets_only_tombstones_no_unapplied_event_can_predate(
+    part: Partition, trim_script: FunctionCall
+) -> None:
     ids = [part.add("ann", "read", f"{ms}-0") for ms in range(1000, 11000, 1000)]
     part.deliver(count=6)
     part.client.xack(part.events, GROUP, *ids[:3])  # the oldest pending entry is 4000-0
@@ -346,7 +352,7 @@ def test_trim_forgets_only_tombstones_no_unapplied_event_can_predate(part: Parti
     assert part.client.zrange(part.deleted_at, 0, -1) == ["edge", "new"]
 
 
-def test_trim_drops_idle_consumers_with_nothing_pending(part: Partition, trim_script: Script) -> None:
+def test_trim_drops_idle_consumers_with_nothing_pending(part: Partition, trim_script: FunctionCall) -> None:
     part.add("ann", "read")
     part.add("ann", "read")
     part.deliver("busy", count=1)
@@ -357,7 +363,7 @@ def test_trim_drops_idle_consumers_with_nothing_pending(part: Partition, trim_sc
     assert [consumer["name"] for consumer in part.client.xinfo_consumers(part.events, GROUP)] == ["busy"]
 
 
-def test_trim_on_missing_stream_or_without_groups(redis_client: RedisCluster, trim_script: Script) -> None:
+def test_trim_on_missing_stream_or_without_groups(redis_client: RedisCluster, trim_script: FunctionCall) -> None:
     tag = f"{{tunit-{uuid.uuid4().hex}}}"
     trim_keys = [f"events:{tag}", f"stats:deleted:{tag}", f"stats:deleted-at:{tag}", f"stats:recount:{tag}"]
     stream = trim_keys[0]
@@ -377,7 +383,7 @@ def _pairs(flat: list[str]) -> list[tuple[str, int]]:
     return [(flat[i], int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
 
 
-def test_top_readers_includes_the_tie_by_name(redis_client: RedisCluster, top_script: Script) -> None:
+def test_top_readers_includes_the_tie_by_name(redis_client: RedisCluster, top_script: FunctionCall) -> None:
     key = f"stats:reads:{{tunit-{uuid.uuid4().hex}}}"
     try:
         redis_client.zadd(key, {"a": 5, "b": 5, "c": 5, "d": 5, "e": 9, "f": 1})

@@ -243,7 +243,8 @@ async def serve(listen: str, cluster: Cluster, build: Callable[[grpc.aio.Server]
     for task in done - {stop_wait}:
         failure = task.exception() or RuntimeError(f"{task.get_name()} ended unexpectedly")
         # A StartupError's message says it all (the process exits with it): no stack.
-        log.error("%s failed; shutting down", task.get_name(), exc_info=None if isinstance(failure, StartupError) else failure)
+        stack = None if isinstance(failure, StartupError) else failure
+        log.error("%s failed; shutting down", task.get_name(), exc_info=stack)
 
     settings = cluster.settings
     log.info(

@@ -101,9 +101,7 @@ def library(component: str) -> Library:
         functions[stem] = function
         flags = "{'no-writes'}" if read_only else "{}"
         callback = f"function() return '{name}' end" if stem == CHECK else stem
-        lines.append(
-            f"redis.register_function{{function_name='{function.name}', callback={callback}, flags={flags}}}"
-        )
+        lines.append(f"redis.register_function{{function_name='{function.name}', callback={callback}, flags={flags}}}")
     return Library(component, name, version, "\n".join(lines) + "\n", functions)
 
 

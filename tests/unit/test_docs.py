@@ -90,4 +90,5 @@ def test_the_memorydb_access_strings_are_the_acl_rules() -> None:
     """docs/security.md's `aws memorydb create-user` lines grant what `python -m common.storage.acl` prints."""
     text = (ROOT / "docs" / "security.md").read_text()
     documented = dict(re.findall(r"--user-name (\S+) .*?--access-string \"([^\"]+)\"", text, re.S))
-    assert documented == {user: f"on {acl.rules(component)}" for component, user in acl.USERS.items()}
+    expected = {user: f"on {acl.rules(component)}" for component, user in acl.USERS.items()}
+    assert documented == {**expected, acl.MIGRATION_USER: f"on {acl.MIGRATION}"}

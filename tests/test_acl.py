@@ -13,11 +13,14 @@ import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
-from redis.exceptions import AuthenticationError, ResponseError
+from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 from redis.retry import Retry
 
-from common.storage import acl, keys
+from aggregator_svc.aggregator import APPLY_SCRIPT
+from common.storage import acl, functions, keys
 from localdev.system import System
+from profile_svc.profiles import SCRIPTS as PROFILE_SCRIPTS
+from reporting_svc.reports import SCRIPTS as REPORTING_SCRIPTS
 from tests.conftest import PARTITIONS
 
 PROFILE = keys.profile_key("acl-someone", PARTITIONS)
@@ -26,8 +29,31 @@ EVENTS, READS, TOTALS = keys.events_key(PARTITION), keys.reads_key(PARTITION), k
 
 Check = Callable[[RedisCluster], Any]
 
-# What every component's user must be refused: the whole cluster's data and configuration.
+# The reporting user's busy loop of issue 20: 7.4 s of a primary's time when EVAL was allowed.
+BUSY_LOOP = "local x=0 for i=1,1000000000 do x=x+1 end return x"
+APPLY = functions.function(APPLY_SCRIPT)
+GET = functions.function(PROFILE_SCRIPTS / "get_profile.lua")
+TOP = functions.function(REPORTING_SCRIPTS / "top_readers.lua")
+
+
+def _fcall(function: functions.Function, keys: list[str], args: list[Any], command: str = "") -> Check:
+    return lambda c: c.execute_command(command or function.command, function.name, len(keys), *keys, *args)
+
+
+# What every component's user must be refused: the whole cluster's data and configuration, and running code of
+# its own choosing (scripts, or loading functions): only the admin step loads the functions they call.
 FORBIDDEN_TO_ALL: dict[str, Check] = {
+    "EVAL a busy loop": lambda c: c.eval(BUSY_LOOP, 0),
+    "EVAL on a key": lambda c: c.eval("return redis.call('TIME')", 1, EVENTS),
+    "SCRIPT LOAD": lambda c: c.script_load(BUSY_LOOP),
+    "EVALSHA": lambda c: c.evalsha("a" * 40, 1, EVENTS),
+    "FUNCTION LOAD": lambda c: c.function_load(
+        "#!lua name=mallory\nredis.register_function('spin', function() while true do end end)"
+    ),
+    "FUNCTION DELETE": lambda c: c.function_delete(functions.library("profile").name),
+    "FUNCTION FLUSH": lambda c: c.function_flush(),
+    "FUNCTION RESTORE": lambda c: c.function_restore(b"x"),
+    "FUNCTION KILL": lambda c: c.execute_command("FUNCTION", "KILL", target_nodes=c.get_primaries()),
     "FLUSHALL": lambda c: c.flushall(),
     "CONFIG GET": lambda c: c.config_get("requirepass"),
     "CONFIG SET": lambda c: c.config_set("appendonly", "no"),
@@ -44,20 +70,21 @@ FORBIDDEN: dict[str, dict[str, Check]] = {
         "write statistics": lambda c: c.zadd(READS, {"mallory": 1000}),
         "read statistics": lambda c: c.hgetall(TOTALS),
         "trim a stream": lambda c: c.xtrim(EVENTS, maxlen=0),
-        "statistics through a script": lambda c: c.eval("return redis.call('HSET', KEYS[1], 'x', 1)", 1, TOTALS),
+        "statistics through a function": _fcall(APPLY, [EVENTS, READS, TOTALS, TOTALS, READS, TOTALS], ["g", "1-1"]),
     },
     "aggregator_svc": {
         "read a profile": lambda c: c.hgetall(PROFILE),
         "write a profile": lambda c: c.hset(PROFILE, "email", "x@example.com"),
         "append an event": lambda c: c.xadd(EVENTS, {"user": "mallory", "type": "read", "ts": "0"}),
         "record the partition count": lambda c: c.set(keys.PARTITIONS_KEY, "3"),
-        "a profile through a script": lambda c: c.eval("return redis.call('HGETALL', KEYS[1])", 1, PROFILE),
+        "a profile through a function": _fcall(GET, [PROFILE, EVENTS], ["acl-someone"]),
     },
     "reporting_svc": {
         "read a profile": lambda c: c.hgetall(PROFILE),
         "read the events": lambda c: c.xrange(EVENTS, count=1),
         "write statistics": lambda c: c.zadd(READS, {"mallory": 1000}),
-        "statistics through a script": lambda c: c.eval("return redis.call('HSET', KEYS[1], 'x', 1)", 1, TOTALS),
+        "a writing function": _fcall(APPLY, [EVENTS, READS, TOTALS, TOTALS, READS, TOTALS], ["g", "1-1"]),
+        "its own function by FCALL": _fcall(TOP, [READS], [3], command="FCALL"),
         "delete statistics": lambda c: c.delete(TOTALS),
         "record the partition count": lambda c: c.set(keys.PARTITIONS_KEY, "3"),
     },
@@ -86,6 +113,33 @@ def test_each_user_is_refused_what_is_not_its_job(
         check(clients[component])
     assert {key: redis_client.exists(key) for key in before} == before
     assert redis_client.dbsize() > 0  # nothing was flushed
+
+
+def test_each_user_runs_its_functions_and_the_busy_loop_never_runs(
+    clients: dict[str, RedisCluster], redis_client: RedisCluster
+) -> None:
+    """What they lost is what they never needed: the same users call their functions (reporting by FCALL_RO), and
+    the busy loop, refused to each, took no server time (no EVAL in the command statistics of any node)."""
+    reads = f"{keys.STATS_PREFIX}acl-top:{keys.tag(PARTITION)}"
+    redis_client.zadd(reads, {"ann": 2, "bob": 1})
+    try:
+        assert _fcall(TOP, [reads], [2])(clients["reporting_svc"])[:4] == [b"ann", b"2", b"bob", b"1"]
+        assert _fcall(GET, [PROFILE, EVENTS], ["acl-someone"])(clients["profile_svc"]) is None
+    finally:
+        redis_client.delete(reads)
+    before = _evals_run(redis_client)
+    for component in acl.USERS:
+        with pytest.raises(NoPermissionError):
+            clients[component].eval(BUSY_LOOP, 0)
+    assert _evals_run(redis_client) == before
+
+
+def _evals_run(client: RedisCluster) -> dict[str, int]:
+    """EVAL calls each node ran (refused ones count in rejected_calls, not in calls)."""
+    return {
+        node.name: int(client.info("commandstats", target_nodes=node).get("cmdstat_eval", {}).get("calls", 0))
+        for node in client.get_nodes()
+    }
 
 
 def test_each_user_can_do_its_job(clients: dict[str, RedisCluster], redis_client: RedisCluster) -> None:

@@ -18,9 +18,10 @@ import pytest
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.backoff import NoBackoff
+from redis.exceptions import NoPermissionError
 from redis.retry import Retry
 
-from common.storage import acl
+from common.storage import acl, functions
 from localdev import certs
 from localdev.ports import free_ports
 from localdev.system import System, on_free_ports
@@ -247,3 +248,24 @@ def test_no_password_or_private_key_in_any_log_or_metrics(secured: System) -> No
     for where, text in texts.items():
         for secret in secrets:
             assert secret not in text, f"a secret in {where}"
+
+
+def test_no_service_user_may_run_code_of_its_own_on_the_tls_cluster(secured: System) -> None:
+    """On Redis 7.0 (Debian's redis-server) as on Valkey (tests/test_acl.py): the busy loop, SCRIPT LOAD and
+    FUNCTION LOAD are refused to every service's user, which still runs its own functions."""
+    busy_loop = "local x=0 for i=1,1000000000 do x=x+1 end return x"
+    for component, user in acl.USERS.items():
+        client = secured.cluster.client(user)
+        try:
+            with pytest.raises(NoPermissionError):
+                client.eval(busy_loop, 0)
+            with pytest.raises(NoPermissionError):
+                client.script_load(busy_loop)
+            with pytest.raises(NoPermissionError):
+                client.function_load("#!lua name=mallory\nredis.register_function('f', function() end)")
+            check = functions.library(component.removesuffix("_svc")).check
+            for node in client.get_primaries():
+                reply = client.execute_command(check.command, check.name, 0, target_nodes=node)
+                assert reply in (check.library, check.library.encode()), (component, node.name)
+        finally:
+            client.close()

@@ -168,6 +168,11 @@ class NotPermitted(CommandFailed):
     """The cluster's ACL refused this process's user the command or its keys (NOPERM)."""
 
 
+class FunctionsNotLoaded(CommandFailed):
+    """The node serving the command lacks this version's function library (a primary added, or flushed, since
+    the admin step ran): waited out by loops, UNAVAILABLE to callers, until `profilemesh cluster migrate` runs."""
+
+
 class StartupError(Exception):
     """The process can't start as it is set up; the message says what to change. Its __main__ exits with it."""
 

@@ -11,12 +11,15 @@ import subprocess
 import sys
 import uuid
 
+import grpc
+import pytest
 import redis
 
-from common.storage import functions
+from common.storage import functions, keys
 from localdev.system import System
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 from profilemesh_cli import migrate
+from tests.conftest import PARTITIONS
 from tests.helpers import wait_until
 
 WANTED = {library.name for library in functions.libraries()}
@@ -71,10 +74,30 @@ def test_a_primary_whose_functions_were_flushed_is_loaded_again(fresh_system: Sy
     """As a new, empty primary would be: migrate loads it, and only it; its replica follows."""
     roles = _roles(fresh_system)
     flushed = next(index for index, role in roles.items() if role == "master")
+    address = _address(fresh_system, flushed)
+    admin = fresh_system.cluster.client()
+    try:
+        user = next(
+            f"flushed-{n}"
+            for n in range(1000)
+            if admin.get_node_from_key(keys.profile_key(f"flushed-{n}", PARTITIONS)).name == address
+        )
+    finally:
+        admin.close()
     fresh_system.cluster.node(flushed).function_flush()
     assert _libraries(fresh_system.cluster.node(flushed)) == set()
-    changes = _outcomes(fresh_system.migrate())
-    address = _address(fresh_system, flushed)
+    with fresh_system.grpc_channel(fresh_system.profile_port) as channel:
+        profiles = profile_pb2_grpc.ProfileServiceStub(channel)
+        # Meanwhile a call there is UNAVAILABLE, naming the admin step; the services keep running.
+        with pytest.raises(grpc.RpcError) as caught:
+            profiles.GetProfile(profile_pb2.GetProfileRequest(user=user), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "profilemesh cluster migrate" in (caught.value.details() or "")
+        changes = _outcomes(fresh_system.migrate())
+        with pytest.raises(grpc.RpcError) as caught:
+            profiles.GetProfile(profile_pb2.GetProfileRequest(user=user), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    fresh_system.wait_healthy(10)
     assert {outcome for (node, _), outcome in changes.items() if node == address} == {migrate.LOADED}
     assert {outcome for (node, _), outcome in changes.items() if node != address} == {migrate.PRESENT}
     assert len(changes) == 9

@@ -19,7 +19,15 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 from grpc_status import rpc_status
 
-from common.errors import ClusterBusy, DeadlineExceeded, ServiceError, StorageError, TooManyRequests, Unavailable
+from common.errors import (
+    ClusterBusy,
+    DeadlineExceeded,
+    FunctionsNotLoaded,
+    ServiceError,
+    StorageError,
+    TooManyRequests,
+    Unavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +35,11 @@ CLUSTER_DOWN = "the cluster is unavailable; retry later"
 # The storage layer's errors (common/errors.py), by class. OSError covers socket errors from below.
 CLUSTER_ERRORS: dict[type[BaseException], tuple[type[ServiceError], str]] = {
     ClusterBusy: (TooManyRequests, "too many requests in flight; retry later"),
+    FunctionsNotLoaded: (
+        Unavailable,
+        "the cluster node serving this lacks this version's functions; an operator must run "
+        "`profilemesh cluster migrate` (docs/functions.md)",
+    ),
     StorageError: (Unavailable, CLUSTER_DOWN),
     OSError: (Unavailable, CLUSTER_DOWN),
 }

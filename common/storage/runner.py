@@ -4,8 +4,8 @@ A script runs on its first key's primary over one of that node's own connections
 confirmation its caller asks for: `WAIT` and `WAITAOF` speak only for the writes of their own connection.
 It is run again only where the cluster proves it did not run (no connection could be made, or a reply in
 errors.NOT_EXECUTED: a redirect, a cluster between states). Scripts are functions loaded by an admin step
-(common/storage/functions.py): a node without this version's library answers UNAVAILABLE
-(FUNCTIONS_MISSING), since a service may not load code. A
+(common/storage/functions.py): a node without this version's library fails the call (FunctionsNotLoaded:
+UNAVAILABLE to callers, waited out by loops), since a service may not load code. A
 connection lost after sending is an unknown outcome and reported as such (UNAVAILABLE, OUTCOME_UNKNOWN),
 never retried behind the caller's back, because a create that ran and is retried would answer
 ALREADY_EXISTS to a caller whose create succeeded; only a script registered as `repeatable` (a read, or
@@ -28,7 +28,7 @@ from typing import Any
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import AskError, MovedError, ResponseError, SlotNotCoveredError
 
-from common.errors import ServiceError, StorageError, Unavailable
+from common.errors import FunctionsNotLoaded, ServiceError, StorageError, Unavailable
 from common.runtime import metrics
 from common.storage import functions
 from common.storage.connection import Connection, Script
@@ -59,10 +59,6 @@ NO_REPLICA_READ = (
 )
 PARTITION_DOWN = "this profile's partition is unavailable (its shard is down); retry later"
 PARTITION_SLOW = "the cluster did not serve this profile's partition in time; retry later"
-FUNCTIONS_MISSING = (
-    "the cluster node serving this partition lacks this version's functions; an operator must run "
-    "`profilemesh cluster migrate` (docs/functions.md)"
-)
 
 
 class NotExecuted(Exception):
@@ -85,7 +81,7 @@ def judge(script: Script, reply: Any) -> Any:
     """
     if isinstance(reply, ResponseError) and functions.is_missing(reply):
         # A primary the admin step has not loaded (one added since): nothing to retry until it has.
-        raise Unavailable(FUNCTIONS_MISSING, reason="FUNCTIONS_MISSING")
+        raise FunctionsNotLoaded(f"{script.function}: {reply}", code="ERR")
     if isinstance(reply, MovedError):  # before AskError: it is a subclass
         metrics.CLUSTER_REDIRECTS.labels("moved").inc()
         raise NotExecuted(repr(reply))
@@ -204,7 +200,7 @@ class ScriptRunner:
         for index, reply in zip(members, replies, strict=True):
             try:
                 results[index] = judge(script, reply)
-            except (NotExecuted, StorageError, Unavailable) as outcome:
+            except (NotExecuted, StorageError) as outcome:
                 results[index] = outcome
 
     async def _alone(

@@ -13,11 +13,13 @@ from common.errors import (
     ClusterBusy,
     ClusterUnavailable,
     CommandFailed,
+    FunctionsNotLoaded,
     GroupExists,
     NoGroup,
     NotPermitted,
     Unavailable,
 )
+from common.rpc.status import as_service_error
 from common.runtime.config import Durability, ReadCheck
 from common.storage.connection import Script
 from common.storage.durability import Confirm, Waits
@@ -49,10 +51,12 @@ def test_an_ask_names_the_node_to_ask() -> None:
 
 
 def test_a_node_without_the_function_is_unavailable_and_names_the_admin_step() -> None:
-    """A service may not load code: no retry, no SCRIPT LOAD; the operator's command is named."""
-    with pytest.raises(Unavailable) as caught:
+    """A service may not load code: no retry, no SCRIPT LOAD; a storage error (loops wait it out), UNAVAILABLE
+    to a caller with the operator's command named."""
+    with pytest.raises(FunctionsNotLoaded) as caught:
         judge(SCRIPT, redis_errors.ResponseError("ERR Function not found"))
-    assert caught.value.reason == "FUNCTIONS_MISSING" and "profilemesh cluster migrate" in caught.value.message
+    told = as_service_error(caught.value)
+    assert isinstance(told, Unavailable) and "profilemesh cluster migrate" in told.message
 
 
 def test_functions_are_called_by_name_reads_with_fcall_ro() -> None:

@@ -44,8 +44,8 @@ _ROLES = {
         # apply_events.lua, recount_step.lua and trim_acknowledged.lua write the statistics.
         "+hget +hmget +hset +hdel +hincrby +zincrby +zadd +zrem +zrangebyscore"
     ),
-    # Read-only by its commands: EVALSHA declares its keys read-write (Redis 7.0 refuses it on %R~ keys),
-    # so the key pattern can't say it; none of the commands it is allowed writes.
+    # Read-only by its commands: none of them writes, and FCALL_RO runs only no-writes functions. (FCALL_RO
+    # declares its keys read-only, so %R~ on stats:* would be accepted too, by Redis 7.0 and Valkey alike.)
     "reporting_svc": (
         f"~{keys.STATS_PREFIX}* {_PARTITIONS_READ} {_CLIENT} +fcall_ro +zscore +hgetall +zrevrange +zrangebyscore"
     ),

@@ -15,7 +15,8 @@ from localdev.passwords import Passwords
 
 @functools.lru_cache(maxsize=64)
 def _settings(env: tuple[tuple[str, str], ...]) -> Settings:
-    """Settings from the variables `env` lists; cached: the readiness loop makes a client every 0.1 s per node."""
+    """Settings from the variables `env` lists; cached, as making them takes milliseconds and the readiness loop
+    makes a client every 0.1 s per node."""
     return Settings.from_env(dict(env))
 
 
@@ -60,7 +61,9 @@ class Access:
 
     def settings(self, user: str) -> Settings:
         """`user`'s connection settings (password and CA, no client certificate): for tests' and tools' clients."""
-        return _settings(tuple(sorted(self._env(user).items())))
+        # The password itself is in the key, read now: a cluster made again in the same directory has new ones.
+        env = {**self._env(user), "PROFILEMESH_REDIS_PASSWORD": self.passwords.of(user)}
+        return _settings(tuple(sorted(env.items())))
 
     def client_options(self, user: str) -> dict[str, Any]:
         """`user`'s connection options as keyword arguments of a client made from host and port."""

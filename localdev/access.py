@@ -9,6 +9,7 @@ from typing import Any
 
 from common.runtime.config import Settings
 from common.storage import acl, nodes
+from common.storage.cluster import ClusterClient
 from localdev.certs import Authority
 from localdev.passwords import Passwords
 
@@ -69,10 +70,10 @@ class Access:
         """`user`'s connection options as keyword arguments of a client made from host and port."""
         return nodes.node_options(self.settings(user))
 
-    def client(self, user: str, **kwargs: Any) -> nodes.ClusterClient:
+    def client(self, user: str, **kwargs: Any) -> nodes.SyncClusterClient:
         return nodes.cluster_client(self.host, self.port, self.settings(user), **kwargs)
 
-    def async_client(self, user: str, **kwargs: Any) -> nodes.AsyncClusterClient:
+    def async_client(self, user: str, **kwargs: Any) -> ClusterClient:
         return nodes.async_cluster_client(self.host, self.port, self.settings(user), **kwargs)
 
     def node(self, host: str, port: int) -> nodes.Node:

@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.errors import StorageError
 from common.storage import acl, nodes
-from common.storage.nodes import Node, NodeError
+from common.storage.cluster import ClusterClient
+from common.storage.nodes import Node
 from common.storage.topology import NodeLine
 from localdev import certs, processes, valkey
 from localdev.access import Access
@@ -119,11 +121,11 @@ class LocalCluster:
     def _client_options(self, user: str) -> dict[str, Any]:
         return self._access.client_options(user)
 
-    def client(self, user: str = acl.ADMIN_USER, **kwargs: Any) -> nodes.ClusterClient:
+    def client(self, user: str = acl.ADMIN_USER, **kwargs: Any) -> nodes.SyncClusterClient:
         """A cluster client as `user` (the admin unless said): how tests and tools look at the cluster."""
         return self._access.client(user, **kwargs)
 
-    def async_client(self, user: str = acl.ADMIN_USER, **kwargs: Any) -> nodes.AsyncClusterClient:
+    def async_client(self, user: str = acl.ADMIN_USER, **kwargs: Any) -> ClusterClient:
         return self._access.async_client(user, **kwargs)
 
     def node(self, index: int) -> nodes.NodeClient:
@@ -197,7 +199,7 @@ class LocalCluster:
         for index in self._nodes.running():
             try:
                 return self._admin(index).cluster_nodes()
-            except NodeError:
+            except StorageError:
                 continue
         raise RuntimeError("no cluster node answers")
 

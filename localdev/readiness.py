@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from common.storage.nodes import Node, NodeError
+from common.errors import StorageError
+from common.storage.nodes import Node
 from localdev.waiting import poll_until
 
 
@@ -17,7 +18,7 @@ def cluster_ready(nodes: Iterable[Node]) -> bool:
             info = node.replication()
             if info["role"] == "slave" and info.get("master_link_status") != "up":
                 return False
-    except (NodeError, KeyError):
+    except (StorageError, KeyError):
         return False
     return True
 

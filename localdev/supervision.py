@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from common.storage.nodes import NodeError
+from common.errors import StorageError
 from common.storage.topology import NodeLine
 from localdev.node_processes import NodeProcesses
 
@@ -71,7 +71,7 @@ class Supervisor:
         since = self._down_since.setdefault(index, time.time())
         try:
             outcome = restart_outcome(self._topology(), self._address(index), time.time() - since, self._node_timeout_s)
-        except (RuntimeError, NodeError):
+        except (RuntimeError, StorageError):
             return  # no node answers right now; look again on the next round
         if outcome is None:
             return

@@ -14,10 +14,12 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from aggregator_svc.lag import partition_figures
+from common.errors import StorageError
 from common.rpc import tls
 from common.runtime.config import Settings
 from common.storage import keys
-from common.storage.nodes import AsyncNode, NodeError, async_operator_cluster, key_slot, translated
+from common.storage.errors import translated
+from common.storage.nodes import AsyncNode, async_operator_cluster, key_slot
 from common.storage.topology import NodeLine
 from profilemesh_cli.endpoints import COMPONENTS, Endpoints, replicas
 
@@ -89,7 +91,7 @@ async def _cluster(endpoints: Endpoints, report: Report) -> None:
     try:
         async with AsyncNode.seed(settings, TIMEOUT_S) as seed:
             lines = {line.id: line for line in await seed.cluster_nodes()}
-    except NodeError as error:
+    except StorageError as error:
         report.problems.append(f"the cluster does not answer at {settings.redis_url.split('@')[-1]}: {error}")
         return
     by_id = {node_id: _node_row(line) for node_id, line in lines.items()}
@@ -151,7 +153,7 @@ async def _partitions(endpoints: Endpoints, holder: dict[int, str | None], healt
                     with translated():
                         stream = keys.events_key(partition)
                         row.update(await partition_figures(client, stream, settings.aggregator_group, now_ms))
-                except NodeError as error:
+                except StorageError as error:
                     report.problems.append(f"partition {partition}: cannot read its stream: {error}")
             report.partitions.append(row)
     finally:

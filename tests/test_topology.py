@@ -1,12 +1,14 @@
 """CLUSTER NODES parsing (common.storage.topology), which the profilemesh command and the local cluster's supervision
-share; the supervision's rule for when a node may start again; the admin node client's errors (common.storage.nodes)."""
+share; the supervision's rule for when a node may start again; the admin node client (common.storage.nodes): key
+slots, and its errors, storage-neutral."""
 
 from __future__ import annotations
 
 import pytest
 
+from common.errors import ClusterUnavailable
 from common.runtime.config import Settings
-from common.storage.nodes import Node, NodeError, key_slot
+from common.storage.nodes import Node, key_slot
 from common.storage.topology import parse_cluster_nodes
 from localdev.ports import free_ports
 from localdev.supervision import restart_outcome
@@ -70,10 +72,10 @@ def test_key_slot_follows_hash_tags() -> None:
     assert 0 <= key_slot("user:1") < 16384 and key_slot("user:1") != key_slot("user:2")
 
 
-def test_a_node_that_does_not_answer_is_a_node_error_never_a_driver_one() -> None:
+def test_a_node_that_does_not_answer_is_a_storage_neutral_error_never_a_driver_one() -> None:
     settings = Settings.from_env({"PROFILEMESH_REDIS_URL": "redis://127.0.0.1:1"})
     node = Node.at("127.0.0.1", free_ports(1)[0], settings, timeout_s=0.5)
     assert node.ping() is False
-    with pytest.raises(NodeError) as caught:
+    with pytest.raises(ClusterUnavailable) as caught:
         node.cluster_nodes()
-    assert type(caught.value) is NodeError and caught.value.__cause__ is not None
+    assert type(caught.value) is ClusterUnavailable and caught.value.__cause__ is not None

@@ -2,45 +2,29 @@
 
 `profilemesh status`, localdev's cluster (readiness, self-healing) and its fault injection look at nodes one
 by one: ping, CLUSTER NODES and INFO, replication, CONFIG. They connect as the deployment's user, with its
-TLS files (connection_options), and get plain results; the driver's errors reach them as NodeError only.
+TLS files (connection_options), and get plain results; the driver's errors reach them as the storage-neutral
+ones of common/errors.py (StorageError: ClusterUnavailable, CommandFailed), through errors.translated.
 Tests and tools that need the raw client (to run any command) get it from `Node.client`.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import redis
 import redis.asyncio
 from redis.crc import key_slot as _key_slot
-from redis.exceptions import RedisClusterException, RedisError
 
+from common.errors import StorageError
 from common.runtime.config import Settings
-from common.storage.cluster import connection_options
+from common.storage.cluster import ClusterClient, connection_options
+from common.storage.errors import translated
 from common.storage.topology import NodeLine, parse_cluster_nodes
 
-# The raw clients, for callers that hand them on (tests, benchmarks) without importing the driver.
+# The raw clients, for callers that hand them on (tests, benchmarks) without importing the driver;
+# the async cluster client is common.storage.cluster's ClusterClient.
 NodeClient = redis.Redis
-ClusterClient = redis.RedisCluster
-AsyncClusterClient = redis.asyncio.RedisCluster
-
-# What the driver raises when a node is unreachable, times out, refuses a command, or has no layout yet.
-_DRIVER_ERRORS = (RedisError, RedisClusterException, OSError)
-
-
-class NodeError(Exception):
-    """A node (or the cluster) did not answer, or refused the command; the driver's error is the cause."""
-
-
-@contextlib.contextmanager
-def translated() -> Iterator[None]:
-    """Run a block of driver calls with the driver's errors raised as NodeError (same message)."""
-    try:
-        yield
-    except _DRIVER_ERRORS as error:
-        raise NodeError(str(error) or type(error).__name__) from error
+SyncClusterClient = redis.RedisCluster
 
 
 def key_slot(key: str) -> int:
@@ -53,18 +37,18 @@ def node_options(settings: Settings) -> dict[str, Any]:
     return {**connection_options(settings), "ssl": settings.redis_url.startswith("rediss://")}
 
 
-def cluster_client(host: str, port: int, settings: Settings, **kwargs: Any) -> redis.RedisCluster:
+def cluster_client(host: str, port: int, settings: Settings, **kwargs: Any) -> SyncClusterClient:
     """A (synchronous) cluster client seeded at `host:port`, as `settings`' user."""
     return redis.RedisCluster(host=host, port=port, **node_options(settings), **kwargs)
 
 
-def async_cluster_client(host: str, port: int, settings: Settings, **kwargs: Any) -> redis.asyncio.RedisCluster:
-    return redis.asyncio.RedisCluster(host=host, port=port, **node_options(settings), **kwargs)
+def async_cluster_client(host: str, port: int, settings: Settings, **kwargs: Any) -> ClusterClient:
+    return ClusterClient(host=host, port=port, **node_options(settings), **kwargs)
 
 
-def async_operator_cluster(settings: Settings, timeout_s: float) -> redis.asyncio.RedisCluster:
+def async_operator_cluster(settings: Settings, timeout_s: float) -> ClusterClient:
     """An async cluster client for an operator's reads (as the services connect, but with `timeout_s`)."""
-    return redis.asyncio.RedisCluster.from_url(
+    return ClusterClient.from_url(
         settings.redis_url,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
@@ -95,7 +79,7 @@ class Node:
         try:
             with translated():
                 return bool(self.client.ping())
-        except NodeError:
+        except StorageError:
             return False
 
     def command(self, *args: Any) -> Any:
@@ -167,7 +151,7 @@ class AsyncNode:
         try:
             with translated():
                 return bool(await self.client.ping())
-        except NodeError:
+        except StorageError:
             return False
 
     async def cluster_nodes(self) -> list[NodeLine]:

@@ -22,7 +22,6 @@ from redis.exceptions import NoPermissionError, ResponseError
 from aggregator_svc.aggregator import apply_keys, recount_keys, trim_keys
 from common.storage import acl, keys
 from localdev.system import System, on_free_ports
-from localdev.waiting import poll_until
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 from profilemesh.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from tests.conftest import PARTITIONS, TEST_SETTINGS
@@ -223,6 +222,11 @@ def _acl_log(system: System) -> list[dict[str, Any]]:
     return entries
 
 
+def _refusals(system: System) -> list[dict[str, Any]]:
+    """What the cluster refused the services' users (its ACL log), on every node."""
+    return [entry for entry in _acl_log(system) if entry["username"] in acl.USERS.values()]
+
+
 def _reset_acl_log(system: System) -> None:
     for index in range(len(system.cluster.ports)):
         system.cluster.node(index).acl_log_reset()
@@ -262,9 +266,9 @@ def test_every_operation_of_every_role_works_and_meets_no_refusal(secured: Syste
         leaderboard.cancel()
     # Maintenance trims what every group acknowledged (events retained 1 s): it records what it trimmed.
     marker = keys.trimmed_key(keys.partition_of("ana", PARTITIONS))
-    poll_until(lambda: admin.exists(marker) == 1, 30, "the aggregator to trim ana's partition")
-    refused = [entry for entry in _acl_log(secured) if entry["username"] in acl.USERS.values()]
-    assert refused == [], refused
+    wait_until(lambda: admin.exists(marker) or _refusals(secured), what="the aggregator to trim ana's partition")
+    assert _refusals(secured) == []
+    assert admin.exists(marker)
 
 
 def test_the_matrix_on_the_tls_cluster(secured: System) -> None:

@@ -371,7 +371,9 @@ def test_the_table_keeps_the_promises_of_least_privilege(secured: System) -> Non
     never overwritten, nothing is deleted but a profile, and profile_svc only appends to the streams."""
     node = secured.cluster.node(0)
     every = sorted({c for component in acl.ROLES for c in held(component)} | set(PROBES))
-    writes = {name for name, info in node.execute_command("COMMAND", "INFO", *every).items() if "write" in info["flags"]}
+    writes = {
+        name for name, info in node.execute_command("COMMAND", "INFO", *every).items() if "write" in info["flags"]
+    }
     assert {"set", "hset", "unlink", "xadd", "xtrim", "zadd"} <= writes  # the server's word, not ours
     code = {"evalsha", "eval"}  # what a script may do is each family's entry; checked there
     broken: list[str] = []

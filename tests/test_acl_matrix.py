@@ -5,7 +5,7 @@ first (DEL, UNLINK, SET, HSET, XADD, XTRIM), on a key of every key family and on
 allowed exactly where the table grants it, refused (NOPERM) everywhere else. ACL DRYRUN asks the server for
 each case; one real command per (user, family) shows DRYRUN tells the truth; and the services' own flows
 through the real services, with the read check and the change feed on, leave no refusal in the ACL log.
-The same matrix runs on the session's Valkey cluster (with WAITAOF) in test_acl.py's module's system.
+The same matrix runs on the session's Valkey cluster, WAITAOF included, in tests/test_acl.py.
 """
 
 from __future__ import annotations

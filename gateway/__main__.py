@@ -5,10 +5,11 @@ from __future__ import annotations
 import uvloop
 from aiohttp import web
 
+from common.errors import StartupError
 from common.runtime import cancellation
 from common.runtime.addresses import parse_listen
 from common.runtime.command import parse_arguments
-from common.runtime.config import Settings, StartupError
+from common.runtime.config import Settings
 from common.runtime.logs import setup_logging
 from common.runtime.metrics import serve_metrics
 from common.runtime.tracing import setup_tracing, shutdown_tracing

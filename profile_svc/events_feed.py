@@ -37,9 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import grpc
-
-from common.errors import InvalidArgument, ServiceError
+from common.errors import HistoryChanged, InvalidArgument, Trimmed
 from common.rpc.streams import StreamClock
 from common.rpc.validation import MAX_USERS, check_user
 from common.storage import keys
@@ -53,7 +51,6 @@ SCRIPTS = Path(__file__).parent / "scripts"
 PAGE = 1000  # entries per tail read of the stream (a millisecond or two of script)
 CATCH_UP_PAGE = 2000  # entries a catch-up scans per read; it returns only those its subscriber wants
 RETRY_S = 0.5
-CHANGES = ("create", "update", "delete")
 TOKEN_PREFIX = "v2."
 MAC_BYTES = 16
 MAX_U64 = 2**64 - 1
@@ -87,21 +84,6 @@ class Event:
     @property
     def anchor(self) -> Anchor:
         return Anchor(self.id, self.n, self.ts_ms)
-
-
-class Trimmed(ServiceError):
-    """Events after the subscriber's position are gone from the stream (OUT_OF_RANGE)."""
-
-    code = grpc.StatusCode.OUT_OF_RANGE
-    default_reason = "EVENTS_TRIMMED"
-
-
-class HistoryChanged(ServiceError):
-    """The stream no longer holds the subscriber's position as it was: a failover lost events already sent
-    (OUT_OF_RANGE). What the subscriber derived from them may describe changes that did not survive."""
-
-    code = grpc.StatusCode.OUT_OF_RANGE
-    default_reason = "EVENTS_HISTORY_CHANGED"
 
 
 def _trimmed(partition: int) -> Trimmed:
@@ -238,7 +220,7 @@ def event_filter(users: Iterable[str], types: Iterable[str]) -> EventFilter:
     wanted_users = {check_user(user, field="users") for user in users}
     if len(wanted_users) > MAX_USERS:
         raise InvalidArgument(f"too many users to filter by: {len(wanted_users)}, at most {MAX_USERS}", field="users")
-    wanted_types = set(types) or set(CHANGES)
+    wanted_types = set(types) or set(keys.CHANGE_TYPES)
     unknown = wanted_types - set(keys.EVENT_TYPES)
     if unknown:
         raise InvalidArgument(

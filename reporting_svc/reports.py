@@ -52,7 +52,7 @@ class Reports:
         return await asyncio.gather(*(totals(p) for p in self.partitions))
 
     async def operation_totals(self, partition_totals: list[dict[bytes, bytes]] | None = None) -> dict[str, int]:
-        summed = dict.fromkeys(keys.EVENT_TYPES, 0)
+        summed: dict[str, int] = {str(kind): 0 for kind in keys.EventType}
         for counts in partition_totals if partition_totals is not None else await self.partition_totals():
             for kind, count in counts.items():
                 if kind.decode() in summed:

@@ -19,11 +19,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from common.errors import StartupError
 from common.rpc import tls
 from common.rpc.interceptors import ObservingInterceptor
 from common.runtime import cancellation
 from common.runtime.command import parse_arguments
-from common.runtime.config import Settings, StartupError
+from common.runtime.config import Settings
 from common.runtime.logs import setup_logging
 from common.runtime.metrics import serve_metrics
 from common.runtime.tracing import setup_tracing, shutdown_tracing

@@ -27,9 +27,9 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from common.errors import PartitionMismatch
+from common.errors import CredentialsRefused, PartitionMismatch
 from common.runtime import metrics, tracing
-from common.runtime.config import Settings, StartupError
+from common.runtime.config import Settings
 from common.storage import keys
 from common.storage.internals import (
     closed_under_command,
@@ -79,10 +79,6 @@ def connection_options(settings: Settings) -> dict[str, Any]:
         if settings.redis_cert_file:
             options.update(ssl_certfile=settings.redis_cert_file, ssl_keyfile=settings.redis_key_file)
     return options
-
-
-class CredentialsRefused(StartupError):
-    """The cluster refused this process's user or password: no retry will help."""
 
 
 class Cluster:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from common.runtime.config import ConfigError, Settings, markdown_table, variable
+from common.errors import ConfigError
+from common.runtime.config import Settings, markdown_table, variable
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 INTEGER_SETTINGS = [f.name for f in dataclasses.fields(Settings) if f.type in ("int", int)]

@@ -13,17 +13,19 @@ from redis import exceptions as redis_errors
 from common.errors import (
     AlreadyExists,
     DeadlineExceeded,
+    HistoryChanged,
     InvalidArgument,
     NotFound,
     ServiceError,
+    StreamEnded,
     TooManyRequests,
+    TooManyStreams,
+    Trimmed,
     Unavailable,
 )
 from common.rpc.status import CLUSTER_DOWN, as_service_error
-from common.rpc.streams import StreamEnded, TooManyStreams
 from gateway.errors import HTTP_STATUS, http_status, rendered_details, service_error_response
 from gateway.translate import BadRequest
-from profile_svc.events_feed import HistoryChanged, Trimmed
 
 ERRORS: list[tuple[ServiceError, grpc.StatusCode, str, int]] = [
     (InvalidArgument("bad", field="user"), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", 400),

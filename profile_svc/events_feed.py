@@ -37,12 +37,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from common.errors import HistoryChanged, InvalidArgument, Trimmed
+from common.errors import HistoryChanged, InvalidArgument, StorageError, Trimmed
 from common.rpc.streams import StreamClock
 from common.rpc.validation import MAX_USERS, check_user
 from common.storage import keys
-from common.storage.cluster import CLUSTER_FAILURES, Cluster
-from common.storage.internals import closed_under_command
+from common.storage.cluster import Cluster
 from common.storage.stream_ids import StreamId, format_id
 
 log = logging.getLogger(__name__)
@@ -286,9 +285,7 @@ class EventsFeed:
         self.cluster = cluster
         self.partitions = cluster.settings.partitions
         self.queue_limit = cluster.settings.stream_queue
-        # A blocking read must return before the client's socket timeout fires.
-        self.block_ms = max(cluster.settings.redis_timeout_ms // 2, 10)
-        self._events_after = cluster.script(SCRIPTS / "events_after.lua")
+        self._events_after = cluster.script(SCRIPTS / "events_after.lua", repeatable=True)  # it only reads
         self.tail: list[Anchor] = []  # per partition, the last entry the tail reader has passed
         self.subscriptions: set[Subscription] = set()
         self._tailers: list[asyncio.Task[None]] = []
@@ -452,11 +449,7 @@ class EventsFeed:
         while True:
             try:
                 if not more:
-                    # Blocking reads hold a connection for up to block_ms; they bypass the concurrency
-                    # bound (the client keeps a connection for each partition beyond it).
-                    client = await self.cluster.connected()
-                    async with closed_under_command():  # outside the bound, so it converts a closed connection itself
-                        await client.xread({stream: format_id(self.tail[partition].id)}, count=1, block=self.block_ms)
+                    await self.cluster.wait_for_entries(stream, format_id(self.tail[partition].id))
                 base = self.tail[partition]
                 read = await self._read(partition, base, "+", PAGE)
                 verdict, events = read.verdict, read.events
@@ -466,7 +459,7 @@ class EventsFeed:
                     self._hand_out(Batch(partition, None, [], read.last))
                     more = False
                     continue
-            except CLUSTER_FAILURES as error:
+            except StorageError as error:
                 log.warning("events tail of partition %d: cluster unavailable: %r", partition, error)
                 await asyncio.sleep(RETRY_S)
                 more = False

@@ -17,7 +17,7 @@ class Reports:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
         self.partitions = range(cluster.settings.partitions)
-        self._top_readers = cluster.script(SCRIPTS / "top_readers.lua")
+        self._top_readers = cluster.script(SCRIPTS / "top_readers.lua", repeatable=True)  # it only reads
 
     async def top_profiles(self, limit: int) -> list[tuple[str, int]]:
         """The top `limit` users by reads, highest first, ties by user name.

@@ -6,7 +6,8 @@ makes the group again when the stream was deleted, lets an unexpected failure en
 stops on shutdown; the reclaim loop takes over what a dead consumer left pending. What the scripts do inside
 the cluster (exact counts, trimming) is the aggregation model's and the suite's to check, against a real node.
 
-FakeCluster holds one consumer group per stream and offers only what the loops call.
+FakeCluster holds one consumer group per stream and offers only what the loops call of common/storage's
+Cluster, raising its storage-neutral errors (common/errors.py) as the storage layer does.
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import pytest
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 
 from aggregator_svc import aggregator
 from aggregator_svc.aggregator import Aggregator
+from common.errors import ClusterUnavailable, CommandFailed, NoGroup
 from common.runtime.config import Settings
 from common.storage import keys
 
@@ -62,8 +62,8 @@ def _now_ms() -> float:
 
 
 class FakeCluster:
-    """The cluster as the aggregator uses it: settings, script handles, run/run_on_primary of its scripts,
-    and a client (bounded or connected) for the group's commands and the blocking reads.
+    """The cluster as the aggregator uses it: settings, script handles and runs, the group's commands, the
+    blocking wait for entries, and the bounded client (for XAUTOCLAIM).
 
     `faults[operation]` lists exceptions the next calls of that operation raise before doing anything."""
 
@@ -73,6 +73,8 @@ class FakeCluster:
         self.faults: dict[str, list[BaseException]] = {}
         self.calls: list[tuple[str, Any]] = []  # (operation, what it was given or did), in order
         self.appended = asyncio.Event()
+        self.block_ms = 10  # the blocking wait's bound
+        self.scripts: dict[str, bool] = {}  # script -> declared repeatable
 
     # What the test does.
 
@@ -100,15 +102,13 @@ class FakeCluster:
 
     # What the aggregator calls.
 
-    def script(self, path: Any) -> str:
+    def script(self, path: Any, repeatable: bool = False) -> str:
+        self.scripts[path.name] = repeatable
         return str(path.name)
 
     @contextlib.asynccontextmanager
     async def bounded(self, *_: Any, **__: Any) -> AsyncIterator[FakeCluster]:
         yield self
-
-    async def connected(self) -> FakeCluster:
-        return self
 
     async def _enter(self, operation: str, given: Any) -> None:
         """Record a call; yield to the event loop as a round trip would (a loop that never waits still lets
@@ -121,39 +121,35 @@ class FakeCluster:
     def _group(self, stream_key: str) -> Stream:
         stream = self.streams[stream_key]
         if not stream.group:
-            raise ResponseError("NOGROUP No such key or consumer group")
+            raise NoGroup("NOGROUP No such key or consumer group", code="NOGROUP")
         return stream
 
-    async def xgroup_create(self, name: str, groupname: str, id: str, mkstream: bool) -> None:
-        await self._enter("group", (id, mkstream))
-        stream = self.streams[name]
-        if stream.group:
-            raise ResponseError("BUSYGROUP Consumer Group name already exists")
-        assert id == "0" and mkstream, "the group starts at the stream's first entry"
-        stream.group = True
+    async def create_group(self, stream_key: str, group: str) -> bool:
+        """The group from the stream's first entry (and the stream if need be); False if it was there."""
+        await self._enter("group", group)
+        stream = self.streams[stream_key]
+        made, stream.group = not stream.group, True
+        return made
 
-    async def xreadgroup(self, groupname: str, consumername: str, streams: dict[str, str], count: int) -> Any:
-        ((key, start),) = streams.items()
-        await self._enter("own pending", start)
-        stream = self._group(key)
-        assert start == "0", "only what was delivered already"
-        mine = sorted(n for n, p in stream.pending.items() if p.consumer == consumername)[:count]
-        return [[key.encode(), [(_id(n), {b"user": b"u"}) for n in mine]]]
+    async def read_own_pending(self, stream_key: str, group: str, consumer: str, count: int) -> list[Any]:
+        await self._enter("own pending", consumer)
+        stream = self._group(stream_key)
+        mine = sorted(n for n, p in stream.pending.items() if p.consumer == consumer)[:count]
+        return [(_id(n), {b"user": b"u"}) for n in mine]
 
-    async def xread(self, streams: dict[str, str], count: int, block: int) -> Any:
-        ((key, after),) = streams.items()
+    async def wait_for_entries(self, stream_key: str, after: str) -> bool:
+        """Whether an entry past `after` came within block_ms (a blocking XREAD)."""
         await self._enter("wait", after)
-        deadline = time.monotonic() + block / 1000
+        deadline = time.monotonic() + self.block_ms / 1000
         while True:
-            later = [n for n in self.streams[key].ids if n > _n(after)]
-            if later:
-                return [[key.encode(), [(_id(later[0]), {})]]]
+            if any(n > _n(after) for n in self.streams[stream_key].ids):
+                return True
             self.appended.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                     await self.appended.wait()
             if time.monotonic() >= deadline:
-                return []
+                return False
 
     async def xautoclaim(
         self, name: str, groupname: str, consumername: str, min_idle_time: int, start_id: str, count: int
@@ -169,9 +165,20 @@ class FakeCluster:
             stream.pending[n] = Pending(consumername, now)
         return [_id(rest[0]) if rest else b"0-0", [(_id(n), {b"user": b"u"}) for n in claimed], []]
 
-    async def run_on_primary(self, script: str, script_keys: list[str], args: list[Any]) -> Any:
-        group, start, consumer, count = args
-        assert (script, group, start) == ("apply_events.lua", GROUP, ">")
+    async def run(
+        self, script: str, script_keys: list[str], args: list[Any], confirm: Any = None, bounded: bool = True
+    ) -> Any:
+        if script == "apply_events.lua" and args[1] == ">":
+            assert not bounded, "the take runs on the partition's reserved connection"
+            return await self._take(script_keys, *args)
+        if script == "apply_events.lua":
+            return await self._apply(script_keys, args)
+        await self._enter(script, args)
+        return [0, 0]  # a trim or a recount step with nothing (more) to do
+
+    async def _take(self, script_keys: list[str], group: str, start: str, consumer: str, count: int) -> Any:
+        """apply_events.lua with ">": the group's next entries for `consumer`, applied and acknowledged."""
+        assert group == GROUP
         await self._enter("take", count)
         stream = self._group(script_keys[0])
         taken = [n for n in stream.ids if n > stream.last_delivered][:count]
@@ -180,18 +187,16 @@ class FakeCluster:
         stream.counted += taken  # applied and acknowledged in the same script: never pending
         return [len(taken), 0, len(taken), _id(stream.last_delivered), [], 0]
 
-    async def run(self, script: str, script_keys: list[str], args: list[Any]) -> Any:
-        if script == "apply_events.lua":
-            await self._enter("apply", [_n(i) for i in args[1:]])
-            stream = self._group(script_keys[0])
-            applied = 0
-            for n in map(_n, args[1:]):
-                if stream.pending.pop(n, None) is not None:
-                    stream.counted.append(n)
-                    applied += 1
-            return [applied, 0, [], 0]
-        await self._enter(script, args)
-        return [0, 0]  # a trim or a recount step with nothing (more) to do
+    async def _apply(self, script_keys: list[str], args: list[Any]) -> Any:
+        """apply_events.lua with ids: those of them still pending, applied and acknowledged."""
+        await self._enter("apply", [_n(i) for i in args[1:]])
+        stream = self._group(script_keys[0])
+        applied = 0
+        for n in map(_n, args[1:]):
+            if stream.pending.pop(n, None) is not None:
+                stream.counted.append(n)
+                applied += 1
+        return [applied, 0, [], 0]
 
 
 def _settings(**changes: Any) -> Settings:
@@ -255,7 +260,7 @@ def test_the_stream_is_taken_in_batches_and_an_idle_partition_waits_for_news() -
             await _until(lambda: len(stream.counted) == 250, task)
             await _until(lambda: len(cluster.ops("wait")) >= 2, task)
             # The group made from the first entry, its own pending looked at first, then batches of at most 100.
-            assert cluster.calls[:2] == [("group", ("0", True)), ("own pending", "0")]
+            assert cluster.calls[:2] == [("group", GROUP), ("own pending", CONSUMER)]
             assert set(cluster.ops("take")) == {100}
             # Idle: it waits for an entry after the last one delivered, without taking it.
             assert cluster.ops("wait")[-1] == "250-0"
@@ -263,6 +268,8 @@ def test_the_stream_is_taken_in_batches_and_an_idle_partition_waits_for_news() -
             await _until(lambda: len(stream.counted) == 257, task)
         assert stream.counted == list(range(1, 258)), "each entry applied once, in order"
         assert not stream.pending
+        # Each of its scripts is safe to run again, so a connection lost under one is retried, not unknown.
+        assert cluster.scripts == {"apply_events.lua": True, "trim_acknowledged.lua": True, "recount_step.lua": True}
 
     _run(scenario)
 
@@ -270,7 +277,7 @@ def test_the_stream_is_taken_in_batches_and_an_idle_partition_waits_for_news() -
 def test_entries_delivered_to_it_but_never_applied_are_applied_first() -> None:
     async def scenario() -> None:
         cluster, agg = _setup()
-        cluster.streams[keys.events_key(0)].group = True  # made by an earlier run: BUSYGROUP is no error
+        cluster.streams[keys.events_key(0)].group = True  # made by an earlier run
         cluster.append(0, 10)
         left = cluster.deliver(0, 4, CONSUMER)  # an earlier run of this consumer read them, then died
         stream = cluster.streams[keys.events_key(0)]
@@ -285,8 +292,8 @@ def test_entries_delivered_to_it_but_never_applied_are_applied_first() -> None:
 
 @pytest.mark.parametrize(
     "failure",
-    [RedisConnectionError("connection lost"), OSError("network unreachable"), ResponseError("ERR busy script")],
-    ids=["connection", "os", "response"],
+    [ClusterUnavailable("connection lost"), CommandFailed("BUSY a script runs", code="BUSY")],
+    ids=["unavailable", "error-reply"],
 )
 def test_a_failed_take_is_waited_out_and_taken_again(failure: Exception) -> None:
     async def scenario() -> None:
@@ -310,7 +317,7 @@ def test_a_failed_apply_of_its_own_pending_entries_is_retried() -> None:
         cluster, agg = _setup()
         cluster.append(0, 6)
         left = cluster.deliver(0, 6, CONSUMER)
-        cluster.faults["apply"] = [RedisConnectionError("connection lost")]
+        cluster.faults["apply"] = [ClusterUnavailable("connection lost")]
         stream = cluster.streams[keys.events_key(0)]
         async with _consuming(agg) as task:
             await _until(lambda: len(stream.counted) == 6, task)
@@ -329,7 +336,7 @@ def test_a_deleted_stream_gets_its_group_again() -> None:
             cluster.delete(0)  # NOGROUP from the next take
             cluster.append(0, 5)
             await _until(lambda: len(cluster.streams[keys.events_key(0)].counted) == 5, task)
-        assert cluster.ops("group") == [("0", True), ("0", True)]
+        assert cluster.ops("group") == [GROUP, GROUP]
         assert cluster.streams[keys.events_key(0)].counted == [1, 2, 3, 4, 5]
 
     _run(scenario)

@@ -45,7 +45,7 @@ class FakeCluster:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    def script(self, path: Any) -> object:
+    def script(self, path: Any, repeatable: bool = False) -> object:
         return path
 
 

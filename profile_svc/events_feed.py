@@ -298,7 +298,8 @@ class EventsFeed:
             async with self.cluster.bounded() as client:
                 secret = await client.get(keys.DEPLOYMENT_KEY)
                 if secret is None:
-                    await client.set(keys.DEPLOYMENT_KEY, secrets.token_hex(32), nx=True)
+                    # SETNX: what the user is allowed, so the secret can be made once and never replaced.
+                    await client.setnx(keys.DEPLOYMENT_KEY, secrets.token_hex(32))
                     secret = await client.get(keys.DEPLOYMENT_KEY)
             if not secret:
                 raise ConnectionError("the deployment's identity could not be read from the cluster")

@@ -155,7 +155,10 @@ def _b64(data: bytes) -> str:
 def _unb64(text: str) -> bytes:
     if not text or any(c not in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_" for c in text):
         raise ValueError("not base64url")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64(data) != text:  # the last character's spare bits set: a second spelling of the same bytes
+        raise ValueError("not canonical base64url")
+    return data
 
 
 def _anchor(text: str) -> Anchor:

@@ -145,9 +145,9 @@ def test_an_altered_position_is_refused(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_a_token_changed_in_any_one_character_is_refused_or_means_the_same(seed: int) -> None:
-    """Base64's last character carries spare bits a decoder ignores: a change there may decode to the same
-    bytes, the same position. Every other change is refused."""
+def test_a_token_changed_in_any_one_character_is_refused(seed: int) -> None:
+    """Every change is refused, including one in the spare bits of base64's last character, which a lenient
+    decoder ignores: a token has one spelling."""
     rng = random.Random(seed)
     tokens = Tokens(SECRET, 3)
     anchors = _anchors(rng, 3)
@@ -156,12 +156,7 @@ def test_a_token_changed_in_any_one_character_is_refused_or_means_the_same(seed:
     for _ in range(30):
         at = rng.randrange(len(token))
         changed = token[:at] + rng.choice(alphabet.replace(token[at], "")) + token[at + 1 :]
-        try:
-            resumed = _resume(tokens, changed)
-        except InvalidArgument as error:
-            assert error.field == "resume_token"
-        else:
-            assert resumed == anchors, f"{changed!r} was accepted as another position"
+        _refused(lambda changed=changed: _resume(tokens, changed))
 
 
 @pytest.mark.parametrize("seed", SEEDS[:10])

@@ -15,7 +15,7 @@ import grpc
 import pytest
 from google.rpc import status_pb2
 
-from gateway.coalesce import MemberError, ReadCoalescer
+from gateway.coalesce import MemberError, ReadCoalescer, WriteCoalescer
 from profilemesh.profile.v1 import profile_pb2
 
 TIMEOUT_S = 2.5
@@ -264,3 +264,70 @@ def test_a_caller_that_goes_away_breaks_no_other_member() -> None:
         assert await capped.get("h") == _profile("h")
 
     _run(scenario)
+
+
+class FakeWrites:
+    """profile_svc's change calls, recorded: CreateProfile alone and BatchWriteProfiles, each held until the
+    test opens its gate. Creating a user named `taken-*` answers ALREADY_EXISTS (that member's error)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.singles: list[str] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def create(
+        self,
+        request: profile_pb2.CreateProfileRequest,
+        timeout: float | None = None,  # noqa: ASYNC109
+        metadata: Any = (),
+    ) -> profile_pb2.CreateProfileResponse:
+        self.singles.append(request.user)
+        await self.gate.wait()
+        if request.user.startswith("taken-"):
+            raise _rpc_error(grpc.StatusCode.ALREADY_EXISTS, "Profile exists")
+        return profile_pb2.CreateProfileResponse(message=f"Profile created for: {request.user}")
+
+    async def batch(
+        self,
+        request: profile_pb2.BatchWriteProfilesRequest,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> profile_pb2.BatchWriteProfilesResponse:
+        users = [member.create.user for member in request.requests]
+        self.batches.append(users)
+        await self.gate.wait()
+        results = []
+        for user in users:
+            if user.startswith("taken-"):
+                status = status_pb2.Status(code=grpc.StatusCode.ALREADY_EXISTS.value[0], message="Profile exists")
+                results.append(profile_pb2.ProfileWriteResult(error=status))
+            else:
+                created = profile_pb2.CreateProfileResponse(message=f"Profile created for: {user}")
+                results.append(profile_pb2.ProfileWriteResult(created=created))
+        return profile_pb2.BatchWriteProfilesResponse(results=results)
+
+
+def _create(user: str) -> profile_pb2.ProfileWriteRequest:
+    return profile_pb2.ProfileWriteRequest(create=profile_pb2.CreateProfileRequest(user=user, fields={"a": "b"}))
+
+
+def test_changes_alone_go_as_their_own_call_and_together_as_one_batch_each_with_its_own_answer() -> None:
+    async def scenario() -> None:
+        fake = FakeWrites()
+        writes = WriteCoalescer({"create": fake.create}, fake.batch, TIMEOUT_S)  # type: ignore[arg-type, dict-item]
+        fake.gate.clear()
+        first = asyncio.create_task(writes.ask(_create("alone")))
+        await _settle()
+        assert fake.singles == ["alone"] and fake.batches == []  # at once, as CreateProfile
+        later = [asyncio.create_task(writes.ask(_create(user))) for user in ("u1", "taken-1", "u2")]
+        await _settle()
+        assert fake.batches == []  # waiting for the call in flight
+        fake.gate.set()
+        assert (await first).message == "Profile created for: alone"
+        answers = await asyncio.gather(*later, return_exceptions=True)
+        assert fake.batches == [["u1", "taken-1", "u2"]]
+        assert answers[0].message == "Profile created for: u1"
+        assert isinstance(answers[1], MemberError) and answers[1].code == grpc.StatusCode.ALREADY_EXISTS
+        assert answers[2].message == "Profile created for: u2"
+
+    asyncio.run(asyncio.wait_for(scenario(), 5))

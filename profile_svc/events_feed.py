@@ -284,10 +284,11 @@ class Subscription:
 
 
 class EventsFeed:
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: Cluster, partitions: int, queue_limit: int) -> None:
+        """`queue_limit`: events a subscriber's queue holds (PROFILEMESH_STREAM_QUEUE) before it reads the stream."""
         self.cluster = cluster
-        self.partitions = cluster.settings.partitions
-        self.queue_limit = cluster.settings.stream_queue
+        self.partitions = partitions
+        self.queue_limit = queue_limit
         self._events_after = cluster.script(SCRIPTS / "events_after.lua", repeatable=True)  # it only reads
         self.tail: list[Anchor] = []  # per partition, the last entry the tail reader has passed
         self.subscriptions: set[Subscription] = set()

@@ -248,7 +248,7 @@ async def _consuming(agg: Aggregator, partition: int = 0) -> AsyncIterator[async
 
 def _setup(**changes: Any) -> tuple[FakeCluster, Aggregator]:
     cluster = FakeCluster(_settings(**changes))
-    return cluster, Aggregator(cluster)  # type: ignore[arg-type]
+    return cluster, Aggregator(cluster, cluster.settings.aggregation())  # type: ignore[arg-type]
 
 
 def test_the_stream_is_taken_in_batches_and_an_idle_partition_waits_for_news() -> None:

@@ -40,10 +40,7 @@ CREATES = EventFilter(frozenset({"create"}), frozenset())
 
 
 class FakeCluster:
-    """What EventsFeed's constructor reads from its cluster: the settings, and a script handle."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    """What EventsFeed's constructor asks of its cluster: a script handle."""
 
     def script(self, path: Any, repeatable: bool = False) -> object:
         return path
@@ -53,7 +50,8 @@ class InMemoryFeed(EventsFeed):
     """The feed over in-memory streams: its reads of a stream (the one seam to the cluster) come from lists."""
 
     def __init__(self, settings: Settings) -> None:
-        super().__init__(FakeCluster(settings))  # type: ignore[arg-type]
+        super().__init__(FakeCluster(), settings.partitions, settings.stream_queue)  # type: ignore[arg-type]
+        self.settings = settings
         self.streams: list[list[Event]] = [[] for _ in range(self.partitions)]
         self.reads = 0  # reads of a stream made by subscribers (the tail reader's are the test's own)
         self._tokens = Tokens(b"secret of the test deployment", self.partitions)
@@ -111,7 +109,7 @@ def _settings(**changes: Any) -> Settings:
 
 
 def _clock(settings: Settings) -> StreamClock:
-    return StreamClock(StreamLimits(settings))
+    return StreamClock(StreamLimits(settings.streams()))
 
 
 def _run(scenario: Callable[[InMemoryFeed], Any]) -> None:
@@ -193,7 +191,7 @@ def test_a_queue_of_unwanted_batches_is_still_bounded_in_batches() -> None:
 def test_an_overflowed_subscriber_reads_every_event_from_the_stream_in_order() -> None:
     async def scenario(feed: InMemoryFeed) -> None:
         feed.append(0, ["create"] * 3)  # before the subscription: not part of it
-        clock = _clock(feed.cluster.settings)
+        clock = _clock(feed.settings)
         watch = feed.watch(clock, None, EVERYTHING)
         event, start = await anext(watch)
         assert event is None, "the first message is the starting position"
@@ -230,7 +228,7 @@ def test_an_overflowed_subscriber_reads_every_event_from_the_stream_in_order() -
 
 def test_a_subscriber_that_filters_gets_only_what_it_wants_after_an_overflow() -> None:
     async def scenario(feed: InMemoryFeed) -> None:
-        watch = feed.watch(_clock(feed.cluster.settings), None, CREATES)
+        watch = feed.watch(_clock(feed.settings), None, CREATES)
         await anext(watch)
         published = []
         for _ in range(4):  # many unwanted events queue without overflowing
@@ -252,7 +250,7 @@ def test_a_resumed_subscriber_catches_up_from_its_token_then_reads_its_queue() -
         missed = feed.append(0, ["create"] * 4) + feed.append(1, ["update"] * 3)
         position = Position([BEFORE_FIRST] * PARTITIONS, await feed.tokens())
         resumed = await feed.resume(position.token())
-        watch = feed.watch(_clock(feed.cluster.settings), resumed, EVERYTHING)
+        watch = feed.watch(_clock(feed.settings), resumed, EVERYTHING)
         assert (await anext(watch))[0] is None
         queued = feed.publish(0, ["delete"])
         got = await _next_events(watch, len(missed) + 1)
@@ -264,7 +262,7 @@ def test_a_resumed_subscriber_catches_up_from_its_token_then_reads_its_queue() -
 
 def test_a_stopped_subscription_ends_and_leaves_the_feed() -> None:
     async def scenario(feed: InMemoryFeed) -> None:
-        clock = _clock(feed.cluster.settings)
+        clock = _clock(feed.settings)
         watch = feed.watch(clock, None, EVERYTHING)
         await anext(watch)
         assert len(feed.subscriptions) == 1 and feed._tailers
@@ -285,7 +283,7 @@ def test_a_stopped_subscription_ends_and_leaves_the_feed() -> None:
 
 def test_a_stopped_subscription_ends_during_a_long_catch_up() -> None:
     async def scenario(feed: InMemoryFeed) -> None:
-        clock = _clock(feed.cluster.settings)
+        clock = _clock(feed.settings)
         watch = feed.watch(clock, None, CREATES)
         await anext(watch)
         for _ in range(3):  # each batch alone fits; together they overflow, and none of it is wanted

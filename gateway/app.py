@@ -201,7 +201,7 @@ def build_app(settings: Settings) -> web.Application:
         channels = [*app[CHANNELS].values(), *app[STREAM_CHANNELS].values()]
         await asyncio.gather(*(channel.close() for channel in channels))
 
-    streams = StreamLimits(settings)
+    streams = StreamLimits(settings.streams())
     batched = settings.gateway_batch == "on"
 
     async def drain_streams(app: web.Application) -> None:

@@ -34,8 +34,11 @@ def render(changes: list[Change]) -> str:
     return "\n".join([*lines, f"{primaries} primaries: {summary}"])
 
 
-def add_arguments(cluster: argparse.ArgumentParser) -> None:
-    """`cluster migrate` under the `cluster` command."""
+def add_command(commands: Any) -> None:
+    """`cluster migrate`: the `cluster` command and its one action (main.py's SUBCOMMANDS)."""
+    text = "operate the cluster as its admin: `cluster migrate` loads the services' functions"
+    cluster = commands.add_parser("cluster", help=text, description=text)
+    cluster.set_defaults(handler=cmd_cluster)
     actions = cluster.add_subparsers(dest="action", required=True, metavar="ACTION")
     text = (
         "load this version's function libraries into every primary (as the cluster's admin; idempotent; run "

@@ -18,7 +18,7 @@ from typing import Any
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import AuthenticationError, NoPermissionError, RedisClusterException
 
-from common.errors import CredentialsRefused
+from common.errors import ClusterUnavailable, CredentialsRefused
 from common.runtime import metrics, tracing
 from common.runtime.config import Settings
 from common.storage.errors import CLIENT_FAILURES, translated
@@ -135,14 +135,21 @@ class Connection:
             log.warning("the cluster is not reachable yet: %s", type(error).__name__)
 
     async def refresh_topology(self) -> None:
-        """Re-learn which node serves which slot (after a MOVED or a failover); one task at a time."""
+        """Re-learn which node serves which slot (after a MOVED or a failover); one task at a time.
+
+        Raises ClusterUnavailable when no node answers at all, so that an operation fails at once rather
+        than retrying until its deadline; a node that fails the refresh while others answer is only logged.
+        """
         if self._initializing.locked():
             async with self._initializing:  # another task is refreshing: wait for its result
                 return
         async with self._initializing:
             try:
-                await relearn_topology(self.client, self._startup_nodes)
-            except CLIENT_FAILURES as error:
+                with translated():
+                    await relearn_topology(self.client, self._startup_nodes)
+            except ClusterUnavailable as error:
+                if isinstance(error.__cause__, RedisClusterException):  # no node reachable (not a RedisError)
+                    raise
                 log.debug("topology refresh failed: %r", error)
 
     @asynccontextmanager

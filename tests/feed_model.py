@@ -64,10 +64,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
-from redis.exceptions import ResponseError
 
 from aggregator_svc.aggregator import Aggregator
-from common.errors import AlreadyExists, NotFound
+from common.errors import AlreadyExists, NoGroup, NotFound
 from common.rpc.status import as_service_error
 from common.rpc.streams import StreamClock, StreamLimits
 from common.runtime import cancellation
@@ -1105,15 +1104,13 @@ class Harness:
             try:
                 taken, _ = await self.aggregator._take(partition)
                 return taken
-            except ResponseError as error:
-                if "NOGROUP" not in str(error):
-                    raise
+            except NoGroup:  # the storage layer's (common/errors.py) since the one door
                 await self.aggregator._ensure_group(partition)
         return 0
 
     async def trim(self, partition: int, retention_ms: int) -> None:
         self.aggregator.retention_ms = retention_ms
-        with contextlib.suppress(ResponseError):  # NOGROUP: nothing taken yet, nothing to trim
+        with contextlib.suppress(NoGroup):  # nothing taken yet, nothing to trim
             await self.aggregator._maintain(partition)
 
     async def schedule(self, seed: int, verbose: bool = False) -> list[Failure]:

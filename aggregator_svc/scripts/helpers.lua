@@ -1,4 +1,4 @@
--- Helpers the aggregator's scripts share; Aggregator prepends this file to each of them.
+-- Helpers the aggregator's scripts share: the library's local functions (common/storage/functions.py).
 
 -- Whether stream id a (ms-seq) is older than stream id b.
 local function older(a, b)

@@ -1,8 +1,9 @@
 """Lua scripts from files: each service keeps its scripts in its scripts/ directory.
 
-Redis scripts can't import one another, so what a directory's scripts share lives in its helpers.lua,
-which is put before each script's own text. Every script goes through script_source, the services'
-(Cluster.script) and the tests' alike, so what runs is what is tested.
+What a directory's scripts share lives in its helpers.lua. The services run them as functions, one library
+per directory with helpers.lua as its local functions (common/storage/functions.py); script_source gives one
+file as a self-contained script, helpers.lua before its text, for what still compares the two
+(bench/functions_cost.py).
 """
 
 from __future__ import annotations

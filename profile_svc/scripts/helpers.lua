@@ -1,4 +1,4 @@
--- Helpers the profile scripts share; common/storage/scripts.py prepends this file to each of them.
+-- Helpers the profile scripts share: the library's local functions (common/storage/functions.py).
 
 -- Append an event of `kind` about `user` to the partition's stream, stamped with the server's time in ms.
 local function append_event(stream, user, kind)

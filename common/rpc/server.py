@@ -20,7 +20,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from common.rpc import tls
-from common.rpc.interceptors import ObservingInterceptor
+from common.rpc.interceptors import ObservingInterceptor, SheddingInterceptor
 from common.runtime import cancellation
 from common.runtime.command import parse_arguments
 from common.runtime.config import Settings, StartupError
@@ -189,8 +189,12 @@ async def serve(listen: str, cluster: Cluster, build: Callable[[grpc.aio.Server]
         raise StartupError(
             "PROFILEMESH_GRPC_ALLOWED_CLIENTS needs PROFILEMESH_GRPC_CA_FILE: identities come from client certificates"
         )
-    # The first sheds unary calls beyond PROFILEMESH_MAX_IN_FLIGHT (RESOURCE_EXHAUSTED, counted).
-    interceptors: list[grpc.aio.ServerInterceptor] = [ObservingInterceptor(cluster.settings.max_in_flight)]
+    # Unary calls beyond PROFILEMESH_MAX_IN_FLIGHT are answered RESOURCE_EXHAUSTED, and counted; shedding goes
+    # first, so a refused call is counted but not timed or traced.
+    interceptors: list[grpc.aio.ServerInterceptor] = [
+        SheddingInterceptor(cluster.settings.max_in_flight),
+        ObservingInterceptor(),
+    ]
     if allowed_clients:
         interceptors.append(tls.AllowedClients(allowed_clients))
     server = grpc.aio.server(

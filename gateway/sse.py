@@ -123,33 +123,13 @@ def stream_handler(
                 # The services give each client its share too: the gateway says whom the stream is for.
                 call = request.app[CALLS][route.grpc_path](message, metadata=[(FORWARDED_METADATA, client)])
                 try:
-                    return await _relay(_Relay(route, limits, request, call), deadline_s)
+                    return await _Relay(route, limits, request, call).answer(deadline_s)
                 finally:
                     call.cancel()  # a no-op when it has ended; else the upstream stream stops at once
         except (BadRequest, TooManyStreams, StreamEnded) as error:
             return service_error_response(error)
 
     return handle
-
-
-async def _relay(relay: _Relay, deadline_s: float) -> web.StreamResponse:
-    """The first message decides between a JSON error and a 200 event stream, which then follows the call."""
-    reading = asyncio.ensure_future(relay.call.read())
-    try:
-        await asyncio.wait_for(asyncio.shield(reading), deadline_s)
-    except TimeoutError:
-        reading.cancel()
-        return service_error_response(
-            DeadlineExceeded(f"the service did not answer within {deadline_s:g} s", reason="UPSTREAM_TIMEOUT")
-        )
-    except grpc.aio.AioRpcError as error:
-        return rpc_error_response(error)
-    await relay.response.prepare(relay.request)
-    try:
-        await relay.follow(reading)
-    except (ConnectionResetError, ConnectionError):
-        log.info("%s: the client went away; upstream call cancelled", relay.route.path)
-    return relay.response
 
 
 class _Relay:
@@ -167,7 +147,26 @@ class _Relay:
         self.response = web.StreamResponse(headers=EVENT_STREAM_HEADERS)
         self.last_write = time.monotonic()
 
-    async def follow(self, reading: asyncio.Future[Any]) -> None:
+    async def answer(self, deadline_s: float) -> web.StreamResponse:
+        """The first message decides between a JSON error and a 200 event stream, which then follows the call."""
+        reading = asyncio.ensure_future(self.call.read())
+        try:
+            await asyncio.wait_for(asyncio.shield(reading), deadline_s)
+        except TimeoutError:
+            reading.cancel()
+            return service_error_response(
+                DeadlineExceeded(f"the service did not answer within {deadline_s:g} s", reason="UPSTREAM_TIMEOUT")
+            )
+        except grpc.aio.AioRpcError as error:
+            return rpc_error_response(error)
+        await self.response.prepare(self.request)
+        try:
+            await self._follow(reading)
+        except (ConnectionResetError, ConnectionError):
+            log.info("%s: the client went away; upstream call cancelled", self.route.path)
+        return self.response
+
+    async def _follow(self, reading: asyncio.Future[Any]) -> None:
         """Relay from the read under way (`reading`, done with the first message) until the stream ends."""
         self.last_write = time.monotonic()
         try:

@@ -1,5 +1,5 @@
 # One image for every profilemesh component; the command picks it (profilemesh-profile, profilemesh-reporting,
-# profilemesh-aggregator, profilemesh-gateway). See README.md, "Deploying".
+# profilemesh-aggregator, profilemesh-gateway). See docs/deploying.md.
 #
 # BASE is any Debian-like image with python3 (3.11+) and its venv module. The default is the official slim
 # image; where no registry is reachable, build a local one (localdev/image.py does, with debootstrap).

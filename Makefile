@@ -1,4 +1,5 @@
-# Every entry point of profilemesh. Only Python 3.11+ and make are needed beforehand.
+# Every entry point of profilemesh. `make run` needs only Python 3.11+ and make; `make lint` also needs npm
+# (buf), and `make test` npm (the TypeScript client) and root for apt-get (docs/development.md).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python

@@ -17,13 +17,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import ResponseError
-
+from common.errors import NoGroup, StorageError
 from common.runtime import metrics
 from common.storage import keys
-from common.storage.cluster import CLUSTER_FAILURES, Cluster
-from common.storage.internals import closed_under_command
+from common.storage.cluster import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +77,10 @@ class Aggregator:
         self.retention_ms = settings.events_retention_s * 1000
         self.linger_s = settings.aggregator_linger_ms / 1000
         self.partitions = range(settings.partitions)
-        # A blocking read must return before the client's socket timeout fires.
-        self.block_ms = max(settings.redis_timeout_ms // 2, 10)
-        self._apply = cluster.script(APPLY_SCRIPT)
-        self._trim = cluster.script(TRIM_SCRIPT)
-        self._recount_step = cluster.script(RECOUNT_SCRIPT)
+        # Each is a no-op for what a first run did: a connection lost under one is a reason to run it again.
+        self._apply = cluster.script(APPLY_SCRIPT, repeatable=True)
+        self._trim = cluster.script(TRIM_SCRIPT, repeatable=True)
+        self._recount_step = cluster.script(RECOUNT_SCRIPT, repeatable=True)
         # Set when an apply queued a recount on the partition, so its recount loop starts at once.
         self._recount_due = {partition: asyncio.Event() for partition in self.partitions}
 
@@ -102,12 +98,7 @@ class Aggregator:
 
     async def _ensure_group(self, partition: int) -> None:
         """Create the group from the stream's first entry, so events written before any aggregator ran count."""
-        try:
-            async with self.cluster.bounded() as client:
-                await client.xgroup_create(keys.events_key(partition), self.group, id="0", mkstream=True)
-        except ResponseError as error:
-            if "BUSYGROUP" not in str(error):
-                raise
+        await self.cluster.create_group(keys.events_key(partition), self.group)
 
     async def _consume(self, partition: int) -> None:
         stream = keys.events_key(partition)
@@ -118,15 +109,11 @@ class Aggregator:
                 if not group_ready:
                     await self._ensure_group(partition)
                     group_ready = True
-                # Blocking reads hold a connection for up to block_ms; they bypass the
-                # concurrency bound (the client has a connection reserved for each partition).
-                client = await self.cluster.connected()
                 if time.monotonic() >= own_pending_due:
                     # Entries delivered to us but never applied (a replica of an older version read them
                     # apart from applying them, or died between): take them back first, after every error
                     # and every maintenance interval, rather than waiting for them to be reclaimed as idle.
-                    reply = await self._read_own_pending(client, stream)
-                    entries = reply[0][1] if reply else []
+                    entries = await self.cluster.read_own_pending(stream, self.group, self.consumer, self.batch)
                     if entries:
                         await self._apply_entries(partition, entries)
                     if len(entries) < self.batch:
@@ -135,41 +122,26 @@ class Aggregator:
                 taken, last_delivered = await self._take(partition)
                 # Idle: wait for an entry past the group's last delivered one, without taking it. None within
                 # block_ms: take again, which also finds a stream flushed or failed over in the meantime.
-                if not taken and not await self._wait_for_entries(client, stream, last_delivered):
+                if not taken and not await self.cluster.wait_for_entries(stream, last_delivered):
                     continue
                 if taken < self.batch and self.linger_s:
                     # A trickle: let the next batch gather for a moment rather than paying a script per
                     # event. Bounds the added lag; an idle partition waits above instead. Every partition
                     # wakes on the same tick, so the event loop wakes once for all of them.
                     await asyncio.sleep(self.linger_s - time.monotonic() % self.linger_s)
-            except ResponseError as error:
+            except NoGroup:  # the stream was deleted (e.g. a flushed cluster)
                 own_pending_due = 0.0
-                if "NOGROUP" in str(error):  # the stream was deleted (e.g. a flushed cluster)
-                    group_ready = False
-                    continue
-                log.warning("partition %d: %s", partition, error)
-                await asyncio.sleep(RETRY_S)
-            except CLUSTER_FAILURES as error:
+                group_ready = False
+            except StorageError as error:
                 own_pending_due = 0.0
                 log.warning("partition %d: cluster unavailable: %r", partition, error)
                 await asyncio.sleep(RETRY_S)
 
-    async def _read_own_pending(self, client: RedisCluster, stream: str) -> Any:
-        """XREADGROUP from "0": the entries delivered to us and not yet acknowledged."""
-        # Outside the bound (Cluster.bounded), so it says itself that a connection closed under it is a failure.
-        async with closed_under_command():
-            return await client.xreadgroup(self.group, self.consumer, {stream: "0"}, count=self.batch)
-
-    async def _wait_for_entries(self, client: RedisCluster, stream: str, after: str) -> bool:
-        """Whether the stream got an entry past `after` within block_ms; XREAD delivers nothing to the group."""
-        async with closed_under_command():
-            return bool(await client.xread({stream: after}, count=1, block=self.block_ms))
-
     async def _take(self, partition: int) -> tuple[int, str]:
         """Take the group's next entries for us, apply and acknowledge them: one script, their content stays in
         the cluster. Returns how many were taken and the group's last delivered id."""
-        applied, gone, taken, last_delivered, malformed, queued = await self.cluster.run_on_primary(
-            self._apply, apply_keys(partition), [self.group, ">", self.consumer, self.batch]
+        applied, gone, taken, last_delivered, malformed, queued = await self.cluster.run(
+            self._apply, apply_keys(partition), [self.group, ">", self.consumer, self.batch], bounded=False
         )
         if taken:
             self._count(partition, int(applied), int(gone), malformed, int(queued))
@@ -262,10 +234,9 @@ class Aggregator:
                     metrics.RECOUNT_STEPS.inc()
                     if not int(more):
                         break
-            except ResponseError as error:
-                if "NOGROUP" not in str(error):
-                    log.warning("recount of partition %d: %s", partition, error)
-            except CLUSTER_FAILURES as error:
+            except NoGroup:  # not created yet, or a flushed cluster: _consume makes it
+                pass
+            except StorageError as error:
                 log.warning("recount of partition %d: cluster unavailable: %r", partition, error)
 
     @staticmethod
@@ -275,8 +246,7 @@ class Aggregator:
             await asyncio.sleep(interval_s)
             try:
                 await work(partition)
-            except ResponseError as error:
-                if "NOGROUP" not in str(error):  # not created yet, or a flushed cluster: _consume makes it
-                    log.warning("%s of partition %d: %s", job, partition, error)
-            except CLUSTER_FAILURES as error:
+            except NoGroup:  # not created yet, or a flushed cluster: _consume makes it
+                pass
+            except StorageError as error:
                 log.warning("%s of partition %d: cluster unavailable: %r", job, partition, error)

@@ -11,12 +11,10 @@ import logging
 import time
 from typing import Any, cast
 
-from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisClusterException, RedisError
-
+from common.errors import StorageError
 from common.runtime import metrics
 from common.storage import keys
-from common.storage.cluster import Cluster
+from common.storage.cluster import Cluster, ClusterClient
 from common.storage.stream_ids import parse_id
 
 log = logging.getLogger(__name__)
@@ -30,7 +28,7 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-async def partition_figures(client: RedisCluster, stream: str, group: str, now_ms: int) -> dict[str, float]:
+async def partition_figures(client: ClusterClient, stream: str, group: str, now_ms: int) -> dict[str, float]:
     """Stream length, undelivered (lag) and pending entries, and the age in seconds of the oldest of each."""
     length = await client.xlen(stream)
     info = next((g for g in await client.xinfo_groups(stream) if _text(g["name"]) == group), None)
@@ -77,7 +75,7 @@ async def collect_lag(cluster: Cluster, group: str) -> None:
         try:
             async with cluster.bounded("command", "lag") as client:
                 figures = await partition_figures(client, keys.events_key(partition), group, now_ms)
-        except (TimeoutError, RedisError, RedisClusterException, OSError) as error:
+        except (TimeoutError, StorageError, OSError) as error:
             log.debug("partition %d: lag not read: %r", partition, error)
             return
         except Exception:  # a reply of an unexpected shape must not stop the aggregator itself

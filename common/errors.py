@@ -1,10 +1,16 @@
-"""The errors a caller is told about: each class carries its gRPC status and a stable reason.
+"""Every error profilemesh raises on purpose, in one module: what a caller is told, what the cluster did,
+and why a process can't start.
 
-Domain code raises these; common/rpc/status.py turns them (and the cluster client's own exceptions,
-through its table) into a gRPC status with `google.rpc` details, and the gateway renders those as JSON.
-A client branches on ErrorInfo's `reason` (stable, UPPER_SNAKE_CASE in the `profilemesh` domain), not
-on the message, which is for people and may be reworded. Nothing here needs the cluster client, so the
-gateway can use these classes without importing redis.
+- ServiceError and its subclasses carry a gRPC status and a stable reason. Domain code raises them;
+  common/rpc/status.py turns them (and the storage errors below, through its table) into a gRPC status
+  with `google.rpc` details, and the gateway renders those as JSON. A client branches on ErrorInfo's
+  `reason` (stable, UPPER_SNAKE_CASE in the `profilemesh` domain), not on the message, which is for
+  people and may be reworded.
+- StorageError and its subclasses are what the storage layer (common/storage) raises for a failure of
+  the cluster, in place of the cluster client's own exceptions, so nothing outside it imports redis.
+- StartupError and its subclasses end a process before it serves, with a message that says what to change.
+
+Nothing here needs the cluster client, so the gateway can use these classes without importing redis.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from collections.abc import Mapping
 from typing import ClassVar
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
@@ -93,5 +99,86 @@ class TooManyRequests(ServiceError):
     default_reason = "TOO_MANY_REQUESTS"
 
 
-class PartitionMismatch(RuntimeError):
+class Trimmed(ServiceError):
+    """Events after the subscriber's position are gone from the stream (OUT_OF_RANGE)."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+    default_reason = "EVENTS_TRIMMED"
+
+
+class HistoryChanged(ServiceError):
+    """The stream no longer holds the subscriber's position as it was: a failover lost events already sent
+    (OUT_OF_RANGE). What the subscriber derived from them may describe changes that did not survive."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+    default_reason = "EVENTS_HISTORY_CHANGED"
+
+
+RETRY_STREAM_AFTER_S = 10  # what a refused stream client is told to wait: streams last minutes, so not sooner
+
+
+class TooManyStreams(TooManyRequests):
+    """Every stream slot of this process is taken, or the client's share of them (RESOURCE_EXHAUSTED,
+    HTTP 429 with Retry-After); the reason says which."""
+
+    default_reason = "TOO_MANY_STREAMS"
+
+    def details(self) -> list[Message]:
+        retry = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=RETRY_STREAM_AFTER_S))
+        return [*super().details(), retry]
+
+
+class StreamEnded(ServiceError):
+    """The server ends the stream, and the client should reconnect (UNAVAILABLE); the message says why."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    default_reason = "STREAM_ENDED"
+    resumable = True
+
+
+class StorageError(Exception):
+    """The cluster failed under a command (the storage layer's translation of the client's exceptions)."""
+
+
+class ClusterUnavailable(StorageError):
+    """No node could serve the command: down, unreachable, failing over, or too slow to answer."""
+
+
+class ClusterBusy(StorageError):
+    """Every connection this process may open to the cluster is in use."""
+
+
+class CommandFailed(StorageError):
+    """The cluster answered the command with an error reply; `code` is the reply's first word (its error code)."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class NoGroup(CommandFailed):
+    """The stream or its consumer group does not exist (NOGROUP), e.g. after the cluster was flushed."""
+
+
+class GroupExists(CommandFailed):
+    """The consumer group being created is there already (BUSYGROUP)."""
+
+
+class NotPermitted(CommandFailed):
+    """The cluster's ACL refused this process's user the command or its keys (NOPERM)."""
+
+
+class StartupError(Exception):
+    """The process can't start as it is set up; the message says what to change. Its __main__ exits with it."""
+
+
+class ConfigError(StartupError, ValueError):
+    """A setting has a value it can't take; the message names the variable and what it takes."""
+
+
+class PartitionMismatch(StartupError):
     """The cluster was set up with another partition count; running on would misroute data."""
+
+
+class CredentialsRefused(StartupError):
+    """The cluster refused this process's user or password: no retry will help."""

@@ -28,9 +28,9 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from multidict import MultiMapping
 
-from common.errors import DeadlineExceeded
+from common.errors import DeadlineExceeded, StreamEnded, TooManyStreams
 from common.rpc.clients import FORWARDED_METADATA
-from common.rpc.streams import StreamEnded, StreamLimits, TooManyStreams
+from common.rpc.streams import StreamLimits
 from gateway.edge import http_client, public_message
 from gateway.errors import http_status, rendered_details, rich_status, rpc_error_response, service_error_response
 from gateway.routes import Route

@@ -37,14 +37,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import grpc
-
-from common.errors import InvalidArgument, ServiceError
+from common.errors import HistoryChanged, InvalidArgument, StorageError, Trimmed
 from common.rpc.streams import StreamClock
 from common.rpc.validation import MAX_USERS, check_user
 from common.storage import keys
-from common.storage.cluster import CLUSTER_FAILURES, Cluster
-from common.storage.internals import closed_under_command
+from common.storage.cluster import Cluster
 from common.storage.stream_ids import StreamId, format_id
 
 log = logging.getLogger(__name__)
@@ -53,7 +50,6 @@ SCRIPTS = Path(__file__).parent / "scripts"
 PAGE = 1000  # entries per tail read of the stream (a millisecond or two of script)
 CATCH_UP_PAGE = 2000  # entries a catch-up scans per read; it returns only those its subscriber wants
 RETRY_S = 0.5
-CHANGES = ("create", "update", "delete")
 TOKEN_PREFIX = "v2."
 MAC_BYTES = 16
 MAX_U64 = 2**64 - 1
@@ -87,21 +83,6 @@ class Event:
     @property
     def anchor(self) -> Anchor:
         return Anchor(self.id, self.n, self.ts_ms)
-
-
-class Trimmed(ServiceError):
-    """Events after the subscriber's position are gone from the stream (OUT_OF_RANGE)."""
-
-    code = grpc.StatusCode.OUT_OF_RANGE
-    default_reason = "EVENTS_TRIMMED"
-
-
-class HistoryChanged(ServiceError):
-    """The stream no longer holds the subscriber's position as it was: a failover lost events already sent
-    (OUT_OF_RANGE). What the subscriber derived from them may describe changes that did not survive."""
-
-    code = grpc.StatusCode.OUT_OF_RANGE
-    default_reason = "EVENTS_HISTORY_CHANGED"
 
 
 def _trimmed(partition: int) -> Trimmed:
@@ -238,7 +219,7 @@ def event_filter(users: Iterable[str], types: Iterable[str]) -> EventFilter:
     wanted_users = {check_user(user, field="users") for user in users}
     if len(wanted_users) > MAX_USERS:
         raise InvalidArgument(f"too many users to filter by: {len(wanted_users)}, at most {MAX_USERS}", field="users")
-    wanted_types = set(types) or set(CHANGES)
+    wanted_types = set(types) or set(keys.CHANGE_TYPES)
     unknown = wanted_types - set(keys.EVENT_TYPES)
     if unknown:
         raise InvalidArgument(
@@ -304,9 +285,7 @@ class EventsFeed:
         self.cluster = cluster
         self.partitions = cluster.settings.partitions
         self.queue_limit = cluster.settings.stream_queue
-        # A blocking read must return before the client's socket timeout fires.
-        self.block_ms = max(cluster.settings.redis_timeout_ms // 2, 10)
-        self._events_after = cluster.script(SCRIPTS / "events_after.lua")
+        self._events_after = cluster.script(SCRIPTS / "events_after.lua", repeatable=True)  # it only reads
         self.tail: list[Anchor] = []  # per partition, the last entry the tail reader has passed
         self.subscriptions: set[Subscription] = set()
         self._tailers: list[asyncio.Task[None]] = []
@@ -470,11 +449,7 @@ class EventsFeed:
         while True:
             try:
                 if not more:
-                    # Blocking reads hold a connection for up to block_ms; they bypass the concurrency
-                    # bound (the client keeps a connection for each partition beyond it).
-                    client = await self.cluster.connected()
-                    async with closed_under_command():  # outside the bound, so it converts a closed connection itself
-                        await client.xread({stream: format_id(self.tail[partition].id)}, count=1, block=self.block_ms)
+                    await self.cluster.wait_for_entries(stream, format_id(self.tail[partition].id))
                 base = self.tail[partition]
                 read = await self._read(partition, base, "+", PAGE)
                 verdict, events = read.verdict, read.events
@@ -484,7 +459,7 @@ class EventsFeed:
                     self._hand_out(Batch(partition, None, [], read.last))
                     more = False
                     continue
-            except CLUSTER_FAILURES as error:
+            except StorageError as error:
                 log.warning("events tail of partition %d: cluster unavailable: %r", partition, error)
                 await asyncio.sleep(RETRY_S)
                 more = False

@@ -9,8 +9,7 @@ from typing import Any
 from common.errors import AlreadyExists, InvalidArgument, NotFound
 from common.rpc.validation import check_fields, check_user
 from common.storage import keys
-from common.storage.cluster import Cluster
-from common.storage.durable import DurableScripts
+from common.storage.cluster import Cluster, Confirm
 
 SCRIPTS = Path(__file__).parent / "scripts"
 # The most users one BatchGetProfiles may name: bounds a call's work and its reply's size.
@@ -32,7 +31,7 @@ def _profile_or_error(user: str, reply: Any) -> dict[str, str] | Exception:
 
 class Profiles:
     def __init__(self, cluster: Cluster) -> None:
-        self.scripts = DurableScripts(cluster)
+        self.cluster = cluster
         self.partitions = cluster.settings.partitions
         self._write = cluster.script(SCRIPTS / "write_profile.lua")
         self._get = cluster.script(SCRIPTS / "get_profile.lua")
@@ -45,13 +44,15 @@ class Profiles:
     async def create(self, user: str, fields: dict[str, str]) -> None:
         check_user(user)
         fields = check_fields(fields)
-        if not await self.scripts.run(self._write, self._keys(user), [user, "create", *_flatten(fields)]):
+        if not await self.cluster.run(
+            self._write, self._keys(user), [user, "create", *_flatten(fields)], Confirm.WRITE
+        ):
             raise AlreadyExists("Profile exists")
 
     async def get(self, user: str) -> dict[str, str]:
         check_user(user)
         # A read's only write is its statistics event: the caller's data does not wait on replication.
-        flat = await self.scripts.run(self._get, self._keys(user), [user], durable=False)
+        flat = await self.cluster.run(self._get, self._keys(user), [user], Confirm.READ)
         result = _profile_or_error(user, flat)
         if isinstance(result, Exception):
             raise result
@@ -65,16 +66,18 @@ class Profiles:
             raise InvalidArgument(f"too many users: {len(users)}, at most {MAX_BATCH}", field="users")
         for index, user in enumerate(users):
             check_user(user, field=f"users[{index}]")
-        replies = await self.scripts.run_many(self._get, [(self._keys(user), [user]) for user in users], retry_budget_s)
+        replies = await self.cluster.run_many(self._get, [(self._keys(user), [user]) for user in users], retry_budget_s)
         return [_profile_or_error(user, reply) for user, reply in zip(users, replies, strict=True)]
 
     async def update(self, user: str, fields: dict[str, str]) -> None:
         check_user(user)
         fields = check_fields(fields)
-        if not await self.scripts.run(self._write, self._keys(user), [user, "update", *_flatten(fields)]):
+        if not await self.cluster.run(
+            self._write, self._keys(user), [user, "update", *_flatten(fields)], Confirm.WRITE
+        ):
             raise NotFound(f"Profile not found for {user}")
 
     async def delete(self, user: str) -> None:
         check_user(user)
-        if not await self.scripts.run(self._delete, self._keys(user), [user]):
+        if not await self.cluster.run(self._delete, self._keys(user), [user], Confirm.WRITE):
             raise NotFound(f"Profile not found for {user}")

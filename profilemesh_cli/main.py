@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from common.runtime.config import ConfigError
+from common.errors import ConfigError
 from profilemesh.client import ProfileClient, ProfilemeshError, ReportingClient, RetryPolicy, Tls, Unavailable
 from profilemesh_cli import status, watch
 from profilemesh_cli.endpoints import Endpoints

@@ -17,7 +17,7 @@ class Reports:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
         self.partitions = range(cluster.settings.partitions)
-        self._top_readers = cluster.script(SCRIPTS / "top_readers.lua")
+        self._top_readers = cluster.script(SCRIPTS / "top_readers.lua", repeatable=True)  # it only reads
 
     async def top_profiles(self, limit: int) -> list[tuple[str, int]]:
         """The top `limit` users by reads, highest first, ties by user name.
@@ -52,7 +52,7 @@ class Reports:
         return await asyncio.gather(*(totals(p) for p in self.partitions))
 
     async def operation_totals(self, partition_totals: list[dict[bytes, bytes]] | None = None) -> dict[str, int]:
-        summed = dict.fromkeys(keys.EVENT_TYPES, 0)
+        summed: dict[str, int] = {str(kind): 0 for kind in keys.EventType}
         for counts in partition_totals if partition_totals is not None else await self.partition_totals():
             for kind, count in counts.items():
                 if kind.decode() in summed:

@@ -14,9 +14,9 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator
 
+from common.errors import StorageError
 from common.rpc.streams import StreamClock
 from common.rpc.validation import check_limit
-from common.storage.cluster import CLUSTER_FAILURES
 from reporting_svc.reports import Reports
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class Leaderboard:
                     continue
                 ranking, totals = await self._snapshot(max(w.limit for w in self.watchers), partition_totals)
                 version = partition_totals
-            except CLUSTER_FAILURES as error:
+            except StorageError as error:
                 log.warning("leaderboard: cluster unavailable: %r", error)
                 continue
             for watcher in self.watchers:

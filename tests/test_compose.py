@@ -5,7 +5,7 @@ that proves none of them needs another to be up first, the seed's walk-through p
 On the host's loopback (compose.host.yaml, every port a free one from a variable), as everything here runs, with
 the Valkey image built locally (deploy/valkey/Dockerfile) since valkey/valkey can't be pulled. podman 4.3
 (Debian 12) ignores the health conditions and can't start a chain of `depends_on` (its dependency graph misses
-the dependencies' own), so we run `up --no-deps`, as the README says for it: the order is then the
+the dependencies' own), so we run `up --no-deps`, as docs/deploying.md says for it: the order is then the
 components' own business, which is what this test checks.
 """
 

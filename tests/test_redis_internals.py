@@ -51,7 +51,7 @@ def test_one_connection_carries_a_script_and_its_wait(system: System) -> None:
     async def pipeline() -> list[object]:
         cluster = Cluster(system.client_settings())
         try:
-            client = await cluster.connected()
+            client = await cluster.connection.connected()
             node = client.get_node_from_key(key)
             return await send_on_one_connection(
                 node, [("SET", key, "v"), ("GET", key), ("HGET", key, "f"), ("WAIT", 1, 1000), ("UNLINK", key)]
@@ -80,10 +80,9 @@ def test_a_write_to_a_connection_closed_under_it_is_a_connection_error(system: S
             try:
                 await connection.connect()  # type: ignore[no-untyped-call]  # untyped in redis-py 8.1
                 connection._writer.transport.close()  # type: ignore[union-attr]  # as a concurrent disconnect does
-                with pytest.raises(RedisConnectionError) as caught:
-                    async with closed_under_command():
-                        await connection.send_packed_command(connection.pack_command("PING"), check_health=False)
-                        await connection.read_response()
+                with pytest.raises(RedisConnectionError) as caught, closed_under_command():
+                    await connection.send_packed_command(connection.pack_command("PING"), check_health=False)
+                    await connection.read_response()
                 return caught.value
             finally:
                 node.release(connection)
@@ -111,7 +110,7 @@ def test_stream_reads_neither_ask_the_default_node_nor_relearn_the_command_table
     async def read_refresh_read() -> None:
         cluster = Cluster(system.client_settings("aggregator_svc"))
         try:
-            client = await cluster.connected()
+            client = await cluster.connection.connected()
             for _ in range(2):
                 reply = await client.xreadgroup("aggregator", "internals-test", {stream: "0"}, count=1)
                 assert reply is not None

@@ -274,11 +274,13 @@ def test_stream_limits_idle_and_maximum_lifetimes_and_drain(board: System) -> No
         async def ended_after(port: int) -> tuple[grpc.aio.AioRpcError, float]:
             """How a leaderboard stream with nothing new to say ends, and after how long."""
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                # Timed from before the call: the server's lifetimes start when it gets the call, and the first
+                # message may take a while to arrive on a loaded machine.
+                opened = time.monotonic()
                 call = reporting_pb2_grpc.ReportingServiceStub(channel).WatchTopProfiles(
                     reporting_pb2.WatchTopProfilesRequest(limit=3)
                 )
                 await call.read()
-                opened = time.monotonic()
                 with pytest.raises(grpc.aio.AioRpcError) as ended:
                     await asyncio.wait_for(call.read(), 10)
                 return ended.value, time.monotonic() - opened

@@ -22,9 +22,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from common.errors import StartupError
 from common.rpc import tls
 from common.rpc.interceptors import ObservingInterceptor, SheddingInterceptor
-from common.runtime.config import Settings, StartupError
+from common.runtime.config import Settings
 from common.runtime.startup import run_component
 from common.storage.cluster import CLUSTER_FAILURES, Cluster
 

@@ -1,9 +1,9 @@
 """Errors to gRPC statuses, by class: the servicers' one way of failing a call or a stream.
 
-A ServiceError (common/errors.py) carries its own status. The cluster client's exceptions are looked up
-in CLUSTER_ERRORS by the exception's class and its bases, most specific first (as starlette finds an
-exception handler), so MaxConnectionsError is told apart from the RedisError it derives from. Anything
-else is a bug: it is not caught here, and gRPC answers UNKNOWN (and logs the traceback).
+A ServiceError (common/errors.py) carries its own status. The storage layer's errors are looked up in
+CLUSTER_ERRORS by the exception's class and its bases, most specific first (as starlette finds an
+exception handler), so ClusterBusy is told apart from the StorageError it derives from. Anything else is
+a bug: it is not caught here, and gRPC answers UNKNOWN (and logs the traceback).
 """
 
 from __future__ import annotations
@@ -18,18 +18,16 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 from grpc_status import rpc_status
-from redis.exceptions import MaxConnectionsError, RedisClusterException, RedisError
 
-from common.errors import DeadlineExceeded, ServiceError, TooManyRequests, Unavailable
+from common.errors import ClusterBusy, DeadlineExceeded, ServiceError, StorageError, TooManyRequests, Unavailable
 
 log = logging.getLogger(__name__)
 
 CLUSTER_DOWN = "the cluster is unavailable; retry later"
-# The cluster client's exceptions, by class. OSError covers socket errors and timeouts from below.
+# The storage layer's errors (common/errors.py), by class. OSError covers socket errors from below.
 CLUSTER_ERRORS: dict[type[BaseException], tuple[type[ServiceError], str]] = {
-    MaxConnectionsError: (TooManyRequests, "too many requests in flight; retry later"),
-    RedisError: (Unavailable, CLUSTER_DOWN),
-    RedisClusterException: (Unavailable, CLUSTER_DOWN),  # e.g. no node reachable; not a RedisError
+    ClusterBusy: (TooManyRequests, "too many requests in flight; retry later"),
+    StorageError: (Unavailable, CLUSTER_DOWN),
     OSError: (Unavailable, CLUSTER_DOWN),
 }
 # Calls that come without a deadline still get one, so retries inside can't go on for ever.

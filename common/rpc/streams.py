@@ -16,36 +16,12 @@ from collections.abc import Coroutine, Iterator
 from typing import Any
 
 import grpc
-from google.protobuf.duration_pb2 import Duration
-from google.protobuf.message import Message
-from google.rpc import error_details_pb2
 
-from common.errors import ServiceError, TooManyRequests
+from common.errors import StreamEnded, TooManyStreams
 from common.rpc.clients import FORWARDED_METADATA, client_address, grpc_peer_address, parse_networks
 from common.runtime.config import Settings
 
 DRAINING = "the server is shutting down; reconnect"
-
-
-RETRY_AFTER_S = 10  # what a refused client is told to wait: streams last minutes, so not sooner
-
-
-class TooManyStreams(TooManyRequests):
-    """Every stream slot of this process is taken, or the client's share of them (RESOURCE_EXHAUSTED,
-    HTTP 429 with Retry-After); the reason says which."""
-
-    default_reason = "TOO_MANY_STREAMS"
-
-    def details(self) -> list[Message]:
-        return [*super().details(), error_details_pb2.RetryInfo(retry_delay=Duration(seconds=RETRY_AFTER_S))]
-
-
-class StreamEnded(ServiceError):
-    """The server ends the stream, and the client should reconnect (UNAVAILABLE); the message says why."""
-
-    code = grpc.StatusCode.UNAVAILABLE
-    default_reason = "STREAM_ENDED"
-    resumable = True
 
 
 class StreamLimits:

@@ -14,20 +14,14 @@ import socket
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, TypeVar
 
+from common.errors import ConfigError
 from common.rpc.clients import parse_networks
 
 PREFIX = "PROFILEMESH_"
 T = TypeVar("T")
-
-
-class StartupError(Exception):
-    """The process can't start as it is set up; the message says what to change. Its __main__ exits with it."""
-
-
-class ConfigError(StartupError, ValueError):
-    """A setting has a value it can't take; the message names the variable and what it takes."""
 
 
 def setting(
@@ -59,12 +53,25 @@ def setting(
     return dataclasses.field(default=default, metadata=metadata, repr=not secret)
 
 
-# none: the primary applied it. local: and fsynced it to its append-only file (WAITAOF 1 0).
-# replica: and at least one replica has it (WAIT 1), so it survives the loss of the primary.
-DURABILITY_LEVELS = ("none", "local", "replica")
-# none: a read answers what its primary has. replica: and that primary confirms a replica still follows it
-# (WAIT 1 after the read), so a paused or partitioned old primary can't answer with stale or lost data.
-READ_CHECKS = ("none", "replica")
+class Durability(StrEnum):
+    """When a profile change is acknowledged."""
+
+    NONE = "none"  # the primary applied it
+    LOCAL = "local"  # and fsynced it to its append-only file (WAITAOF 1 0)
+    REPLICA = "replica"  # and at least one replica has it (WAIT 1), so it survives the loss of the primary
+
+
+class ReadCheck(StrEnum):
+    """Whether a read confirms its primary is still the shard's before it answers."""
+
+    NONE = "none"  # a read answers what its primary has
+    # and that primary confirms a replica still follows it (WAIT 1 after the read), so a paused or
+    # partitioned old primary can't answer with stale or lost data
+    REPLICA = "replica"
+
+
+DURABILITY_LEVELS = tuple(Durability)
+READ_CHECKS = tuple(ReadCheck)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("json", "text")
 
@@ -86,14 +93,14 @@ class Settings:
     partitions: int = setting(16, "partition count, fixed for the life of a deployment", minimum=1, maximum=1024)
     redis_timeout_ms: int = setting(1000, "connect and socket timeout of cluster commands", minimum=1)
     redis_max_concurrency: int = setting(64, "cluster commands in flight per process", minimum=1)
-    durability: str = setting(
-        "replica",
+    durability: Durability = setting(
+        Durability.REPLICA,
         "`none`, `local` or `replica`: when a profile operation is acknowledged (above)",
         choices=DURABILITY_LEVELS,
     )
     durability_timeout_ms: int = setting(1000, "how long to wait for that before answering UNAVAILABLE", minimum=0)
-    read_check: str = setting(
-        "none",
+    read_check: ReadCheck = setting(
+        ReadCheck.NONE,
         "`none` or `replica`: whether a read waits for a replica to confirm it still follows the primary (above)",
         choices=READ_CHECKS,
     )
@@ -229,7 +236,10 @@ class Settings:
         """Check every value, however the Settings was made: a bad one raises ConfigError."""
         types = typing.get_type_hints(type(self))
         for spec in dataclasses.fields(self):
-            _check(spec, types[spec.name], getattr(self, spec.name))
+            kind = types[spec.name]
+            if isinstance(kind, type) and issubclass(kind, StrEnum):  # a plain string in code becomes the member
+                object.__setattr__(self, spec.name, _member(spec, kind, getattr(self, spec.name)))
+            _check(spec, kind, getattr(self, spec.name))
         try:
             parse_networks(self.trusted_proxies)
         except ValueError as error:
@@ -285,8 +295,18 @@ def _parse(spec: dataclasses.Field[Any], kind: type, raw: str) -> Any:
     return raw
 
 
+def _member(spec: dataclasses.Field[Any], kind: type[StrEnum], value: object) -> object:
+    """`value` as a member of the enum `kind`; a value that is none of them is left for _check to refuse."""
+    try:
+        return kind(value) if isinstance(value, str) else value
+    except ValueError:
+        return value
+
+
 def _check(spec: dataclasses.Field[Any], kind: type, value: object) -> None:
     name, meta = variable(spec.name), spec.metadata
+    if isinstance(kind, type) and issubclass(kind, StrEnum):
+        kind = str  # a member is a string; one that is no member is refused below, by its choices
     # bool is an int to isinstance, but True is no partition count.
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ConfigError(f"{name} must be {'an integer' if kind is int else 'a string'}, got {_shown(spec, value)}")

@@ -13,8 +13,8 @@ from typing import TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics, start_http_server
 
+from common.errors import StartupError
 from common.runtime.addresses import parse_listen
-from common.runtime.config import StartupError
 
 log = logging.getLogger(__name__)
 disable_created_metrics()  # type: ignore[no-untyped-call]  # no `_created` series: nothing here reads them

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from common.errors import StartupError
 from common.runtime import cancellation
 from common.runtime.command import parse_arguments
-from common.runtime.config import Settings, StartupError
+from common.runtime.config import Settings
 from common.runtime.logs import setup_logging
 from common.runtime.metrics import serve_metrics
 from common.runtime.tracing import setup_tracing, shutdown_tracing

@@ -7,7 +7,7 @@ loudly if an upgrade changes what is relied on here.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from redis._parsers.commands import AsyncCommandsParser
@@ -76,6 +76,16 @@ async def keeping_startup_nodes(client: RedisCluster, configured: dict[str, Clus
             manager.startup_nodes.setdefault(name, node)
 
 
+async def relearn_topology(client: RedisCluster, configured: dict[str, ClusterNode]) -> None:
+    """Learn the slots' nodes again, without the command table (see keep_command_table) or a new client.
+
+    redis-py re-learns only on its own retries; the script runner follows redirects itself, so it asks for
+    the layout through the nodes manager directly.
+    """
+    async with keeping_startup_nodes(client, configured):
+        await client.nodes_manager.initialize()
+
+
 def covered_slots(client: RedisCluster) -> int:
     """How many of the 16384 slots the client knows a node for.
 
@@ -102,8 +112,8 @@ def stream_keys(args: Sequence[Any]) -> list[Any] | None:
     return streams_and_ids[: len(streams_and_ids) // 2]
 
 
-@contextlib.asynccontextmanager
-async def closed_under_command() -> AsyncIterator[None]:
+@contextlib.contextmanager
+def closed_under_command() -> Iterator[None]:
     """Report a connection closed under a running command as the ConnectionError it is.
 
     redis-py 8.1 raises AttributeError or TypeError instead when a connection is closed under a command
@@ -163,7 +173,7 @@ async def send_on_one_connection(node: ClusterNode, commands: list[tuple[Any, ..
         except _BROKEN as error:
             raise NothingSent(f"cannot connect to {node.name}: {error}") from error
         try:
-            async with closed_under_command():
+            with closed_under_command():
                 await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
                 replies: list[Any] = []
                 for _ in commands:

@@ -7,6 +7,7 @@ single script change a profile and append its event atomically.
 from __future__ import annotations
 
 import zlib
+from enum import StrEnum
 
 # Records the partition count on first start; it is fixed for the life of a deployment.
 PARTITIONS_KEY = "profilemesh:partitions"
@@ -14,7 +15,19 @@ PARTITIONS_KEY = "profilemesh:partitions"
 # token names the deployment that issued it and can't be forged (profile_svc/events_feed.py).
 DEPLOYMENT_KEY = "profilemesh:deployment"
 
-EVENT_TYPES = ("create", "read", "update", "delete")
+
+class EventType(StrEnum):
+    """What an event records; the `type` field of a stream entry, and the names of the statistics' counts."""
+
+    CREATE = "create"
+    READ = "read"
+    UPDATE = "update"
+    DELETE = "delete"
+
+
+EVENT_TYPES = tuple(EventType)
+# What a change-feed subscriber gets when it names no types: the changes, not the reads.
+CHANGE_TYPES = (EventType.CREATE, EventType.UPDATE, EventType.DELETE)
 
 # Every key starts with one of these: profile_svc owns profiles, the event streams are shared,
 # the aggregator writes statistics and reporting_svc reads them (common/storage/acl.py builds on this).

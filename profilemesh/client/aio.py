@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 import grpc
 
@@ -44,6 +44,8 @@ GET_MANY_CONCURRENCY = 4
 
 
 class _Base:
+    SERVICE: ClassVar[str]  # its target's variable: PROFILEMESH_<SERVICE>_TARGET
+
     def __init__(
         self,
         target: str,
@@ -57,6 +59,11 @@ class _Base:
         self.retry = retry or RetryPolicy()
         self.feed = feed or FeedPolicy()
         self._channel = aio_channel(target, tls, options)
+
+    @classmethod
+    def from_env(cls, **kwargs: Any) -> Self:
+        """PROFILEMESH_<SERVICE>_TARGET and PROFILEMESH_GRPC_* (the services' own variables)."""
+        return cls(target_from_env(cls.SERVICE), tls=Tls.from_env(), **kwargs)
 
     async def close(self) -> None:
         await self._channel.close()
@@ -93,14 +100,11 @@ class _Base:
 class AsyncProfileClient(_Base):
     """ProfileService: typed results and errors, retries by the policy, and a change feed that resumes."""
 
+    SERVICE = "profile"
+
     def __init__(self, target: str, **kwargs: Any) -> None:
         super().__init__(target, **kwargs)
         self._stub = profile_pb2_grpc.ProfileServiceStub(self._channel)
-
-    @classmethod
-    def from_env(cls, **kwargs: Any) -> AsyncProfileClient:
-        """PROFILEMESH_PROFILE_TARGET and PROFILEMESH_GRPC_* (the services' own variables)."""
-        return cls(target_from_env("profile"), tls=Tls.from_env(), **kwargs)
 
     async def create(self, user: str, fields: dict[str, str], *, timeout_s: float | None = None) -> None:
         """Create a profile. ProfileExists if there is one; OutcomeUnknown if it may or may not have run."""
@@ -291,14 +295,11 @@ class EventWatch:
 class AsyncReportingClient(_Base):
     """ReportingService: the statistics, read-only (every call is retried on UNAVAILABLE)."""
 
+    SERVICE = "reporting"
+
     def __init__(self, target: str, **kwargs: Any) -> None:
         super().__init__(target, **kwargs)
         self._stub = reporting_pb2_grpc.ReportingServiceStub(self._channel)
-
-    @classmethod
-    def from_env(cls, **kwargs: Any) -> AsyncReportingClient:
-        """PROFILEMESH_REPORTING_TARGET and PROFILEMESH_GRPC_*."""
-        return cls(target_from_env("reporting"), tls=Tls.from_env(), **kwargs)
 
     async def top(self, limit: int, *, timeout_s: float | None = None) -> list[ProfileScore]:
         request = reporting_pb2.GetTopProfilesRequest(limit=limit)

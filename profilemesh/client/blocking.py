@@ -10,7 +10,7 @@ import asyncio
 import threading
 from collections.abc import Coroutine, Iterable, Iterator, Sequence
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 from profilemesh.client.aio import AsyncProfileClient, AsyncReportingClient, EventWatch
 from profilemesh.client.channel import Tls, target_from_env
@@ -39,11 +39,17 @@ class _Loop:
 
 
 class _Blocking:
+    ASYNC: ClassVar[type[AsyncProfileClient] | type[AsyncReportingClient]]  # the client it runs
     _async: Any
 
-    def __init__(self, factory: Any, target: str, **kwargs: Any) -> None:
+    def __init__(self, target: str, **kwargs: Any) -> None:
         self._loop = _Loop()
-        self._async = self._loop.run(_make(factory, target, kwargs))
+        self._async = self._loop.run(_make(self.ASYNC, target, kwargs))
+
+    @classmethod
+    def from_env(cls, **kwargs: Any) -> Self:
+        """PROFILEMESH_<SERVICE>_TARGET and PROFILEMESH_GRPC_* (the services' own variables)."""
+        return cls(target_from_env(cls.ASYNC.SERVICE), tls=Tls.from_env(), **kwargs)
 
     @property
     def target(self) -> str:
@@ -67,13 +73,7 @@ async def _make(factory: Any, target: str, kwargs: dict[str, Any]) -> Any:
 class ProfileClient(_Blocking):
     """The blocking ProfileService client; every method as AsyncProfileClient's."""
 
-    def __init__(self, target: str, **kwargs: Any) -> None:
-        super().__init__(AsyncProfileClient, target, **kwargs)
-
-    @classmethod
-    def from_env(cls, **kwargs: Any) -> ProfileClient:
-        """PROFILEMESH_PROFILE_TARGET and PROFILEMESH_GRPC_* (the services' own variables)."""
-        return cls(target_from_env("profile"), tls=Tls.from_env(), **kwargs)
+    ASYNC = AsyncProfileClient
 
     def create(self, user: str, fields: dict[str, str], *, timeout_s: float | None = None) -> None:
         self._loop.run(self._async.create(user, fields, timeout_s=timeout_s))
@@ -125,13 +125,7 @@ class BlockingEventWatch(Iterator[ProfileEvent]):
 class ReportingClient(_Blocking):
     """The blocking ReportingService client; every method as AsyncReportingClient's."""
 
-    def __init__(self, target: str, **kwargs: Any) -> None:
-        super().__init__(AsyncReportingClient, target, **kwargs)
-
-    @classmethod
-    def from_env(cls, **kwargs: Any) -> ReportingClient:
-        """PROFILEMESH_REPORTING_TARGET and PROFILEMESH_GRPC_*."""
-        return cls(target_from_env("reporting"), tls=Tls.from_env(), **kwargs)
+    ASYNC = AsyncReportingClient
 
     def top(self, limit: int, *, timeout_s: float | None = None) -> list[ProfileScore]:
         return self._loop.run(self._async.top(limit, timeout_s=timeout_s))

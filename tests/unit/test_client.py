@@ -10,11 +10,11 @@ import grpc
 from profilemesh.client import errors, policy
 from profilemesh.client.errors import OutcomeUnknown, ProfilemeshError, Unavailable
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+API_PAGE = Path(__file__).resolve().parents[2] / "docs" / "api.md"
 
 
-def test_every_reason_the_readme_lists_has_its_class() -> None:
-    text = README.read_text()
+def test_every_reason_the_api_page_lists_has_its_class() -> None:
+    text = API_PAGE.read_text()
     listed = text[text.index("the message: PROFILE_NOT_FOUND") : text.index("an INVALID_ARGUMENT also carries")]
     reasons = set(re.findall(r"\b[A-Z][A-Z_]{5,}\b", listed)) - {"OUTCOME"}
     assert reasons == set(errors.BY_REASON)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from common.errors import ConfigError, TooManyStreams
 from common.rpc.clients import client_address, grpc_peer_address, parse_networks
-from common.rpc.streams import StreamLimits, TooManyStreams
-from common.runtime.config import ConfigError, Settings
+from common.rpc.streams import StreamLimits
+from common.runtime.config import Settings
 
 PROXIES = parse_networks("10.0.0.0/8, 192.168.1.7")
 

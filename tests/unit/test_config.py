@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from common.runtime.config import ConfigError, Settings, markdown_table, variable
+from common.errors import ConfigError
+from common.runtime.config import Settings, markdown_table, variable
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+CONFIGURATION_PAGE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 INTEGER_SETTINGS = [f.name for f in dataclasses.fields(Settings) if f.type in ("int", int)]
 
 
@@ -123,13 +124,13 @@ def test_metrics_listen_of_each_component(component: str) -> None:
     assert settings.metrics_listen(component) == "off"
 
 
-def test_the_readme_table_is_the_declaration() -> None:
-    """The README's configuration table is `python -m common.runtime.config`'s output, row for row."""
-    text = README.read_text()
+def test_the_configuration_page_table_is_the_declaration() -> None:
+    """docs/configuration.md's table is `python -m common.runtime.config`'s output, row for row."""
+    text = CONFIGURATION_PAGE.read_text()
     found = re.search(r"<!-- settings:[^\n]*-->\n(.*?)\n<!-- end of settings -->", text, re.S)
-    assert found, "the README lost its settings markers"
+    assert found, "docs/configuration.md lost its settings markers"
     assert found.group(1) == markdown_table(), (
-        "run `python -m common.runtime.config` and paste its table into the README"
+        "run `python -m common.runtime.config` and paste its table into docs/configuration.md"
     )
 
 

@@ -13,17 +13,20 @@ from redis import exceptions as redis_errors
 from common.errors import (
     AlreadyExists,
     DeadlineExceeded,
+    HistoryChanged,
     InvalidArgument,
     NotFound,
     ServiceError,
+    StreamEnded,
     TooManyRequests,
+    TooManyStreams,
+    Trimmed,
     Unavailable,
 )
 from common.rpc.status import CLUSTER_DOWN, as_service_error
-from common.rpc.streams import StreamEnded, TooManyStreams
+from common.storage.errors import neutral
 from gateway.errors import HTTP_STATUS, http_status, rendered_details, service_error_response
 from gateway.translate import BadRequest
-from profile_svc.events_feed import HistoryChanged, Trimmed
 
 ERRORS: list[tuple[ServiceError, grpc.StatusCode, str, int]] = [
     (InvalidArgument("bad", field="user"), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", 400),
@@ -86,8 +89,9 @@ CLUSTER_EXCEPTIONS: list[tuple[BaseException, grpc.StatusCode]] = [
 
 @pytest.mark.parametrize(("error", "code"), CLUSTER_EXCEPTIONS, ids=[type(e[0]).__name__ for e in CLUSTER_EXCEPTIONS])
 def test_cluster_exceptions_are_looked_up_by_class(error: BaseException, code: grpc.StatusCode) -> None:
-    """The most specific class wins: MaxConnectionsError is a ConnectionError, yet RESOURCE_EXHAUSTED."""
-    found = as_service_error(error)
+    """The storage layer's translation, then the status table: the most specific class wins at each step
+    (MaxConnectionsError is a ConnectionError, yet RESOURCE_EXHAUSTED)."""
+    found = as_service_error(neutral(error) or error)
     assert found is not None and found.code == code
     if code == grpc.StatusCode.UNAVAILABLE:
         assert (found.message, found.reason) == (CLUSTER_DOWN, "CLUSTER_UNAVAILABLE")

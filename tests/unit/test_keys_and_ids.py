@@ -143,7 +143,7 @@ def test_a_connection_closed_under_a_command_is_a_connection_error() -> None:
     """redis-py's own AttributeError on a torn-down connection becomes the ConnectionError it means."""
 
     async def send_on_a_closed_connection() -> None:
-        async with closed_under_command():
+        with closed_under_command():
             await Connection(port=1)._send_packed_command([b"PING"])  # its writer is None: never connected
 
     with pytest.raises(RedisConnectionError, match="connection closed under a running command") as caught:
@@ -154,7 +154,7 @@ def test_a_connection_closed_under_a_command_is_a_connection_error() -> None:
 @pytest.mark.parametrize("bug", [AttributeError("ours"), TypeError("ours too")])
 def test_the_same_errors_from_our_own_code_stay_bugs(bug: Exception) -> None:
     async def buggy() -> None:
-        async with closed_under_command():
+        with closed_under_command():
             raise bug
 
     with pytest.raises(type(bug)):

@@ -143,7 +143,7 @@ export function fromError(error: unknown): ProfilemeshError {
 
 // ---------------------------------------------------------------- retry policy
 
-// Reasons with which the server says a change did not run (README "Durability and failures").
+// Reasons with which the server says a change did not run (docs/clients.md, "Retries").
 const NOTHING_RAN = new Set(["NO_REPLICA", "PARTITION_UNAVAILABLE", "CLUSTER_UNAVAILABLE", "TOO_MANY_REQUESTS"]);
 
 function neverSent(error: ProfilemeshError): boolean {

@@ -1,0 +1,189 @@
+"""The process's one cluster client: bounded, counted, traced, and translating its failures.
+
+redis-py's async cluster client raises MaxConnectionsError instead of waiting once ``max_connections``
+are busy, so every command goes through a semaphore kept below it; whatever fails under a command leaves
+as a storage-neutral error (common/storage/errors.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisClusterException
+
+from common.errors import ClusterUnavailable, CredentialsRefused
+from common.runtime import metrics, tracing
+from common.runtime.config import Settings
+from common.storage.errors import CLIENT_FAILURES, translated
+from common.storage.internals import (
+    covered_slots,
+    keep_command_table,
+    keeping_startup_nodes,
+    relearn_topology,
+    startup_nodes,
+)
+
+log = logging.getLogger(__name__)
+_commands = metrics.children(metrics.CLUSTER_COMMANDS)
+_errors = metrics.children(metrics.CLUSTER_ERRORS)
+CLUSTER_SLOTS = 16384
+
+
+@dataclass(frozen=True)
+class Script:
+    """A Lua script as the cluster runs it: by SHA, its source loaded when a node does not know it yet.
+
+    `repeatable`: running it twice does no harm (a read, or a step that finds nothing left to do the second
+    time), so a connection lost under it is a reason to run it again rather than an unknown outcome.
+    """
+
+    name: str
+    source: str
+    repeatable: bool
+
+    @property
+    def sha(self) -> str:
+        return hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
+
+    def command(self, keys: Sequence[str], args: Sequence[Any]) -> tuple[Any, ...]:
+        return ("EVALSHA", self.sha, len(keys), *keys, *args)
+
+
+def connection_options(settings: Settings) -> dict[str, Any]:
+    """The ACL user and TLS files of `settings` as redis-py keyword arguments (for cluster and node clients).
+
+    Credentials go as arguments, never into the URL: redis-py repeats URLs in some error messages.
+    """
+    options: dict[str, Any] = {}
+    if settings.redis_username:
+        options["username"] = settings.redis_username
+    if settings.redis_password:
+        options["password"] = settings.redis_password
+    if settings.redis_url.startswith("rediss://"):
+        options.update(ssl_cert_reqs="required", ssl_check_hostname=True)
+        if settings.redis_ca_file:
+            options["ssl_ca_certs"] = settings.redis_ca_file
+        if settings.redis_cert_file:
+            options.update(ssl_certfile=settings.redis_cert_file, ssl_keyfile=settings.redis_key_file)
+    return options
+
+
+class Connection:
+    """A RedisCluster client plus the concurrency bound it lacks and a layout learnt one task at a time."""
+
+    def __init__(self, settings: Settings, reserved: int) -> None:
+        """`reserved`: connections beyond the bound, for loops that hold one each (blocking reads)."""
+        timeout = settings.redis_timeout_ms / 1000
+        self.username = settings.redis_username or "default"
+        self.client: RedisCluster = RedisCluster.from_url(
+            settings.redis_url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            # Partitions on a healthy shard keep working while another shard is down.
+            require_full_coverage=False,
+            max_connections=settings.redis_max_concurrency + reserved + 8,
+            **connection_options(settings),
+        )
+        keep_command_table(self.client)
+        self._startup_nodes = startup_nodes(self.client)
+        self.limit = asyncio.Semaphore(settings.redis_max_concurrency)
+        self._initialized = False
+        self._initializing = asyncio.Lock()
+
+    async def connected(self) -> RedisCluster:
+        """The client, after it has learnt the cluster's layout; failures storage-neutral.
+
+        redis-py lets many first commands race into initialisation, and they fail with
+        AttributeError on a half-made connection; so one task initialises, the others wait.
+        """
+        if not self._initialized:
+            with translated():
+                await self._initialize()
+        return self.client
+
+    async def _initialize(self) -> None:
+        async with self._initializing:
+            if self._initialized:
+                return
+            async with keeping_startup_nodes(self.client, self._startup_nodes):
+                await self.client.initialize()
+            # Only a whole layout: one learnt while the cluster is being created would be kept for good.
+            covered = covered_slots(self.client)
+            if covered < CLUSTER_SLOTS:
+                await self.client.aclose()  # the next call initialises again
+                raise RedisClusterException(f"the cluster serves {covered} of {CLUSTER_SLOTS} slots so far")
+            self._initialized = True
+
+    async def check_credentials(self) -> None:
+        """Fail at once if the cluster refuses our user; an unreachable cluster is left to health checks."""
+        try:
+            if not self._initialized:
+                await self._initialize()
+        except CLIENT_FAILURES as error:
+            cause = error if isinstance(error, (AuthenticationError, NoPermissionError)) else error.__cause__
+            if isinstance(cause, (AuthenticationError, NoPermissionError)):
+                raise CredentialsRefused(
+                    f"the cluster refused user {self.username!r}: {cause}; check PROFILEMESH_REDIS_USERNAME and "
+                    "PROFILEMESH_REDIS_PASSWORD (or _FILE)"
+                ) from None
+            log.warning("the cluster is not reachable yet: %s", type(error).__name__)
+
+    async def refresh_topology(self) -> None:
+        """Re-learn which node serves which slot (after a MOVED or a failover); one task at a time.
+
+        Raises ClusterUnavailable when no node answers at all, so that an operation fails at once rather
+        than retrying until its deadline; a node that fails the refresh while others answer is only logged.
+        """
+        if self._initializing.locked():
+            async with self._initializing:  # another task is refreshing: wait for its result
+                return
+        async with self._initializing:
+            try:
+                with translated():
+                    await relearn_topology(self.client, self._startup_nodes)
+            except ClusterUnavailable as error:
+                if isinstance(error.__cause__, RedisClusterException):  # no node reachable (not a RedisError)
+                    raise
+                log.debug("topology refresh failed: %r", error)
+
+    @asynccontextmanager
+    async def bounded(
+        self, kind: str = "command", name: str = "other", calls: int = 1, bounded: bool = True
+    ) -> AsyncIterator[RedisCluster]:
+        """The client, for one connection's work (a command, a script, a pipeline of `calls`): within the
+        concurrency bound unless `bounded` is False (a loop with a reserved connection); counted, failures by
+        kind, and raised storage-neutral."""
+        _commands(kind, name).inc(calls)
+        async with self.limit if bounded else contextlib.nullcontext():
+            try:
+                with translated():
+                    yield await self.connected()
+            except Exception as error:
+                _errors(type(error.__cause__ or error).__name__).inc()
+                raise
+
+    @asynccontextmanager
+    async def scripting(self, script: Script, calls: int = 1, bounded: bool = True) -> AsyncIterator[RedisCluster]:
+        """`bounded` for running `script` (`calls` times on one connection), traced when tracing is on."""
+        # With tracing off, no span and not even its arguments are made: this is every script's path.
+        span = (
+            tracing.span(
+                f"script {script.name}", tracing.SpanKind.CLIENT, **{"db.system": "redis", "db.operation": script.name}
+            )
+            if tracing.ENABLED
+            else contextlib.nullcontext()
+        )
+        with span:
+            async with self.bounded("script", script.name, calls, bounded) as client:
+                yield client
+
+    async def close(self) -> None:
+        await self.client.aclose()

@@ -1,0 +1,295 @@
+"""The one way profilemesh runs a script on the cluster, and what each reply proves.
+
+A script runs on its first key's primary over one of that node's own connections, pipelined with the
+confirmation its caller asks for: `WAIT` and `WAITAOF` speak only for the writes of their own connection.
+It is run again only where the cluster proves it did not run (no connection could be made, or a reply in
+errors.NOT_EXECUTED: a redirect, a cluster between states, a script the node does not know yet). A
+connection lost after sending is an unknown outcome and reported as such (UNAVAILABLE, OUTCOME_UNKNOWN),
+never retried behind the caller's back, because a create that ran and is retried would answer
+ALREADY_EXISTS to a caller whose create succeeded; only a script registered as `repeatable` (a read, or
+an aggregator step that is a no-op the second time) is simply run again. Retries go on until the
+caller's deadline (asyncio.timeout), with a backoff.
+
+Confirmations (common/storage/durability.py): a change waits for its durability level; a read is
+followed, with PROFILEMESH_READ_CHECK=replica, by a fence write and WAIT 1, so an old primary that was
+paused or cut off can't answer with data its shard no longer has. Where a replica must confirm and the
+primary has none in sync, the operation is refused before it runs (NO_REPLICA): WAIT could only time out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import AskError, MovedError, NoScriptError, ResponseError, SlotNotCoveredError
+
+from common.errors import ServiceError, StorageError, Unavailable
+from common.runtime import metrics
+from common.storage.connection import Connection, Script
+from common.storage.durability import Confirm, Waits
+from common.storage.errors import BROKEN, NOT_EXECUTED, neutral
+from common.storage.internals import NothingSent, send_on_one_connection
+from common.storage.keys import fence_key
+from common.storage.replicas import ReplicaCheck
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 0.2
+UNCONFIRMED = (
+    "the cluster did not confirm the operation in time: it may or may not have happened; "
+    "retrying is safe (a create then answers ALREADY_EXISTS, a delete NOT_FOUND)"
+)
+UNCONFIRMED_READ = (
+    "no replica confirmed that this profile's primary is still followed, so its read was not answered "
+    "(it may have been counted in the statistics); retry"
+)
+NO_REPLICA = (
+    "the shard holding this partition has no replica; replica durability can't be confirmed, "
+    "so nothing was changed; retry once a replica has rejoined"
+)
+NO_REPLICA_READ = (
+    "the shard holding this partition has no replica, so the read check can't confirm its primary; "
+    "nothing was read; retry once a replica has rejoined"
+)
+PARTITION_DOWN = "this profile's partition is unavailable (its shard is down); retry later"
+PARTITION_SLOW = "the cluster did not serve this profile's partition in time; retry later"
+
+
+class NotExecuted(Exception):
+    """The cluster proved the script did not run: running it again is safe."""
+
+
+class NotLoaded(NotExecuted):
+    """The node does not know the script yet (NOSCRIPT): load it, then run it again."""
+
+
+class Ask(NotExecuted):
+    """The slot is migrating: ask the target node, once, with ASKING."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(f"ASK {host}:{port}")
+        self.host, self.port = host, port
+
+
+def judge(script: Script, reply: Any) -> Any:
+    """The script's reply as its result, or the exception that says what happened instead.
+
+    Raises NotExecuted (or its kinds) when the reply proves the script did not run, and the reply's own
+    error, storage-neutral, when the script ran and failed.
+    """
+    if isinstance(reply, NoScriptError):
+        raise NotLoaded(script.name)
+    if isinstance(reply, MovedError):  # before AskError: it is a subclass
+        metrics.CLUSTER_REDIRECTS.labels("moved").inc()
+        raise NotExecuted(repr(reply))
+    if isinstance(reply, AskError):
+        metrics.CLUSTER_REDIRECTS.labels("ask").inc()
+        raise Ask(reply.host, reply.port)
+    if isinstance(reply, NOT_EXECUTED):
+        raise NotExecuted(repr(reply))
+    if isinstance(reply, ResponseError):
+        raise neutral(reply) or reply
+    return reply
+
+
+def unconfirmed(confirm: Confirm) -> Unavailable:
+    return Unavailable(UNCONFIRMED_READ if confirm is Confirm.READ else UNCONFIRMED, reason="OUTCOME_UNKNOWN")
+
+
+class ScriptRunner:
+    def __init__(self, connection: Connection, waits: Waits) -> None:
+        self.connection = connection
+        self.waits = waits
+        self.replicas = ReplicaCheck()
+        self._confirmations = metrics.DURABILITY_WAITS.labels(waits.durability)
+        self._unconfirmed = metrics.DURABILITY_FAILURES.labels(waits.durability)
+
+    async def run(
+        self,
+        script: Script,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        confirm: Confirm = Confirm.NOTHING,
+        bounded: bool = True,
+    ) -> Any:
+        """Run the script on its slot's primary, then the confirmation asked for; retry only the provably safe.
+
+        `bounded=False` for a loop that has a connection reserved beyond the concurrency bound (the
+        aggregator's partitions). The caller bounds the retries with a deadline (asyncio.timeout).
+        """
+        async with self.connection.scripting(script, bounded=bounded) as client:
+            return await self._run(client, script, keys, args, confirm)
+
+    async def run_many(
+        self, script: Script, calls: Sequence[tuple[Sequence[str], Sequence[Any]]], retry_budget_s: float
+    ) -> list[Any]:
+        """Run the script once per call, each confirmed as a read: one pipeline per primary.
+
+        Each call's script runs on its own slot's primary, as `run` would run it, so the cluster's fixed cost
+        is paid per node, not per call. The result for each call is its reply or the exception it met: one
+        call's failure fails no other. A call the cluster proves it did not run is retried alone, within
+        `retry_budget_s`; a connection lost after sending makes each call on that node an unknown outcome.
+        """
+        results: list[Any] = [None] * len(calls)
+        by_node, alone = await self._route(calls)
+        await asyncio.gather(*(self._on_node(script, calls, node, members, results) for node, members in by_node))
+        alone += [index for index, result in enumerate(results) if isinstance(result, NotExecuted)]
+        await asyncio.gather(*(self._alone(script, calls[index], index, results, retry_budget_s) for index in alone))
+        return results
+
+    async def _route(
+        self, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
+    ) -> tuple[list[tuple[ClusterNode, list[int]]], list[int]]:
+        """The calls by the primary of their first key, and those with no known primary (to run alone).
+
+        Routing needs no connection; each pipeline and each retry holds its own place within the concurrency
+        bound, so a batch never asks for more connections than the client has.
+        """
+        client = await self.connection.connected()
+        by_node: dict[str, tuple[ClusterNode, list[int]]] = {}
+        alone: list[int] = []
+        for index, (call_keys, _) in enumerate(calls):
+            try:
+                node = client.get_node_from_key(call_keys[0])
+            except SlotNotCoveredError:
+                node = None
+            if node is None:
+                alone.append(index)
+            else:
+                by_node.setdefault(node.name, (node, []))[1].append(index)
+        return list(by_node.values()), alone
+
+    async def _on_node(
+        self,
+        script: Script,
+        calls: Sequence[tuple[Sequence[str], Sequence[Any]]],
+        node: ClusterNode,
+        members: list[int],
+        results: list[Any],
+    ) -> None:
+        """One pipeline of the members' scripts on their primary (and the read check's fence and WAIT)."""
+        wait = self.waits.command(Confirm.READ)
+        commands: list[tuple[Any, ...]] = [script.command(calls[i][0], calls[i][1]) for i in members]
+        if wait:
+            if not await self.replicas.has_replica(node):
+                for index in members:
+                    results[index] = Unavailable(NO_REPLICA_READ, reason="NO_REPLICA")
+                return
+            commands += [("SET", fence_key(calls[members[0]][0][0]), "1"), wait]
+        try:
+            async with self.connection.scripting(script, len(commands)):
+                replies = await send_on_one_connection(node, commands)
+        except NothingSent as error:
+            for index in members:
+                results[index] = NotExecuted(str(error))
+            return
+        except BROKEN as error:
+            log.warning("lost the connection to %s mid-batch: %r", node.name, error)
+            for index in members:
+                results[index] = unconfirmed(Confirm.NOTHING)
+            return
+        if wait:
+            replies, fence, confirmation = replies[:-2], replies[-2], replies[-1]
+            if not self._confirmed(node, wait, fence if isinstance(fence, Exception) else confirmation):
+                for index in members:
+                    results[index] = unconfirmed(Confirm.READ)
+                return
+        for index, reply in zip(members, replies, strict=True):
+            try:
+                results[index] = judge(script, reply)
+            except (NotExecuted, StorageError) as outcome:
+                results[index] = outcome
+
+    async def _alone(
+        self,
+        script: Script,
+        call: tuple[Sequence[str], Sequence[Any]],
+        index: int,
+        results: list[Any],
+        retry_budget_s: float,
+    ) -> None:
+        """One member of a batch run by itself, within a budget below the call's deadline, so that one member
+        on a shard in trouble can't make the whole batch miss it: the others' answers are ready."""
+        try:
+            async with asyncio.timeout(retry_budget_s), self.connection.scripting(script) as client:
+                results[index] = await self._run(client, script, call[0], call[1], Confirm.READ)
+        except TimeoutError:
+            results[index] = Unavailable(PARTITION_SLOW, reason="PARTITION_UNAVAILABLE")
+        except (ServiceError, StorageError) as error:
+            results[index] = error
+
+    async def _run(
+        self, client: RedisCluster, script: Script, keys: Sequence[str], args: Sequence[Any], confirm: Confirm
+    ) -> Any:
+        ask: Ask | None = None
+        attempt = 0
+        while True:
+            try:
+                node = client.get_node(ask.host, ask.port) if ask else client.get_node_from_key(keys[0])
+                if node is None:  # an ASK to a node the client does not know yet
+                    raise NotExecuted("unknown node")
+                return await self._run_once(node, script, keys, args, confirm, asking=ask is not None)
+            except Ask as redirect:
+                ask = redirect
+            except SlotNotCoveredError:
+                # No node serves the partition any more (its whole shard is down): say so now
+                # rather than retrying until the deadline. Other partitions keep working.
+                await self.connection.refresh_topology()
+                raise Unavailable(PARTITION_DOWN, reason="PARTITION_UNAVAILABLE") from None
+            except NotExecuted as reason:
+                ask = None
+                log.debug("not executed, retrying: %s", reason)
+                metrics.CLUSTER_RETRIES.inc()
+                await self.connection.refresh_topology()
+                await asyncio.sleep(min(MAX_BACKOFF_S, 0.01 * 2**attempt))
+                attempt += 1
+
+    async def _run_once(
+        self,
+        node: ClusterNode,
+        script: Script,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        confirm: Confirm,
+        asking: bool,
+    ) -> Any:
+        wait = self.waits.command(confirm)
+        if wait and wait[0] == "WAIT" and not await self.replicas.has_replica(node):
+            raise Unavailable(NO_REPLICA_READ if confirm is Confirm.READ else NO_REPLICA, reason="NO_REPLICA")
+        commands: list[tuple[Any, ...]] = [("ASKING",)] if asking else []
+        commands.append(script.command(keys, args))
+        if wait and confirm is Confirm.READ:
+            # WAIT counts from the connection's last write, and a read of nothing, or a change that found
+            # nothing to do, writes nothing, so the fence moves it to now: the answer is confirmed only once
+            # a replica has all the primary has.
+            commands.append(("SET", fence_key(keys[0]), "1"))
+        if wait:
+            commands.append(wait)
+        try:
+            replies = await send_on_one_connection(node, commands)
+        except NothingSent as error:
+            raise NotExecuted(str(error)) from error
+        except BROKEN as error:
+            if script.repeatable:
+                raise NotExecuted(f"connection lost under a repeatable script: {error!r}") from error
+            log.warning("lost the connection to %s mid-operation: %r", node.name, error)
+            raise unconfirmed(Confirm.NOTHING) from error
+        try:
+            result = judge(script, replies[1 if asking else 0])
+        except NotLoaded:
+            await node.execute_command("SCRIPT", "LOAD", script.source)
+            raise
+        if wait and not self._confirmed(node, wait, replies[-1]):
+            raise unconfirmed(confirm)
+        return result
+
+    def _confirmed(self, node: ClusterNode, wait: tuple[Any, ...], reply: Any) -> bool:
+        self._confirmations.inc()
+        if Waits.confirmed(wait, reply):
+            return True
+        self._unconfirmed.inc()
+        self.replicas.forget(node)  # perhaps the replica just went away: look again next time
+        return False

@@ -11,8 +11,13 @@ from common.storage.cluster import Cluster
 
 
 def build(server: grpc.aio.Server, cluster: Cluster) -> Service:
+    aggregation = cluster.settings.aggregation()
     return Service(
-        names=[], background=[Aggregator(cluster).run, lambda: collect_lag(cluster, cluster.settings.aggregator_group)]
+        names=[],
+        background=[
+            Aggregator(cluster, aggregation).run,
+            lambda: collect_lag(cluster, aggregation.group, aggregation.partitions),
+        ],
     )
 
 

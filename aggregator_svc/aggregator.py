@@ -19,6 +19,7 @@ from typing import Any
 
 from common.errors import NoGroup, StorageError
 from common.runtime import metrics
+from common.runtime.config import AggregatorSettings
 from common.storage import keys
 from common.storage.cluster import Cluster
 
@@ -66,16 +67,15 @@ def recount_keys(partition: int) -> list[str]:
 
 
 class Aggregator:
-    def __init__(self, cluster: Cluster) -> None:
-        settings = cluster.settings
+    def __init__(self, cluster: Cluster, settings: AggregatorSettings) -> None:
         self.cluster = cluster
-        self.group = settings.aggregator_group
-        self.consumer = settings.aggregator_consumer
-        self.batch = settings.aggregator_batch
-        self.claim_idle_ms = settings.aggregator_claim_idle_ms
-        self.maintenance_s = settings.aggregator_maintenance_s
-        self.retention_ms = settings.events_retention_s * 1000
-        self.linger_s = settings.aggregator_linger_ms / 1000
+        self.group = settings.group
+        self.consumer = settings.consumer
+        self.batch = settings.batch
+        self.claim_idle_ms = settings.claim_idle_ms
+        self.maintenance_s = settings.maintenance_s
+        self.retention_ms = settings.retention_s * 1000
+        self.linger_s = settings.linger_ms / 1000
         self.partitions = range(settings.partitions)
         # Each is a no-op for what a first run did: a connection lost under one is a reason to run it again.
         self._apply = cluster.script(APPLY_SCRIPT, repeatable=True)

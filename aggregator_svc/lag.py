@@ -60,9 +60,9 @@ async def partition_figures(client: ClusterClient, stream: str, group: str, now_
     }
 
 
-async def collect_lag(cluster: Cluster, group: str) -> None:
+async def collect_lag(cluster: Cluster, group: str, partition_count: int) -> None:
     """Refresh the stream and lag gauges of every partition every INTERVAL_S, until cancelled."""
-    partitions = range(cluster.settings.partitions)
+    partitions = range(partition_count)
     gauges = {
         "length": metrics.STREAM_LENGTH,
         "lag": metrics.LAG,

@@ -31,6 +31,8 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("d cluster script (floor)", "get_profile.lua via redis.asyncio", "script", "cluster"),
     Scenario("e REST mix", PROFILEMESH_REST, "wrk", "gateway", "mix.lua"),
     Scenario("e REST mix", BASELINE_REST, "wrk", "baseline", "mix.lua"),
+    Scenario("f REST creates", PROFILEMESH_REST, "wrk", "gateway", "creates.lua"),
+    Scenario("f REST creates", BASELINE_REST, "wrk", "baseline", "creates.lua"),
 )
 
 
@@ -61,8 +63,8 @@ def run_scenario(
             on_start()
         url = targets.gateway_url if scenario.target == "gateway" else targets.baseline_url
         args = [targets.user_prefix, str(targets.users)]
-        if scenario.wrk_script == "mix.lua":
-            args.append(f"mix{run_id}c{concurrency}")
+        if scenario.wrk_script in ("mix.lua", "creates.lua"):  # new users, named after the run
+            args.append(f"{scenario.wrk_script.removesuffix('.lua')}{run_id}c{concurrency}")
         return run_wrk(scenario.name, scenario.system, url, scenario.wrk_script, args, concurrency, scale.load_s)
     target = targets.profile_address if scenario.tool == "grpc" else targets.cluster_url
     return run_pyload(

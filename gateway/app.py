@@ -166,7 +166,7 @@ def build_app(settings: Settings) -> web.Application:
     app.on_response_prepare.append(stamp_request_id)
     routes = routes_from([profile_pb2.DESCRIPTOR, reporting_pb2.DESCRIPTOR])
     app.cleanup_ctx.append(_upstreams(settings, routes))
-    streams = StreamLimits(settings)
+    streams = StreamLimits(settings.streams())
 
     async def drain_streams(app: web.Application) -> None:
         streams.drain()  # SSE streams end with a retry hint while the gateway drains

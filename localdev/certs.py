@@ -65,3 +65,18 @@ def issue(ca: Identity, directory: Path, name: str) -> Identity:
     request.unlink()
     extensions.unlink()
     return identity
+
+
+@dataclass(frozen=True)
+class Authority:
+    """A run's CA in `directory` and the certificates it signs there, each made the first time it is asked for."""
+
+    directory: Path
+
+    @property
+    def ca_file(self) -> Path:
+        return make_ca(self.directory).cert
+
+    def identity(self, name: str) -> Identity:
+        """A certificate and key for `name`, signed by the CA."""
+        return issue(make_ca(self.directory), self.directory, name)

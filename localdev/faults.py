@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import time
 
-import redis
-
+from common.storage.nodes import key_slot
 from localdev.cluster import LocalCluster
 
 
 def primary_of(cluster: LocalCluster, key: str) -> int:
     """Index (into cluster.ports) of the healthy primary that serves `key`'s slot."""
-    slot = redis.cluster.key_slot(key.encode())
+    slot = key_slot(key)
     for node in cluster.cluster_nodes():
         if node.is_primary and not node.failing and node.serves(slot):
             return cluster.ports.index(node.port)

@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from localdev.system import on_free_ports
+from localdev.system import System, on_free_ports
 from localdev.waiting import poll_until
 
 SETTINGS = {
@@ -27,6 +27,37 @@ SETTINGS = {
 }
 
 
+def _targets(system: System) -> dict[str, object]:
+    """The one JSON line printed once everything is healthy: where a test finds the system."""
+    return {
+        "profileTarget": "ipv4:" + ",".join(f"127.0.0.1:{p}" for p in system.profile_ports),
+        "reportingTarget": "ipv4:" + ",".join(f"127.0.0.1:{p}" for p in system.reporting_ports),
+        "profilePorts": system.profile_ports,
+        "reportingPorts": system.reporting_ports,
+        "gatewayUrl": system.gateway_url,
+        "logs": str(system.log_dir),
+    }
+
+
+def _obey(system: System, line: str) -> dict[str, object]:
+    """Carry out one command line (`stop ...` or `start ...`); the JSON reply."""
+    words = line.split()
+    ports = {"profile": system.profile_ports, "reporting": system.reporting_ports}
+    try:
+        if words[:1] == ["stop"]:
+            sig = signal.SIGKILL if words[2:3] == ["SIGKILL"] else signal.SIGTERM
+            return {"ok": True, "code": system.stop_process(words[1], sig)}
+        if words[:1] == ["start"]:
+            service, index = words[1], int(words[2])
+            system.start_replica(service, index)
+            port = ports[service.removesuffix("_svc")][index]
+            poll_until(lambda: system.grpc_status(port) == "SERVING", 30, f"{service} {index}", 0.1)
+            return {"ok": True}
+        return {"ok": False, "error": f"unknown command {line.strip()!r}"}
+    except (IndexError, KeyError, ValueError, TimeoutError) as error:
+        return {"ok": False, "error": str(error)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m localdev.serve", description=__doc__)
     parser.add_argument("--replicas", type=int, default=2, help="replicas of profile_svc and reporting_svc")
@@ -35,37 +66,9 @@ def main() -> int:
         system = on_free_ports(Path(directory), SETTINGS, replicas=args.replicas)
         try:
             system.start()
-            ports = {"profile": system.profile_ports, "reporting": system.reporting_ports}
-            print(
-                json.dumps(
-                    {
-                        "profileTarget": "ipv4:" + ",".join(f"127.0.0.1:{p}" for p in system.profile_ports),
-                        "reportingTarget": "ipv4:" + ",".join(f"127.0.0.1:{p}" for p in system.reporting_ports),
-                        "profilePorts": ports["profile"],
-                        "reportingPorts": ports["reporting"],
-                        "gatewayUrl": system.gateway_url,
-                        "logs": str(system.log_dir),
-                    }
-                ),
-                flush=True,
-            )
+            print(json.dumps(_targets(system)), flush=True)
             for line in sys.stdin:
-                words = line.split()
-                try:
-                    if words[:1] == ["stop"]:
-                        sig = signal.SIGKILL if words[2:3] == ["SIGKILL"] else signal.SIGTERM
-                        reply: dict[str, object] = {"ok": True, "code": system.stop_process(words[1], sig)}
-                    elif words[:1] == ["start"]:
-                        service, index = words[1], int(words[2])
-                        system.start_replica(service, index)
-                        port = ports[service.removesuffix("_svc")][index]
-                        poll_until(lambda p=port: system.grpc_status(p) == "SERVING", 30, f"{service} {index}", 0.1)
-                        reply = {"ok": True}
-                    else:
-                        reply = {"ok": False, "error": f"unknown command {line.strip()!r}"}
-                except (IndexError, KeyError, ValueError, TimeoutError) as error:
-                    reply = {"ok": False, "error": str(error)}
-                print(json.dumps(reply), flush=True)
+                print(json.dumps(_obey(system, line)), flush=True)
         finally:
             system.stop()
     return 0

@@ -38,7 +38,7 @@ REPLICAS_VARIABLE = "PROFILEMESH_REPLICAS"
 # statistics; health checks are open to any certificate the mesh's CA signed; reflection is localdev's.
 PROFILE_CHANGES_ALLOWED = ";".join(
     f"/profilemesh.profile.v1.ProfileService/{method}=gateway,localdev"
-    for method in ("CreateProfile", "UpdateProfile", "DeleteProfile")
+    for method in ("CreateProfile", "UpdateProfile", "DeleteProfile", "BatchWriteProfiles")
 )
 MESH_ALLOWED_CLIENTS = ";".join(
     (

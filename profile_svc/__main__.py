@@ -14,9 +14,10 @@ from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 
 
 def build(server: grpc.aio.Server, cluster: Cluster) -> Service:
-    limits = StreamLimits(cluster.settings)
-    feed = EventsFeed(cluster)
-    servicer = ProfileServicer(Profiles(cluster), feed, limits)
+    settings = cluster.settings
+    limits = StreamLimits(settings.streams())
+    feed = EventsFeed(cluster, settings.partitions, settings.stream_queue)
+    servicer = ProfileServicer(Profiles(cluster, settings.partitions), feed, limits)
     profile_pb2_grpc.add_ProfileServiceServicer_to_server(servicer, server)
     return Service(
         names=[profile_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name],

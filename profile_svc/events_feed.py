@@ -155,7 +155,10 @@ def _b64(data: bytes) -> str:
 def _unb64(text: str) -> bytes:
     if not text or any(c not in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_" for c in text):
         raise ValueError("not base64url")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64(data) != text:  # the last character's spare bits set: a second spelling of the same bytes
+        raise ValueError("not canonical base64url")
+    return data
 
 
 def _anchor(text: str) -> Anchor:
@@ -281,10 +284,11 @@ class Subscription:
 
 
 class EventsFeed:
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: Cluster, partitions: int, queue_limit: int) -> None:
+        """`queue_limit`: events a subscriber's queue holds (PROFILEMESH_STREAM_QUEUE) before it reads the stream."""
         self.cluster = cluster
-        self.partitions = cluster.settings.partitions
-        self.queue_limit = cluster.settings.stream_queue
+        self.partitions = partitions
+        self.queue_limit = queue_limit
         self._events_after = cluster.script(SCRIPTS / "events_after.lua", repeatable=True)  # it only reads
         self.tail: list[Anchor] = []  # per partition, the last entry the tail reader has passed
         self.subscriptions: set[Subscription] = set()
@@ -298,7 +302,8 @@ class EventsFeed:
             async with self.cluster.bounded() as client:
                 secret = await client.get(keys.DEPLOYMENT_KEY)
                 if secret is None:
-                    await client.set(keys.DEPLOYMENT_KEY, secrets.token_hex(32), nx=True)
+                    # SETNX: what the user is allowed, so the secret can be made once and never replaced.
+                    await client.setnx(keys.DEPLOYMENT_KEY, secrets.token_hex(32))
                     secret = await client.get(keys.DEPLOYMENT_KEY)
             if not secret:
                 raise ConnectionError("the deployment's identity could not be read from the cluster")

@@ -30,9 +30,9 @@ def _profile_or_error(user: str, reply: Any) -> dict[str, str] | Exception:
 
 
 class Profiles:
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: Cluster, partitions: int) -> None:
         self.cluster = cluster
-        self.partitions = cluster.settings.partitions
+        self.partitions = partitions
         self._write = cluster.script(SCRIPTS / "write_profile.lua")
         self._get = cluster.script(SCRIPTS / "get_profile.lua")
         self._delete = cluster.script(SCRIPTS / "delete_profile.lua")

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from common.errors import ServiceError
+from common.errors import InvalidArgument, ServiceError
 from common.rpc.status import MAX_CALL_S, as_service_error, stream_errors, translate_errors
 from common.rpc.streams import StreamLimits
 from common.storage.stream_ids import format_id
 from profile_svc.events_feed import Event, EventsFeed, event_filter
-from profile_svc.profiles import Profiles
+from profile_svc.profiles import MAX_BATCH, Profiles
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -32,8 +34,7 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
     async def CreateProfile(
         self, request: profile_pb2.CreateProfileRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> profile_pb2.CreateProfileResponse:
-        await self.profiles.create(request.user, dict(request.fields))
-        return profile_pb2.CreateProfileResponse(message=f"Profile created for: {request.user}")
+        return await self._create(request)
 
     @translate_errors
     async def GetProfile(
@@ -58,13 +59,49 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
     async def UpdateProfile(
         self, request: profile_pb2.UpdateProfileRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> profile_pb2.UpdateProfileResponse:
-        await self.profiles.update(request.user, dict(request.fields))
-        return profile_pb2.UpdateProfileResponse(message=f"Profile updated for {request.user}")
+        return await self._update(request)
 
     @translate_errors
     async def DeleteProfile(
         self, request: profile_pb2.DeleteProfileRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> profile_pb2.DeleteProfileResponse:
+        return await self._delete(request)
+
+    @translate_errors
+    async def BatchWriteProfiles(
+        self, request: profile_pb2.BatchWriteProfilesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> profile_pb2.BatchWriteProfilesResponse:
+        if not request.requests:
+            raise InvalidArgument("requests must not be empty: give at least one change", field="requests")
+        if len(request.requests) > MAX_BATCH:
+            raise InvalidArgument(f"too many changes: {len(request.requests)}, at most {MAX_BATCH}", field="requests")
+        for index, member in enumerate(request.requests):
+            if member.WhichOneof("operation") is None:
+                raise InvalidArgument(
+                    f"requests[{index}] names no operation: set create, update or delete", field=f"requests[{index}]"
+                )
+        writes = [self._write(member) for member in request.requests]
+        # Concurrently: the members bound for one primary share a pipeline and its wait (group commit).
+        outcomes = await asyncio.gather(*(_outcome(write) for write in writes))
+        return profile_pb2.BatchWriteProfilesResponse(results=[_write_result(outcome) for outcome in outcomes])
+
+    def _write(self, member: profile_pb2.ProfileWriteRequest) -> Awaitable[Any]:
+        operation = member.WhichOneof("operation")
+        if operation == "create":
+            return self._create(member.create)
+        if operation == "update":
+            return self._update(member.update)
+        return self._delete(member.delete)
+
+    async def _create(self, request: profile_pb2.CreateProfileRequest) -> profile_pb2.CreateProfileResponse:
+        await self.profiles.create(request.user, dict(request.fields))
+        return profile_pb2.CreateProfileResponse(message=f"Profile created for: {request.user}")
+
+    async def _update(self, request: profile_pb2.UpdateProfileRequest) -> profile_pb2.UpdateProfileResponse:
+        await self.profiles.update(request.user, dict(request.fields))
+        return profile_pb2.UpdateProfileResponse(message=f"Profile updated for {request.user}")
+
+    async def _delete(self, request: profile_pb2.DeleteProfileRequest) -> profile_pb2.DeleteProfileResponse:
         await self.profiles.delete(request.user)
         return profile_pb2.DeleteProfileResponse(message=f"Profile deleted for {request.user}")
 
@@ -99,6 +136,30 @@ def _result(user: str, outcome: dict[str, str] | Exception) -> profile_pb2.Batch
     if not isinstance(outcome, ServiceError):
         log.warning("BatchGetProfiles: %s: %r", failure.message, outcome)
     return profile_pb2.BatchGetProfileResult(error=failure.status())
+
+
+async def _outcome(write: Awaitable[Any]) -> Any:
+    """A member's response, or the error it met (a bug included: _write_result re-raises that)."""
+    try:
+        return await write
+    except Exception as error:
+        return error
+
+
+def _write_result(outcome: Any) -> profile_pb2.ProfileWriteResult:
+    """One change's result: its own call's response, or the status that call would have failed with."""
+    if isinstance(outcome, profile_pb2.CreateProfileResponse):
+        return profile_pb2.ProfileWriteResult(created=outcome)
+    if isinstance(outcome, profile_pb2.UpdateProfileResponse):
+        return profile_pb2.ProfileWriteResult(updated=outcome)
+    if isinstance(outcome, profile_pb2.DeleteProfileResponse):
+        return profile_pb2.ProfileWriteResult(deleted=outcome)
+    failure = as_service_error(outcome)
+    if failure is None:  # a bug, not an outcome: fail the call as the member's own call would
+        raise outcome
+    if not isinstance(outcome, ServiceError):
+        log.warning("BatchWriteProfiles: %s: %r", failure.message, outcome)
+    return profile_pb2.ProfileWriteResult(error=failure.status())
 
 
 def _event(event: Event | None) -> profile_pb2.ProfileEvent | None:

@@ -112,32 +112,40 @@ def cmd_watch(args: argparse.Namespace, endpoints: Endpoints) -> int:
     return watch.watch(endpoints, args.interval, args.count)
 
 
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(
-        prog="profilemesh",
-        description="Look at and use a running profilemesh. Finds it through the same PROFILEMESH_* variables "
-        "as the services (defaults: the ports of `make run`).",
-    )
-    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+# The subcommands' parsers, as argparse.add_subparsers returns them.
+Commands = argparse._SubParsersAction  # argparse names no public type for it
 
-    def command(name: str, handler: Callable, help_text: str, json_flag: bool = True) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text)
-        if json_flag:
-            sub.add_argument("--json", action="store_true", help="machine-readable JSON output")
-        sub.set_defaults(handler=handler)
-        return sub
 
-    command(
+def _command(
+    commands: Commands, name: str, handler: Callable, help_text: str, json_flag: bool = True
+) -> argparse.ArgumentParser:
+    """Add subcommand `name`, run by `handler(args, endpoints)`; with `json_flag`, its --json option."""
+    sub = commands.add_parser(name, help=help_text, description=help_text)
+    if json_flag:
+        sub.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    sub.set_defaults(handler=handler)
+    return sub
+
+
+def _add_status(commands: Commands) -> None:
+    _command(
+        commands,
         "status",
         cmd_status,
         "health of every component and replica, the cluster's nodes and each "
         "partition's stream, pending entries and aggregator lag; exits 1 when anything is unhealthy",
     )
-    top_n = command("top", cmd_top, "the N most read profiles")
+
+
+def _add_reads(commands: Commands) -> None:
+    top_n = _command(commands, "top", cmd_top, "the N most read profiles")
     top_n.add_argument("n", type=int, metavar="N", help="how many (1 to 1000)")
-    stats = command("stats", cmd_stats, "how often a user's profile was read")
+    stats = _command(commands, "stats", cmd_stats, "how often a user's profile was read")
     stats.add_argument("user")
-    profile = command("profile", cmd_profile, "get, create, update or delete a profile", json_flag=False)
+
+
+def _add_profile(commands: Commands) -> None:
+    profile = _command(commands, "profile", cmd_profile, "get, create, update or delete a profile", json_flag=False)
     actions = profile.add_subparsers(dest="action", required=True, metavar="ACTION")
     for action, help_text in (
         ("get", "show a profile"),
@@ -150,7 +158,11 @@ def parser() -> argparse.ArgumentParser:
         if action in ("create", "update"):
             sub.add_argument("fields", nargs="*", metavar="NAME=VALUE")
         sub.add_argument("--json", action="store_true", help="machine-readable JSON output")
-    live = command(
+
+
+def _add_watch(commands: Commands) -> None:
+    live = _command(
+        commands,
         "watch",
         cmd_watch,
         "a live view of requests/s, errors/s, p99 and aggregator lag per component, from their metrics; Ctrl-C ends it",
@@ -158,6 +170,21 @@ def parser() -> argparse.ArgumentParser:
     )
     live.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
     live.add_argument("--count", type=int, default=None, help="stop after this many refreshes")
+
+
+# Each adds its subcommands, in the order --help lists them; a new command is one more function here.
+SUBCOMMANDS: tuple[Callable[[Commands], None], ...] = (_add_status, _add_reads, _add_profile, _add_watch)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="profilemesh",
+        description="Look at and use a running profilemesh. Finds it through the same PROFILEMESH_* variables "
+        "as the services (defaults: the ports of `make run`).",
+    )
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(commands)
     return top
 
 

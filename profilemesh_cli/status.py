@@ -11,18 +11,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from redis.asyncio.cluster import RedisCluster
-from redis.crc import key_slot
-from redis.exceptions import RedisClusterException, RedisError
 
 from aggregator_svc.lag import partition_figures
+from common.errors import StorageError
 from common.rpc import tls
 from common.runtime.config import Settings
 from common.storage import keys
-from common.storage.cluster import connection_options
-from common.storage.topology import parse_cluster_nodes
+from common.storage.errors import translated
+from common.storage.nodes import AsyncNode, async_operator_cluster, key_slot
+from common.storage.topology import NodeLine
 from profilemesh_cli.endpoints import COMPONENTS, Endpoints, replicas
 
 TIMEOUT_S = 1.5
@@ -84,47 +82,40 @@ async def _components(endpoints: Endpoints) -> list[dict[str, str]]:
 
 async def _node_answers(address: str, settings: Settings) -> bool:
     host, _, port = address.rpartition(":")
-    node = aioredis.Redis(
-        host=host,
-        port=int(port),
-        ssl=settings.redis_url.startswith("rediss://"),
-        **connection_options(settings),
-        socket_timeout=TIMEOUT_S,
-        socket_connect_timeout=TIMEOUT_S,
-    )
-    try:
-        return bool(await node.ping())
-    except (RedisError, OSError):
-        return False
-    finally:
-        await node.aclose()
+    async with AsyncNode.at(host, int(port), settings, TIMEOUT_S) as node:
+        return await node.ping()
 
 
 async def _cluster(endpoints: Endpoints, report: Report) -> None:
     settings = endpoints.settings
-    seed = aioredis.Redis.from_url(
-        settings.redis_url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S, **connection_options(settings)
-    )
     try:
-        raw = await seed.execute_command("CLUSTER", "NODES")
-    except (RedisError, OSError) as error:
+        async with AsyncNode.seed(settings, TIMEOUT_S) as seed:
+            lines = {line.id: line for line in await seed.cluster_nodes()}
+    except StorageError as error:
         report.problems.append(f"the cluster does not answer at {settings.redis_url.split('@')[-1]}: {error}")
         return
-    finally:
-        await seed.aclose()
-    text = raw.decode() if isinstance(raw, bytes) else raw
-    by_id: dict[str, dict[str, Any]] = {}
-    lines = {line.id: line for line in parse_cluster_nodes(text)}
-    for node_id, line in lines.items():
-        role = "primary" if line.is_primary else "replica"
-        state = "failed" if "fail" in line.flags else "suspected" if "fail?" in line.flags else "ok"
-        by_id[node_id] = {
-            "address": line.address,
-            "role": role,
-            "state": state,
-            "primary_of": line.primary_id if role == "replica" else None,
-            "partitions": [],
-        }
+    by_id = {node_id: _node_row(line) for node_id, line in lines.items()}
+    await _check_nodes(by_id, settings, report)
+    holder = _holders(lines, by_id, settings.partitions)
+    report.nodes = sorted(by_id.values(), key=lambda n: (n["role"] != "primary", n["address"]))
+    await _partitions(endpoints, holder, {n["address"] for n in by_id.values() if n["state"] == "ok"}, report)
+
+
+def _node_row(line: NodeLine) -> dict[str, Any]:
+    """A node as CLUSTER NODES shows it: its address, role, state, and its primary's id if a replica."""
+    role = "primary" if line.is_primary else "replica"
+    state = "failed" if "fail" in line.flags else "suspected" if "fail?" in line.flags else "ok"
+    return {
+        "address": line.address,
+        "role": role,
+        "state": state,
+        "primary_of": line.primary_id if role == "replica" else None,
+        "partitions": [],
+    }
+
+
+async def _check_nodes(by_id: dict[str, dict[str, Any]], settings: Settings, report: Report) -> None:
+    """Ask every node whether it answers (an ok one that does not is unreachable); primaries by address."""
     answers = await asyncio.gather(*(_node_answers(n["address"], settings) for n in by_id.values()))
     for node, answered in zip(by_id.values(), answers, strict=True):
         if not answered:
@@ -135,26 +126,22 @@ async def _cluster(endpoints: Endpoints, report: Report) -> None:
         if node["primary_of"] in by_id:
             node["primary_of"] = by_id[node["primary_of"]]["address"]
 
+
+def _holders(lines: dict[str, NodeLine], by_id: dict[str, dict[str, Any]], partitions: int) -> dict[int, str | None]:
+    """Each partition's primary (None: no primary serves its slot), noted in that primary's row too."""
     holder: dict[int, str | None] = {}
-    for partition in range(settings.partitions):
-        slot = key_slot(keys.tag(partition).encode())
+    for partition in range(partitions):
+        slot = key_slot(keys.tag(partition))
         owner = next((nid for nid, line in lines.items() if line.is_primary and line.serves(slot)), None)
         holder[partition] = by_id[owner]["address"] if owner else None
         if owner:
             by_id[owner]["partitions"].append(partition)
-    report.nodes = sorted(by_id.values(), key=lambda n: (n["role"] != "primary", n["address"]))
-    await _partitions(endpoints, holder, {n["address"] for n in by_id.values() if n["state"] == "ok"}, report)
+    return holder
 
 
 async def _partitions(endpoints: Endpoints, holder: dict[int, str | None], healthy: set[str], report: Report) -> None:
     settings = endpoints.settings
-    client = RedisCluster.from_url(
-        settings.redis_url,
-        socket_timeout=TIMEOUT_S,
-        socket_connect_timeout=TIMEOUT_S,
-        require_full_coverage=False,
-        **connection_options(settings),
-    )
+    client = async_operator_cluster(settings, TIMEOUT_S)
     try:
         now_ms = int(time.time() * 1000)
         for partition, primary in holder.items():
@@ -163,10 +150,10 @@ async def _partitions(endpoints: Endpoints, holder: dict[int, str | None], healt
                 report.problems.append(f"partition {partition} has no reachable primary")
             else:
                 try:
-                    row.update(
-                        await partition_figures(client, keys.events_key(partition), settings.aggregator_group, now_ms)
-                    )
-                except (RedisError, RedisClusterException, OSError) as error:
+                    with translated():
+                        stream = keys.events_key(partition)
+                        row.update(await partition_figures(client, stream, settings.aggregator_group, now_ms))
+                except StorageError as error:
                     report.problems.append(f"partition {partition}: cannot read its stream: {error}")
             report.partitions.append(row)
     finally:

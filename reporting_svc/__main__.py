@@ -14,9 +14,10 @@ from reporting_svc.watch import Leaderboard
 
 
 def build(server: grpc.aio.Server, cluster: Cluster) -> Service:
-    reports = Reports(cluster)
-    limits = StreamLimits(cluster.settings)
-    servicer = ReportingServicer(reports, Leaderboard(reports, cluster.settings.watch_interval_ms), limits)
+    settings = cluster.settings
+    reports = Reports(cluster, settings.partitions)
+    limits = StreamLimits(settings.streams())
+    servicer = ReportingServicer(reports, Leaderboard(reports, settings.watch_interval_ms), limits)
     reporting_pb2_grpc.add_ReportingServiceServicer_to_server(servicer, server)
     return Service(
         names=[reporting_pb2.DESCRIPTOR.services_by_name["ReportingService"].full_name], on_drain=[limits.drain]

@@ -14,9 +14,9 @@ SCRIPTS = Path(__file__).parent / "scripts"
 
 
 class Reports:
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: Cluster, partitions: int) -> None:
         self.cluster = cluster
-        self.partitions = range(cluster.settings.partitions)
+        self.partitions = range(partitions)
         self._top_readers = cluster.script(SCRIPTS / "top_readers.lua", repeatable=True)  # it only reads
 
     async def top_profiles(self, limit: int) -> list[tuple[str, int]]:

@@ -193,7 +193,7 @@ class FeedAdapter:
     api = "issue 18"
 
     def __init__(self, cluster: Cluster) -> None:
-        self.feed = events_feed.EventsFeed(cluster)
+        self.feed = events_feed.EventsFeed(cluster, cluster.settings.partitions, cluster.settings.stream_queue)
         # A tail reader checks its position whenever its blocking read returns, news or not: within block_ms
         # (half the socket timeout, 500 ms by default). The socket timeout stays long (a stall blocks the
         # loop), so the block is shortened to what a drain waits for a stuck subscriber.
@@ -1062,7 +1062,7 @@ class Harness:
         self.url = url
         self.settings = settings_for(url)
         self.node = redis.Redis.from_url(url, socket_timeout=10)
-        self.limits = StreamLimits(self.settings)
+        self.limits = StreamLimits(self.settings.streams())
         self.limits.heartbeat_s = HEARTBEAT_S  # type: ignore[assignment]  # seconds, below the setting's minimum of 1
         self.users = pick_users()
         self.foreign: list[str] = []  # tokens of earlier schedules: another deployment's, to this one
@@ -1077,8 +1077,8 @@ class Harness:
 
     async def _setup(self) -> None:
         self.worker_cluster = Cluster(self.settings)
-        self.profiles = Profiles(self.worker_cluster)
-        self.aggregator = Aggregator(self.worker_cluster)
+        self.profiles = Profiles(self.worker_cluster, self.settings.partitions)
+        self.aggregator = Aggregator(self.worker_cluster, self.settings.aggregation())
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run on the worker's loop, blocking this thread (and so the feed's loop) until it is done."""

@@ -354,7 +354,10 @@ def test_profilemesh_status_lists_everything_and_fails_when_a_node_stops(observe
         stopped = f"127.0.0.1:{observed.cluster.ports[index]}"
         broken = _profilemesh(observed, "status")
         assert broken.returncode == 1
-        assert f"node {stopped} (replica) is unreachable" in broken.stdout and "status: UNHEALTHY" in broken.stdout
+        # Unreachable to status; or suspected or failed, when the cluster noticed first (2 s node timeout, busy machine).
+        states = ("unreachable", "suspected", "failed")
+        said = (f"node {stopped} (replica) is {state}" in broken.stdout for state in states)
+        assert any(said) and "status: UNHEALTHY" in broken.stdout, broken.stdout
     finally:
         # Its shard can't confirm replica-durable changes without it: later tests of the module make some.
         observed.cluster.start_node(index)

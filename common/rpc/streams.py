@@ -19,7 +19,7 @@ import grpc
 
 from common.errors import StreamEnded, TooManyStreams
 from common.rpc.clients import FORWARDED_METADATA, client_address, grpc_peer_address, parse_networks
-from common.runtime.config import Settings
+from common.runtime.config import StreamSettings
 
 DRAINING = "the server is shutting down; reconnect"
 
@@ -29,13 +29,13 @@ class StreamLimits:
     holds at most PROFILEMESH_STREAM_CLIENT_SHARE_PERCENT of PROFILEMESH_MAX_STREAMS (at least one), so one
     address can't lock everyone else out."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: StreamSettings) -> None:
         self.max_streams = settings.max_streams
-        self.per_client = max(1, settings.max_streams * settings.stream_client_share_percent // 100)
+        self.per_client = max(1, settings.max_streams * settings.client_share_percent // 100)
         self.by_client: dict[str, int] = {}  # client -> streams it holds (only clients holding one)
-        self.idle_s = settings.stream_idle_s
-        self.max_s = settings.stream_max_s
-        self.heartbeat_s = settings.stream_heartbeat_s
+        self.idle_s = settings.idle_s
+        self.max_s = settings.max_s
+        self.heartbeat_s = settings.heartbeat_s
         self.trusted = parse_networks(settings.trusted_proxies)
         self.draining = False
         self._clocks: set[StreamClock] = set()

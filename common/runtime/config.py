@@ -263,9 +263,59 @@ class Settings:
             given["redis_password"] = _read_secret(password_file)
         return cls(**given)
 
+    def streams(self) -> StreamSettings:
+        """What the stream limits use (common/rpc/streams.py), for the services' Watch RPCs and the gateway's SSE."""
+        return StreamSettings(
+            max_streams=self.max_streams,
+            client_share_percent=self.stream_client_share_percent,
+            idle_s=self.stream_idle_s,
+            max_s=self.stream_max_s,
+            heartbeat_s=self.stream_heartbeat_s,
+            trusted_proxies=self.trusted_proxies,
+        )
+
+    def aggregation(self) -> AggregatorSettings:
+        """What the aggregator's loops use (aggregator_svc/aggregator.py)."""
+        return AggregatorSettings(
+            partitions=self.partitions,
+            group=self.aggregator_group,
+            consumer=self.aggregator_consumer,
+            batch=self.aggregator_batch,
+            claim_idle_ms=self.aggregator_claim_idle_ms,
+            maintenance_s=self.aggregator_maintenance_s,
+            retention_s=self.events_retention_s,
+            linger_ms=self.aggregator_linger_ms,
+        )
+
     def metrics_listen(self, component: str) -> str:
         """The metrics address of `component` (profile_svc, reporting_svc, aggregator_svc or gateway)."""
         return str(getattr(self, f"{component.removesuffix('_svc')}_metrics_listen"))
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """The bounds of long-lived streams (PROFILEMESH_MAX_STREAMS, PROFILEMESH_STREAM_*, trusted proxies)."""
+
+    max_streams: int
+    client_share_percent: int
+    idle_s: int
+    max_s: int
+    heartbeat_s: int
+    trusted_proxies: str
+
+
+@dataclass(frozen=True)
+class AggregatorSettings:
+    """The aggregator's partitions, consumer group and the pace of its loops (PROFILEMESH_AGGREGATOR_*)."""
+
+    partitions: int
+    group: str
+    consumer: str
+    batch: int
+    claim_idle_ms: int
+    maintenance_s: int
+    retention_s: int
+    linger_ms: int
 
 
 def _read_secret(path: str) -> str:

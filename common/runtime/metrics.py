@@ -61,7 +61,16 @@ CLUSTER_RETRIES = Counter(
     "profilemesh_cluster_retries", "scripts run again because the cluster proved it had not run them"
 )
 CLUSTER_REDIRECTS = Counter("profilemesh_cluster_redirects", "MOVED and ASK redirects received", ["type"])
-DURABILITY_WAITS = Counter("profilemesh_cluster_durability_waits", "WAIT/WAITAOF run after a write", ["level"])
+DURABILITY_WAITS = Counter(
+    "profilemesh_cluster_durability_waits",
+    "operations confirmed by a WAIT/WAITAOF (a group commit's one wait confirms each of its changes)",
+    ["level"],
+)
+GROUP_COMMIT_SIZE = Histogram(
+    "profilemesh_cluster_group_commit_size",
+    "changes sent in one pipeline ahead of one durability wait (its count: the waits sent)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
 DURABILITY_FAILURES = Counter(
     "profilemesh_cluster_durability_wait_failures", "writes whose durability wait was not met in time", ["level"]
 )

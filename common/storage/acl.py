@@ -1,14 +1,22 @@
-"""The cluster's ACL users: one per component, each allowed only what its code runs.
+"""The cluster's ACL users: one per component, each allowed only what its code runs, and only where.
 
-The one place the rules live. Key patterns come from common/storage/keys.py's prefixes; localdev writes them
-into the local cluster's ACL file, and the README's MemoryDB access strings are the same strings.
-Scripts run with their caller's permissions, so each user is also allowed the commands and keys
-its scripts touch. The gateway has no user: it never talks to the cluster.
+The one place the rules live: `ROLES` says, per component and per key family (common/storage/keys.py),
+which commands it may run there, and whether the family is read-only to it. Every rule string (localdev's
+ACL file, the MemoryDB access strings of deploy/aws and the README, `python -m common.storage.acl`) is
+generated from it, and tests/test_acl_matrix.py generates its cases from it too.
+
+Each family becomes an ACL selector (Redis 7 / Valkey): `(~pattern +command ...)`. The server allows a
+command when the root permissions or any one selector allow it whole, every key included, so a command
+granted on one family can't reach another (UNLINK on profiles is not UNLINK on the event streams).
+Scripts run with their caller's rights: the commands a role's Lua runs on a family are in that family's
+entry, and the entry that runs code is one selector over every family the role's scripts touch (EVALSHA
+declares its keys, read-write). The gateway has no user: it never talks to the cluster.
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 from common.storage import keys
 
@@ -22,41 +30,124 @@ ADMIN_USER = "profilemesh-admin"
 # What a replica uses to sync from its primary (masteruser).
 REPLICATION_USER = "profilemesh-replication"
 
+
+def _every_partition(key: str) -> str:
+    """The pattern of `key` (one of partition 0) in every partition."""
+    return key.replace(keys.tag(0), "{p*}")
+
+
+# A user name can't hold `*`, `:`, `{`, `}` or `#` (common/rpc/validation.py), so no key the services make
+# matches two of these patterns.
+_ANY_PROFILE = keys.profile_key("*", 1)  # one partition: the user's is partition 0
+FAMILIES: dict[str, str] = {
+    "profiles": _every_partition(_ANY_PROFILE),
+    "fences": _every_partition(keys.fence_key(_ANY_PROFILE)),
+    "event streams": _every_partition(keys.events_key(0)),
+    "trimmed markers": _every_partition(keys.trimmed_key(0)),
+    "reads": _every_partition(keys.reads_key(0)),
+    "totals": _every_partition(keys.totals_key(0)),
+    "tombstones": _every_partition(keys.deleted_key(0)),
+    "tombstones by time": _every_partition(keys.deleted_at_key(0)),
+    "recounts": _every_partition(keys.recount_key(0)),
+    "partition count": keys.PARTITIONS_KEY,
+    "deployment key": keys.DEPLOYMENT_KEY,
+}
+
+
+@dataclass(frozen=True)
+class Rights:
+    """What a role may run on one key family."""
+
+    commands: str
+    # The family's keys are read-only to the role (`%R~`): the server refuses any command that writes them,
+    # even one listed here by mistake.
+    read_only: bool = False
+    # The role's scripts run commands on the family, so its code entry must cover it.
+    scripts: bool = False
+
+
+@dataclass(frozen=True)
+class Role:
+    keyless: str  # root permissions: commands that name no key
+    code: str  # running the role's scripts: one selector over every family with scripts=True
+    families: dict[str, Rights]
+
+
 # What any cluster client needs: learn and follow the topology, the command table, health pings.
 _CLIENT = "+ping +cluster|slots +cluster|shards +cluster|nodes +cluster|info +command +asking +readonly"
 # Running scripts by SHA and loading them when a node does not know them yet.
-_SCRIPTS = "+evalsha +eval +script|load +script|exists"
-# The partition count: profile_svc records it on first start, the others only read it.
-_PARTITIONS_READ = f"%R~{keys.PARTITIONS_KEY} +get"
+_RUN_SCRIPTS = "+evalsha +eval +script|load +script|exists"
 
-_ROLES = {
-    "profile_svc": (
-        f"~{keys.PROFILE_PREFIX}* ~{keys.EVENTS_PREFIX}* ~{keys.PARTITIONS_KEY} ~{keys.DEPLOYMENT_KEY} +get +set "
-        f"{_CLIENT} {_SCRIPTS} +info +wait +waitaof "
-        # create/get/update/delete_profile.lua and events_after.lua; the change feed's tail readers.
-        "+exists +hset +hgetall +hmget +unlink +xadd +time +xinfo|stream +xrange +xread"
+ROLES: dict[str, Role] = {
+    "profile_svc": Role(
+        # INFO: whether a primary has a replica in sync; WAIT/WAITAOF: durability; TIME: the events' time (Lua).
+        keyless=f"{_CLIENT} +info +wait +waitaof +time",
+        code=_RUN_SCRIPTS,
+        families={
+            # write_profile.lua, get_profile.lua, delete_profile.lua.
+            "profiles": Rights("+exists +hset +hgetall +unlink", scripts=True),
+            # The read check sets it right before WAIT (common/storage/durable.py).
+            "fences": Rights("+set"),
+            # Every script appends its event (helpers.lua); events_after.lua reads; the change feed's tail waits.
+            "event streams": Rights("+xadd +exists +xrange +xinfo|stream +xread", scripts=True),
+            "trimmed markers": Rights("+hmget", read_only=True, scripts=True),  # events_after.lua
+            # Written once, on first start: SETNX, not SET, so no one holding the password can change them.
+            "partition count": Rights("+get +setnx"),
+            "deployment key": Rights("+get +setnx"),  # the change feed's token secret
+        },
     ),
-    "aggregator_svc": (
-        f"~{keys.EVENTS_PREFIX}* ~{keys.STATS_PREFIX}* {_PARTITIONS_READ} {_CLIENT} {_SCRIPTS} "
-        "+xgroup|create +xgroup|delconsumer +xreadgroup +xread +xautoclaim +xack +xpending +xinfo|groups "
-        "+xinfo|consumers +xinfo|stream +xlen +xrange +xtrim +exists +time "
-        # apply_events.lua, recount_step.lua and trim_acknowledged.lua write the statistics.
-        "+hget +hmget +hset +hdel +hincrby +zincrby +zadd +zrem +zrangebyscore"
+    "aggregator_svc": Role(
+        keyless=f"{_CLIENT} +time",  # TIME: trim_acknowledged.lua
+        code=_RUN_SCRIPTS,
+        families={
+            # Its consumer group (aggregator.py, lag.py) and apply_events, recount_step, trim_acknowledged.lua.
+            "event streams": Rights(
+                "+xgroup|create +xgroup|delconsumer +xreadgroup +xread +xautoclaim +xack +xpending +xinfo|groups "
+                "+xinfo|consumers +xinfo|stream +xlen +xrange +xtrim +exists",
+                scripts=True,
+            ),
+            "trimmed markers": Rights("+hset", scripts=True),  # trim_acknowledged.lua records the last one trimmed
+            "reads": Rights("+zincrby +zadd +zrem", scripts=True),
+            "totals": Rights("+hincrby", scripts=True),
+            "tombstones": Rights("+hmget +hset +hdel", scripts=True),
+            "tombstones by time": Rights("+zadd +zrem +zrangebyscore", scripts=True),
+            "recounts": Rights("+exists +hget +hset +hdel", scripts=True),
+            "partition count": Rights("+get", read_only=True),
+        },
     ),
-    # Read-only by its commands: EVALSHA declares its keys read-write (Redis 7.0 refuses it on %R~ keys),
-    # so the key pattern can't say it; none of the commands it is allowed writes.
-    "reporting_svc": (
-        f"~{keys.STATS_PREFIX}* {_PARTITIONS_READ} {_CLIENT} {_SCRIPTS} +zscore +hgetall +zrevrange +zrangebyscore"
+    "reporting_svc": Role(
+        keyless=_CLIENT,
+        code=_RUN_SCRIPTS,
+        families={
+            "reads": Rights("+zscore +zrevrange +zrangebyscore", read_only=True, scripts=True),  # top_readers.lua
+            "totals": Rights("+hgetall", read_only=True),
+            "partition count": Rights("+get", read_only=True),
+        },
     ),
 }
 _ADMIN = "~* &* +@all"
 _REPLICATION = "+psync +replconf +ping"
 
 
+def _selector(families: list[str], commands: str, read_only: bool) -> str:
+    patterns = " ".join(f"{'%R~' if read_only else '~'}{FAMILIES[family]}" for family in families)
+    return f"({patterns} {commands})"
+
+
+def script_families(component: str) -> list[str]:
+    """The families the component's scripts touch: its code entry's keys."""
+    return [family for family, rights in ROLES[component].families.items() if rights.scripts]
+
+
 def rules(component: str, waitaof: bool = True) -> str:
     """The ACL rules of a component's user (a MemoryDB access string); `waitaof` False for servers before 7.2."""
-    role = _ROLES[component]
-    return role if waitaof else role.replace(" +waitaof", "")
+    role = ROLES[component]
+    keyless = role.keyless if waitaof else role.keyless.replace(" +waitaof", "")
+    # EVALSHA declares its keys read-write (Redis 7.0 refuses it on a %R~ pattern): the code entry's patterns
+    # are read-write; what a script may do on each family is still only what that family's entry allows.
+    selectors = [_selector(script_families(component), role.code, read_only=False)]
+    selectors += [_selector([family], rights.commands, rights.read_only) for family, rights in role.families.items()]
+    return " ".join([keyless, *selectors])
 
 
 def password_hash(password: str) -> str:

@@ -130,7 +130,8 @@ class Cluster:
         async with self.bounded() as client:
             recorded_text = await client.get(keys.PARTITIONS_KEY)
             if recorded_text is None:  # only profile_svc's user may record it (common/storage/acl.py)
-                await client.set(keys.PARTITIONS_KEY, wanted, nx=True)
+                # SETNX, not SET NX: the user is allowed SETNX alone, so no one holding its password can change it.
+                await client.setnx(keys.PARTITIONS_KEY, wanted)
                 recorded_text = await client.get(keys.PARTITIONS_KEY)
             recorded = int(recorded_text or 0)
         if recorded != wanted:

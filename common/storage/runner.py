@@ -31,6 +31,7 @@ from common.runtime import metrics
 from common.storage.connection import Connection, Script
 from common.storage.durability import Confirm, Waits
 from common.storage.errors import BROKEN, NOT_EXECUTED, neutral
+from common.storage.group_commit import GroupCommit
 from common.storage.internals import NothingSent, send_on_one_connection
 from common.storage.keys import fence_key
 from common.storage.replicas import ReplicaCheck
@@ -104,6 +105,7 @@ class ScriptRunner:
         self.connection = connection
         self.waits = waits
         self.replicas = ReplicaCheck()
+        self.group_commit = GroupCommit(waits.write) if waits.write else None
         self._confirmations = metrics.DURABILITY_WAITS.labels(waits.durability)
         self._unconfirmed = metrics.DURABILITY_FAILURES.labels(waits.durability)
 
@@ -269,7 +271,10 @@ class ScriptRunner:
         if wait:
             commands.append(wait)
         try:
-            replies = await send_on_one_connection(node, commands)
+            if self.group_commit and confirm is Confirm.WRITE and not asking:
+                replies = list(await self.group_commit.send(node, commands[0]))
+            else:
+                replies = await send_on_one_connection(node, commands)
         except NothingSent as error:
             raise NotExecuted(str(error)) from error
         except BROKEN as error:

@@ -49,7 +49,7 @@ def test_a_bad_trusted_proxies_value_names_the_variable_and_the_entry() -> None:
 
 
 def test_one_client_holds_at_most_its_share_and_gets_it_back_when_a_stream_ends() -> None:
-    limits = StreamLimits(Settings(max_streams=8, stream_client_share_percent=25))
+    limits = StreamLimits(Settings(max_streams=8, stream_client_share_percent=25).streams())
     assert limits.per_client == 2
     with limits.slot("a"), limits.slot("a"):
         with pytest.raises(TooManyStreams) as refused, limits.slot("a"):
@@ -63,5 +63,5 @@ def test_one_client_holds_at_most_its_share_and_gets_it_back_when_a_stream_ends(
 
 
 def test_a_small_pool_still_gives_each_client_one_stream() -> None:
-    assert StreamLimits(Settings(max_streams=2, stream_client_share_percent=1)).per_client == 1
-    assert StreamLimits(Settings(max_streams=6, stream_client_share_percent=100)).per_client == 6
+    assert StreamLimits(Settings(max_streams=2, stream_client_share_percent=1).streams()).per_client == 1
+    assert StreamLimits(Settings(max_streams=6, stream_client_share_percent=100).streams()).per_client == 6

@@ -74,11 +74,9 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 GRAPH = import_graph()
-# Until their cluster access moves into common/storage/nodes.py.
-NOT_YET = {"localdev.cluster", "localdev.faults", "profilemesh_cli.status"}
 
 
-@pytest.mark.parametrize("module", sorted(m for m in GRAPH if not m.startswith("common.storage") and m not in NOT_YET))
+@pytest.mark.parametrize("module", sorted(m for m in GRAPH if not m.startswith("common.storage")))
 def test_only_the_storage_layer_imports_redis(module: str) -> None:
     assert "redis" not in GRAPH[module], f"{module} imports redis: go through common.storage"
 

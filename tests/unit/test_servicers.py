@@ -43,12 +43,12 @@ async def servers() -> AsyncIterator[Servers]:
     grpc_port, nothing_there = free_ports(2)
     settings = Settings(redis_url=f"redis://127.0.0.1:{nothing_there}", redis_timeout_ms=200, partitions=4)
     cluster = Cluster(settings)
-    limits = StreamLimits(settings)
+    limits = StreamLimits(settings.streams())
     server = grpc.aio.server()
     profile_pb2_grpc.add_ProfileServiceServicer_to_server(
-        ProfileServicer(Profiles(cluster), EventsFeed(cluster), limits), server
+        ProfileServicer(Profiles(cluster, 4), EventsFeed(cluster, 4, settings.stream_queue), limits), server
     )
-    reports = Reports(cluster)
+    reports = Reports(cluster, 4)
     reporting_pb2_grpc.add_ReportingServiceServicer_to_server(
         ReportingServicer(reports, Leaderboard(reports, settings.watch_interval_ms), limits), server
     )

@@ -1,0 +1,141 @@
+"""BatchWriteProfiles: many changes in one call, each answered as its own call would be, in order."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+
+from common.storage import keys
+from localdev.faults import primary_of
+from localdev.system import System
+from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
+from tests.conftest import PARTITIONS
+from tests.helpers import wait_until
+
+TIMEOUT_S = 10
+Write = profile_pb2.ProfileWriteRequest
+
+
+def create(user: str, **fields: str) -> Write:
+    return Write(create=profile_pb2.CreateProfileRequest(user=user, fields=fields or {"email": f"{user}@example.com"}))
+
+
+def update(user: str, **fields: str) -> Write:
+    return Write(update=profile_pb2.UpdateProfileRequest(user=user, fields=fields))
+
+
+def delete(user: str) -> Write:
+    return Write(delete=profile_pb2.DeleteProfileRequest(user=user))
+
+
+def outcome(result: profile_pb2.ProfileWriteResult) -> str:
+    """A result as `created`, `updated`, `deleted` or the error's reason."""
+    kind = result.WhichOneof("result")
+    if kind != "error":
+        return str(kind)
+    info = error_details_pb2.ErrorInfo()
+    assert result.error.details[0].Unpack(info)
+    return info.reason
+
+
+def batch(stub: profile_pb2_grpc.ProfileServiceStub, writes: list[Write]) -> list[str]:
+    reply = stub.BatchWriteProfiles(profile_pb2.BatchWriteProfilesRequest(requests=writes), timeout=TIMEOUT_S)
+    return [outcome(result) for result in reply.results]
+
+
+def test_each_change_is_answered_as_its_own_call_would_be(
+    profile_stub: profile_pb2_grpc.ProfileServiceStub, unique: str
+) -> None:
+    a, b, c = f"{unique}-a", f"{unique}-b", f"{unique}-c"
+    assert batch(profile_stub, [create(a), create(b)]) == ["created", "created"]
+    outcomes = batch(
+        profile_stub,
+        [
+            create(a),  # exists
+            update(b, email="b@example.org"),
+            update(c, email="c@example.org"),  # no such profile
+            delete(a),
+            create(c, email="c@example.com"),
+            create("-bad"),  # its own INVALID_ARGUMENT, not the call's
+            delete(f"{unique}-nobody"),
+        ],
+    )
+    assert outcomes == [
+        "PROFILE_EXISTS",
+        "updated",
+        "PROFILE_NOT_FOUND",
+        "deleted",
+        "created",
+        "INVALID_ARGUMENT",
+        "PROFILE_NOT_FOUND",
+    ]
+    fields = {
+        user: profile_stub.GetProfile(profile_pb2.GetProfileRequest(user=user), timeout=TIMEOUT_S).fields
+        for user in (b, c)
+    }
+    assert fields == {b: {"email": "b@example.org"}, c: {"email": "c@example.com"}}
+    with pytest.raises(grpc.RpcError) as gone:
+        profile_stub.GetProfile(profile_pb2.GetProfileRequest(user=a), timeout=TIMEOUT_S)
+    assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    ("writes", "says"),
+    [
+        ([], "requests must not be empty"),
+        ([create(f"u{i}") for i in range(1001)], "too many changes: 1001, at most 1000"),
+        ([create("fine"), Write()], "requests[1] names no operation"),
+    ],
+    ids=["empty", "too-many", "no-operation"],
+)
+def test_a_malformed_batch_is_refused_whole_and_changes_nothing(
+    profile_stub: profile_pb2_grpc.ProfileServiceStub, writes: list[Write], says: str
+) -> None:
+    with pytest.raises(grpc.RpcError) as refused:
+        profile_stub.BatchWriteProfiles(profile_pb2.BatchWriteProfilesRequest(requests=writes), timeout=TIMEOUT_S)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert says in refused.value.details()
+    with pytest.raises(grpc.RpcError) as missing:
+        profile_stub.GetProfile(profile_pb2.GetProfileRequest(user="fine"), timeout=TIMEOUT_S)
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def _replica_of(system: System, primary: int) -> int:
+    primary_id = next(n.id for n in system.cluster.cluster_nodes() if n.port == system.cluster.ports[primary])
+    return next(
+        system.cluster.ports.index(n.port) for n in system.cluster.cluster_nodes() if n.primary_id == primary_id
+    )
+
+
+def test_a_shard_without_replica_fails_only_its_own_members(fresh_system: System, unique: str) -> None:
+    """Members for several shards; one shard's replica is down: replica durability can't be had there, so its
+    members answer UNAVAILABLE (NO_REPLICA) and change nothing, while the others are made."""
+    users = [f"{unique}-{i}" for i in range(48)]
+    degraded = primary_of(fresh_system.cluster, keys.profile_key(users[0], PARTITIONS))
+    on_degraded = {u for u in users if primary_of(fresh_system.cluster, keys.profile_key(u, PARTITIONS)) == degraded}
+    assert len(on_degraded) < len(users), "the users span several shards"
+    replica = _replica_of(fresh_system, degraded)
+    stub = profile_pb2_grpc.ProfileServiceStub(fresh_system.grpc_channel(fresh_system.profile_port))
+    fresh_system.cluster.stop_node(replica)
+    try:
+        expected = ["NO_REPLICA" if user in on_degraded else "created" for user in users]
+        # The primary learns its replica is gone within the cluster's node timeout; until then WAIT times out.
+        probes = (f"{unique}-probe-{i}" for i in range(10_000))
+        on_shard = (u for u in probes if primary_of(fresh_system.cluster, keys.profile_key(u, PARTITIONS)) == degraded)
+        wait_until(
+            lambda: batch(stub, [create(next(on_shard))]) == ["NO_REPLICA"],
+            timeout_s=30,
+            what="the degraded primary to report no replica",
+        )
+        assert batch(stub, [create(user) for user in users]) == expected
+        for user in users:
+            try:
+                stub.GetProfile(profile_pb2.GetProfileRequest(user=user), timeout=TIMEOUT_S)
+                found = True
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.NOT_FOUND
+                found = False
+            assert found == (user not in on_degraded), user
+    finally:
+        fresh_system.cluster.start_node(replica)

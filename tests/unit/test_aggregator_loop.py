@@ -1,0 +1,406 @@
+"""The aggregator's loops against an in-memory cluster (aggregator_svc/aggregator.py), without a cluster.
+
+What is checked here is the control flow: the consume loop takes the stream in batches and waits when idle,
+applies first what was delivered to it and never applied, waits out a failing cluster and takes again,
+makes the group again when the stream was deleted, lets an unexpected failure end the process, and every loop
+stops on shutdown; the reclaim loop takes over what a dead consumer left pending. What the scripts do inside
+the cluster (exact counts, trimming) is the aggregation model's and the suite's to check, against a real node.
+
+FakeCluster holds one consumer group per stream and offers only what the loops call of common/storage's
+Cluster, raising its storage-neutral errors (common/errors.py) as the storage layer does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+import pytest
+
+from aggregator_svc import aggregator
+from aggregator_svc.aggregator import Aggregator
+from common.errors import ClusterUnavailable, CommandFailed, NoGroup
+from common.runtime.config import Settings
+from common.storage import keys
+
+CONSUMER = "replica-a"
+GROUP = "aggregator"
+
+
+@dataclasses.dataclass
+class Pending:
+    consumer: str
+    delivered_ms: float
+
+
+@dataclasses.dataclass
+class Stream:
+    """One partition's stream and its consumer group, as far as the loops see them."""
+
+    ids: list[int] = dataclasses.field(default_factory=list)  # entry n has the id `n-0`
+    group: bool = False
+    last_delivered: int = 0
+    pending: dict[int, Pending] = dataclasses.field(default_factory=dict)
+    counted: list[int] = dataclasses.field(default_factory=list)  # entries applied, in the order applied
+
+
+def _id(n: int) -> bytes:
+    return f"{n}-0".encode()
+
+
+def _n(raw: bytes | str) -> int:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    return int(text.partition("-")[0])
+
+
+def _now_ms() -> float:
+    return time.monotonic() * 1000
+
+
+class FakeCluster:
+    """The cluster as the aggregator uses it: settings, script handles and runs, the group's commands, the
+    blocking wait for entries, and the bounded client (for XAUTOCLAIM).
+
+    `faults[operation]` lists exceptions the next calls of that operation raise before doing anything."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.streams = {keys.events_key(p): Stream() for p in range(settings.partitions)}
+        self.faults: dict[str, list[BaseException]] = {}
+        self.calls: list[tuple[str, Any]] = []  # (operation, what it was given or did), in order
+        self.appended = asyncio.Event()
+        self.block_ms = 10  # the blocking wait's bound
+        self.scripts: dict[str, bool] = {}  # script -> declared repeatable
+
+    # What the test does.
+
+    def append(self, partition: int, count: int) -> None:
+        stream = self.streams[keys.events_key(partition)]
+        start = stream.ids[-1] if stream.ids else 0
+        stream.ids += range(start + 1, start + 1 + count)
+        self.appended.set()
+
+    def deliver(self, partition: int, count: int, consumer: str, ago_ms: float = 0) -> list[int]:
+        """Entries delivered to a consumer that never applied them (it crashed, or read them apart)."""
+        stream = self.streams[keys.events_key(partition)]
+        taken = [n for n in stream.ids if n > stream.last_delivered][:count]
+        for n in taken:
+            stream.pending[n] = Pending(consumer, _now_ms() - ago_ms)
+        stream.last_delivered = taken[-1]
+        return taken
+
+    def delete(self, partition: int) -> None:
+        """The stream and its group deleted (a flushed cluster)."""
+        self.streams[keys.events_key(partition)] = Stream()
+
+    def ops(self, name: str) -> list[Any]:
+        return [given for operation, given in self.calls if operation == name]
+
+    # What the aggregator calls.
+
+    def script(self, path: Any, repeatable: bool = False) -> str:
+        self.scripts[path.name] = repeatable
+        return str(path.name)
+
+    @contextlib.asynccontextmanager
+    async def bounded(self, *_: Any, **__: Any) -> AsyncIterator[FakeCluster]:
+        yield self
+
+    async def _enter(self, operation: str, given: Any) -> None:
+        """Record a call; yield to the event loop as a round trip would (a loop that never waits still lets
+        the test run, and fail); then raise the fault planned for it, if any."""
+        self.calls.append((operation, given))
+        await asyncio.sleep(0)
+        if self.faults.get(operation):
+            raise self.faults[operation].pop(0)
+
+    def _group(self, stream_key: str) -> Stream:
+        stream = self.streams[stream_key]
+        if not stream.group:
+            raise NoGroup("NOGROUP No such key or consumer group", code="NOGROUP")
+        return stream
+
+    async def create_group(self, stream_key: str, group: str) -> bool:
+        """The group from the stream's first entry (and the stream if need be); False if it was there."""
+        await self._enter("group", group)
+        stream = self.streams[stream_key]
+        made, stream.group = not stream.group, True
+        return made
+
+    async def read_own_pending(self, stream_key: str, group: str, consumer: str, count: int) -> list[Any]:
+        await self._enter("own pending", consumer)
+        stream = self._group(stream_key)
+        mine = sorted(n for n, p in stream.pending.items() if p.consumer == consumer)[:count]
+        return [(_id(n), {b"user": b"u"}) for n in mine]
+
+    async def wait_for_entries(self, stream_key: str, after: str) -> bool:
+        """Whether an entry past `after` came within block_ms (a blocking XREAD)."""
+        await self._enter("wait", after)
+        deadline = time.monotonic() + self.block_ms / 1000
+        while True:
+            if any(n > _n(after) for n in self.streams[stream_key].ids):
+                return True
+            self.appended.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    await self.appended.wait()
+            if time.monotonic() >= deadline:
+                return False
+
+    async def xautoclaim(
+        self, name: str, groupname: str, consumername: str, min_idle_time: int, start_id: str, count: int
+    ) -> Any:
+        await self._enter("claim", start_id)
+        stream = self._group(name)
+        now = _now_ms()
+        due = sorted(
+            n for n, p in stream.pending.items() if n >= _n(start_id) and now - p.delivered_ms >= min_idle_time
+        )
+        claimed, rest = due[:count], due[count:]
+        for n in claimed:
+            stream.pending[n] = Pending(consumername, now)
+        return [_id(rest[0]) if rest else b"0-0", [(_id(n), {b"user": b"u"}) for n in claimed], []]
+
+    async def run(
+        self, script: str, script_keys: list[str], args: list[Any], confirm: Any = None, bounded: bool = True
+    ) -> Any:
+        if script == "apply_events.lua" and args[1] == ">":
+            assert not bounded, "the take runs on the partition's reserved connection"
+            return await self._take(script_keys, *args)
+        if script == "apply_events.lua":
+            return await self._apply(script_keys, args)
+        await self._enter(script, args)
+        return [0, 0]  # a trim or a recount step with nothing (more) to do
+
+    async def _take(self, script_keys: list[str], group: str, start: str, consumer: str, count: int) -> Any:
+        """apply_events.lua with ">": the group's next entries for `consumer`, applied and acknowledged."""
+        assert group == GROUP
+        await self._enter("take", count)
+        stream = self._group(script_keys[0])
+        taken = [n for n in stream.ids if n > stream.last_delivered][:count]
+        if taken:
+            stream.last_delivered = taken[-1]
+        stream.counted += taken  # applied and acknowledged in the same script: never pending
+        return [len(taken), 0, len(taken), _id(stream.last_delivered), [], 0]
+
+    async def _apply(self, script_keys: list[str], args: list[Any]) -> Any:
+        """apply_events.lua with ids: those of them still pending, applied and acknowledged."""
+        await self._enter("apply", [_n(i) for i in args[1:]])
+        stream = self._group(script_keys[0])
+        applied = 0
+        for n in map(_n, args[1:]):
+            if stream.pending.pop(n, None) is not None:
+                stream.counted.append(n)
+                applied += 1
+        return [applied, 0, [], 0]
+
+
+def _settings(**changes: Any) -> Settings:
+    base = {
+        "partitions": 1,
+        "aggregator_group": GROUP,
+        "aggregator_consumer": CONSUMER,
+        "aggregator_batch": 100,
+        "aggregator_linger_ms": 0,
+        "aggregator_claim_idle_ms": 60_000,
+        "aggregator_maintenance_s": 1,
+        "redis_timeout_ms": 20,  # idle waits of 10 ms
+    }
+    return dataclasses.replace(Settings(), **{**base, **changes})
+
+
+@pytest.fixture(autouse=True)
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failing cluster is waited out for RETRY_S; a few milliseconds here."""
+    monkeypatch.setattr(aggregator, "RETRY_S", 0.005)
+
+
+def _run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    async def main() -> None:
+        await asyncio.wait_for(scenario(), 10)  # a hang fails the test rather than the run
+
+    asyncio.run(main())
+
+
+async def _until(condition: Callable[[], bool], loop: asyncio.Task[None] | None = None) -> None:
+    """Wait until the condition holds; fail at once if the loop under test ended meanwhile."""
+    while not condition():
+        if loop is not None and loop.done():
+            raise AssertionError(f"the loop ended: {loop.exception()!r}")
+        await asyncio.sleep(0.001)
+
+
+@contextlib.asynccontextmanager
+async def _consuming(agg: Aggregator, partition: int = 0) -> AsyncIterator[asyncio.Task[None]]:
+    """The consume loop of one partition, running while the block runs, then cancelled."""
+    task = asyncio.create_task(agg._consume(partition))
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _setup(**changes: Any) -> tuple[FakeCluster, Aggregator]:
+    cluster = FakeCluster(_settings(**changes))
+    return cluster, Aggregator(cluster, cluster.settings.aggregation())  # type: ignore[arg-type]
+
+
+def test_the_stream_is_taken_in_batches_and_an_idle_partition_waits_for_news() -> None:
+    async def scenario() -> None:
+        cluster, agg = _setup()
+        cluster.append(0, 250)
+        stream = cluster.streams[keys.events_key(0)]
+        async with _consuming(agg) as task:
+            await _until(lambda: len(stream.counted) == 250, task)
+            await _until(lambda: len(cluster.ops("wait")) >= 2, task)
+            # The group made from the first entry, its own pending looked at first, then batches of at most 100.
+            assert cluster.calls[:2] == [("group", GROUP), ("own pending", CONSUMER)]
+            assert set(cluster.ops("take")) == {100}
+            # Idle: it waits for an entry after the last one delivered, without taking it.
+            assert cluster.ops("wait")[-1] == "250-0"
+            cluster.append(0, 7)
+            await _until(lambda: len(stream.counted) == 257, task)
+        assert stream.counted == list(range(1, 258)), "each entry applied once, in order"
+        assert not stream.pending
+        # Each of its scripts is safe to run again, so a connection lost under one is retried, not unknown.
+        assert cluster.scripts == {"apply_events.lua": True, "trim_acknowledged.lua": True, "recount_step.lua": True}
+
+    _run(scenario)
+
+
+def test_entries_delivered_to_it_but_never_applied_are_applied_first() -> None:
+    async def scenario() -> None:
+        cluster, agg = _setup()
+        cluster.streams[keys.events_key(0)].group = True  # made by an earlier run
+        cluster.append(0, 10)
+        left = cluster.deliver(0, 4, CONSUMER)  # an earlier run of this consumer read them, then died
+        stream = cluster.streams[keys.events_key(0)]
+        async with _consuming(agg) as task:
+            await _until(lambda: len(stream.counted) == 10, task)
+        assert cluster.ops("apply")[0] == left
+        assert stream.counted == list(range(1, 11))
+        assert not stream.pending
+
+    _run(scenario)
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [ClusterUnavailable("connection lost"), CommandFailed("BUSY a script runs", code="BUSY")],
+    ids=["unavailable", "error-reply"],
+)
+def test_a_failed_take_is_waited_out_and_taken_again(failure: Exception) -> None:
+    async def scenario() -> None:
+        cluster, agg = _setup(aggregator_batch=10)
+        cluster.append(0, 25)
+        cluster.faults["take"] = [failure, failure]
+        stream = cluster.streams[keys.events_key(0)]
+        async with _consuming(agg) as task:
+            await _until(lambda: len(stream.counted) == 25, task)
+            assert not task.done(), "a failing cluster does not end the loop"
+        assert stream.counted == list(range(1, 26))
+        # After each failure it looks at its own pending entries again before taking more.
+        operations = [operation for operation, _ in cluster.calls if operation in ("take", "own pending")]
+        assert operations[:5] == ["own pending", "take", "own pending", "take", "own pending"]
+
+    _run(scenario)
+
+
+def test_a_failed_apply_of_its_own_pending_entries_is_retried() -> None:
+    async def scenario() -> None:
+        cluster, agg = _setup()
+        cluster.append(0, 6)
+        left = cluster.deliver(0, 6, CONSUMER)
+        cluster.faults["apply"] = [ClusterUnavailable("connection lost")]
+        stream = cluster.streams[keys.events_key(0)]
+        async with _consuming(agg) as task:
+            await _until(lambda: len(stream.counted) == 6, task)
+        assert cluster.ops("apply")[:2] == [left, left]
+        assert not stream.pending
+
+    _run(scenario)
+
+
+def test_a_deleted_stream_gets_its_group_again() -> None:
+    async def scenario() -> None:
+        cluster, agg = _setup()
+        cluster.append(0, 3)
+        async with _consuming(agg) as task:
+            await _until(lambda: len(cluster.streams[keys.events_key(0)].counted) == 3, task)
+            cluster.delete(0)  # NOGROUP from the next take
+            cluster.append(0, 5)
+            await _until(lambda: len(cluster.streams[keys.events_key(0)].counted) == 5, task)
+        assert cluster.ops("group") == [GROUP, GROUP]
+        assert cluster.streams[keys.events_key(0)].counted == [1, 2, 3, 4, 5]
+
+    _run(scenario)
+
+
+def test_an_unexpected_failure_ends_every_loop() -> None:
+    async def scenario() -> None:
+        cluster, agg = _setup(partitions=2)
+        before = asyncio.all_tasks()
+        cluster.faults["take"] = [RuntimeError("a bug")]
+        with pytest.raises(ExceptionGroup) as ended:
+            await agg.run()
+        assert [type(error) for error in ended.value.exceptions] == [RuntimeError]
+        assert asyncio.all_tasks() == before, "no loop runs on"
+
+    _run(scenario)
+
+
+def test_entries_a_dead_consumer_left_pending_are_claimed_and_applied() -> None:
+    async def scenario() -> None:
+        cluster, agg = _setup(aggregator_claim_idle_ms=40, aggregator_batch=3)
+        cluster.append(0, 12)
+        dead = cluster.deliver(0, 7, "replica-dead", ago_ms=60_000)
+        # Pending with a consumer that is alive: idle for less than claim_idle_ms as long as the test runs.
+        live = cluster.deliver(0, 2, "replica-live", ago_ms=-3_600_000)
+        stream = cluster.streams[keys.events_key(0)]
+        run = asyncio.create_task(agg.run())
+        await _until(lambda: set(dead) <= set(stream.counted), run)
+        assert not set(live) & set(stream.counted)
+        assert all(stream.pending[n].consumer == "replica-live" for n in live)
+        # Claimed in pages of at most a batch, each page applied by id.
+        assert all(len(page) <= 3 for page in cluster.ops("apply"))
+        # The rest of the stream is taken as usual; the live replica's entries wait for it (or a claim).
+        await _until(lambda: set(stream.counted) == set(range(1, 13)) - set(live), run)
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+
+    _run(scenario)
+
+
+def test_one_reclaim_takes_over_every_page_of_abandoned_entries() -> None:
+    async def scenario() -> None:
+        cluster, agg = _setup(aggregator_claim_idle_ms=40, aggregator_batch=3)
+        cluster.streams[keys.events_key(0)].group = True
+        cluster.append(0, 8)
+        dead = cluster.deliver(0, 8, "replica-dead", ago_ms=60_000)
+        await agg._reclaim(0)
+        assert cluster.ops("claim") == ["0-0", b"4-0", b"7-0"], "it follows the cursor to the end"
+        assert cluster.ops("apply") == [dead[:3], dead[3:6], dead[6:]]
+        assert cluster.streams[keys.events_key(0)].counted == dead
+
+    _run(scenario)
+
+
+def test_shutdown_stops_every_loop() -> None:
+    async def scenario() -> None:
+        cluster, agg = _setup(partitions=3)
+        before = asyncio.all_tasks()
+        run = asyncio.create_task(agg.run())
+        await _until(lambda: len(cluster.ops("wait")) >= 3, run)  # every partition idle, waiting for news
+        run.cancel()  # what SIGTERM does (aggregator_svc/__main__.py)
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        assert asyncio.all_tasks() == before, "no loop runs on"
+
+    _run(scenario)

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 from aiohttp import web
@@ -20,7 +21,7 @@ from common.rpc.validation import check_request, check_user
 from common.runtime import metrics
 from common.runtime.config import Settings
 from gateway import openapi
-from gateway.coalesce import MemberError, ReadCoalescer
+from gateway.coalesce import MemberError, ReadCoalescer, WriteCoalescer
 from gateway.edge import no_internal_text, rate_limit, read_body_within, stamp_request_id
 from gateway.errors import error_json, http_status, rendered_details, rpc_error_response, service_error_response
 from gateway.observe import observe, outgoing_metadata
@@ -37,7 +38,12 @@ READY_TIMEOUT_S = 1.0
 DASHBOARD = Path(__file__).parent / "static" / "dashboard.html"
 
 READS = web.AppKey("reads", ReadCoalescer)
-GET_PROFILE = "/profilemesh.profile.v1.ProfileService/GetProfile"
+WRITES = web.AppKey("writes", WriteCoalescer)
+PROFILE_SERVICE = "/profilemesh.profile.v1.ProfileService/"
+GET_PROFILE = PROFILE_SERVICE + "GetProfile"
+# The routes whose requests the write coalescer batches, by the ProfileWriteRequest member each one is.
+CHANGES = {PROFILE_SERVICE + "CreateProfile": "create", PROFILE_SERVICE + "UpdateProfile": "update"}
+CHANGES[PROFILE_SERVICE + "DeleteProfile"] = "delete"
 MAX_BODY = web.AppKey("max_body", int)
 
 
@@ -86,6 +92,8 @@ def _kept_headers(error: web.HTTPException) -> dict[str, str]:
 def _handler(route: Route, timeout_s: float, batched: bool) -> Callable[[web.Request], Awaitable[web.Response]]:
     if batched and route.grpc_path == GET_PROFILE:
         return _batched_get(route)
+    if batched and route.grpc_path in CHANGES:
+        return _batched_change(route, CHANGES[route.grpc_path])
 
     async def handle(request: web.Request) -> web.Response:
         body = await request.read() if route.body else b""
@@ -124,6 +132,30 @@ def _batched_get(route: Route) -> Callable[[web.Request], Awaitable[web.Response
         except grpc.aio.AioRpcError as error:
             return rpc_error_response(error)
         return answer(route, profile)
+
+    return handle
+
+
+def _batched_change(route: Route, kind: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """POST, PATCH or DELETE /profile/{user} through the write coalescer (gateway/coalesce.py); the same answers as
+    its own CreateProfile, UpdateProfile or DeleteProfile."""
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.read() if route.body else b""
+        try:
+            # Checked here, so that a bad request is a 400 of its own and never joins a batch.
+            message = build_request(route, dict(request.match_info), body)
+            check_request(message)
+            change = profile_pb2.ProfileWriteRequest()
+            getattr(change, kind).CopyFrom(message)
+            response = await request.app[WRITES].ask(change, outgoing_metadata())
+        except ServiceError as error:  # BadRequest, InvalidArgument
+            return service_error_response(error)
+        except MemberError as error:  # this change's own error, as its own call would have failed
+            return error_json(http_status(error.code), error.rpc_status.message, rendered_details(error.rpc_status))
+        except grpc.aio.AioRpcError as error:
+            return rpc_error_response(error)
+        return answer(route, response)
 
     return handle
 
@@ -216,7 +248,14 @@ def _upstreams(settings: Settings, routes: list[Route]) -> Callable[[web.Applica
         upstreams = app[UPSTREAMS] = Upstreams(targets, settings)
         app[CALLS] = upstreams.calls(routes)
         profiles = profile_pb2_grpc.ProfileServiceStub(upstreams.channels[profile_service])
-        app[READS] = ReadCoalescer(profiles.BatchGetProfiles, profiles.GetProfile, settings.deadline_ms / 1000)
+        deadline_s = settings.deadline_ms / 1000
+        app[READS] = ReadCoalescer(profiles.BatchGetProfiles, profiles.GetProfile, deadline_s)
+        singles: dict[str, grpc.aio.UnaryUnaryMultiCallable[Any, Any]] = {
+            "create": profiles.CreateProfile,
+            "update": profiles.UpdateProfile,
+            "delete": profiles.DeleteProfile,
+        }
+        app[WRITES] = WriteCoalescer(singles, profiles.BatchWriteProfiles, deadline_s)
         yield
         await upstreams.close()
 

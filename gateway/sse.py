@@ -28,13 +28,13 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from multidict import MultiMapping
 
-from common.errors import DeadlineExceeded, StreamEnded, TooManyStreams
+from common.errors import BadRequest, DeadlineExceeded, StreamEnded, TooManyStreams
 from common.rpc.clients import FORWARDED_METADATA
 from common.rpc.streams import StreamLimits
 from gateway.edge import http_client, public_message
 from gateway.errors import http_status, rendered_details, rich_status, rpc_error_response, service_error_response
 from gateway.routes import Route
-from gateway.translate import DECIMAL, INTEGER_TYPES, BadRequest, Field, build_request, render_response
+from gateway.translate import DECIMAL, INTEGER_TYPES, Field, build_request, render_response
 from gateway.upstreams import CALLS
 
 log = logging.getLogger(__name__)

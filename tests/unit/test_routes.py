@@ -10,12 +10,12 @@ import grpc
 import pytest
 from multidict import MultiDict
 
+from common.errors import BadRequest
 from common.runtime.config import Settings
 from gateway import openapi
 from gateway.app import answer
 from gateway.routes import Route, routes_from
 from gateway.sse import build_stream_request
-from gateway.translate import BadRequest
 from gateway.upstreams import Upstreams
 from profilemesh.profile.v1 import profile_pb2
 from profilemesh.reporting.v1 import reporting_pb2

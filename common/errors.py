@@ -69,6 +69,10 @@ class InvalidArgument(ServiceError):
         return [*super().details(), error_details_pb2.BadRequest(field_violations=[violation])]
 
 
+class BadRequest(InvalidArgument):
+    """The HTTP request can't become a gRPC request (the gateway); the message says why, `field` which field."""
+
+
 class NotFound(ServiceError):
     code = grpc.StatusCode.NOT_FOUND
     default_reason = "PROFILE_NOT_FOUND"

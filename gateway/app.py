@@ -6,10 +6,12 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from common.errors import ServiceError
@@ -18,14 +20,15 @@ from common.rpc.streams import StreamLimits
 from common.rpc.validation import check_request, check_user
 from common.runtime import metrics
 from common.runtime.config import Settings
-from gateway import openapi, upstreams
-from gateway.coalesce import MemberError, ReadCoalescer
+from gateway import openapi
+from gateway.coalesce import MemberError, ReadCoalescer, WriteCoalescer
 from gateway.edge import no_internal_text, rate_limit, read_body_within, stamp_request_id
 from gateway.errors import error_json, http_status, rendered_details, rpc_error_response, service_error_response
 from gateway.observe import observe, outgoing_metadata
 from gateway.routes import Route, routes_from
-from gateway.sse import STREAM_CALLS, STREAM_CHANNELS, stream_calls, stream_channel, stream_handler
+from gateway.sse import stream_handler
 from gateway.translate import build_request, render_response
+from gateway.upstreams import CALLS, UPSTREAMS, Upstreams
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 from profilemesh.reporting.v1 import reporting_pb2
 
@@ -34,10 +37,13 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 1.0
 DASHBOARD = Path(__file__).parent / "static" / "dashboard.html"
 
-CHANNELS = web.AppKey("channels", dict[str, grpc.aio.Channel])
-CALLS = web.AppKey("calls", dict)
 READS = web.AppKey("reads", ReadCoalescer)
-GET_PROFILE = "/profilemesh.profile.v1.ProfileService/GetProfile"
+WRITES = web.AppKey("writes", WriteCoalescer)
+PROFILE_SERVICE = "/profilemesh.profile.v1.ProfileService/"
+GET_PROFILE = PROFILE_SERVICE + "GetProfile"
+# The routes whose requests the write coalescer batches, by the ProfileWriteRequest member each one is.
+CHANGES = {PROFILE_SERVICE + "CreateProfile": "create", PROFILE_SERVICE + "UpdateProfile": "update"}
+CHANGES[PROFILE_SERVICE + "DeleteProfile"] = "delete"
 MAX_BODY = web.AppKey("max_body", int)
 
 
@@ -84,9 +90,10 @@ def _kept_headers(error: web.HTTPException) -> dict[str, str]:
 
 
 def _handler(route: Route, timeout_s: float, batched: bool) -> Callable[[web.Request], Awaitable[web.Response]]:
-    success = 201 if route.http_method == "POST" else 200
     if batched and route.grpc_path == GET_PROFILE:
         return _batched_get(route)
+    if batched and route.grpc_path in CHANGES:
+        return _batched_change(route, CHANGES[route.grpc_path])
 
     async def handle(request: web.Request) -> web.Response:
         body = await request.read() if route.body else b""
@@ -100,9 +107,14 @@ def _handler(route: Route, timeout_s: float, batched: bool) -> Callable[[web.Req
             response = await call(message, timeout=timeout_s, metadata=outgoing_metadata())
         except grpc.aio.AioRpcError as error:
             return rpc_error_response(error)
-        return web.json_response(render_response(route, response), status=success)
+        return answer(route, response)
 
     return handle
+
+
+def answer(route: Route, response: Message) -> web.Response:
+    """A unary route's answer: the response as JSON, with the route's success status."""
+    return web.json_response(render_response(route, response), status=route.success_status)
 
 
 def _batched_get(route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
@@ -119,7 +131,31 @@ def _batched_get(route: Route) -> Callable[[web.Request], Awaitable[web.Response
             return error_json(http_status(error.code), error.rpc_status.message, rendered_details(error.rpc_status))
         except grpc.aio.AioRpcError as error:
             return rpc_error_response(error)
-        return web.json_response(render_response(route, profile))
+        return answer(route, profile)
+
+    return handle
+
+
+def _batched_change(route: Route, kind: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """POST, PATCH or DELETE /profile/{user} through the write coalescer (gateway/coalesce.py); the same answers as
+    its own CreateProfile, UpdateProfile or DeleteProfile."""
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.read() if route.body else b""
+        try:
+            # Checked here, so that a bad request is a 400 of its own and never joins a batch.
+            message = build_request(route, dict(request.match_info), body)
+            check_request(message)
+            change = profile_pb2.ProfileWriteRequest()
+            getattr(change, kind).CopyFrom(message)
+            response = await request.app[WRITES].ask(change, outgoing_metadata())
+        except ServiceError as error:  # BadRequest, InvalidArgument
+            return service_error_response(error)
+        except MemberError as error:  # this change's own error, as its own call would have failed
+            return error_json(http_status(error.code), error.rpc_status.message, rendered_details(error.rpc_status))
+        except grpc.aio.AioRpcError as error:
+            return rpc_error_response(error)
+        return answer(route, response)
 
     return handle
 
@@ -141,7 +177,8 @@ async def readyz(request: web.Request) -> web.Response:
         except grpc.aio.AioRpcError as error:
             return service, error.code().name
 
-    results = dict(await asyncio.gather(*(check(s, c) for s, c in request.app[CHANNELS].items())))
+    channels = request.app[UPSTREAMS].channels
+    results = dict(await asyncio.gather(*(check(service, channel) for service, channel in channels.items())))
     ready = all(status == "SERVING" for status in results.values())
     return web.json_response(
         {"status": "ready" if ready else "not ready", "upstreams": results}, status=200 if ready else 503
@@ -154,71 +191,72 @@ async def dashboard(request: web.Request) -> web.FileResponse:
 
 
 def build_app(settings: Settings) -> web.Application:
+    """The gateway: its middleware, the probes, the dashboard, /openapi.json, and a handler per annotated RPC
+    (SSE for the server-streaming ones); channels open when the app starts and close when it stops."""
+    app = web.Application(client_max_size=settings.http_max_body_bytes, middlewares=_middlewares(settings))
+    app[MAX_BODY] = settings.http_max_body_bytes
+    app.on_response_prepare.append(stamp_request_id)
+    routes = routes_from([profile_pb2.DESCRIPTOR, reporting_pb2.DESCRIPTOR])
+    app.cleanup_ctx.append(_upstreams(settings, routes))
+    streams = StreamLimits(settings.streams())
+
+    async def drain_streams(app: web.Application) -> None:
+        streams.drain()  # SSE streams end with a retry hint while the gateway drains
+
+    app.on_shutdown.append(drain_streams)
+    app.router.add_get("/healthz", healthz, allow_head=False)
+    app.router.add_get("/readyz", readyz, allow_head=False)
+    app.router.add_get("/dashboard", dashboard, allow_head=False)
+    app.router.add_get("/openapi.json", openapi.handler(routes), allow_head=False)
+    deadline_s = settings.deadline_ms / 1000
+    batched = settings.gateway_batch == "on"
+    # Streaming routes first: /profile/events must not be taken for the profile of a user called "events".
+    for route in sorted(routes, key=lambda r: not r.method.server_streaming):
+        if route.method.server_streaming:
+            app.router.add_route(route.http_method, route.path, stream_handler(route, streams, deadline_s))
+        else:
+            app.router.add_route(route.http_method, route.path, _handler(route, deadline_s, batched))
+    return app
+
+
+def _middlewares(settings: Settings) -> list[Middleware]:
+    """Outermost first: observe every request, hide internals, then refuse (rate, load) before any body is read."""
     limited = (
         [rate_limit(settings.rate_limit_per_s, settings.rate_limit_burst, parse_networks(settings.trusted_proxies))]
         if settings.rate_limit_per_s > 0
         else []
     )
-    app = web.Application(
-        client_max_size=settings.http_max_body_bytes,
-        middlewares=[
-            observe,
-            no_internal_text,
-            *limited,
-            shed_load(settings.max_in_flight),
-            json_errors,
-            read_body_within(settings.http_body_timeout_s, settings.http_max_body_bytes),
-        ],
-    )
-    app[MAX_BODY] = settings.http_max_body_bytes
-    app.on_response_prepare.append(stamp_request_id)
+    return [
+        observe,
+        no_internal_text,
+        *limited,
+        shed_load(settings.max_in_flight),
+        json_errors,
+        read_body_within(settings.http_body_timeout_s, settings.http_max_body_bytes),
+    ]
+
+
+def _upstreams(settings: Settings, routes: list[Route]) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Channels to the services for as long as the app runs (grpc.aio channels need the running loop)."""
     profile_service = profile_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name
     targets = {
         profile_service: settings.profile_target,
         reporting_pb2.DESCRIPTOR.services_by_name["ReportingService"].full_name: settings.reporting_target,
     }
 
-    routes = routes_from([profile_pb2.DESCRIPTOR, reporting_pb2.DESCRIPTOR])
-
-    async def channels(app: web.Application) -> AsyncIterator[None]:
-        app[CHANNELS] = {service: upstreams.channel(target, settings) for service, target in targets.items()}
-        # One callable per method, made once: making it per request costs a few percent of the gateway's CPU.
-        app[CALLS] = {
-            route.grpc_path: app[CHANNELS][route.service].unary_unary(
-                route.grpc_path,
-                request_serializer=route.request_class().SerializeToString,
-                response_deserializer=route.response_class().FromString,
-            )
-            for route in routes
-            if not route.method.server_streaming
+    async def opened(app: web.Application) -> AsyncIterator[None]:
+        upstreams = app[UPSTREAMS] = Upstreams(targets, settings)
+        app[CALLS] = upstreams.calls(routes)
+        profiles = profile_pb2_grpc.ProfileServiceStub(upstreams.channels[profile_service])
+        deadline_s = settings.deadline_ms / 1000
+        app[READS] = ReadCoalescer(profiles.BatchGetProfiles, profiles.GetProfile, deadline_s)
+        singles: dict[str, grpc.aio.UnaryUnaryMultiCallable[Any, Any]] = {
+            "create": profiles.CreateProfile,
+            "update": profiles.UpdateProfile,
+            "delete": profiles.DeleteProfile,
         }
-        profiles = profile_pb2_grpc.ProfileServiceStub(app[CHANNELS][profile_service])
-        app[READS] = ReadCoalescer(profiles.BatchGetProfiles, profiles.GetProfile, settings.deadline_ms / 1000)
-        stream_channels = {service: stream_channel(target, settings) for service, target in targets.items()}
-        app[STREAM_CHANNELS] = stream_channels
-        app[STREAM_CALLS] = stream_calls(stream_channels, routes)
+        app[WRITES] = WriteCoalescer(singles, profiles.BatchWriteProfiles, deadline_s)
         yield
-        channels = [*app[CHANNELS].values(), *app[STREAM_CHANNELS].values()]
-        await asyncio.gather(*(channel.close() for channel in channels))
+        await upstreams.close()
 
-    streams = StreamLimits(settings.streams())
-    batched = settings.gateway_batch == "on"
-
-    async def drain_streams(app: web.Application) -> None:
-        streams.drain()  # SSE streams end with a retry hint while the gateway drains
-
-    app.cleanup_ctx.append(channels)
-    app.on_shutdown.append(drain_streams)
-    app.router.add_get("/healthz", healthz, allow_head=False)
-    app.router.add_get("/readyz", readyz, allow_head=False)
-    app.router.add_get("/dashboard", dashboard, allow_head=False)
-    app.router.add_get("/openapi.json", openapi.handler(routes), allow_head=False)
-    # Streaming routes first: /profile/events must not be taken for the profile of a user called "events".
-    for route in sorted(routes, key=lambda r: not r.method.server_streaming):
-        if route.method.server_streaming:
-            app.router.add_route(
-                route.http_method, route.path, stream_handler(route, streams, settings.deadline_ms / 1000)
-            )
-        else:
-            app.router.add_route(route.http_method, route.path, _handler(route, settings.deadline_ms / 1000, batched))
-    return app
+    return opened

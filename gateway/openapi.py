@@ -238,47 +238,17 @@ def _excluded_values(route: Route, routes: list[Route], name: str) -> list[str]:
 
 def _operation(route: Route, routes: list[Route], schemas: _Schemas) -> Schema:
     method = route.method
-    request_fields = list(method.input_type.fields)
-    in_path = {field.name for field in route.path_fields}
-    parameters: list[Schema] = []
-    for field in route.path_fields:
-        schema = schemas.field(field, limits=True)
-        parameter = {"name": field.name, "in": "path", "required": True, "schema": schema}
-        excluded = _excluded_values(route, routes, field.name)
-        if excluded:  # OpenAPI matches a concrete path before a templated one; said here for people
-            parameter["description"] = f"not {', '.join(excluded)}: {route.http_method} of that path is another route"
-        parameters.append(parameter)
-    if not route.body:  # grpc-gateway's convention: request fields outside the path are query parameters
-        for field in request_fields:
-            if field.name not in in_path and field.message_type is None:
-                parameters.append(
-                    {
-                        "name": field.name,
-                        "in": "query",
-                        "required": False,
-                        "schema": schemas.field(field, limits=True),
-                        **({"style": "form", "explode": True} if field.is_repeated else {}),
-                    }
-                )
     operation: Schema = {
         "operationId": method.name,
         "tags": [method.containing_service.name],
         "description": f"gRPC `{route.grpc_path}`",
-        "parameters": parameters,
+        "parameters": _parameters(route, routes, schemas),
     }
     if route.body:
-        if route.body == "*":
-            body = schemas.object([f for f in request_fields if f.name not in in_path], limits=True)
-        else:
-            body = schemas.field(method.input_type.fields_by_name[route.body], limits=True)
-        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
-
-    output = method.output_type
-    success = schemas.message(output)
-    if route.response_body:
-        success = schemas.field(output.fields_by_name[route.response_body])
-    ok_status = "201" if route.http_method == "POST" else "200"
-    ok_headers = {"X-Request-Id": REQUEST_ID_HEADER}
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": _body(route, schemas)}},
+        }
     if method.server_streaming:
         operation["description"] += (
             " as Server-Sent Events: each message as `data:` JSON, its resume token as `id:`,"
@@ -287,21 +257,68 @@ def _operation(route: Route, routes: list[Route], schemas: _Schemas) -> Schema:
         operation["parameters"].append(
             {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"}}
         )
-        ok = {
+    statuses = _error_statuses(route)
+    operation["responses"] = {
+        str(route.success_status): _success(route, schemas),
+        **{str(status): _error_response(status) for status in sorted(statuses)},
+    }
+    return operation
+
+
+def _parameters(route: Route, routes: list[Route], schemas: _Schemas) -> list[Schema]:
+    """The path parameters, then the query parameters (Route.query_fields), with their limits."""
+    parameters: list[Schema] = []
+    for field in route.path_fields:
+        schema = schemas.field(field, limits=True)
+        parameter = {"name": field.name, "in": "path", "required": True, "schema": schema}
+        excluded = _excluded_values(route, routes, field.name)
+        if excluded:  # OpenAPI matches a concrete path before a templated one; said here for people
+            parameter["description"] = f"not {', '.join(excluded)}: {route.http_method} of that path is another route"
+        parameters.append(parameter)
+    for field in route.query_fields:
+        parameters.append(
+            {
+                "name": field.name,
+                "in": "query",
+                "required": False,
+                "schema": schemas.field(field, limits=True),
+                **({"style": "form", "explode": True} if field.is_repeated else {}),
+            }
+        )
+    return parameters
+
+
+def _body(route: Route, schemas: _Schemas) -> Schema:
+    """The request body's schema: the request's fields outside the path, or the one field the body maps to."""
+    if route.body == "*":
+        in_path = {field.name for field in route.path_fields}
+        return schemas.object([f for f in route.method.input_type.fields if f.name not in in_path], limits=True)
+    return schemas.field(route.method.input_type.fields_by_name[route.body], limits=True)
+
+
+def _success(route: Route, schemas: _Schemas) -> Schema:
+    """The success response: the response message (or its response_body field) as JSON, or as SSE events."""
+    output = route.method.output_type
+    success = schemas.message(output)
+    if route.response_body:
+        success = schemas.field(output.fields_by_name[route.response_body])
+    headers = {"X-Request-Id": REQUEST_ID_HEADER}
+    if route.method.server_streaming:
+        return {
             "description": "the stream: its messages, then an `end` event",
-            "headers": ok_headers,
+            "headers": headers,
             "content": {"text/event-stream": {"schema": _sse_event(success)}},
         }
-    else:
-        ok = {"description": "OK", "headers": ok_headers, "content": {"application/json": {"schema": success}}}
+    return {"description": "OK", "headers": headers, "content": {"application/json": {"schema": success}}}
 
+
+def _error_statuses(route: Route) -> set[int]:
+    """The HTTP errors a route can answer: the gateway's own, and its RPC's gRPC codes as the gateway maps them."""
     statuses = {400}  # any route: an invalid X-Request-Id
     if route.body:
         statuses |= {408, 413}
-    codes = (*RPC_CODES.get(method.name, DEFAULT_CODES), *COMMON_CODES)
-    statuses |= {http_status(code) for code in codes}
-    operation["responses"] = {ok_status: ok, **{str(status): _error_response(status) for status in sorted(statuses)}}
-    return operation
+    codes = (*RPC_CODES.get(route.method.name, DEFAULT_CODES), *COMMON_CODES)
+    return statuses | {http_status(code) for code in codes}
 
 
 def document(routes: list[Route]) -> Schema:

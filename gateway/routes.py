@@ -1,7 +1,9 @@
 """REST routes read from the `google.api.http` annotations of the services' descriptors.
 
 The same annotations drive Envoy's gRPC-JSON transcoder or grpc-gateway, so the contract
-lives in one place: protos/.
+lives in one place: protos/. A Route also owns the rules the rule leaves to convention (its success
+status, which request fields are query parameters) and makes its call on a channel: the handlers
+(gateway/app.py, gateway/sse.py) and the OpenAPI document (gateway/openapi.py) read them from here.
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
+import grpc
 from google.api import annotations_pb2
 from google.protobuf import message_factory
 from google.protobuf.descriptor import FieldDescriptor, FileDescriptor, MethodDescriptor
@@ -37,6 +41,29 @@ class Route:
     @property
     def path_fields(self) -> list[FieldDescriptor]:
         return [self.method.input_type.fields_by_name[name] for name in _VARIABLE.findall(self.path)]
+
+    @property
+    def success_status(self) -> int:
+        """201 Created for a POST, else 200."""
+        return 201 if self.http_method == "POST" else 200
+
+    @property
+    def query_fields(self) -> list[FieldDescriptor]:
+        """The request fields taken from the query string (grpc-gateway's convention): without a body, the
+        scalar fields outside the path, repeated ones as `?users=ana&users=bob`; with a body, none."""
+        if self.body:
+            return []
+        in_path = {field.name for field in self.path_fields}
+        return [f for f in self.method.input_type.fields if f.name not in in_path and f.message_type is None]
+
+    def call_on(self, channel: grpc.aio.Channel) -> Any:
+        """The callable that makes this route's RPC on `channel` (unary, or server-streaming for SSE)."""
+        make = channel.unary_stream if self.method.server_streaming else channel.unary_unary
+        return make(
+            self.grpc_path,
+            request_serializer=self.request_class().SerializeToString,
+            response_deserializer=self.response_class().FromString,
+        )
 
     def request_class(self) -> type[Message]:
         return message_factory.GetMessageClass(self.method.input_type)

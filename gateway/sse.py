@@ -19,7 +19,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import grpc
@@ -28,56 +28,39 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from multidict import MultiMapping
 
-from common.errors import DeadlineExceeded, StreamEnded, TooManyStreams
+from common.errors import BadRequest, DeadlineExceeded, StreamEnded, TooManyStreams
 from common.rpc.clients import FORWARDED_METADATA
 from common.rpc.streams import StreamLimits
-from common.runtime.config import Settings
-from gateway import upstreams
 from gateway.edge import http_client, public_message
 from gateway.errors import http_status, rendered_details, rich_status, rpc_error_response, service_error_response
 from gateway.routes import Route
-from gateway.translate import DECIMAL, INTEGER_TYPES, BadRequest, Field, build_request, render_response
+from gateway.translate import DECIMAL, INTEGER_TYPES, Field, build_request, render_response
+from gateway.upstreams import CALLS
 
 log = logging.getLogger(__name__)
 
 CLOSE_CHECK_S = 0.2
 RETRY_MS = 1000
 RESUME_FIELD = "resume_token"
-STREAM_CALLS = web.AppKey("stream_calls", dict)
-STREAM_CHANNELS = web.AppKey("stream_channels", dict[str, grpc.aio.Channel])
-
-
-def stream_channel(target: str, settings: Settings) -> grpc.aio.Channel:
-    """Streams get channels of their own, without BDP probing: with it, gRPC grows a stream's receive
-    window to megabytes, which a slow SSE client would make the gateway hold for each of its streams.
-    At the default 64 KiB window the service's bounded queue takes the back-pressure instead."""
-    return upstreams.channel(target, settings, extra_options=[("grpc.http2.bdp_probe", 0)])
-
-
-def stream_calls(channels: Mapping[str, grpc.aio.Channel], routes: list[Route]) -> dict[str, Any]:
-    """One callable per streaming method, made once like the unary ones."""
-    return {
-        route.grpc_path: channels[route.service].unary_stream(
-            route.grpc_path,
-            request_serializer=route.request_class().SerializeToString,
-            response_deserializer=route.response_class().FromString,
-        )
-        for route in routes
-        if route.method.server_streaming
-    }
+EVENT_STREAM_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",  # nginx: don't buffer the stream
+}
 
 
 def build_stream_request(
     route: Route, path_params: dict[str, str], query: MultiMapping[str], last_event_id: str | None
 ) -> Message:
+    """The route's request from its path, its query parameters (Route.query_fields, by name or JSON name) and
+    the Last-Event-ID header."""
     request = build_request(route, path_params, b"")
-    fields = request.DESCRIPTOR.fields
+    fields = route.query_fields
     by_name = {f.name: f for f in fields} | {f.json_name: f for f in fields}
-    in_path = {f.name for f in route.path_fields}
     for name in set(query.keys()):
         field = by_name.get(name)
-        if field is None or field.name in in_path:
-            allowed = ", ".join(f.name for f in fields if f.name not in in_path) or "none"
+        if field is None:
+            allowed = ", ".join(f.name for f in fields) or "none"
             raise BadRequest(f"unknown query parameter {name[:40]!r}: this path takes {allowed}", field=name[:40])
         values = query.getall(name)
         if field.is_repeated:
@@ -130,10 +113,6 @@ def stream_handler(
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """An SSE route for a server-streaming RPC."""
 
-    def render(message: Message) -> bytes:
-        token = getattr(message, RESUME_FIELD, None) if RESUME_FIELD in message.DESCRIPTOR.fields_by_name else None
-        return _frame(render_response(route, message), event_id=token or None)
-
     async def handle(request: web.Request) -> web.StreamResponse:
         try:
             message = build_stream_request(
@@ -142,17 +121,35 @@ def stream_handler(
             client = http_client(request, limits.trusted)
             with limits.slot(client):
                 # The services give each client its share too: the gateway says whom the stream is for.
-                call = request.app[STREAM_CALLS][route.grpc_path](message, metadata=[(FORWARDED_METADATA, client)])
+                call = request.app[CALLS][route.grpc_path](message, metadata=[(FORWARDED_METADATA, client)])
                 try:
-                    return await relay(request, call)
+                    return await _Relay(route, limits, request, call).answer(deadline_s)
                 finally:
                     call.cancel()  # a no-op when it has ended; else the upstream stream stops at once
         except (BadRequest, TooManyStreams, StreamEnded) as error:
             return service_error_response(error)
 
-    async def relay(request: web.Request, call: grpc.aio.UnaryStreamCall[Any, Message]) -> web.StreamResponse:
-        # The first message decides between a JSON error and a 200 event stream.
-        reading = asyncio.ensure_future(call.read())
+    return handle
+
+
+class _Relay:
+    """One upstream stream written to its SSE response until the stream ends, the client leaves or the gateway
+    drains; checked every CLOSE_CHECK_S while no message comes, with a keepalive after a silence."""
+
+    def __init__(
+        self,
+        route: Route,
+        limits: StreamLimits,
+        request: web.Request,
+        call: grpc.aio.UnaryStreamCall[Any, Message],
+    ) -> None:
+        self.route, self.limits, self.request, self.call = route, limits, request, call
+        self.response = web.StreamResponse(headers=EVENT_STREAM_HEADERS)
+        self.last_write = time.monotonic()
+
+    async def answer(self, deadline_s: float) -> web.StreamResponse:
+        """The first message decides between a JSON error and a 200 event stream, which then follows the call."""
+        reading = asyncio.ensure_future(self.call.read())
         try:
             await asyncio.wait_for(asyncio.shield(reading), deadline_s)
         except TimeoutError:
@@ -162,48 +159,60 @@ def stream_handler(
             )
         except grpc.aio.AioRpcError as error:
             return rpc_error_response(error)
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache",
-                "X-Accel-Buffering": "no",  # nginx: don't buffer the stream
-            }
-        )
-        await response.prepare(request)
-        last_write = time.monotonic()
+        await self.response.prepare(self.request)
+        try:
+            await self._follow(reading)
+        except (ConnectionResetError, ConnectionError):
+            log.info("%s: the client went away; upstream call cancelled", self.route.path)
+        return self.response
+
+    async def _follow(self, reading: asyncio.Future[Any]) -> None:
+        """Relay from the read under way (`reading`, done with the first message) until the stream ends."""
+        self.last_write = time.monotonic()
         try:
             while True:
                 if reading.done():
-                    try:
-                        message = reading.result()
-                    except grpc.aio.AioRpcError as error:
-                        token = dict(error.trailing_metadata() or ()).get("resume-token")
-                        details = rendered_details(rich_status(error))
-                        await response.write(_end(error.code(), error.details() or error.code().name, token, details))
-                        return response
-                    if message is grpc.aio.EOF:
-                        await response.write(_end(grpc.StatusCode.OK, "the stream ended"))
-                        return response
-                    await response.write(render(cast(Message, message)))  # not EOF: a message
-                    last_write = time.monotonic()
-                    reading = asyncio.ensure_future(call.read())
+                    if await self._write(reading):
+                        return
+                    reading = asyncio.ensure_future(self.call.read())
                     continue
                 await asyncio.wait({reading}, timeout=CLOSE_CHECK_S)
-                if reading.done():
-                    continue
-                if request.transport is None or request.transport.is_closing():
-                    log.info("%s: the client closed the connection; upstream call cancelled", route.path)
-                    return response
-                if limits.draining:
-                    await response.write(_end(grpc.StatusCode.UNAVAILABLE, "the gateway is shutting down; reconnect"))
-                    return response
-                if time.monotonic() - last_write >= limits.heartbeat_s:
-                    await response.write(b": keepalive\n\n")
-                    last_write = time.monotonic()
-        except (ConnectionResetError, ConnectionError):
-            log.info("%s: the client went away; upstream call cancelled", route.path)
-            return response
+                if not reading.done() and await self._idle_ends():
+                    return
         finally:
             reading.cancel()
 
-    return handle
+    async def _write(self, reading: asyncio.Future[Any]) -> bool:
+        """Write what the read brought: a message, or the end event (True) when the stream ended."""
+        try:
+            message = reading.result()
+        except grpc.aio.AioRpcError as error:
+            token = dict(error.trailing_metadata() or ()).get("resume-token")
+            details = rendered_details(rich_status(error))
+            await self.response.write(_end(error.code(), error.details() or error.code().name, token, details))
+            return True
+        if message is grpc.aio.EOF:
+            await self.response.write(_end(grpc.StatusCode.OK, "the stream ended"))
+            return True
+        await self.response.write(_event(self.route, cast(Message, message)))  # not EOF: a message
+        self.last_write = time.monotonic()
+        return False
+
+    async def _idle_ends(self) -> bool:
+        """No message yet: end the relay if the client left or the gateway drains, else keep the line alive."""
+        if self.request.transport is None or self.request.transport.is_closing():
+            log.info("%s: the client closed the connection; upstream call cancelled", self.route.path)
+            return True
+        if self.limits.draining:
+            await self.response.write(_end(grpc.StatusCode.UNAVAILABLE, "the gateway is shutting down; reconnect"))
+            return True
+        if time.monotonic() - self.last_write >= self.limits.heartbeat_s:
+            await self.response.write(b": keepalive\n\n")
+            self.last_write = time.monotonic()
+        return False
+
+
+def _event(route: Route, message: Message) -> bytes:
+    """A message as an event: its rendering as `data:`, its resume token (when it has one) as `id:`."""
+    token = getattr(message, RESUME_FIELD, None) if RESUME_FIELD in message.DESCRIPTOR.fields_by_name else None
+    return _frame(render_response(route, message), event_id=token or None)

@@ -10,7 +10,7 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from common.errors import InvalidArgument
+from common.errors import BadRequest
 from gateway.routes import Route
 
 INTEGER_TYPES = {
@@ -22,10 +22,6 @@ INTEGER_TYPES = {
 _64_BIT = {FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64}
 # int() alone would also take "1_000", " 3" and non-ASCII digits; grpc-gateway (strconv.ParseInt) takes none.
 DECIMAL = re.compile(r"[+-]?[0-9]+")
-
-
-class BadRequest(InvalidArgument):
-    """The HTTP request can't become a gRPC request; the message says why, `field` which request field."""
 
 
 # A field's descriptor: the stubs type protobuf's C (upb) and Python descriptors apart; both behave alike.

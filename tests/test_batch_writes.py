@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import urllib.request
+
+import aiohttp
 import grpc
 import pytest
 from google.rpc import error_details_pb2
@@ -11,7 +15,7 @@ from localdev.faults import primary_of
 from localdev.system import System
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 from tests.conftest import PARTITIONS
-from tests.helpers import wait_until
+from tests.helpers import http_call, wait_until
 
 TIMEOUT_S = 10
 Write = profile_pb2.ProfileWriteRequest
@@ -139,3 +143,55 @@ def test_a_shard_without_replica_fails_only_its_own_members(fresh_system: System
             assert found == (user not in on_degraded), user
     finally:
         fresh_system.cluster.start_node(replica)
+
+
+def write_batch_calls(system: System) -> float:
+    """BatchWriteProfiles calls profile_svc has answered, from its /metrics."""
+    with urllib.request.urlopen(system.metrics_url("profile_svc"), timeout=TIMEOUT_S) as reply:
+        lines = reply.read().decode().splitlines()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in lines
+        if line.startswith("profilemesh_grpc_server_requests_total{") and "BatchWriteProfiles" in line
+    )
+
+
+def test_concurrent_rest_changes_are_batched_and_each_answered_as_alone(system: System, unique: str) -> None:
+    """300 concurrent POSTs, PATCHes and DELETEs through the gateway: batched into BatchWriteProfiles calls, each
+    answered with the status and body it would get alone (201, 200, 404, 409)."""
+    existing = [f"{unique}-old-{i}" for i in range(100)]
+    for user in existing:
+        assert http_call(system.gateway_port, "POST", f"/profile/{user}", {"n": "0"})[0] == 201
+
+    async def change_all() -> list[tuple[str, str, int, dict[str, str]]]:
+        connector = aiohttp.TCPConnector(limit=200)  # below the gateway's shedding bound: none refused
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def one(method: str, user: str, body: dict[str, str] | None) -> tuple[str, str, int, dict[str, str]]:
+                async with session.request(method, f"{system.gateway_url}/profile/{user}", json=body) as reply:
+                    return method, user, reply.status, await reply.json()
+
+            requests = [("POST", f"{unique}-new-{i}", {"n": str(i)}) for i in range(100)]
+            requests += [("PATCH", user, {"n": "1"}) for user in existing[:50]]
+            requests += [("DELETE", user, None) for user in existing[50:]]
+            requests += [("POST", user, {"n": "2"}) for user in existing[:25]]  # exists: 409
+            requests += [("PATCH", f"{unique}-nobody-{i}", {"n": "3"}) for i in range(25)]  # 404
+            return await asyncio.gather(*(one(*request) for request in requests))
+
+    calls_before = write_batch_calls(system)
+    answers = asyncio.run(change_all())
+    assert write_batch_calls(system) > calls_before, "no change was batched"
+    for method, user, status, body in answers:
+        if method == "POST" and "-new-" in user:
+            assert (status, body) == (201, {"message": f"Profile created for: {user}"})
+        elif method == "POST":
+            assert (status, body["message"]) == (409, "Profile exists")
+        elif method == "PATCH" and "-nobody-" in user:
+            assert (status, body["message"]) == (404, f"Profile not found for {user}")
+        elif method == "PATCH":
+            assert (status, body) == (200, {"message": f"Profile updated for {user}"})
+        else:
+            assert (status, body) == (200, {"message": f"Profile deleted for {user}"})
+    assert http_call(system.gateway_port, "GET", f"/profile/{existing[0]}") == (200, {"n": "1"})
+    assert http_call(system.gateway_port, "GET", f"/profile/{existing[99]}")[0] == 404
+    assert http_call(system.gateway_port, "GET", f"/profile/{unique}-new-7") == (200, {"n": "7"})

@@ -1,6 +1,9 @@
-"""gRPC server bootstrap shared by every service: health, reflection, graceful shutdown.
+"""gRPC server bootstrap shared by every service: create the server, run it until signalled, drain it.
 
-How errors become statuses is common/rpc/status.py's job.
+As gRPC's route_guide example structures a server (create, start, wait for termination), with what a
+service behind load balancers needs besides: health and reflection, and a drain on SIGTERM. The process
+around it (settings, logs, traces, metrics) is common/runtime/startup.py's; how errors become statuses is
+common/rpc/status.py's job.
 """
 
 from __future__ import annotations
@@ -21,13 +24,9 @@ from grpc_reflection.v1alpha import reflection
 
 from common.errors import StartupError
 from common.rpc import tls
-from common.rpc.interceptors import ObservingInterceptor
-from common.runtime import cancellation
-from common.runtime.command import parse_arguments
+from common.rpc.interceptors import ObservingInterceptor, SheddingInterceptor
 from common.runtime.config import Settings
-from common.runtime.logs import setup_logging
-from common.runtime.metrics import serve_metrics
-from common.runtime.tracing import setup_tracing, shutdown_tracing
+from common.runtime.startup import run_component
 from common.storage.cluster import CLUSTER_FAILURES, Cluster
 
 log = logging.getLogger(__name__)
@@ -145,44 +144,50 @@ def service_main(
     listen: Callable[[Settings], str],
     build: Callable[[grpc.aio.Server, Cluster], Service],
 ) -> None:
-    """A service's console script: --help, then run; only here does a start-up error end the process."""
-    parse_arguments(command, component)
-    try:
-        run_service(process, listen, build)
-    except StartupError as error:
-        raise SystemExit(f"{process}: {error}") from None
+    """A service's console script: the components' one start-up (common/runtime/startup.py), then the cluster
+    client and `serve` until a signal."""
 
+    def run(settings: Settings) -> None:
+        async def main() -> None:
+            cluster = Cluster(settings)
+            await cluster.check_credentials()  # a refused user or password: StartupError, the process exits
+            await serve(listen(settings), cluster, lambda server: build(server, cluster))
 
-def run_service(
-    process: str, listen: Callable[[Settings], str], build: Callable[[grpc.aio.Server, Cluster], Service]
-) -> None:
-    """A service's whole `main`: settings, logging, the cluster client, then serve until a signal."""
-    cancellation.install()  # before the loop starts: redis-py's sends must not lose a cancellation
-    settings = Settings.from_env()
-    setup_logging(process, settings.log_level, settings.log_format)
-    setup_tracing(process)
-    serve_metrics(settings.metrics_listen(process))
-
-    async def main() -> None:
-        cluster = Cluster(settings)
-        await cluster.check_credentials()  # a refused user or password: StartupError, the process exits
-        await serve(listen(settings), cluster, lambda server: build(server, cluster))
-
-    try:
         # asyncio's own loop: uvloop measured no gain in the services (bench.observability A/B, 3 rounds:
         # 3,475-4,260 against 3,588-4,679 req/s), unlike in the gateway.
         asyncio.run(main())
-    finally:
-        shutdown_tracing()
+
+    run_component(command, component, process, run)
 
 
 async def serve(listen: str, cluster: Cluster, build: Callable[[grpc.aio.Server], Service]) -> None:
-    """Run a gRPC server until SIGTERM or SIGINT, then drain it.
+    """Run a gRPC server until SIGTERM or SIGINT, then drain it: create, run until signalled, drain.
 
     ``build`` adds the servicers and says what the process serves. On a signal,
     health turns NOT_SERVING first, so load balancers stop sending before the listener closes.
     """
-    settings = cluster.settings
+    running = await _create(listen, cluster, build)
+    failure = await _run_until_signalled(running, cluster)
+    await _drain(running, cluster.settings)
+    await cluster.close()
+    if failure is not None:
+        raise failure
+    log.info("stopped")
+
+
+@dataclass
+class _Running:
+    """A started server, its health service and what it serves; the background tasks once they run."""
+
+    server: grpc.aio.Server
+    health: health_aio.HealthServicer
+    served: Service
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+def _interceptors(settings: Settings) -> list[grpc.aio.ServerInterceptor]:
+    """Shedding first (a refused call is counted, not timed), then observing, then the allow-list if set, so
+    that a call it refuses is counted and timed too."""
     try:
         allowed_clients = tls.parse_allowed_clients(settings.grpc_allowed_clients)
     except ValueError as error:
@@ -191,16 +196,25 @@ async def serve(listen: str, cluster: Cluster, build: Callable[[grpc.aio.Server]
         raise StartupError(
             "PROFILEMESH_GRPC_ALLOWED_CLIENTS needs PROFILEMESH_GRPC_CA_FILE: identities come from client certificates"
         )
-    # The first sheds unary calls beyond PROFILEMESH_MAX_IN_FLIGHT (RESOURCE_EXHAUSTED, counted).
-    interceptors: list[grpc.aio.ServerInterceptor] = [ObservingInterceptor(cluster.settings.max_in_flight)]
+    # Unary calls beyond PROFILEMESH_MAX_IN_FLIGHT are answered RESOURCE_EXHAUSTED, and counted.
+    interceptors: list[grpc.aio.ServerInterceptor] = [
+        SheddingInterceptor(settings.max_in_flight),
+        ObservingInterceptor(),
+    ]
     if allowed_clients:
         interceptors.append(tls.AllowedClients(allowed_clients))
+    return interceptors
+
+
+async def _create(listen: str, cluster: Cluster, build: Callable[[grpc.aio.Server], Service]) -> _Running:
+    """The server with its servicers, health (NOT_SERVING until the cluster answers) and reflection, listening."""
+    settings = cluster.settings
     server = grpc.aio.server(
-        interceptors=interceptors,
+        interceptors=_interceptors(settings),
         # A backstop above the shedding and the stream limit (common/rpc/streams.py), so that a flood
         # that outruns Python still can't queue without bound. gRPC core refuses calls beyond it
         # before any Python runs: only callers see those.
-        maximum_concurrent_rpcs=2 * cluster.settings.max_in_flight + cluster.settings.max_streams,
+        maximum_concurrent_rpcs=2 * settings.max_in_flight + settings.max_streams,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             # Fail loudly if the port is taken rather than silently sharing it.
@@ -211,33 +225,39 @@ async def serve(listen: str, cluster: Cluster, build: Callable[[grpc.aio.Server]
         ],
     )
     served = build(server)
-    services = served.names
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    for service in ("", *services):
+    for service in ("", *served.names):
         await health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     reflection.enable_server_reflection(
-        [*services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+        [*served.names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
     )
-    credentials = tls.server_credentials(cluster.settings)
+    credentials = tls.server_credentials(settings)
     await _bind(server, listen, credentials)
     await server.start()
     security = (
         "plaintext"
         if credentials is None
-        else "TLS" + (", client certificates required" if cluster.settings.grpc_ca_file else "")
+        else "TLS" + (", client certificates required" if settings.grpc_ca_file else "")
     )
     log.info("listening on %s (%s)", listen, security)
+    return _Running(server, health, served)
 
+
+async def _run_until_signalled(running: _Running, cluster: Cluster) -> BaseException | None:
+    """Keep health in step with the cluster and run the background jobs until SIGTERM or SIGINT, or until one of
+    them ends (a failure, returned: the process drains, then raises it)."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
 
-    tasks = [asyncio.create_task(_watch_cluster(cluster, health, services, served.on_cluster), name="health")]
-    tasks += [asyncio.create_task(job(), name=getattr(job, "__name__", "job")) for job in served.background]
+    served = running.served
+    health = _watch_cluster(cluster, running.health, served.names, served.on_cluster)
+    running.tasks = [asyncio.create_task(health, name="health")]
+    running.tasks += [asyncio.create_task(job(), name=getattr(job, "__name__", "job")) for job in served.background]
     stop_wait = asyncio.create_task(stopping.wait())
-    done, _ = await asyncio.wait([stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    done, _ = await asyncio.wait([stop_wait, *running.tasks], return_when=asyncio.FIRST_COMPLETED)
     stop_wait.cancel()
     failure = None
     for task in done - {stop_wait}:
@@ -245,20 +265,21 @@ async def serve(listen: str, cluster: Cluster, build: Callable[[grpc.aio.Server]
         # A StartupError's message says it all (the process exits with it): no stack.
         stack = None if isinstance(failure, StartupError) else failure
         log.error("%s failed; shutting down", task.get_name(), exc_info=stack)
+    return failure
 
-    settings = cluster.settings
+
+async def _drain(running: _Running, settings: Settings) -> None:
+    """NOT_SERVING for PROFILEMESH_DRAIN_MS (streams told to end), then calls get PROFILEMESH_SHUTDOWN_GRACE_S to
+    finish; the background tasks stop within what is left of both."""
     log.info(
         "shutting down: NOT_SERVING for %d ms, then draining up to %d s", settings.drain_ms, settings.shutdown_grace_s
     )
+    loop = asyncio.get_running_loop()
     stop_by = loop.time() + settings.drain_ms / 1000 + settings.shutdown_grace_s
-    await health.enter_graceful_shutdown()
-    for drain in served.on_drain:
+    await running.health.enter_graceful_shutdown()
+    for drain in running.served.on_drain:
         drain()
     # Load balancers and clients see NOT_SERVING (and go elsewhere) before the listener closes.
     await asyncio.sleep(settings.drain_ms / 1000)
-    await server.stop(settings.shutdown_grace_s)
-    await _stop_tasks(tasks, max(stop_by - loop.time(), STOP_TASKS_MIN_S))
-    await cluster.close()
-    if failure is not None:
-        raise failure
-    log.info("stopped")
+    await running.server.stop(settings.shutdown_grace_s)
+    await _stop_tasks(running.tasks, max(stop_by - loop.time(), STOP_TASKS_MIN_S))

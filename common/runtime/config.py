@@ -122,8 +122,8 @@ class Settings:
     deadline_ms: int = setting(2000, "deadline of every gateway call", minimum=1)
     gateway_batch: str = setting(
         "on",
-        "`on`: concurrent `GET /profile/{user}` share BatchGetProfiles calls (no added wait when idle); `off`: one"
-        " GetProfile each, for A/B measurements",
+        "`on`: concurrent `GET /profile/{user}` share BatchGetProfiles calls and concurrent POST/PATCH/DELETE"
+        " share BatchWriteProfiles calls (no added wait when idle); `off`: one call each, for A/B measurements",
         choices=("on", "off"),
     )
     shutdown_grace_s: int = setting(10, "how long in-flight calls may finish after SIGTERM", minimum=0)

@@ -12,6 +12,7 @@ from redis import exceptions as redis_errors
 
 from common.errors import (
     AlreadyExists,
+    BadRequest,
     DeadlineExceeded,
     HistoryChanged,
     InvalidArgument,
@@ -26,7 +27,6 @@ from common.errors import (
 from common.rpc.status import CLUSTER_DOWN, as_service_error
 from common.storage.errors import neutral
 from gateway.errors import HTTP_STATUS, http_status, rendered_details, service_error_response
-from gateway.translate import BadRequest
 
 ERRORS: list[tuple[ServiceError, grpc.StatusCode, str, int]] = [
     (InvalidArgument("bad", field="user"), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", 400),

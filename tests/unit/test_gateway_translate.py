@@ -9,9 +9,10 @@ import grpc
 import pytest
 from multidict import MultiDict
 
+from common.errors import BadRequest
 from gateway.routes import Route, routes_from
 from gateway.sse import _end, _frame, build_stream_request
-from gateway.translate import BadRequest, build_request, render_response
+from gateway.translate import build_request, render_response
 from profilemesh.profile.v1 import profile_pb2
 from profilemesh.reporting.v1 import reporting_pb2
 

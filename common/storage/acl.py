@@ -146,9 +146,9 @@ def rules(component: str, waitaof: bool = True) -> str:
     """The ACL rules of a component's user (a MemoryDB access string); `waitaof` False for servers before 7.2."""
     role = ROLES[component]
     keyless = role.keyless if waitaof else role.keyless.replace(" +waitaof", "")
-    # FCALL declares its keys read-write (Redis 7.0 refuses it on a %R~ pattern): the code entry's patterns
-    # are read-write; what a script may do on each family is still only what that family's entry allows.
-    selectors = [_selector(script_families(component), role.code, read_only=False)]
+    # FCALL declares its keys read-write (Redis 7.0 refuses it on a %R~ pattern), FCALL_RO read-only: the code
+    # entry's patterns follow; what a function may do on each family is still only what that family's entry allows.
+    selectors = [_selector(script_families(component), role.code, read_only=role.code == _RUN_READ_ONLY_SCRIPTS)]
     selectors += [_selector([family], rights.commands, rights.read_only) for family, rights in role.families.items()]
     return " ".join([keyless, *selectors])
 

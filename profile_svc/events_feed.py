@@ -289,6 +289,8 @@ class EventsFeed:
         self.cluster = cluster
         self.partitions = partitions
         self.queue_limit = queue_limit
+        # How long a tail reader's blocking read waits before it checks its position anyway, news or not.
+        self.block_ms = cluster.block_ms
         self._events_after = cluster.script(SCRIPTS / "events_after.lua", repeatable=True)  # it only reads
         self.tail: list[Anchor] = []  # per partition, the last entry the tail reader has passed
         self.subscriptions: set[Subscription] = set()
@@ -454,7 +456,7 @@ class EventsFeed:
         while True:
             try:
                 if not more:
-                    await self.cluster.wait_for_entries(stream, format_id(self.tail[partition].id))
+                    await self.cluster.wait_for_entries(stream, format_id(self.tail[partition].id), self.block_ms)
                 base = self.tail[partition]
                 read = await self._read(partition, base, "+", PAGE)
                 verdict, events = read.verdict, read.events

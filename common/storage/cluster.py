@@ -100,11 +100,12 @@ class Cluster:
             reply: Any = await client.xreadgroup(group, consumer, {stream: "0"}, count=count)
         return list(reply[0][1]) if reply else []
 
-    async def wait_for_entries(self, stream: str, after: str) -> bool:
-        """Whether the stream got an entry past `after` within the blocking read's time (XREAD: it takes
-        nothing, and delivers nothing to a group), on the partition's reserved connection."""
+    async def wait_for_entries(self, stream: str, after: str, block_ms: int | None = None) -> bool:
+        """Whether the stream got an entry past `after` within `block_ms` (default: half the socket timeout) (XREAD:
+        it takes nothing, and delivers nothing to a group), on the partition's reserved connection."""
+        block = self.block_ms if block_ms is None else min(block_ms, self.block_ms)
         async with self.connection.bounded("command", "xread", bounded=False) as client:
-            return bool(await client.xread({stream: after}, count=1, block=self.block_ms))
+            return bool(await client.xread({stream: after}, count=1, block=block))
 
     async def ping(self) -> bool:
         """Whether any primary answers; used for gRPC health.

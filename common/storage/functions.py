@@ -2,8 +2,8 @@
 
 The .lua files in each service's scripts/ directory stay the source. Each becomes one function of its
 component's library: its text is the body of `function(KEYS, ARGV) ... end` (so it reads its keys and
-arguments as a script does), and the directory's helpers.lua becomes the library's local functions,
-shared by all of them instead of being prepended to each.
+arguments as a script does), and common/storage/shared.lua and the directory's helpers.lua become the
+library's local functions, shared by all of them instead of being prepended to each.
 
 Services never load code (their ACL users may not: common/storage/acl.py); `profilemesh cluster migrate`
 (profilemesh_cli/migrate.py) loads the libraries as the admin, and a service refuses to start while its
@@ -18,7 +18,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.storage.scripts import HELPERS
+from common.storage.scripts import HELPERS, preludes
 
 # Where each component's scripts live, relative to the installed packages (pyproject.toml ships the .lua files).
 _PACKAGES = Path(__file__).resolve().parents[2]
@@ -73,7 +73,6 @@ def _body(text: str) -> str:
 def library(component: str) -> Library:
     """The library of `component` ('profile', 'aggregator', 'reporting'), made from its scripts directory."""
     directory = DIRECTORIES[component]
-    helpers = directory / HELPERS
     scripts = sorted(path for path in directory.glob("*.lua") if path.name != HELPERS)
     stems = [path.stem for path in scripts]
     if CHECK in stems:
@@ -81,7 +80,7 @@ def library(component: str) -> Library:
     parts = [
         f"-- The {component} library, made by common/storage/functions.py from {directory.parent.name}/scripts/.",
         "-- Loaded by `profilemesh cluster migrate`; never edit it on a server.",
-        helpers.read_text().rstrip("\n") if helpers.exists() else "",
+        *preludes(directory),
     ]
     for path in scripts:
         parts.append(f"\n-- {directory.parent.name}/scripts/{path.name}\nlocal function {path.stem}(KEYS, ARGV)")

@@ -23,20 +23,6 @@ local stream, record = KEYS[1], KEYS[2]
 local after_id, after_n, after_ts = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local upto, count = ARGV[4], tonumber(ARGV[5])
 
-local function field(flat, name)
-  for i = 1, #flat, 2 do
-    if flat[i] == name then return flat[i + 1] end
-  end
-end
-
--- Whether stream id a (ms-seq) is older than stream id b.
-local function older(a, b)
-  local a_ms, a_seq = string.match(a, '(%d+)-(%d+)')
-  local b_ms, b_seq = string.match(b, '(%d+)-(%d+)')
-  a_ms, a_seq, b_ms, b_seq = tonumber(a_ms), tonumber(a_seq), tonumber(b_ms), tonumber(b_seq)
-  return a_ms < b_ms or (a_ms == b_ms and a_seq < b_seq)
-end
-
 -- The position's entry: that id with that time (an id handed out again after a failover has another time).
 local function is_position(id, ts)
   return id == after_id and tostring(ts) == after_ts

@@ -40,7 +40,9 @@ CREATES = EventFilter(frozenset({"create"}), frozenset())
 
 
 class FakeCluster:
-    """What EventsFeed's constructor asks of its cluster: a script handle."""
+    """What EventsFeed's constructor asks of its cluster: a script handle and the blocking reads' bound."""
+
+    block_ms = 10
 
     def script(self, path: Any, repeatable: bool = False) -> object:
         return path

@@ -283,11 +283,7 @@ class EventWatch:
                 error = from_rpc_error(failure)
             finally:
                 call.cancel()
-            if policy.on_feed_error(error) is FeedAction.RAISE and error.code != grpc.StatusCode.OK:
-                raise error
-            if loop.time() - last_progress > self._feed.max_outage_s:
-                raise error
-            await asyncio.sleep(self._feed.backoff_s(failures))
+            await _pause_or_raise(self._feed, error, failures, last_progress)
             failures += 1
             self.reconnects += 1
 
@@ -334,12 +330,18 @@ class AsyncReportingClient(_Base):
                 error = from_rpc_error(failure)
             finally:
                 call.cancel()
-            if policy.on_feed_error(error) is FeedAction.RAISE and error.code != grpc.StatusCode.OK:
-                raise error
-            if loop.time() - last_progress > self.feed.max_outage_s:
-                raise error
-            await asyncio.sleep(self.feed.backoff_s(failures))
+            await _pause_or_raise(self.feed, error, failures, last_progress)
             failures += 1
+
+
+async def _pause_or_raise(feed: FeedPolicy, error: ProfilemeshError, failures: int, last_progress: float) -> None:
+    """After a stream ended: raise `error` when the feed policy gives up on it (its kind, or no progress for
+    max_outage_s), else wait the policy's backoff before the caller reconnects."""
+    if policy.on_feed_error(error) is FeedAction.RAISE and error.code != grpc.StatusCode.OK:
+        raise error
+    if asyncio.get_running_loop().time() - last_progress > feed.max_outage_s:
+        raise error
+    await asyncio.sleep(feed.backoff_s(failures))
 
 
 def _totals(reply: reporting_pb2.OperationTotals) -> OperationTotals:

@@ -100,6 +100,9 @@ class AllowedClients(grpc.aio.ServerInterceptor):
 
     def __init__(self, rules: dict[str, frozenset[str]]) -> None:
         self.rules = rules
+        # method: (the handler it was given, the guarded one), so that each call gets the same guarded handler and
+        # the interceptors before this one (shedding, observing), which cache by handler, wrap each method once.
+        self._guarded: dict[str, tuple[Handler, Handler]] = {}
 
     def allowed(self, method: str) -> frozenset[str]:
         matching = [prefix for prefix in self.rules if method.startswith(prefix)]
@@ -113,8 +116,13 @@ class AllowedClients(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return handler
-        allowed = self.allowed(details.method)
-        method = details.method
+        cached = self._guarded.get(details.method)
+        if cached is None or cached[0] is not handler:
+            cached = self._guarded[details.method] = (handler, self._guard(details.method, handler))
+        return cached[1]
+
+    def _guard(self, method: str, handler: Handler) -> Handler:
+        allowed = self.allowed(method)
 
         async def refuse_strangers(context: grpc.aio.ServicerContext[Any, Any]) -> None:
             identities = peer_identities(context)

@@ -3,6 +3,9 @@ no rule covers is refused to everyone (default deny)."""
 
 from __future__ import annotations
 
+import asyncio
+
+import grpc
 import pytest
 
 from common.rpc.tls import AllowedClients, parse_allowed_clients
@@ -34,3 +37,30 @@ def test_the_local_mesh_rules_name_every_method_of_the_services() -> None:
 def test_a_malformed_rule_is_named(text: str) -> None:
     with pytest.raises(ValueError, match="is not /service/method=identity"):
         parse_allowed_clients(text)
+
+
+def test_each_method_is_guarded_once_so_the_interceptors_before_it_wrap_it_once() -> None:
+    """Shedding and observing cache their wrapper by the handler they are given: a fresh guarded handler per
+    call would make them wrap every call again (and the in-flight gauge read only the latest call's count)."""
+
+    async def behaviour(request: object, context: object) -> object:
+        return request
+
+    handler = grpc.unary_unary_rpc_method_handler(behaviour)
+
+    async def continuation(details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        return handler
+
+    class Details(grpc.HandlerCallDetails):
+        method = "/profilemesh.profile.v1.ProfileService/GetProfile"
+        invocation_metadata = ()
+
+    guard = AllowedClients({"/profilemesh.profile.v1.ProfileService/": frozenset({"gateway"})})
+
+    async def twice() -> tuple[object, object]:
+        return await guard.intercept_service(continuation, Details()), await guard.intercept_service(
+            continuation, Details()
+        )
+
+    first, second = asyncio.run(twice())
+    assert first is second and first is not handler

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -30,6 +31,17 @@ def http_call(port: int, method: str, path: str, body: Any = None, raw: bytes | 
         return reply.status, json.loads(payload)
     finally:
         connection.close()
+
+
+def calls_answered(metrics_url: str, method: str) -> float:
+    """How many calls of the gRPC `method` (e.g. BatchGetProfiles) a service has answered, from its /metrics."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as reply:
+        lines = reply.read().decode().splitlines()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in lines
+        if line.startswith("profilemesh_grpc_server_requests_total{") and f'/{method}"' in line
+    )
 
 
 def status_details(error: Any) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import urllib.request
 import uuid
 
 import aiohttp
@@ -13,20 +12,9 @@ import pytest
 from localdev.system import System
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 from profilemesh.reporting.v1 import reporting_pb2, reporting_pb2_grpc
-from tests.helpers import http_call, status_details, wait_until
+from tests.helpers import calls_answered, http_call, status_details, wait_until
 
 TIMEOUT_S = 10
-
-
-def batch_calls(system: System) -> float:
-    """BatchGetProfiles calls profile_svc has answered, from its /metrics."""
-    with urllib.request.urlopen(system.metrics_url("profile_svc"), timeout=TIMEOUT_S) as reply:
-        lines = reply.read().decode().splitlines()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in lines
-        if line.startswith("profilemesh_grpc_server_requests_total{") and "BatchGetProfiles" in line
-    )
 
 
 def test_a_batch_answers_each_member_in_order(
@@ -90,10 +78,10 @@ def test_concurrent_rest_reads_are_each_answered_and_counted_once(
 
             return await asyncio.gather(*(one(users[i % len(users)]) for i in range(1000)), one(missing))
 
-    calls_before = batch_calls(system)
+    calls_before = calls_answered(system.metrics_url("profile_svc"), "BatchGetProfiles")
     answers = asyncio.run(read_all())
     # Batched, not one call per read (the exact number depends on timing).
-    assert 0 < batch_calls(system) - calls_before < 1001
+    assert 0 < calls_answered(system.metrics_url("profile_svc"), "BatchGetProfiles") - calls_before < 1001
     assert [(status, body) for user, status, body in answers if user != missing] == [
         (200, {"who": user}) for user, _, _ in answers if user != missing
     ]

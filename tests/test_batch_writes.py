@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import urllib.request
 
 import aiohttp
 import grpc
@@ -15,7 +14,7 @@ from localdev.faults import primary_of
 from localdev.system import System
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 from tests.conftest import PARTITIONS
-from tests.helpers import http_call, wait_until
+from tests.helpers import calls_answered, http_call, wait_until
 
 TIMEOUT_S = 10
 Write = profile_pb2.ProfileWriteRequest
@@ -145,17 +144,6 @@ def test_a_shard_without_replica_fails_only_its_own_members(fresh_system: System
         fresh_system.cluster.start_node(replica)
 
 
-def write_batch_calls(system: System) -> float:
-    """BatchWriteProfiles calls profile_svc has answered, from its /metrics."""
-    with urllib.request.urlopen(system.metrics_url("profile_svc"), timeout=TIMEOUT_S) as reply:
-        lines = reply.read().decode().splitlines()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in lines
-        if line.startswith("profilemesh_grpc_server_requests_total{") and "BatchWriteProfiles" in line
-    )
-
-
 def test_concurrent_rest_changes_are_batched_and_each_answered_as_alone(system: System, unique: str) -> None:
     """300 concurrent POSTs, PATCHes and DELETEs through the gateway: batched into BatchWriteProfiles calls, each
     answered with the status and body it would get alone (201, 200, 404, 409)."""
@@ -178,9 +166,11 @@ def test_concurrent_rest_changes_are_batched_and_each_answered_as_alone(system: 
             requests += [("PATCH", f"{unique}-nobody-{i}", {"n": "3"}) for i in range(25)]  # 404
             return await asyncio.gather(*(one(*request) for request in requests))
 
-    calls_before = write_batch_calls(system)
+    calls_before = calls_answered(system.metrics_url("profile_svc"), "BatchWriteProfiles")
     answers = asyncio.run(change_all())
-    assert write_batch_calls(system) > calls_before, "no change was batched"
+    assert calls_answered(system.metrics_url("profile_svc"), "BatchWriteProfiles") > calls_before, (
+        "no change was batched"
+    )
     for method, user, status, body in answers:
         if method == "POST" and "-new-" in user:
             assert (status, body) == (201, {"message": f"Profile created for: {user}"})

@@ -164,14 +164,7 @@ def from_k8s(text: str) -> dict[str, Wiring]:
         (container,) = pod["containers"]
         component = container["command"][0].removeprefix("profilemesh-")
         wiring = Wiring(component)
-        for entry in container.get("env", []):
-            if "valueFrom" in entry:
-                if "secretKeyRef" in entry["valueFrom"]:
-                    wiring.secrets.add(entry["name"])
-                else:
-                    wiring.env[entry["name"]] = "<from elsewhere>"
-            else:
-                wiring.env[entry["name"]] = str(entry["value"])
+        _k8s_env(container, wiring)
         wiring.ports = {port["containerPort"] for port in container["ports"]}
         probes = [container["readinessProbe"], container["livenessProbe"]]
         shapes = {_k8s_probe(probe) for probe in probes}
@@ -196,14 +189,7 @@ def from_k8s(text: str) -> dict[str, Wiring]:
         pod = document["spec"]["template"]["spec"]
         (container,) = pod["containers"]
         wiring = Wiring(MIGRATE if container.get("command") == MIGRATE_COMMAND else str(container.get("command")))
-        for entry in container.get("env", []):
-            if "valueFrom" in entry:
-                if "secretKeyRef" in entry["valueFrom"]:
-                    wiring.secrets.add(entry["name"])
-                else:
-                    wiring.env[entry["name"]] = "<from elsewhere>"
-            else:
-                wiring.env[entry["name"]] = str(entry["value"])
+        _k8s_env(container, wiring)
         wiring.extra["labels"] = document["spec"]["template"]["metadata"]["labels"]
         wiring.extra["restart"] = pod.get("restartPolicy")
         wiring.extra["security"] = (pod.get("securityContext", {}), container.get("securityContext", {}))
@@ -212,6 +198,18 @@ def from_k8s(text: str) -> dict[str, Wiring]:
     for wiring in wired.values():
         wiring.extra["network_policies"] = wired_policies
     return wired
+
+
+def _k8s_env(container: dict[str, Any], wiring: Wiring) -> None:
+    """A container's environment into `wiring`: values, secrets by name, and what comes from elsewhere."""
+    for entry in container.get("env", []):
+        if "valueFrom" in entry:
+            if "secretKeyRef" in entry["valueFrom"]:
+                wiring.secrets.add(entry["name"])
+            else:
+                wiring.env[entry["name"]] = "<from elsewhere>"
+        else:
+            wiring.env[entry["name"]] = str(entry["value"])
 
 
 def _k8s_probe(probe: dict[str, Any]) -> str:

@@ -226,7 +226,8 @@ class System:
         changes = asyncio.run(migrate.migrate(self.client_settings()))
         if not changes or any(change.outcome == migrate.FAILED for change in changes):
             raise RuntimeError(f"profilemesh cluster migrate failed:\n{migrate.render(changes)}")
-        print(f"profilemesh cluster migrate:\n{migrate.render(changes)}", flush=True)
+        # On stderr: stdout is what localdev.serve answers its caller on (one JSON line), and what tests read.
+        print(f"profilemesh cluster migrate:\n{migrate.render(changes)}", file=sys.stderr, flush=True)
         return changes
 
     def start(self, timeout_s: float = 60) -> None:

@@ -23,7 +23,16 @@ export async function startMesh(): Promise<Mesh> {
   const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
   const first = await lines.next();
   if (first.done) throw new Error("localdev.serve exited before the mesh was up");
-  const info = JSON.parse(first.value);
+  let info;
+  try {
+    info = JSON.parse(first.value);
+  } catch {
+    // Closing its stdin stops everything it started; a test that can't use the mesh must not hang on it.
+    const exited = new Promise((done) => child.once("exit", done));
+    child.stdin.end();
+    await exited;
+    throw new Error(`localdev.serve's first line is not its JSON description: ${first.value.slice(0, 80)}`);
+  }
   return {
     ...info,
     async command(line: string) {

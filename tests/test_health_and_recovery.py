@@ -91,6 +91,7 @@ def test_reflection_describes_profile_service(channels: dict[str, grpc.Channel])
         "BatchGetProfiles": (f"{package}.BatchGetProfilesRequest", f"{package}.BatchGetProfilesResponse"),
         "UpdateProfile": (f"{package}.UpdateProfileRequest", f"{package}.UpdateProfileResponse"),
         "DeleteProfile": (f"{package}.DeleteProfileRequest", f"{package}.DeleteProfileResponse"),
+        "BatchWriteProfiles": (f"{package}.BatchWriteProfilesRequest", f"{package}.BatchWriteProfilesResponse"),
         "WatchProfileEvents": (f"{package}.WatchProfileEventsRequest", f"{package}.WatchProfileEventsResponse"),
     }
     request = pool.FindMessageTypeByName(f"{package}.CreateProfileRequest")

@@ -110,6 +110,12 @@ def test_only_the_gateway_and_localdev_may_call_the_services(secured: System) ->
                 profile_pb2.UpdateProfileRequest(user="allowed", fields={"a": "x"}), timeout=5
             ),
             "DeleteProfile": lambda: stub.DeleteProfile(profile_pb2.DeleteProfileRequest(user="allowed"), timeout=5),
+            "BatchWriteProfiles": lambda: stub.BatchWriteProfiles(
+                profile_pb2.BatchWriteProfilesRequest(
+                    requests=[profile_pb2.ProfileWriteRequest(delete=profile_pb2.DeleteProfileRequest(user="allowed"))]
+                ),
+                timeout=5,
+            ),
             "GetProfile": lambda: stub.GetProfile(profile_pb2.GetProfileRequest(user="allowed"), timeout=5),
             "WatchProfileEvents": lambda: next(stub.WatchProfileEvents(profile_pb2.WatchProfileEventsRequest())),
         }

@@ -1,11 +1,13 @@
 """Group commit (common/storage/group_commit.py): concurrent changes on one primary share one durability wait,
-and each caller still gets its own answer. Against the running system: its profile_svc, replica durability."""
+and each caller still gets its own answer. Against the running system: its profile_svc, replica durability.
+
+The changes come as the members of one BatchWriteProfiles call, which profile_svc runs concurrently: so they
+are concurrent on any machine, where separate calls are only as concurrent as the machine's load makes them
+(200 separate creates took 6 to 14 WAITs on a loaded machine, 159 on a quiet one)."""
 
 from __future__ import annotations
 
-import asyncio
-
-import grpc
+from google.rpc import error_details_pb2
 
 from common.storage import keys
 from localdev.system import System
@@ -34,30 +36,38 @@ def _users_of_one_partition(prefix: str, count: int) -> list[str]:
     return users
 
 
-async def _create_all(system: System, users: list[str]) -> list[grpc.StatusCode]:
-    async with system.grpc_aio_channel(f"127.0.0.1:{system.profile_port}") as channel:
-        stub = profile_pb2_grpc.ProfileServiceStub(channel)
-
-        async def create(user: str) -> grpc.StatusCode:
-            try:
-                await stub.CreateProfile(
-                    profile_pb2.CreateProfileRequest(user=user, fields={"email": f"{user}@example.com"}), timeout=30
-                )
-            except grpc.aio.AioRpcError as error:
-                return error.code()
-            return grpc.StatusCode.OK
-
-        return list(await asyncio.gather(*(create(user) for user in users)))
+def _create_in_one_batch(system: System, users: list[str]) -> list[str]:
+    """Create `users` with one BatchWriteProfiles call, whose members run concurrently in profile_svc: each
+    member's outcome, `created` or its error's reason."""
+    stub = profile_pb2_grpc.ProfileServiceStub(system.grpc_channel(system.profile_port))
+    requests = [
+        profile_pb2.ProfileWriteRequest(
+            create=profile_pb2.CreateProfileRequest(user=user, fields={"email": f"{user}@example.com"})
+        )
+        for user in users
+    ]
+    reply = stub.BatchWriteProfiles(profile_pb2.BatchWriteProfilesRequest(requests=requests), timeout=30)
+    outcomes = []
+    for result in reply.results:
+        if result.WhichOneof("result") == "created":
+            outcomes.append("created")
+        else:
+            info = error_details_pb2.ErrorInfo()
+            assert result.error.details[0].Unpack(info)
+            outcomes.append(info.reason)
+    return outcomes
 
 
 def test_concurrent_creates_on_one_primary_share_their_waits(system: System, unique: str) -> None:
+    """200 creates at once on one partition (one call's members, so that they are at once on any machine):
+    a handful of WAITs, not 200, and every create readable."""
     users = _users_of_one_partition(unique, CONCURRENT)
     before = _waits(system)
-    outcomes = asyncio.run(_create_all(system, users))
+    outcomes = _create_in_one_batch(system, users)
     waits = _waits(system) - before
-    assert outcomes == [grpc.StatusCode.OK] * CONCURRENT
+    assert outcomes == ["created"] * CONCURRENT
     print(f"{waits} WAITs for {CONCURRENT} creates")
-    assert 1 <= waits <= CONCURRENT // 4, f"{waits} WAITs for {CONCURRENT} creates"
+    assert 1 <= waits <= 10, f"{waits} WAITs for {CONCURRENT} creates"
     stub = profile_pb2_grpc.ProfileServiceStub(system.grpc_channel(system.profile_port))
     for user in users:
         assert stub.GetProfile(profile_pb2.GetProfileRequest(user=user), timeout=10).fields == {
@@ -69,7 +79,6 @@ def test_each_change_in_a_group_gets_its_own_answer(system: System, unique: str)
     """Creates of profiles that exist go in the same groups as new ones: those alone answer ALREADY_EXISTS."""
     users = _users_of_one_partition(unique, CONCURRENT)
     existing = users[::5]
-    assert asyncio.run(_create_all(system, existing)) == [grpc.StatusCode.OK] * len(existing)
-    outcomes = asyncio.run(_create_all(system, users))
-    expected = [grpc.StatusCode.ALREADY_EXISTS if user in existing else grpc.StatusCode.OK for user in users]
-    assert outcomes == expected
+    assert _create_in_one_batch(system, existing) == ["created"] * len(existing)
+    outcomes = _create_in_one_batch(system, users)
+    assert outcomes == ["PROFILE_EXISTS" if user in existing else "created" for user in users]

@@ -140,7 +140,8 @@ def test_reads_and_counts_survive_a_primary_that_stays_dead(fresh_system: System
 
     # GETs of profiles on the other shards never failed at any point.
     elsewhere_reads = [c for c in calls if c.kind == "read" and _partition(c.user) not in degraded]
-    assert elsewhere_reads and all(c.status == 200 for c in elsewhere_reads)
+    failed_elsewhere = [c for c in elsewhere_reads if c.status != 200]
+    assert elsewhere_reads and not failed_elsewhere, failed_elsewhere[:5]
     # On the degraded shard, reads come back after the promotion; creates answer 503 (not 500, not a hang).
     assert first_read is not None
     assert {c.status for c in after_kill if c.kind == "create"} <= {201, 503, 504}

@@ -132,34 +132,16 @@ class AsyncProfileClient(_Base):
         create is sent again, and ProfileExists then means an earlier attempt made it. Returns True when
         this call's create was confirmed, False when the profile was there already or an unconfirmed
         attempt made it. (Someone else's create of the same user in between also reads as done.)"""
-        unsure: ProfilemeshError | None = None
-        for _ in range(attempts):
-            try:
-                await self.create(user, fields, timeout_s=timeout_s)
-                return True
-            except ProfileExists:
-                return False
-            except OutcomeUnknown as error:
-                log.info("create of %s: outcome unknown (%s); sending it again", user, error.message)
-                unsure = error
-        assert unsure is not None
-        raise unsure
+        return await _resolved(
+            lambda: self.create(user, fields, timeout_s=timeout_s), ProfileExists, f"create of {user}", attempts
+        )
 
     async def ensure_deleted(self, user: str, *, attempts: int = 5, timeout_s: float | None = None) -> bool:
         """Delete the profile if there is one, resolving unknown outcomes (ProfileNotFound after one: done).
         Returns True when this call's delete was confirmed."""
-        unsure: ProfilemeshError | None = None
-        for _ in range(attempts):
-            try:
-                await self.delete(user, timeout_s=timeout_s)
-                return True
-            except ProfileNotFound:
-                return False
-            except OutcomeUnknown as error:
-                log.info("delete of %s: outcome unknown (%s); sending it again", user, error.message)
-                unsure = error
-        assert unsure is not None
-        raise unsure
+        return await _resolved(
+            lambda: self.delete(user, timeout_s=timeout_s), ProfileNotFound, f"delete of {user}", attempts
+        )
 
     async def get_many(
         self, users: Iterable[str], *, chunk: int = GET_MANY_CHUNK, timeout_s: float | None = None
@@ -332,6 +314,25 @@ class AsyncReportingClient(_Base):
                 call.cancel()
             await _pause_or_raise(self.feed, error, failures, last_progress)
             failures += 1
+
+
+async def _resolved(
+    change: Callable[[], Awaitable[None]], already: type[ProfilemeshError], what: str, attempts: int
+) -> bool:
+    """Send `change` until its outcome is known: True when it was confirmed, False when it answers `already` (it
+    was done, by an earlier unconfirmed attempt or before); OutcomeUnknown again after `attempts` tries."""
+    unsure: ProfilemeshError | None = None
+    for _ in range(attempts):
+        try:
+            await change()
+            return True
+        except already:
+            return False
+        except OutcomeUnknown as error:
+            log.info("%s: outcome unknown (%s); sending it again", what, error.message)
+            unsure = error
+    assert unsure is not None
+    raise unsure
 
 
 async def _pause_or_raise(feed: FeedPolicy, error: ProfilemeshError, failures: int, last_progress: float) -> None:

@@ -31,9 +31,11 @@ class Waits:
             Durability.REPLICA: ("WAIT", 1, timeout_ms),
         }[durability]
         self.read: tuple[Any, ...] | None = ("WAIT", 1, timeout_ms) if read_check is ReadCheck.REPLICA else None
+        # Looked up on every operation: made once.
+        self._by_confirm = {Confirm.NOTHING: None, Confirm.WRITE: self.write, Confirm.READ: self.read}
 
     def command(self, confirm: Confirm) -> tuple[Any, ...] | None:
-        return {Confirm.NOTHING: None, Confirm.WRITE: self.write, Confirm.READ: self.read}[confirm]
+        return self._by_confirm[confirm]
 
     @staticmethod
     def confirmed(wait: tuple[Any, ...], reply: Any) -> bool:

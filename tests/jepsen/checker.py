@@ -275,6 +275,18 @@ class _SearchResult:
     rejected: dict[int, list[State]] = field(default_factory=dict)  # id(op) -> states the model refused it in
 
 
+def _linked(n: int) -> tuple[int, int, list[int], list[int]]:
+    """Items 0..n-1 as a doubly linked list in order, with sentinels: (head, tail, next, previous)."""
+    head, tail = n, n + 1
+    nxt = list(range(1, n + 1)) + [0, 0]
+    prv = [n] + list(range(0, n - 1)) + [0, 0]
+    if n:
+        nxt[head], prv[tail], nxt[n - 1] = 0, n - 1, tail
+    else:
+        nxt[head], prv[tail] = tail, head
+    return head, tail, nxt, prv
+
+
 def _search(ops: list[_COp], explain: bool = False) -> _SearchResult:
     """Wing & Gong's search with Lowe's memoization over one key's prepared operations."""
     req = [o for o in ops if o.required]
@@ -287,13 +299,7 @@ def _search(ops: list[_COp], explain: bool = False) -> _SearchResult:
         entries.append((o.complete, 1, i))
     entries.sort()
     n_e = len(entries)
-    head, tail = n_e, n_e + 1
-    nxt = list(range(1, n_e + 1)) + [0, 0]
-    prv = [n_e] + list(range(0, n_e - 1)) + [0, 0]
-    if n_e:
-        nxt[head], prv[tail], nxt[n_e - 1] = 0, n_e - 1, tail
-    else:
-        nxt[head], prv[tail] = tail, head
+    head, tail, nxt, prv = _linked(n_e)
     is_call = [e[1] == 0 for e in entries]
     e_time = [e[0] for e in entries]
     e_op = [e[2] for e in entries]
@@ -303,13 +309,7 @@ def _search(ops: list[_COp], explain: bool = False) -> _SearchResult:
         (ret_of if r else call_of)[i] = pos
     # Unknown operations: a linked list by invocation, with sentinels.
     n_u = len(unk)
-    uhead, utail = n_u, n_u + 1
-    unxt = list(range(1, n_u + 1)) + [0, 0]
-    uprv = [n_u] + list(range(0, n_u - 1)) + [0, 0]
-    if n_u:
-        unxt[uhead], uprv[utail], unxt[n_u - 1] = 0, n_u - 1, utail
-    else:
-        unxt[uhead], uprv[utail] = utail, uhead
+    uhead, utail, unxt, uprv = _linked(n_u)
     u_invoke = [o.invoke for o in unk]
     # Operation handles: required i -> i, unknown j -> len(req) + j; one bit each.
     n_req = len(req)

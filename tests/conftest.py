@@ -7,6 +7,7 @@ import itertools
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -36,14 +37,15 @@ TEST_SETTINGS = {
 }
 
 
-def make_system(directory: Path, settings: dict[str, str] | None = None) -> System:
-    return on_free_ports(directory, TEST_SETTINGS if settings is None else settings)
+def make_system(directory: Path, settings: dict[str, str] | None = None, **options: Any) -> System:
+    """`options`: on_free_ports's (replicas, secure, supervised, node_timeout_ms)."""
+    return on_free_ports(directory, TEST_SETTINGS if settings is None else settings, **options)
 
 
 @contextlib.contextmanager
-def running_system(directory: Path, settings: dict[str, str] | None = None) -> Iterator[System]:
+def running_system(directory: Path, settings: dict[str, str] | None = None, **options: Any) -> Iterator[System]:
     """A whole system on free ports, with the suite's settings unless given others, stopped afterwards."""
-    system = make_system(directory, settings)
+    system = make_system(directory, settings, **options)
     try:
         system.start()
         yield system

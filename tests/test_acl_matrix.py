@@ -21,10 +21,10 @@ from redis.exceptions import NoPermissionError, ResponseError
 
 from aggregator_svc.aggregator import apply_keys, recount_keys, trim_keys
 from common.storage import acl, keys
-from localdev.system import System, on_free_ports
+from localdev.system import System
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 from profilemesh.reporting.v1 import reporting_pb2, reporting_pb2_grpc
-from tests.conftest import PARTITIONS, TEST_SETTINGS
+from tests.conftest import PARTITIONS, TEST_SETTINGS, running_system
 from tests.helpers import http_call, wait_until
 from tests.test_seed_walkthrough import walk_through
 
@@ -202,12 +202,8 @@ def test_no_key_the_services_make_is_in_two_families() -> None:
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     """TLS cluster (Redis 7.0) and mutual TLS, with the read check on, so profile_svc's fence and WAIT run too."""
     settings = {**TEST_SETTINGS, "PROFILEMESH_READ_CHECK": "replica"}
-    system = on_free_ports(tmp_path_factory.mktemp("matrix"), settings, secure=True)
-    try:
-        system.start()
+    with running_system(tmp_path_factory.mktemp("matrix"), settings, secure=True) as system:
         yield system
-    finally:
-        system.stop()
 
 
 @pytest.fixture(scope="module")

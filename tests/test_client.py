@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 from common.storage import keys
-from localdev.system import System, on_free_ports
+from localdev.system import System
 from profilemesh.client import (
     AsyncProfileClient,
     EventsHistoryChanged,
@@ -34,7 +34,7 @@ from profilemesh.client import (
     ReportingClient,
     Unavailable,
 )
-from tests.conftest import PARTITIONS, TEST_SETTINGS
+from tests.conftest import PARTITIONS, TEST_SETTINGS, running_system
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -46,12 +46,8 @@ CREATE = "/profilemesh.profile.v1.ProfileService/CreateProfile"
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     """Two replicas of profile_svc and reporting_svc; events kept 10 minutes, so tokens resume."""
     settings = {**TEST_SETTINGS, "PROFILEMESH_EVENTS_RETENTION_S": "600", "PROFILEMESH_STREAM_HEARTBEAT_S": "1"}
-    system = on_free_ports(tmp_path_factory.mktemp("clients"), settings, replicas=2)
-    try:
-        system.start()
+    with running_system(tmp_path_factory.mktemp("clients"), settings, replicas=2) as system:
         yield system
-    finally:
-        system.stop()
 
 
 def _target(ports: list[int]) -> str:

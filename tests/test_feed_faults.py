@@ -25,10 +25,10 @@ from redis.cluster import RedisCluster
 from common.rpc.streams import StreamLimits
 from common.storage import keys
 from common.storage.cluster import Cluster
-from localdev.system import System, on_free_ports
+from localdev.system import System
 from profile_svc.events_feed import CATCH_UP_PAGE, Anchor, EventsFeed, Tokens, event_filter
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
-from tests.conftest import PARTITIONS, TEST_SETTINGS
+from tests.conftest import PARTITIONS, TEST_SETTINGS, running_system
 from tests.helpers import FunctionCall, status_details, wait_until
 
 PROFILE_SCRIPTS = Path(__file__).parent.parent / "profile_svc" / "scripts"
@@ -38,12 +38,8 @@ PROFILE_SCRIPTS = Path(__file__).parent.parent / "profile_svc" / "scripts"
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     """Two profile_svc replicas (one to stall, one to write through), retention 1 s, heartbeats every second."""
     settings = {**TEST_SETTINGS, "PROFILEMESH_STREAM_HEARTBEAT_S": "1"}
-    running = on_free_ports(tmp_path_factory.mktemp("feed-faults"), settings, replicas=2)
-    try:
-        running.start()
+    with running_system(tmp_path_factory.mktemp("feed-faults"), settings, replicas=2) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="module")

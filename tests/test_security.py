@@ -24,22 +24,18 @@ from redis.retry import Retry
 from common.storage import acl, functions
 from localdev import certs
 from localdev.ports import free_ports
-from localdev.system import System, on_free_ports
+from localdev.system import System
 from localdev.waiting import poll_until
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 from profilemesh.reporting.v1 import reporting_pb2, reporting_pb2_grpc
-from tests.conftest import TEST_SETTINGS
+from tests.conftest import running_system
 from tests.test_seed_walkthrough import walk_through
 
 
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    system = on_free_ports(tmp_path_factory.mktemp("secured"), TEST_SETTINGS, secure=True)
-    try:
-        system.start()
+    with running_system(tmp_path_factory.mktemp("secured"), secure=True) as system:
         yield system
-    finally:
-        system.stop()
 
 
 def _health(channel: grpc.Channel) -> str:

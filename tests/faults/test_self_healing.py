@@ -26,9 +26,9 @@ from common.storage import keys
 from localdev.faults import primary_of, shard_of
 from localdev.ports import free_ports
 from localdev.prometheus import Prometheus
-from localdev.system import System, on_free_ports
+from localdev.system import System
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
-from tests.conftest import PARTITIONS, TEST_SETTINGS
+from tests.conftest import PARTITIONS, running_system
 from tests.helpers import http_call, wait_until
 
 WRITES_BACK_WITHIN_S = 15
@@ -39,12 +39,8 @@ MEANINGFUL_LOAD = 2 * RATE_PER_S
 
 @pytest.fixture(scope="module")
 def replicated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    system = on_free_ports(tmp_path_factory.mktemp("replicated"), TEST_SETTINGS, replicas=2, supervised=True)
-    try:
-        system.start()
+    with running_system(tmp_path_factory.mktemp("replicated"), replicas=2, supervised=True) as system:
         yield system
-    finally:
-        system.stop()
 
 
 def _user_on(partition: int) -> str:

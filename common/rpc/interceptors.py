@@ -25,8 +25,10 @@ _HEALTH = "/grpc.health.v1.Health/"
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # generic in the stubs only
 
 
-class _UnaryInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps each unary method's handler once (`_wrap`, cached by method); streams and unknown methods pass."""
+class WrappingInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps each method's handler once (`_wrap`, cached by method and the handler it was given), so the
+    interceptors before it, which cache by handler too, wrap each method once; unknown methods pass, and so do
+    the ones `_wraps` declines."""
 
     def __init__(self) -> None:
         self._wrapped: dict[str, tuple[Handler, Handler]] = {}  # method: (original, wrapped)
@@ -37,15 +39,25 @@ class _UnaryInterceptor(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> Handler | None:
         handler = await continuation(details)
-        if handler is None or handler.unary_unary is None:
-            return handler  # unknown methods and streams (health Watch, reflection) pass through
+        if handler is None or not self._wraps(handler):
+            return handler
         cached = self._wrapped.get(details.method)
         if cached is None or cached[0] is not handler:
             cached = self._wrapped[details.method] = (handler, self._wrap(details.method, handler))
         return cached[1]
 
+    def _wraps(self, handler: Handler) -> bool:
+        return True
+
     def _wrap(self, method: str, handler: Handler) -> Handler:
         raise NotImplementedError
+
+
+class _UnaryInterceptor(WrappingInterceptor):
+    """Wraps unary methods only: streams (health Watch, reflection, the Watch RPCs) pass through."""
+
+    def _wraps(self, handler: Handler) -> bool:
+        return handler.unary_unary is not None
 
 
 class SheddingInterceptor(_UnaryInterceptor):

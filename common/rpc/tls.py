@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 
-from common.rpc.interceptors import Handler
+from common.rpc.interceptors import Handler, WrappingInterceptor
 from common.runtime.config import Settings
 
 
@@ -93,35 +93,20 @@ def peer_identities(context: grpc.aio.ServicerContext[Any, Any]) -> set[str]:
     return {value.decode() if isinstance(value, bytes) else str(value) for value in values}
 
 
-class AllowedClients(grpc.aio.ServerInterceptor):
+class AllowedClients(WrappingInterceptor):
     """Every method is checked: only the identities of the rule that covers it (the longest prefix wins) may
     call it, and a method no rule covers is refused to everyone (default deny: a new RPC, a mutation above
     all, is closed until a rule names who may call it). Refusals are PERMISSION_DENIED."""
 
     def __init__(self, rules: dict[str, frozenset[str]]) -> None:
+        super().__init__()
         self.rules = rules
-        # method: (the handler it was given, the guarded one), so that each call gets the same guarded handler and
-        # the interceptors before this one (shedding, observing), which cache by handler, wrap each method once.
-        self._guarded: dict[str, tuple[Handler, Handler]] = {}
 
     def allowed(self, method: str) -> frozenset[str]:
         matching = [prefix for prefix in self.rules if method.startswith(prefix)]
         return self.rules[max(matching, key=len)] if matching else frozenset()
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
-        details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        handler = await continuation(details)
-        if handler is None:
-            return handler
-        cached = self._guarded.get(details.method)
-        if cached is None or cached[0] is not handler:
-            cached = self._guarded[details.method] = (handler, self._guard(details.method, handler))
-        return cached[1]
-
-    def _guard(self, method: str, handler: Handler) -> Handler:
+    def _wrap(self, method: str, handler: Handler) -> Handler:
         allowed = self.allowed(method)
 
         async def refuse_strangers(context: grpc.aio.ServicerContext[Any, Any]) -> None:

@@ -11,16 +11,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from common.errors import ClusterUnavailable
 from common.runtime.config import Settings
 from common.storage import functions
-from common.storage.connection import CLUSTER_SLOTS, connection_options
+from common.storage.connection import CLUSTER_SLOTS
 from common.storage.errors import CLIENT_FAILURES, translated
 from common.storage.internals import covered_slots
+from common.storage.nodes import async_operator_cluster
 
 TIMEOUT_S = 10.0
 LOADED, PRESENT, REPLACED, PRUNED, KEPT, FAILED = (
@@ -41,22 +41,10 @@ class Change:
     error: str = ""
 
 
-def _text(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, list):
-        return [_text(item) for item in value]
-    if isinstance(value, dict):
-        return {_text(k): _text(v) for k, v in value.items()}
-    return value
-
-
 async def _present(client: RedisCluster, node: ClusterNode) -> dict[str, str]:
     """The profilemesh libraries on `node`: name -> code."""
-    reply = _text(
-        await client.execute_command(
-            "FUNCTION", "LIST", "LIBRARYNAME", f"{functions.PREFIX}*", "WITHCODE", target_nodes=node
-        )
+    reply = await client.execute_command(
+        "FUNCTION", "LIST", "LIBRARYNAME", f"{functions.PREFIX}*", "WITHCODE", target_nodes=node
     )
     found = {}
     for entry in reply:
@@ -101,13 +89,7 @@ async def migrate(settings: Settings, prune: bool = False) -> list[Change]:
 
 
 async def _migrate(settings: Settings, prune: bool) -> list[Change]:
-    client = RedisCluster.from_url(
-        settings.redis_url,
-        socket_timeout=TIMEOUT_S,
-        socket_connect_timeout=TIMEOUT_S,
-        require_full_coverage=False,
-        **connection_options(settings),
-    )
+    client = async_operator_cluster(settings, TIMEOUT_S, decode_responses=True)
     try:
         await client.initialize()
         covered = covered_slots(client)

@@ -46,14 +46,16 @@ def async_cluster_client(host: str, port: int, settings: Settings, **kwargs: Any
     return ClusterClient(host=host, port=port, **node_options(settings), **kwargs)
 
 
-def async_operator_cluster(settings: Settings, timeout_s: float) -> ClusterClient:
-    """An async cluster client for an operator's reads (as the services connect, but with `timeout_s`)."""
+def async_operator_cluster(settings: Settings, timeout_s: float, **kwargs: Any) -> ClusterClient:
+    """An async cluster client for an operator's work (as the services connect, but with `timeout_s`): the
+    `profilemesh` command's reads, the admin step's loads."""
     return ClusterClient.from_url(
         settings.redis_url,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         require_full_coverage=False,
         **connection_options(settings),
+        **kwargs,
     )
 
 

@@ -22,6 +22,7 @@ from common.runtime import metrics
 from common.runtime.config import AggregatorSettings
 from common.storage import keys
 from common.storage.cluster import Cluster
+from common.storage.replies import text
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ class Aggregator:
         )
         if taken:
             self._count(partition, int(applied), int(gone), malformed, int(queued))
-        return int(taken), last_delivered.decode() if isinstance(last_delivered, bytes) else str(last_delivered)
+        return int(taken), text(last_delivered)
 
     async def _apply_entries(self, partition: int, entries: list[Entry]) -> int:
         """Apply and acknowledge entries by id; the script reads their content from the stream itself."""
@@ -165,9 +166,7 @@ class Aggregator:
         if queued:
             self._recount_due[partition].set()
         if malformed:
-            shown = ", ".join(
-                entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id) for entry_id in malformed[:5]
-            )
+            shown = ", ".join(text(entry_id) for entry_id in malformed[:5])
             log.error(
                 "partition %d: %d malformed entries (no user, or an unknown type) acknowledged without counting: %s%s",
                 partition,

@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, cast
+from typing import cast
 
 from common.errors import StorageError
 from common.runtime import metrics
 from common.storage import keys
 from common.storage.cluster import Cluster, ClusterClient
+from common.storage.replies import text
 from common.storage.stream_ids import parse_id
 
 log = logging.getLogger(__name__)
@@ -24,19 +25,15 @@ INTERVAL_S = 1.0
 COUNT_LIMIT = 10_000
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 async def partition_figures(client: ClusterClient, stream: str, group: str, now_ms: int) -> dict[str, float]:
     """Stream length, undelivered (lag) and pending entries, and the age in seconds of the oldest of each."""
     length = await client.xlen(stream)
-    info = next((g for g in await client.xinfo_groups(stream) if _text(g["name"]) == group), None)
+    info = next((g for g in await client.xinfo_groups(stream) if text(g["name"]) == group), None)
     lag: int | None
     if info is None:  # no aggregator has created the group yet: everything is undelivered
         lag, pending, oldest_pending, last_delivered = length, 0, 0.0, "0-0"
     else:
-        last_delivered = _text(info["last-delivered-id"])
+        last_delivered = text(info["last-delivered-id"])
         pending = int(info["pending"])
         lag = None if info.get("lag") is None else int(info["lag"])
         oldest_pending = 0.0

@@ -42,7 +42,8 @@ from common.rpc.streams import StreamClock
 from common.rpc.validation import MAX_USERS, check_user
 from common.storage import keys
 from common.storage.cluster import Cluster
-from common.storage.stream_ids import StreamId, format_id
+from common.storage.replies import text
+from common.storage.stream_ids import StreamId, format_id, parse_id
 
 log = logging.getLogger(__name__)
 
@@ -411,13 +412,13 @@ class EventsFeed:
             [format_id(after.id), after.n, after.ts, until if isinstance(until, str) else format_id(until), count]
             + filtering,
         )
-        verdict, first_n, entries, scanned = _text(reply[0]), int(reply[1]), reply[2], int(reply[4])
+        verdict, first_n, entries, scanned = text(reply[0]), int(reply[1]), reply[2], int(reply[4])
         last = _anchor_of(reply[3])
         if not filtering:
             events = _events(partition, entries, range(first_n, first_n + len(entries)))
             return Read(verdict, events, scanned, events[-1].anchor if events else None, last)
         end = reply[6]
-        scanned_to = Anchor(_id(end[0]), first_n + scanned - 1, int(end[1])) if scanned else None
+        scanned_to = Anchor(parse_id(end[0]), first_n + scanned - 1, int(end[1])) if scanned else None
         return Read(verdict, _events(partition, entries, [int(n) for n in reply[5]]), scanned, scanned_to, last)
 
     async def _last(self, partition: int) -> Anchor:
@@ -486,17 +487,8 @@ class EventsFeed:
             subscription.push(batch)
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _id(raw: Any) -> StreamId:
-    ms, _, seq = _text(raw).partition("-")
-    return int(ms), int(seq or 0)
-
-
 def _anchor_of(reply: Sequence[Any]) -> Anchor:
-    return Anchor(_id(reply[0]), int(reply[1]), int(reply[2]))
+    return Anchor(parse_id(reply[0]), int(reply[1]), int(reply[2]))
 
 
 def _events(partition: int, entries: Sequence[Any], offsets: Iterable[int]) -> list[Event]:
@@ -506,7 +498,7 @@ def _events(partition: int, entries: Sequence[Any], offsets: Iterable[int]) -> l
         fields = dict(zip(flat[::2], flat[1::2], strict=True))
         events.append(
             Event(
-                id=_id(raw_id),
+                id=parse_id(raw_id),
                 n=n,
                 partition=partition,
                 user=fields[b"user"].decode(),

@@ -16,6 +16,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from common.storage.replies import text
+
 
 def keep_command_table(client: RedisCluster) -> None:
     """Learn the server's command table once, and find movable keys of stream reads locally.
@@ -98,7 +100,7 @@ def covered_slots(client: RedisCluster) -> int:
 
 def stream_keys(args: Sequence[Any]) -> list[Any] | None:
     """The stream keys of an XREADGROUP or XREAD command (None for any other command)."""
-    words = [value.decode() if isinstance(value, bytes) else str(value) for value in args]
+    words = [text(value) for value in args]
     command = words[0].upper() if words else ""
     if command not in ("XREADGROUP", "XREAD"):
         return None

@@ -19,6 +19,7 @@ from common.errors import StorageError
 from common.runtime.config import Settings
 from common.storage.cluster import ClusterClient, connection_options
 from common.storage.errors import translated
+from common.storage.replies import text
 from common.storage.topology import NodeLine, parse_cluster_nodes
 
 # The raw clients, for callers that hand them on (tests, benchmarks) without importing the driver;
@@ -159,4 +160,4 @@ class AsyncNode:
     async def cluster_nodes(self) -> list[NodeLine]:
         with translated():
             raw = await self.client.execute_command("CLUSTER", "NODES")  # type: ignore[no-untyped-call]  # untyped in redis-py
-        return parse_cluster_nodes(raw.decode() if isinstance(raw, bytes) else str(raw))
+        return parse_cluster_nodes(text(raw))

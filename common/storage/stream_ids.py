@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from common.storage.replies import text
+
 StreamId = tuple[int, int]
 
 
 def parse_id(raw: bytes | str) -> StreamId:
     """An entry id as (milliseconds, sequence); a bare `<ms>` has sequence 0. ValueError if it isn't an id."""
-    text = raw.decode() if isinstance(raw, bytes) else raw
-    ms, _, seq = text.partition("-")
+    ms, _, seq = text(raw).partition("-")
     return int(ms), int(seq or 0)
 
 

@@ -140,9 +140,14 @@ class Aggregator:
 
     async def _take(self, partition: int) -> tuple[int, str]:
         """Take the group's next entries for us, apply and acknowledge them: one script, their content stays in
-        the cluster. Returns how many were taken and the group's last delivered id."""
+        the cluster. Returns how many were taken and the group's last delivered id. The partitions that take on
+        the same tick send their takes together, one pipeline per primary."""
         applied, gone, taken, last_delivered, malformed, queued = await self.cluster.run(
-            self._apply, apply_keys(partition), [self.group, ">", self.consumer, self.batch], bounded=False
+            self._apply,
+            apply_keys(partition),
+            [self.group, ">", self.consumer, self.batch],
+            bounded=False,
+            together=True,
         )
         if taken:
             self._count(partition, int(applied), int(gone), malformed, int(queued))

@@ -33,15 +33,20 @@ def http_call(port: int, method: str, path: str, body: Any = None, raw: bytes | 
         connection.close()
 
 
-def calls_answered(metrics_url: str, method: str) -> float:
-    """How many calls of the gRPC `method` (e.g. BatchGetProfiles) a service has answered, from its /metrics."""
+def metric_sum(metrics_url: str, series: str, containing: str = "") -> float:
+    """The sum of a process's /metrics samples named `series` (over its labels) whose line holds `containing`."""
     with urllib.request.urlopen(metrics_url, timeout=10) as reply:
         lines = reply.read().decode().splitlines()
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in lines
-        if line.startswith("profilemesh_grpc_server_requests_total{") and f'/{method}"' in line
+        if line.partition("{")[0].partition(" ")[0] == series and containing in line
     )
+
+
+def calls_answered(metrics_url: str, method: str) -> float:
+    """How many calls of the gRPC `method` (e.g. BatchGetProfiles) a service has answered, from its /metrics."""
+    return metric_sum(metrics_url, "profilemesh_grpc_server_requests_total", f'/{method}"')
 
 
 def status_details(error: Any) -> dict[str, Any]:

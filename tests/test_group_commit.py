@@ -12,6 +12,7 @@ from google.rpc import error_details_pb2
 from common.storage import keys
 from localdev.system import System
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
+from tests.helpers import metric_sum, wait_until
 
 CONCURRENT = 200
 PARTITIONS = 16  # the test system's partition count (its default)
@@ -82,3 +83,28 @@ def test_each_change_in_a_group_gets_its_own_answer(system: System, unique: str)
     assert _create_in_one_batch(system, existing) == ["created"] * len(existing)
     outcomes = _create_in_one_batch(system, users)
     assert outcomes == ["PROFILE_EXISTS" if user in existing else "created" for user in users]
+
+
+def _shared_pipelines(system: System) -> tuple[float, float]:
+    """The aggregator's shared pipelines so far, and those of them that carried more than two takes."""
+    url = system.metrics_url("aggregator_svc")
+    series = "profilemesh_cluster_shared_pipeline_size"
+    pipelines = metric_sum(url, f"{series}_count")
+    return pipelines, pipelines - metric_sum(url, f"{series}_bucket", 'le="2.0"')
+
+
+def test_the_aggregators_takes_of_one_tick_share_a_pipeline_per_primary(system: System, unique: str) -> None:
+    """An event in every partition at once: the partitions wake on the same tick and their takes go to the three
+    primaries in one pipeline each (about five takes apiece), not in sixteen round trips. An idle partition
+    whose wait ran out takes alone, so pipelines of one or two are expected too."""
+    users = [f"{unique}-{n}" for n in range(200)]
+    assert {keys.partition_of(user, PARTITIONS) for user in users} == set(range(PARTITIONS))
+    pipelines_before, shared_before = _shared_pipelines(system)
+    assert _create_in_one_batch(system, users) == ["created"] * len(users)
+    wait_until(
+        lambda: _shared_pipelines(system)[1] - shared_before >= 3, timeout_s=15, what="three pipelines of 3+ takes"
+    )
+    pipelines, shared = (
+        now - before for now, before in zip(_shared_pipelines(system), (pipelines_before, shared_before), strict=True)
+    )
+    print(f"{shared:.0f} of {pipelines:.0f} shared pipelines carried 3 or more takes")

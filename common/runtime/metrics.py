@@ -71,6 +71,11 @@ GROUP_COMMIT_SIZE = Histogram(
     "changes sent in one pipeline ahead of one durability wait (its count: the waits sent)",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
+SHARED_PIPELINE_SIZE = Histogram(
+    "profilemesh_cluster_shared_pipeline_size",
+    "scripts needing no confirmation sent together in one pipeline to a primary (the aggregator's takes of a tick)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
 DURABILITY_FAILURES = Counter(
     "profilemesh_cluster_durability_wait_failures", "writes whose durability wait was not met in time", ["level"]
 )

@@ -67,9 +67,10 @@ class Cluster:
         args: Sequence[Any],
         confirm: Confirm = Confirm.NOTHING,
         bounded: bool = True,
+        together: bool = False,
     ) -> Any:
         """Run `script` on its slot's primary, then what `confirm` asks for (see common/storage/runner.py)."""
-        return await self.runner.run(script, keys, args, confirm, bounded)
+        return await self.runner.run(script, keys, args, confirm, bounded, together)
 
     async def run_many(
         self, script: Script, calls: Sequence[tuple[Sequence[str], Sequence[Any]]], retry_budget_s: float

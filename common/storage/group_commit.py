@@ -5,6 +5,10 @@ changes, sent back to back on one connection and followed by a single wait, are 
 a database's group commit confirms many transactions with one log flush. A change with nothing in flight
 on its primary goes at once (no added latency when idle); those that arrive while a pipeline is out go
 together in the next one. Each caller still gets its own script's reply; the wait's reply is shared.
+
+With no wait, the same gathering serves scripts that need no confirmation but come in crowds: the
+aggregator's partitions all take on the same tick, and their takes share one pipeline per primary, so a
+tick's fixed cost (a round trip, a task switch, a read of the socket) is paid per node, not per partition.
 """
 
 from __future__ import annotations
@@ -14,9 +18,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client import Histogram
 from redis.asyncio.cluster import ClusterNode
 
-from common.runtime import metrics
 from common.storage.internals import send_on_one_connection
 
 log = logging.getLogger(__name__)
@@ -36,16 +40,18 @@ class _Primary:
 
 
 class GroupCommit:
-    """The changes waiting per primary, each group followed by `wait` (the durability level's command)."""
+    """The scripts waiting per primary, each group followed by `wait` (the durability level's command) if any;
+    `sizes` observes each group's size."""
 
-    def __init__(self, wait: Command) -> None:
+    def __init__(self, wait: Command | None, sizes: Histogram) -> None:
         self.wait = wait
+        self._sizes = sizes
         self._primaries: dict[str, _Primary] = {}
 
     async def send(self, node: ClusterNode, command: Command) -> tuple[Any, Any]:
         """Send `command` and then the wait on one connection of `node`, with whatever else is waiting to go
-        there; return the command's reply and the wait's. Raises what send_on_one_connection raises: NothingSent
-        (no command reached the node) or a connection error after sending (the outcome is unknown).
+        there; return the command's reply and the wait's (None without a wait). Raises what send_on_one_connection
+        raises: NothingSent (no command reached the node) or a connection error after sending (unknown outcome).
 
         The pipeline goes out from a task of its own, never from a caller's: a caller that gives up (its
         deadline) can't strand the others. Starting that task costs one turn of the event loop, in which
@@ -72,9 +78,10 @@ class GroupCommit:
             primary.sender = None
 
     async def _send_group(self, node: ClusterNode, group: Waiting) -> None:
-        metrics.GROUP_COMMIT_SIZE.observe(len(group))
+        self._sizes.observe(len(group))
+        commands = [command for command, _ in group]
         try:
-            replies = await send_on_one_connection(node, [command for command, _ in group] + [self.wait])
+            replies = await send_on_one_connection(node, commands + [self.wait] if self.wait else commands)
         except Exception as error:  # each caller learns what the pipeline met: not sent, or unknown
             for _, future in group:
                 if not future.done():
@@ -82,4 +89,4 @@ class GroupCommit:
             return
         for (_, future), reply in zip(group, replies, strict=False):
             if not future.done():
-                future.set_result((reply, replies[-1]))
+                future.set_result((reply, replies[-1] if self.wait else None))

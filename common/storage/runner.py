@@ -105,7 +105,8 @@ class ScriptRunner:
         self.connection = connection
         self.waits = waits
         self.replicas = ReplicaCheck()
-        self.group_commit = GroupCommit(waits.write) if waits.write else None
+        self.group_commit = GroupCommit(waits.write, metrics.GROUP_COMMIT_SIZE) if waits.write else None
+        self.shared = GroupCommit(None, metrics.SHARED_PIPELINE_SIZE)  # for `run(..., together=True)`
         self._confirmations = metrics.DURABILITY_WAITS.labels(waits.durability)
         self._unconfirmed = metrics.DURABILITY_FAILURES.labels(waits.durability)
 
@@ -116,14 +117,16 @@ class ScriptRunner:
         args: Sequence[Any],
         confirm: Confirm = Confirm.NOTHING,
         bounded: bool = True,
+        together: bool = False,
     ) -> Any:
         """Run the script on its slot's primary, then the confirmation asked for; retry only the provably safe.
 
         `bounded=False` for a loop that has a connection reserved beyond the concurrency bound (the
-        aggregator's partitions). The caller bounds the retries with a deadline (asyncio.timeout).
+        aggregator's partitions). `together` (with nothing to confirm) for many loops that wake at once: their
+        scripts share one pipeline per primary. The caller bounds the retries with a deadline (asyncio.timeout).
         """
         async with self.connection.scripting(script, bounded=bounded) as client:
-            return await self._run(client, script, keys, args, confirm)
+            return await self._run(client, script, keys, args, confirm, together)
 
     async def run_many(
         self, script: Script, calls: Sequence[tuple[Sequence[str], Sequence[Any]]], retry_budget_s: float
@@ -217,14 +220,20 @@ class ScriptRunner:
         on a shard in trouble can't make the whole batch miss it: the others' answers are ready."""
         try:
             async with asyncio.timeout(retry_budget_s), self.connection.scripting(script) as client:
-                results[index] = await self._run(client, script, call[0], call[1], Confirm.READ)
+                results[index] = await self._run(client, script, call[0], call[1], Confirm.READ, together=False)
         except TimeoutError:
             results[index] = Unavailable(PARTITION_SLOW, reason="PARTITION_UNAVAILABLE")
         except (ServiceError, StorageError) as error:
             results[index] = error
 
     async def _run(
-        self, client: RedisCluster, script: Script, keys: Sequence[str], args: Sequence[Any], confirm: Confirm
+        self,
+        client: RedisCluster,
+        script: Script,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        confirm: Confirm,
+        together: bool,
     ) -> Any:
         ask: Ask | None = None
         attempt = 0
@@ -233,7 +242,7 @@ class ScriptRunner:
                 node = client.get_node(ask.host, ask.port) if ask else client.get_node_from_key(keys[0])
                 if node is None:  # an ASK to a node the client does not know yet
                     raise NotExecuted("unknown node")
-                return await self._run_once(node, script, keys, args, confirm, asking=ask is not None)
+                return await self._run_once(node, script, keys, args, confirm, ask is not None, together)
             except Ask as redirect:
                 ask = redirect
             except SlotNotCoveredError:
@@ -257,6 +266,7 @@ class ScriptRunner:
         args: Sequence[Any],
         confirm: Confirm,
         asking: bool,
+        together: bool,
     ) -> Any:
         wait = self.waits.command(confirm)
         if wait and wait[0] == "WAIT" and not await self.replicas.has_replica(node):
@@ -273,6 +283,8 @@ class ScriptRunner:
         try:
             if self.group_commit and confirm is Confirm.WRITE and not asking:
                 replies = list(await self.group_commit.send(node, commands[0]))
+            elif together and not wait and not asking:
+                replies = [(await self.shared.send(node, commands[0]))[0]]
             else:
                 replies = await send_on_one_connection(node, commands)
         except NothingSent as error:

@@ -166,10 +166,17 @@ class FakeCluster:
         return [_id(rest[0]) if rest else b"0-0", [(_id(n), {b"user": b"u"}) for n in claimed], []]
 
     async def run(
-        self, script: str, script_keys: list[str], args: list[Any], confirm: Any = None, bounded: bool = True
+        self,
+        script: str,
+        script_keys: list[str],
+        args: list[Any],
+        confirm: Any = None,
+        bounded: bool = True,
+        together: bool = False,
     ) -> Any:
         if script == "apply_events.lua" and args[1] == ">":
             assert not bounded, "the take runs on the partition's reserved connection"
+            assert together, "the partitions' takes of a tick share one pipeline per primary"
             return await self._take(script_keys, *args)
         if script == "apply_events.lua":
             return await self._apply(script_keys, args)

@@ -163,11 +163,11 @@ def ratio_targets(runs: list[Run], top: int) -> list[tuple[str, str, str, str, s
             lambda r: r < 1,
         ),
         (
-            f"REST reads: system CPU per request <= 0.5x baseline's at c={top} (generator excluded)",
+            f"REST reads: system CPU per request <= 0.3x baseline's at c={top} (generator excluded)",
             rest,
             base,
             _system_us,
-            lambda r: r <= 0.5,
+            lambda r: r <= 0.3,
         ),
         (f"REST mix via gateway >= 2x baseline req/s at c={top}", mix, base_mix, _rps, lambda r: r >= 2),
         (

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import Any
 
 from google.protobuf import json_format
-from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from common.errors import BadRequest
@@ -102,11 +103,43 @@ def _without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def render_response(route: Route, response: Message) -> Any:
-    data = json_format.MessageToDict(response, always_print_fields_with_no_presence=True)
-    _integers_as_numbers(response, data)
+    plain = _plain_fields(response.DESCRIPTOR)
+    if plain is not None:  # GetProfile's and the changes' answers: the same JSON at a third of the cost
+        data = {
+            json_name: dict(getattr(response, name)) if is_map else getattr(response, name)
+            for name, json_name, is_map in plain
+        }
+    else:
+        data = json_format.MessageToDict(response, always_print_fields_with_no_presence=True)
+        _integers_as_numbers(response, data)
     if route.response_body:
         return data[response.DESCRIPTOR.fields_by_name[route.response_body].json_name]
     return data
+
+
+PlainField = tuple[str, str, bool]  # the field's name, its JSON name, whether it is a map
+
+
+@functools.cache
+def _plain_fields(descriptor: Descriptor) -> tuple[PlainField, ...] | None:
+    """The fields of a message made only of strings and maps of strings to strings, whose proto3 JSON is those
+    values as they are (json_format spends most of its time finding that out again for every message); None
+    for any other message."""
+    plain = []
+    for field in descriptor.fields:
+        if field.has_presence or field.message_type is None and field.is_repeated:
+            return None
+        if field.message_type is None:
+            if field.type != FieldDescriptor.TYPE_STRING:
+                return None
+            plain.append((field.name, field.json_name, False))
+        elif field.message_type.GetOptions().map_entry and all(
+            part.type == FieldDescriptor.TYPE_STRING for part in field.message_type.fields
+        ):
+            plain.append((field.name, field.json_name, True))
+        else:
+            return None
+    return tuple(plain)
 
 
 def _integers_as_numbers(message: Message, data: dict[str, Any]) -> None:

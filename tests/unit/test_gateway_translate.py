@@ -7,6 +7,9 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import json_format, message_factory
+from hypothesis import given
+from hypothesis import strategies as st
 from multidict import MultiDict
 
 from common.errors import BadRequest
@@ -173,3 +176,43 @@ def test_sse_end_frame_carries_status_and_details() -> None:
         "message": "slow",
         "details": [{"@type": "x", "reason": "R"}],
     }
+
+
+PLAIN = [
+    message_factory.GetMessageClass(descriptor)
+    for module in (profile_pb2, reporting_pb2)
+    for descriptor in module.DESCRIPTOR.message_types_by_name.values()
+    if all(
+        field.type == field.TYPE_STRING or field.message_type is not None and field.message_type.GetOptions().map_entry
+        for field in descriptor.fields
+    )
+]
+
+
+@given(
+    text=st.text(max_size=20),
+    mapping=st.dictionaries(st.text(max_size=10), st.text(max_size=20), max_size=5),
+    empty=st.booleans(),
+)
+def test_messages_of_strings_render_as_json_format_renders_them(
+    text: str, mapping: dict[str, str], empty: bool
+) -> None:
+    """Profile and the other messages of strings and string maps take a direct path (gateway/translate.py): the
+    same JSON as json_format's, with their fields set or left empty; those with repeated strings keep to
+    json_format, and the same holds for them."""
+    assert {kind.DESCRIPTOR.name for kind in PLAIN} >= {"Profile", "CreateProfileResponse", "DeleteProfileResponse"}
+    whole = route("CreateProfile")  # a route answering with the whole message
+    for kind in PLAIN:
+        message = kind()
+        for field in kind.DESCRIPTOR.fields:
+            if empty:
+                continue
+            if field.message_type is not None:
+                getattr(message, field.name).update(mapping)
+            elif field.is_repeated:
+                getattr(message, field.name).extend([text, text])
+            else:
+                setattr(message, field.name, text)
+        expected = json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
+        # As the gateway sends it: json.dumps refuses what is not plain JSON (a protobuf container, say).
+        assert json.dumps(render_response(whole, message), sort_keys=True) == json.dumps(expected, sort_keys=True)

@@ -4,7 +4,8 @@ Every replica runs the same loop over every partition; the consumer group hands 
 one of them, and the apply script (see scripts/apply_events.lua) makes the count exact even
 when a slow replica and one that reclaimed its entries both try to apply them, in any order.
 Reclaiming and trimming run on each partition on its own schedule, so a shard that is down stops
-only its own partitions.
+only its own partitions. An idle partition waits for a wake-up by sharded pub/sub (one subscription
+per primary, common/storage/wakes.py), which the script appending its next event sends.
 """
 
 from __future__ import annotations
@@ -51,6 +52,12 @@ def apply_keys(partition: int) -> list[str]:
     ]
 
 
+def take_keys(partition: int) -> list[str]:
+    """The keys apply_events.lua takes with '>': apply_keys and the partition's wake flag, which it sets when
+    it finds nothing."""
+    return [*apply_keys(partition), keys.wake_key(partition)]
+
+
 def trim_keys(partition: int) -> list[str]:
     """The keys trim_acknowledged.lua takes, in its order."""
     return [
@@ -65,6 +72,11 @@ def trim_keys(partition: int) -> list[str]:
 def recount_keys(partition: int) -> list[str]:
     """The keys recount_step.lua takes, in its order."""
     return [keys.events_key(partition), keys.reads_key(partition), keys.recount_key(partition)]
+
+
+def _settle(waiter: asyncio.Future[bool], woken: bool) -> None:
+    if not waiter.done():
+        waiter.set_result(woken)
 
 
 class Aggregator:
@@ -84,11 +96,16 @@ class Aggregator:
         self._recount_step = cluster.script(RECOUNT_SCRIPT, repeatable=True)
         # Set when an apply queued a recount on the partition, so its recount loop starts at once.
         self._recount_due = {partition: asyncio.Event() for partition in self.partitions}
+        # An idle partition's wake-up (its next event, or its subscription made anew): the future its consume loop
+        # awaits, or True when the wake-up came while no loop waited.
+        self._wake: dict[int, asyncio.Future[bool] | bool] = dict.fromkeys(self.partitions, False)
+        self._partition_of_wake = {keys.wake_key(partition): partition for partition in self.partitions}
 
     async def run(self) -> None:
         """Consume every partition until cancelled; an unexpected failure of one loop ends them all (a task
         group, unlike gather, cancels the others), so the process shuts down rather than half-running."""
         async with asyncio.TaskGroup() as loops:
+            loops.create_task(self._watch_wakes())
             for partition in self.partitions:
                 loops.create_task(self._consume(partition))
                 # Each partition is reclaimed, trimmed and recounted on its own schedule: one on a shard that
@@ -96,6 +113,35 @@ class Aggregator:
                 loops.create_task(self._every(self.claim_idle_ms / 4000, "reclaim", self._reclaim, partition))
                 loops.create_task(self._every(self.maintenance_s, "maintenance", self._maintain, partition))
                 loops.create_task(self._recounts(partition))
+
+    async def _watch_wakes(self) -> None:
+        await self.cluster.watch_channels(list(self._partition_of_wake), self._woken)
+
+    def _woken(self, channel: str) -> None:
+        partition = self._partition_of_wake[channel]
+        waiter = self._wake[partition]
+        if isinstance(waiter, asyncio.Future):
+            _settle(waiter, True)
+        else:
+            self._wake[partition] = True
+
+    async def _woken_before_idle_check(self, partition: int) -> bool:
+        """Wait for the partition's wake-up: True when it came, False when the idle check came due first (every
+        maintenance interval, the same instant for every partition, so that their takes go together): a
+        wake-up lost with a connection, or never sent (a profile_svc older than the wake flags), costs that
+        much lag at most. A plain future, not asyncio.wait_for, which can swallow a cancellation on 3.11."""
+        if self._wake[partition] is True:
+            self._wake[partition] = False
+            return True
+        loop = asyncio.get_running_loop()
+        waiter = self._wake[partition] = loop.create_future()
+        idle_check_s = self.maintenance_s - time.monotonic() % self.maintenance_s
+        due = loop.call_later(idle_check_s, _settle, waiter, False)
+        try:
+            return bool(await waiter)
+        finally:
+            due.cancel()
+            self._wake[partition] = False
 
     async def _ensure_group(self, partition: int) -> None:
         """Create the group from the stream's first entry, so events written before any aggregator ran count."""
@@ -120,10 +166,10 @@ class Aggregator:
                     if len(entries) < self.batch:
                         own_pending_due = time.monotonic() + self.maintenance_s
                     continue
-                taken, last_delivered = await self._take(partition)
-                # Idle: wait for an entry past the group's last delivered one, without taking it. None within
-                # block_ms: take again, which also finds a stream flushed or failed over in the meantime.
-                if not taken and not await self.cluster.wait_for_entries(stream, last_delivered):
+                taken = await self._take(partition)
+                # Idle (the take armed the partition's wake flag): wait for the next event's wake-up. None by
+                # the idle check: take again, which also finds a stream flushed or failed over in the meantime.
+                if not taken and not await self._woken_before_idle_check(partition):
                     continue
                 if taken < self.batch and self.linger_s:
                     # A trickle: let the next batch gather for a moment rather than paying a script per
@@ -138,20 +184,20 @@ class Aggregator:
                 log.warning("partition %d: cluster unavailable: %r", partition, error)
                 await asyncio.sleep(RETRY_S)
 
-    async def _take(self, partition: int) -> tuple[int, str]:
+    async def _take(self, partition: int) -> int:
         """Take the group's next entries for us, apply and acknowledge them: one script, their content stays in
-        the cluster. Returns how many were taken and the group's last delivered id. The partitions that take on
-        the same tick send their takes together, one pipeline per primary."""
-        applied, gone, taken, last_delivered, malformed, queued = await self.cluster.run(
+        the cluster. Returns how many were taken; when none, the script armed the partition's wake flag. The
+        partitions that take on the same tick send their takes together, one pipeline per primary."""
+        applied, gone, taken, _, malformed, queued = await self.cluster.run(
             self._apply,
-            apply_keys(partition),
+            take_keys(partition),
             [self.group, ">", self.consumer, self.batch],
             bounded=False,
             together=True,
         )
         if taken:
             self._count(partition, int(applied), int(gone), malformed, int(queued))
-        return int(taken), text(last_delivered)
+        return int(taken)
 
     async def _apply_entries(self, partition: int, entries: list[Entry]) -> int:
         """Apply and acknowledge entries by id; the script reads their content from the stream itself."""

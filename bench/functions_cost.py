@@ -41,7 +41,7 @@ def measure(binary: Path, calls: int) -> dict[str, float]:
         node.function_load(functions.library("profile").source, replace=True)
         function = functions.function(SCRIPTS / "get_profile.lua")
         sha = node.script_load(script_source(SCRIPTS / "get_profile.lua"))
-        profile, events = "profile:{p00}ada", "events:{p00}"
+        profile, events, wake = "profile:{p00}ada", "events:{p00}", "wake:{p00}"
         node.hset(profile, mapping={"name": "Ada", "email": "ada@example.com"})
         figures = {}
         for command, head in (("evalsha", ("EVALSHA", sha)), ("fcall", ("FCALL", function.name))):
@@ -50,7 +50,7 @@ def measure(binary: Path, calls: int) -> dict[str, float]:
             for _ in range(calls // BATCH):
                 pipe = node.pipeline(transaction=False)
                 for _ in range(BATCH):
-                    pipe.execute_command(*head, 2, profile, events, "ada")
+                    pipe.execute_command(*head, 3, profile, events, wake, "ada")
                 pipe.execute()
             stats = node.info("commandstats")[f"cmdstat_{command}"]
             assert int(stats["calls"]) == calls, stats

@@ -54,14 +54,12 @@ async def _grpc_calls(target: str, users: list[str], concurrency: int) -> tuple[
 async def _script_calls(url: str, users: list[str], partitions: int) -> tuple[Call, Callable[[], Awaitable[None]]]:
     from redis.asyncio.cluster import RedisCluster
 
-    from common.storage import keys
+    from profile_svc.profiles import script_keys
 
     client = RedisCluster.from_url(url)
     await client.initialize()
     function = functions.function(GET_PROFILE_SCRIPT)  # loaded by the system's start (profilemesh cluster migrate)
-    arguments = [
-        ([keys.profile_key(u, partitions), keys.events_key(keys.partition_of(u, partitions))], [u]) for u in users
-    ]
+    arguments = [(script_keys(u, partitions), [u]) for u in users]
 
     async def call(worker: int, user: int) -> None:
         script_keys, args = arguments[user]

@@ -29,6 +29,12 @@ def _profile_or_error(user: str, reply: Any) -> dict[str, str] | Exception:
     return {reply[i].decode(): reply[i + 1].decode() for i in range(0, len(reply), 2)}
 
 
+def script_keys(user: str, partitions: int) -> list[str]:
+    """The keys get_profile.lua, write_profile.lua and delete_profile.lua take, in their order."""
+    partition = keys.partition_of(user, partitions)
+    return [keys.profile_key(user, partitions), keys.events_key(partition), keys.wake_key(partition)]
+
+
 class Profiles:
     def __init__(self, cluster: Cluster, partitions: int) -> None:
         self.cluster = cluster
@@ -37,9 +43,8 @@ class Profiles:
         self._get = cluster.script(SCRIPTS / "get_profile.lua")
         self._delete = cluster.script(SCRIPTS / "delete_profile.lua")
 
-    def _keys(self, user: str) -> tuple[str, str]:
-        partition = keys.partition_of(user, self.partitions)
-        return keys.profile_key(user, self.partitions), keys.events_key(partition)
+    def _keys(self, user: str) -> list[str]:
+        return script_keys(user, self.partitions)
 
     async def create(self, user: str, fields: dict[str, str]) -> None:
         check_user(user)

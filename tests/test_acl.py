@@ -20,6 +20,7 @@ from aggregator_svc.aggregator import APPLY_SCRIPT
 from common.storage import acl, functions, keys
 from localdev.system import System
 from profile_svc.profiles import SCRIPTS as PROFILE_SCRIPTS
+from profile_svc.profiles import script_keys
 from reporting_svc.reports import SCRIPTS as REPORTING_SCRIPTS
 from tests.conftest import PARTITIONS
 
@@ -80,7 +81,7 @@ FORBIDDEN: dict[str, dict[str, Check]] = {
         "write a profile": lambda c: c.hset(PROFILE, "email", "x@example.com"),
         "append an event": lambda c: c.xadd(EVENTS, {"user": "mallory", "type": "read", "ts": "0"}),
         "record the partition count": lambda c: c.set(keys.PARTITIONS_KEY, "3"),
-        "a profile through a function": _fcall(GET, [PROFILE, EVENTS], ["acl-someone"]),
+        "a profile through a function": _fcall(GET, script_keys("acl-someone", PARTITIONS), ["acl-someone"]),
     },
     "reporting_svc": {
         "read a profile": lambda c: c.hgetall(PROFILE),
@@ -127,7 +128,7 @@ def test_each_user_runs_its_functions_and_the_busy_loop_never_runs(
     redis_client.zadd(reads, {"ann": 2, "bob": 1})
     try:
         assert _fcall(TOP, [reads], [2])(clients["reporting_svc"])[:4] == [b"ann", b"2", b"bob", b"1"]
-        assert _fcall(GET, [PROFILE, EVENTS], ["acl-someone"])(clients["profile_svc"]) is None
+        assert _fcall(GET, script_keys("acl-someone", PARTITIONS), ["acl-someone"])(clients["profile_svc"]) is None
     finally:
         redis_client.delete(reads)
     before = _evals_run(redis_client)

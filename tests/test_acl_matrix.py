@@ -19,9 +19,10 @@ import redis
 from redis.cluster import RedisCluster
 from redis.exceptions import NoPermissionError, ResponseError
 
-from aggregator_svc.aggregator import apply_keys, recount_keys, trim_keys
+from aggregator_svc.aggregator import apply_keys, recount_keys, take_keys, trim_keys
 from common.storage import acl, keys
 from localdev.system import System
+from profile_svc.profiles import script_keys
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 from profilemesh.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from tests.conftest import PARTITIONS, TEST_SETTINGS, running_system
@@ -71,6 +72,9 @@ WITH_KEY: dict[str, list[str]] = {
     "eval": ["EVAL", "return 1", "1", K],
     "fcall": ["FCALL", "matrix_function", "1", K],
     "fcall_ro": ["FCALL_RO", "matrix_function", "1", K],
+    # Sharded pub/sub names a channel where the others name a key: the wake flags are both (keys.wake_key).
+    "spublish": ["SPUBLISH", K, "1"],
+    "ssubscribe": ["SSUBSCRIBE", K],
 }
 KEYLESS: dict[str, list[str]] = {
     "ping": ["PING"],
@@ -189,6 +193,7 @@ def test_no_key_the_services_make_is_in_two_families() -> None:
         "tombstones": keys.deleted_key(7),
         "tombstones by time": keys.deleted_at_key(7),
         "recounts": keys.recount_key(7),
+        "wake flags": keys.wake_key(7),
         "partition count": keys.PARTITIONS_KEY,
         "deployment key": keys.DEPLOYMENT_KEY,
     }
@@ -289,6 +294,7 @@ def test_the_real_commands_agree_with_dry_run(secured: System, admin: RedisClust
         "tombstones": lambda key: admin.hset(key, "matrix", "0-1"),
         "tombstones by time": lambda key: admin.zadd(key, {"matrix": 1}),
         "recounts": lambda key: admin.hset(key, "head", 0),
+        "wake flags": lambda key: admin.set(key, "0"),
         OUTSIDE: lambda key: admin.set(key, "1"),
     }
     for family, make in samples.items():
@@ -330,10 +336,9 @@ def test_each_roles_scripts_may_name_all_their_keys_and_no_others(secured: Syste
     """FCALL declares its keys: the code entry allows each function's real key list (a command is allowed only
     when one selector allows all its keys), and a script given any other family's key is refused."""
     partition = 3
-    profile, events = keys.profile_key("ana", PARTITIONS), keys.events_key(keys.partition_of("ana", PARTITIONS))
     scripts = {
-        "profile_svc": [[profile, events], [keys.events_key(partition), keys.trimmed_key(partition)]],
-        "aggregator_svc": [apply_keys(partition), trim_keys(partition), recount_keys(partition)],
+        "profile_svc": [script_keys("ana", PARTITIONS), [keys.events_key(partition), keys.trimmed_key(partition)]],
+        "aggregator_svc": [take_keys(partition), apply_keys(partition), trim_keys(partition), recount_keys(partition)],
         "reporting_svc": [[keys.reads_key(partition)]],
     }
     node = secured.cluster.node(0)
@@ -358,6 +363,7 @@ WRITERS = {
     "tombstones": {"aggregator_svc"},
     "tombstones by time": {"aggregator_svc"},
     "recounts": {"aggregator_svc"},
+    "wake flags": {"profile_svc", "aggregator_svc"},  # the aggregator arms it, the next event's script disarms it
     "partition count": {"profile_svc"},
     "deployment key": {"profile_svc"},
 }

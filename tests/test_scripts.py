@@ -32,6 +32,7 @@ from tests.helpers import FunctionCall
 
 ROOT = Path(__file__).resolve().parent.parent
 TOP_READERS = ROOT / "reporting_svc" / "scripts" / "top_readers.lua"
+WRITE_PROFILE = ROOT / "profile_svc" / "scripts" / "write_profile.lua"
 GROUP = "g"
 
 
@@ -67,6 +68,10 @@ class Partition:
         return f"stats:recount:{self.tag}"
 
     @property
+    def wake(self) -> str:
+        return f"wake:{self.tag}"
+
+    @property
     def all_keys(self) -> list[str]:
         return [self.events, self.reads, self.totals, self.deleted, self.deleted_at, self.recount]
 
@@ -96,7 +101,7 @@ def part(redis_client: RedisCluster) -> Iterator[Partition]:
     partition = Partition(redis_client, f"{{tunit-{uuid.uuid4().hex}}}")
     redis_client.xgroup_create(partition.events, GROUP, id="0", mkstream=True)
     yield partition
-    for key in partition.all_keys:
+    for key in [*partition.all_keys, partition.wake, f"profile:{partition.tag}:ann"]:
         redis_client.delete(key)
 
 
@@ -117,6 +122,33 @@ def top_script(redis_client: RedisCluster) -> FunctionCall:
 
 
 # ---------------------------------------------------------------- apply_events.lua
+
+
+def _publishes(part: Partition) -> int:
+    """SPUBLISH calls so far on the node serving the partition (INFO commandstats)."""
+    stats = part.client.info("commandstats", target_nodes=part.client.get_node_from_key(part.events))
+    return int(stats.get("cmdstat_spublish", {}).get("calls", 0))
+
+
+def test_a_take_that_finds_nothing_arms_the_wake_flag_and_the_next_event_alone_wakes(
+    part: Partition, apply_script: FunctionCall
+) -> None:
+    """apply_events.lua arms the flag only when it finds nothing; the next event's script (helpers.lua) clears it
+    and publishes once; the events after it, while the aggregator is busy, publish nothing."""
+    take_keys = [*part.all_keys, part.wake]
+    write = FunctionCall(WRITE_PROFILE, part.client)
+    profile = f"profile:{part.tag}:ann"
+    part.add("bob", "read")
+    assert apply_script(keys=take_keys, args=[GROUP, ">", "c", 10])[2] == 1
+    assert part.client.get(part.wake) is None, "a take that found entries arms nothing"
+    assert apply_script(keys=take_keys, args=[GROUP, ">", "c", 10])[2] == 0
+    assert part.client.get(part.wake) == "1", "a take that found nothing arms the flag"
+    before = _publishes(part)
+    assert write(keys=[profile, part.events, part.wake], args=["ann", "create", "email", "a@x"]) == 1
+    assert (part.client.get(part.wake), _publishes(part) - before) == ("0", 1)
+    assert write(keys=[profile, part.events, part.wake], args=["ann", "update", "email", "b@x"]) == 1
+    assert (part.client.get(part.wake), _publishes(part) - before) == ("0", 1), "no second wake-up"
+    assert part.client.xlen(part.events) == 3
 
 
 def test_apply_counts_each_pending_entry_once(part: Partition, apply_script: FunctionCall) -> None:

@@ -1,7 +1,8 @@
 -- Apply a batch of events to the partition's statistics and acknowledge it, atomically.
 -- KEYS[1] event stream, KEYS[2] reads (sorted set), KEYS[3] totals (hash),
 -- KEYS[4] tombstones: user -> id of the latest applied delete (hash), KEYS[5] tombstones by time (sorted set),
--- KEYS[6] recounts in progress (hash, see recount_step.lua)
+-- KEYS[6] recounts in progress (hash, see recount_step.lua), KEYS[7] (a take's, optional) the partition's wake
+-- flag: set when the take finds nothing, so that the next event's script wakes the aggregator (helpers.lua)
 -- ARGV[1] consumer group, then either ARGV[2..] ids of the entries to apply, in any order, or
 -- ARGV[2] '>', ARGV[3] consumer, ARGV[4] count: take the group's next entries (at most count) for the
 -- consumer and apply them, one round trip per batch and no entry's content sent to the caller.
@@ -82,7 +83,10 @@ if take then
   -- The first write; nothing after it can fail.
   local reply = redis.call('XREADGROUP', 'GROUP', group, ARGV[3], 'COUNT', ARGV[4], 'STREAMS', stream, '>')
   span = reply and reply[1][2] or {}
-  if #span == 0 then return {0, 0, 0, last_delivered() or '0-0', {}, 0} end
+  if #span == 0 then
+    if KEYS[7] then redis.call('SET', KEYS[7], '1') end
+    return {0, 0, 0, last_delivered() or '0-0', {}, 0}
+  end
   for i, entry in ipairs(span) do ids[i] = entry[1] end
 else
   span = redis.call('XRANGE', stream, ids[1], ids[#ids], 'COUNT', #ids + 1)

@@ -49,6 +49,7 @@ FAMILIES: dict[str, str] = {
     "tombstones": _every_partition(keys.deleted_key(0)),
     "tombstones by time": _every_partition(keys.deleted_at_key(0)),
     "recounts": _every_partition(keys.recount_key(0)),
+    "wake flags": _every_partition(keys.wake_key(0)),  # keys, and sharded channels of the same names
     "partition count": keys.PARTITIONS_KEY,
     "deployment key": keys.DEPLOYMENT_KEY,
 }
@@ -64,6 +65,8 @@ class Rights:
     read_only: bool = False
     # The role's scripts run commands on the family, so its code entry must cover it.
     scripts: bool = False
+    # The family's names are also pub/sub channels the role may use (`&`): the wake flags.
+    channels: bool = False
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,8 @@ ROLES: dict[str, Role] = {
             # Every script appends its event (helpers.lua); events_after.lua reads; the change feed's tail waits.
             "event streams": Rights("+xadd +exists +xrange +xinfo|stream +xread", scripts=True),
             "trimmed markers": Rights("+hmget", read_only=True, scripts=True),  # events_after.lua
+            # Every script's event wakes the aggregator if it waits for the partition (helpers.lua).
+            "wake flags": Rights("+get +set +spublish", scripts=True, channels=True),
             # Written once, on first start: SETNX, not SET, so no one holding the password can change them.
             "partition count": Rights("+get +setnx"),
             "deployment key": Rights("+get +setnx"),  # the change feed's token secret
@@ -115,6 +120,8 @@ ROLES: dict[str, Role] = {
             "tombstones": Rights("+hmget +hset +hdel", scripts=True),
             "tombstones by time": Rights("+zadd +zrem +zrangebyscore", scripts=True),
             "recounts": Rights("+exists +hget +hset +hdel", scripts=True),
+            # A take that finds nothing sets the partition's (apply_events.lua); the wakes come by subscription.
+            "wake flags": Rights("+set +ssubscribe", scripts=True, channels=True),
             "partition count": Rights("+get", read_only=True),
         },
     ),
@@ -132,8 +139,10 @@ _ADMIN = "~* &* +@all"
 _REPLICATION = "+psync +replconf +ping"
 
 
-def _selector(families: list[str], commands: str, read_only: bool) -> str:
+def _selector(families: list[str], commands: str, read_only: bool, channels: bool = False) -> str:
     patterns = " ".join(f"{'%R~' if read_only else '~'}{FAMILIES[family]}" for family in families)
+    if channels:
+        patterns += "".join(f" &{FAMILIES[family]}" for family in families)
     return f"({patterns} {commands})"
 
 
@@ -149,7 +158,8 @@ def rules(component: str, waitaof: bool = True) -> str:
     # FCALL declares its keys read-write (Redis 7.0 refuses it on a %R~ pattern), FCALL_RO read-only: the code
     # entry's patterns follow; what a function may do on each family is still only what that family's entry allows.
     selectors = [_selector(script_families(component), role.code, read_only=role.code == _RUN_READ_ONLY_SCRIPTS)]
-    selectors += [_selector([family], rights.commands, rights.read_only) for family, rights in role.families.items()]
+    for family, rights in role.families.items():
+        selectors.append(_selector([family], rights.commands, rights.read_only, rights.channels))
     return " ".join([keyless, *selectors])
 
 

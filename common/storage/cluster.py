@@ -10,7 +10,7 @@ of common/errors.py's StorageErrors (or a ServiceError that says what the caller
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from common.storage.connection import Connection, Script, connection_options
 from common.storage.durability import Confirm, Waits
 from common.storage.errors import translated
 from common.storage.runner import ScriptRunner
+from common.storage.wakes import Wakes
 
 __all__ = ["CLUSTER_FAILURES", "Cluster", "ClusterClient", "Confirm", "Entries", "Script", "connection_options"]
 
@@ -95,9 +96,8 @@ class Cluster:
         return True
 
     async def read_own_pending(self, stream: str, group: str, consumer: str, count: int) -> Entries:
-        """The entries delivered to `consumer` and not yet acknowledged (XREADGROUP from 0), on the partition's
-        reserved connection."""
-        async with self.connection.bounded("command", "xreadgroup", bounded=False) as client:
+        """The entries delivered to `consumer` and not yet acknowledged (XREADGROUP from 0)."""
+        async with self.connection.bounded("command", "xreadgroup") as client:
             reply: Any = await client.xreadgroup(group, consumer, {stream: "0"}, count=count)
         return list(reply[0][1]) if reply else []
 
@@ -107,6 +107,11 @@ class Cluster:
         block = self.block_ms if block_ms is None else min(block_ms, self.block_ms)
         async with self.connection.bounded("command", "xread", bounded=False) as client:
             return bool(await client.xread({stream: after}, count=1, block=block))
+
+    async def watch_channels(self, channels: Sequence[str], woken: Callable[[str], None]) -> None:
+        """Call `woken(channel)` for each message on the sharded `channels`, and for every channel whenever its
+        subscription is (re)made; runs until cancelled (common/storage/wakes.py)."""
+        await Wakes(self.connection, channels, woken).run()
 
     async def ping(self) -> bool:
         """Whether any primary answers; used for gRPC health.

@@ -189,3 +189,46 @@ async def send_on_one_connection(node: ClusterNode, commands: list[tuple[Any, ..
             raise
     finally:
         node.release(connection)
+
+
+async def shard_messages(node: ClusterNode, channels: Sequence[str], idle_s: float) -> AsyncIterator[str | None]:
+    """Subscribe to the sharded `channels` (all in slots `node` serves) on a connection of our own: yield None once
+    every subscription is confirmed, then the channel of each message.
+
+    redis-py's cluster pub/sub reads one node at a time; this holds one connection per node, as a blocking
+    read does. It ends with a connection error when the node stops serving a channel (its slot moved: the
+    server unsubscribes it), when the connection fails, or when a ping sent after `idle_s` of silence goes
+    unanswered for as long again (a peer gone without a word).
+    """
+    connection = node.acquire_connection()
+    try:
+        await connection.connect()  # type: ignore[no-untyped-call]  # untyped in redis-py 8.1
+        # One channel per command: the channels of one SSUBSCRIBE must share a slot.
+        commands = [("SSUBSCRIBE", channel) for channel in channels]
+        await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+        unconfirmed, pinged = len(channels), False
+        while True:
+            # RESP3 (our connections' protocol) sends the messages as pushes, which redis-py hands to a push
+            # handler unless asked for; a read that times out returns None.
+            reply = await connection.read_response(timeout=idle_s, disconnect_on_error=False, push_request=True)
+            if reply is None:  # silence: ask whether the node is still there
+                if pinged:
+                    raise RedisConnectionError(f"{node.name} answered no ping for {idle_s:g} s")
+                await connection.send_packed_command(connection.pack_command("PING"), check_health=False)
+                pinged = True
+                continue
+            pinged = False
+            if not isinstance(reply, list):  # the ping's PONG
+                continue
+            kind = text(reply[0])
+            if kind == "smessage":
+                yield text(reply[1])
+            elif kind == "ssubscribe":
+                unconfirmed -= 1
+                if not unconfirmed:
+                    yield None
+            elif kind == "sunsubscribe":
+                raise RedisConnectionError(f"{node.name} no longer serves {text(reply[1])}")
+    finally:
+        await connection.disconnect()
+        node.release(connection)

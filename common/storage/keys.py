@@ -34,6 +34,7 @@ CHANGE_TYPES = (EventType.CREATE, EventType.UPDATE, EventType.DELETE)
 PROFILE_PREFIX = "profile:"
 EVENTS_PREFIX = "events:"
 STATS_PREFIX = "stats:"
+WAKE_PREFIX = "wake:"
 
 
 def partition_of(user: str, partitions: int) -> int:
@@ -58,6 +59,13 @@ def fence_key(partition_key: str) -> str:
 
 def events_key(partition: int) -> str:
     return f"{EVENTS_PREFIX}{tag(partition)}"
+
+
+def wake_key(partition: int) -> str:
+    """String: '1' while the aggregator waits for the partition's next event (a take found nothing). The
+    script that appends that event sets it to '0' and publishes on the sharded channel of the same name,
+    so an idle partition costs the aggregator a subscription, not a blocking read, and a busy one nothing."""
+    return f"{WAKE_PREFIX}{tag(partition)}"
 
 
 def trimmed_key(partition: int) -> str:

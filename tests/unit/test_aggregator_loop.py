@@ -72,8 +72,8 @@ class FakeCluster:
         self.streams = {keys.events_key(p): Stream() for p in range(settings.partitions)}
         self.faults: dict[str, list[BaseException]] = {}
         self.calls: list[tuple[str, Any]] = []  # (operation, what it was given or did), in order
-        self.appended = asyncio.Event()
-        self.block_ms = 10  # the blocking wait's bound
+        self.armed: set[str] = set()  # wake flags set by a take that found nothing
+        self.woken: Callable[[str], None] | None = None  # the subscriber of the wake channels
         self.scripts: dict[str, bool] = {}  # script -> declared repeatable
 
     # What the test does.
@@ -82,7 +82,10 @@ class FakeCluster:
         stream = self.streams[keys.events_key(partition)]
         start = stream.ids[-1] if stream.ids else 0
         stream.ids += range(start + 1, start + 1 + count)
-        self.appended.set()
+        wake = keys.wake_key(partition)
+        if wake in self.armed and self.woken is not None:  # helpers.lua: the event's script publishes once
+            self.armed.discard(wake)
+            self.woken(wake)
 
     def deliver(self, partition: int, count: int, consumer: str, ago_ms: float = 0) -> list[int]:
         """Entries delivered to a consumer that never applied them (it crashed, or read them apart)."""
@@ -137,19 +140,13 @@ class FakeCluster:
         mine = sorted(n for n, p in stream.pending.items() if p.consumer == consumer)[:count]
         return [(_id(n), {b"user": b"u"}) for n in mine]
 
-    async def wait_for_entries(self, stream_key: str, after: str) -> bool:
-        """Whether an entry past `after` came within block_ms (a blocking XREAD)."""
-        await self._enter("wait", after)
-        deadline = time.monotonic() + self.block_ms / 1000
-        while True:
-            if any(n > _n(after) for n in self.streams[stream_key].ids):
-                return True
-            self.appended.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                    await self.appended.wait()
-            if time.monotonic() >= deadline:
-                return False
+    async def watch_channels(self, channels: list[str], woken: Callable[[str], None]) -> None:
+        """Sharded pub/sub: every channel counts as woken once subscribed, then each message wakes its own."""
+        await self._enter("subscribe", len(channels))
+        self.woken = woken
+        for channel in channels:
+            woken(channel)
+        await asyncio.Event().wait()  # subscribed until cancelled
 
     async def xautoclaim(
         self, name: str, groupname: str, consumername: str, min_idle_time: int, start_id: str, count: int
@@ -192,6 +189,8 @@ class FakeCluster:
         if taken:
             stream.last_delivered = taken[-1]
         stream.counted += taken  # applied and acknowledged in the same script: never pending
+        if not taken:
+            self.armed.add(script_keys[6])
         return [len(taken), 0, len(taken), _id(stream.last_delivered), [], 0]
 
     async def _apply(self, script_keys: list[str], args: list[Any]) -> Any:
@@ -215,7 +214,6 @@ def _settings(**changes: Any) -> Settings:
         "aggregator_linger_ms": 0,
         "aggregator_claim_idle_ms": 60_000,
         "aggregator_maintenance_s": 1,
-        "redis_timeout_ms": 20,  # idle waits of 10 ms
     }
     return dataclasses.replace(Settings(), **{**base, **changes})
 
@@ -243,14 +241,17 @@ async def _until(condition: Callable[[], bool], loop: asyncio.Task[None] | None 
 
 @contextlib.asynccontextmanager
 async def _consuming(agg: Aggregator, partition: int = 0) -> AsyncIterator[asyncio.Task[None]]:
-    """The consume loop of one partition, running while the block runs, then cancelled."""
+    """The consume loop of one partition and the wake-up subscriptions, running while the block runs, then
+    cancelled."""
+    wakes = asyncio.create_task(agg._watch_wakes())
     task = asyncio.create_task(agg._consume(partition))
     try:
         yield task
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for running in (task, wakes):
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
 
 
 def _setup(**changes: Any) -> tuple[FakeCluster, Aggregator]:
@@ -265,12 +266,17 @@ def test_the_stream_is_taken_in_batches_and_an_idle_partition_waits_for_news() -
         stream = cluster.streams[keys.events_key(0)]
         async with _consuming(agg) as task:
             await _until(lambda: len(stream.counted) == 250, task)
-            await _until(lambda: len(cluster.ops("wait")) >= 2, task)
+            await _until(lambda: keys.wake_key(0) in cluster.armed, task)
             # The group made from the first entry, its own pending looked at first, then batches of at most 100.
-            assert cluster.calls[:2] == [("group", GROUP), ("own pending", CONSUMER)]
+            assert [call for call in cluster.calls if call[0] != "subscribe"][:2] == [
+                ("group", GROUP),
+                ("own pending", CONSUMER),
+            ]
             assert set(cluster.ops("take")) == {100}
-            # Idle: it waits for an entry after the last one delivered, without taking it.
-            assert cluster.ops("wait")[-1] == "250-0"
+            # Idle: a take found nothing and armed the wake flag; no more takes until an event wakes it.
+            takes = len(cluster.ops("take"))
+            await asyncio.sleep(0.05)
+            assert len(cluster.ops("take")) == takes
             cluster.append(0, 7)
             await _until(lambda: len(stream.counted) == 257, task)
         assert stream.counted == list(range(1, 258)), "each entry applied once, in order"
@@ -404,7 +410,7 @@ def test_shutdown_stops_every_loop() -> None:
         cluster, agg = _setup(partitions=3)
         before = asyncio.all_tasks()
         run = asyncio.create_task(agg.run())
-        await _until(lambda: len(cluster.ops("wait")) >= 3, run)  # every partition idle, waiting for news
+        await _until(lambda: len(cluster.armed) == 3, run)  # every partition idle, waiting for its wake-up
         run.cancel()  # what SIGTERM does (aggregator_svc/__main__.py)
         with pytest.raises(asyncio.CancelledError):
             await run

@@ -29,7 +29,7 @@ def test_profile_scripts_append_events_through_the_helper() -> None:
         source = script_source(PROFILE_SCRIPTS / script)
         assert (PROFILE_SCRIPTS / "helpers.lua").read_text().rstrip("\n") in source
         own = (PROFILE_SCRIPTS / script).read_text()
-        assert "append_event(KEYS[2], ARGV[1]," in own and "XADD" not in own
+        assert "append_event(KEYS[2], KEYS[3], ARGV[1]," in own and "XADD" not in own
 
 
 def test_every_library_holds_the_shared_lua_once_and_no_script_defines_it_again() -> None:

@@ -30,6 +30,7 @@ from tests.helpers import wait_until
 PARTITIONS = 256
 CACHE_MS = 2000
 USERS = 400
+TIED = 5
 KINDS = ("create", "read", "update", "delete")
 
 
@@ -121,8 +122,8 @@ def wide(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wide]:
 
 
 def _seed(admin: RedisCluster) -> None:
-    """USERS readers with few distinct scores (ties within and across partitions), and per-partition totals (some
-    partitions with none, and a type the API does not report)."""
+    """USERS readers with few distinct scores (ties within and across partitions), TIED more on top, and
+    per-partition totals (some partitions with none, and a type the API does not report)."""
     rng = random.Random(23)
     for index in range(USERS):
         user = f"u{index:03d}"
@@ -130,16 +131,20 @@ def _seed(admin: RedisCluster) -> None:
     for partition in range(0, PARTITIONS, 3):
         admin.hset(keys.totals_key(partition), mapping={kind: rng.randint(0, 50) for kind in rng.sample(KINDS, 3)})
     admin.hset(keys.totals_key(1), "unknown", 7)
+    # The top of the list: TIED users of one partition with one score. A partition's top n by ZREVRANGE are the last
+    # names of a tie, so each partition must also return every user tied with its last for the merge to be exact.
+    tied = [user for user in (f"tie{n:03d}" for n in range(10_000)) if keys.partition_of(user, PARTITIONS) == 7]
+    admin.zadd(keys.reads_key(7), dict.fromkeys(tied[:TIED], 13))
 
 
 def test_top_lists_and_totals_equal_the_model_at_every_limit(wide: Wide) -> None:
     model = wide.ranking()
-    assert len(model) == USERS and len({score for _, score in model}) <= 12  # ties everywhere
-    for limit in range(1, USERS + 6):
+    assert len(model) == USERS + TIED and len({score for _, score in model}) <= 13  # ties everywhere
+    for limit in range(1, len(model) + 6):
         assert top(wide.uncached_port, limit) == model[:limit], limit
     # The cached process: each limit a prefix of the list of the largest limit fetched.
     assert top(wide.cached_port, 1000) == model
-    for limit in range(1, USERS + 6):
+    for limit in range(1, len(model) + 6):
         assert top(wide.cached_port, limit) == model[:limit], limit
     with grpc.insecure_channel(f"127.0.0.1:{wide.uncached_port}") as channel:
         totals = reporting_pb2_grpc.ReportingServiceStub(channel).GetOperationTotals(

@@ -1,18 +1,22 @@
 """CPU per GetTopProfiles call at a given partition count: reporting_svc's and the cluster's (issue 23's target:
 at 4,096 partitions no more than 2x its cost at 16).
 
-`python -m bench.top_fanout [--partitions 16,4096] [--calls 200] [--users 2000] [--limit 10]`: for each partition
+`python -m bench.top_fanout [--partitions 16,4096] [--calls 200] [--users 2000] [--limit 10] [--cache-ms 0]
+[--concurrency 1]`: for each partition
 count, a local cluster of its own (three primaries, three replicas) with the functions loaded and the count
 recorded, `users` readers' counts written straight into the statistics (no aggregator or profile_svc runs: their
-own loops would be counted in the cluster's CPU), and one reporting_svc with the top-list cache off
-(PROFILEMESH_REPORTING_CACHE_MS=0: every call its own fan-out). After a warm-up it makes `calls` sequential
-GetTopProfiles and reads utime+stime from /proc of the reporting_svc process and of the six nodes before and
-after. Run from a checkout's root: the reporting_svc it starts is that checkout's (`python -m reporting_svc`).
+own loops would be counted in the cluster's CPU), and one reporting_svc with the top-list cache off by default
+(PROFILEMESH_REPORTING_CACHE_MS=0: every call its own fan-out). After a warm-up it makes `calls` GetTopProfiles,
+`concurrency` at a time (sequential by default), and reads utime+stime from /proc of the reporting_svc process
+and of the six nodes before and after. With `--cache-ms 250 --concurrency 8`: the cost per call under load, when
+calls share fan-outs. Run from a checkout's root: the reporting_svc it starts is that checkout's
+(`python -m reporting_svc`).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import random
 import tempfile
@@ -41,7 +45,7 @@ def cpu_s(pid: int) -> float:
 class Cost:
     partitions: int
     calls: int
-    wall_ms: float  # per call
+    wall_ms: float  # per call (the time of all calls, divided by their number)
     reporting_us: float  # reporting_svc's CPU per call
     primaries_us: float  # the three primaries' CPU per call
     cluster_us: float  # all six nodes' CPU per call
@@ -53,8 +57,8 @@ class Cost:
         )
 
 
-def measure(partitions: int, calls: int, users: int, limit: int) -> Cost:
-    settings = {"PROFILEMESH_PARTITIONS": str(partitions), "PROFILEMESH_REPORTING_CACHE_MS": "0"}
+def measure(partitions: int, calls: int, users: int, limit: int, cache_ms: int = 0, concurrency: int = 1) -> Cost:
+    settings = {"PROFILEMESH_PARTITIONS": str(partitions), "PROFILEMESH_REPORTING_CACHE_MS": str(cache_ms)}
     system = on_free_ports(Path(tempfile.mkdtemp(prefix=f"top-fanout-{partitions}-")), settings)
     try:
         system.cluster.start()
@@ -68,17 +72,8 @@ def measure(partitions: int, calls: int, users: int, limit: int) -> Cost:
             for index in range(len(system.cluster.ports))
             if system.cluster.node(index).info("replication")["role"] == "master"
         ]
-        with grpc.insecure_channel(f"127.0.0.1:{system.reporting_port}") as channel:
-            stub = reporting_pb2_grpc.ReportingServiceStub(channel)
-            request = reporting_pb2.GetTopProfilesRequest(limit=limit)
-            for _ in range(WARMUP):
-                stub.GetTopProfiles(request, timeout=30)
-            before = [cpu_s(p.pid) for p in (reporting, *primaries, *nodes)]
-            started = time.perf_counter()
-            for _ in range(calls):
-                assert len(stub.GetTopProfiles(request, timeout=30).results) == min(limit, users)
-            wall = time.perf_counter() - started
-            after = [cpu_s(p.pid) for p in (reporting, *primaries, *nodes)]
+        pids = [p.pid for p in (reporting, *primaries, *nodes)]
+        before, after, wall = asyncio.run(_calls(system.reporting_port, pids, calls, concurrency, limit, users))
         used = [b - a for a, b in zip(before, after, strict=True)]
         per_call_us = 1e6 / calls
         return Cost(
@@ -91,6 +86,28 @@ def measure(partitions: int, calls: int, users: int, limit: int) -> Cost:
         )
     finally:
         system.stop()
+
+
+async def _calls(
+    port: int, pids: list[int], calls: int, concurrency: int, limit: int, users: int
+) -> tuple[list[float], list[float], float]:
+    """The processes' CPU before and after `calls` GetTopProfiles, `concurrency` at a time, and the time taken."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = reporting_pb2_grpc.ReportingServiceStub(channel)
+        request = reporting_pb2.GetTopProfilesRequest(limit=limit)
+        for _ in range(WARMUP):
+            await stub.GetTopProfiles(request, timeout=30)
+        remaining = iter(range(calls))
+
+        async def caller() -> None:
+            for _ in remaining:
+                assert len((await stub.GetTopProfiles(request, timeout=30)).results) == min(limit, users)
+
+        before = [cpu_s(pid) for pid in pids]
+        started = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+        return before, [cpu_s(pid) for pid in pids], wall
 
 
 def _seed(system: System, partitions: int, users: int) -> None:
@@ -111,9 +128,12 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--users", type=int, default=2000)
     parser.add_argument("--limit", type=int, default=10)
+    parser.add_argument("--cache-ms", type=int, default=0, help="PROFILEMESH_REPORTING_CACHE_MS of reporting_svc")
+    parser.add_argument("--concurrency", type=int, default=1, help="calls in flight at once")
     options = parser.parse_args()
     costs = [
-        measure(int(count), options.calls, options.users, options.limit) for count in options.partitions.split(",")
+        measure(int(count), options.calls, options.users, options.limit, options.cache_ms, options.concurrency)
+        for count in options.partitions.split(",")
     ]
     print(
         "| partitions | calls | ms per call | reporting_svc µs CPU/call | primaries µs CPU/call | cluster µs CPU/call |"

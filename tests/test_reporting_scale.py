@@ -14,6 +14,7 @@ import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import cast
 
 import grpc
 import pytest
@@ -46,7 +47,8 @@ class Wide:
         """The model's whole top list, from the cluster's keys: every partition's reads, by score then name."""
         scores: dict[str, int] = {}
         for partition in range(PARTITIONS):
-            for user, score in self.admin.zrange(keys.reads_key(partition), 0, -1, withscores=True):
+            pairs = cast(list[tuple[str, float]], self.admin.zrange(keys.reads_key(partition), 0, -1, withscores=True))
+            for user, score in pairs:
                 assert user not in scores, f"{user} counted in two partitions"
                 scores[user] = int(score)
         return sorted(scores.items(), key=lambda item: (-item[1], item[0]))
@@ -63,7 +65,8 @@ class Wide:
         """How many partitions each primary holds (by its reads key's slot)."""
         held = dict.fromkeys(self.primaries, 0)
         for partition in range(PARTITIONS):
-            held[self.admin.get_node_from_key(keys.reads_key(partition)).name] += 1
+            node = self.admin.get_node_from_key(keys.reads_key(partition))  # type: ignore[no-untyped-call]
+            held[node.name] += 1
         return held
 
     def counters(self) -> dict[str, tuple[int, int]]:
@@ -106,8 +109,7 @@ def wide(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wide]:
             PROFILEMESH_REPORTING_LISTEN=f"127.0.0.1:{cached_port}",
             PROFILEMESH_REPORTING_CACHE_MS=str(CACHE_MS),
         )
-        for port in (system.reporting_port, cached_port):
-            wait_until(lambda port=port: serving(system, port), 60, what=f"reporting_svc on {port}")
+        wait_until(lambda: serving(system, system.reporting_port) and serving(system, cached_port), 60)
         primaries = {}
         for index, port in enumerate(system.cluster.ports):
             node = system.cluster.node(index)
@@ -227,6 +229,7 @@ def test_a_watch_sees_a_change_made_within_the_cache_window(wide: Wide) -> None:
                     message = await asyncio.wait_for(call.read(), deadline - time.monotonic())
                 except TimeoutError:
                     break
+                assert isinstance(message, reporting_pb2.WatchTopProfilesResponse)
                 seen = [(row.user, row.score) for row in message.results]
                 if seen and seen[0] == (user, leader_score + 5):
                     break

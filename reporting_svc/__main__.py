@@ -15,7 +15,7 @@ from reporting_svc.watch import Leaderboard
 
 def build(server: grpc.aio.Server, cluster: Cluster) -> Service:
     settings = cluster.settings
-    reports = Reports(cluster, settings.partitions)
+    reports = Reports(cluster, settings.partitions, settings.reporting_cache_ms)
     limits = StreamLimits(settings.streams())
     servicer = ReportingServicer(reports, Leaderboard(reports, settings.watch_interval_ms), limits)
     reporting_pb2_grpc.add_ReportingServiceServicer_to_server(servicer, server)

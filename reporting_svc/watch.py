@@ -1,10 +1,11 @@
 """WatchTopProfiles: one poller per process while anyone watches, changes coalesced per interval.
 
-Each interval the poller reads the partitions' operation totals (one small HGETALL each). A reads sorted
-set changes only when a read or a delete is applied, and every applied event is counted in its
-partition's totals, so unchanged totals mean an unchanged leaderboard and nothing more is read. When they
-change, the top list is computed once, for the largest limit watched (a smaller limit's list is its
-prefix: the order is total), and each watcher is handed its snapshot. A watcher holds only the latest
+Each interval the poller reads the partitions' operation totals (partition_totals.lua, one pipeline per
+primary). A reads sorted set changes only when a read or a delete is applied, and every applied event is
+counted in its partition's totals, so unchanged totals mean an unchanged leaderboard and nothing more is
+read. When they change, the top list is read once, for the largest limit watched (a smaller limit's list is
+its prefix: the order is total), through the same short-lived cache as GetTopProfiles (reports.py), and each
+watcher is handed its snapshot. A watcher holds only the latest
 snapshot, so a slow reader skips intermediate ones instead of queueing them.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncGenerator
 
 from common.errors import StorageError
@@ -70,8 +72,10 @@ class Leaderboard:
                 self._poller.cancel()
                 self._poller = None
 
-    async def _snapshot(self, limit: int, partition_totals: list[dict[bytes, bytes]] | None = None) -> Snapshot:
-        ranking = tuple(await self.reports.top_profiles(limit))
+    async def _snapshot(
+        self, limit: int, partition_totals: list[dict[bytes, bytes]] | None = None, since: float = 0.0
+    ) -> Snapshot:
+        ranking = tuple(await self.reports.top_profiles(limit, since))
         totals = await self.reports.operation_totals(partition_totals)
         return ranking, tuple(totals.items())
 
@@ -81,9 +85,12 @@ class Leaderboard:
             await asyncio.sleep(self.interval_s)
             try:
                 partition_totals = await self.reports.partition_totals()
+                read_at = time.monotonic()
                 if partition_totals == version or not self.watchers:
                     continue
-                ranking, totals = await self._snapshot(max(w.limit for w in self.watchers), partition_totals)
+                # A top list read before these totals may miss what changed them: this version's is read after.
+                limit = max(w.limit for w in self.watchers)
+                ranking, totals = await self._snapshot(limit, partition_totals, since=read_at)
                 version = partition_totals
             except StorageError as error:
                 log.warning("leaderboard: cluster unavailable: %r", error)

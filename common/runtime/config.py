@@ -90,7 +90,7 @@ class Settings:
         secret=True,
         shown="`redis://127.0.0.1:7000`",
     )
-    partitions: int = setting(16, "partition count, fixed for the life of a deployment", minimum=1, maximum=1024)
+    partitions: int = setting(16, "partition count, fixed for the life of a deployment", minimum=1, maximum=4096)
     redis_timeout_ms: int = setting(1000, "connect and socket timeout of cluster commands", minimum=1)
     redis_max_concurrency: int = setting(64, "cluster commands in flight per process", minimum=1)
     durability: Durability = setting(
@@ -178,6 +178,11 @@ class Settings:
     stream_idle_s: int = setting(600, "a stream with no event (or a client reading nothing) this long ends", minimum=1)
     stream_max_s: int = setting(3600, "the longest a stream stays open", minimum=1)
     watch_interval_ms: int = setting(250, "WatchTopProfiles sends at most one message per interval", minimum=1)
+    reporting_cache_ms: int = setting(
+        250,
+        "GetTopProfiles calls (and WatchTopProfiles) within this of a fan-out share its top list; 0: each call its own",
+        minimum=0,
+    )
     # The gateway's public edge; see gateway/edge.py.
     http_max_url_bytes: int = setting(
         16384,

@@ -130,7 +130,7 @@ ROLES: dict[str, Role] = {
         code=_RUN_READ_ONLY_SCRIPTS,
         families={
             "reads": Rights("+zscore +zrevrange +zrangebyscore", read_only=True, scripts=True),  # top_readers.lua
-            "totals": Rights("+hgetall", read_only=True),
+            "totals": Rights("+hgetall", read_only=True, scripts=True),  # partition_totals.lua
             "partition count": Rights("+get", read_only=True),
         },
     ),

@@ -74,10 +74,15 @@ class Cluster:
         return await self.runner.run(script, keys, args, confirm, bounded, together)
 
     async def run_many(
-        self, script: Script, calls: Sequence[tuple[Sequence[str], Sequence[Any]]], retry_budget_s: float
+        self,
+        script: Script,
+        calls: Sequence[tuple[Sequence[str], Sequence[Any]]],
+        retry_budget_s: float,
+        confirm: Confirm = Confirm.READ,
     ) -> list[Any]:
-        """Run `script` once per call, each confirmed as a read: a reply or an error per call, in order."""
-        return await self.runner.run_many(script, calls, retry_budget_s)
+        """Run `script` once per call, one pipeline per primary, each confirmed as `confirm` asks (a read, or
+        NOTHING): a reply or an error per call, in order."""
+        return await self.runner.run_many(script, calls, retry_budget_s, confirm)
 
     @asynccontextmanager
     async def bounded(self, kind: str = "command", name: str = "other") -> AsyncIterator[RedisCluster]:

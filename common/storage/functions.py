@@ -31,7 +31,7 @@ DIRECTORIES = {
 PREFIX = "profilemesh_"
 # Functions that write nothing: flagged no-writes, so they run with FCALL_RO (the only FCALL the reporting user
 # has), also on a replica, and never refused on a full node.
-NO_WRITES = frozenset({"top_readers"})
+NO_WRITES = frozenset({"top_readers", "partition_totals"})
 # Each library's own no-writes function, returning the library's name: what a service calls on every primary
 # at start to learn that its version is loaded there (with the rights it already has, FCALL or FCALL_RO).
 CHECK = "loaded"

@@ -129,9 +129,14 @@ class ScriptRunner:
             return await self._run(client, script, keys, args, confirm, together)
 
     async def run_many(
-        self, script: Script, calls: Sequence[tuple[Sequence[str], Sequence[Any]]], retry_budget_s: float
+        self,
+        script: Script,
+        calls: Sequence[tuple[Sequence[str], Sequence[Any]]],
+        retry_budget_s: float,
+        confirm: Confirm = Confirm.READ,
     ) -> list[Any]:
-        """Run the script once per call, each confirmed as a read: one pipeline per primary.
+        """Run the script once per call, each confirmed as `confirm` asks (a read, or NOTHING): one pipeline per
+        primary.
 
         Each call's script runs on its own slot's primary, as `run` would run it, so the cluster's fixed cost
         is paid per node, not per call. The result for each call is its reply or the exception it met: one
@@ -140,9 +145,13 @@ class ScriptRunner:
         """
         results: list[Any] = [None] * len(calls)
         by_node, alone = await self._route(calls)
-        await asyncio.gather(*(self._on_node(script, calls, node, members, results) for node, members in by_node))
+        await asyncio.gather(
+            *(self._on_node(script, calls, node, members, results, confirm) for node, members in by_node)
+        )
         alone += [index for index, result in enumerate(results) if isinstance(result, NotExecuted)]
-        await asyncio.gather(*(self._alone(script, calls[index], index, results, retry_budget_s) for index in alone))
+        await asyncio.gather(
+            *(self._alone(script, calls[index], index, results, retry_budget_s, confirm) for index in alone)
+        )
         return results
 
     async def _route(
@@ -174,9 +183,10 @@ class ScriptRunner:
         node: ClusterNode,
         members: list[int],
         results: list[Any],
+        confirm: Confirm = Confirm.READ,
     ) -> None:
-        """One pipeline of the members' scripts on their primary (and the read check's fence and WAIT)."""
-        wait = self.waits.command(Confirm.READ)
+        """One pipeline of the members' scripts on their primary (and, for a read, the read check's fence and WAIT)."""
+        wait = self.waits.command(confirm)
         commands: list[tuple[Any, ...]] = [script.command(calls[i][0], calls[i][1]) for i in members]
         if wait:
             if not await self.replicas.has_replica(node):
@@ -215,12 +225,13 @@ class ScriptRunner:
         index: int,
         results: list[Any],
         retry_budget_s: float,
+        confirm: Confirm = Confirm.READ,
     ) -> None:
         """One member of a batch run by itself, within a budget below the call's deadline, so that one member
         on a shard in trouble can't make the whole batch miss it: the others' answers are ready."""
         try:
             async with asyncio.timeout(retry_budget_s), self.connection.scripting(script) as client:
-                results[index] = await self._run(client, script, call[0], call[1], Confirm.READ, together=False)
+                results[index] = await self._run(client, script, call[0], call[1], confirm, together=False)
         except TimeoutError:
             results[index] = Unavailable(PARTITION_SLOW, reason="PARTITION_UNAVAILABLE")
         except (ServiceError, StorageError) as error:

@@ -62,8 +62,8 @@ def test_every_integer_setting_refuses_a_negative_value(name: str) -> None:
 @pytest.mark.parametrize(
     ("variable_name", "raw", "says"),
     [
-        ("PROFILEMESH_PARTITIONS", "0", "PROFILEMESH_PARTITIONS must be 1..1024, got 0"),
-        ("PROFILEMESH_PARTITIONS", "1025", "PROFILEMESH_PARTITIONS must be 1..1024, got 1025"),
+        ("PROFILEMESH_PARTITIONS", "0", "PROFILEMESH_PARTITIONS must be 1..4096, got 0"),
+        ("PROFILEMESH_PARTITIONS", "4097", "PROFILEMESH_PARTITIONS must be 1..4096, got 4097"),
         ("PROFILEMESH_AGGREGATOR_BATCH", "251", "PROFILEMESH_AGGREGATOR_BATCH must be 1..250, got 251"),
         ("PROFILEMESH_AGGREGATOR_BATCH", "0", "PROFILEMESH_AGGREGATOR_BATCH must be 1..250, got 0"),
         ("PROFILEMESH_MAX_STREAMS", "0", "PROFILEMESH_MAX_STREAMS must be at least 1, got 0"),
@@ -79,7 +79,7 @@ def test_limits_and_choices(variable_name: str, raw: str, says: str) -> None:
     assert str(caught.value).startswith(says)
 
 
-@pytest.mark.parametrize(("partitions", "ok"), [(1, True), (1024, True), (0, False), (1025, False)])
+@pytest.mark.parametrize(("partitions", "ok"), [(1, True), (4096, True), (0, False), (4097, False)])
 def test_the_partition_bounds_are_inclusive(partitions: int, ok: bool) -> None:
     if ok:
         assert Settings(partitions=partitions).partitions == partitions

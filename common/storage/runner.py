@@ -204,7 +204,8 @@ class ScriptRunner:
         except BROKEN as error:
             log.warning("lost the connection to %s mid-batch: %r", node.name, error)
             for index in members:
-                results[index] = unconfirmed(Confirm.NOTHING)
+                # A script safe to run again (a read) is retried alone; a change's outcome is unknown.
+                results[index] = NotExecuted(repr(error)) if script.repeatable else unconfirmed(Confirm.NOTHING)
             return
         if wait:
             replies, fence, confirmation = replies[:-2], replies[-2], replies[-1]

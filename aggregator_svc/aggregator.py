@@ -3,18 +3,19 @@
 Every replica runs the same loop over every partition; the consumer group hands each entry to
 one of them, and the apply script (see scripts/apply_events.lua) makes the count exact even
 when a slow replica and one that reclaimed its entries both try to apply them, in any order.
-Reclaiming and trimming run on each partition on its own schedule, so a shard that is down stops
-only its own partitions. An idle partition waits for a wake-up by sharded pub/sub (one subscription
-per primary, common/storage/wakes.py), which the script appending its next event sends.
+An idle partition waits for a wake-up by sharded pub/sub (one subscription per primary,
+common/storage/wakes.py), which the script appending its next event sends. What a partition costs
+while nothing happens stays flat as partitions grow: the partitions with recent events are reclaimed,
+trimmed and recounted every maintenance interval, the quiet ones a slice at a time, each once per
+quiet-check interval; the scripts of one instant share a pipeline per primary, and one partition on a
+shard that is down fails alone.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,8 @@ class Aggregator:
         self.batch = settings.batch
         self.claim_idle_ms = settings.claim_idle_ms
         self.maintenance_s = settings.maintenance_s
+        # The quiet partitions are looked after in this many slices, one per maintenance interval.
+        self.slices = max(1, settings.quiet_check_s // settings.maintenance_s)
         self.retention_ms = settings.retention_s * 1000
         self.linger_s = settings.linger_ms / 1000
         self.partitions = range(settings.partitions)
@@ -100,18 +103,18 @@ class Aggregator:
         # awaits, or True when the wake-up came while no loop waited.
         self._wake: dict[int, asyncio.Future[bool] | bool] = dict.fromkeys(self.partitions, False)
         self._partition_of_wake = {keys.wake_key(partition): partition for partition in self.partitions}
+        # Until when (monotonic) a partition counts as having recent events: its entries are still to be trimmed.
+        self._active_until = dict.fromkeys(self.partitions, 0.0)
+        self._active_s = settings.retention_s + 2 * settings.maintenance_s
 
     async def run(self) -> None:
         """Consume every partition until cancelled; an unexpected failure of one loop ends them all (a task
         group, unlike gather, cancels the others), so the process shuts down rather than half-running."""
         async with asyncio.TaskGroup() as loops:
             loops.create_task(self._watch_wakes())
+            loops.create_task(self._maintenance())
             for partition in self.partitions:
                 loops.create_task(self._consume(partition))
-                # Each partition is reclaimed, trimmed and recounted on its own schedule: one on a shard that
-                # is down fails alone, and waiting out its timeouts holds up no other partition.
-                loops.create_task(self._every(self.claim_idle_ms / 4000, "reclaim", self._reclaim, partition))
-                loops.create_task(self._every(self.maintenance_s, "maintenance", self._maintain, partition))
                 loops.create_task(self._recounts(partition))
 
     async def _watch_wakes(self) -> None:
@@ -125,18 +128,24 @@ class Aggregator:
         else:
             self._wake[partition] = True
 
+    def _until_quiet_check(self, partition: int) -> float:
+        """Seconds to the partition's next quiet check: the next maintenance instant of its slice."""
+        now = time.monotonic()
+        tick = int(now // self.maintenance_s) + 1
+        tick += (partition - tick) % self.slices
+        return tick * self.maintenance_s - now
+
     async def _woken_before_idle_check(self, partition: int) -> bool:
-        """Wait for the partition's wake-up: True when it came, False when the idle check came due first (every
-        maintenance interval, the same instant for every partition, so that their takes go together): a
-        wake-up lost with a connection, or never sent (a profile_svc older than the wake flags), costs that
-        much lag at most. A plain future, not asyncio.wait_for, which can swallow a cancellation on 3.11."""
+        """Wait for the partition's wake-up: True when it came, False when its quiet check came due first (the
+        partitions of a slice together, so that their takes share pipelines): a wake-up lost with a
+        connection, or never sent (a profile_svc older than the wake flags), costs that much lag at most.
+        A plain future, not asyncio.wait_for, which can swallow a cancellation on 3.11."""
         if self._wake[partition] is True:
             self._wake[partition] = False
             return True
         loop = asyncio.get_running_loop()
         waiter = self._wake[partition] = loop.create_future()
-        idle_check_s = self.maintenance_s - time.monotonic() % self.maintenance_s
-        due = loop.call_later(idle_check_s, _settle, waiter, False)
+        due = loop.call_later(self._until_quiet_check(partition), _settle, waiter, False)
         try:
             return bool(await waiter)
         finally:
@@ -150,21 +159,21 @@ class Aggregator:
     async def _consume(self, partition: int) -> None:
         stream = keys.events_key(partition)
         group_ready = False
-        own_pending_due = 0.0  # when to look for entries delivered to us but never applied
+        own_pending = True  # whether to look for entries delivered to us but never applied
         while True:
             try:
                 if not group_ready:
                     await self._ensure_group(partition)
                     group_ready = True
-                if time.monotonic() >= own_pending_due:
+                if own_pending:
                     # Entries delivered to us but never applied (a replica of an older version read them
-                    # apart from applying them, or died between): take them back first, after every error
-                    # and every maintenance interval, rather than waiting for them to be reclaimed as idle.
+                    # apart from applying them, or died between): take them back first, at the start and
+                    # after every error, rather than waiting for them to be reclaimed as idle. A take applies
+                    # and acknowledges in one script, so none are left pending by this version.
                     entries = await self.cluster.read_own_pending(stream, self.group, self.consumer, self.batch)
                     if entries:
                         await self._apply_entries(partition, entries)
-                    if len(entries) < self.batch:
-                        own_pending_due = time.monotonic() + self.maintenance_s
+                    own_pending = len(entries) == self.batch
                     continue
                 taken = await self._take(partition)
                 # Idle (the take armed the partition's wake flag): wait for the next event's wake-up. None by
@@ -177,10 +186,10 @@ class Aggregator:
                     # wakes on the same tick, so the event loop wakes once for all of them.
                     await asyncio.sleep(self.linger_s - time.monotonic() % self.linger_s)
             except NoGroup:  # the stream was deleted (e.g. a flushed cluster)
-                own_pending_due = 0.0
+                own_pending = True
                 group_ready = False
             except StorageError as error:
-                own_pending_due = 0.0
+                own_pending = True
                 log.warning("partition %d: cluster unavailable: %r", partition, error)
                 await asyncio.sleep(RETRY_S)
 
@@ -196,6 +205,7 @@ class Aggregator:
             together=True,
         )
         if taken:
+            self._active_until[partition] = time.monotonic() + self._active_s
             self._count(partition, int(applied), int(gone), malformed, int(queued))
         return int(taken)
 
@@ -257,29 +267,55 @@ class Aggregator:
             if start in (b"0-0", "0-0"):
                 break
 
+    async def _maintenance(self) -> None:
+        """Every maintenance interval: look after the partitions with recent events and this interval's slice of
+        the quiet ones, all at once (their scripts share a pipeline per primary)."""
+        while True:
+            await asyncio.sleep(self.maintenance_s - time.monotonic() % self.maintenance_s)
+            await asyncio.gather(*(self._look_after(partition) for partition in self._due(time.monotonic())))
+
+    def _due(self, now: float) -> list[int]:
+        """The partitions to look after at the maintenance instant `now`: those with recent events, and the quiet
+        ones of the instant's slice."""
+        tick = round(now / self.maintenance_s)
+        return [p for p in self.partitions if self._active_until[p] > now or p % self.slices == tick % self.slices]
+
+    async def _look_after(self, partition: int) -> None:
+        """Reclaim, trim and recount one partition, outliving the failures a cluster can have."""
+        try:
+            await self._reclaim(partition)
+            await self._maintain(partition)
+            self._recount_due[partition].set()  # those another replica queued or left half done
+        except NoGroup:  # not created yet, or a flushed cluster: _consume makes it
+            pass
+        except StorageError as error:
+            log.warning("maintenance of partition %d: cluster unavailable: %r", partition, error)
+
     async def _maintain(self, partition: int) -> None:
         # One run forgets a bounded number of tombstones; run again until it has forgotten every one due,
         # so forgetting keeps up with any delete rate.
         while True:
             _, more = await self.cluster.run(
-                self._trim, trim_keys(partition), [self.group, FORGET_CONSUMER_AFTER_MS, self.retention_ms]
+                self._trim,
+                trim_keys(partition),
+                [self.group, FORGET_CONSUMER_AFTER_MS, self.retention_ms],
+                together=True,
             )
             metrics.TRIMS.inc()
             if not int(more):
                 return
 
     async def _recounts(self, partition: int) -> None:
-        """Walk the partition's recounts in bounded steps: at once when an apply queued one, and every
-        maintenance interval for those another replica queued or left half done."""
+        """Walk the partition's recounts in bounded steps: at once when an apply queued one, and when the
+        partition is looked after, for those another replica queued or left half done."""
         due = self._recount_due[partition]
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(due.wait(), self.maintenance_s)
+            await due.wait()
             due.clear()
             try:
                 while True:
                     _, more = await self.cluster.run(
-                        self._recount_step, recount_keys(partition), [self.group, RECOUNT_STEP]
+                        self._recount_step, recount_keys(partition), [self.group, RECOUNT_STEP], together=True
                     )
                     metrics.RECOUNT_STEPS.inc()
                     if not int(more):
@@ -288,15 +324,3 @@ class Aggregator:
                 pass
             except StorageError as error:
                 log.warning("recount of partition %d: cluster unavailable: %r", partition, error)
-
-    @staticmethod
-    async def _every(interval_s: float, job: str, work: Callable[[int], Awaitable[None]], partition: int) -> None:
-        """Run `work` on the partition every interval, outliving the failures a cluster can have."""
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                await work(partition)
-            except NoGroup:  # not created yet, or a flushed cluster: _consume makes it
-                pass
-            except StorageError as error:
-                log.warning("%s of partition %d: cluster unavailable: %r", job, partition, error)

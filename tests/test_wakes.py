@@ -1,6 +1,6 @@
 """An idle partition waits for a wake-up by sharded pub/sub (common/storage/wakes.py), not a blocking read.
 
-On a system whose idle check (the maintenance interval) is a minute away: an event in an idle partition is
+On a system whose idle check (the quiet-check interval) is a minute away: an event in an idle partition is
 counted at once only if its script's wake-up reached the aggregator, so these tests tell a wake-up from the
 idle check. The aggregator holds one subscription per primary and no blocking read; a subscription killed
 under it is made again, and what was published meanwhile is looked for, not lost.
@@ -25,6 +25,7 @@ SETTINGS = {
     **TEST_SETTINGS,
     "PROFILEMESH_PARTITIONS": str(WAKE_PARTITIONS),
     "PROFILEMESH_AGGREGATOR_MAINTENANCE_S": str(IDLE_CHECK_S),
+    "PROFILEMESH_AGGREGATOR_QUIET_CHECK_S": str(IDLE_CHECK_S),
 }
 
 

@@ -141,7 +141,15 @@ class Settings:
     aggregator_claim_idle_ms: int = setting(
         10000, "how long an entry may stay pending before another replica reclaims it", minimum=1
     )
-    aggregator_maintenance_s: int = setting(5, "how often acknowledged entries are trimmed", minimum=1)
+    aggregator_maintenance_s: int = setting(
+        5, "how often the partitions with recent events are reclaimed, trimmed and recounted", minimum=1
+    )
+    aggregator_quiet_check_s: int = setting(
+        60,
+        "how often a partition without recent events is taken, reclaimed, trimmed and recounted anyway (a slice"
+        " of them each maintenance interval): bounds what a lost wake-up can delay",
+        minimum=1,
+    )
     aggregator_linger_ms: int = setting(
         25,
         "after a batch smaller than a full one, how long a partition's events gather before the next read"
@@ -288,6 +296,7 @@ class Settings:
             batch=self.aggregator_batch,
             claim_idle_ms=self.aggregator_claim_idle_ms,
             maintenance_s=self.aggregator_maintenance_s,
+            quiet_check_s=self.aggregator_quiet_check_s,
             retention_s=self.events_retention_s,
             linger_ms=self.aggregator_linger_ms,
         )
@@ -319,6 +328,7 @@ class AggregatorSettings:
     batch: int
     claim_idle_ms: int
     maintenance_s: int
+    quiet_check_s: int
     retention_s: int
     linger_ms: int
 

@@ -54,6 +54,8 @@ WITH_KEY: dict[str, list[str]] = {
     "zscore": ["ZSCORE", K, "matrix"],
     "zrevrange": ["ZREVRANGE", K, "0", "1"],
     "zrangebyscore": ["ZRANGEBYSCORE", K, "-inf", "+inf"],
+    "zremrangebyscore": ["ZREMRANGEBYSCORE", K, "-inf", "0"],
+    "zrange": ["ZRANGE", K, "0", "-1"],
     "xadd": ["XADD", K, "*", "user", "matrix"],
     "xrange": ["XRANGE", K, "-", "+", "COUNT", "1"],
     "xread": ["XREAD", "COUNT", "1", "STREAMS", K, "0"],
@@ -95,7 +97,19 @@ KEYLESS: dict[str, list[str]] = {
 # What an attacker holding a component's credentials tries first, whether or not the user holds it.
 PROBES = ("del", "unlink", "set", "hset", "xadd", "xtrim")
 # The command run for real on a family the user may touch: a read where it has one.
-READS = ("get", "hgetall", "hmget", "hget", "exists", "xrange", "xlen", "zscore", "zrevrange", "zrangebyscore")
+READS = (
+    "get",
+    "hgetall",
+    "hmget",
+    "hget",
+    "exists",
+    "xrange",
+    "xlen",
+    "zscore",
+    "zrevrange",
+    "zrangebyscore",
+    "zrange",
+)
 
 
 def _commands(rules: str) -> list[str]:
@@ -196,6 +210,7 @@ def test_no_key_the_services_make_is_in_two_families() -> None:
         "wake flags": keys.wake_key(7),
         "partition count": keys.PARTITIONS_KEY,
         "deployment key": keys.DEPLOYMENT_KEY,
+        "aggregator replicas": keys.AGGREGATORS_KEY,
     }
     assert set(made) == set(acl.FAMILIES)
     for family, key in made.items():
@@ -366,6 +381,7 @@ WRITERS = {
     "wake flags": {"profile_svc", "aggregator_svc"},  # the aggregator arms it, the next event's script disarms it
     "partition count": {"profile_svc"},
     "deployment key": {"profile_svc"},
+    "aggregator replicas": {"aggregator_svc"},
 }
 
 

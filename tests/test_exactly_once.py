@@ -62,13 +62,12 @@ def pending_of(client: RedisCluster, consumer: str) -> int:
     return total
 
 
-def consumers_everywhere(client: RedisCluster, names: tuple[str, ...]) -> bool:
-    """Every replica has read from every partition at least once (it is a consumer of each)."""
+def consumers_somewhere(client: RedisCluster, names: tuple[str, ...]) -> bool:
+    """Every replica has taken from its share of the partitions (it is a consumer there)."""
+    present: set[str] = set()
     for partition in range(PARTITIONS):
-        present = {row["name"] for row in client.xinfo_consumers(keys.events_key(partition), GROUP)}
-        if not set(names) <= present:
-            return False
-    return True
+        present |= {row["name"] for row in client.xinfo_consumers(keys.events_key(partition), GROUP)}
+    return set(names) <= present
 
 
 async def drive(system: System, client: RedisCluster) -> Run:
@@ -172,7 +171,7 @@ def test_every_read_counted_exactly_once(fresh_system: System, fresh_client: Red
             )
         for port in ports.values():
             wait_until(lambda port=port: system.grpc_status(port) == "SERVING", timeout_s=30, what="a replica to serve")
-        wait_until(lambda: consumers_everywhere(fresh_client, REPLICAS), timeout_s=30, what="replicas to consume")
+        wait_until(lambda: consumers_somewhere(fresh_client, REPLICAS), timeout_s=30, what="replicas to consume")
         for partition in range(PARTITIONS):
             fresh_client.xgroup_create(keys.events_key(partition), AUDIT, id="$", mkstream=True)
 

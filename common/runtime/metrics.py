@@ -82,6 +82,9 @@ DURABILITY_FAILURES = Counter(
 
 # The aggregator.
 EVENTS_APPLIED = Counter("profilemesh_aggregator_events_applied", "events counted into the statistics")
+PARTITIONS_OWNED = Gauge(
+    "profilemesh_aggregator_partitions_owned", "partitions this replica consumes (its share among the live replicas)"
+)
 BATCHES = Counter("profilemesh_aggregator_batches", "batches applied (one apply script each)")
 RECLAIMED = Counter("profilemesh_aggregator_reclaimed_entries", "entries taken over from a stalled consumer")
 TRIMS = Counter("profilemesh_aggregator_trims", "trim runs over a partition's stream")

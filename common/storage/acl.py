@@ -52,6 +52,7 @@ FAMILIES: dict[str, str] = {
     "wake flags": _every_partition(keys.wake_key(0)),  # keys, and sharded channels of the same names
     "partition count": keys.PARTITIONS_KEY,
     "deployment key": keys.DEPLOYMENT_KEY,
+    "aggregator replicas": keys.AGGREGATORS_KEY,
 }
 
 
@@ -122,6 +123,8 @@ ROLES: dict[str, Role] = {
             "recounts": Rights("+exists +hget +hset +hdel", scripts=True),
             # A take that finds nothing sets the partition's (apply_events.lua); the wakes come by subscription.
             "wake flags": Rights("+set +ssubscribe", scripts=True, channels=True),
+            # heartbeat.lua: each replica's word that it is live, and the others' (the partitions' shares).
+            "aggregator replicas": Rights("+zadd +zremrangebyscore +zrange", scripts=True),
             "partition count": Rights("+get", read_only=True),
         },
     ),

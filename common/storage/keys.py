@@ -11,6 +11,8 @@ from enum import StrEnum
 
 # Records the partition count on first start; it is fixed for the life of a deployment.
 PARTITIONS_KEY = "profilemesh:partitions"
+# Sorted set: the live aggregator replicas, by when their word runs out (aggregator_svc/scripts/heartbeat.lua).
+AGGREGATORS_KEY = "profilemesh:aggregators"
 # A random secret recorded by profile_svc on first start: it signs the change feed's resume tokens, so a
 # token names the deployment that issued it and can't be forged (profile_svc/events_feed.py).
 DEPLOYMENT_KEY = "profilemesh:deployment"

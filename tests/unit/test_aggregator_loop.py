@@ -171,6 +171,9 @@ class FakeCluster:
         bounded: bool = True,
         together: bool = False,
     ) -> Any:
+        if script == "heartbeat.lua":  # this replica alone is live
+            await self._enter("heartbeat", args[0])
+            return [args[0].encode()]
         if script == "apply_events.lua" and args[1] == ">":
             assert not bounded, "the take runs on the partition's reserved connection"
             assert together, "the partitions' takes of a tick share one pipeline per primary"
@@ -282,7 +285,12 @@ def test_the_stream_is_taken_in_batches_and_an_idle_partition_waits_for_news() -
         assert stream.counted == list(range(1, 258)), "each entry applied once, in order"
         assert not stream.pending
         # Each of its scripts is safe to run again, so a connection lost under one is retried, not unknown.
-        assert cluster.scripts == {"apply_events.lua": True, "trim_acknowledged.lua": True, "recount_step.lua": True}
+        assert cluster.scripts == {
+            "apply_events.lua": True,
+            "trim_acknowledged.lua": True,
+            "recount_step.lua": True,
+            "heartbeat.lua": True,
+        }
 
     _run(scenario)
 
@@ -437,3 +445,41 @@ def test_quiet_partitions_are_looked_after_a_slice_at_a_time_and_busy_ones_every
         wait = agg._until_quiet_check(partition)
         assert 0 < wait <= 60
         assert partition in agg._due(round((time.monotonic() + wait) / 5) * 5)
+
+
+def test_the_partitions_are_shared_among_the_live_replicas_and_stay_put_as_others_come_and_go() -> None:
+    """Rendezvous hashing: two replicas split 4,096 partitions about evenly; a third takes about a third, each
+    from both others, and no partition moves between the first two; when it goes, its partitions go back."""
+    partitions = range(4096)
+    two = {p: aggregator.owner(p, ["a", "b"]) for p in partitions}
+    assert 1900 < sum(o == "a" for o in two.values()) < 2200
+    three = {p: aggregator.owner(p, ["a", "b", "c"]) for p in partitions}
+    moved = [p for p in partitions if three[p] != two[p]]
+    assert all(three[p] == "c" for p in moved), "only to the newcomer"
+    assert 1250 < len(moved) < 1450
+    assert {p: aggregator.owner(p, ["b", "a"]) for p in partitions} == two, "the order the cluster lists them in"
+
+
+def test_a_replica_consumes_only_its_share() -> None:
+    async def scenario() -> None:
+        cluster, agg = _setup(partitions=2)
+        agg._share(["replica-a", "replica-b"])
+        mine = {p for p in range(2) if aggregator.owner(p, ["replica-a", "replica-b"]) == CONSUMER}
+        assert agg._owned == mine
+        for p in range(2):
+            cluster.append(p, 3)
+        tasks = [asyncio.create_task(agg._consume(p)) for p in range(2)]
+        wakes = asyncio.create_task(agg._watch_wakes())
+        try:
+            await _until(lambda: all(len(cluster.streams[keys.events_key(p)].counted) == 3 for p in mine))
+            await asyncio.sleep(0.05)
+            for p in set(range(2)) - mine:
+                assert cluster.streams[keys.events_key(p)].counted == [], "another replica's partition"
+            agg._share(["replica-a"])  # the other replica's word ran out: its partitions are taken over at once
+            await _until(lambda: all(len(cluster.streams[keys.events_key(p)].counted) == 3 for p in range(2)))
+        finally:
+            for task in [*tasks, wakes]:
+                task.cancel()
+            await asyncio.gather(*tasks, wakes, return_exceptions=True)
+
+    _run(scenario)

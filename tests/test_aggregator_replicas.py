@@ -1,0 +1,87 @@
+"""Aggregator replicas share the partitions (aggregator_svc/aggregator.py: a heartbeat in the cluster, rendezvous
+hashing) rather than each reading every one, and a replica that dies has its share taken over.
+
+At 4,096 partitions: two replicas split them; one SIGKILLed, the other consumes all of them within the claim
+interval (a replica's word holds for three heartbeats of a quarter of it); the counts stay exact throughout.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from common.storage import keys
+from localdev.ports import free_ports
+from localdev.system import System
+from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
+from tests.conftest import TEST_SETTINGS, running_system
+from tests.helpers import metric_sum, wait_until
+
+PARTITIONS = 4096
+CLAIM_IDLE_S = 2  # TEST_SETTINGS' PROFILEMESH_AGGREGATOR_CLAIM_IDLE_MS
+SECOND = "aggregator_svc-2"
+
+
+@pytest.fixture(scope="module")
+def wide_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    settings = {**TEST_SETTINGS, "PROFILEMESH_PARTITIONS": str(PARTITIONS)}
+    assert settings["PROFILEMESH_AGGREGATOR_CLAIM_IDLE_MS"] == str(CLAIM_IDLE_S * 1000)
+    with running_system(tmp_path_factory.mktemp("replicas"), settings) as system:
+        yield system
+
+
+def _owned(system: System, name: str) -> float:
+    return metric_sum(system.metrics_url(name), "profilemesh_aggregator_partitions_owned")
+
+
+def _creates_counted(system: System) -> int:
+    """Creates counted over every partition."""
+    client = system.cluster.client(decode_responses=True)
+    try:
+        return sum(int(client.hget(keys.totals_key(p), "create") or 0) for p in range(PARTITIONS))
+    finally:
+        client.close()
+
+
+def _create(system: System, users: list[str]) -> None:
+    stub = profile_pb2_grpc.ProfileServiceStub(system.grpc_channel(system.profile_port))
+    for user in users:
+        stub.CreateProfile(profile_pb2.CreateProfileRequest(user=user, fields={"email": "r@example.com"}), timeout=10)
+
+
+def test_two_replicas_split_the_partitions_and_one_takes_over_the_share_of_one_killed(wide_system: System) -> None:
+    system = wide_system
+    (port,) = free_ports(1)
+    system.start_process(SECOND, "aggregator_svc", PROFILEMESH_AGGREGATOR_LISTEN=f"127.0.0.1:{port}")
+    wait_until(lambda: system.grpc_status(port) == "SERVING", timeout_s=60, what="the second replica to serve")
+    wait_until(
+        lambda: (
+            _owned(system, "aggregator_svc") + _owned(system, SECOND) == PARTITIONS
+            and min(_owned(system, "aggregator_svc"), _owned(system, SECOND)) > PARTITIONS / 3
+        ),
+        timeout_s=30,
+        what="the two replicas to split the partitions",
+    )
+    shares = (_owned(system, "aggregator_svc"), _owned(system, SECOND))
+    print(f"shares of {PARTITIONS} partitions: {shares[0]:.0f} and {shares[1]:.0f}")
+
+    before = [f"split-{n}" for n in range(300)]
+    _create(system, before)
+    wait_until(lambda: _creates_counted(system) == len(before), what="the creates counted by both")
+
+    system.processes[SECOND].send_signal(signal.SIGKILL)
+    system.processes[SECOND].wait(timeout=10)
+    killed = time.monotonic()
+    wait_until(lambda: _owned(system, "aggregator_svc") == PARTITIONS, timeout_s=4 * CLAIM_IDLE_S, what="the takeover")
+    took_over_s = time.monotonic() - killed
+    print(f"the survivor consumed all {PARTITIONS} partitions {took_over_s:.2f} s after the kill")
+    assert took_over_s <= CLAIM_IDLE_S + 1, f"took {took_over_s:.2f} s; the claim interval is {CLAIM_IDLE_S} s"
+
+    after = [f"after-{n}" for n in range(300)]
+    _create(system, after)
+    wait_until(lambda: _creates_counted(system) == len(before) + len(after), what="the survivor to count the rest")
+    time.sleep(1)
+    assert _creates_counted(system) == len(before) + len(after), "each create counted once"

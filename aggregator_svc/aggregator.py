@@ -39,10 +39,11 @@ HEARTBEAT_SCRIPT = SCRIPTS / "heartbeat.lua"
 # Entries one recount step reads: keeps each step's script well under 50 ms (tests/test_script_time.py).
 RECOUNT_STEP = 500
 RETRY_S = 0.5
-# A quiet partition is reclaimed and recounted on one quiet check in this many: only a replica of an older version,
-# which read entries apart from applying them, can have left entries pending there (this one's takes acknowledge
-# at once), and only another replica (before the partition fell to this one) a recount half done.
-QUIET_RECLAIM_EVERY = 10
+# A quiet partition is looked after (reclaimed, trimmed, recounted) on one quiet check in this many; the others
+# only take it, for a wake-up that was lost. Its entries were trimmed while it had recent events; what is left
+# to do there is another replica's (a consumer of one that died, a recount half done before the partition fell
+# to this one) or an older version's (entries read apart from applying them, left pending).
+QUIET_LOOK_AFTER_EVERY = 10
 # Consumers with nothing pending and idle this long (a crashed or retired replica) are removed.
 FORGET_CONSUMER_AFTER_MS = 10 * 60 * 1000
 
@@ -319,33 +320,27 @@ class Aggregator:
                 break
 
     async def _maintenance(self) -> None:
-        """Every maintenance interval: look after the partitions with recent events and this interval's slice of
-        the quiet ones, all at once (their scripts share a pipeline per primary)."""
+        """Every maintenance interval: look after the partitions due, all at once (their scripts share a pipeline
+        per primary)."""
         while True:
             await asyncio.sleep(self.maintenance_s - time.monotonic() % self.maintenance_s)
-            now = time.monotonic()
-            reclaim_quiet = round(now / self.maintenance_s) // self.slices % QUIET_RECLAIM_EVERY == 0
-            await asyncio.gather(
-                *(
-                    self._look_after(partition, reclaim=reclaim_quiet or self._active_until[partition] > now)
-                    for partition in self._due(now)
-                )
-            )
+            await asyncio.gather(*(self._look_after(partition) for partition in self._due(time.monotonic())))
 
     def _due(self, now: float) -> list[int]:
-        """The partitions to look after at the maintenance instant `now`: those with recent events, and the quiet
-        ones of the instant's slice."""
+        """The partitions to look after at the maintenance instant `now`: those with recent events, and on one
+        round of quiet checks in QUIET_LOOK_AFTER_EVERY, the quiet ones of the instant's slice."""
         tick = round(now / self.maintenance_s)
-        return [p for p in self._owned if self._active_until[p] > now or p % self.slices == tick % self.slices]
+        quiet = tick // self.slices % QUIET_LOOK_AFTER_EVERY == 0
+        return [
+            p for p in self._owned if self._active_until[p] > now or quiet and p % self.slices == tick % self.slices
+        ]
 
-    async def _look_after(self, partition: int, reclaim: bool) -> None:
-        """Trim one partition, and reclaim and recount it if asked, outliving the failures a cluster can have."""
+    async def _look_after(self, partition: int) -> None:
+        """Reclaim, trim and recount one partition, outliving the failures a cluster can have."""
         try:
-            if reclaim:
-                await self._reclaim(partition)
+            await self._reclaim(partition)
             await self._maintain(partition)
-            if reclaim:  # recounts another replica queued or left half done (an apply here queues its own)
-                self._recount_due[partition].set()
+            self._recount_due[partition].set()  # those another replica queued or left half done
         except NoGroup:  # not created yet, or a flushed cluster: _consume makes it
             pass
         except StorageError as error:

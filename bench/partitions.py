@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.partitions [--partitions 16,256,4096] [--idle-s 20] [--load-s 6] [--out FILE]
 
 For each count, a whole system of its own on free ports (production defaults, but the count and WARNING logs),
-left until the aggregator is idle (every partition's wake flag armed), then:
+left until the aggregator is idle (every partition's wake flag armed and every partition's lag read once), then:
 
 - idle: each process's CPU over `idle-s` seconds, as a share of one core, and the connections each component's
   cluster user holds (CLIENT LIST on every node);
@@ -66,7 +66,8 @@ def measure(work: Path, partitions: int, idle_s: int, load_s: int) -> dict[str, 
         while _armed(system, partitions) < partitions and time.monotonic() - started < 300:
             time.sleep(1)
         say(f"{partitions} partitions: idle after {time.monotonic() - started:.0f} s")
-        time.sleep(5)
+        # The lag gauges' first reading of every partition (aggregator_svc/lag.py: 64 a second) is start-up too.
+        time.sleep(5 + partitions / 64)
         groups = {name: _pids(system, name) for name in PROCESSES}
         groups["cluster"] = lambda: [p.pid for p in system.cluster.processes.values()]
         meter = CpuMeter(groups)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import tempfile
 import time
@@ -26,19 +25,13 @@ from pathlib import Path
 
 import grpc
 
+from bench.accounting import cpu_seconds
 from common.storage import keys
 from localdev.system import System, on_free_ports
 from localdev.waiting import poll_until
 from profilemesh.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 
-TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 WARMUP = 20
-
-
-def cpu_s(pid: int) -> float:
-    """The process's user and system CPU so far (/proc/<pid>/stat fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * TICK_S
 
 
 @dataclass(frozen=True)
@@ -103,11 +96,11 @@ async def _calls(
             for _ in remaining:
                 assert len((await stub.GetTopProfiles(request, timeout=30)).results) == min(limit, users)
 
-        before = [cpu_s(pid) for pid in pids]
+        before = [cpu_seconds([pid]) for pid in pids]
         started = time.perf_counter()
         await asyncio.gather(*(caller() for _ in range(concurrency)))
         wall = time.perf_counter() - started
-        return before, [cpu_s(pid) for pid in pids], wall
+        return before, [cpu_seconds([pid]) for pid in pids], wall
 
 
 def _seed(system: System, partitions: int, users: int) -> None:

@@ -15,6 +15,7 @@ from grpc_status import rpc_status
 from redis.cluster import RedisCluster
 
 from common.storage import functions, keys
+from localdev.system import System
 from localdev.waiting import poll_until
 
 
@@ -42,6 +43,15 @@ def metric_sum(metrics_url: str, series: str, containing: str = "") -> float:
         for line in lines
         if line.partition("{")[0].partition(" ")[0] == series and containing in line
     )
+
+
+def creates_counted(system: System, partitions: int) -> int:
+    """The creates the aggregator has counted, over every partition's totals."""
+    client = system.cluster.client(decode_responses=True)
+    try:
+        return sum(int(client.hget(keys.totals_key(p), "create") or 0) for p in range(partitions))
+    finally:
+        client.close()
 
 
 def calls_answered(metrics_url: str, method: str) -> float:

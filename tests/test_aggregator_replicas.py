@@ -13,12 +13,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from common.storage import keys
 from localdev.ports import free_ports
 from localdev.system import System
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 from tests.conftest import TEST_SETTINGS, running_system
-from tests.helpers import metric_sum, wait_until
+from tests.helpers import creates_counted, metric_sum, wait_until
 
 PARTITIONS = 4096
 CLAIM_IDLE_S = 2  # TEST_SETTINGS' PROFILEMESH_AGGREGATOR_CLAIM_IDLE_MS
@@ -35,15 +34,6 @@ def wide_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
 
 def _owned(system: System, name: str) -> float:
     return metric_sum(system.metrics_url(name), "profilemesh_aggregator_partitions_owned")
-
-
-def _creates_counted(system: System) -> int:
-    """Creates counted over every partition."""
-    client = system.cluster.client(decode_responses=True)
-    try:
-        return sum(int(client.hget(keys.totals_key(p), "create") or 0) for p in range(PARTITIONS))
-    finally:
-        client.close()
 
 
 def _create(system: System, users: list[str]) -> None:
@@ -70,7 +60,7 @@ def test_two_replicas_split_the_partitions_and_one_takes_over_the_share_of_one_k
 
     before = [f"split-{n}" for n in range(300)]
     _create(system, before)
-    wait_until(lambda: _creates_counted(system) == len(before), what="the creates counted by both")
+    wait_until(lambda: creates_counted(system, PARTITIONS) == len(before), what="the creates counted by both")
 
     system.processes[SECOND].send_signal(signal.SIGKILL)
     system.processes[SECOND].wait(timeout=10)
@@ -82,6 +72,8 @@ def test_two_replicas_split_the_partitions_and_one_takes_over_the_share_of_one_k
 
     after = [f"after-{n}" for n in range(300)]
     _create(system, after)
-    wait_until(lambda: _creates_counted(system) == len(before) + len(after), what="the survivor to count the rest")
+    wait_until(
+        lambda: creates_counted(system, PARTITIONS) == len(before) + len(after), what="the survivor to count the rest"
+    )
     time.sleep(1)
-    assert _creates_counted(system) == len(before) + len(after), "each create counted once"
+    assert creates_counted(system, PARTITIONS) == len(before) + len(after), "each create counted once"

@@ -112,10 +112,12 @@ def remove_shard(cluster: LocalCluster, shard: Iterable[int], timeout_s: float =
     """Stop the nodes of an emptied shard and make every other node forget them.
 
     Its slots must have moved away first. A forgotten node is banned for 60 s only, and any node that still
-    knows it gossips it back, so every remaining node forgets it (right after the others). The nodes are the
+    knows it gossips it back, so every remaining node forgets it, right after it stopped. The nodes are the
     last ones added: their places in ports are given up.
     """
     shard = sorted(shard)
+    if shard != list(range(len(cluster.ports) - len(shard), len(cluster.ports))):
+        raise RuntimeError("only the shard added last can be removed")
     ids = [node_id(cluster, index) for index in shard]
     for index in shard:
         if slots_of(cluster, index):
@@ -125,8 +127,6 @@ def remove_shard(cluster: LocalCluster, shard: Iterable[int], timeout_s: float =
     for index in sorted(cluster.processes):
         for gone in ids:
             _run(cluster.node(index), "CLUSTER", "FORGET", gone)
-    if shard != list(range(len(cluster.ports) - len(shard), len(cluster.ports))):
-        raise RuntimeError("only the shard added last can be removed")
     del cluster.ports[-len(shard) :], cluster.bus_ports[-len(shard) :]
     if cluster.hosts:
         del cluster.hosts[-len(shard) :]

@@ -55,7 +55,8 @@ IN_FLIGHT = WORKERS + 3
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     # No idle check during the test: an idle partition wakes only by its channel (see the module's docstring).
     settings = {**TEST_SETTINGS, "PROFILEMESH_AGGREGATOR_MAINTENANCE_S": "3600"}
-    with running_system(Path(tmp_path_factory.mktemp("shards")), settings) as running:
+    # Supervised, as under `make run`: the supervisor must leave the nodes added and removed on purpose alone.
+    with running_system(Path(tmp_path_factory.mktemp("shards")), settings, supervised=True) as running:
         yield running
 
 

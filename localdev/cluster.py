@@ -203,6 +203,10 @@ class LocalCluster:
                 continue
         raise RuntimeError("no cluster node answers")
 
+    def node_lines(self, index: int) -> list[NodeLine]:
+        """CLUSTER NODES as the node at `index` sees it (each node has its own view while the topology changes)."""
+        return self._admin(index).cluster_nodes()
+
     def _answers(self, index: int) -> bool:
         return self._admin(index).ping()
 

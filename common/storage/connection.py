@@ -88,6 +88,11 @@ class Connection:
             # Partitions on a healthy shard keep working while another shard is down.
             require_full_coverage=False,
             max_connections=settings.redis_max_concurrency + reserved + 8,
+            # On every fifth MOVED it follows itself (a stream read whose slot moved), redis-py would re-learn the
+            # layout by closing every connection of the process, those under other tasks' scripts in flight too
+            # (whose changes then end as unknown outcomes); it patches the moved slot instead, and the runner
+            # re-learns the layout without closing anything (refresh_topology).
+            reinitialize_steps=0,
             **connection_options(settings),
         )
         keep_command_table(self.client)

@@ -9,8 +9,11 @@ versions are kept (old processes of a rolling upgrade still call theirs) unless 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import contextlib
+import functools
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
@@ -20,7 +23,9 @@ from common.storage import functions
 from common.storage.connection import CLUSTER_SLOTS
 from common.storage.errors import CLIENT_FAILURES, translated
 from common.storage.internals import covered_slots
-from common.storage.nodes import async_operator_cluster
+from common.storage.nodes import AsyncNode, async_operator_cluster
+from common.storage.replies import text
+from common.storage.topology import parse_cluster_nodes
 
 TIMEOUT_S = 10.0
 LOADED, PRESENT, REPLACED, PRUNED, KEPT, FAILED = (
@@ -33,6 +38,9 @@ LOADED, PRESENT, REPLACED, PRUNED, KEPT, FAILED = (
 )
 
 
+Execute = Callable[..., Awaitable[Any]]  # runs one command on one node
+
+
 @dataclass
 class Change:
     node: str
@@ -41,11 +49,9 @@ class Change:
     error: str = ""
 
 
-async def _present(client: RedisCluster, node: ClusterNode) -> dict[str, str]:
-    """The profilemesh libraries on `node`: name -> code."""
-    reply = await client.execute_command(
-        "FUNCTION", "LIST", "LIBRARYNAME", f"{functions.PREFIX}*", "WITHCODE", target_nodes=node
-    )
+async def _present(execute: Execute) -> dict[str, str]:
+    """The profilemesh libraries on the node `execute` runs commands on: name -> code."""
+    reply = await execute("FUNCTION", "LIST", "LIBRARYNAME", f"{functions.PREFIX}*", "WITHCODE")
     found = {}
     for entry in reply:
         fields = dict(zip(entry[::2], entry[1::2], strict=True)) if isinstance(entry, list) else entry
@@ -54,30 +60,26 @@ async def _present(client: RedisCluster, node: ClusterNode) -> dict[str, str]:
     return found
 
 
-async def _migrate_node(
-    client: RedisCluster, node: ClusterNode, wanted: Iterable[functions.Library], prune: bool
-) -> list[Change]:
+async def _migrate_node(name: str, execute: Execute, wanted: Iterable[functions.Library], prune: bool) -> list[Change]:
     changes = []
     try:
-        present = await _present(client, node)
+        present = await _present(execute)
         wanted_names = set()
         for library in wanted:
             wanted_names.add(library.name)
             code = present.get(library.name)
             if code == library.source:
-                changes.append(Change(node.name, library.name, PRESENT))
+                changes.append(Change(name, library.name, PRESENT))
                 continue
             # The same name with other text was edited on the server: this version's text replaces it.
-            await client.execute_command(
-                "FUNCTION", "LOAD", *(("REPLACE",) if code is not None else ()), library.source, target_nodes=node
-            )
-            changes.append(Change(node.name, library.name, REPLACED if code is not None else LOADED))
-        for name in sorted(set(present) - wanted_names):
+            await execute("FUNCTION", "LOAD", *(("REPLACE",) if code is not None else ()), library.source)
+            changes.append(Change(name, library.name, REPLACED if code is not None else LOADED))
+        for other in sorted(set(present) - wanted_names):
             if prune:
-                await client.execute_command("FUNCTION", "DELETE", name, target_nodes=node)
-            changes.append(Change(node.name, name, PRUNED if prune else KEPT))
+                await execute("FUNCTION", "DELETE", other)
+            changes.append(Change(name, other, PRUNED if prune else KEPT))
     except CLIENT_FAILURES as error:
-        changes.append(Change(node.name, "", FAILED, f"{type(error).__name__}: {error}"))
+        changes.append(Change(name, "", FAILED, f"{type(error).__name__}: {error}"))
     return changes
 
 
@@ -98,8 +100,33 @@ async def _migrate(settings: Settings, prune: bool) -> list[Change]:
                 f"the cluster serves {covered} of {CLUSTER_SLOTS} slots; run again once it serves them all"
             )
         wanted = functions.libraries()
-        primaries = sorted(client.get_primaries(), key=lambda node: node.name)
-        done = await asyncio.gather(*(_migrate_node(client, node, wanted, prune) for node in primaries))
+        primaries = client.get_primaries()
+        runs: dict[str, Execute] = {
+            node.name: functools.partial(client.execute_command, target_nodes=node) for node in primaries
+        }
+        async with contextlib.AsyncExitStack() as stack:
+            for address in await _primaries_without_slots(client, primaries[0], set(runs)):
+                host, _, port = address.rpartition(":")
+                node = await stack.enter_async_context(
+                    AsyncNode.at(host, int(port), settings, TIMEOUT_S, decode_responses=True)
+                )
+                runs[address] = node.client.execute_command
+            done = await asyncio.gather(*(_migrate_node(name, runs[name], wanted, prune) for name in sorted(runs)))
         return [change for changes in done for change in changes]
     finally:
         await client.aclose()
+
+
+async def _primaries_without_slots(client: RedisCluster, seed: ClusterNode, known: set[str]) -> list[str]:
+    """The addresses of primaries that serve no slot yet: a shard just added, which CLUSTER SLOTS (and so the
+    client) does not list. Its functions must be there before the first slot moves to it."""
+    reply = await client.execute_command("CLUSTER", "NODES", target_nodes=seed)
+    return [
+        node.address
+        for node in parse_cluster_nodes(text(reply))
+        if node.is_primary
+        and not node.failing
+        and "handshake" not in node.flags
+        and not node.slot_ranges
+        and node.address not in known
+    ]

@@ -120,7 +120,7 @@ class AsyncNode:
         self.client = client
 
     @classmethod
-    def at(cls, host: str, port: int, settings: Settings, timeout_s: float) -> AsyncNode:
+    def at(cls, host: str, port: int, settings: Settings, timeout_s: float, **kwargs: Any) -> AsyncNode:
         return cls(
             redis.asyncio.Redis(
                 host=host,
@@ -128,6 +128,7 @@ class AsyncNode:
                 socket_timeout=timeout_s,
                 socket_connect_timeout=timeout_s,
                 **node_options(settings),
+                **kwargs,
             )
         )
 

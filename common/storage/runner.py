@@ -194,19 +194,20 @@ class ScriptRunner:
                     results[index] = Unavailable(NO_REPLICA_READ, reason="NO_REPLICA")
                 return
             commands += [("SET", fence_key(calls[members[0]][0][0]), "1"), wait]
-        try:
-            async with self.connection.scripting(script, len(commands)):
+        async with self.connection.scripting(script, len(commands)):
+            # Caught inside `scripting`, which would make a lost connection the whole batch's ClusterUnavailable.
+            try:
                 replies = await send_on_one_connection(node, commands)
-        except NothingSent as error:
-            for index in members:
-                results[index] = NotExecuted(str(error))
-            return
-        except BROKEN as error:
-            log.warning("lost the connection to %s mid-batch: %r", node.name, error)
-            for index in members:
-                # A script safe to run again (a read) is retried alone; a change's outcome is unknown.
-                results[index] = NotExecuted(repr(error)) if script.repeatable else unconfirmed(Confirm.NOTHING)
-            return
+            except NothingSent as error:
+                for index in members:
+                    results[index] = NotExecuted(str(error))
+                return
+            except BROKEN as error:
+                log.warning("lost the connection to %s mid-batch: %r", node.name, error)
+                for index in members:
+                    # A script safe to run again (a read) is retried alone; a change's outcome is unknown.
+                    results[index] = NotExecuted(repr(error)) if script.repeatable else unconfirmed(Confirm.NOTHING)
+                return
         if wait:
             replies, fence, confirmation = replies[:-2], replies[-2], replies[-1]
             if not self._confirmed(node, wait, fence if isinstance(fence, Exception) else confirmation):

@@ -7,40 +7,18 @@ import threading
 import uuid
 
 import grpc
-import redis
 from redis.cluster import RedisCluster, key_slot
 
 from bench.load import closed_loop
-from common.storage import acl, keys
+from common.storage import keys
 from localdev.faults import primary_of
+from localdev.resharding import migrate_slot
 from localdev.system import System
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 from tests.conftest import PARTITIONS
 from tests.helpers import wait_until
 
 PARTITION = 3
-
-
-def _node_id(node: redis.Redis) -> str:
-    return node.execute_command("CLUSTER", "MYID")
-
-
-def _migrate_slot(system: System, slot: int, source: int, target: int) -> None:
-    """What `valkey-cli --cluster reshard` does for one slot, step by step."""
-    cluster = system.cluster
-    src, dst = cluster.node(source), cluster.node(target)
-    dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", _node_id(src))
-    src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", _node_id(dst))
-    while True:
-        batch = src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 10)
-        if not batch:
-            break
-        login = ("AUTH2", acl.ADMIN_USER, cluster.password(acl.ADMIN_USER))  # the target refuses the default user
-        src.execute_command("MIGRATE", "127.0.0.1", cluster.ports[target], "", 0, 5000, *login, "KEYS", *batch)
-    for index in list(cluster.processes):
-        node = cluster.node(index)
-        if node.execute_command("ROLE")[0] == "master":
-            node.execute_command("CLUSTER", "SETSLOT", slot, "NODE", _node_id(dst))
 
 
 def test_a_partition_moves_to_another_shard_under_load(fresh_system: System, fresh_client: RedisCluster) -> None:
@@ -64,7 +42,7 @@ def test_a_partition_moves_to_another_shard_under_load(fresh_system: System, fre
                 await stub.CreateProfile(profile_pb2.CreateProfileRequest(user=user, fields={"k": "v"}), timeout=5)
                 await asyncio.sleep(0.01)
 
-            mover = threading.Thread(target=_migrate_slot, args=(system, slot, source, target))
+            mover = threading.Thread(target=migrate_slot, args=(system.cluster, slot, source, target))
             load = asyncio.create_task(closed_loop(users, create, 4))
             await asyncio.sleep(0.2)
             mover.start()

@@ -1,27 +1,25 @@
 """The aggregator's loop: read each partition's stream through the consumer group, apply, acknowledge.
 
-The replicas share the partitions (a heartbeat in the cluster, rendezvous hashing over the live ones);
-when two consume one (a handover, or a replica that has not yet heard from the cluster) the consumer
-group hands each entry to one of them, and the apply script (see scripts/apply_events.lua) makes the
-count exact even when a slow replica and one that reclaimed its entries both try to apply them, in
-any order.
+The replicas share the partitions (share.py); when two consume one (a handover) the consumer group hands
+each entry to one of them, and the apply script (see scripts/apply_events.lua) makes the count exact even
+when a slow replica and one that reclaimed its entries both try to apply them, in any order.
+
 An idle partition waits for a wake-up by sharded pub/sub (one subscription per primary,
-common/storage/wakes.py), which the script appending its next event sends. What a partition costs
-while nothing happens stays flat as partitions grow: the partitions with recent events are reclaimed,
-trimmed and recounted every maintenance interval, the quiet ones a slice at a time, each once per
-quiet-check interval; the scripts of one instant share a pipeline per primary, and one partition on a
-shard that is down fails alone.
+common/storage/wakes.py), which the script appending its next event sends. What a partition costs while
+nothing happens stays flat as partitions grow: the partitions with recent events are reclaimed, trimmed
+and recounted every maintenance interval, the quiet ones a slice at a time; the scripts of one instant
+share a pipeline per primary, and one partition on a shard that is down fails alone.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
+from aggregator_svc.share import Share
 from common.errors import NoGroup, StorageError
 from common.runtime import metrics
 from common.runtime.config import AggregatorSettings
@@ -35,7 +33,6 @@ SCRIPTS = Path(__file__).parent / "scripts"
 APPLY_SCRIPT = SCRIPTS / "apply_events.lua"
 TRIM_SCRIPT = SCRIPTS / "trim_acknowledged.lua"
 RECOUNT_SCRIPT = SCRIPTS / "recount_step.lua"
-HEARTBEAT_SCRIPT = SCRIPTS / "heartbeat.lua"
 # Entries one recount step reads: keeps each step's script well under 50 ms (tests/test_script_time.py).
 RECOUNT_STEP = 500
 RETRY_S = 0.5
@@ -84,12 +81,6 @@ def recount_keys(partition: int) -> list[str]:
     return [keys.events_key(partition), keys.reads_key(partition), keys.recount_key(partition)]
 
 
-def owner(partition: int, replicas: list[str]) -> str:
-    """The live replica that consumes the partition: rendezvous hashing, so a replica's partitions stay its own
-    while others come and go, and those of one that goes are spread over the rest."""
-    return max(replicas, key=lambda replica: hashlib.blake2b(f"{replica}/{partition}".encode(), digest_size=8).digest())
-
-
 def _settle(waiter: asyncio.Future[bool], woken: bool) -> None:
     if not waiter.done():
         waiter.set_result(woken)
@@ -112,12 +103,7 @@ class Aggregator:
         self._apply = cluster.script(APPLY_SCRIPT, repeatable=True)
         self._trim = cluster.script(TRIM_SCRIPT, repeatable=True)
         self._recount_step = cluster.script(RECOUNT_SCRIPT, repeatable=True)
-        self._heartbeat = cluster.script(HEARTBEAT_SCRIPT, repeatable=True)
-        # The partitions this replica consumes: all until it has learnt the live replicas. A replica's word holds
-        # for three heartbeats, so one that dies has its partitions taken over within the claim interval.
-        self._owned: set[int] = set(self.partitions)
-        self._replicas: list[str] = []  # the live replicas the share was made for
-        self.heartbeat_s = settings.claim_idle_ms / 4000
+        self.share = Share(cluster, settings.consumer, self.partitions, settings.claim_idle_ms, self._wake_up)
         # Set when an apply queued a recount on the partition, so its recount loop starts at once.
         self._recount_due = {partition: asyncio.Event() for partition in self.partitions}
         # An idle partition's wake-up (its next event, or its subscription made anew): the future its consume loop
@@ -134,43 +120,18 @@ class Aggregator:
         async with asyncio.TaskGroup() as loops:
             loops.create_task(self._watch_wakes())
             loops.create_task(self._maintenance())
-            loops.create_task(self._membership())
+            loops.create_task(self.share.run())
             for partition in self.partitions:
                 loops.create_task(self._consume(partition))
                 loops.create_task(self._recounts(partition))
-
-    async def _membership(self) -> None:
-        """Say this replica is live, learn the others, and consume the partitions that fall to it; a cluster that
-        can't be asked leaves the share as it was (two replicas on one partition count it once all the same)."""
-        while True:
-            try:
-                replicas = await self.cluster.run(
-                    self._heartbeat, [keys.AGGREGATORS_KEY], [self.consumer, round(self.heartbeat_s * 3000)]
-                )
-                self._share([text(replica) for replica in replicas])
-            except StorageError as error:
-                log.warning(
-                    "membership: cluster unavailable: %r; consuming the same %d partitions", error, len(self._owned)
-                )
-            await asyncio.sleep(self.heartbeat_s)
-
-    def _share(self, replicas: list[str]) -> None:
-        if replicas == self._replicas:
-            return
-        self._replicas = replicas
-        owned = {p for p in self.partitions if owner(p, replicas) == self.consumer}
-        if owned != self._owned:
-            log.info("consuming %d of %d partitions, %d replicas live", len(owned), len(self.partitions), len(replicas))
-        for partition in owned - self._owned:  # taken over: look at it now
-            self._woken(keys.wake_key(partition))
-        self._owned = owned
-        metrics.PARTITIONS_OWNED.set(len(owned))
 
     async def _watch_wakes(self) -> None:
         await self.cluster.watch_channels(list(self._partition_of_wake), self._woken)
 
     def _woken(self, channel: str) -> None:
-        partition = self._partition_of_wake[channel]
+        self._wake_up(self._partition_of_wake[channel])
+
+    def _wake_up(self, partition: int) -> None:
         waiter = self._wake[partition]
         if isinstance(waiter, asyncio.Future):
             _settle(waiter, True)
@@ -224,7 +185,7 @@ class Aggregator:
                         await self._apply_entries(partition, entries)
                     own_pending = len(entries) == self.batch
                     continue
-                if partition not in self._owned:  # another replica's: wait until it may be ours
+                if partition not in self.share.owned:  # another replica's: wait until it may be ours
                     await self._woken_before_idle_check(partition)
                     continue
                 taken = await self._take(partition)
@@ -332,7 +293,9 @@ class Aggregator:
         tick = round(now / self.maintenance_s)
         quiet = tick // self.slices % QUIET_LOOK_AFTER_EVERY == 0
         return [
-            p for p in self._owned if self._active_until[p] > now or quiet and p % self.slices == tick % self.slices
+            p
+            for p in self.share.owned
+            if self._active_until[p] > now or quiet and p % self.slices == tick % self.slices
         ]
 
     async def _look_after(self, partition: int) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from aggregator_svc import aggregator
+from aggregator_svc import aggregator, share
 from aggregator_svc.aggregator import Aggregator
 from common.errors import ClusterUnavailable, CommandFailed, NoGroup
 from common.runtime.config import Settings
@@ -452,21 +452,21 @@ def test_the_partitions_are_shared_among_the_live_replicas_and_stay_put_as_other
     """Rendezvous hashing: two replicas split 4,096 partitions about evenly; a third takes about a third, each
     from both others, and no partition moves between the first two; when it goes, its partitions go back."""
     partitions = range(4096)
-    two = {p: aggregator.owner(p, ["a", "b"]) for p in partitions}
+    two = {p: share.owner(p, ["a", "b"]) for p in partitions}
     assert 1900 < sum(o == "a" for o in two.values()) < 2200
-    three = {p: aggregator.owner(p, ["a", "b", "c"]) for p in partitions}
+    three = {p: share.owner(p, ["a", "b", "c"]) for p in partitions}
     moved = [p for p in partitions if three[p] != two[p]]
     assert all(three[p] == "c" for p in moved), "only to the newcomer"
     assert 1250 < len(moved) < 1450
-    assert {p: aggregator.owner(p, ["b", "a"]) for p in partitions} == two, "the order the cluster lists them in"
+    assert {p: share.owner(p, ["b", "a"]) for p in partitions} == two, "the order the cluster lists them in"
 
 
 def test_a_replica_consumes_only_its_share() -> None:
     async def scenario() -> None:
         cluster, agg = _setup(partitions=2)
-        agg._share(["replica-a", "replica-b"])
-        mine = {p for p in range(2) if aggregator.owner(p, ["replica-a", "replica-b"]) == CONSUMER}
-        assert agg._owned == mine
+        agg.share.update(["replica-a", "replica-b"])
+        mine = {p for p in range(2) if share.owner(p, ["replica-a", "replica-b"]) == CONSUMER}
+        assert agg.share.owned == mine
         for p in range(2):
             cluster.append(p, 3)
         tasks = [asyncio.create_task(agg._consume(p)) for p in range(2)]
@@ -476,7 +476,7 @@ def test_a_replica_consumes_only_its_share() -> None:
             await asyncio.sleep(0.05)
             for p in set(range(2)) - mine:
                 assert cluster.streams[keys.events_key(p)].counted == [], "another replica's partition"
-            agg._share(["replica-a"])  # the other replica's word ran out: its partitions are taken over at once
+            agg.share.update(["replica-a"])  # the other replica's word ran out: its partitions are taken over at once
             await _until(lambda: all(len(cluster.streams[keys.events_key(p)].counted) == 3 for p in range(2)))
         finally:
             for task in [*tasks, wakes]:

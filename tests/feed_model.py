@@ -1102,8 +1102,7 @@ class Harness:
         self.aggregator.batch = batch
         for _ in range(2):
             try:
-                taken, _ = await self.aggregator._take(partition)
-                return taken
+                return await self.aggregator._take(partition)
             except NoGroup:  # the storage layer's (common/errors.py) since the one door
                 await self.aggregator._ensure_group(partition)
         return 0

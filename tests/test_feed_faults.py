@@ -27,6 +27,7 @@ from common.storage import keys
 from common.storage.cluster import Cluster
 from localdev.system import System
 from profile_svc.events_feed import CATCH_UP_PAGE, Anchor, EventsFeed, Tokens, event_filter
+from profile_svc.profiles import script_keys
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 from tests.conftest import PARTITIONS, TEST_SETTINGS, running_system
 from tests.helpers import FunctionCall, status_details, wait_until
@@ -246,9 +247,7 @@ def _append_reads(admin: RedisCluster, system: System, users: list[str], per_use
                 pipe = clients[address].pipeline(transaction=False)
                 for i in range(min(step, remaining) * len(mine) // len(users) or 1):
                     user = mine[i % len(mine)]
-                    partition = keys.partition_of(user, PARTITIONS)
-                    profile, events = keys.profile_key(user, PARTITIONS), keys.events_key(partition)
-                    pipe.execute_command(*get_profile.command([profile, events], [user]))
+                    pipe.execute_command(*get_profile.command(script_keys(user, PARTITIONS), [user]))
                 pipe.execute()
             remaining -= step
             if rate:

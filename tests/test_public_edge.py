@@ -233,7 +233,8 @@ def test_fuzzing_run_finds_nothing_and_writes_only_what_valid_requests_wrote(
     profiles, events = expected_state(exchanges)
     stored = {key.split(":", 2)[2]: cluster.hgetall(key) for key in cluster.scan_iter(match="profile:*", count=1000)}
     assert stored == profiles
-    allowed = {keys.PARTITIONS_KEY, keys.DEPLOYMENT_KEY} | {keys.profile_key(user, PARTITIONS) for user in profiles}
+    allowed = {keys.PARTITIONS_KEY, keys.DEPLOYMENT_KEY, keys.AGGREGATORS_KEY}
+    allowed |= {keys.profile_key(user, PARTITIONS) for user in profiles}
     for partition in range(PARTITIONS):
         allowed |= {
             keys.events_key(partition),
@@ -243,6 +244,7 @@ def test_fuzzing_run_finds_nothing_and_writes_only_what_valid_requests_wrote(
             keys.deleted_key(partition),
             keys.deleted_at_key(partition),
             keys.recount_key(partition),
+            keys.wake_key(partition),
         }
     assert set(cluster.scan_iter(count=1000)) <= allowed
     appended = Counter(fields["type"] for p in range(PARTITIONS) for _, fields in cluster.xrange(keys.events_key(p)))

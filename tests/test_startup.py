@@ -16,7 +16,7 @@ from localdev.system import System
 from profilemesh_cli import migrate
 
 BAD_SETTINGS = {
-    "profile_svc": ("PROFILEMESH_PARTITIONS", "0", "PROFILEMESH_PARTITIONS must be 1..1024, got 0"),
+    "profile_svc": ("PROFILEMESH_PARTITIONS", "0", "PROFILEMESH_PARTITIONS must be 1..4096, got 0"),
     "reporting_svc": ("PROFILEMESH_WATCH_INTERVAL_MS", "soon", "PROFILEMESH_WATCH_INTERVAL_MS must be an integer"),
     "aggregator_svc": ("PROFILEMESH_LOG_FORMAT", "xml", "PROFILEMESH_LOG_FORMAT must be one of json, text"),
     "gateway": ("PROFILEMESH_DURABILITY", "sometimes", "PROFILEMESH_DURABILITY must be one of none, local, replica"),

@@ -110,11 +110,19 @@ async def _migrate(settings: Settings, prune: bool) -> list[Change]:
                 node = await stack.enter_async_context(
                     AsyncNode.at(host, int(port), settings, TIMEOUT_S, decode_responses=True)
                 )
-                runs[address] = node.client.execute_command
+                if await _is_primary(node.client.execute_command):
+                    runs[address] = node.client.execute_command
             done = await asyncio.gather(*(_migrate_node(name, runs[name], wanted, prune) for name in sorted(runs)))
         return [change for changes in done for change in changes]
     finally:
         await client.aclose()
+
+
+async def _is_primary(execute: Execute) -> bool:
+    """Whether the node calls itself a primary: in a cluster just made, another node can still list a replica
+    as a primary without slots, until the news that it replicates reaches it."""
+    myself = [node for node in parse_cluster_nodes(text(await execute("CLUSTER", "NODES"))) if "myself" in node.flags]
+    return bool(myself) and myself[0].is_primary
 
 
 async def _primaries_without_slots(client: RedisCluster, seed: ClusterNode, known: set[str]) -> list[str]:

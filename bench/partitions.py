@@ -60,8 +60,8 @@ def _connections(system: System) -> dict[str, int]:
 def measure(work: Path, partitions: int, idle_s: int, load_s: int) -> dict[str, dict[str, float]]:
     settings = {"PROFILEMESH_PARTITIONS": str(partitions), "PROFILEMESH_LOG_LEVEL": "WARNING"}
     system = on_free_ports(work / f"p{partitions}", settings)
-    system.start(timeout_s=180)
     try:
+        system.start(timeout_s=180)
         started = time.monotonic()
         while _armed(system, partitions) < partitions and time.monotonic() - started < 300:
             time.sleep(1)

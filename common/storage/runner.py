@@ -100,6 +100,15 @@ def unconfirmed(confirm: Confirm) -> Unavailable:
     return Unavailable(UNCONFIRMED_READ if confirm is Confirm.READ else UNCONFIRMED, reason="OUTCOME_UNKNOWN")
 
 
+def _connection_lost(script: Script, node: ClusterNode, error: Exception) -> Exception:
+    """What a connection lost after sending means: a script safe to run again (a read, the aggregator's
+    steps) did not provably run, so it runs again; a change's outcome is unknown."""
+    if script.repeatable:
+        return NotExecuted(f"connection lost under a repeatable script: {error!r}")
+    log.warning("lost the connection to %s mid-operation: %r", node.name, error)
+    return unconfirmed(Confirm.NOTHING)
+
+
 class ScriptRunner:
     def __init__(self, connection: Connection, waits: Waits) -> None:
         self.connection = connection
@@ -203,10 +212,9 @@ class ScriptRunner:
                     results[index] = NotExecuted(str(error))
                 return
             except BROKEN as error:
-                log.warning("lost the connection to %s mid-batch: %r", node.name, error)
+                outcome = _connection_lost(script, node, error)  # a repeatable member is retried alone
                 for index in members:
-                    # A script safe to run again (a read) is retried alone; a change's outcome is unknown.
-                    results[index] = NotExecuted(repr(error)) if script.repeatable else unconfirmed(Confirm.NOTHING)
+                    results[index] = outcome
                 return
         if wait:
             replies, fence, confirmation = replies[:-2], replies[-2], replies[-1]
@@ -303,10 +311,7 @@ class ScriptRunner:
         except NothingSent as error:
             raise NotExecuted(str(error)) from error
         except BROKEN as error:
-            if script.repeatable:
-                raise NotExecuted(f"connection lost under a repeatable script: {error!r}") from error
-            log.warning("lost the connection to %s mid-operation: %r", node.name, error)
-            raise unconfirmed(Confirm.NOTHING) from error
+            raise _connection_lost(script, node, error) from error
         result = judge(script, replies[1 if asking else 0])
         if wait and not self._confirmed(node, wait, replies[-1]):
             raise unconfirmed(confirm)

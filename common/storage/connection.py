@@ -15,8 +15,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import AuthenticationError, NoPermissionError, RedisClusterException
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisClusterException, SlotNotCoveredError
 
 from common.errors import ClusterUnavailable, CredentialsRefused
 from common.runtime import metrics, tracing
@@ -100,6 +100,23 @@ class Connection:
         self.limit = asyncio.Semaphore(settings.redis_max_concurrency)
         self._initialized = False
         self._initializing = asyncio.Lock()
+
+    async def by_primary(self, names: Sequence[str]) -> tuple[list[tuple[ClusterNode, list[int]]], list[int]]:
+        """The indices of `names` (keys, or sharded channels) by the primary of their slot, as the client knows
+        the slot map, and those of names no known primary serves."""
+        client = await self.connected()
+        by_node: dict[str, tuple[ClusterNode, list[int]]] = {}
+        unserved: list[int] = []
+        for index, name in enumerate(names):
+            try:
+                node = client.get_node_from_key(name)
+            except SlotNotCoveredError:
+                node = None
+            if node is None:
+                unserved.append(index)
+            else:
+                by_node.setdefault(node.name, (node, []))[1].append(index)
+        return list(by_node.values()), unserved
 
     async def connected(self) -> RedisCluster:
         """The client, after it has learnt the cluster's layout; failures storage-neutral.

@@ -153,7 +153,10 @@ class ScriptRunner:
         `retry_budget_s`; a connection lost after sending makes each call on that node an unknown outcome.
         """
         results: list[Any] = [None] * len(calls)
-        by_node, alone = await self._route(calls)
+        # The calls by the primary of their first key; those with no known primary run alone. Routing needs no
+        # connection: each pipeline and each retry holds its own place within the concurrency bound, so a batch
+        # never asks for more connections than the client has.
+        by_node, alone = await self.connection.by_primary([call_keys[0] for call_keys, _ in calls])
         await asyncio.gather(
             *(self._on_node(script, calls, node, members, results, confirm) for node, members in by_node)
         )
@@ -162,28 +165,6 @@ class ScriptRunner:
             *(self._alone(script, calls[index], index, results, retry_budget_s, confirm) for index in alone)
         )
         return results
-
-    async def _route(
-        self, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
-    ) -> tuple[list[tuple[ClusterNode, list[int]]], list[int]]:
-        """The calls by the primary of their first key, and those with no known primary (to run alone).
-
-        Routing needs no connection; each pipeline and each retry holds its own place within the concurrency
-        bound, so a batch never asks for more connections than the client has.
-        """
-        client = await self.connection.connected()
-        by_node: dict[str, tuple[ClusterNode, list[int]]] = {}
-        alone: list[int] = []
-        for index, (call_keys, _) in enumerate(calls):
-            try:
-                node = client.get_node_from_key(call_keys[0])
-            except SlotNotCoveredError:
-                node = None
-            if node is None:
-                alone.append(index)
-            else:
-                by_node.setdefault(node.name, (node, []))[1].append(index)
-        return list(by_node.values()), alone
 
     async def _on_node(
         self,

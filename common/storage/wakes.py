@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from redis.asyncio.cluster import ClusterNode
-from redis.exceptions import RedisError, SlotNotCoveredError
+from redis.exceptions import RedisError
 
 from common.errors import StorageError
 from common.storage.connection import Connection
@@ -62,17 +62,10 @@ class Wakes:
                     await self.connection.refresh_topology()
 
     async def _plan(self) -> Plan:
-        client = await self.connection.connected()
-        plan: Plan = {}
-        for channel in self.channels:
-            try:
-                node = client.get_node_from_key(channel)
-            except SlotNotCoveredError:  # its shard is down: its waiter finds out by its own reads
-                continue
-            if node is None:
-                continue
-            plan.setdefault(node.name, (node, []))[1].append(channel)
-        return plan
+        """The channels by their primary; those of a shard that is down are left out (their waiters find out
+        by their own reads, and the next plan that finds them served subscribes them)."""
+        served, _ = await self.connection.by_primary(self.channels)
+        return {node.name: (node, [self.channels[index] for index in indices]) for node, indices in served}
 
     async def _until_changed(self, plan: Plan) -> None:
         while True:

@@ -98,7 +98,7 @@ async def collect_lag(cluster: Cluster, group: str, partition_count: int) -> Non
         turn = sorted(backlogged)[:BACKLOGGED]
         quiet = [partitions[(start + n) % len(partitions)] for n in range(min(QUIET, len(partitions)))]
         start = (start + len(quiet)) % len(partitions)
-        turn += [partition for partition in quiet if partition not in backlogged]
+        turn += [partition for partition in quiet if partition not in turn]  # beyond BACKLOGGED too, in turn
         # All at once: a partition on a shard that is down waits out its timeouts without delaying the others.
         await asyncio.gather(*(refresh(partition, now_ms) for partition in turn))
         await asyncio.sleep(INTERVAL_S)

@@ -47,38 +47,42 @@ FORGET_CONSUMER_AFTER_MS = 10 * 60 * 1000
 Entry = tuple[bytes, dict[bytes, bytes]]
 
 
-def apply_keys(partition: int) -> list[str]:
+def apply_keys(partition: int, generation: int = 0) -> list[str]:
     """The keys apply_events.lua takes, in its order."""
     return [
-        keys.events_key(partition),
-        keys.reads_key(partition),
-        keys.totals_key(partition),
-        keys.deleted_key(partition),
-        keys.deleted_at_key(partition),
-        keys.recount_key(partition),
+        keys.events_key(partition, generation),
+        keys.reads_key(partition, generation),
+        keys.totals_key(partition, generation),
+        keys.deleted_key(partition, generation),
+        keys.deleted_at_key(partition, generation),
+        keys.recount_key(partition, generation),
     ]
 
 
-def take_keys(partition: int) -> list[str]:
+def take_keys(partition: int, generation: int = 0) -> list[str]:
     """The keys apply_events.lua takes with '>': apply_keys and the partition's wake flag, which it sets when
     it finds nothing."""
-    return [*apply_keys(partition), keys.wake_key(partition)]
+    return [*apply_keys(partition, generation), keys.wake_key(partition, generation)]
 
 
-def trim_keys(partition: int) -> list[str]:
+def trim_keys(partition: int, generation: int = 0) -> list[str]:
     """The keys trim_acknowledged.lua takes, in its order."""
     return [
-        keys.events_key(partition),
-        keys.deleted_key(partition),
-        keys.deleted_at_key(partition),
-        keys.recount_key(partition),
-        keys.trimmed_key(partition),
+        keys.events_key(partition, generation),
+        keys.deleted_key(partition, generation),
+        keys.deleted_at_key(partition, generation),
+        keys.recount_key(partition, generation),
+        keys.trimmed_key(partition, generation),
     ]
 
 
-def recount_keys(partition: int) -> list[str]:
+def recount_keys(partition: int, generation: int = 0) -> list[str]:
     """The keys recount_step.lua takes, in its order."""
-    return [keys.events_key(partition), keys.reads_key(partition), keys.recount_key(partition)]
+    return [
+        keys.events_key(partition, generation),
+        keys.reads_key(partition, generation),
+        keys.recount_key(partition, generation),
+    ]
 
 
 def _settle(waiter: asyncio.Future[bool], woken: bool) -> None:
@@ -109,7 +113,8 @@ class Aggregator:
         # An idle partition's wake-up (its next event, or its subscription made anew): the future its consume loop
         # awaits, or True when the wake-up came while no loop waited.
         self._wake: dict[int, asyncio.Future[bool] | bool] = dict.fromkeys(self.partitions, False)
-        self._partition_of_wake = {keys.wake_key(partition): partition for partition in self.partitions}
+        self.generation = 0  # the layout's, read by run() before anything touches a key
+        self._partition_of_wake: dict[str, int] = {}
         # Until when (monotonic) a partition counts as having recent events: its entries are still to be trimmed.
         self._active_until = dict.fromkeys(self.partitions, 0.0)
         self._active_s = settings.retention_s + 2 * settings.maintenance_s
@@ -117,6 +122,8 @@ class Aggregator:
     async def run(self) -> None:
         """Consume every partition until cancelled; an unexpected failure of one loop ends them all (a task
         group, unlike gather, cancels the others), so the process shuts down rather than half-running."""
+        await self.cluster.layout_checked()  # every key name needs the layout's generation
+        self.generation = self.cluster.generation
         async with asyncio.TaskGroup() as loops:
             loops.create_task(self._watch_wakes())
             loops.create_task(self._maintenance())
@@ -126,6 +133,7 @@ class Aggregator:
                 loops.create_task(self._recounts(partition))
 
     async def _watch_wakes(self) -> None:
+        self._partition_of_wake = {keys.wake_key(p, self.generation): p for p in self.partitions}
         await self.cluster.watch_channels(list(self._partition_of_wake), self._woken)
 
     def _woken(self, channel: str) -> None:
@@ -164,10 +172,10 @@ class Aggregator:
 
     async def _ensure_group(self, partition: int) -> None:
         """Create the group from the stream's first entry, so events written before any aggregator ran count."""
-        await self.cluster.create_group(keys.events_key(partition), self.group)
+        await self.cluster.create_group(keys.events_key(partition, self.generation), self.group)
 
     async def _consume(self, partition: int) -> None:
-        stream = keys.events_key(partition)
+        stream = keys.events_key(partition, self.generation)
         group_ready = False
         own_pending = True  # whether to look for entries delivered to us but never applied
         while True:
@@ -212,7 +220,7 @@ class Aggregator:
         partitions that take on the same tick send their takes together, one pipeline per primary."""
         applied, gone, taken, _, malformed, queued = await self.cluster.run(
             self._apply,
-            take_keys(partition),
+            take_keys(partition, self.generation),
             [self.group, ">", self.consumer, self.batch],
             bounded=False,
             together=True,
@@ -228,7 +236,7 @@ class Aggregator:
             return 0
         ids = [entry_id for entry_id, _ in entries]
         applied, gone, malformed, queued = await self.cluster.run(
-            self._apply, apply_keys(partition), [self.group, *ids]
+            self._apply, apply_keys(partition, self.generation), [self.group, *ids]
         )
         self._count(partition, int(applied), int(gone), malformed, int(queued))
         return int(applied)
@@ -265,7 +273,7 @@ class Aggregator:
         while True:
             async with self.cluster.bounded() as client:
                 reply = await client.xautoclaim(
-                    keys.events_key(partition),
+                    keys.events_key(partition, self.generation),
                     self.group,
                     self.consumer,
                     min_idle_time=self.claim_idle_ms,
@@ -315,7 +323,7 @@ class Aggregator:
         while True:
             _, more = await self.cluster.run(
                 self._trim,
-                trim_keys(partition),
+                trim_keys(partition, self.generation),
                 [self.group, FORGET_CONSUMER_AFTER_MS, self.retention_ms],
                 together=True,
             )
@@ -333,7 +341,10 @@ class Aggregator:
             try:
                 while True:
                     _, more = await self.cluster.run(
-                        self._recount_step, recount_keys(partition), [self.group, RECOUNT_STEP], together=True
+                        self._recount_step,
+                        recount_keys(partition, self.generation),
+                        [self.group, RECOUNT_STEP],
+                        together=True,
                     )
                     metrics.RECOUNT_STEPS.inc()
                     if not int(more):

@@ -65,6 +65,7 @@ async def partition_figures(client: ClusterClient, stream: str, group: str, now_
 async def collect_lag(cluster: Cluster, group: str, partition_count: int) -> None:
     """Every INTERVAL_S, refresh the stream and lag gauges of the partitions with a backlog and of a few quiet
     ones in turn, until cancelled."""
+    await cluster.layout_checked()  # the streams' names need the layout's generation
     partitions = range(partition_count)
     backlogged: set[int] = set(partitions)  # at the start, every partition is read once as soon as may be
     start = 0
@@ -79,7 +80,8 @@ async def collect_lag(cluster: Cluster, group: str, partition_count: int) -> Non
     async def refresh(partition: int, now_ms: int) -> None:
         try:
             async with cluster.bounded("command", "lag") as client:
-                figures = await partition_figures(client, keys.events_key(partition), group, now_ms)
+                stream = keys.events_key(partition, cluster.generation)
+                figures = await partition_figures(client, stream, group, now_ms)
         except (TimeoutError, StorageError, OSError) as error:
             log.debug("partition %d: lag not read: %r", partition, error)
             return

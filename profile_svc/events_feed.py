@@ -101,12 +101,15 @@ def _changed(partition: int) -> HistoryChanged:
 
 
 class Tokens:
-    """Resume tokens of one deployment: a position, the deployment's identity and a MAC over both."""
+    """Resume tokens of one deployment: a position, the deployment's identity and a MAC over both. The identity
+    names the layout's generation too (none in the first, as before resizes): a position in the streams of a
+    layout since resized leads nowhere."""
 
-    def __init__(self, secret: bytes, partitions: int) -> None:
+    def __init__(self, secret: bytes, partitions: int, generation: int = 0) -> None:
         self._secret = secret
         self.partitions = partitions
-        self.identity = hashlib.sha256(b"profilemesh deployment " + secret).hexdigest()[:12]
+        named = b"profilemesh deployment " + secret + (f" generation {generation}".encode() if generation else b"")
+        self.identity = hashlib.sha256(named).hexdigest()[:12]
 
     def _mac(self, body: bytes) -> bytes:
         return hmac.new(self._secret, body, hashlib.sha256).digest()[:MAC_BYTES]
@@ -118,7 +121,9 @@ class Tokens:
     def check(self, token: SignedToken) -> list[Anchor]:
         """The anchors of a well-formed token, once its identity and MAC say this deployment issued it."""
         if token.identity != self.identity.encode():
-            raise _invalid("resume_token was issued by another profilemesh deployment")
+            raise _invalid(
+                "resume_token was issued by another profilemesh deployment, or before its partitions were resized"
+            )
         if not hmac.compare_digest(token.mac, self._mac(token.body)):
             raise _invalid("resume_token was altered: it is not a token this deployment issued")
         return token.anchors
@@ -145,7 +150,10 @@ def read_token(token: str, partitions: int) -> SignedToken:
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise not_ours from None
     if len(anchors) != partitions:
-        raise _invalid(f"resume_token covers {len(anchors)} partitions but this deployment has {partitions}")
+        raise _invalid(
+            f"resume_token covers {len(anchors)} partitions but this deployment has {partitions} (it was resized: "
+            "subscribe without a token)"
+        )
     return SignedToken(body, identity, anchors, mac)
 
 
@@ -310,7 +318,8 @@ class EventsFeed:
                     secret = await client.get(keys.DEPLOYMENT_KEY)
             if not secret:
                 raise ConnectionError("the deployment's identity could not be read from the cluster")
-            self._tokens = Tokens(secret if isinstance(secret, bytes) else str(secret).encode(), self.partitions)
+            secret_bytes = secret if isinstance(secret, bytes) else str(secret).encode()
+            self._tokens = Tokens(secret_bytes, self.partitions, self.cluster.generation)
         return self._tokens
 
     async def resume(self, token: str) -> Position:
@@ -408,7 +417,7 @@ class EventsFeed:
         filtering = wanted.script_args() if isinstance(wanted, EventFilter) else []
         reply = await self.cluster.run(
             self._events_after,
-            [keys.events_key(partition), keys.trimmed_key(partition)],
+            self._stream_keys(partition),
             [format_id(after.id), after.n, after.ts, until if isinstance(until, str) else format_id(until), count]
             + filtering,
         )
@@ -421,10 +430,15 @@ class EventsFeed:
         scanned_to = Anchor(parse_id(end[0]), first_n + scanned - 1, int(end[1])) if scanned else None
         return Read(verdict, _events(partition, entries, [int(n) for n in reply[5]]), scanned, scanned_to, last)
 
+    def _stream_keys(self, partition: int) -> list[str]:
+        """The keys events_after.lua takes."""
+        generation = self.cluster.generation
+        return [keys.events_key(partition, generation), keys.trimmed_key(partition, generation)]
+
     async def _last(self, partition: int) -> Anchor:
         reply = await self.cluster.run(
             self._events_after,
-            [keys.events_key(partition), keys.trimmed_key(partition)],
+            self._stream_keys(partition),
             ["0-0", 0, 0, "+", 0],
         )
         return _anchor_of(reply[3])
@@ -452,7 +466,7 @@ class EventsFeed:
     async def _follow(self, partition: int) -> None:
         """Tail one partition's stream and hand every batch, with the position it was read from, to every
         subscriber. A blocking XREAD waits for news; the checked read then says what it is."""
-        stream = keys.events_key(partition)
+        stream = keys.events_key(partition, self.cluster.generation)
         more = False
         while True:
             try:

@@ -29,10 +29,14 @@ def _profile_or_error(user: str, reply: Any) -> dict[str, str] | Exception:
     return {reply[i].decode(): reply[i + 1].decode() for i in range(0, len(reply), 2)}
 
 
-def script_keys(user: str, partitions: int) -> list[str]:
+def script_keys(user: str, partitions: int, generation: int = 0) -> list[str]:
     """The keys get_profile.lua, write_profile.lua and delete_profile.lua take, in their order."""
     partition = keys.partition_of(user, partitions)
-    return [keys.profile_key(user, partitions), keys.events_key(partition), keys.wake_key(partition)]
+    return [
+        keys.profile_key(user, partitions, generation),
+        keys.events_key(partition, generation),
+        keys.wake_key(partition, generation),
+    ]
 
 
 class Profiles:
@@ -44,7 +48,7 @@ class Profiles:
         self._delete = cluster.script(SCRIPTS / "delete_profile.lua")
 
     def _keys(self, user: str) -> list[str]:
-        return script_keys(user, self.partitions)
+        return script_keys(user, self.partitions, self.cluster.generation)
 
     async def create(self, user: str, fields: dict[str, str]) -> None:
         check_user(user)

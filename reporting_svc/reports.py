@@ -87,8 +87,9 @@ class Reports:
     async def _on_every_partition(self, script: Script, key: Any, args: Sequence[Any]) -> list[Any]:
         """The script's reply for each partition's key, in partition order; any partition's failure fails the
         whole (an answer missing a partition would be wrong, not partial)."""
+        generation = self.cluster.generation
         results = await self.cluster.run_many(
-            script, [([key(p)], args) for p in self.partitions], MAX_CALL_S, Confirm.NOTHING
+            script, [([key(p, generation)], args) for p in self.partitions], MAX_CALL_S, Confirm.NOTHING
         )
         for result in results:
             if isinstance(result, BaseException):
@@ -99,7 +100,7 @@ class Reports:
         check_user(user)
         partition = keys.partition_of(user, len(self.partitions))
         async with self.cluster.bounded() as client:
-            score = await client.zscore(keys.reads_key(partition), user)
+            score = await client.zscore(keys.reads_key(partition, self.cluster.generation), user)
         return int(score or 0)
 
     async def partition_totals(self) -> list[dict[bytes, bytes]]:

@@ -1078,6 +1078,7 @@ class Harness:
 
     async def _setup(self) -> None:
         self.worker_cluster = Cluster(self.settings)
+        await self.worker_cluster.verify_partitions()  # learns the layout's generation, as a service does at start
         self.profiles = Profiles(self.worker_cluster, self.settings.partitions)
         self.aggregator = Aggregator(self.worker_cluster, self.settings.aggregation())
 
@@ -1121,6 +1122,7 @@ class Harness:
             self.cluster = None
         if self.cluster is None:
             self.cluster = Cluster(self.settings)
+        await self.cluster.verify_partitions()  # records the layout again after the flush
         self.schedules += 1
         self.adapter = FeedAdapter(self.cluster)
         await self.adapter.start()

@@ -340,6 +340,7 @@ def test_every_page_of_a_catch_up_can_carry_a_heartbeat_with_an_advancing_token(
         async def scenario() -> tuple[list[int], int, int]:
             cluster = Cluster(system.client_settings("profile_svc"))
             try:
+                await cluster.verify_partitions()
                 feed = EventsFeed(cluster, cluster.settings.partitions, cluster.settings.stream_queue)
                 limits = StreamLimits(cluster.settings.streams())
                 start = await feed.resume(await _first_token(feed, limits))

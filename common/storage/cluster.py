@@ -9,6 +9,7 @@ of common/errors.py's StorageErrors (or a ServiceError that says what the caller
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -18,12 +19,13 @@ from typing import Any
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoPermissionError, ResponseError
 
-from common.errors import FunctionsMissing, GroupExists, PartitionMismatch, StorageError
+from common.errors import ClusterUnavailable, FunctionsMissing, GroupExists, PartitionMismatch, StorageError
 from common.runtime.config import Settings
 from common.storage import functions, keys
 from common.storage.connection import Connection, Script, connection_options
 from common.storage.durability import Confirm, Waits
 from common.storage.errors import translated
+from common.storage.replies import text
 from common.storage.runner import ScriptRunner
 from common.storage.wakes import Wakes
 
@@ -52,6 +54,8 @@ class Cluster:
         self.block_ms = max(settings.redis_timeout_ms // 2, 10)
         # The libraries this process calls functions of, each by its check function (verify_functions).
         self.libraries: dict[str, functions.Function] = {}
+        self._generation: int | None = None  # verify_partitions
+        self._layout_checked = asyncio.Event()
 
     def script(self, path: Path, repeatable: bool = False) -> Script:
         """The function made from a .lua file (common/storage/functions.py), by this version's name; see Script
@@ -143,20 +147,45 @@ class Cluster:
         await self.connection.check_credentials()
 
     async def verify_partitions(self) -> None:
-        """Record the partition count on first start; refuse to run with a different one."""
+        """Record the partition layout on first start; refuse to run with another partition count, or while a
+        resize runs. Learns the layout's generation, which every key name needs (`generation`)."""
         wanted = self.settings.partitions
         async with self.bounded() as client:
-            recorded_text = await client.get(keys.PARTITIONS_KEY)
-            if recorded_text is None:  # only profile_svc's user may record it (common/storage/acl.py)
+            record = await client.get(keys.PARTITIONS_KEY)
+            if record is None:  # only profile_svc's user may record it (common/storage/acl.py)
                 # SETNX, not SET NX: the user is allowed SETNX alone, so no one holding its password can change it.
-                await client.setnx(keys.PARTITIONS_KEY, wanted)
-                recorded_text = await client.get(keys.PARTITIONS_KEY)
-            recorded = int(recorded_text or 0)
-        if recorded != wanted:
+                await client.setnx(keys.PARTITIONS_KEY, keys.layout_record(keys.Layout(wanted)))
+                record = await client.get(keys.PARTITIONS_KEY)
+        try:
+            layout = keys.parse_layout(text(record or ""))
+        except ValueError:
             raise PartitionMismatch(
-                f"the cluster was set up with {recorded} partitions but PROFILEMESH_PARTITIONS is {wanted}; "
-                "the partition count is fixed for the life of a deployment"
+                f"the cluster's partition layout record {keys.PARTITIONS_KEY} is unreadable"
+            ) from None
+        if layout.resizing_to is not None:
+            raise PartitionMismatch(
+                f"the cluster's partitions are being resized from {layout.partitions} to "
+                f"{layout.resizing_to.partitions}; start the services once `profilemesh cluster resize` has finished"
             )
+        if layout.partitions != wanted:
+            raise PartitionMismatch(
+                f"the cluster was set up with {layout.partitions} partitions but PROFILEMESH_PARTITIONS is {wanted}; "
+                "the partition count changes only by `profilemesh cluster resize` (docs/deploying.md)"
+            )
+        self._generation = layout.generation
+        self._layout_checked.set()
+
+    async def layout_checked(self) -> None:
+        """Wait until verify_partitions has read the layout: for loops that start with the process."""
+        await self._layout_checked.wait()
+
+    @property
+    def generation(self) -> int:
+        """The keyspace generation of the partitions' keys (common/storage/keys.py tag): ClusterUnavailable until
+        verify_partitions has read it, so no request can touch keys of another layout."""
+        if self._generation is None:
+            raise ClusterUnavailable("the cluster's partition layout is not checked yet")
+        return self._generation
 
     async def verify_functions(self) -> None:
         """Refuse to start (FunctionsMissing) unless every primary has this version's libraries, those of the

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import zlib
 from enum import StrEnum
+from typing import NamedTuple
 
-# Records the partition count on first start; it is fixed for the life of a deployment.
+# Records the partition layout on first start (layout_record): the partition count, and the keyspace generation
+# a resize made (profilemesh cluster resize, common/storage/resize.py); fixed between resizes.
 PARTITIONS_KEY = "profilemesh:partitions"
 # Sorted set: the live aggregator replicas, by when their word runs out (aggregator_svc/scripts/heartbeat.lua).
 AGGREGATORS_KEY = "profilemesh:aggregators"
@@ -43,12 +45,15 @@ def partition_of(user: str, partitions: int) -> int:
     return zlib.crc32(user.encode("utf-8")) % partitions
 
 
-def tag(partition: int) -> str:
-    return f"{{p{partition:02d}}}"
+def tag(partition: int, generation: int = 0) -> str:
+    """The partition's hash tag. A resize fills a new keyspace from the old one, so each generation of the
+    layout has names of its own (`{p03}` in the first, `{p03.g1}` after one resize); the ACL rules' `{p*}`
+    covers them all."""
+    return f"{{p{partition:02d}}}" if generation == 0 else f"{{p{partition:02d}.g{generation}}}"
 
 
-def profile_key(user: str, partitions: int) -> str:
-    return f"{PROFILE_PREFIX}{tag(partition_of(user, partitions))}:{user}"
+def profile_key(user: str, partitions: int, generation: int = 0) -> str:
+    return f"{PROFILE_PREFIX}{tag(partition_of(user, partitions), generation)}:{user}"
 
 
 def fence_key(partition_key: str) -> str:
@@ -59,41 +64,67 @@ def fence_key(partition_key: str) -> str:
     return f"{PROFILE_PREFIX}{partition_key[start : partition_key.index('}', start) + 1]}#fence"
 
 
-def events_key(partition: int) -> str:
-    return f"{EVENTS_PREFIX}{tag(partition)}"
+def events_key(partition: int, generation: int = 0) -> str:
+    return f"{EVENTS_PREFIX}{tag(partition, generation)}"
 
 
-def wake_key(partition: int) -> str:
+def wake_key(partition: int, generation: int = 0) -> str:
     """String: '1' while the aggregator waits for the partition's next event (a take found nothing). The
     script that appends that event sets it to '0' and publishes on the sharded channel of the same name,
     so an idle partition costs the aggregator a subscription, not a blocking read, and a busy one nothing."""
-    return f"{WAKE_PREFIX}{tag(partition)}"
+    return f"{WAKE_PREFIX}{tag(partition, generation)}"
 
 
-def trimmed_key(partition: int) -> str:
+def trimmed_key(partition: int, generation: int = 0) -> str:
     """Hash: the id, offset and time of the last entry trimmed from the partition's stream, so the change
     feed can tell a position trimmed exactly up to from one whose history changed (a lossy failover)."""
-    return f"{EVENTS_PREFIX}{tag(partition)}:trimmed"
+    return f"{EVENTS_PREFIX}{tag(partition, generation)}:trimmed"
 
 
-def reads_key(partition: int) -> str:
-    return f"{STATS_PREFIX}reads:{tag(partition)}"
+def reads_key(partition: int, generation: int = 0) -> str:
+    return f"{STATS_PREFIX}reads:{tag(partition, generation)}"
 
 
-def totals_key(partition: int) -> str:
-    return f"{STATS_PREFIX}totals:{tag(partition)}"
+def totals_key(partition: int, generation: int = 0) -> str:
+    return f"{STATS_PREFIX}totals:{tag(partition, generation)}"
 
 
-def deleted_key(partition: int) -> str:
+def deleted_key(partition: int, generation: int = 0) -> str:
     """Hash: user -> id of the user's latest delete event, so a late read can't resurrect them."""
-    return f"{STATS_PREFIX}deleted:{tag(partition)}"
+    return f"{STATS_PREFIX}deleted:{tag(partition, generation)}"
 
 
-def deleted_at_key(partition: int) -> str:
+def deleted_at_key(partition: int, generation: int = 0) -> str:
     """Sorted set: the same tombstones by time, so maintenance can forget the old ones."""
-    return f"{STATS_PREFIX}deleted-at:{tag(partition)}"
+    return f"{STATS_PREFIX}deleted-at:{tag(partition, generation)}"
 
 
-def recount_key(partition: int) -> str:
+def recount_key(partition: int, generation: int = 0) -> str:
     """Hash: the partition's recounts in progress (aggregator_svc/scripts/recount_step.lua lays it out)."""
-    return f"{STATS_PREFIX}recount:{tag(partition)}"
+    return f"{STATS_PREFIX}recount:{tag(partition, generation)}"
+
+
+class Layout(NamedTuple):
+    """A deployment's partitions as PARTITIONS_KEY records them."""
+
+    partitions: int
+    generation: int = 0
+    # While a resize runs: the layout it makes. The services refuse to start until it is done.
+    resizing_to: Layout | None = None
+
+
+def layout_record(layout: Layout) -> str:
+    """ "16" (a first layout: what every version before resizes recorded), "4096 g1", or "16 -> 4096 g1" while
+    a resize runs."""
+    own = str(layout.partitions) if layout.generation == 0 else f"{layout.partitions} g{layout.generation}"
+    return own if layout.resizing_to is None else f"{own} -> {layout_record(layout.resizing_to)}"
+
+
+def parse_layout(record: str) -> Layout:
+    """The layout a PARTITIONS_KEY record holds; ValueError if it holds none."""
+    own, arrow, target = record.partition(" -> ")
+    count, _, generation = own.strip().partition(" g")
+    parsed = Layout(int(count), int(generation) if generation else 0, parse_layout(target) if arrow else None)
+    if parsed.partitions < 1 or parsed.generation < 0:
+        raise ValueError(f"not a partition layout: {record!r}")
+    return parsed

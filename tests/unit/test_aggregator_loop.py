@@ -75,6 +75,10 @@ class FakeCluster:
         self.armed: set[str] = set()  # wake flags set by a take that found nothing
         self.woken: Callable[[str], None] | None = None  # the subscriber of the wake channels
         self.scripts: dict[str, bool] = {}  # script -> declared repeatable
+        self.generation = 0  # the layout's, as verify_partitions reads it
+
+    async def layout_checked(self) -> None:
+        """Checked already: the services' start does that before the aggregator's loops run."""
 
     # What the test does.
 

@@ -233,6 +233,10 @@ class System:
     def start(self, timeout_s: float = 60) -> None:
         self.cluster.start(timeout_s)
         self.migrate()
+        self.start_services(timeout_s)
+
+    def start_services(self, timeout_s: float = 60) -> None:
+        """Every component on the running cluster, once healthy."""
         for index in range(len(self.profile_ports)):
             self.start_replica("profile_svc", index)
         for index in range(len(self.reporting_ports)):
@@ -242,9 +246,13 @@ class System:
         self.wait_healthy(timeout_s)
 
     def stop(self) -> None:
+        self.stop_services()
+        self.cluster.stop()
+
+    def stop_services(self) -> None:
+        """Every process the system started, the cluster left running (a resize's window)."""
         for name in reversed(list(self.processes)):
             self.stop_process(name)
-        self.cluster.stop()
 
     def metrics_url(self, component: str) -> str:
         return f"http://{self.host}:{self.metrics_ports[component]}/metrics"

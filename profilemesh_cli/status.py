@@ -96,9 +96,31 @@ async def _cluster(endpoints: Endpoints, report: Report) -> None:
         return
     by_id = {node_id: _node_row(line) for node_id, line in lines.items()}
     await _check_nodes(by_id, settings, report)
-    holder = _holders(lines, by_id, settings.partitions)
+    layout = await _layout(settings, report)
+    holder = _holders(lines, by_id, layout)
     report.nodes = sorted(by_id.values(), key=lambda n: (n["role"] != "primary", n["address"]))
-    await _partitions(endpoints, holder, {n["address"] for n in by_id.values() if n["state"] == "ok"}, report)
+    healthy = {n["address"] for n in by_id.values() if n["state"] == "ok"}
+    await _partitions(endpoints, holder, healthy, layout.generation, report)
+
+
+async def _layout(settings: Settings, report: Report) -> keys.Layout:
+    """The layout the cluster records (the settings' count before a first start, or when it can't be read)."""
+    client = async_operator_cluster(settings, TIMEOUT_S, decode_responses=True)
+    try:
+        with translated():
+            record = await client.get(keys.PARTITIONS_KEY)
+        layout = keys.parse_layout(str(record)) if record is not None else keys.Layout(settings.partitions)
+    except (StorageError, ValueError) as error:
+        report.problems.append(f"the partition layout record can't be read: {error}")
+        return keys.Layout(settings.partitions)
+    finally:
+        await client.aclose()
+    if layout.resizing_to is not None:
+        report.problems.append(
+            f"a resize from {layout.partitions} to {layout.resizing_to.partitions} partitions is under way "
+            "(`profilemesh cluster resize`)"
+        )
+    return layout._replace(resizing_to=None)
 
 
 def _node_row(line: NodeLine) -> dict[str, Any]:
@@ -127,11 +149,13 @@ async def _check_nodes(by_id: dict[str, dict[str, Any]], settings: Settings, rep
             node["primary_of"] = by_id[node["primary_of"]]["address"]
 
 
-def _holders(lines: dict[str, NodeLine], by_id: dict[str, dict[str, Any]], partitions: int) -> dict[int, str | None]:
+def _holders(
+    lines: dict[str, NodeLine], by_id: dict[str, dict[str, Any]], layout: keys.Layout
+) -> dict[int, str | None]:
     """Each partition's primary (None: no primary serves its slot), noted in that primary's row too."""
     holder: dict[int, str | None] = {}
-    for partition in range(partitions):
-        slot = key_slot(keys.tag(partition))
+    for partition in range(layout.partitions):
+        slot = key_slot(keys.tag(partition, layout.generation))
         owner = next((nid for nid, line in lines.items() if line.is_primary and line.serves(slot)), None)
         holder[partition] = by_id[owner]["address"] if owner else None
         if owner:
@@ -139,7 +163,9 @@ def _holders(lines: dict[str, NodeLine], by_id: dict[str, dict[str, Any]], parti
     return holder
 
 
-async def _partitions(endpoints: Endpoints, holder: dict[int, str | None], healthy: set[str], report: Report) -> None:
+async def _partitions(
+    endpoints: Endpoints, holder: dict[int, str | None], healthy: set[str], generation: int, report: Report
+) -> None:
     settings = endpoints.settings
     client = async_operator_cluster(settings, TIMEOUT_S)
     try:
@@ -151,7 +177,7 @@ async def _partitions(endpoints: Endpoints, holder: dict[int, str | None], healt
             else:
                 try:
                     with translated():
-                        stream = keys.events_key(partition)
+                        stream = keys.events_key(partition, generation)
                         row.update(await partition_figures(client, stream, settings.aggregator_group, now_ms))
                 except StorageError as error:
                     report.problems.append(f"partition {partition}: cannot read its stream: {error}")

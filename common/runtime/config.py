@@ -90,7 +90,12 @@ class Settings:
         secret=True,
         shown="`redis://127.0.0.1:7000`",
     )
-    partitions: int = setting(16, "partition count, fixed for the life of a deployment", minimum=1, maximum=4096)
+    partitions: int = setting(
+        16,
+        "partition count, recorded on first start; changed only by `profilemesh cluster resize`",
+        minimum=1,
+        maximum=4096,
+    )
     redis_timeout_ms: int = setting(1000, "connect and socket timeout of cluster commands", minimum=1)
     redis_max_concurrency: int = setting(64, "cluster commands in flight per process", minimum=1)
     durability: Durability = setting(

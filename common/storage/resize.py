@@ -15,13 +15,14 @@ the old layout and are refused (its subscribers start from the present).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from common.errors import ClusterUnavailable
 from common.runtime.config import Settings
@@ -34,6 +35,8 @@ from common.storage.replies import text
 
 TIMEOUT_S = 30.0
 BATCH = 500  # keys per pipeline
+CONCURRENT = 32  # partitions read at once
+PROFILES = f"{keys.PROFILE_PREFIX}{{p*}}:*"  # what SCAN looks for: every layout's profiles (the caller's are kept)
 MAXIMUM_PARTITIONS = 4096
 
 # Compare and set the layout record: a second resize, or a service recording a first layout, can't interleave.
@@ -159,25 +162,44 @@ async def _check_quiet(client: RedisCluster, settings: Settings, source: keys.La
 
 
 async def _events_added(client: RedisCluster, layout: keys.Layout) -> list[int]:
-    added = []
-    for partition in range(layout.partitions):
+    added = [0] * layout.partitions
+
+    async def read(partition: int) -> None:
         stream = keys.events_key(partition, layout.generation)
-        added.append(int((await client.xinfo_stream(stream))["entries-added"]) if await client.exists(stream) else 0)
+        if await client.exists(stream):
+            added[partition] = int((await client.xinfo_stream(stream))["entries-added"])
+
+    await _each_partition(layout, read)
     return added
 
 
-async def _profile_keys(client: RedisCluster, layout: keys.Layout) -> AsyncIterator[list[str]]:
-    """The layout's profile keys, a batch at a time, by SCAN of every primary."""
-    pattern = f"{keys.PROFILE_PREFIX}{{p*}}:*"
-    for node in client.get_primaries():
-        cursor: Any = "0"
+async def _each_partition(layout: keys.Layout, work: Callable[[int], Awaitable[None]]) -> None:
+    """`work` on every partition of the layout, CONCURRENT of them at a time."""
+    for start in range(0, layout.partitions, CONCURRENT):
+        await asyncio.gather(*(work(p) for p in range(start, min(start + CONCURRENT, layout.partitions))))
+
+
+async def _each_profile_batch(
+    client: RedisCluster, layout: keys.Layout, work: Callable[[list[str]], Awaitable[int]]
+) -> int:
+    """`work` on the layout's profile keys a batch at a time, found by SCAN of every primary, the primaries at
+    once; the sum of what it returned."""
+
+    async def on(node: ClusterNode) -> int:
+        done, cursor = 0, "0"
         while True:
-            cursor, found = await node.execute_command("SCAN", cursor, "MATCH", pattern, "COUNT", BATCH)
+            cursor, found = await node.execute_command("SCAN", cursor, "MATCH", PROFILES, "COUNT", BATCH)
             mine = [key for key in found if _is_profile_of(key, layout)]
             if mine:
-                yield mine
+                done += await work(mine)
             if str(cursor) == "0":
-                break
+                return done
+
+    return sum(await asyncio.gather(*(on(node) for node in client.get_primaries())))
+
+
+async def _count(batch: list[str]) -> int:
+    return len(batch)
 
 
 def _is_profile_of(key: str, layout: keys.Layout) -> bool:
@@ -193,18 +215,22 @@ async def _copy(
     client: RedisCluster, source: keys.Layout, target: keys.Layout, progress: Callable[[str], None]
 ) -> Tally:
     tally = Tally()
-    async for batch in _profile_keys(client, source):
+
+    async def copy(batch: list[str]) -> int:
         profiles = await _pipelined(client, [("HGETALL", key) for key in batch])
         writes = []
         for key, profile in zip(batch, profiles, strict=True):
             new_key = keys.profile_key(_user_of(key), target.partitions, target.generation)
             writes.append(("HSET", new_key, *_flat(_texts(profile))))  # a profile has a field at least
         await _pipelined(client, writes)
-        tally.profiles += len(batch)
+        return len(batch)
+
+    tally.profiles = await _each_profile_batch(client, source, copy)
     progress(f"copied {tally.profiles} profiles")
     totals: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     old, new = source.generation, target.generation
-    for partition in range(source.partitions):
+
+    async def carry(partition: int) -> None:
         reads = await _sorted_set(client, keys.reads_key(partition, old))
         tombstones = _texts(await client.hgetall(keys.deleted_key(partition, old)))
         deleted_at = await _sorted_set(client, keys.deleted_at_key(partition, old))
@@ -219,6 +245,8 @@ async def _copy(
         tally.users_with_reads += len(reads)
         tally.reads += sum(int(score) for _, score in reads)
         tally.tombstones += len(tombstones)
+
+    await _each_partition(source, carry)
     writes = []
     for partition, counts in totals.items():
         writes.append(("HSET", keys.totals_key(partition, new), *_flat({kind: str(n) for kind, n in counts.items()})))
@@ -271,23 +299,27 @@ def _by_partition(
 
 async def _tally(client: RedisCluster, layout: keys.Layout) -> Tally:
     tally = Tally()
-    async for batch in _profile_keys(client, layout):
-        tally.profiles += len(batch)
-    for partition in range(layout.partitions):
+    tally.profiles = await _each_profile_batch(client, layout, _count)
+
+    async def count(partition: int) -> None:
         reads = await _sorted_set(client, keys.reads_key(partition, layout.generation))
         tally.users_with_reads += len(reads)
         tally.reads += sum(int(score) for _, score in reads)
         tally.tombstones += await client.hlen(keys.deleted_key(partition, layout.generation))
-        for kind, count in _texts(await client.hgetall(keys.totals_key(partition, layout.generation))).items():
-            tally.totals[kind] = tally.totals.get(kind, 0) + int(count)
+        for kind, number in _texts(await client.hgetall(keys.totals_key(partition, layout.generation))).items():
+            tally.totals[kind] = tally.totals.get(kind, 0) + int(number)
+
+    await _each_partition(layout, count)
     return tally
 
 
 async def _remove(client: RedisCluster, layout: keys.Layout) -> int:
     """Remove the old keyspace, once the record names the new one."""
-    removed = 0
-    async for batch in _profile_keys(client, layout):
-        removed += sum(int(reply) for reply in await _pipelined(client, [("UNLINK", key) for key in batch]))
+
+    async def unlink(batch: list[str]) -> int:
+        return sum(int(reply) for reply in await _pipelined(client, [("UNLINK", key) for key in batch]))
+
+    removed = await _each_profile_batch(client, layout, unlink)
     per_partition = (
         keys.events_key,
         keys.trimmed_key,

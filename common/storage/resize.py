@@ -305,7 +305,8 @@ async def _tally(client: RedisCluster, layout: keys.Layout) -> Tally:
         reads = await _sorted_set(client, keys.reads_key(partition, layout.generation))
         tally.users_with_reads += len(reads)
         tally.reads += sum(int(score) for _, score in reads)
-        tally.tombstones += await client.hlen(keys.deleted_key(partition, layout.generation))
+        tombstones = await client.hlen(keys.deleted_key(partition, layout.generation))
+        tally.tombstones += tombstones  # not `+= await`: that reads the sum before the await, losing others' adds
         for kind, number in _texts(await client.hgetall(keys.totals_key(partition, layout.generation))).items():
             tally.totals[kind] = tally.totals.get(kind, 0) + int(number)
 

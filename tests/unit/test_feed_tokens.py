@@ -175,6 +175,16 @@ def test_a_token_for_another_partition_count_is_refused() -> None:
     _refused(lambda: read_token(Tokens(SECRET, 2).issue([BEFORE_FIRST] * 2), 3))
 
 
+def test_a_token_of_a_layout_since_resized_is_refused_even_at_the_same_count() -> None:
+    """16 -> 64 -> 16 partitions: the count is back, the streams are another generation's."""
+    first = Tokens(SECRET, 16).issue([BEFORE_FIRST] * 16)
+    assert _resume(Tokens(SECRET, 16, generation=0), first) == [BEFORE_FIRST] * 16  # the first layout's, as before
+    error = _refused(lambda: _resume(Tokens(SECRET, 16, generation=2), first))
+    assert "before its partitions were resized" in error.message
+    later = Tokens(SECRET, 16, generation=2).issue([BEFORE_FIRST] * 16)
+    assert _resume(Tokens(SECRET, 16, generation=2), later) == [BEFORE_FIRST] * 16
+
+
 @pytest.mark.parametrize(
     "packed",
     [

@@ -143,7 +143,8 @@ def test_a_subscriber_costs_a_subscription_per_primary_not_a_connection_per_part
     assert not blocked, "no blocking read"
     assert sum(int(row["ssub"]) for row in subscribed) == PARTITIONS, "each partition's channel, once"
     assert len({row["node"] for row in subscribed}) == len(subscribed) == 3, "one subscription per primary"
-    assert len(rows) < PARTITIONS // 8
+    # A few per node, whatever the partitions: the subscription, the shared pipelines, the handlers' commands.
+    assert len(rows) < 40
 
 
 def test_an_event_in_a_partition_idle_and_armed_is_delivered_and_so_is_the_next(
@@ -168,7 +169,7 @@ def test_an_event_in_a_partition_idle_and_armed_is_delivered_and_so_is_the_next(
 
 
 def test_the_last_event_of_every_burst_arrives(feed_system: System, subscriber: Subscriber, unique: str) -> None:
-    """Bursts of creates on one partition from several threads: the feed's reads and its arming race the
+    """Bursts of concurrent updates of one user (one partition): the feed's reads and its arming race the
     writes. An event appended between a read that found nothing new and the arming of the flag would publish
     nothing and wait for the sweep; each burst's events must all arrive by wake-ups."""
     stub = profile_pb2_grpc.ProfileServiceStub(feed_system.grpc_channel(feed_system.profile_port))

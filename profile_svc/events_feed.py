@@ -1,7 +1,13 @@
-"""The change feed behind WatchProfileEvents: one tail reader per partition, shared by every subscriber.
+"""The change feed behind WatchProfileEvents: one tail reader per process, shared by every subscriber.
 
-While anyone subscribes, each partition's stream is followed by one tail reader per process, and every
-batch it reads goes to every subscriber's bounded queue together with the position it was read from.
+While anyone subscribes, the process follows every partition's stream, and every batch it reads goes to
+every subscriber's bounded queue together with the position it was read from. It waits for news per node,
+not per partition: one sharded subscription per primary to the partitions' wake channels (keys.wake_key,
+common/storage/wakes.py), as the aggregator does. A tail read that reaches a stream's end arms the
+partition's wake flag in the same script (events_after.lua), so the next append publishes a wake-up
+(helpers.lua), and an append can't slip in between; the partitions woken on one tick read together, one
+pipeline per primary. Every partition counts as woken when its subscription is (re)made, and all are read
+every PROFILEMESH_STREAM_QUIET_CHECK_S anyway: what a lost wake-up (a flag lost in a failover) can delay.
 A subscriber delivers a batch as it is only when the batch starts exactly at its own position; otherwise
 (it resumed from a token, its queue overflowed, the tail reader found a gap) it reads from the stream
 itself through scripts/events_after.lua until it is level again. So a subscriber sees each entry of a
@@ -27,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import logging
@@ -49,6 +56,7 @@ log = logging.getLogger(__name__)
 
 SCRIPTS = Path(__file__).parent / "scripts"
 PAGE = 1000  # entries per tail read of the stream (a millisecond or two of script)
+QUIET_CHECK_S = 10.0  # PROFILEMESH_STREAM_QUIET_CHECK_S's default
 CATCH_UP_PAGE = 2000  # entries a catch-up scans per read; it returns only those its subscriber wants
 RETRY_S = 0.5
 TOKEN_PREFIX = "v2."
@@ -293,19 +301,26 @@ class Subscription:
 
 
 class EventsFeed:
-    def __init__(self, cluster: Cluster, partitions: int, queue_limit: int) -> None:
-        """`queue_limit`: events a subscriber's queue holds (PROFILEMESH_STREAM_QUEUE) before it reads the stream."""
+    def __init__(
+        self, cluster: Cluster, partitions: int, queue_limit: int, quiet_check_s: float = QUIET_CHECK_S
+    ) -> None:
+        """`queue_limit`: events a subscriber's queue holds (PROFILEMESH_STREAM_QUEUE) before it reads the stream;
+        `quiet_check_s`: how often every partition is read, woken or not (PROFILEMESH_STREAM_QUIET_CHECK_S)."""
         self.cluster = cluster
         self.partitions = partitions
         self.queue_limit = queue_limit
-        # How long a tail reader's blocking read waits before it checks its position anyway, news or not.
-        self.block_ms = cluster.block_ms
-        self._events_after = cluster.script(SCRIPTS / "events_after.lua", repeatable=True)  # it only reads
+        self.quiet_check_s = quiet_check_s
+        # It reads, and arms a wake flag at most: running it twice does no harm.
+        self._events_after = cluster.script(SCRIPTS / "events_after.lua", repeatable=True)
         self.tail: list[Anchor] = []  # per partition, the last entry the tail reader has passed
         self.subscriptions: set[Subscription] = set()
+        # While anyone subscribes: the wake-up subscriptions, the tail reader and its quiet checks.
         self._tailers: list[asyncio.Task[None]] = []
         self._starting = asyncio.Lock()
         self._tokens: Tokens | None = None
+        self._partition_of_wake: dict[str, int] = {}  # by _watch_wakes, once the layout's generation is known
+        self._due: set[int] = set()  # partitions woken (or with more to read) that the tail reader has yet to read
+        self._nudge = asyncio.Event()  # set when a partition became due
 
     async def tokens(self) -> Tokens:
         """This deployment's tokens; its secret is recorded in the cluster by the first process to need it."""
@@ -411,15 +426,20 @@ class EventsFeed:
         until: StreamId | str,
         count: int,
         wanted: Callable[[Event], bool] | None = None,
+        tail: bool = False,
     ) -> Read:
         """One checked read of the stream after `after` (events_after.lua). With an EventFilter, the script
-        returns only the entries it wants, and where its scan ended."""
+        returns only the entries it wants, and where its scan ended. A `tail` read arms the partition's wake
+        flag when it reaches the stream's end, and shares a pipeline per primary with the others of its tick
+        (outside the concurrency bound: at most one per partition is in flight, and they wake in crowds)."""
         filtering = wanted.script_args() if isinstance(wanted, EventFilter) else []
         reply = await self.cluster.run(
             self._events_after,
-            self._stream_keys(partition),
+            self._stream_keys(partition, tail),
             [format_id(after.id), after.n, after.ts, until if isinstance(until, str) else format_id(until), count]
             + filtering,
+            bounded=not tail,
+            together=tail,
         )
         verdict, first_n, entries, scanned = text(reply[0]), int(reply[1]), reply[2], int(reply[4])
         last = _anchor_of(reply[3])
@@ -430,16 +450,20 @@ class EventsFeed:
         scanned_to = Anchor(parse_id(end[0]), first_n + scanned - 1, int(end[1])) if scanned else None
         return Read(verdict, _events(partition, entries, [int(n) for n in reply[5]]), scanned, scanned_to, last)
 
-    def _stream_keys(self, partition: int) -> list[str]:
-        """The keys events_after.lua takes."""
+    def _stream_keys(self, partition: int, tail: bool = False) -> list[str]:
+        """The keys events_after.lua takes: a tail read's with the wake flag it arms."""
         generation = self.cluster.generation
-        return [keys.events_key(partition, generation), keys.trimmed_key(partition, generation)]
+        stream = [keys.events_key(partition, generation), keys.trimmed_key(partition, generation)]
+        return [*stream, keys.wake_key(partition, generation)] if tail else stream
 
     async def _last(self, partition: int) -> Anchor:
+        """The stream's last entry; every partition's at once when the feed starts, one pipeline per primary."""
         reply = await self.cluster.run(
             self._events_after,
             self._stream_keys(partition),
             ["0-0", 0, 0, "+", 0],
+            bounded=False,
+            together=True,
         )
         return _anchor_of(reply[3])
 
@@ -449,8 +473,11 @@ class EventsFeed:
         async with self._starting:
             if not self._tailers:
                 self.tail = list(await asyncio.gather(*(self._last(p) for p in range(self.partitions))))
+                self._due.clear()
                 self._tailers = [
-                    asyncio.create_task(self._follow(p), name=f"events-tail-{p}") for p in range(self.partitions)
+                    asyncio.create_task(self._watch_wakes(), name="events-wakes"),
+                    asyncio.create_task(self._follow(), name="events-tail"),
+                    asyncio.create_task(self._quiet_checks(), name="events-quiet-checks"),
                 ]
             subscription = Subscription(self.queue_limit, clock, wanted)
             self.subscriptions.add(subscription)
@@ -463,38 +490,84 @@ class EventsFeed:
                 task.cancel()
             self._tailers = []
 
-    async def _follow(self, partition: int) -> None:
-        """Tail one partition's stream and hand every batch, with the position it was read from, to every
-        subscriber. A blocking XREAD waits for news; the checked read then says what it is."""
-        stream = keys.events_key(partition, self.cluster.generation)
-        more = False
+    async def _watch_wakes(self) -> None:
+        """Every partition's wake channel, one subscription per primary; each channel also counts as woken when
+        its subscription is made (what was published before is lost)."""
+        generation = self.cluster.generation
+        self._partition_of_wake = {keys.wake_key(p, generation): p for p in range(self.partitions)}
+        await self.cluster.watch_channels(list(self._partition_of_wake), self._woken)
+
+    def _woken(self, channel: str) -> None:
+        self._wake_up(self._partition_of_wake[channel])
+
+    def _wake_up(self, partition: int) -> None:
+        self._due.add(partition)
+        self._nudge.set()
+
+    async def _quiet_checks(self) -> None:
+        """Every partition is read every quiet_check_s, woken or not: a wake-up lost (a flag lost in a failover,
+        a history rolled back with nothing appended since) costs that much delay at most."""
         while True:
-            try:
-                if not more:
-                    await self.cluster.wait_for_entries(stream, format_id(self.tail[partition].id), self.block_ms)
-                base = self.tail[partition]
-                read = await self._read(partition, base, "+", PAGE)
-                verdict, events = read.verdict, read.events
-                if verdict == "changed":
-                    log.warning("events of partition %d: the stream lost entries already read (failover)", partition)
-                    self.tail[partition] = read.last  # past what no batch will carry: subscribers read up to it
-                    self._hand_out(Batch(partition, None, [], read.last))
-                    more = False
-                    continue
-            except StorageError as error:
-                log.warning("events tail of partition %d: cluster unavailable: %r", partition, error)
-                await asyncio.sleep(RETRY_S)
-                more = False
-                continue
-            if verdict == "trimmed":  # it stalled and entries after its position were trimmed
-                log.warning("events tail of partition %d: entries after its position were trimmed", partition)
-            if events:
-                self.tail[partition] = events[-1].anchor
-            elif verdict == "trimmed":  # trimmed to the end: nothing after its position is left
-                self.tail[partition] = read.last
-            if events or verdict != "ok":
-                self._hand_out(Batch(partition, base if verdict == "ok" else None, events, self.tail[partition]))
-            more = len(events) == PAGE
+            await asyncio.sleep(self.quiet_check_s)
+            for partition in range(self.partitions):
+                self._wake_up(partition)
+
+    async def _follow(self) -> None:
+        """Read every partition that is due, one read of each in flight at a time (its batches go out in order);
+        those due on one tick start together, so their scripts share a pipeline per primary. A partition woken
+        while its read is out is read again once that one is done."""
+        reading: dict[int, asyncio.Task[bool]] = {}
+
+        def done(partition: int, task: asyncio.Task[bool]) -> None:
+            del reading[partition]
+            if task.cancelled():
+                return
+            if task.exception() is not None:  # a defect: logged, and read again on its next wake-up
+                log.error("events tail of partition %d failed", partition, exc_info=task.exception())
+            elif task.result():
+                self._wake_up(partition)
+            elif partition in self._due:
+                self._nudge.set()
+
+        try:
+            while True:
+                await self._nudge.wait()
+                self._nudge.clear()
+                for partition in sorted(self._due - reading.keys()):
+                    self._due.discard(partition)
+                    task = asyncio.create_task(self._tail_read(partition), name=f"events-tail-{partition}")
+                    reading[partition] = task
+                    task.add_done_callback(functools.partial(done, partition))
+        finally:
+            for task in list(reading.values()):
+                task.cancel()
+
+    async def _tail_read(self, partition: int) -> bool:
+        """Read what the partition's stream has past the tail and hand it out to every subscriber; True when
+        there may be more to read at once (a full page, or after a failure, once RETRY_S has passed). The read
+        that reaches the stream's end arms its wake flag."""
+        try:
+            base = self.tail[partition]
+            read = await self._read(partition, base, "+", PAGE, tail=True)
+        except StorageError as error:
+            log.warning("events tail of partition %d: cluster unavailable: %r", partition, error)
+            await asyncio.sleep(RETRY_S)
+            return True
+        verdict, events = read.verdict, read.events
+        if verdict == "changed":
+            log.warning("events of partition %d: the stream lost entries already read (failover)", partition)
+            self.tail[partition] = read.last  # past what no batch will carry: subscribers read up to it
+            self._hand_out(Batch(partition, None, [], read.last))
+            return False
+        if verdict == "trimmed":  # it stalled and entries after its position were trimmed
+            log.warning("events tail of partition %d: entries after its position were trimmed", partition)
+        if events:
+            self.tail[partition] = events[-1].anchor
+        elif verdict == "trimmed":  # trimmed to the end: nothing after its position is left
+            self.tail[partition] = read.last
+        if events or verdict != "ok":
+            self._hand_out(Batch(partition, base if verdict == "ok" else None, events, self.tail[partition]))
+        return len(events) == PAGE
 
     def _hand_out(self, batch: Batch) -> None:
         for subscription in self.subscriptions:

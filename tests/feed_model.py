@@ -29,14 +29,15 @@ it can is cut off, or its token never reaches the head), 2 lossy failover, 3 tai
 drift) without a failover, 4 forged tokens; 0 for anything else.
 
 The feed's API is used only through FeedAdapter (resume, watch, where a position stands, an event's
-offset, forged tokens in the feed's token format). Its tail readers block for TAIL_BLOCK_MS instead of half
-the socket timeout: a tail reader checks its position whenever its blocking read returns, and a drain gives
+offset, forged tokens in the feed's token format). Its tail reader reads every partition every QUIET_CHECK_S,
+woken or not, instead of every PROFILEMESH_STREAM_QUIET_CHECK_S (a rollback with nothing appended since
+publishes no wake-up: only a quiet check finds it); everything else comes by wake-ups, and a drain gives
 a subscriber that long (many times over: STUCK_*) before it calls it stuck.
 
 `python -m tests.feed_model --seed N` replays one schedule (step by step); `--runs K --first-seed S` runs
 many and prints a summary by failure kind (`--progress`: a line per schedule). It starts a node of its own.
 A replay repeats the seed's choices; what the feed's tasks interleave with them can differ from run to run
-(a stall's first write may or may not reach a blocked tail read), so a failure seen once may need a few
+(a stall's first write may or may not wake the tail reader before the stall), so a failure seen once may need a few
 replays.
 """
 
@@ -90,9 +91,9 @@ PARTITIONS = 4
 QUEUE = 32
 HEARTBEAT_S = 0.002
 STUCK_HEARTBEATS = 50  # a subscriber whose token does not move for this many heartbeats is stuck
-STUCK_STILL_S = 1.0  # and for this long (many tail reads: each checks its position within TAIL_BLOCK_MS)
+STUCK_STILL_S = 1.0  # and for this long (many quiet checks: each reads every partition from its tail)
 STUCK_S = 2.0  # or that yields nothing at all this long
-TAIL_BLOCK_MS = 15  # how long a tail reader's blocking read waits before it checks its position anyway
+QUIET_CHECK_S = 0.1  # how often the tail reader reads every partition, woken or not
 FUTURE_MS = 3000  # how far ahead XSETID moves a stream's last id for ids handed out again
 TYPES = ("create", "read", "update", "delete")
 CHANGES = ("create", "update", "delete")  # what a subscriber without `types` gets
@@ -195,10 +196,9 @@ class FeedAdapter:
 
     def __init__(self, cluster: Cluster) -> None:
         self.feed = events_feed.EventsFeed(cluster, cluster.settings.partitions, cluster.settings.stream_queue)
-        # A tail reader checks its position whenever its blocking read returns, news or not: within block_ms
-        # (half the socket timeout, 500 ms by default). The socket timeout stays long (a stall blocks the
-        # loop), so the block is shortened to what a drain waits for a stuck subscriber.
-        self.feed.block_ms = TAIL_BLOCK_MS
+        # The tail reader reads every partition every quiet check, news or not (10 s by default): shortened to
+        # well within what a drain waits for a stuck subscriber, since a rollback publishes no wake-up.
+        self.feed.quiet_check_s = QUIET_CHECK_S
         self.partitions = cluster.settings.partitions
 
     async def start(self) -> None:

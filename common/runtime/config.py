@@ -185,6 +185,12 @@ class Settings:
     stream_queue: int = setting(
         2000, "events one subscriber may have queued before it reads from the stream instead", minimum=1
     )
+    stream_quiet_check_s: int = setting(
+        10,
+        "while anyone watches profile events, how often profile_svc reads every partition's stream anyway, woken"
+        " or not: bounds what a lost wake-up can delay",
+        minimum=1,
+    )
     stream_heartbeat_s: int = setting(
         15, "silence after which a stream sends a heartbeat (SSE: a keepalive comment)", minimum=1
     )

@@ -95,11 +95,12 @@ ROLES: dict[str, Role] = {
             "profiles": Rights("+exists +hset +hgetall +unlink", scripts=True),
             # The read check sets it right before WAIT (common/storage/durable.py).
             "fences": Rights("+set"),
-            # Every script appends its event (helpers.lua); events_after.lua reads; the change feed's tail waits.
-            "event streams": Rights("+xadd +exists +xrange +xinfo|stream +xread", scripts=True),
+            # Every script appends its event (helpers.lua); events_after.lua reads.
+            "event streams": Rights("+xadd +exists +xrange +xinfo|stream", scripts=True),
             "trimmed markers": Rights("+hmget", read_only=True, scripts=True),  # events_after.lua
-            # Every script's event wakes the aggregator if it waits for the partition (helpers.lua).
-            "wake flags": Rights("+get +set +spublish", scripts=True, channels=True),
+            # Every script's event wakes whoever waits for the partition (helpers.lua): the aggregator, and the
+            # change feed, whose tail reads arm the flag (events_after.lua) and whose wakes come by subscription.
+            "wake flags": Rights("+get +set +spublish +ssubscribe", scripts=True, channels=True),
             # Written once, on first start: SETNX, not SET, so no one holding the password can change them.
             "partition count": Rights("+get +setnx"),
             "deployment key": Rights("+get +setnx"),  # the change feed's token secret

@@ -1,9 +1,9 @@
 """The one door to the cluster: what the services ask of it, with every failure storage-neutral.
 
 Scripts run through one runner (common/storage/runner.py), as the functions an admin step loaded (FCALL, see
-common/storage/functions.py); plain commands run on the bounded client
-(`bounded`); the blocking reads that wait for new stream entries hold a connection reserved per partition
-beyond the bound. Nothing outside common/storage imports redis-py, and what fails here is raised as one
+common/storage/functions.py); plain commands run on the bounded client (`bounded`). Loops that wait for new
+stream entries do so by sharded pub/sub (`watch_channels`), a connection per primary, not a blocking read
+per partition. Nothing outside common/storage imports redis-py, and what fails here is raised as one
 of common/errors.py's StorageErrors (or a ServiceError that says what the caller must know).
 """
 
@@ -45,13 +45,13 @@ class Cluster:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        # Room beyond the bound for the blocking reads, one per partition.
+        # Room beyond the bound for the loops that run outside it, at most one call per partition each (the
+        # aggregator's takes, the change feed's tail reads): they share a pipeline per primary, but one that is
+        # redirected (ASK) takes a connection of its own.
         self.connection = Connection(settings, reserved=settings.partitions)
         self.runner = ScriptRunner(
             self.connection, Waits(settings.durability, settings.read_check, settings.durability_timeout_ms)
         )
-        # A blocking read must return before the client's socket timeout fires.
-        self.block_ms = max(settings.redis_timeout_ms // 2, 10)
         # The libraries this process calls functions of, each by its check function (verify_functions).
         self.libraries: dict[str, functions.Function] = {}
         self._generation: int | None = None  # verify_partitions
@@ -109,13 +109,6 @@ class Cluster:
         async with self.connection.bounded("command", "xreadgroup") as client:
             reply: Any = await client.xreadgroup(group, consumer, {stream: "0"}, count=count)
         return list(reply[0][1]) if reply else []
-
-    async def wait_for_entries(self, stream: str, after: str, block_ms: int | None = None) -> bool:
-        """Whether the stream got an entry past `after` within `block_ms` (default: half the socket timeout) (XREAD:
-        it takes nothing, and delivers nothing to a group), on the partition's reserved connection."""
-        block = self.block_ms if block_ms is None else min(block_ms, self.block_ms)
-        async with self.connection.bounded("command", "xread", bounded=False) as client:
-            return bool(await client.xread({stream: after}, count=1, block=block))
 
     async def watch_channels(self, channels: Sequence[str], woken: Callable[[str], None]) -> None:
         """Call `woken(channel)` for each message on the sharded `channels`, and for every channel whenever its

@@ -78,7 +78,7 @@ class Connection:
     """A RedisCluster client plus the concurrency bound it lacks and a layout learnt one task at a time."""
 
     def __init__(self, settings: Settings, reserved: int) -> None:
-        """`reserved`: connections beyond the bound, for loops that hold one each (blocking reads)."""
+        """`reserved`: connections beyond the bound, for loops that run outside it (`bounded=False`)."""
         timeout = settings.redis_timeout_ms / 1000
         self.username = settings.redis_username or "default"
         self.client: RedisCluster = RedisCluster.from_url(
@@ -179,7 +179,7 @@ class Connection:
         self, kind: str = "command", name: str = "other", calls: int = 1, bounded: bool = True
     ) -> AsyncIterator[RedisCluster]:
         """The client, for one connection's work (a command, a script, a pipeline of `calls`): within the
-        concurrency bound unless `bounded` is False (a loop with a reserved connection); counted, failures by
+        concurrency bound unless `bounded` is False (a loop with room reserved beyond it); counted, failures by
         kind, and raised storage-neutral."""
         _commands(kind, name).inc(calls)
         async with self.limit if bounded else contextlib.nullcontext():

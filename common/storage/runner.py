@@ -130,9 +130,10 @@ class ScriptRunner:
     ) -> Any:
         """Run the script on its slot's primary, then the confirmation asked for; retry only the provably safe.
 
-        `bounded=False` for a loop that has a connection reserved beyond the concurrency bound (the
-        aggregator's partitions). `together` (with nothing to confirm) for many loops that wake at once: their
-        scripts share one pipeline per primary. The caller bounds the retries with a deadline (asyncio.timeout).
+        `bounded=False` for a loop that has room reserved beyond the concurrency bound (the aggregator's
+        partitions, the change feed's tail reads). `together` (with nothing to confirm) for many loops that wake
+        at once: their scripts share one pipeline per primary. The caller bounds the retries with a deadline
+        (asyncio.timeout).
         """
         async with self.connection.scripting(script, bounded=bounded) as client:
             return await self._run(client, script, keys, args, confirm, together)

@@ -40,12 +40,13 @@ CREATES = EventFilter(frozenset({"create"}), frozenset())
 
 
 class FakeCluster:
-    """What EventsFeed's constructor asks of its cluster: a script handle and the blocking reads' bound."""
-
-    block_ms = 10
+    """What EventsFeed asks of its cluster besides its reads: a script handle, and wake-ups (none come)."""
 
     def script(self, path: Any, repeatable: bool = False) -> object:
         return path
+
+    async def watch_channels(self, channels: Any, woken: Any) -> None:
+        await asyncio.Event().wait()
 
 
 class InMemoryFeed(EventsFeed):
@@ -82,7 +83,7 @@ class InMemoryFeed(EventsFeed):
         stream = self.streams[partition]
         return stream[-1].anchor if stream else BEFORE_FIRST
 
-    async def _follow(self, partition: int) -> None:
+    async def _follow(self) -> None:
         """The test hands out the batches itself (publish)."""
         await asyncio.Event().wait()
 

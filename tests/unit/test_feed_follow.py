@@ -23,6 +23,7 @@ class WakeCluster:
 
     def __init__(self) -> None:
         self.woken: Callable[[str], None] | None = None
+        self.generation = 0  # the layout's, as verify_partitions reads it
 
     def script(self, path: Any, repeatable: bool = False) -> object:
         return path

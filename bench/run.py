@@ -33,7 +33,7 @@ from bench.lag import measure_lag
 from bench.report import Report, render
 from bench.rounds import BASELINE, CLUSTER, Run, split_by_system
 from bench.sampling import PeakRss
-from bench.scale import FULL, SMOKE, Scale
+from bench.sizes import FULL, SMOKE, Scale
 from bench.scenarios import BASELINE_REST, PROFILEMESH_REST, SCENARIOS, Targets, run_scenario
 from bench.seeding import MIX, load_baseline_profiles, load_profiles
 from bench.streams import StreamSampler

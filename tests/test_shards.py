@@ -43,8 +43,9 @@ def test_a_cluster_of_fewer_shards_than_valkey_cli_makes(tmp_path: Path, shards:
     try:
         cluster.start()
         lines = cluster.cluster_nodes()
-        primaries = sorted((n for n in lines if n.is_primary), key=lambda n: n.slot_ranges[0][0])
+        primaries = sorted((n for n in lines if n.is_primary and n.slot_ranges), key=lambda n: n.slot_ranges[0][0])
         assert [n.port for n in primaries] == ports[:shards]
+        assert len(lines) == 2 * shards and sum(n.is_primary for n in lines) == shards
         assert [n.slot_ranges for n in primaries] == [(r,) for r in slot_ranges(shards)]
         followers = {n.port: n.primary_id for n in lines if not n.is_primary}
         assert followers == {ports[shards + k]: primaries[k].id for k in range(shards)}

@@ -14,7 +14,8 @@ Then the checks, each against a tolerance (TOLERANCE: the machine is shared and 
 (b) the cluster's CPU per request does not depend on S and divides evenly among the primaries (each 1/S);
 (c) the shards the model's formula asks for the measured requests/s, against those the primaries' measured CPU
     asks for at the same 50% of a core each, and the S in use.
-A check that does not hold is a finding and is printed as one; the exit status is not 0 only if a run failed.
+A check that does not hold is a finding and is printed as one; the exit status is not 0 only if a run failed
+(a system that did not start, wrk failing, or a request answered with an error).
 """
 
 from __future__ import annotations
@@ -314,6 +315,9 @@ def main() -> None:
     print(text)
     if options.out:
         options.out.write_text(text)
+    failed = [shards for shards, m in results.items() if m.errors]
+    if failed:  # a check that does not hold is a finding; a request that failed is a failed run
+        sys.exit(f"requests failed at {failed} shards: see the table's errors column")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ Then the checks, each against a tolerance (TOLERANCE: the machine is shared and 
 (a) a service tier's CPU per request does not depend on S: the docs' input, and the figure at the first S;
 (b) the cluster's CPU per request does not depend on S and divides evenly among the primaries (each 1/S);
 (c) the shards the model's formula asks for the measured requests/s, against those the primaries' measured CPU
-    asks for at the same 50% of a core each, and the S in use.
+    asks for at the same 50% of a core each, and the busiest primary's share of a core: the model puts all of
+    the cluster's CPU on primaries, so it is a bound (it holds if the measured figure is at most 25% above it).
 A check that does not hold is a finding and is printed as one; the exit status is not 0 only if a run failed
 (a system that did not start, wrk failing, or a request answered with an error).
 """
@@ -48,9 +49,9 @@ TOLERANCE = 0.25  # a measured figure within +-25% of its prediction holds
 
 # docs/capacity.md's inputs: CPU us per request of the REST mix at 64 connections, 3 primaries + 3 replicas.
 DOCS_US = {"gateway": 121.0, "profile_svc": 88.0, "aggregator_svc": 16.0, "cluster": 93.0}
-DOCS_SHARDS = 3
 PRIMARY_BUDGET = 0.5  # of a core: the model's plan for each primary
-PER_SHARD_US = DOCS_US["cluster"] / DOCS_SHARDS  # the model's formula: shards = N x (93 us / 3) / 0.5
+# The model's formula, shards = N x 93 us / 0.5: all of a request's cluster CPU on the primary of its shard.
+PER_SHARD_US = DOCS_US["cluster"]
 
 
 def model_shards(rps: float) -> int:
@@ -180,6 +181,7 @@ class Check:
     predicted: float
     measured: float
     unit: str = "us"
+    bound: bool = False  # the prediction is an upper bound: any measured figure below it holds
 
     @property
     def ratio(self) -> float:
@@ -187,7 +189,7 @@ class Check:
 
     @property
     def holds(self) -> bool:
-        return abs(self.ratio - 1) <= TOLERANCE
+        return self.ratio <= 1 + TOLERANCE if self.bound else abs(self.ratio - 1) <= TOLERANCE
 
 
 def checks(results: dict[int, Measured]) -> list[Check]:
@@ -220,10 +222,10 @@ def checks(results: dict[int, Measured]) -> list[Check]:
         model = m.rps * PER_SHARD_US / 1e6 / PRIMARY_BUDGET
         from_cpu = m.rps * total / 1e6 / PRIMARY_BUDGET  # each primary at the same 50%, the load divided evenly
         name = f"(c) shards for {m.rps:,.0f} req/s, {s}: model vs primaries' CPU"
-        shards_needed.append(Check(name, model, from_cpu, "shards"))
+        shards_needed.append(Check(name, model, from_cpu, "shards", bound=True))
         busiest = max(primaries) * m.rps / 1e6
         name = f"(c) busiest primary's share of a core, {s}: model vs measured"
-        shards_needed.append(Check(name, m.rps * PER_SHARD_US / 1e6 / shards, busiest, "core"))
+        shards_needed.append(Check(name, m.rps * PER_SHARD_US / 1e6 / shards, busiest, "core", bound=True))
     return [*tiers, *cluster, *shards_needed]
 
 
@@ -276,7 +278,7 @@ def render(results: dict[int, Measured], load_s: int, connections: int, loadavg:
     found = checks(results)
     lines += [
         "",
-        f"## Checks (hold within +-{TOLERANCE:.0%} of the prediction)",
+        f"## Checks (hold within +-{TOLERANCE:.0%} of the prediction; (c)'s, bounds, up to {TOLERANCE:.0%} above it)",
         "",
         "| check | predicted | measured | ratio | verdict |",
         "|---|---:|---:|---:|---|",
@@ -286,13 +288,23 @@ def render(results: dict[int, Measured], load_s: int, connections: int, loadavg:
         lines.append(
             f"| {c.name} | {_cell(c.predicted, c.unit)} | {_cell(c.measured, c.unit)} | {c.ratio:.2f} | {verdict} |"
         )
-    asked = ", ".join(f"{model_shards(m.rps)} at S={shards}" for shards, m in results.items())
     lines += [
         "",
-        f"(c) The model's formula, rounded up, asks for {asked}: every run had at least the shards it asks for, and the"
-        f" busiest primary stayed far below the model's {PRIMARY_BUDGET:.0%} of a core. On {os.cpu_count()} cores"
-        " the services (gateway and profile_svc each near a core) limit the load, not the cluster, so these runs"
-        " check the model's per-request costs, not a shard's capacity.",
+        "(c) The S in use against the shards the model asks for, and the busiest processes (share of a core):",
+        "",
+    ]
+    for shards, m in results.items():
+        use = {name: m.cpu_us[name] * m.rps / 1e6 for name in m.cpu_us}
+        primary = max(use[f"node {s.primary}"] for s in m.shards)
+        top = sorted(SERVICES, key=lambda name: -use[name])[:2]
+        lines.append(
+            f"- S={shards}: the model asks for {model_shards(m.rps)} at {m.rps:,.0f} req/s; busiest primary"
+            f" {primary:.0%} (planned at most {PRIMARY_BUDGET:.0%}), {top[0]} {use[top[0]]:.0%}, {top[1]} {use[top[1]]:.0%}."
+        )
+    lines += [
+        "",
+        f"On {os.cpu_count()} cores shared by every process the services, not the cluster, limit the load: these runs"
+        " check the model's per-request costs and how they divide, not a shard's capacity.",
     ]
     return "\n".join(lines) + "\n"
 

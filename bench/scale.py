@@ -241,7 +241,7 @@ def _cell(value: float, unit: str) -> str:
 
 def render(results: dict[int, Measured], load_s: int, connections: int, loadavg: tuple[str, str]) -> str:
     lines = [
-        "# Scale-out: the capacity model at 1, 2 and 3 shards (bench/scale.py)",
+        f"# Scale-out: the capacity model at {', '.join(map(str, results))} shards (bench/scale.py)",
         "",
         f"wrk's REST mix at {connections} connections for {load_s} s on a system of its own per shard count"
         f" (S primaries + S replicas, {PARTITIONS} partitions, {USERS:,} preloaded profiles, bench/run.py's settings)."

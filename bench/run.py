@@ -33,9 +33,9 @@ from bench.lag import measure_lag
 from bench.report import Report, render
 from bench.rounds import BASELINE, CLUSTER, Run, split_by_system
 from bench.sampling import PeakRss
-from bench.scale import FULL, SMOKE, Scale
 from bench.scenarios import BASELINE_REST, PROFILEMESH_REST, SCENARIOS, Targets, run_scenario
 from bench.seeding import MIX, load_baseline_profiles, load_profiles
+from bench.sizes import FULL, SMOKE, Scale
 from bench.streams import StreamSampler
 from bench.wrk_runner import run_wrk, wrk_binary
 from common.runtime.config import Settings

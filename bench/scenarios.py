@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from bench.pyload import run_pyload
 from bench.results import LoadResult
-from bench.scale import Scale
+from bench.sizes import Scale
 from bench.wrk_runner import run_wrk
 
 PROFILEMESH_REST = "profilemesh (REST via gateway)"

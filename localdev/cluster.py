@@ -1,4 +1,5 @@
-"""A local Valkey cluster: 3 primaries, 3 replicas, append-only files on.
+"""A local Valkey cluster: 3 primaries, 3 replicas (or any number of shards of a primary and a replica each),
+append-only files on.
 
 `python -m localdev.cluster` runs one on ports 7000-7005 until Ctrl-C. LocalCluster composes the parts,
 one job each: passwords (localdev/passwords.py), TLS files (certs.Authority), who connects how
@@ -41,7 +42,7 @@ PRIMARIES = 3
 
 @dataclass
 class LocalCluster:
-    """Six nodes: valkey-cli makes three of them primaries and each of the others a replica of one.
+    """Two nodes a shard (six by default): the first half of `ports` become primaries, each other a replica of one.
 
     With `supervised`, a node that exits is started again on its own port and data, as a managed
     service replaces a failed node; it rejoins as a replica of whoever is primary of its shard now.
@@ -67,6 +68,11 @@ class LocalCluster:
 
     def address(self, index: int) -> str:
         return f"{self.host(index)}:{self.ports[index]}"
+
+    @property
+    def shards(self) -> int:
+        """Primaries at creation: half of the nodes."""
+        return len(self.ports) // 2
 
     @property
     def startup_urls(self) -> str:
@@ -145,7 +151,7 @@ class LocalCluster:
         marker = self.data_dir / "created"
         if not marker.exists():
             self._wait(lambda: all(self._answers(i) for i in range(len(self.ports))), timeout_s, "nodes to start")
-            self._create()
+            self._create(timeout_s)
             replace_file(marker, "\n".join(map(str, self.ports)))
         self.wait_ready(timeout_s)
         if self.supervised:
@@ -154,10 +160,37 @@ class LocalCluster:
             )
             self._supervisor.start()
 
-    def _create(self) -> None:
+    def _create(self, timeout_s: float) -> None:
+        if self.shards < valkey.CLI_MIN_PRIMARIES:
+            self._create_by_hand(timeout_s)
+            return
         addresses = [self.address(i) for i in range(len(self.ports))]
         ca_file = self.ca_file if self.tls else None
         valkey.create_cluster(addresses, self.tls, ca_file, self.password(acl.ADMIN_USER))
+
+    def _create_by_hand(self, timeout_s: float) -> None:
+        """What valkey-cli --cluster create does, for the one or two shards it refuses: slots split alike, a
+        config epoch each, every node met, then each replica following its primary (node i + shards -> i)."""
+        admins = [self._admin(index) for index in range(len(self.ports))]
+        try:
+            for index, (first, last) in enumerate(valkey.slot_ranges(self.shards)):
+                admins[index].command("CLUSTER", "ADDSLOTSRANGE", first, last)
+            for index, admin in enumerate(admins):
+                admin.command("CLUSTER", "SET-CONFIG-EPOCH", index + 1)
+            for admin in admins[1:]:
+                admin.command("CLUSTER", "MEET", self.host(0), self.ports[0], self.bus_ports[0])
+
+            def met() -> bool:
+                views = [admin.cluster_nodes() for admin in admins]
+                return all(len(v) == len(admins) and not any("handshake" in n.flags for n in v) for v in views)
+
+            self._wait(met, timeout_s, "the nodes to meet")
+            ids = [str(admin.command("CLUSTER", "MYID")) for admin in admins]
+            for index in range(self.shards, len(admins)):
+                admins[index].command("CLUSTER", "REPLICATE", ids[index - self.shards])
+        finally:
+            for admin in admins:
+                admin.close()
 
     def start_node(self, index: int) -> None:
         """Start the node at `index` on its own port and data (the first time, or again)."""

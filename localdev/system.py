@@ -298,25 +298,32 @@ def on_free_ports(
     replicas: int = 1,
     supervised: bool = False,
     secure: bool = False,
+    shards: int = 3,
 ) -> System:
-    """A whole system (not started) on free ports, its data and logs under `directory`: for tests and benchmarks."""
-    ports = free_ports(14 + 2 * replicas + len(SERVICES))  # the last ones serve each component's metrics
+    """A whole system (not started) on free ports, its data and logs under `directory`: for tests and benchmarks.
+
+    The cluster has `shards` primaries and a replica of each (bench/scale.py runs 1, 2 and 3)."""
+    if shards < 1:
+        raise ValueError(f"shards must be at least 1, got {shards}")
+    nodes = 2 * shards
+    ports = free_ports(2 * nodes + 2 + 2 * replicas + len(SERVICES))  # the last ones serve each component's metrics
+    first = 2 * nodes + 2  # the services' ports, after the nodes', their bus ports, the aggregator's and gateway's
     cluster = LocalCluster(
         data_dir=directory / "cluster",
-        ports=ports[:6],
-        bus_ports=ports[6:12],
+        ports=ports[:nodes],
+        bus_ports=ports[nodes : 2 * nodes],
         node_timeout_ms=node_timeout_ms,
         supervised=supervised,
         tls=secure,
     )
     return System(
         cluster=cluster,
-        profile_ports=ports[14 : 14 + replicas],
-        reporting_ports=ports[14 + replicas : 14 + 2 * replicas],
-        aggregator_port=ports[12],
-        gateway_port=ports[13],
+        profile_ports=ports[first : first + replicas],
+        reporting_ports=ports[first + replicas : first + 2 * replicas],
+        aggregator_port=ports[2 * nodes],
+        gateway_port=ports[2 * nodes + 1],
         log_dir=directory / "logs",
-        metrics_ports=dict(zip(SERVICES, ports[14 + 2 * replicas :], strict=True)),
+        metrics_ports=dict(zip(SERVICES, ports[first + 2 * replicas :], strict=True)),
         settings=dict(settings or {}),
         grpc_tls=secure,
     )

@@ -3,6 +3,7 @@ command line, and creating the cluster with valkey-cli."""
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -115,6 +116,21 @@ class NodeSpec:
             "--save", "",
             "--dir", str(self.directory),
         ]  # fmt: skip
+
+
+# valkey-cli --cluster create refuses fewer primaries than this; smaller clusters are made by hand (LocalCluster).
+CLI_MIN_PRIMARIES = 3
+SLOTS = 16384
+
+
+def slot_ranges(primaries: int) -> list[tuple[int, int]]:
+    """Each primary's slots (inclusive), split as valkey-cli --cluster create splits them."""
+    ranges, first, cursor, per = [], 0, 0.0, SLOTS / primaries
+    for index in range(primaries):
+        last = SLOTS - 1 if index == primaries - 1 else min(SLOTS - 1, math.floor(cursor + per - 1 + 0.5))  # C's lround
+        ranges.append((first, max(first, last)))
+        first, cursor = max(first, last) + 1, cursor + per
+    return ranges
 
 
 def create_cluster(addresses: list[str], tls: bool, ca_file: Path | None, admin_password: str) -> None:

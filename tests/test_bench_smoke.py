@@ -25,7 +25,7 @@ from bench.report import (
     SYSTEM_TOTAL,
     expected_load_rows,
 )
-from bench.scale import SMOKE
+from bench.sizes import SMOKE
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -25,7 +25,7 @@ from localdev.system import System
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 from profilemesh.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from tests.conftest import TEST_SETTINGS, running_system
-from tests.helpers import expected_statistics, wait_until
+from tests.helpers import aggregator_settled, expected_statistics, wait_until
 
 USERS = [f"resize-{n:03d}" for n in range(240)]
 TIMEOUT_S = 10
@@ -219,3 +219,36 @@ def _try_resize(system: System, partitions: int) -> Report | None:
         if "aggregator replica is still live" in str(error):
             return None
         raise
+
+
+def test_a_resize_waits_for_every_event_to_be_applied(tmp_path: Path) -> None:
+    """Events the aggregator has not applied would be counts lost: the resize refuses until they are."""
+    settings = {**TEST_SETTINGS, "PROFILEMESH_PARTITIONS": "16"}
+    with running_system(tmp_path, settings) as system:
+        system.stop_process("aggregator_svc")
+        stub = _profiles(system)
+        for n in range(50):
+            stub.CreateProfile(profile_pb2.CreateProfileRequest(user=f"late-{n}", fields={"n": "1"}), timeout=TIMEOUT_S)
+        system.stop_services()
+        refused = wait_until(lambda: _refusal(system, 32, "events left to apply"), timeout_s=15, what="the refusal")
+        assert "run the aggregator alone until its lag is 0" in refused
+        admin = system.cluster.client(decode_responses=True)
+        assert _layout_record(admin) == "16"
+
+        system.start_process("aggregator_svc", "aggregator_svc")  # alone, as docs/deploying.md §6 says
+        wait_until(lambda: _refusal(system, 32, "still connected: profilemesh-aggregator"), what="its refusal")
+        wait_until(lambda: aggregator_settled(admin, 16), timeout_s=30, what="the aggregator's lag to reach 0")
+        system.stop_process("aggregator_svc")
+        report = wait_until(lambda: _try_resize(system, 32), timeout_s=15, what="the resize to be allowed")
+        assert report.copied.totals == {"create": 50}
+        assert _layout_record(admin) == "32 g1"
+        admin.close()
+
+
+def _refusal(system: System, partitions: int, containing: str) -> str | None:
+    """The resize's refusal when it says `containing`; None for any other refusal."""
+    try:
+        report = _resize(system, partitions)
+    except ResizeRefused as error:
+        return str(error) if containing in str(error) else None
+    raise AssertionError(f"resized when it should have refused ({containing}): {report}")

@@ -140,20 +140,24 @@ async def _check_quiet(client: RedisCluster, settings: Settings, source: keys.La
     now_ms = int(seconds) * 1000 + int(microseconds) // 1000
     if await client.zrangebyscore(keys.AGGREGATORS_KEY, now_ms, "+inf"):
         raise ResizeRefused("an aggregator replica is still live: stop it first (its word lasts 3 heartbeats)")
-    behind = []
-    for partition in range(source.partitions):
+    behind: list[int] = []
+
+    async def look(partition: int) -> None:
         stream = keys.events_key(partition, source.generation)
         if not await client.exists(stream):
-            continue
+            return
         last = (await client.xinfo_stream(stream))["last-generated-id"]
         groups = {group["name"]: group for group in await client.xinfo_groups(stream)}
         group = groups.get(settings.aggregator_group)
         recounts = await client.hmget(keys.recount_key(partition, source.generation), "head", "tail")
-        drained = group is not None and group["pending"] == 0 and group["last-delivered-id"] == last
-        if not drained and last == "0-0":
-            drained = True  # never written to
-        if not drained or int(recounts[0] or 0) < int(recounts[1] or 0):
+        applied = last == "0-0" or (  # never written to, or every entry delivered and acknowledged
+            group is not None and group["pending"] == 0 and group["last-delivered-id"] == last
+        )
+        if not applied or int(recounts[0] or 0) < int(recounts[1] or 0):
             behind.append(partition)
+
+    await _each_partition(source, look)
+    behind.sort()
     if behind:
         raise ResizeRefused(
             f"the aggregator has events left to apply in {len(behind)} partitions (first: {behind[:5]}): run the "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,9 @@ from localdev.system import System, on_free_ports
 from profilemesh.profile.v1 import profile_pb2_grpc
 from profilemesh.reporting.v1 import reporting_pb2_grpc
 
-PARTITIONS = 16
+# The test system's partition count: 16 unless PROFILEMESH_TEST_PARTITIONS says otherwise (`make test-partitions`
+# runs the suite at 4,096, the most a deployment may have). Tests meaning "the system's count" use this constant.
+PARTITIONS = int(os.environ.get("PROFILEMESH_TEST_PARTITIONS", "16"))
 
 # Short timeouts make failures and reclaims happen within a test's patience.
 TEST_SETTINGS = {

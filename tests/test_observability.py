@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from aggregator_svc.lag import partition_figures
+from aggregator_svc.lag import BACKLOGGED, INTERVAL_S, QUIET, partition_figures
 from common.storage import keys
 from localdev.otlp_sink import OtlpSink
 from localdev.ports import free_ports
@@ -163,13 +163,14 @@ def test_prometheus_scrapes_exact_counts_per_route_and_method(
     assert deltas(rest_query, ("route", "method", "status"), rest_before) == dict(rest_expected)
     assert deltas(grpc_query, ("method", "code"), grpc_before) == dict(grpc_expected)
 
-    # The aggregator applied every event: lag and pending back to 0 on every partition, all of them reported.
+    # The aggregator applied every event: lag and pending back to 0 on every partition, all of them reported. The
+    # gauges read every partition once from the start, BACKLOGGED + QUIET a second (4,096: within a minute).
     lag_query = "max by (partition) (profilemesh_aggregator_lag_entries + profilemesh_aggregator_pending_entries)"
     wait_until(
         lambda: (lambda v: len(v) == PARTITIONS and set(v.values()) == {0})(
             _vector(prometheus, lag_query, ("partition",))
         ),
-        30,
+        30 + PARTITIONS / (BACKLOGGED + QUIET) * INTERVAL_S,
         what="the aggregator's lag to return to 0",
     )
     # One event per successful operation: 1 create, 3 reads, 1 update, 1 delete.

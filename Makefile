@@ -14,7 +14,7 @@ BUF_VERSION := 1.75.0
 BUF    := .tools/node_modules/.bin/buf
 CONTRACT := .tools/contract.binpb
 
-.PHONY: run run-secure test test-typescript test-fast lint release-contract bench verify verify-shutdown proto cluster clean wrk browser prometheus tls-server podman image valkey-image nftables
+.PHONY: run run-secure test test-partitions test-typescript test-fast lint release-contract bench verify verify-shutdown proto cluster clean wrk browser prometheus tls-server podman image valkey-image nftables
 
 run: $(GEN) $(CLI) $(if $(filter 1,$(PROFILEMESH_PROMETHEUS)),prometheus) $(if $(filter 1,$(PROFILEMESH_SECURE)),tls-server)
 	$(PY) -m localdev.run
@@ -30,6 +30,13 @@ tls-server:
 test: $(GEN) $(CLI) $(DEPLOY_TOOLS) wrk browser prometheus tls-server podman nftables
 	$(MAKE) --no-print-directory test-typescript
 	$(PY) -m pytest
+
+# The whole suite on a test system of PARTITIONS partitions (PROFILEMESH_TEST_PARTITIONS, read by
+# tests/conftest.py; `make test` runs 16): by default 4,096, the most a deployment may have. 15 to 30 minutes
+# on two cores, so not in CI. Tests that start a system of their own with a count of their own keep theirs.
+PARTITIONS ?= 4096
+test-partitions:
+	PROFILEMESH_TEST_PARTITIONS=$(PARTITIONS) $(MAKE) --no-print-directory test
 
 # The TypeScript client (clients/typescript): pinned packages from its package-lock.json, code generated
 # from the contract image by buf, its tests against a real mesh (python -m localdev.serve).

@@ -20,7 +20,6 @@ from localdev.faults import fail_over_by_killing
 from localdev.system import System
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 
-PARTITIONS = 16
 CALL_TIMEOUT_S = 2.0
 
 
@@ -68,9 +67,10 @@ def run_failover(system: System, users: int = 3000, workers: int = 16, kill_afte
     load, killed_at, promoted_after, rejoined_after = asyncio.run(
         _creates_with_failover(system, names, workers, kill_after)
     )
+    partitions = system.client_settings().partitions  # the system's own count: profiles are found by it
     client = RedisCluster.from_url(system.cluster.admin_url, decode_responses=True)
     try:
-        lost = [o.item for o in load.ok() if not client.exists(keys.profile_key(o.item, PARTITIONS))]
+        lost = [o.item for o in load.ok() if not client.exists(keys.profile_key(o.item, partitions))]
     finally:
         client.close()
     return FailoverRun(load, killed_at, promoted_after, rejoined_after, lost)

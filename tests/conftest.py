@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +21,11 @@ from localdev.cluster import LocalNode
 from localdev.system import System, on_free_ports
 from profilemesh.profile.v1 import profile_pb2_grpc
 from profilemesh.reporting.v1 import reporting_pb2_grpc
+from tests.helpers import on_every_partition
 
-PARTITIONS = 16
+# The test system's partition count: 16 unless PROFILEMESH_TEST_PARTITIONS says otherwise (`make test-partitions`
+# runs the suite at 4,096, the most a deployment may have). Tests meaning "the system's count" use this constant.
+PARTITIONS = int(os.environ.get("PROFILEMESH_TEST_PARTITIONS", "16"))
 
 # Short timeouts make failures and reclaims happen within a test's patience.
 TEST_SETTINGS = {
@@ -133,9 +137,8 @@ def events_of(client: RedisCluster, user: str) -> list[tuple[str, str]]:
 def audit(redis_client: RedisCluster) -> Iterator[str]:
     """A consumer group that reads nothing, so the aggregator's trimming keeps every event from now on."""
     group = f"audit-{uuid.uuid4().hex[:8]}"
-    streams = [keys.events_key(p) for p in range(PARTITIONS)]
-    for stream in streams:
-        redis_client.xgroup_create(stream, group, id="$", mkstream=True)
+    on_every_partition(
+        redis_client, PARTITIONS, lambda pipe, p: pipe.xgroup_create(keys.events_key(p), group, "$", True)
+    )
     yield group
-    for stream in streams:
-        redis_client.xgroup_destroy(stream, group)
+    on_every_partition(redis_client, PARTITIONS, lambda pipe, p: pipe.xgroup_destroy(keys.events_key(p), group))

@@ -21,7 +21,7 @@ from redis.cluster import RedisCluster
 from common.storage import keys
 from localdev.system import System
 from tests.conftest import PARTITIONS, events_of
-from tests.helpers import http_call, wait_until
+from tests.helpers import http_call, on_every_partition, wait_until
 
 EXISTING = "existing"  # a profile the module creates first, so updates of it can be attempted
 EXISTING_FIELDS = {"email": "existing@example.com", "name": "Existing"}
@@ -54,8 +54,9 @@ def settled(fresh_system: System, fresh_client: RedisCluster) -> Iterator[None]:
         )
 
     wait_until(aggregator_groups_exist, what="the aggregator's consumer groups")
-    for stream in streams:
-        fresh_client.xgroup_create(stream, AUDIT_GROUP, id="$")
+    on_every_partition(
+        fresh_client, PARTITIONS, lambda pipe, p: pipe.xgroup_create(keys.events_key(p), AUDIT_GROUP, "$")
+    )
     assert http_call(fresh_system.gateway_port, "POST", f"/profile/{EXISTING}", EXISTING_FIELDS)[0] == 201
     partition = keys.partition_of(EXISTING, PARTITIONS)
     wait_until(
@@ -63,15 +64,19 @@ def settled(fresh_system: System, fresh_client: RedisCluster) -> Iterator[None]:
         what="the aggregator to count the create",
     )
     yield
-    for stream in streams:
-        fresh_client.xgroup_destroy(stream, AUDIT_GROUP)
+    on_every_partition(fresh_client, PARTITIONS, lambda pipe, p: pipe.xgroup_destroy(keys.events_key(p), AUDIT_GROUP))
 
 
 def snapshot(fresh_client: RedisCluster) -> Snapshot:
     return Snapshot(
         keys=fresh_client.dbsize(),
         profiles=frozenset(fresh_client.scan_iter(match="profile:*", count=1000)),
-        events_added=tuple(fresh_client.xinfo_stream(keys.events_key(p))["entries-added"] for p in range(PARTITIONS)),
+        events_added=tuple(
+            info["entries-added"]
+            for info in on_every_partition(
+                fresh_client, PARTITIONS, lambda pipe, p: pipe.xinfo_stream(keys.events_key(p))
+            )
+        ),
         existing=fresh_client.hgetall(keys.profile_key(EXISTING, PARTITIONS)),
     )
 

@@ -24,7 +24,7 @@ from localdev.system import System
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 from profilemesh.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from tests.conftest import PARTITIONS
-from tests.helpers import FunctionCall, read_events, wait_until
+from tests.helpers import FunctionCall, on_every_partition, read_events, wait_until
 
 GROUP = "aggregator"  # the aggregators' consumer group (the default PROFILEMESH_AGGREGATOR_GROUP)
 GHOST = "ghost"
@@ -55,8 +55,8 @@ class Run:
 
 def pending_of(client: RedisCluster, consumer: str) -> int:
     total = 0
-    for partition in range(PARTITIONS):
-        for row in client.xpending(keys.events_key(partition), GROUP)["consumers"]:
+    for summary in on_every_partition(client, PARTITIONS, lambda pipe, p: pipe.xpending(keys.events_key(p), GROUP)):
+        for row in summary["consumers"]:
             if row["name"] == consumer:
                 total += int(row["pending"])
     return total
@@ -65,8 +65,8 @@ def pending_of(client: RedisCluster, consumer: str) -> int:
 def consumers_somewhere(client: RedisCluster, names: tuple[str, ...]) -> bool:
     """Every replica has taken from its share of the partitions (it is a consumer there)."""
     present: set[str] = set()
-    for partition in range(PARTITIONS):
-        present |= {row["name"] for row in client.xinfo_consumers(keys.events_key(partition), GROUP)}
+    for rows in on_every_partition(client, PARTITIONS, lambda pipe, p: pipe.xinfo_consumers(keys.events_key(p), GROUP)):
+        present |= {row["name"] for row in rows}
     return set(names) <= present
 
 
@@ -123,16 +123,15 @@ async def drive(system: System, client: RedisCluster) -> Run:
         async def steal_for_ghost(aclient: AsyncRedisCluster) -> None:
             """The ghost reads entries as an aggregator would, then dies without acknowledging them.
 
-            Its blocking reads queue with the replicas' own, so new entries reach it within a few events.
+            Its blocking reads queue with the replicas' own, so new entries reach it within a few events. It reads
+            the partitions of the users read (no other has an entry for it), a blocking read and a connection each.
             """
+            busy = sorted({keys.partition_of(user, PARTITIONS) for user in USERS})
             for _ in range(10):
                 replies = await asyncio.gather(
-                    *(
-                        aclient.xreadgroup(GROUP, GHOST, {keys.events_key(p): ">"}, count=5, block=2000)
-                        for p in range(PARTITIONS)
-                    )
+                    *(aclient.xreadgroup(GROUP, GHOST, {keys.events_key(p): ">"}, count=5, block=2000) for p in busy)
                 )
-                for partition, reply in enumerate(replies):
+                for partition, reply in zip(busy, replies, strict=True):
                     for _, entries in reply or []:
                         run.ghost_entries.setdefault(partition, []).extend(entries)
                 held = sum(len(entries) for entries in run.ghost_entries.values())
@@ -172,8 +171,9 @@ def test_every_read_counted_exactly_once(fresh_system: System, fresh_client: Red
         for port in ports.values():
             wait_until(lambda port=port: system.grpc_status(port) == "SERVING", timeout_s=30, what="a replica to serve")
         wait_until(lambda: consumers_somewhere(fresh_client, REPLICAS), timeout_s=30, what="replicas to consume")
-        for partition in range(PARTITIONS):
-            fresh_client.xgroup_create(keys.events_key(partition), AUDIT, id="$", mkstream=True)
+        on_every_partition(
+            fresh_client, PARTITIONS, lambda pipe, p: pipe.xgroup_create(keys.events_key(p), AUDIT, "$", True)
+        )
 
         run = asyncio.run(drive(system, fresh_client))
 
@@ -192,7 +192,10 @@ def test_every_read_counted_exactly_once(fresh_system: System, fresh_client: Red
             reporting = reporting_pb2_grpc.ReportingServiceStub(channel)
 
             def settled() -> bool:
-                pending = sum(fresh_client.xpending(keys.events_key(p), GROUP)["pending"] for p in range(PARTITIONS))
+                summaries = on_every_partition(
+                    fresh_client, PARTITIONS, lambda pipe, p: pipe.xpending(keys.events_key(p), GROUP)
+                )
+                pending = sum(summary["pending"] for summary in summaries)
                 totals = reporting.GetOperationTotals(reporting_pb2.GetOperationTotalsRequest(), timeout=10)
                 return pending == 0 and totals.read == total
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import itertools
 import json
 import subprocess
 import sys
@@ -16,14 +17,14 @@ from typing import Any
 
 import pytest
 
-from aggregator_svc.lag import partition_figures
+from aggregator_svc.lag import BACKLOGGED, INTERVAL_S, QUIET, partition_figures
 from common.storage import keys
 from localdev.otlp_sink import OtlpSink
 from localdev.ports import free_ports
 from localdev.prometheus import CONFIG, RULES, Prometheus
 from localdev.system import SERVICES, System, on_free_ports
 from profilemesh_cli.main import main
-from tests.conftest import TEST_SETTINGS, running_system
+from tests.conftest import PARTITIONS, TEST_SETTINGS, running_system
 from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,11 +163,14 @@ def test_prometheus_scrapes_exact_counts_per_route_and_method(
     assert deltas(rest_query, ("route", "method", "status"), rest_before) == dict(rest_expected)
     assert deltas(grpc_query, ("method", "code"), grpc_before) == dict(grpc_expected)
 
-    # The aggregator applied every event: lag and pending back to 0 on every partition, all 16 reported.
+    # The aggregator applied every event: lag and pending back to 0 on every partition, all of them reported. The
+    # gauges read every partition once from the start, BACKLOGGED + QUIET a second (4,096: within a minute).
     lag_query = "max by (partition) (profilemesh_aggregator_lag_entries + profilemesh_aggregator_pending_entries)"
     wait_until(
-        lambda: (lambda v: len(v) == 16 and set(v.values()) == {0})(_vector(prometheus, lag_query, ("partition",))),
-        30,
+        lambda: (lambda v: len(v) == PARTITIONS and set(v.values()) == {0})(
+            _vector(prometheus, lag_query, ("partition",))
+        ),
+        30 + PARTITIONS / (BACKLOGGED + QUIET) * INTERVAL_S,
         what="the aggregator's lag to return to 0",
     )
     # One event per successful operation: 1 create, 3 reads, 1 update, 1 delete.
@@ -341,8 +345,8 @@ def test_profilemesh_status_lists_everything_and_fails_when_a_node_stops(observe
     assert all(c["status"] == "SERVING" for c in report["components"])
     assert sorted(n["address"] for n in report["nodes"]) == sorted(f"127.0.0.1:{p}" for p in observed.cluster.ports)
     primaries = [n for n in report["nodes"] if n["role"] == "primary"]
-    assert len(primaries) == 3 and sorted(p for n in primaries for p in n["partitions"]) == list(range(16))
-    assert [p["partition"] for p in report["partitions"]] == list(range(16))
+    assert len(primaries) == 3 and sorted(p for n in primaries for p in n["partitions"]) == list(range(PARTITIONS))
+    assert [p["partition"] for p in report["partitions"]] == list(range(PARTITIONS))
     assert all({"length", "pending", "lag"} <= p.keys() for p in report["partitions"])
     text = _profilemesh(observed, "status")
     assert text.returncode == 0 and "status: healthy" in text.stdout
@@ -366,7 +370,9 @@ def test_profilemesh_status_lists_everything_and_fails_when_a_node_stops(observe
 
 def test_lag_figures_count_undelivered_and_pending_entries(observed: System) -> None:
     """The figures behind the lag gauges and `profilemesh status`, for a group that reads slower than writes."""
-    users = [f"lag{i}" for i in range(200) if keys.partition_of(f"lag{i}", 16) == 5][:3]
+    users = list(
+        itertools.islice((u for i in itertools.count() if keys.partition_of(u := f"lag{i}", PARTITIONS) == 5), 3)
+    )
     stream = keys.events_key(5)
 
     async def check() -> None:

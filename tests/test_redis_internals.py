@@ -24,6 +24,7 @@ from localdev.cluster import LocalCluster
 from localdev.ports import free_ports
 from localdev.system import System
 from localdev.waiting import poll_until
+from tests.conftest import PARTITIONS
 
 
 def test_the_parser_internals_it_patches_are_there() -> None:
@@ -46,7 +47,7 @@ def test_the_connection_internals_it_pipelines_on_are_there() -> None:
 
 def test_one_connection_carries_a_script_and_its_wait(system: System) -> None:
     """The durable path's shape: commands and WAIT on one connection, replies (errors too) in order."""
-    key = keys.profile_key("internals-pipeline", 16)
+    key = keys.profile_key("internals-pipeline", PARTITIONS)
 
     async def pipeline() -> list[object]:
         cluster = Cluster(system.client_settings())

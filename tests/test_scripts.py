@@ -7,6 +7,7 @@ touches them and every key of one test lives in one slot, as a script in a clust
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import uuid
 import zlib
@@ -443,14 +444,17 @@ def test_top_profiles_merge_breaks_ties_by_name_across_partitions(
 ) -> None:
     """Statistics written straight into an otherwise empty system's partitions: many equal scores everywhere."""
     scores: dict[str, int] = {}
-    for i in range(160):
-        # Names whose reverse order differs from their order, spread over every partition.
-        scores[f"u{i:03d}"] = 7 if i % 5 else 4
-    scores.update({"zz-top": 9, "zz-second": 8})
     by_partition: dict[int, dict[str, int]] = {}
-    for user, score in scores.items():
+    for i in itertools.count():
+        if i >= 160 and len(by_partition) == PARTITIONS:
+            break
+        # Names whose reverse order differs from their order, spread over every partition (160 names cover 16).
+        user, score = f"u{i:03d}", 7 if i % 5 else 4
+        scores[user] = score
         by_partition.setdefault(keys.partition_of(user, PARTITIONS), {})[user] = score
-    assert len(by_partition) == PARTITIONS
+    for user, score in {"zz-top": 9, "zz-second": 8}.items():
+        scores[user] = score
+        by_partition[keys.partition_of(user, PARTITIONS)][user] = score
     for partition, members in by_partition.items():
         fresh_client.zadd(keys.reads_key(partition), members)
 

@@ -2,19 +2,19 @@
 
 A top list or the totals read every partition, so they are read per node: one pipeline per primary carrying
 each of its partitions' function calls (Cluster.run_many), a cost that grows with the primaries, not the
-partitions. Top lists are shared for PROFILEMESH_REPORTING_CACHE_MS: calls arriving while a fan-out is in
-flight await it (single flight), and calls within the window after it started take its answer, cut to their
-limit.
+partitions. Top lists and the totals are shared for PROFILEMESH_REPORTING_CACHE_MS: calls arriving while a
+fan-out is in flight await it (single flight), and calls within the window after it started take its answer
+(a top list cut to their limit).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from common.rpc.status import MAX_CALL_S
 from common.rpc.validation import check_limit, check_user
@@ -26,13 +26,16 @@ SCRIPTS = Path(__file__).parent / "scripts"
 Ranking = list[tuple[str, int]]
 
 
+T = TypeVar("T")
+
+
 @dataclass
-class _Fetch:
-    """One fan-out for the top `limit`, shared by every call it can answer while fresh."""
+class _Fetch(Generic[T]):
+    """One fan-out (for the top `limit`; 0 for the totals), shared by every call it can answer while fresh."""
 
     limit: int
     started: float  # time.monotonic() when it was sent: the answer is no older than this
-    task: asyncio.Task[Ranking]
+    task: asyncio.Task[T]
 
     def answers(self, limit: int, now: float, window_s: float, since: float) -> bool:
         if limit > self.limit or self.started < since:
@@ -42,9 +45,21 @@ class _Fetch:
         return not self.task.cancelled() and self.task.exception() is None and now - self.started < window_s
 
 
-def _retrieved(task: asyncio.Task[Ranking]) -> None:
+def _retrieved(task: asyncio.Task[Any]) -> None:
     if not task.cancelled():
         task.exception()
+
+
+def _joined(
+    latest: _Fetch[T] | None, limit: int, since: float, window_s: float, fan_out: Callable[[], Coroutine[Any, Any, T]]
+) -> _Fetch[T]:
+    """`latest` if it answers the call, else a fan-out started now: a task of its own, so a caller that gives up
+    (its deadline, a cancelled call) cancels only its wait."""
+    if latest is not None and latest.answers(limit, time.monotonic(), window_s, since):
+        return latest
+    task = asyncio.create_task(fan_out())
+    task.add_done_callback(_retrieved)  # its failure is each waiting caller's; none may be left waiting
+    return _Fetch(limit, time.monotonic(), task)
 
 
 class Reports:
@@ -54,7 +69,8 @@ class Reports:
         self.cache_s = cache_ms / 1000
         self._top_readers = cluster.script(SCRIPTS / "top_readers.lua", repeatable=True)  # it only reads
         self._partition_totals = cluster.script(SCRIPTS / "partition_totals.lua", repeatable=True)
-        self._latest: _Fetch | None = None
+        self._latest: _Fetch[Ranking] | None = None
+        self._latest_totals: _Fetch[list[dict[bytes, bytes]]] | None = None
 
     async def top_profiles(self, limit: int, since: float = 0.0) -> Ranking:
         """The top `limit` users by reads, highest first, ties by user name; read no earlier than `since`
@@ -66,12 +82,7 @@ class Reports:
         check_limit(limit)
         if not self.cache_s:
             return await self._fan_out(limit)
-        fetch = self._latest
-        if fetch is None or not fetch.answers(limit, time.monotonic(), self.cache_s, since):
-            # A task of its own: a caller that gives up (its deadline, a cancelled call) cancels only its wait.
-            task = asyncio.create_task(self._fan_out(limit), name=f"top-profiles-{limit}")
-            task.add_done_callback(_retrieved)  # its failure is each waiting caller's; none may be left waiting
-            fetch = self._latest = _Fetch(limit, time.monotonic(), task)
+        fetch = self._latest = _joined(self._latest, limit, since, self.cache_s, lambda: self._fan_out(limit))
         return (await asyncio.shield(fetch.task))[:limit]
 
     async def _fan_out(self, limit: int) -> Ranking:
@@ -108,9 +119,16 @@ class Reports:
         replies = await self._on_every_partition(self._partition_totals, keys.totals_key, [])
         return [dict(zip(flat[::2], flat[1::2], strict=True)) for flat in replies]
 
+    async def _shared_totals(self) -> list[dict[bytes, bytes]]:
+        """partition_totals, shared as the top lists are: GetOperationTotals reads every partition too."""
+        if not self.cache_s:
+            return await self.partition_totals()
+        fetch = self._latest_totals = _joined(self._latest_totals, 0, 0.0, self.cache_s, self.partition_totals)
+        return await asyncio.shield(fetch.task)
+
     async def operation_totals(self, partition_totals: list[dict[bytes, bytes]] | None = None) -> dict[str, int]:
         summed: dict[str, int] = {str(kind): 0 for kind in keys.EventType}
-        for counts in partition_totals if partition_totals is not None else await self.partition_totals():
+        for counts in partition_totals if partition_totals is not None else await self._shared_totals():
             for kind, count in counts.items():
                 if kind.decode() in summed:
                     summed[kind.decode()] += int(count)

@@ -206,6 +206,34 @@ def test_concurrent_calls_share_one_fan_out_and_a_later_call_reads_again(wide: W
     assert fan_outs(before) == 1
 
 
+def test_concurrent_totals_share_one_fan_out_and_a_later_call_reads_again(wide: Wide) -> None:
+    """GetOperationTotals reads every partition too: its calls share fan-outs as the top lists' do."""
+
+    async def together(count: int) -> list[dict[str, int]]:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{wide.cached_port}") as channel:
+            stub = reporting_pb2_grpc.ReportingServiceStub(channel)
+            replies = await asyncio.gather(
+                *(stub.GetOperationTotals(reporting_pb2.GetOperationTotalsRequest(), timeout=10) for _ in range(count))
+            )
+        return [{kind: getattr(reply, kind) for kind in KINDS} for reply in replies]
+
+    def fan_outs(before: dict[str, tuple[int, int]]) -> float:
+        after = wide.counters()
+        return sum(after[name][0] - before[name][0] for name in after) / PARTITIONS
+
+    time.sleep(CACHE_MS / 1000 + 0.1)  # nothing cached from an earlier test
+    before = wide.counters()
+    assert asyncio.run(together(50)) == [wide.totals()] * 50
+    assert fan_outs(before) == 1
+
+    # After the window: a fresh fan-out, which sees a change.
+    wide.admin.hincrby(keys.totals_key(7), "update", 3)
+    time.sleep(CACHE_MS / 1000 + 0.1)
+    before = wide.counters()
+    assert asyncio.run(together(1)) == [wide.totals()]
+    assert fan_outs(before) == 1
+
+
 def test_a_watch_sees_a_change_made_within_the_cache_window(wide: Wide) -> None:
     """The poller reads the top list through the cache, but never one read before the totals that told it of a
     change: a list cached just before the change would otherwise be sent with the new totals and kept."""

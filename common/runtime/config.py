@@ -199,7 +199,8 @@ class Settings:
     watch_interval_ms: int = setting(250, "WatchTopProfiles sends at most one message per interval", minimum=1)
     reporting_cache_ms: int = setting(
         250,
-        "GetTopProfiles calls (and WatchTopProfiles) within this of a fan-out share its top list; 0: each call its own",
+        "GetTopProfiles and GetOperationTotals calls (and WatchTopProfiles) within this of a fan-out share its answer;"
+        " 0: each call its own",
         minimum=0,
     )
     # The gateway's public edge; see gateway/edge.py.

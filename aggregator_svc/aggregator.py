@@ -14,6 +14,7 @@ share a pipeline per primary, and one partition on a shard that is down fails al
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from pathlib import Path
@@ -290,10 +291,31 @@ class Aggregator:
 
     async def _maintenance(self) -> None:
         """Every maintenance interval: look after the partitions due, all at once (their scripts share a pipeline
-        per primary)."""
-        while True:
-            await asyncio.sleep(self.maintenance_s - time.monotonic() % self.maintenance_s)
-            await asyncio.gather(*(self._look_after(partition) for partition in self._due(time.monotonic())))
+        per primary). An instant does not wait for the last one's stragglers: a partition on a shard that is
+        down waits out its timeouts, and the others' maintenance must not wait with it (at 4,096 partitions a
+        third of them can be there). A partition still being looked after sits the instant out."""
+        looking: dict[int, asyncio.Task[None]] = {}
+        failed: list[BaseException] = []
+
+        def done(partition: int, task: asyncio.Task[None]) -> None:
+            del looking[partition]
+            error = None if task.cancelled() else task.exception()
+            if error is not None:
+                failed.append(error)
+
+        try:
+            while True:
+                await asyncio.sleep(self.maintenance_s - time.monotonic() % self.maintenance_s)
+                if failed:  # a defect, not the cluster's failure (_look_after outlives those): end every loop
+                    raise failed[0]
+                for partition in self._due(time.monotonic()):
+                    if partition not in looking:
+                        looking[partition] = task = asyncio.create_task(self._look_after(partition))
+                        task.add_done_callback(functools.partial(done, partition))
+        finally:
+            for task in list(looking.values()):
+                task.cancel()
+            await asyncio.gather(*looking.values(), return_exceptions=True)
 
     def _due(self, now: float) -> list[int]:
         """The partitions to look after at the maintenance instant `now`: those with recent events, and on one

@@ -488,3 +488,32 @@ def test_a_replica_consumes_only_its_share() -> None:
             await asyncio.gather(*tasks, wakes, return_exceptions=True)
 
     _run(scenario)
+
+
+def test_a_partition_whose_maintenance_hangs_does_not_hold_back_the_others() -> None:
+    """A partition on a shard that is down waits out its timeouts; the other partitions are looked after every
+    instant meanwhile, and the hung one is not looked after twice at once."""
+
+    async def scenario() -> None:
+        _, agg = _setup(partitions=2, aggregator_maintenance_s=1)
+        for partition in (0, 1):
+            agg._active_until[partition] = time.monotonic() + 3600
+        looked_after: list[int] = []
+        stalled = asyncio.Event()
+
+        async def look_after(partition: int) -> None:
+            looked_after.append(partition)
+            if partition == 0:
+                await stalled.wait()
+
+        agg._look_after = look_after  # type: ignore[method-assign]
+        loop = asyncio.create_task(agg._maintenance())
+        await _until(lambda: looked_after.count(1) >= 3, loop)
+        assert looked_after.count(0) == 1, "the hung partition's look-after is not started again"
+        stalled.set()
+        await _until(lambda: looked_after.count(0) == 2, loop)
+        loop.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await loop
+
+    _run(scenario)

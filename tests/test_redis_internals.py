@@ -149,7 +149,7 @@ def test_a_client_started_before_its_cluster_exists_connects_once_it_does(tmp_pa
             halfway = await client.ping()
             first.execute_command("CLUSTER", "FLUSHSLOTS")
             first.close()
-            await asyncio.to_thread(cluster._create)
+            await asyncio.to_thread(cluster._create, 30)
             await asyncio.to_thread(cluster.wait_ready, 30)
             deadline = time.monotonic() + 10
             while not await client.ping() and time.monotonic() < deadline:

@@ -463,6 +463,7 @@ def test_top_profiles_merge_breaks_ties_by_name_across_partitions(
     async def in_process(limits: list[int]) -> list[list[tuple[str, int]]]:
         cluster = Cluster(fresh_system.client_settings("reporting_svc"))
         try:
+            await cluster.verify_partitions()  # the layout's generation, as the service learns it at start
             reports = Reports(cluster, cluster.settings.partitions)
             return [await reports.top_profiles(limit) for limit in limits]
         finally:

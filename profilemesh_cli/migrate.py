@@ -88,7 +88,19 @@ def cmd_resize(args: argparse.Namespace, settings: Settings) -> int:
         print(f"error: cannot resize the cluster at {where}: {type(error).__name__}: {error}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(asdict(report), indent=2))
+        print(
+            json.dumps(
+                {
+                    "source": {"partitions": report.source.partitions, "generation": report.source.generation},
+                    "target": {"partitions": report.target.partitions, "generation": report.target.generation},
+                    "copied": asdict(report.copied),
+                    "check": asdict(report.check),
+                    "seconds": round(report.seconds, 3),
+                    "removed_keys": report.removed_keys,
+                },
+                indent=2,
+            )
+        )
     else:
         copied = report.copied
         print(

@@ -185,9 +185,15 @@ def test_a_resize_keeps_every_profile_count_and_tombstone_and_counting_goes_on(r
     _refused_start(system, tmp_path, 64, "being resized from 64 to 8")
     with pytest.raises(ResizeRefused, match="with --partitions 8 to finish it"):
         _resize(system, 32)
-    report = _resize(system, 8)
+    done = _profilemesh(system, "cluster", "resize", "--partitions", "8", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
     print(f"64 -> 8: {report}")
-    assert report.copied == report.check and report.copied.profiles == len(model.profiles)
+    assert (report["source"], report["target"]) == (
+        {"partitions": 64, "generation": 1},
+        {"partitions": 8, "generation": 2},
+    )
+    assert report["copied"] == report["check"] and report["copied"]["profiles"] == len(model.profiles)
     assert _layout_record(admin) == "8 g2"
     assert {tag.endswith(".g2}") for tag in _tags(admin)} == {True}
 

@@ -115,7 +115,6 @@ class Aggregator:
         # awaits, or True when the wake-up came while no loop waited.
         self._wake: dict[int, asyncio.Future[bool] | bool] = dict.fromkeys(self.partitions, False)
         self.generation = 0  # the layout's, read by run() before anything touches a key
-        self._partition_of_wake: dict[str, int] = {}
         # Until when (monotonic) a partition counts as having recent events: its entries are still to be trimmed.
         self._active_until = dict.fromkeys(self.partitions, 0.0)
         self._active_s = settings.retention_s + 2 * settings.maintenance_s
@@ -134,11 +133,7 @@ class Aggregator:
                 loops.create_task(self._recounts(partition))
 
     async def _watch_wakes(self) -> None:
-        self._partition_of_wake = {keys.wake_key(p, self.generation): p for p in self.partitions}
-        await self.cluster.watch_channels(list(self._partition_of_wake), self._woken)
-
-    def _woken(self, channel: str) -> None:
-        self._wake_up(self._partition_of_wake[channel])
+        await self.cluster.watch_wakes(self.partitions, self._wake_up)
 
     def _wake_up(self, partition: int) -> None:
         waiter = self._wake[partition]

@@ -318,7 +318,6 @@ class EventsFeed:
         self._tailers: list[asyncio.Task[None]] = []
         self._starting = asyncio.Lock()
         self._tokens: Tokens | None = None
-        self._partition_of_wake: dict[str, int] = {}  # by _watch_wakes, once the layout's generation is known
         self._due: set[int] = set()  # partitions woken (or with more to read) that the tail reader has yet to read
         self._nudge = asyncio.Event()  # set when a partition became due
 
@@ -498,12 +497,7 @@ class EventsFeed:
     async def _watch_wakes(self) -> None:
         """Every partition's wake channel, one subscription per primary; each channel also counts as woken when
         its subscription is made (what was published before is lost)."""
-        generation = self.cluster.generation
-        self._partition_of_wake = {keys.wake_key(p, generation): p for p in range(self.partitions)}
-        await self.cluster.watch_channels(list(self._partition_of_wake), self._woken)
-
-    def _woken(self, channel: str) -> None:
-        self._wake_up(self._partition_of_wake[channel])
+        await self.cluster.watch_wakes(range(self.partitions), self._wake_up)
 
     def _wake_up(self, partition: int) -> None:
         self._due.add(partition)

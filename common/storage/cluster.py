@@ -2,7 +2,7 @@
 
 Scripts run through one runner (common/storage/runner.py), as the functions an admin step loaded (FCALL, see
 common/storage/functions.py); plain commands run on the bounded client (`bounded`). Loops that wait for new
-stream entries do so by sharded pub/sub (`watch_channels`), a connection per primary, not a blocking read
+stream entries do so by sharded pub/sub (`watch_wakes`), a connection per primary, not a blocking read
 per partition. Nothing outside common/storage imports redis-py, and what fails here is raised as one
 of common/errors.py's StorageErrors (or a ServiceError that says what the caller must know).
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -109,6 +109,12 @@ class Cluster:
         async with self.connection.bounded("command", "xreadgroup") as client:
             reply: Any = await client.xreadgroup(group, consumer, {stream: "0"}, count=count)
         return list(reply[0][1]) if reply else []
+
+    async def watch_wakes(self, partitions: Iterable[int], woken: Callable[[int], None]) -> None:
+        """Call `woken(partition)` for each wake-up of the partitions' wake flags (keys.wake_key), and for every
+        partition whenever its subscription is (re)made; runs until cancelled."""
+        of_channel = {keys.wake_key(partition, self.generation): partition for partition in partitions}
+        await self.watch_channels(list(of_channel), lambda channel: woken(of_channel[channel]))
 
     async def watch_channels(self, channels: Sequence[str], woken: Callable[[str], None]) -> None:
         """Call `woken(channel)` for each message on the sharded `channels`, and for every channel whenever its

@@ -26,6 +26,7 @@ from aggregator_svc.aggregator import Aggregator
 from common.errors import ClusterUnavailable, CommandFailed, NoGroup
 from common.runtime.config import Settings
 from common.storage import keys
+from common.storage.cluster import Cluster
 
 CONSUMER = "replica-a"
 GROUP = "aggregator"
@@ -143,6 +144,8 @@ class FakeCluster:
         stream = self._group(stream_key)
         mine = sorted(n for n, p in stream.pending.items() if p.consumer == consumer)[:count]
         return [(_id(n), {b"user": b"u"}) for n in mine]
+
+    watch_wakes = Cluster.watch_wakes  # the real mapping of partitions to channels, over the fake subscription
 
     async def watch_channels(self, channels: list[str], woken: Callable[[str], None]) -> None:
         """Sharded pub/sub: every channel counts as woken once subscribed, then each message wakes its own."""

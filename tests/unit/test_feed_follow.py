@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from common.storage import keys
+from common.storage.cluster import Cluster
 from profile_svc import events_feed
 from profile_svc.events_feed import Anchor, Event, EventsFeed, Read
 from tests.unit.test_feed_overflow import EVERYTHING, InMemoryFeed, _clock, _next_events, _settings
@@ -27,6 +28,8 @@ class WakeCluster:
 
     def script(self, path: Any, repeatable: bool = False) -> object:
         return path
+
+    watch_wakes = Cluster.watch_wakes  # the real mapping of partitions to channels, over the fake subscription
 
     async def watch_channels(self, channels: Sequence[str], woken: Callable[[str], None]) -> None:
         self.woken = woken

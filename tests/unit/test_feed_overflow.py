@@ -45,7 +45,7 @@ class FakeCluster:
     def script(self, path: Any, repeatable: bool = False) -> object:
         return path
 
-    async def watch_channels(self, channels: Any, woken: Any) -> None:
+    async def watch_wakes(self, partitions: Any, woken: Any) -> None:
         await asyncio.Event().wait()
 
 

@@ -104,6 +104,26 @@ def recount_key(partition: int, generation: int = 0) -> str:
     return f"{STATS_PREFIX}recount:{tag(partition, generation)}"
 
 
+def partition_keys(partition: int, generation: int = 0) -> list[str]:
+    """Every key of the partition that is not a profile: what a resize removes with the old layout."""
+    return [
+        *(
+            key_of(partition, generation)
+            for key_of in (
+                events_key,
+                trimmed_key,
+                wake_key,
+                reads_key,
+                totals_key,
+                deleted_key,
+                deleted_at_key,
+                recount_key,
+            )
+        ),
+        fence_key(events_key(partition, generation)),
+    ]
+
+
 class Layout(NamedTuple):
     """A deployment's partitions as PARTITIONS_KEY records them."""
 

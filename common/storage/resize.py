@@ -325,18 +325,7 @@ async def _remove(client: RedisCluster, layout: keys.Layout) -> int:
         return sum(int(reply) for reply in await _pipelined(client, [("UNLINK", key) for key in batch]))
 
     removed = await _each_profile_batch(client, layout, unlink)
-    per_partition = (
-        keys.events_key,
-        keys.trimmed_key,
-        keys.wake_key,
-        keys.reads_key,
-        keys.totals_key,
-        keys.deleted_key,
-        keys.deleted_at_key,
-        keys.recount_key,
-    )
-    unlinks: list[Command] = []
-    for partition in range(layout.partitions):
-        fence = keys.fence_key(keys.events_key(partition, layout.generation))
-        unlinks.extend(("UNLINK", key) for key in (*(of(partition, layout.generation) for of in per_partition), fence))
+    unlinks: list[Command] = [
+        ("UNLINK", key) for p in range(layout.partitions) for key in keys.partition_keys(p, layout.generation)
+    ]
     return removed + sum(int(reply) for reply in await _pipelined(client, unlinks))

@@ -25,13 +25,13 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode
 from redis.exceptions import AskError, MovedError, ResponseError, SlotNotCoveredError
 
 from common.errors import FunctionsNotLoaded, ServiceError, StorageError, Unavailable
 from common.runtime import metrics
 from common.storage import functions
-from common.storage.connection import Connection, Script
+from common.storage.connection import MAX_BACKOFF_S, Connection, Script
 from common.storage.durability import Confirm, Waits
 from common.storage.errors import BROKEN, NOT_EXECUTED, neutral
 from common.storage.group_commit import GroupCommit
@@ -41,7 +41,6 @@ from common.storage.replicas import ReplicaCheck
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF_S = 0.2
 UNCONFIRMED = (
     "the cluster did not confirm the operation in time: it may or may not have happened; "
     "retrying is safe (a create then answers ALREADY_EXISTS, a delete NOT_FOUND)"
@@ -135,8 +134,7 @@ class ScriptRunner:
         at once: their scripts share one pipeline per primary. The caller bounds the retries with a deadline
         (asyncio.timeout).
         """
-        async with self.connection.scripting(script, bounded=bounded) as client:
-            return await self._run(client, script, keys, args, confirm, together)
+        return await self._run(script, keys, args, confirm, together, bounded)
 
     async def run_many(
         self,
@@ -222,8 +220,8 @@ class ScriptRunner:
         """One member of a batch run by itself, within a budget below the call's deadline, so that one member
         on a shard in trouble can't make the whole batch miss it: the others' answers are ready."""
         try:
-            async with asyncio.timeout(retry_budget_s), self.connection.scripting(script) as client:
-                results[index] = await self._run(client, script, call[0], call[1], confirm, together=False)
+            async with asyncio.timeout(retry_budget_s):
+                results[index] = await self._run(script, call[0], call[1], confirm, together=False)
         except TimeoutError:
             results[index] = Unavailable(PARTITION_SLOW, reason="PARTITION_UNAVAILABLE")
         except (ServiceError, StorageError) as error:
@@ -231,35 +229,44 @@ class ScriptRunner:
 
     async def _run(
         self,
-        client: RedisCluster,
         script: Script,
         keys: Sequence[str],
         args: Sequence[Any],
         confirm: Confirm,
         together: bool,
+        bounded: bool = True,
     ) -> Any:
+        """Attempts until one is not provably unexecuted. Each attempt holds a place within the concurrency
+        bound, the backoff between them none: a shard that is down refuses at once, and its partitions'
+        retries, without a deadline in the aggregator's loops, must not keep the healthy partitions' calls
+        waiting for a place (at 4,096 partitions a third of them are on the shard)."""
         ask: Ask | None = None
         attempt = 0
         while True:
-            try:
-                node = client.get_node(ask.host, ask.port) if ask else client.get_node_from_key(keys[0])
-                if node is None:  # an ASK to a node the client does not know yet
-                    raise NotExecuted("unknown node")
-                return await self._run_once(node, script, keys, args, confirm, ask is not None, together)
-            except Ask as redirect:
-                ask = redirect
-            except SlotNotCoveredError:
+            async with self.connection.scripting(script, bounded=bounded) as client:
+                try:
+                    node = client.get_node(ask.host, ask.port) if ask else client.get_node_from_key(keys[0])
+                    if node is None:  # an ASK to a node the client does not know yet
+                        raise NotExecuted("unknown node")
+                    return await self._run_once(node, script, keys, args, confirm, ask is not None, together)
+                except Ask as redirect:
+                    ask = redirect
+                    continue
+                except SlotNotCoveredError:
+                    not_run: NotExecuted | None = None  # no node serves the slot
+                except NotExecuted as reason:
+                    not_run = reason
+            if not_run is None:
                 # No node serves the partition any more (its whole shard is down): say so now
                 # rather than retrying until the deadline. Other partitions keep working.
                 await self.connection.refresh_topology()
                 raise Unavailable(PARTITION_DOWN, reason="PARTITION_UNAVAILABLE") from None
-            except NotExecuted as reason:
-                ask = None
-                log.debug("not executed, retrying: %s", reason)
-                metrics.CLUSTER_RETRIES.inc()
-                await self.connection.refresh_topology()
-                await asyncio.sleep(min(MAX_BACKOFF_S, 0.01 * 2**attempt))
-                attempt += 1
+            ask = None
+            log.debug("not executed, retrying: %s", not_run)
+            metrics.CLUSTER_RETRIES.inc()
+            await self.connection.refresh_topology()
+            await asyncio.sleep(min(MAX_BACKOFF_S, 0.01 * 2**attempt))
+            attempt += 1
 
     async def _run_once(
         self,

@@ -3,6 +3,9 @@ aggregation included."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
 import random
 import signal
 import time
@@ -10,10 +13,14 @@ import time
 import grpc
 from redis.cluster import RedisCluster
 
+from common.errors import ServiceError, StorageError
 from common.storage import keys
+from common.storage.cluster import Cluster
+from localdev.cluster import LocalCluster
 from localdev.faults import primary_of, shard_of
 from localdev.system import System
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
+from reporting_svc.reports import SCRIPTS as REPORTING_SCRIPTS
 from tests.conftest import PARTITIONS, TEST_SETTINGS
 from tests.helpers import expected_statistics, http_call, scores_of, wait_until
 
@@ -149,6 +156,75 @@ def test_aggregation_goes_on_for_the_other_partitions(fresh_system: System, fres
         # Every partition answers again (NOT_FOUND for users this module's other test did not create).
         answered = {grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND}
         wait_until(lambda: set(_read_all(stub).values()) <= answered, timeout_s=30, what="every partition back")
+
+
+def test_retries_on_a_down_shard_leave_room_for_the_other_partitions(fresh_system: System) -> None:
+    """The aggregator's loops retry a down shard's partitions without a deadline. Each attempt holds a place
+    within the process's concurrency bound, the backoff between attempts none: a call to a healthy partition is
+    served at once, even with four times the bound's worth of such retries going on (before, it waited behind
+    them for as long as the shard was down; at 4,096 partitions a third of the maintenance is there)."""
+    cluster = fresh_system.cluster
+    shard = _healthy_shard_of(cluster, keys.events_key(0))
+    down = [p for p in range(PARTITIONS) if primary_of(cluster, keys.events_key(p)) == shard[0]]
+    healthy = [p for p in range(PARTITIONS) if p not in down]
+    settings = dataclasses.replace(fresh_system.client_settings("reporting_svc"), redis_max_concurrency=4)
+
+    async def scenario() -> tuple[float, int]:
+        client = Cluster(settings)
+        try:
+            await client.verify_partitions()
+            top_readers = client.script(REPORTING_SCRIPTS / "top_readers.lua", repeatable=True)
+
+            async def read(partition: int) -> object:
+                return await client.run(top_readers, [keys.reads_key(partition, client.generation)], [3])
+
+            async def keep_reading(partition: int) -> None:
+                while True:  # as a loop of the aggregator's does, whether the call is retried or fails at once
+                    with contextlib.suppress(ServiceError, StorageError):
+                        await read(partition)
+                    await asyncio.sleep(0.05)
+
+            await read(healthy[0])  # connected, the layout checked (its record may be on the shard)
+            for index in shard:
+                await asyncio.to_thread(cluster.stop_node, index)
+            retrying = [asyncio.create_task(keep_reading(down[i % len(down)])) for i in range(16)]
+            try:
+                await asyncio.sleep(1)
+                started = time.monotonic()
+                async with asyncio.timeout(10):
+                    for partition in healthy:
+                        await read(partition)
+                return time.monotonic() - started, sum(not task.done() for task in retrying)
+            finally:
+                for task in retrying:
+                    task.cancel()
+                await asyncio.gather(*retrying, return_exceptions=True)
+        finally:
+            await client.close()
+
+    try:
+        took_s, still_retrying = asyncio.run(scenario())
+    finally:
+        for index in shard:
+            cluster.start_node(index)
+        cluster.wait_ready()
+    assert still_retrying == 16  # they were still at it while the healthy partitions were read
+    print(f"\n{len(healthy)} healthy partitions read in {took_s:.2f} s beside 16 retrying calls (bound 4)")
+
+
+def _healthy_shard_of(cluster: LocalCluster, key: str) -> list[int]:
+    """shard_of, once every node sees the shard's primary healthy again (after another test restarted it)."""
+    found: list[int] = []
+
+    def healthy() -> bool:
+        try:
+            found[:] = shard_of(cluster, key)
+        except LookupError:
+            return False
+        return True
+
+    wait_until(healthy, timeout_s=30, what="the shard's primary to be seen healthy")
+    return found
 
 
 def _call(stub: profile_pb2_grpc.ProfileServiceStub, user: str, kind: str) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from aggregator_svc.share import Share
-from common.errors import NoGroup, StorageError
+from common.errors import ClusterUnavailable, NoGroup, StorageError
 from common.runtime import metrics
 from common.runtime.config import AggregatorSettings
 from common.storage import keys
@@ -36,7 +36,9 @@ TRIM_SCRIPT = SCRIPTS / "trim_acknowledged.lua"
 RECOUNT_SCRIPT = SCRIPTS / "recount_step.lua"
 # Entries one recount step reads: keeps each step's script well under 50 ms (tests/test_script_time.py).
 RECOUNT_STEP = 500
-RETRY_S = 0.5
+RETRY_S = 0.5  # a partition's first retry after its cluster calls failed; each next one waits twice as long,
+MAX_RETRY_S = 2.0  # up to this: a shard that is down holds a third of 4,096 partitions, each retrying
+TAKE_DEADLINE_S = 2.0  # a take's script and its retries (a take applies what it takes: ending it early is safe)
 # A quiet partition is looked after (reclaimed, trimmed, recounted) on one quiet check in this many; the others
 # only take it, for a wake-up that was lost. Its entries were trimmed while it had recent events; what is left
 # to do there is another replica's (a consumer of one that died, a recount half done before the partition fell
@@ -118,6 +120,9 @@ class Aggregator:
         # Until when (monotonic) a partition counts as having recent events: its entries are still to be trimmed.
         self._active_until = dict.fromkeys(self.partitions, 0.0)
         self._active_s = settings.retention_s + 2 * settings.maintenance_s
+        # A partition's failed cluster calls in a row (_consume): while any, its maintenance, which would fail
+        # too, is left out.
+        self._failures = dict.fromkeys(self.partitions, 0)
 
     async def run(self) -> None:
         """Consume every partition until cancelled; an unexpected failure of one loop ends them all (a task
@@ -185,6 +190,7 @@ class Aggregator:
                     # after every error, rather than waiting for them to be reclaimed as idle. A take applies
                     # and acknowledges in one script, so none are left pending by this version.
                     entries = await self.cluster.read_own_pending(stream, self.group, self.consumer, self.batch)
+                    self._failures[partition] = 0
                     if entries:
                         await self._apply_entries(partition, entries)
                     own_pending = len(entries) == self.batch
@@ -193,6 +199,7 @@ class Aggregator:
                     await self._woken_before_idle_check(partition)
                     continue
                 taken = await self._take(partition)
+                self._failures[partition] = 0
                 # Idle (the take armed the partition's wake flag): wait for the next event's wake-up. None by
                 # the idle check: take again, which also finds a stream flushed or failed over in the meantime.
                 if not taken and not await self._woken_before_idle_check(partition):
@@ -207,20 +214,28 @@ class Aggregator:
                 group_ready = False
             except StorageError as error:
                 own_pending = True
-                log.warning("partition %d: cluster unavailable: %r", partition, error)
-                await asyncio.sleep(RETRY_S)
+                self._failures[partition] += 1
+                if self._failures[partition] == 1:  # once per outage: a shard down is thousands of partitions
+                    log.warning("partition %d: cluster unavailable: %r", partition, error)
+                await asyncio.sleep(min(MAX_RETRY_S, RETRY_S * 2 ** (self._failures[partition] - 1)))
 
     async def _take(self, partition: int) -> int:
         """Take the group's next entries for us, apply and acknowledge them: one script, their content stays in
         the cluster. Returns how many were taken; when none, the script armed the partition's wake flag. The
-        partitions that take on the same tick send their takes together, one pipeline per primary."""
-        applied, gone, taken, _, malformed, queued = await self.cluster.run(
-            self._apply,
-            take_keys(partition, self.generation),
-            [self.group, ">", self.consumer, self.batch],
-            bounded=False,
-            together=True,
-        )
+        partitions that take on the same tick send their takes together, one pipeline per primary. Within a
+        deadline: the script runner retries a shard that is down for as long as it is given, and the loop's own
+        backoff must take over (at 4,096 partitions, a third of them retrying every 0.2 s took a whole core)."""
+        try:
+            async with asyncio.timeout(TAKE_DEADLINE_S):
+                applied, gone, taken, _, malformed, queued = await self.cluster.run(
+                    self._apply,
+                    take_keys(partition, self.generation),
+                    [self.group, ">", self.consumer, self.batch],
+                    bounded=False,
+                    together=True,
+                )
+        except TimeoutError:
+            raise ClusterUnavailable(f"no take of partition {partition} answered within {TAKE_DEADLINE_S} s") from None
         if taken:
             self._active_until[partition] = time.monotonic() + self._active_s
             self._count(partition, int(applied), int(gone), malformed, int(queued))
@@ -265,18 +280,12 @@ class Aggregator:
 
     async def _reclaim(self, partition: int) -> None:
         """Take over entries another consumer left pending too long (it crashed or stalled)."""
-        start = "0-0"
+        stream = keys.events_key(partition, self.generation)
+        start: Any = "0-0"
         while True:
-            async with self.cluster.bounded() as client:
-                reply = await client.xautoclaim(
-                    keys.events_key(partition, self.generation),
-                    self.group,
-                    self.consumer,
-                    min_idle_time=self.claim_idle_ms,
-                    start_id=start,
-                    count=self.batch,
-                )
-            start, entries = reply[0], reply[1]
+            start, entries = await self.cluster.claim_idle(
+                stream, self.group, self.consumer, self.claim_idle_ms, start, self.batch
+            )
             if entries:
                 metrics.RECLAIMED.inc(len(entries))
                 applied = await self._apply_entries(partition, entries)
@@ -320,7 +329,8 @@ class Aggregator:
         return [
             p
             for p in self.share.owned
-            if self._active_until[p] > now or quiet and p % self.slices == tick % self.slices
+            if (self._active_until[p] > now or quiet and p % self.slices == tick % self.slices)
+            and not self._failures[p]
         ]
 
     async def _look_after(self, partition: int) -> None:

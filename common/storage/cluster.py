@@ -105,10 +105,21 @@ class Cluster:
         return True
 
     async def read_own_pending(self, stream: str, group: str, consumer: str, count: int) -> Entries:
-        """The entries delivered to `consumer` and not yet acknowledged (XREADGROUP from 0)."""
-        async with self.connection.bounded("command", "xreadgroup") as client:
-            reply: Any = await client.xreadgroup(group, consumer, {stream: "0"}, count=count)
-        return list(reply[0][1]) if reply else []
+        """The entries delivered to `consumer` and not yet acknowledged (XREADGROUP from 0), in one attempt:
+        the aggregator reads them after every failure, of every partition of a shard that is down too."""
+        command = ("XREADGROUP", "GROUP", group, consumer, "COUNT", count, "STREAMS", stream, "0")
+        reply: Any = await self.connection.on_primary(stream, command, "xreadgroup")
+        # RESP3, our connections' protocol: a map of the stream to its entries (nothing: none).
+        return [(entry[0], entry[1]) for entries in (reply or {}).values() for entry in entries]
+
+    async def claim_idle(
+        self, stream: str, group: str, consumer: str, min_idle_ms: int, start: Any, count: int
+    ) -> tuple[Any, Entries]:
+        """XAUTOCLAIM in one attempt (as read_own_pending): the entries from `start` pending longer than
+        `min_idle_ms`, now `consumer`'s, and where the next call starts ("0-0": the end)."""
+        command = ("XAUTOCLAIM", stream, group, consumer, min_idle_ms, start, "COUNT", count)
+        reply: Any = await self.connection.on_primary(stream, command, "xautoclaim")
+        return reply[0], [(entry[0], entry[1]) for entry in reply[1]]
 
     async def watch_wakes(self, partitions: Iterable[int], woken: Callable[[int], None]) -> None:
         """Call `woken(partition)` for each wake-up of the partitions' wake flags (keys.wake_key), and for every

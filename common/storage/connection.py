@@ -10,23 +10,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import AuthenticationError, NoPermissionError, RedisClusterException, SlotNotCoveredError
 
 from common.errors import ClusterUnavailable, CredentialsRefused
 from common.runtime import metrics, tracing
 from common.runtime.config import Settings
-from common.storage.errors import CLIENT_FAILURES, translated
+from common.storage.errors import CLIENT_FAILURES, NOT_EXECUTED, translated
 from common.storage.internals import (
+    NothingSent,
     covered_slots,
     keep_command_table,
     keeping_startup_nodes,
     relearn_topology,
+    send_on_one_connection,
     startup_nodes,
 )
 
@@ -34,6 +39,8 @@ log = logging.getLogger(__name__)
 _commands = metrics.children(metrics.CLUSTER_COMMANDS)
 _errors = metrics.children(metrics.CLUSTER_ERRORS)
 CLUSTER_SLOTS = 16384
+REFRESH_FLOOR_S = 0.25  # the least time between two topology refreshes
+MAX_BACKOFF_S = 0.2  # the longest wait before a command or script is tried again
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,11 @@ class Connection:
             # (whose changes then end as unknown outcomes); it patches the moved slot instead, and the runner
             # re-learns the layout without closing anything (refresh_topology).
             reinitialize_steps=0,
+            # A command whose node refuses is tried again at most 3 times within about 0.1 s (as the script
+            # runner's backoff): redis-py's default, 10 times up to 1 s apart, held a place within the bound for
+            # up to 10 s per command on a shard that is down, and at 4,096 partitions a third of the aggregator's
+            # look-afters were such commands, so every other partition's waited.
+            retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=MAX_BACKOFF_S), 3),
             **connection_options(settings),
         )
         keep_command_table(self.client)
@@ -100,6 +112,7 @@ class Connection:
         self.limit = asyncio.Semaphore(settings.redis_max_concurrency)
         self._initialized = False
         self._initializing = asyncio.Lock()
+        self._refreshed_at = -REFRESH_FLOOR_S  # when the last topology refresh ended (time.monotonic())
 
     async def by_primary(self, names: Sequence[str]) -> tuple[list[tuple[ClusterNode, list[int]]], list[int]]:
         """The indices of `names` (keys, or sharded channels) by the primary of their slot, as the client knows
@@ -165,6 +178,10 @@ class Connection:
         if self._initializing.locked():
             async with self._initializing:  # another task is refreshing: wait for its result
                 return
+        if time.monotonic() - self._refreshed_at < REFRESH_FLOOR_S:
+            # Just learnt: while a shard is down, each of its partitions' retries asks again, and at 4,096
+            # partitions back-to-back refreshes (CLUSTER SLOTS, 16,384 slots parsed) took a whole core.
+            return
         async with self._initializing:
             try:
                 with translated():
@@ -173,6 +190,8 @@ class Connection:
                 if isinstance(error.__cause__, RedisClusterException):  # no node reachable (not a RedisError)
                     raise
                 log.debug("topology refresh failed: %r", error)
+            finally:
+                self._refreshed_at = time.monotonic()
 
     @asynccontextmanager
     async def bounded(
@@ -189,6 +208,31 @@ class Connection:
             except Exception as error:
                 _errors(type(error.__cause__ or error).__name__).inc()
                 raise
+
+    async def on_primary(self, key: str, command: tuple[Any, ...], name: str) -> Any:
+        """One attempt of `command` on `key`'s primary, its reply or its failure storage-neutral: for loops that
+        retry on their own schedule. Through redis-py, a command whose node is down is tried again with a re-read
+        of the whole layout each time; here a node that refuses costs a refused connect, and the layout is
+        re-learnt (after a redirect too) at most every REFRESH_FLOOR_S."""
+        relearn = False
+        try:
+            async with self.bounded("command", name) as client:
+                node = client.get_node_from_key(key)
+                if node is None:
+                    relearn = True
+                    raise ClusterUnavailable(f"no node is known to serve {key}")
+                try:
+                    (reply,) = await send_on_one_connection(node, [command])
+                except NothingSent as error:
+                    relearn = True
+                    raise ClusterUnavailable(f"nothing reached {node.name}: {error}") from None
+                if isinstance(reply, Exception):
+                    relearn = isinstance(reply, NOT_EXECUTED)
+                    raise reply
+                return reply
+        finally:
+            if relearn:
+                await self.refresh_topology()
 
     @asynccontextmanager
     async def scripting(self, script: Script, calls: int = 1, bounded: bool = True) -> AsyncIterator[RedisCluster]:

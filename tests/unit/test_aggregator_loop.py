@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
@@ -63,8 +64,8 @@ def _now_ms() -> float:
 
 
 class FakeCluster:
-    """The cluster as the aggregator uses it: settings, script handles and runs, the group's commands, the
-    blocking wait for entries, and the bounded client (for XAUTOCLAIM).
+    """The cluster as the aggregator uses it: settings, script handles and runs, the group's commands
+    (reading its own pending entries, claiming idle ones) and the wake-up subscription.
 
     `faults[operation]` lists exceptions the next calls of that operation raise before doing anything."""
 
@@ -114,10 +115,6 @@ class FakeCluster:
         self.scripts[path.name] = repeatable
         return str(path.name)
 
-    @contextlib.asynccontextmanager
-    async def bounded(self, *_: Any, **__: Any) -> AsyncIterator[FakeCluster]:
-        yield self
-
     async def _enter(self, operation: str, given: Any) -> None:
         """Record a call; yield to the event loop as a round trip would (a loop that never waits still lets
         the test run, and fail); then raise the fault planned for it, if any."""
@@ -155,19 +152,17 @@ class FakeCluster:
             woken(channel)
         await asyncio.Event().wait()  # subscribed until cancelled
 
-    async def xautoclaim(
-        self, name: str, groupname: str, consumername: str, min_idle_time: int, start_id: str, count: int
-    ) -> Any:
-        await self._enter("claim", start_id)
-        stream = self._group(name)
+    async def claim_idle(
+        self, stream_key: str, group: str, consumer: str, min_idle_ms: int, start: Any, count: int
+    ) -> tuple[Any, list[Any]]:
+        await self._enter("claim", start)
+        stream = self._group(stream_key)
         now = _now_ms()
-        due = sorted(
-            n for n, p in stream.pending.items() if n >= _n(start_id) and now - p.delivered_ms >= min_idle_time
-        )
+        due = sorted(n for n, p in stream.pending.items() if n >= _n(start) and now - p.delivered_ms >= min_idle_ms)
         claimed, rest = due[:count], due[count:]
         for n in claimed:
-            stream.pending[n] = Pending(consumername, now)
-        return [_id(rest[0]) if rest else b"0-0", [(_id(n), {b"user": b"u"}) for n in claimed], []]
+            stream.pending[n] = Pending(consumer, now)
+        return _id(rest[0]) if rest else b"0-0", [(_id(n), {b"user": b"u"}) for n in claimed]
 
     async def run(
         self,
@@ -518,5 +513,43 @@ def test_a_partition_whose_maintenance_hangs_does_not_hold_back_the_others() -> 
         loop.cancel()
         with pytest.raises(asyncio.CancelledError):
             await loop
+
+    _run(scenario)
+
+
+def test_a_partition_whose_calls_fail_backs_off_and_sits_maintenance_out_until_they_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A shard that is down is a third of 4,096 partitions failing at once: each waits twice as long after each
+    failure in a row (up to MAX_RETRY_S), and its look-after, which would fail too, is not due meanwhile; once a
+    call works it is due again, and its next failure waits the first retry's time again."""
+
+    monkeypatch.setattr(aggregator, "RETRY_S", 0.04)
+
+    async def scenario() -> None:
+        cluster, agg = _setup(aggregator_batch=10)
+        agg._active_until[0] = time.monotonic() + 3600
+        cluster.append(0, 5)
+        down = ClusterUnavailable("connection refused")
+        cluster.faults["own pending"] = [down] * 4
+        stream = cluster.streams[keys.events_key(0)]
+        attempts: list[float] = []
+        seen_due: list[bool] = []
+        real_enter = cluster._enter
+
+        async def enter(operation: str, given: Any) -> None:
+            if operation == "own pending":
+                attempts.append(time.monotonic())
+                seen_due.append(0 in agg._due(time.monotonic()))
+            await real_enter(operation, given)
+
+        cluster._enter = enter  # type: ignore[method-assign]
+        async with _consuming(agg) as task:
+            await _until(lambda: len(stream.counted) == 5, task)
+        gaps = [later - earlier for earlier, later in itertools.pairwise(attempts[:5])]
+        assert all(gap >= 0.9 * 0.04 * 2**i for i, gap in enumerate(gaps)), f"each wait twice the last: {gaps}"
+        assert seen_due[:5] == [True, False, False, False, False], "left out of maintenance while failing"
+        assert 0 in agg._due(time.monotonic()), "due again once its calls work"
+        assert agg._failures[0] == 0
 
     _run(scenario)

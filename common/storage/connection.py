@@ -19,7 +19,7 @@ from typing import Any
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import AuthenticationError, NoPermissionError, RedisClusterException, SlotNotCoveredError
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisClusterException
 
 from common.errors import ClusterUnavailable, CredentialsRefused
 from common.runtime import metrics, tracing
@@ -30,8 +30,10 @@ from common.storage.internals import (
     covered_slots,
     keep_command_table,
     keeping_startup_nodes,
+    primary_of_slot,
     relearn_topology,
     send_on_one_connection,
+    slot_of,
     startup_nodes,
 )
 
@@ -121,10 +123,7 @@ class Connection:
         by_node: dict[str, tuple[ClusterNode, list[int]]] = {}
         unserved: list[int] = []
         for index, name in enumerate(names):
-            try:
-                node = client.get_node_from_key(name)
-            except SlotNotCoveredError:
-                node = None
+            node = primary_of_slot(client, slot_of(name))
             if node is None:
                 unserved.append(index)
             else:

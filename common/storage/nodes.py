@@ -13,12 +13,12 @@ from typing import Any
 
 import redis
 import redis.asyncio
-from redis.crc import key_slot as _key_slot
 
 from common.errors import StorageError
 from common.runtime.config import Settings
 from common.storage.cluster import ClusterClient, connection_options
 from common.storage.errors import translated
+from common.storage.internals import slot_of
 from common.storage.replies import text
 from common.storage.topology import NodeLine, parse_cluster_nodes
 
@@ -30,7 +30,7 @@ SyncClusterClient = redis.RedisCluster
 
 def key_slot(key: str) -> int:
     """The hash slot (0-16383) of `key`, hash tags included: which shard serves it."""
-    return int(_key_slot(key.encode()))
+    return slot_of(key)
 
 
 def node_options(settings: Settings) -> dict[str, Any]:

@@ -7,7 +7,7 @@ command at a time so that tests can run them under load and see every redirect t
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from common.storage import acl
@@ -46,19 +46,39 @@ def migrate_slots(cluster: LocalCluster, slots: Iterable[int], source: int, targ
     nodes = {index: cluster.node(index) for index in indexes}
     try:
         src, dst = nodes[source], nodes[target]
-        source_id, target_id = (str(_run(nodes[i], "CLUSTER", "MYID")) for i in (source, target))
-        login = ("AUTH2", acl.ADMIN_USER, cluster.password(acl.ADMIN_USER))  # the target refuses the default user
-        address = (cluster.host(target), cluster.ports[target])
         for slot in slots:
-            _run(dst, "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
-            _run(src, "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+            move = _begin(cluster, src, dst, slot, target)
             while batch := _run(src, "CLUSTER", "GETKEYSINSLOT", slot, MIGRATE_BATCH):
-                _run(src, "MIGRATE", *address, "", 0, MIGRATE_TIMEOUT_MS, *login, "KEYS", *batch)
+                move(batch)
+            target_id = str(_run(dst, "CLUSTER", "MYID"))
             for index in indexes:
                 _run(nodes[index], "CLUSTER", "SETSLOT", slot, "NODE", target_id)
     finally:
         for node in nodes.values():
             node.close()
+
+
+def begin_migration(cluster: LocalCluster, slot: int, source: int, target: int, names: list[str]) -> None:
+    """Half a migration, as a reshard interrupted: the slot IMPORTING on the target, MIGRATING on the source,
+    and only the keys `names` moved. migrate_slot finishes it."""
+    src, dst = cluster.node(source), cluster.node(target)
+    try:
+        _begin(cluster, src, dst, slot, target)(names)
+    finally:
+        src.close()
+        dst.close()
+
+
+def _begin(
+    cluster: LocalCluster, src: NodeClient, dst: NodeClient, slot: int, target: int
+) -> Callable[[list[Any]], None]:
+    """IMPORTING on the target, MIGRATING on the source; returns what moves a batch of the slot's keys."""
+    source_id, target_id = (str(_run(node, "CLUSTER", "MYID")) for node in (src, dst))
+    _run(dst, "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+    _run(src, "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+    login = ("AUTH2", acl.ADMIN_USER, cluster.password(acl.ADMIN_USER))  # the target refuses the default user
+    address = (cluster.host(target), cluster.ports[target])
+    return lambda batch: _run(src, "MIGRATE", *address, "", 0, MIGRATE_TIMEOUT_MS, *login, "KEYS", *batch)
 
 
 def slots_of(cluster: LocalCluster, index: int) -> list[int]:

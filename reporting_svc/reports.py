@@ -1,15 +1,18 @@
 """The reporting domain: merges per-partition statistics into exact answers.
 
-A top list or the totals read every partition, so they are read per node: one pipeline per primary carrying
-each of its partitions' function calls (Cluster.run_many), a cost that grows with the primaries, not the
-partitions. Top lists and the totals are shared for PROFILEMESH_REPORTING_CACHE_MS: calls arriving while a
-fan-out is in flight await it (single flight), and calls within the window after it started take its answer
-(a top list cut to their limit).
+A top list or the totals read every partition, so they are read per node: one function call per primary
+reads every partition it holds and answers for all of them (top_readers_on_node.lua, totals_on_node.lua: the
+node's own top list, its sums), so what reporting_svc sends and parses grows with the primaries, not the
+partitions. A partition whose node can't answer for it (its slot moved, or is migrating) is read on its own,
+as every partition was before (Cluster.run_many: one pipeline per primary). Top lists and the totals are
+shared for PROFILEMESH_REPORTING_CACHE_MS: calls arriving while a fan-out is in flight await it (single
+flight), and calls within the window after it started take its answer (a top list cut to their limit).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -62,15 +65,24 @@ def _joined(
     return _Fetch(limit, time.monotonic(), task)
 
 
+@functools.cache
+def _names(key: Callable[[int, int], str], partitions: int, generation: int) -> tuple[str, ...]:
+    """Every partition's key of one kind: made once, not per call."""
+    return tuple(key(p, generation) for p in range(partitions))
+
+
 class Reports:
     def __init__(self, cluster: Cluster, partitions: int, cache_ms: int = 0) -> None:
         self.cluster = cluster
         self.partitions = range(partitions)
         self.cache_s = cache_ms / 1000
-        self._top_readers = cluster.script(SCRIPTS / "top_readers.lua", repeatable=True)  # it only reads
+        # They only read: safe to run again.
+        self._top_on_node = cluster.script(SCRIPTS / "top_readers_on_node.lua", repeatable=True)
+        self._totals_on_node = cluster.script(SCRIPTS / "totals_on_node.lua", repeatable=True)
+        self._top_readers = cluster.script(SCRIPTS / "top_readers.lua", repeatable=True)
         self._partition_totals = cluster.script(SCRIPTS / "partition_totals.lua", repeatable=True)
         self._latest: _Fetch[Ranking] | None = None
-        self._latest_totals: _Fetch[list[dict[bytes, bytes]]] | None = None
+        self._latest_totals: _Fetch[list[dict[bytes, Any]]] | None = None
 
     async def top_profiles(self, limit: int, since: float = 0.0) -> Ranking:
         """The top `limit` users by reads, highest first, ties by user name; read no earlier than `since`
@@ -86,8 +98,9 @@ class Reports:
         return (await asyncio.shield(fetch.task))[:limit]
 
     async def _fan_out(self, limit: int) -> Ranking:
-        """Every partition's top `limit` (with the users tied with its last), merged: one pipeline per primary."""
-        replies = await self._on_every_partition(self._top_readers, keys.reads_key, [limit])
+        """Every node's top `limit` (and every partition's read on its own: with the users tied with its last),
+        merged."""
+        replies = await self._on_every_node(self._top_on_node, self._top_readers, keys.reads_key, [limit])
         scores: dict[str, int] = {}
         for flat in replies:
             for i in range(0, len(flat), 2):
@@ -95,17 +108,24 @@ class Reports:
         ranked = sorted(scores.items(), key=lambda item: (-item[1], item[0]))
         return ranked[:limit]
 
-    async def _on_every_partition(self, script: Script, key: Any, args: Sequence[Any]) -> list[Any]:
-        """The script's reply for each partition's key, in partition order; any partition's failure fails the
-        whole (an answer missing a partition would be wrong, not partial)."""
-        generation = self.cluster.generation
-        results = await self.cluster.run_many(
-            script, [([key(p, generation)], args) for p in self.partitions], MAX_CALL_S, Confirm.NOTHING
-        )
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-        return results
+    async def _on_every_node(
+        self, on_node: Script, on_partition: Script, key: Callable[[int, int], str], args: Sequence[Any]
+    ) -> list[Any]:
+        """`on_node`'s reply for the partitions each primary holds, and `on_partition`'s for each partition no node
+        answered for; any partition's failure fails the whole (an answer missing a partition would be wrong, not
+        partial)."""
+        names = _names(key, len(self.partitions), self.cluster.generation)
+        answered, left = await self.cluster.run_on_nodes(on_node, names, args, MAX_CALL_S)
+        replies = [reply for _, reply in answered]
+        if left:
+            results = await self.cluster.run_many(
+                on_partition, [([names[i]], args) for i in left], MAX_CALL_S, Confirm.NOTHING
+            )
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            replies += results
+        return replies
 
     async def user_reads(self, user: str) -> int:
         check_user(user)
@@ -114,21 +134,23 @@ class Reports:
             score = await client.zscore(keys.reads_key(partition, self.cluster.generation), user)
         return int(score or 0)
 
-    async def partition_totals(self) -> list[dict[bytes, bytes]]:
-        """Each partition's count per operation type, as stored (bytes: no decoding)."""
-        replies = await self._on_every_partition(self._partition_totals, keys.totals_key, [])
+    async def stored_totals(self) -> list[dict[bytes, Any]]:
+        """The counts per operation type as the cluster holds them, in parts whose sum is the totals: each node's
+        sums, and the counts of each partition read on its own (bytes: no decoding). Every count only grows, so
+        parts equal to an earlier reading's mean nothing was counted since."""
+        replies = await self._on_every_node(self._totals_on_node, self._partition_totals, keys.totals_key, [])
         return [dict(zip(flat[::2], flat[1::2], strict=True)) for flat in replies]
 
-    async def _shared_totals(self) -> list[dict[bytes, bytes]]:
-        """partition_totals, shared as the top lists are: GetOperationTotals reads every partition too."""
+    async def _shared_totals(self) -> list[dict[bytes, Any]]:
+        """stored_totals, shared as the top lists are: GetOperationTotals reads every partition too."""
         if not self.cache_s:
-            return await self.partition_totals()
-        fetch = self._latest_totals = _joined(self._latest_totals, 0, 0.0, self.cache_s, self.partition_totals)
+            return await self.stored_totals()
+        fetch = self._latest_totals = _joined(self._latest_totals, 0, 0.0, self.cache_s, self.stored_totals)
         return await asyncio.shield(fetch.task)
 
-    async def operation_totals(self, partition_totals: list[dict[bytes, bytes]] | None = None) -> dict[str, int]:
+    async def operation_totals(self, stored: list[dict[bytes, Any]] | None = None) -> dict[str, int]:
         summed: dict[str, int] = {str(kind): 0 for kind in keys.EventType}
-        for counts in partition_totals if partition_totals is not None else await self._shared_totals():
+        for counts in stored if stored is not None else await self._shared_totals():
             for kind, count in counts.items():
                 if kind.decode() in summed:
                     summed[kind.decode()] += int(count)

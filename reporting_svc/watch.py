@@ -1,12 +1,11 @@
 """WatchTopProfiles: one poller per process while anyone watches, changes coalesced per interval.
 
-Each interval the poller reads the partitions' operation totals (partition_totals.lua, one pipeline per
-primary). A reads sorted set changes only when a read or a delete is applied, and every applied event is
-counted in its partition's totals, so unchanged totals mean an unchanged leaderboard and nothing more is
-read. When they change, the top list is read once, for the largest limit watched (a smaller limit's list is
-its prefix: the order is total), through the same short-lived cache as GetTopProfiles (reports.py), and each
-watcher is handed its snapshot. A watcher holds only the latest
-snapshot, so a slow reader skips intermediate ones instead of queueing them.
+Each interval the poller reads the operation totals (totals_on_node.lua, one call per primary). A reads sorted
+set changes only when a read or a delete is applied, and every applied event is counted in its partition's
+totals, so unchanged totals mean an unchanged leaderboard and nothing more is read. When they change, the top
+list is read once, for the largest limit watched (a smaller limit's list is its prefix: the order is total),
+through the same short-lived cache as GetTopProfiles (reports.py), and each watcher is handed its snapshot. A
+watcher holds only the latest snapshot, so a slow reader skips intermediate ones instead of queueing them.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator
+from typing import Any
 
 from common.errors import StorageError
 from common.rpc.streams import StreamClock
@@ -72,11 +72,9 @@ class Leaderboard:
                 self._poller.cancel()
                 self._poller = None
 
-    async def _snapshot(
-        self, limit: int, partition_totals: list[dict[bytes, bytes]] | None = None, since: float = 0.0
-    ) -> Snapshot:
+    async def _snapshot(self, limit: int, stored: list[dict[bytes, Any]] | None = None, since: float = 0.0) -> Snapshot:
         ranking = tuple(await self.reports.top_profiles(limit, since))
-        totals = await self.reports.operation_totals(partition_totals)
+        totals = await self.reports.operation_totals(stored)
         return ranking, tuple(totals.items())
 
     async def _poll(self) -> None:
@@ -84,14 +82,14 @@ class Leaderboard:
         while True:
             await asyncio.sleep(self.interval_s)
             try:
-                partition_totals = await self.reports.partition_totals()
+                stored = await self.reports.stored_totals()
                 read_at = time.monotonic()
-                if partition_totals == version or not self.watchers:
+                if stored == version or not self.watchers:
                     continue
                 # A top list read before these totals may miss what changed them: this version's is read after.
                 limit = max(w.limit for w in self.watchers)
-                ranking, totals = await self._snapshot(limit, partition_totals, since=read_at)
-                version = partition_totals
+                ranking, totals = await self._snapshot(limit, stored, since=read_at)
+                version = stored
             except StorageError as error:
                 log.warning("leaderboard: cluster unavailable: %r", error)
                 continue

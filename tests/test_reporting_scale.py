@@ -22,6 +22,9 @@ import redis
 from redis.cluster import RedisCluster
 
 from common.storage import keys
+from common.storage.nodes import key_slot
+from localdev import resharding
+from localdev.faults import primary_of
 from localdev.ports import free_ports
 from localdev.system import System
 from profilemesh.reporting.v1 import reporting_pb2, reporting_pb2_grpc
@@ -155,19 +158,20 @@ def test_top_lists_and_totals_equal_the_model_at_every_limit(wide: Wide) -> None
     assert {kind: getattr(totals, kind) for kind in KINDS} == wide.totals()
 
 
-def test_one_call_sends_one_pipeline_per_primary(wide: Wide) -> None:
-    """Every partition's function runs (FCALL_RO calls, per primary, equal its partitions), in few read events: a
-    call per partition would be a read event each (about 85 a primary)."""
+def test_one_call_sends_one_function_call_per_primary(wide: Wide) -> None:
+    """A top list is one FCALL_RO per primary, reading every partition it holds (about 85 here; one call per
+    partition before), in one read event each."""
     calls = 5
     held = wide.partitions_on()
+    model = wide.ranking()[:10]
     before = wide.counters()
-    for _ in range(calls):
-        top(wide.uncached_port, 10)
+    answers = [top(wide.uncached_port, 10) for _ in range(calls)]
     after = wide.counters()
+    assert answers == [model] * calls
     fcalls = {name: after[name][0] - before[name][0] for name in held}
     reads = {name: after[name][1] - before[name][1] for name in held}
-    print(f"{calls} calls at {PARTITIONS} partitions: FCALL_RO per primary {fcalls}, read events {reads}")
-    assert fcalls == {name: calls * count for name, count in held.items()}
+    print(f"{calls} calls at {PARTITIONS} partitions {held}: FCALL_RO per primary {fcalls}, read events {reads}")
+    assert fcalls == dict.fromkeys(held, calls)
     # One pipeline a call (a few KB: one read), the INFO of this measure, and a replica's REPLCONF ACK a second.
     assert all(count <= 2 * calls + 4 for count in reads.values()), reads
 
@@ -186,7 +190,7 @@ def test_concurrent_calls_share_one_fan_out_and_a_later_call_reads_again(wide: W
 
     def fan_outs(before: dict[str, tuple[int, int]]) -> float:
         after = wide.counters()
-        return sum(after[name][0] - before[name][0] for name in after) / PARTITIONS
+        return sum(after[name][0] - before[name][0] for name in after) / len(after)  # a call per primary
 
     model = wide.ranking()
     time.sleep(CACHE_MS / 1000 + 0.1)  # nothing cached from an earlier test
@@ -219,7 +223,7 @@ def test_concurrent_totals_share_one_fan_out_and_a_later_call_reads_again(wide: 
 
     def fan_outs(before: dict[str, tuple[int, int]]) -> float:
         after = wide.counters()
-        return sum(after[name][0] - before[name][0] for name in after) / PARTITIONS
+        return sum(after[name][0] - before[name][0] for name in after) / len(after)  # a call per primary
 
     time.sleep(CACHE_MS / 1000 + 0.1)  # nothing cached from an earlier test
     before = wide.counters()
@@ -266,3 +270,40 @@ def test_a_watch_sees_a_change_made_within_the_cache_window(wide: Wide) -> None:
 
     seen = asyncio.run(scenario())
     assert seen == wide.ranking()[:3]
+
+
+def _totals_via(port: int) -> dict[str, int]:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        totals = reporting_pb2_grpc.ReportingServiceStub(channel).GetOperationTotals(
+            reporting_pb2.GetOperationTotalsRequest(), timeout=10
+        )
+    return {kind: getattr(totals, kind) for kind in KINDS}
+
+
+def test_a_partition_whose_slot_is_migrating_is_read_on_its_own(wide: Wide) -> None:
+    """Halfway through a slot's migration its partition's reads key has gone to the target and its totals key has
+    not: the source node's function fails on the key it no longer holds, so that partition is read on its own
+    (following the ASK), and the top list and the totals stay exact; once the slot has moved, the target's
+    function answers for it."""
+    cluster = wide.system.cluster
+    partition = 11
+    user = next(name for name in (f"migrating{n}" for n in range(10_000)) if keys.partition_of(name, PARTITIONS) == 11)
+    wide.admin.zadd(keys.reads_key(partition), {user: 1000})  # the top of the list
+    wide.admin.hincrby(keys.totals_key(partition), "read", 5)
+    model, totals = wide.ranking(), wide.totals()
+    assert model[0] == (user, 1000)
+    source = primary_of(cluster, keys.reads_key(partition))
+    target = next(index for index in resharding.primaries(cluster) if index != source)
+    slot = key_slot(keys.reads_key(partition))
+    try:
+        resharding.begin_migration(cluster, slot, source, target, [keys.reads_key(partition)])
+        with cluster.node(source) as node, pytest.raises(redis.exceptions.AskError):
+            assert node.exists(keys.totals_key(partition))  # still here
+            node.exists(keys.reads_key(partition))  # gone to the target: ASK
+        assert top(wide.uncached_port, 20) == model[:20]
+        assert _totals_via(wide.uncached_port) == totals
+    finally:
+        resharding.migrate_slot(cluster, slot, source, target)  # the rest of the slot's keys, and its new owner
+    wait_until(lambda: primary_of(cluster, keys.reads_key(partition)) == target, 10, what="the slot to move")
+    assert top(wide.uncached_port, 20) == model[:20]
+    assert _totals_via(wide.uncached_port) == totals

@@ -88,6 +88,25 @@ class Cluster:
         NOTHING): a reply or an error per call, in order."""
         return await self.runner.run_many(script, calls, retry_budget_s, confirm)
 
+    async def run_on_nodes(
+        self, script: Script, names: Sequence[str], args: Sequence[Any], retry_budget_s: float
+    ) -> tuple[list[tuple[list[int], Any]], list[int]]:
+        """Run `script` (flagged allow-cross-slot-keys) once per primary, for the keys among `names` it serves,
+        passed after `args` (the first of them also routes the call): each call's indices into `names` and its
+        reply; and the indices of the names no call answered for (a node failed, or its slot moved or is
+        migrating: the script fails on a key its node does not hold), to be run one by one."""
+        by_node, unserved = await self.connection.by_primary(names)
+        calls = [([names[members[0]]], [*args, *(names[i] for i in members)]) for _, members in by_node]
+        replies = await self.runner.run_many(script, calls, retry_budget_s, Confirm.NOTHING)
+        answered = []
+        for (_, members), reply in zip(by_node, replies, strict=True):
+            if isinstance(reply, BaseException):
+                log.debug("%s on a node failed, read one by one: %r", script.name, reply)
+                unserved += members
+            else:
+                answered.append((members, reply))
+        return answered, sorted(unserved)
+
     @asynccontextmanager
     async def bounded(self, kind: str = "command", name: str = "other") -> AsyncIterator[RedisCluster]:
         """The client for plain commands, within the concurrency bound; failures storage-neutral."""

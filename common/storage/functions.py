@@ -31,7 +31,10 @@ DIRECTORIES = {
 PREFIX = "profilemesh_"
 # Functions that write nothing: flagged no-writes, so they run with FCALL_RO (the only FCALL the reporting user
 # has), also on a replica, and never refused on a full node.
-NO_WRITES = frozenset({"top_readers", "partition_totals"})
+NO_WRITES = frozenset({"top_readers", "partition_totals", "top_readers_on_node", "totals_on_node"})
+# Functions that read many partitions of one node in one call: flagged allow-cross-slot-keys, they take one key
+# (routing the call) and read the others, passed as arguments; a key the node does not serve fails the call.
+CROSS_SLOT = frozenset({"top_readers_on_node", "totals_on_node"})
 # Each library's own no-writes function, returning the library's name: what a service calls on every primary
 # at start to learn that its version is loaded there (with the rights it already has, FCALL or FCALL_RO).
 CHECK = "loaded"
@@ -87,8 +90,10 @@ def library(component: str) -> Library:
         parts.append(_body(path.read_text()) + "\nend")
     template = "\n".join(parts)
     registrations = [(stem, stem in NO_WRITES) for stem in stems] + [(CHECK, True)]
+    cross_slot = sorted(CROSS_SLOT & set(stems))
     version = hashlib.sha256(
-        (template + repr(registrations)).encode()  # the flags are part of what a version is
+        # The flags are part of what a version is (allow-cross-slot-keys only where some function has it).
+        (template + repr(registrations) + (repr(cross_slot) if cross_slot else "")).encode()
     ).hexdigest()[:VERSION_CHARS]
     name = f"{PREFIX}{component}_{version}"
     lines = [f"#!lua name={name}", template, ""]
@@ -98,9 +103,11 @@ def library(component: str) -> Library:
     for stem, read_only in registrations:
         function = Function(f"{stem}_{version}", stem, name, only_reads if stem == CHECK else read_only)
         functions[stem] = function
-        flags = "{'no-writes'}" if read_only else "{}"
+        flags = ", ".join(["'no-writes'"] * read_only + ["'allow-cross-slot-keys'"] * (stem in CROSS_SLOT))
         callback = f"function() return '{name}' end" if stem == CHECK else stem
-        lines.append(f"redis.register_function{{function_name='{function.name}', callback={callback}, flags={flags}}}")
+        lines.append(
+            f"redis.register_function{{function_name='{function.name}', callback={callback}, flags={{{flags}}}}}"
+        )
     return Library(component, name, version, "\n".join(lines) + "\n", functions)
 
 

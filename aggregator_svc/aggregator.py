@@ -44,6 +44,7 @@ TAKE_DEADLINE_S = 2.0  # a take's script and its retries (a take applies what it
 # to do there is another replica's (a consumer of one that died, a recount half done before the partition fell
 # to this one) or an older version's (entries read apart from applying them, left pending).
 QUIET_LOOK_AFTER_EVERY = 10
+QUIET_LOOKING = 16  # quiet partitions looked after at once (_maintenance)
 # Consumers with nothing pending and idle this long (a crashed or retired replica) are removed.
 FORGET_CONSUMER_AFTER_MS = 10 * 60 * 1000
 
@@ -294,44 +295,65 @@ class Aggregator:
                 break
 
     async def _maintenance(self) -> None:
-        """Every maintenance interval: look after the partitions due, all at once (their scripts share a pipeline
-        per primary). An instant does not wait for the last one's stragglers: a partition on a shard that is
-        down waits out its timeouts, and the others' maintenance must not wait with it (at 4,096 partitions a
-        third of them can be there). A partition still being looked after sits the instant out."""
+        """Every maintenance interval: look after the partitions due, those with recent events all at once (their
+        scripts share a pipeline per primary), the quiet ones queued and QUIET_LOOKING at a time (a round of
+        quiet checks at 4,096 partitions is hundreds, thousands with the suite's settings, and the busy partitions'
+        look-afters must not wait behind them for places within the concurrency bound). An instant does not wait
+        for the last one's stragglers: a partition on a shard that is down waits out its timeouts, and the
+        others' maintenance must not wait with it (at 4,096 partitions a third of them can be there). A partition
+        still being looked after sits the instant out."""
         looking: dict[int, asyncio.Task[None]] = {}
+        quiet_queue: dict[int, None] = {}  # in order, each once
+        looking_quiet: set[int] = set()  # those of `looking` started from the queue
         failed: list[BaseException] = []
+
+        def start(partition: int) -> None:
+            looking[partition] = task = asyncio.create_task(self._look_after(partition))
+            task.add_done_callback(functools.partial(done, partition))
 
         def done(partition: int, task: asyncio.Task[None]) -> None:
             del looking[partition]
+            looking_quiet.discard(partition)
             error = None if task.cancelled() else task.exception()
             if error is not None:
                 failed.append(error)
+            start_quiet()
+
+        def start_quiet() -> None:
+            while quiet_queue and len(looking_quiet) < QUIET_LOOKING:
+                partition = next(iter(quiet_queue))
+                del quiet_queue[partition]
+                if partition not in looking:
+                    looking_quiet.add(partition)
+                    start(partition)
 
         try:
             while True:
                 await asyncio.sleep(self.maintenance_s - time.monotonic() % self.maintenance_s)
                 if failed:  # a defect, not the cluster's failure (_look_after outlives those): end every loop
                     raise failed[0]
-                for partition in self._due(time.monotonic()):
+                active, quiet = self._due(time.monotonic())
+                for partition in active:
                     if partition not in looking:
-                        looking[partition] = task = asyncio.create_task(self._look_after(partition))
-                        task.add_done_callback(functools.partial(done, partition))
+                        start(partition)
+                quiet_queue.update(dict.fromkeys(quiet))
+                start_quiet()
         finally:
             for task in list(looking.values()):
                 task.cancel()
             await asyncio.gather(*looking.values(), return_exceptions=True)
 
-    def _due(self, now: float) -> list[int]:
+    def _due(self, now: float) -> tuple[list[int], list[int]]:
         """The partitions to look after at the maintenance instant `now`: those with recent events, and on one
-        round of quiet checks in QUIET_LOOK_AFTER_EVERY, the quiet ones of the instant's slice."""
+        round of quiet checks in QUIET_LOOK_AFTER_EVERY, the quiet ones of the instant's slice; none whose
+        cluster calls are failing."""
         tick = round(now / self.maintenance_s)
-        quiet = tick // self.slices % QUIET_LOOK_AFTER_EVERY == 0
-        return [
-            p
-            for p in self.share.owned
-            if (self._active_until[p] > now or quiet and p % self.slices == tick % self.slices)
-            and not self._failures[p]
-        ]
+        quiet_round = tick // self.slices % QUIET_LOOK_AFTER_EVERY == 0
+        owned = [p for p in self.share.owned if not self._failures[p]]
+        active = [p for p in owned if self._active_until[p] > now]
+        if not quiet_round:
+            return active, []
+        return active, [p for p in owned if p % self.slices == tick % self.slices and self._active_until[p] <= now]
 
     async def _look_after(self, partition: int) -> None:
         """Reclaim, trim and recount one partition, outliving the failures a cluster can have."""
@@ -342,7 +364,11 @@ class Aggregator:
         except NoGroup:  # not created yet, or a flushed cluster: _consume makes it
             pass
         except StorageError as error:
-            log.warning("maintenance of partition %d: cluster unavailable: %r", partition, error)
+            # An idle partition's loop finds no failure (it waits for a wake-up): left out from here on too,
+            # until a take of its loop works.
+            self._failures[partition] += 1
+            if self._failures[partition] == 1:
+                log.warning("maintenance of partition %d: cluster unavailable: %r", partition, error)
 
     async def _maintain(self, partition: int) -> None:
         # One run forgets a bounded number of tombstones; run again until it has forgotten every one due,

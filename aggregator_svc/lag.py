@@ -28,6 +28,10 @@ BACKLOGGED = 64
 QUIET = 8
 # Counting undelivered entries by hand (when the server can't tell the lag) stops here.
 COUNT_LIMIT = 10_000
+# Readings in flight at once: what they hold of the process's concurrency bound. A reading of a partition on a
+# shard that is down waits out the client's retries, and at 4,096 partitions a whole round of them held every
+# place, so that the aggregator's own work waited.
+CONCURRENT_READINGS = 8
 
 
 async def partition_figures(client: ClusterClient, stream: str, group: str, now_ms: int) -> dict[str, float]:
@@ -77,9 +81,11 @@ async def collect_lag(cluster: Cluster, group: str, partition_count: int) -> Non
         "oldest_undelivered": metrics.OLDEST_UNDELIVERED_AGE,
     }
 
+    readings = asyncio.Semaphore(CONCURRENT_READINGS)
+
     async def refresh(partition: int, now_ms: int) -> None:
         try:
-            async with cluster.bounded("command", "lag") as client:
+            async with readings, cluster.bounded("command", "lag") as client:
                 stream = keys.events_key(partition, cluster.generation)
                 figures = await partition_figures(client, stream, group, now_ms)
         except (TimeoutError, StorageError, OSError) as error:

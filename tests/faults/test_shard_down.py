@@ -66,9 +66,7 @@ def test_a_stopped_shard_fails_only_its_partitions(fresh_system: System) -> None
         status, body = http_call(system.gateway_port, "GET", f"/profile/{sorted(down)[0]}")
         assert status in (503, 504) and body["message"]
 
-        for index in shard:
-            cluster.start_node(index)
-        cluster.wait_ready()
+        _start_shard(cluster, shard)
         wait_until(
             lambda: set(_read_all(stub).values()) == {grpc.StatusCode.OK}, timeout_s=30, what="every partition back"
         )
@@ -88,10 +86,11 @@ def test_aggregation_goes_on_for_the_other_partitions(fresh_system: System, fres
     rng = random.Random(7)
     history: list[tuple[str, str]] = []
 
-    with grpc.insecure_channel(f"127.0.0.1:{system.profile_port}") as channel:
+    with grpc.insecure_channel(f"127.0.0.1:{system.profile_port}") as channel, contextlib.ExitStack() as restart:
         stub = profile_pb2_grpc.ProfileServiceStub(channel)
         for index in shard:
             cluster.stop_node(index)
+        restart.callback(_start_shard, cluster, shard)  # also when the test fails half-way
         wait_until(lambda: _serves(stub, users[0]), timeout_s=30, what="the other partitions to serve")
         try:
             aggregator.send_signal(signal.SIGSTOP)  # stalled: its blocking reads lapse on the server
@@ -150,9 +149,7 @@ def test_aggregation_goes_on_for_the_other_partitions(fresh_system: System, fres
             what="the healthy partitions' streams to be trimmed",
         )
 
-        for index in shard:
-            cluster.start_node(index)
-        cluster.wait_ready()
+        restart.close()
         # Every partition answers again (NOT_FOUND for users this module's other test did not create).
         answered = {grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND}
         wait_until(lambda: set(_read_all(stub).values()) <= answered, timeout_s=30, what="every partition back")
@@ -205,11 +202,15 @@ def test_retries_on_a_down_shard_leave_room_for_the_other_partitions(fresh_syste
     try:
         took_s, still_retrying = asyncio.run(scenario())
     finally:
-        for index in shard:
-            cluster.start_node(index)
-        cluster.wait_ready()
+        _start_shard(cluster, shard)
     assert still_retrying == 16  # they were still at it while the healthy partitions were read
     print(f"\n{len(healthy)} healthy partitions read in {took_s:.2f} s beside 16 retrying calls (bound 4)")
+
+
+def _start_shard(cluster: LocalCluster, shard: list[int]) -> None:
+    for index in shard:
+        cluster.start_node(index)
+    cluster.wait_ready()
 
 
 def _healthy_shard_of(cluster: LocalCluster, key: str) -> list[int]:

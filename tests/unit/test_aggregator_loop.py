@@ -439,10 +439,10 @@ def test_quiet_partitions_are_looked_after_a_slice_at_a_time_and_busy_ones_every
     agg._active_until[7] = start + 3600
     seen: list[int] = []
     for tick in range(12 * aggregator.QUIET_LOOK_AFTER_EVERY):
-        due = agg._due(start + tick * 5)
-        assert 7 in due
-        seen += [p for p in due if p != 7]
-        assert len(due) in ((341, 342, 343) if tick < 12 else (1,)), tick
+        active, quiet = agg._due(start + tick * 5)
+        assert active == [7]
+        seen += quiet
+        assert len(quiet) in ((340, 341, 342) if tick < 12 else (0,)), tick
     assert sorted(seen) == [p for p in range(4096) if p != 7], "each quiet partition once in ten minutes"
     for partition in (0, 5, 11, 4095):
         wait = agg._until_quiet_check(partition)
@@ -540,7 +540,7 @@ def test_a_partition_whose_calls_fail_backs_off_and_sits_maintenance_out_until_t
         async def enter(operation: str, given: Any) -> None:
             if operation == "own pending":
                 attempts.append(time.monotonic())
-                seen_due.append(0 in agg._due(time.monotonic()))
+                seen_due.append(0 in agg._due(time.monotonic())[0])
             await real_enter(operation, given)
 
         cluster._enter = enter  # type: ignore[method-assign]
@@ -549,7 +549,46 @@ def test_a_partition_whose_calls_fail_backs_off_and_sits_maintenance_out_until_t
         gaps = [later - earlier for earlier, later in itertools.pairwise(attempts[:5])]
         assert all(gap >= 0.9 * 0.04 * 2**i for i, gap in enumerate(gaps)), f"each wait twice the last: {gaps}"
         assert seen_due[:5] == [True, False, False, False, False], "left out of maintenance while failing"
-        assert 0 in agg._due(time.monotonic()), "due again once its calls work"
+        assert 0 in agg._due(time.monotonic())[0], "due again once its calls work"
         assert agg._failures[0] == 0
+
+    _run(scenario)
+
+
+def test_quiet_look_afters_go_a_few_at_a_time_and_a_busy_partition_never_waits_behind_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A round of quiet checks at 4,096 partitions is thousands of look-afters: QUIET_LOOKING run at once, the
+    rest queued, while a partition with recent events is looked after at every instant."""
+    monkeypatch.setattr(aggregator, "QUIET_LOOK_AFTER_EVERY", 1)  # every instant a round of quiet checks
+
+    async def scenario() -> None:
+        _, agg = _setup(partitions=256, aggregator_maintenance_s=1, aggregator_quiet_check_s=1)
+        agg._active_until[5] = time.monotonic() + 3600
+        release = asyncio.Event()
+        started: list[int] = []
+        most_at_once = 0
+        running: set[int] = set()
+
+        async def look_after(partition: int) -> None:
+            nonlocal most_at_once
+            started.append(partition)
+            if partition != 5:
+                running.add(partition)
+                most_at_once = max(most_at_once, len(running))
+                await release.wait()
+                running.discard(partition)
+
+        agg._look_after = look_after  # type: ignore[method-assign]
+        loop = asyncio.create_task(agg._maintenance())
+        await _until(lambda: bool(running), loop)
+        busy = started.count(5)
+        await _until(lambda: started.count(5) >= busy + 2, loop)  # two more instants, the quiet ones hanging
+        assert most_at_once == aggregator.QUIET_LOOKING
+        release.set()
+        await _until(lambda: len(set(started)) == 256, loop)  # the queue drains: every quiet partition too
+        loop.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await loop
 
     _run(scenario)

@@ -121,8 +121,8 @@ class Aggregator:
         # Until when (monotonic) a partition counts as having recent events: its entries are still to be trimmed.
         self._active_until = dict.fromkeys(self.partitions, 0.0)
         self._active_s = settings.retention_s + 2 * settings.maintenance_s
-        # A partition's failed cluster calls in a row (_consume): while any, its maintenance, which would fail
-        # too, is left out.
+        # A partition's failed cluster calls in a row (its loop's, or a look-after's): while any, its maintenance,
+        # which would fail too, is left out; its loop's next call that works clears them.
         self._failures = dict.fromkeys(self.partitions, 0)
 
     async def run(self) -> None:
@@ -339,6 +339,7 @@ class Aggregator:
                 quiet_queue.update(dict.fromkeys(quiet))
                 start_quiet()
         finally:
+            quiet_queue.clear()  # a look-after that ends now starts no other
             for task in list(looking.values()):
                 task.cancel()
             await asyncio.gather(*looking.values(), return_exceptions=True)

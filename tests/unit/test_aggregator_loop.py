@@ -592,3 +592,29 @@ def test_quiet_look_afters_go_a_few_at_a_time_and_a_busy_partition_never_waits_b
             await loop
 
     _run(scenario)
+
+
+def test_maintenance_stopped_with_quiet_look_afters_queued_leaves_none_running(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Shutdown cancels the look-afters running; each that ends must not start one of those still queued."""
+    monkeypatch.setattr(aggregator, "QUIET_LOOK_AFTER_EVERY", 1)
+
+    async def scenario() -> None:
+        _, agg = _setup(partitions=64, aggregator_maintenance_s=1, aggregator_quiet_check_s=1)
+        hanging = asyncio.Event()
+
+        async def look_after(partition: int) -> None:
+            await hanging.wait()
+
+        agg._look_after = look_after  # type: ignore[method-assign]
+        before = asyncio.all_tasks()
+        loop = asyncio.create_task(agg._maintenance())
+        await asyncio.sleep(1.2)  # an instant: QUIET_LOOKING hang, the rest queued
+        loop.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await loop
+        await asyncio.sleep(0)
+        assert asyncio.all_tasks() == before, "a cancelled look-after started a queued one"
+
+    _run(scenario)

@@ -7,7 +7,8 @@ command at a time so that tests can run them under load and see every redirect t
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from common.storage import acl
@@ -45,14 +46,13 @@ def migrate_slots(cluster: LocalCluster, slots: Iterable[int], source: int, targ
     indexes = [target, source, *(index for index in primaries(cluster) if index not in (source, target))]
     nodes = {index: cluster.node(index) for index in indexes}
     try:
-        src, dst = nodes[source], nodes[target]
+        move = _Move.between(cluster, nodes[source], nodes[target], target)
         for slot in slots:
-            move = _begin(cluster, src, dst, slot, target)
-            while batch := _run(src, "CLUSTER", "GETKEYSINSLOT", slot, MIGRATE_BATCH):
-                move(batch)
-            target_id = str(_run(dst, "CLUSTER", "MYID"))
+            move.begin(slot)
+            while batch := _run(move.src, "CLUSTER", "GETKEYSINSLOT", slot, MIGRATE_BATCH):
+                move.keys(batch)
             for index in indexes:
-                _run(nodes[index], "CLUSTER", "SETSLOT", slot, "NODE", target_id)
+                _run(nodes[index], "CLUSTER", "SETSLOT", slot, "NODE", move.target_id)
     finally:
         for node in nodes.values():
             node.close()
@@ -63,22 +63,38 @@ def begin_migration(cluster: LocalCluster, slot: int, source: int, target: int, 
     and only the keys `names` moved. migrate_slot finishes it."""
     src, dst = cluster.node(source), cluster.node(target)
     try:
-        _begin(cluster, src, dst, slot, target)(names)
+        move = _Move.between(cluster, src, dst, target)
+        move.begin(slot)
+        move.keys(names)
     finally:
         src.close()
         dst.close()
 
 
-def _begin(
-    cluster: LocalCluster, src: NodeClient, dst: NodeClient, slot: int, target: int
-) -> Callable[[list[Any]], None]:
-    """IMPORTING on the target, MIGRATING on the source; returns what moves a batch of the slot's keys."""
-    source_id, target_id = (str(_run(node, "CLUSTER", "MYID")) for node in (src, dst))
-    _run(dst, "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
-    _run(src, "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
-    login = ("AUTH2", acl.ADMIN_USER, cluster.password(acl.ADMIN_USER))  # the target refuses the default user
-    address = (cluster.host(target), cluster.ports[target])
-    return lambda batch: _run(src, "MIGRATE", *address, "", 0, MIGRATE_TIMEOUT_MS, *login, "KEYS", *batch)
+@dataclass(frozen=True)
+class _Move:
+    """A move of slots from one primary to another, with what its commands need, learnt once."""
+
+    src: NodeClient
+    dst: NodeClient
+    source_id: str
+    target_id: str
+    migrate: tuple[Any, ...]  # MIGRATE's arguments before the keys
+
+    @classmethod
+    def between(cls, cluster: LocalCluster, src: NodeClient, dst: NodeClient, target: int) -> _Move:
+        source_id, target_id = (str(_run(node, "CLUSTER", "MYID")) for node in (src, dst))
+        login = ("AUTH2", acl.ADMIN_USER, cluster.password(acl.ADMIN_USER))  # the target refuses the default user
+        address = (cluster.host(target), cluster.ports[target])
+        return cls(src, dst, source_id, target_id, ("MIGRATE", *address, "", 0, MIGRATE_TIMEOUT_MS, *login, "KEYS"))
+
+    def begin(self, slot: int) -> None:
+        """IMPORTING on the target, MIGRATING on the source."""
+        _run(self.dst, "CLUSTER", "SETSLOT", slot, "IMPORTING", self.source_id)
+        _run(self.src, "CLUSTER", "SETSLOT", slot, "MIGRATING", self.target_id)
+
+    def keys(self, names: list[Any]) -> None:
+        _run(self.src, *self.migrate, *names)
 
 
 def slots_of(cluster: LocalCluster, index: int) -> list[int]:

@@ -16,7 +16,13 @@ from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 def build(server: grpc.aio.Server, cluster: Cluster) -> Service:
     settings = cluster.settings
     limits = StreamLimits(settings.streams())
-    feed = EventsFeed(cluster, settings.partitions, settings.stream_queue, settings.stream_quiet_check_s)
+    feed = EventsFeed(
+        cluster,
+        settings.partitions,
+        settings.stream_queue,
+        settings.stream_quiet_check_s,
+        settings.events_retention_s,
+    )
     servicer = ProfileServicer(Profiles(cluster, settings.partitions), feed, limits)
     profile_pb2_grpc.add_ProfileServiceServicer_to_server(servicer, server)
     return Service(

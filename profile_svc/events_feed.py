@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import functools
 import hashlib
 import hmac
@@ -51,6 +52,18 @@ from common.storage import keys
 from common.storage.cluster import Cluster
 from common.storage.replies import text
 from common.storage.stream_ids import StreamId, format_id, parse_id
+from profile_svc.feed_checkpoints import (
+    MAX_I64,
+    START_OVER,
+    Anchor,
+    Checkpoints,
+    Recorded,
+    Version,
+    anchor_text,
+    is_chain,
+    parse_anchor,
+    parse_decimal,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,25 +72,17 @@ PAGE = 1000  # entries per tail read of the stream (a millisecond or two of scri
 QUIET_CHECK_S = 10.0  # PROFILEMESH_STREAM_QUIET_CHECK_S's default
 CATCH_UP_PAGE = 2000  # entries a catch-up scans per read; it returns only those its subscriber wants
 RETRY_S = 0.5
-TOKEN_PREFIX = "v2."
+RETENTION_S = 600.0  # PROFILEMESH_EVENTS_RETENTION_S's default
+# Tail states stay this much longer than the events: a token unused for the retention window still resumes.
+CHECKPOINTS_MARGIN_S = 60.0
+TOKEN_PREFIX = "v3."  # a token naming recorded tail states (feed_checkpoints.py)
+FULL_TOKEN_PREFIX = "v2."  # a token carrying every partition's anchor: when no recorded state describes it
 MAC_BYTES = 16
-MAX_U64 = 2**64 - 1
-MAX_I64 = 2**63 - 1
+# What a v3 token may carry: runs of partitions, each at a recorded state, and partitions standing elsewhere.
+MAX_SEGMENTS = 4
+MAX_OVERRIDES = 32
 # Batches a subscriber's queue holds, whatever they contain: beyond it, it reads from the stream instead.
 MAX_QUEUED_BATCHES = 10_000
-
-START_OVER = "start again without a token and re-read whatever you derive from the events"
-
-
-class Anchor(NamedTuple):
-    """An entry a position can stand on: its id, its offset in the stream's history, and its time."""
-
-    id: StreamId
-    n: int
-    ts: int
-
-
-BEFORE_FIRST = Anchor((0, 0), 0, 0)
 
 
 @dataclass(frozen=True)
@@ -108,10 +113,14 @@ def _changed(partition: int) -> HistoryChanged:
     )
 
 
+Segments = list[tuple[int, Version | None]]  # (first partition, the recorded state the run stands at, if any)
+
+
 class Tokens:
     """Resume tokens of one deployment: a position, the deployment's identity and a MAC over both. The identity
     names the layout's generation too (none in the first, as before resizes): a position in the streams of a
-    layout since resized leads nowhere."""
+    layout since resized leads nowhere. A position is carried as recorded states (v3, feed_checkpoints.py)
+    and the few partitions that stand elsewhere, or, when no recorded state describes it, whole (v2)."""
 
     def __init__(self, secret: bytes, partitions: int, generation: int = 0) -> None:
         self._secret = secret
@@ -122,39 +131,55 @@ class Tokens:
     def _mac(self, body: bytes) -> bytes:
         return hmac.new(self._secret, body, hashlib.sha256).digest()[:MAC_BYTES]
 
-    def issue(self, anchors: Sequence[Anchor]) -> str:
-        body = (self.identity + ";" + ",".join(f"{format_id(a.id)}.{a.n}.{a.ts}" for a in anchors)).encode()
-        return TOKEN_PREFIX + _b64(body) + "." + _b64(self._mac(body))
+    def _signed(self, prefix: str, body: bytes) -> str:
+        return prefix + _b64(body) + "." + _b64(self._mac(body))
 
-    def check(self, token: SignedToken) -> list[Anchor]:
-        """The anchors of a well-formed token, once its identity and MAC say this deployment issued it."""
+    def issue(self, anchors: Sequence[Anchor]) -> str:
+        """A v2 token: every partition's anchor."""
+        return self._signed(FULL_TOKEN_PREFIX, (self.identity + ";" + ",".join(map(anchor_text, anchors))).encode())
+
+    def issue_compact(self, segments: Sequence[tuple[int, Version]], overrides: dict[int, Anchor]) -> str:
+        """A v3 token: runs of partitions at recorded states, then the partitions standing elsewhere."""
+        runs = ",".join(f"{start}.{version.chain}.{version.number}" for start, version in segments)
+        moved = ",".join(f"{partition}={anchor_text(anchor)}" for partition, anchor in sorted(overrides.items()))
+        return self._signed(TOKEN_PREFIX, f"{self.identity};{runs};{moved}".encode())
+
+    def check(self, token: SignedToken) -> SignedToken:
+        """A well-formed token, once its identity and MAC say this deployment issued it."""
         if token.identity != self.identity.encode():
             raise _invalid(
                 "resume_token was issued by another profilemesh deployment, or before its partitions were resized"
             )
         if not hmac.compare_digest(token.mac, self._mac(token.body)):
             raise _invalid("resume_token was altered: it is not a token this deployment issued")
-        return token.anchors
+        return token
 
 
 class SignedToken(NamedTuple):
     body: bytes
     identity: bytes
-    anchors: list[Anchor]
+    anchors: list[Anchor]  # v2: every partition's; v3: the overrides'
     mac: bytes
+    segments: list[tuple[int, Version]] = []  # v3 only
+    overridden: list[int] = []  # v3: the partitions of `anchors`
 
 
 def read_token(token: str, partitions: int) -> SignedToken:
     """A token taken apart and every number range-checked, without the deployment's secret, so malformed
     input is refused even while the cluster is down; InvalidArgument naming resume_token."""
     not_ours = _invalid("resume_token is not a token this service issued")
-    if not token.startswith(TOKEN_PREFIX) or len(token) > 120 * partitions + 64:
+    compact = token.startswith(TOKEN_PREFIX)
+    longest = 96 + 48 * MAX_SEGMENTS + 80 * MAX_OVERRIDES if compact else 120 * partitions + 64
+    if not (compact or token.startswith(FULL_TOKEN_PREFIX)) or len(token) > longest:
         raise not_ours
     body_text, _, mac_text = token[len(TOKEN_PREFIX) :].partition(".")
     try:
         body, mac = _unb64(body_text), _unb64(mac_text)
         identity, _, packed = body.partition(b";")
-        anchors = [_anchor(part) for part in packed.decode().split(",")]
+        if compact:
+            overrides, segments, overridden = _compact_position(packed.decode(), partitions)
+            return SignedToken(body, identity, overrides, mac, segments, overridden)
+        anchors = [parse_anchor(part) for part in packed.decode().split(",")]
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise not_ours from None
     if len(anchors) != partitions:
@@ -163,6 +188,29 @@ def read_token(token: str, partitions: int) -> SignedToken:
             "subscribe without a token)"
         )
     return SignedToken(body, identity, anchors, mac)
+
+
+def _compact_position(packed: str, partitions: int) -> tuple[list[Anchor], list[tuple[int, Version]], list[int]]:
+    """A v3 position's overrides' anchors, runs and overridden partitions; ValueError unless each is in range,
+    in order and canonical."""
+    runs_text, moved_text = packed.split(";")
+    segments = []
+    for run in runs_text.split(","):
+        start, chain, number = run.split(".")
+        if not is_chain(chain):
+            raise ValueError("not a chain")
+        segments.append((parse_decimal(start, partitions - 1), Version(chain, parse_decimal(number, MAX_I64))))
+    starts = [start for start, _ in segments]
+    if starts[0] != 0 or starts != sorted(set(starts)) or len(segments) > MAX_SEGMENTS:
+        raise ValueError("runs out of order")
+    overridden, anchors = [], []
+    for part in moved_text.split(",") if moved_text else []:
+        partition, _, anchor = part.partition("=")
+        overridden.append(parse_decimal(partition, partitions - 1))
+        anchors.append(parse_anchor(anchor))
+    if overridden != sorted(set(overridden)) or len(overridden) > MAX_OVERRIDES:
+        raise ValueError("overrides out of order")
+    return anchors, segments, overridden
 
 
 def _b64(data: bytes) -> str:
@@ -178,26 +226,6 @@ def _unb64(text: str) -> bytes:
     return data
 
 
-def _anchor(text: str) -> Anchor:
-    """`ms-seq.n.ts`, each a decimal in the range the cluster accepts; ValueError otherwise."""
-    entry, n, ts = text.split(".")
-    ms, seq = entry.split("-")
-    values = [_decimal(ms, MAX_U64), _decimal(seq, MAX_U64), _decimal(n, MAX_I64), _decimal(ts, MAX_I64)]
-    anchor = Anchor((values[0], values[1]), values[2], values[3])
-    if (anchor.n == 0) != (anchor.id == (0, 0)):
-        raise ValueError("only the position before the first entry has offset 0")
-    return anchor
-
-
-def _decimal(text: str, maximum: int) -> int:
-    if not text.isascii() or not text.isdigit() or len(text) > 20 or (len(text) > 1 and text[0] == "0"):
-        raise ValueError(f"not a canonical decimal: {text!r}")
-    value = int(text)
-    if value > maximum:
-        raise ValueError(f"out of range: {text}")
-    return value
-
-
 def _invalid(message: str) -> InvalidArgument:
     return InvalidArgument(
         f"{message}: pass the resume_token of a message received from this deployment, or none to start from now",
@@ -206,16 +234,69 @@ def _invalid(message: str) -> InvalidArgument:
 
 
 class Position:
-    """The last entry a subscriber has passed, per partition: what a resume token encodes."""
+    """The last entry a subscriber has passed, per partition: what a resume token encodes.
 
-    def __init__(self, anchors: Iterable[Anchor], tokens: Tokens) -> None:
+    Besides every partition's anchor it keeps a description a token can carry: runs of partitions each standing
+    where the tail reader stood at a recorded version (`segments`; a run with no version can't be carried), and
+    the partitions `moved` since, which stand wherever their anchors say. For a subscriber level with the tail
+    that is one run and at most one partition; one catching up has the runs it is caught up to and from."""
+
+    def __init__(
+        self, anchors: Iterable[Anchor], tokens: Tokens, segments: Segments | None = None, moved: Iterable[int] = ()
+    ) -> None:
         self.anchors = list(anchors)
         self.tokens = tokens
+        # Invariant: a partition not in `moved` stands where its run's version has it.
+        self.segments: Segments = segments or [(0, None)]
+        self.moved = set(moved)
 
     def advance(self, event: Event) -> None:
-        self.anchors[event.partition] = event.anchor
+        self.move(event.partition, event.anchor)
+
+    def move(self, partition: int, anchor: Anchor) -> None:
+        self.anchors[partition] = anchor
+        self.moved.add(partition)
+
+    def meet(self, batch: Batch) -> None:
+        """Before a batch that starts a chain: a position standing at its base takes that version (the one
+        comparison of every partition, once a chain)."""
+        if batch.base is not None and batch.previous is not None and self.anchors == batch.base:
+            self.segments, self.moved = [(0, batch.previous)], set()
+
+    def passed(self, batch: Batch) -> None:
+        """After a batch: a position that stood at the tail's version before it, but for the batch's partition,
+        and now stands where the tail does there, stands at the tail's version after it. After one not
+        recorded, tokens carry every partition until a chain starts again (meet): the state they would name
+        may be the one lost."""
+        partition = batch.partition
+        if batch.version is None:  # the tail's states are not being recorded: no state may describe this one
+            self.segments = [(0, None)]
+        elif (
+            self.segments == [(0, batch.previous)]
+            and self.moved <= {partition}
+            and self.anchors[partition] == batch.until
+        ):
+            self.segments, self.moved = [(0, batch.version)], set()
+
+    def caught_up(self, partition: int, target: Anchor, version: Version | None) -> None:
+        """Every partition up to this one was brought, in order, to the targets: `version`'s state. This one
+        stands at `target` unless it could not reach it."""
+        if self.anchors[partition] == target:
+            self.moved.discard(partition)
+        else:
+            self.moved.add(partition)
+        end = partition + 1
+        ends = [start for start, _ in self.segments[1:]] + [len(self.anchors)]
+        runs = zip(self.segments, ends, strict=True)
+        later = [(max(start, end), run) for (start, run), run_end in runs if run_end > end]
+        if later and later[0][1] == version:
+            later.pop(0)
+        self.segments = [(0, version), *later]
 
     def token(self) -> str:
+        runs = [(start, version) for start, version in self.segments if version is not None]
+        if len(runs) == len(self.segments) <= MAX_SEGMENTS and len(self.moved) <= MAX_OVERRIDES:
+            return self.tokens.issue_compact(runs, {partition: self.anchors[partition] for partition in self.moved})
         return self.tokens.issue(self.anchors)
 
 
@@ -265,6 +346,10 @@ class Batch:
     after: Anchor | None  # the position the tail reader read these from; None when it found a gap or a change
     events: list[Event]
     until: Anchor  # where the tail reader stands after it: a subscriber not level with it reads up to here
+    # The tail reader's recorded versions before and after it (feed_checkpoints.py); None: not recorded.
+    previous: Version | None = None
+    version: Version | None = None
+    base: list[Anchor] | None = None  # the state `previous` names, when it starts a chain (Position.meet)
 
 
 class Subscription:
@@ -302,10 +387,16 @@ class Subscription:
 
 class EventsFeed:
     def __init__(
-        self, cluster: Cluster, partitions: int, queue_limit: int, quiet_check_s: float = QUIET_CHECK_S
+        self,
+        cluster: Cluster,
+        partitions: int,
+        queue_limit: int,
+        quiet_check_s: float = QUIET_CHECK_S,
+        retention_s: float = RETENTION_S,
     ) -> None:
         """`queue_limit`: events a subscriber's queue holds (PROFILEMESH_STREAM_QUEUE) before it reads the stream;
-        `quiet_check_s`: how often every partition is read, woken or not (PROFILEMESH_STREAM_QUIET_CHECK_S)."""
+        `quiet_check_s`: how often every partition is read, woken or not (PROFILEMESH_STREAM_QUIET_CHECK_S);
+        `retention_s`: how long the events stay (PROFILEMESH_EVENTS_RETENTION_S), and the tokens' positions."""
         self.cluster = cluster
         self.partitions = partitions
         self.queue_limit = queue_limit
@@ -313,6 +404,11 @@ class EventsFeed:
         # It reads, and arms a wake flag at most: running it twice does no harm.
         self._events_after = cluster.script(SCRIPTS / "events_after.lua", repeatable=True)
         self.tail: list[Anchor] = []  # per partition, the last entry the tail reader has passed
+        self.tail_version: Version | None = None  # the recorded version `tail` is, if any
+        self.checkpoints = Checkpoints(cluster, partitions, retention_s + CHECKPOINTS_MARGIN_S)
+        # Tail reads' batches waiting to be recorded and handed out, each with what its reader awaits.
+        self._outbox: list[tuple[Batch, asyncio.Future[None]]] = []
+        self._outbox_filled = asyncio.Event()
         self.subscriptions: set[Subscription] = set()
         # While anyone subscribes: the wake-up subscriptions, the tail reader and its quiet checks.
         self._tailers: list[asyncio.Task[None]] = []
@@ -340,7 +436,16 @@ class EventsFeed:
         """The position a resume token holds; InvalidArgument (resume_token) unless this deployment issued it."""
         signed = read_token(token, self.partitions)
         tokens = await self.tokens()
-        return Position(tokens.check(signed), tokens)
+        checked = tokens.check(signed)
+        if not checked.segments:
+            return Position(checked.anchors, tokens)
+        anchors: list[Anchor] = []
+        ends = [start for start, _ in checked.segments[1:]] + [self.partitions]
+        for (start, version), end in zip(checked.segments, ends, strict=True):
+            anchors += (await self.checkpoints.load(version))[start:end]
+        for partition, anchor in zip(checked.overridden, checked.anchors, strict=True):
+            anchors[partition] = anchor
+        return Position(anchors, tokens, list(checked.segments), checked.overridden)
 
     async def watch(
         self, clock: StreamClock, position: Position | None, wanted: Callable[[Event], bool]
@@ -349,20 +454,20 @@ class EventsFeed:
         the first at once, then whenever the clock says one is due (also while catching up)."""
         tokens = await self.tokens()
         # The tail as the subscription starts: every batch queued from now on starts at or after it.
-        subscription, targets = await self._subscribe(clock, wanted)
+        subscription, targets, version = await self._subscribe(clock, wanted)
         try:
             if position is None:
-                position = Position(targets, tokens)
+                position = Position(targets, tokens, [(0, version)])
             yield None, position
             while True:
                 for partition, target in enumerate(targets):
-                    if position.anchors[partition] == target:
-                        # Level with the tail, whose reads are checked reads: nothing to read, and what happens
-                        # to the stream from here reaches the subscriber as batches. (A new subscription is level
-                        # everywhere: at 4,096 partitions, 4,096 round trips saved before its first event.)
-                        continue
-                    async for event in self._catch_up(position, partition, target.id, clock, wanted):
-                        yield event, position
+                    # Level with the tail, whose reads are checked reads: nothing to read, and what happens to the
+                    # stream from here reaches the subscriber as batches. (A new subscription is level everywhere:
+                    # at 4,096 partitions, 4,096 round trips saved before its first event.)
+                    if position.anchors[partition] != target:
+                        async for event in self._catch_up(position, partition, target.id, clock, wanted):
+                            yield event, position
+                    position.caught_up(partition, target, version)
                 while not subscription.overflowed and (batch := subscription.pop()) is not None:
                     async for event in self._deliver(position, batch, clock, wanted):
                         yield event, position
@@ -370,7 +475,7 @@ class EventsFeed:
                         yield None, position
                 if subscription.overflowed:  # its queue was dropped: read from the stream up to the tail
                     subscription.overflowed = False
-                    targets = list(self.tail)
+                    targets, version = list(self.tail), self.tail_version
                     continue
                 targets = []
                 if not await clock.wait():
@@ -382,16 +487,18 @@ class EventsFeed:
         self, position: Position, batch: Batch, clock: StreamClock, wanted: Callable[[Event], bool]
     ) -> AsyncIterator[Event | None]:
         partition = batch.partition
+        position.meet(batch)
         if batch.after is not None and batch.after == position.anchors[partition]:
             for event in batch.events:
                 position.advance(event)
                 if wanted(event):
                     yield event
-            return
-        # Not level with the batch: the stream itself says what comes after the position, up to where the tail
-        # reader stands (after a failover that may be past entries no batch carried).
-        async for caught_up in self._catch_up(position, partition, batch.until.id, clock, wanted):
-            yield caught_up
+        else:
+            # Not level with the batch: the stream itself says what comes after the position, up to where the tail
+            # reader stands (after a failover that may be past entries no batch carried).
+            async for caught_up in self._catch_up(position, partition, batch.until.id, clock, wanted):
+                yield caught_up
+        position.passed(batch)
 
     async def _catch_up(
         self,
@@ -417,7 +524,7 @@ class EventsFeed:
                 if wanted(event):
                     yield event
             if read.scanned_to is not None:
-                position.anchors[partition] = read.scanned_to
+                position.move(partition, read.scanned_to)
             if read.scanned < CATCH_UP_PAGE:
                 return
             if clock.heartbeat_due():
@@ -473,19 +580,24 @@ class EventsFeed:
 
     async def _subscribe(
         self, clock: StreamClock, wanted: Callable[[Event], bool]
-    ) -> tuple[Subscription, list[Anchor]]:
+    ) -> tuple[Subscription, list[Anchor], Version | None]:
         async with self._starting:
             if not self._tailers:
                 self.tail = list(await asyncio.gather(*(self._last(p) for p in range(self.partitions))))
+                self.checkpoints.chain = None  # a new chain: this state is no version of the last one
+                recorded = await self.checkpoints.record(self.tail, [])
+                self.tail_version = recorded.before if recorded else None
                 self._due.clear()
+                self._outbox.clear()
                 self._tailers = [
                     asyncio.create_task(self._watch_wakes(), name="events-wakes"),
                     asyncio.create_task(self._follow(), name="events-tail"),
+                    asyncio.create_task(self._publish(), name="events-publish"),
                     asyncio.create_task(self._quiet_checks(), name="events-quiet-checks"),
                 ]
             subscription = Subscription(self.queue_limit, clock, wanted)
             self.subscriptions.add(subscription)
-            return subscription, list(self.tail)
+            return subscription, list(self.tail), self.tail_version
 
     def _unsubscribe(self, subscription: Subscription) -> None:
         self.subscriptions.discard(subscription)
@@ -510,6 +622,10 @@ class EventsFeed:
             await asyncio.sleep(self.quiet_check_s)
             for partition in range(self.partitions):
                 self._wake_up(partition)
+            try:
+                await self.checkpoints.keep_alive()
+            except StorageError as error:
+                log.warning("change-feed checkpoints: the current block's expiry was not renewed: %r", error)
 
     async def _follow(self) -> None:
         """Read every partition that is due, one read of each in flight at a time (its batches go out in order);
@@ -555,18 +671,58 @@ class EventsFeed:
         verdict, events = read.verdict, read.events
         if verdict == "changed":
             log.warning("events of partition %d: the stream lost entries already read (failover)", partition)
-            self.tail[partition] = read.last  # past what no batch will carry: subscribers read up to it
-            self._hand_out(Batch(partition, None, [], read.last))
+            # Past what no batch will carry: subscribers read up to it.
+            await self._handed_out(Batch(partition, None, [], read.last))
             return False
         if verdict == "trimmed":  # it stalled and entries after its position were trimmed
             log.warning("events tail of partition %d: entries after its position were trimmed", partition)
-        if events:
-            self.tail[partition] = events[-1].anchor
-        elif verdict == "trimmed":  # trimmed to the end: nothing after its position is left
-            self.tail[partition] = read.last
         if events or verdict != "ok":
-            self._hand_out(Batch(partition, base if verdict == "ok" else None, events, self.tail[partition]))
+            # After a trim to the end, nothing after its position is left: it stands at the last entry trimmed.
+            until = events[-1].anchor if events else read.last
+            await self._handed_out(Batch(partition, base if verdict == "ok" else None, events, until))
         return len(events) == PAGE
+
+    async def _handed_out(self, batch: Batch) -> None:
+        """Queue the batch for _publish, and wait until it is recorded and handed out."""
+        done = asyncio.get_running_loop().create_future()
+        self._outbox.append((batch, done))
+        self._outbox_filled.set()
+        await done
+
+    async def _publish(self) -> None:
+        """Record the tail reads' batches (feed_checkpoints.py), those ready together in one write, then move the
+        tail and hand them out in the order recorded, each with the versions before and after it; unrecorded
+        when the write failed. One write at a time, so versions and hand-outs keep one order."""
+        while True:
+            await self._outbox_filled.wait()
+            self._outbox_filled.clear()
+            ready, self._outbox = self._outbox, []
+            if not ready:
+                continue
+            changes = [(batch.partition, batch.until) for batch, _ in ready]
+            try:
+                recorded = await self.checkpoints.record(self.tail, changes)
+            except Exception:  # a defect: the batches still go out, unrecorded
+                log.exception("change-feed checkpoints: recording failed")
+                recorded = None
+            self._publish_recorded(ready, recorded)
+
+    def _publish_recorded(self, ready: list[tuple[Batch, asyncio.Future[None]]], recorded: Recorded | None) -> None:
+        base = list(self.tail) if recorded is not None and recorded.new_chain else None
+        if recorded is not None:
+            self.tail_version = recorded.before
+        for index, (batch, done) in enumerate(ready):
+            self.tail[batch.partition] = batch.until
+            previous = self.tail_version
+            self.tail_version = Version(recorded.before.chain, recorded.first + index) if recorded else None
+            starts_chain = recorded is not None and recorded.new_chain and index == 0
+            self._hand_out(
+                dataclasses.replace(
+                    batch, previous=previous, version=self.tail_version, base=base if starts_chain else None
+                )
+            )
+            if not done.done():
+                done.set_result(None)
 
     def _hand_out(self, batch: Batch) -> None:
         for subscription in self.subscriptions:

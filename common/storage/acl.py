@@ -50,6 +50,7 @@ FAMILIES: dict[str, str] = {
     "tombstones by time": _every_partition(keys.deleted_at_key(0)),
     "recounts": _every_partition(keys.recount_key(0)),
     "wake flags": _every_partition(keys.wake_key(0)),  # keys, and sharded channels of the same names
+    "feed checkpoints": keys.checkpoint_key("*", 0).replace(":0", ":*"),
     "partition count": keys.PARTITIONS_KEY,
     "deployment key": keys.DEPLOYMENT_KEY,
     "aggregator replicas": keys.AGGREGATORS_KEY,
@@ -101,6 +102,9 @@ ROLES: dict[str, Role] = {
             # Every script's event wakes whoever waits for the partition (helpers.lua): the aggregator, and the
             # change feed, whose tail reads arm the flag (events_after.lua) and whose wakes come by subscription.
             "wake flags": Rights("+get +set +spublish +ssubscribe", scripts=True, channels=True),
+            # Where the change feed's tail readers have stood, which resume tokens name: record_checkpoint.lua
+            # writes a block, a resume reads one; both renew its expiry.
+            "feed checkpoints": Rights("+lindex +rpush +pexpire +lrange", scripts=True),
             # Written once, on first start: SETNX, not SET, so no one holding the password can change them.
             "partition count": Rights("+get +setnx"),
             "deployment key": Rights("+get +setnx"),  # the change feed's token secret

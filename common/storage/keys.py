@@ -39,6 +39,7 @@ PROFILE_PREFIX = "profile:"
 EVENTS_PREFIX = "events:"
 STATS_PREFIX = "stats:"
 WAKE_PREFIX = "wake:"
+FEED_PREFIX = "feed:"  # profile_svc's change feed: where its tail readers have stood
 
 
 def partition_of(user: str, partitions: int) -> int:
@@ -79,6 +80,12 @@ def trimmed_key(partition: int, generation: int = 0) -> str:
     """Hash: the id, offset and time of the last entry trimmed from the partition's stream, so the change
     feed can tell a position trimmed exactly up to from one whose history changed (a lossy failover)."""
     return f"{EVENTS_PREFIX}{tag(partition, generation)}:trimmed"
+
+
+def checkpoint_key(chain: str, block: int) -> str:
+    """List: one block of a change-feed tail reader's chain of states (profile_svc/feed_checkpoints.py), which
+    resume tokens name. A chain's blocks share its hash tag, and so one slot."""
+    return f"{FEED_PREFIX}{{{chain}}}:{block}"
 
 
 def reads_key(partition: int, generation: int = 0) -> str:

@@ -208,6 +208,13 @@ class FeedAdapter:
     async def resume(self, token: str) -> Any:
         return await self.feed.resume(token)
 
+    async def resumes_at(self, token: str) -> list[tuple[StreamId, int, int]] | str:
+        """Where a token just issued resumes: it must be where its position stands."""
+        try:
+            return self.where(await self.feed.resume(token))
+        except Exception as error:  # noqa: BLE001  # any failure is the check's finding
+            return repr(error)
+
     def watch(
         self, clock: StreamClock, position: Any, users: Iterable[str], types: Iterable[str]
     ) -> AsyncIterator[Any]:
@@ -380,6 +387,7 @@ class Item:
     event: Delivered | None
     where: list[tuple[StreamId, int, int]]  # per partition: id, offset and time of the entry it stands on
     token: str
+    resumes_at: list[tuple[StreamId, int, int]] | str  # where the token resumes, read back at once (or why not)
 
 
 @dataclass
@@ -575,11 +583,13 @@ class Schedule:
                     self.h.adapter.watch(clock, position, subscriber.users, subscriber.types)
                 ) as feed:
                     async for event, where in feed:
+                        issued = where.token()
                         subscriber.items.append(
                             Item(
                                 None if event is None else self.h.adapter.delivered(event),
                                 self.h.adapter.where(where),
-                                where.token(),
+                                issued,
+                                await self.h.adapter.resumes_at(issued),
                             )
                         )
                         clock.sent(event is not None)
@@ -797,6 +807,9 @@ class Schedule:
     def check_token(self, subscriber: Subscriber, item: Item) -> None:
         if len(item.where) != PARTITIONS:
             self.fail(subscriber, 0, "token of a wrong size", f"{len(item.where)} partitions")
+            return
+        if item.resumes_at != item.where:
+            self.fail(subscriber, 0, "token resumes elsewhere", f"{item.resumes_at} where it stood at {item.where}")
             return
         for p, (position, offset, ts) in enumerate(item.where):
             candidates = self.resolve(p, position, ts)

@@ -56,6 +56,10 @@ WITH_KEY: dict[str, list[str]] = {
     "zrangebyscore": ["ZRANGEBYSCORE", K, "-inf", "+inf"],
     "zremrangebyscore": ["ZREMRANGEBYSCORE", K, "-inf", "0"],
     "zrange": ["ZRANGE", K, "0", "-1"],
+    "rpush": ["RPUSH", K, "matrix"],
+    "lindex": ["LINDEX", K, "-1"],
+    "lrange": ["LRANGE", K, "0", "-1"],
+    "pexpire": ["PEXPIRE", K, "600000"],
     "xadd": ["XADD", K, "*", "user", "matrix"],
     "xrange": ["XRANGE", K, "-", "+", "COUNT", "1"],
     "xread": ["XREAD", "COUNT", "1", "STREAMS", K, "0"],
@@ -109,6 +113,7 @@ READS = (
     "zrevrange",
     "zrangebyscore",
     "zrange",
+    "lrange",
 )
 
 
@@ -208,6 +213,7 @@ def test_no_key_the_services_make_is_in_two_families() -> None:
         "tombstones by time": keys.deleted_at_key(7),
         "recounts": keys.recount_key(7),
         "wake flags": keys.wake_key(7),
+        "feed checkpoints": keys.checkpoint_key("0123456789abcdef", 3),
         "partition count": keys.PARTITIONS_KEY,
         "deployment key": keys.DEPLOYMENT_KEY,
         "aggregator replicas": keys.AGGREGATORS_KEY,
@@ -310,6 +316,7 @@ def test_the_real_commands_agree_with_dry_run(secured: System, admin: RedisClust
         "tombstones by time": lambda key: admin.zadd(key, {"matrix": 1}),
         "recounts": lambda key: admin.hset(key, "head", 0),
         "wake flags": lambda key: admin.set(key, "0"),
+        "feed checkpoints": lambda key: admin.rpush(key, "0 S 0-0.0.0"),
         OUTSIDE: lambda key: admin.set(key, "1"),
     }
     for family, make in samples.items():
@@ -382,6 +389,7 @@ WRITERS = {
     "partition count": {"profile_svc"},
     "deployment key": {"profile_svc"},
     "aggregator replicas": {"aggregator_svc"},
+    "feed checkpoints": {"profile_svc"},  # its change feed's tail states (profile_svc/feed_checkpoints.py)
 }
 
 

@@ -6,7 +6,6 @@ without ids handed out again), a filtered subscriber far behind under load, and 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import signal
@@ -26,13 +25,15 @@ from common.rpc.streams import StreamLimits
 from common.storage import keys
 from common.storage.cluster import Cluster
 from localdev.system import System
-from profile_svc.events_feed import CATCH_UP_PAGE, Anchor, EventsFeed, Tokens, event_filter
+from profile_svc.events_feed import CATCH_UP_PAGE, TOKEN_PREFIX, Anchor, EventsFeed, Tokens, event_filter
+from profile_svc.feed_checkpoints import Version
 from profile_svc.profiles import script_keys
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 from tests.conftest import PARTITIONS, TEST_SETTINGS, running_system
 from tests.helpers import FunctionCall, status_details, wait_until
 
 PROFILE_SCRIPTS = Path(__file__).parent.parent / "profile_svc" / "scripts"
+CHAIN = Version("0123456789abcdef", 7)  # a recorded state no process ever recorded
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +51,22 @@ def admin(system: System) -> Iterator[RedisCluster]:
     client.close()
 
 
-def offsets(token: str) -> list[int]:
-    """The offsets a token holds, per partition (the token's body is readable; only its MAC is secret)."""
-    body = token.removeprefix("v2.").split(".")[0]
-    packed = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode().split(";")[1]
-    return [int(part.split(".")[1]) for part in packed.split(",")]
+class Reader:
+    """Reads tokens back as a replica does (EventsFeed.resume, which reads the states a token names from the
+    cluster): where a token stands, per partition."""
+
+    def __init__(self, system: System) -> None:
+        self.cluster = Cluster(system.client_settings("profile_svc"))
+        self.feed = EventsFeed(self.cluster, PARTITIONS, self.cluster.settings.stream_queue)
+
+    async def start(self) -> None:
+        await self.cluster.verify_partitions()
+
+    async def offsets(self, token: str) -> list[int]:
+        return [anchor.n for anchor in (await self.feed.resume(token)).anchors]
+
+    async def close(self) -> None:
+        await self.cluster.close()
 
 
 def user_in(partition: int, prefix: str) -> str:
@@ -282,13 +294,21 @@ def test_filtered_subscribers_400000_entries_behind_catch_up_under_3000_events_a
             loader = threading.Thread(target=load, daemon=True)
             loader.start()
 
-            def behind(token: str) -> int:
-                tails = [int(admin.xinfo_stream(keys.events_key(p))["entries-added"]) for p in range(PARTITIONS)]
-                return sum(tail - mine for tail, mine in zip(tails, offsets(token), strict=True))
+            reader = Reader(system)
+            await reader.start()
 
-            grpc_result, sse_result = await asyncio.gather(
-                _grpc_catch_up(system, token, behind), _sse_catch_up(system, token, behind)
-            )
+            async def behind(token: str) -> int:
+                tails = [int(admin.xinfo_stream(keys.events_key(p))["entries-added"]) for p in range(PARTITIONS)]
+                return sum(tail - mine for tail, mine in zip(tails, await reader.offsets(token), strict=True))
+
+            try:
+                grpc_result, sse_result = await asyncio.gather(
+                    _grpc_catch_up(system, token, behind), _sse_catch_up(system, token, behind)
+                )
+                for result in (grpc_result, sse_result):
+                    result["progress"] = [sum(await reader.offsets(token)) for _, token in result["tokens"]]
+            finally:
+                await reader.close()
             return {"grpc": grpc_result, "sse": sse_result}
 
         results = asyncio.run(scenario())
@@ -301,7 +321,7 @@ def test_filtered_subscribers_400000_entries_behind_catch_up_under_3000_events_a
         # Tokens came with the catch-up, each further on than the one before (how many depends on how fast it
         # went: at least the first and one past the backlog; a heartbeat after every page is shown in-process
         # by test_every_page_of_a_catch_up_can_carry_a_heartbeat_with_an_advancing_token).
-        progress = [sum(offsets(token)) for _, token in tokens]
+        progress = result["progress"]
         assert len(progress) >= 2 and progress == sorted(progress), via
         assert progress[-1] > progress[0] + BEHIND, via
         assert result["final_behind"] < RATE, (via, result)  # level with the tail, give or take a second of writes
@@ -319,7 +339,7 @@ async def _grpc_catch_up(system: System, token: str, behind: Any) -> dict[str, A
     while time.monotonic() < deadline and watch.error is None:
         await asyncio.sleep(0.5)
         if watch.tokens:
-            final = behind(watch.tokens[-1][1])
+            final = await behind(watch.tokens[-1][1])
             if final < RATE:
                 break
     caught_up_s = time.monotonic() - started
@@ -397,11 +417,98 @@ async def _sse_catch_up(system: System, token: str, behind: Any) -> dict[str, An
                 break
             if line.startswith("id:"):
                 tokens.append((time.monotonic(), line.removeprefix("id:").strip()))
-                final = behind(tokens[-1][1])
+                final = await behind(tokens[-1][1])
                 if final < RATE:
                     break
     caught_up_s = time.monotonic() - started
     return {"tokens": tokens, "error": error, "caught_up_s": caught_up_s, "final_behind": final}
+
+
+# ---------------------------------------------------------------- tokens that name recorded states
+
+TOKEN_BOUND = 256  # bytes: what a level subscriber's token stays within, whatever the partition count
+
+
+def test_tokens_stay_small_and_resume_exactly_on_another_replica(system: System) -> None:
+    """A token names where the replica's tail reader stood (recorded in the cluster), not every partition: it
+    stays within TOKEN_BOUND with events in every partition, and the other replica resumes it exactly."""
+    users = [user_in(partition, "small") for partition in range(PARTITIONS)]
+
+    async def scenario() -> tuple[Watch, Watch]:
+        first = Watch(system.profile_port)
+        await first.until(lambda: first.token, what="the first heartbeat")
+        for user in users:
+            write(system.profile_ports[1], user, ["create", "update"])
+        await first.until(lambda: len(first.events) == 2 * PARTITIONS, what="every partition's events")
+        await first.close()
+        for user in users:
+            write(system.profile_ports[1], user, ["delete"])
+        resumed = Watch(system.profile_ports[1], resume_token=first.token)
+        await resumed.until(lambda: len(resumed.events) >= PARTITIONS, what="the deletes after the token")
+        await asyncio.sleep(0.5)  # anything more would show here
+        await resumed.close()
+        return first, resumed
+
+    first, resumed = asyncio.run(scenario())
+    sizes = [len(token) for _, token in first.tokens]
+    assert max(sizes) <= TOKEN_BOUND, sizes
+    # Partitions have no order among them: each delete once, and nothing from before the token.
+    assert sorted((e.user, e.type) for e in resumed.events) == sorted((user, "delete") for user in users)
+    print(f"\ntokens of {PARTITIONS} partitions with events in every one: {min(sizes)}-{max(sizes)} bytes")
+
+
+def test_a_lost_checkpoint_ends_only_the_tokens_that_named_it(system: System, admin: RedisCluster) -> None:
+    """The tail states a token names are gone (a lossy failover of their shard, here deleted): that token is
+    EVENTS_TRIMMED with a message saying so. The live subscriber misses nothing; the tokens it gets meanwhile
+    carry every partition, and once a new chain is recorded they name it again: both resume exactly on the
+    other replica."""
+    users = [user_in(partition, "lost") for partition in (2, 5)]
+    other = system.profile_ports[1]
+
+    async def scenario() -> tuple[Watch, dict[str, str], dict[str, Watch]]:
+        live = Watch(system.profile_port)
+        await live.until(lambda: live.token, what="the first heartbeat")
+        write(other, users[0], ["create"])
+        await live.until(lambda: len(live.events) == 1, what="the first create")
+        tokens = {"before the loss": live.token}
+        for key in admin.scan_iter(match=f"{keys.FEED_PREFIX}*", count=1000):
+            admin.delete(key)
+        write(other, users[1], ["create"])
+        write(other, users[0], ["update"])
+        await live.until(lambda: len(live.events) == 3, what="the events after the loss")
+        tokens["found lost"] = live.token
+        await asyncio.sleep(1)  # past the wait before a new chain is tried (feed_checkpoints.RETRY_S)
+        write(other, users[1], ["update"])
+        await live.until(lambda: len(live.events) == 4, what="the update after the wait")
+        tokens["new chain"] = live.token
+        write(other, users[0], ["delete"])
+        await live.until(lambda: len(live.events) == 5, what="the delete")
+        await live.close()
+        resumed = {}
+        for name, token in tokens.items():
+            resumed[name] = Watch(other, resume_token=token)
+            await resumed[name].until(
+                lambda watch=resumed[name]: watch.error is not None or len(watch.events) >= 1, what=name
+            )
+        await asyncio.sleep(0.5)  # anything more would show here
+        for watch in resumed.values():
+            await watch.close()
+        return live, tokens, resumed
+
+    live, tokens, resumed = asyncio.run(scenario())
+    seen = [(e.user, e.type) for e in live.events]
+    assert sorted(seen) == sorted([*((u, t) for u in users for t in ("create", "update")), (users[0], "delete")])
+    lost = resumed["before the loss"].error
+    assert lost is not None and lost.code() == grpc.StatusCode.OUT_OF_RANGE, lost
+    assert reason_of(lost) == "EVENTS_TRIMMED" and "no longer kept" in (lost.details() or ""), lost
+    assert not resumed["before the loss"].events
+    after_found = [(e.user, e.type) for e in resumed["found lost"].events]
+    assert resumed["found lost"].error is None, resumed["found lost"].error
+    assert sorted(after_found) == sorted([(users[1], "update"), (users[0], "delete")]), after_found
+    assert resumed["new chain"].error is None, resumed["new chain"].error
+    assert [(e.user, e.type) for e in resumed["new chain"].events] == [(users[0], "delete")]
+    assert tokens["new chain"].startswith(TOKEN_PREFIX) and len(tokens["new chain"]) <= TOKEN_BOUND, tokens
+    print(f"\ntoken lengths: {', '.join(f'{name} {len(token)}' for name, token in tokens.items())}")
 
 
 # ---------------------------------------------------------------- forged tokens
@@ -418,15 +525,25 @@ def forged_tokens(admin: RedisCluster, genuine: str) -> dict[str, tuple[str, str
     def minted(anchor: Anchor) -> str:
         return ours.issue([anchor, *start[1:]])
 
-    body, _, mac = genuine.removeprefix("v2.").partition(".")
+    body, _, mac = genuine[len(TOKEN_PREFIX) :].partition(".")
     flipped = ("A" if mac[0] != "A" else "B") + mac[1:]  # the first character: all six of its bits count
     return {
         "garbage": ("not-a-token", "not a token this service issued"),
         "an earlier version's": ("v1.MC0wOjA", "not a token this service issued"),
         "empty after the prefix": ("v2.", "not a token this service issued"),
         "not base64": ("v2.@@@.!!!", "not a token this service issued"),
-        "altered MAC": (f"v2.{body}.{flipped}", "altered"),
-        "altered body": (f"v2.{body[:-2]}AA.{mac}", "resume_token"),
+        "altered MAC": (f"{TOKEN_PREFIX}{body}.{flipped}", "altered"),
+        "altered body": (f"{TOKEN_PREFIX}{body[:-2]}AA.{mac}", "resume_token"),
+        "a full token with an altered body": (ours.issue(start)[:-30] + "A" * 30, "resume_token"),
+        "a state's partition out of range": (
+            ours.issue_compact([(0, CHAIN)], {PARTITIONS: Anchor((5, 3), 1, 5)}),
+            "not a token this service issued",
+        ),
+        "runs not from partition 0": (ours.issue_compact([(1, CHAIN)], {}), "not a token this service issued"),
+        "runs out of order": (
+            ours.issue_compact([(0, CHAIN), (3, CHAIN), (2, CHAIN)], {}),
+            "not a token this service issued",
+        ),
         "another deployment's": (Tokens(b"another secret", PARTITIONS).issue(start), "another profilemesh deployment"),
         "sequence 2^64": (minted(Anchor((5, 2**64), 1, 5)), "not a token this service issued"),
         "negative sequence": (minted(Anchor((5, -3), 1, 5)), "not a token this service issued"),
@@ -474,5 +591,12 @@ def test_forged_tokens_are_invalid_argument_over_grpc_and_sse(system: System, ad
         await probe.close()
         assert probe.error is not None and probe.error.code() == grpc.StatusCode.OUT_OF_RANGE
         assert reason_of(probe.error) == "EVENTS_HISTORY_CHANGED"
+        # Nor a token naming a state no process recorded: as one whose state expired, start over.
+        unrecorded = Tokens(secret.encode(), PARTITIONS).issue_compact([(0, CHAIN)], {})
+        probe = Watch(system.profile_port, resume_token=unrecorded)
+        await probe.until(lambda: probe.error is not None, 10, "the unrecorded state")
+        await probe.close()
+        assert probe.error is not None and probe.error.code() == grpc.StatusCode.OUT_OF_RANGE
+        assert reason_of(probe.error) == "EVENTS_TRIMMED" and "no longer kept" in (probe.error.details() or "")
 
     asyncio.run(scenario())

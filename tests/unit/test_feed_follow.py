@@ -16,7 +16,7 @@ from common.storage import keys
 from common.storage.cluster import Cluster
 from profile_svc import events_feed
 from profile_svc.events_feed import Anchor, Event, EventsFeed, Read
-from tests.unit.test_feed_overflow import EVERYTHING, InMemoryFeed, _clock, _next_events, _settings
+from tests.unit.test_feed_overflow import EVERYTHING, FakeCluster, InMemoryFeed, _clock, _next_events, _settings
 
 
 class WakeCluster:
@@ -29,6 +29,7 @@ class WakeCluster:
     def script(self, path: Any, repeatable: bool = False) -> object:
         return path
 
+    run = FakeCluster.run  # recording the tail's states fails: no cluster
     watch_wakes = Cluster.watch_wakes  # the real mapping of partitions to channels, over the fake subscription
 
     async def watch_channels(self, channels: Sequence[str], woken: Callable[[str], None]) -> None:

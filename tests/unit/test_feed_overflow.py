@@ -16,11 +16,10 @@ from typing import Any
 
 import pytest
 
-from common.errors import StreamEnded
+from common.errors import ClusterUnavailable, StreamEnded
 from common.rpc.streams import StreamClock, StreamLimits
 from common.runtime.config import Settings
 from profile_svc.events_feed import (
-    BEFORE_FIRST,
     MAX_QUEUED_BATCHES,
     Anchor,
     Batch,
@@ -32,6 +31,7 @@ from profile_svc.events_feed import (
     Subscription,
     Tokens,
 )
+from profile_svc.feed_checkpoints import BEFORE_FIRST
 
 QUEUE = 5
 PARTITIONS = 2
@@ -40,10 +40,14 @@ CREATES = EventFilter(frozenset({"create"}), frozenset())
 
 
 class FakeCluster:
-    """What EventsFeed asks of its cluster besides its reads: a script handle, and wake-ups (none come)."""
+    """What EventsFeed asks of its cluster besides its reads: a script handle, wake-ups (none come), and
+    recording its tail states, which always fails here (its tokens carry every partition)."""
 
     def script(self, path: Any, repeatable: bool = False) -> object:
         return path
+
+    async def run(self, *args: Any, **kwargs: Any) -> Any:
+        raise ClusterUnavailable("no cluster in unit tests")
 
     async def watch_wakes(self, partitions: Any, woken: Any) -> None:
         await asyncio.Event().wait()

@@ -18,10 +18,7 @@ import pytest
 
 from common.errors import InvalidArgument
 from profile_svc.events_feed import (
-    BEFORE_FIRST,
-    MAX_I64,
-    MAX_U64,
-    TOKEN_PREFIX,
+    FULL_TOKEN_PREFIX,
     Anchor,
     Event,
     Position,
@@ -29,6 +26,7 @@ from profile_svc.events_feed import (
     Tokens,
     read_token,
 )
+from profile_svc.feed_checkpoints import BEFORE_FIRST, MAX_I64, MAX_U64
 
 SECRET = b"0f" * 32
 OTHER_SECRET = b"a1" * 32
@@ -57,7 +55,7 @@ def _b64(data: bytes) -> str:
 def _signed_body(tokens: Tokens, packed: str, identity: str | None = None) -> str:
     """A token with any body, correctly signed by `tokens`: so only the range checks can refuse it."""
     body = ((tokens.identity if identity is None else identity) + ";" + packed).encode()
-    return TOKEN_PREFIX + _b64(body) + "." + _b64(tokens._mac(body))
+    return FULL_TOKEN_PREFIX + _b64(body) + "." + _b64(tokens._mac(body))
 
 
 def _refused(resume: Callable[[], object]) -> InvalidArgument:
@@ -73,7 +71,7 @@ def _refused(resume: Callable[[], object]) -> InvalidArgument:
 
 def _resume(tokens: Tokens, token: str) -> list[Anchor]:
     """What EventsFeed.resume does once it has the deployment's tokens."""
-    return tokens.check(read_token(token, tokens.partitions))
+    return tokens.check(read_token(token, tokens.partitions)).anchors
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -82,7 +80,7 @@ def test_a_token_gives_back_exactly_the_position_it_was_issued_for(seed: int) ->
     partitions = rng.choice([1, 2, 3, 16, 64, 1024])
     anchors = _anchors(rng, partitions)
     token = Tokens(SECRET, partitions).issue(anchors)
-    assert token.startswith(TOKEN_PREFIX)
+    assert token.startswith(FULL_TOKEN_PREFIX)
     # Another process of the same deployment (the same secret) reads it back.
     assert _resume(Tokens(SECRET, partitions), token) == anchors
 
@@ -138,8 +136,8 @@ def test_an_altered_position_is_refused(seed: int) -> None:
     partition = rng.randrange(4)
     moved = list(anchors)
     moved[partition] = Anchor((7, 7), 7, 7)
-    body = tokens.issue(moved)[len(TOKEN_PREFIX) :].partition(".")[0]
-    altered = TOKEN_PREFIX + body + "." + _b64(signed.mac)
+    body = tokens.issue(moved)[len(FULL_TOKEN_PREFIX) :].partition(".")[0]
+    altered = FULL_TOKEN_PREFIX + body + "." + _b64(signed.mac)
     assert read_token(altered, 4).anchors == moved
     assert "altered" in _refused(lambda: _resume(tokens, altered)).message
 
@@ -218,12 +216,12 @@ def test_numbers_out_of_range_or_not_canonical_are_refused_even_when_signed(pack
         "",
         "v1." + _b64(b"1-0,2-0"),  # the first format: ids only, no offsets, no MAC
         "v1." + _b64(b"1-0.1.1,2-0.1.2"),
-        TOKEN_PREFIX + _b64(b"deadbeef0000;1-0.1.1,2-0.1.2"),  # no MAC at all
-        TOKEN_PREFIX + _b64(b"deadbeef0000;1-0.1.1,2-0.1.2") + ".",
+        FULL_TOKEN_PREFIX + _b64(b"deadbeef0000;1-0.1.1,2-0.1.2"),  # no MAC at all
+        FULL_TOKEN_PREFIX + _b64(b"deadbeef0000;1-0.1.1,2-0.1.2") + ".",
         "v3." + _b64(b"deadbeef0000;1-0.1.1,2-0.1.2") + "." + _b64(b"\0" * 16),
-        TOKEN_PREFIX + "not base64!." + _b64(b"\0" * 16),
-        TOKEN_PREFIX + _b64(b"\xff\xfe;\xff") + "." + _b64(b"\0" * 16),  # not UTF-8
-        TOKEN_PREFIX + "A" * 400,  # longer than any token of two partitions
+        FULL_TOKEN_PREFIX + "not base64!." + _b64(b"\0" * 16),
+        FULL_TOKEN_PREFIX + _b64(b"\xff\xfe;\xff") + "." + _b64(b"\0" * 16),  # not UTF-8
+        FULL_TOKEN_PREFIX + "A" * 400,  # longer than any token of two partitions
     ],
     ids=["empty", "v1-ids", "v1-anchors", "no-mac", "empty-mac", "v3", "not-base64", "not-utf8", "too-long"],
 )
@@ -234,7 +232,7 @@ def test_earlier_formats_and_garbage_are_refused(token: str) -> None:
 def test_the_check_returns_the_read_anchors_only_once_both_identity_and_mac_match() -> None:
     tokens = Tokens(SECRET, 1)
     signed = read_token(tokens.issue([Anchor((3, 1), 9, 3)]), 1)
-    assert tokens.check(signed) == [Anchor((3, 1), 9, 3)]
+    assert tokens.check(signed).anchors == [Anchor((3, 1), 9, 3)]
     _refused(lambda: tokens.check(SignedToken(signed.body, b"000000000000", signed.anchors, signed.mac)))
     _refused(lambda: tokens.check(SignedToken(signed.body, signed.identity, signed.anchors, signed.mac[:-1])))
 

@@ -169,7 +169,8 @@ def read_token(token: str, partitions: int) -> SignedToken:
     input is refused even while the cluster is down; InvalidArgument naming resume_token."""
     not_ours = _invalid("resume_token is not a token this service issued")
     compact = token.startswith(TOKEN_PREFIX)
-    longest = 96 + 48 * MAX_SEGMENTS + 80 * MAX_OVERRIDES if compact else 120 * partitions + 64
+    # The largest numbers: a run is 60 characters once encoded, an override 120.
+    longest = 64 + 60 * MAX_SEGMENTS + 120 * MAX_OVERRIDES if compact else 120 * partitions + 64
     if not (compact or token.startswith(FULL_TOKEN_PREFIX)) or len(token) > longest:
         raise not_ours
     body_text, _, mac_text = token[len(TOKEN_PREFIX) :].partition(".")

@@ -25,6 +25,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -42,6 +43,7 @@ MAX_I64 = 2**63 - 1
 WRITE_DEADLINE_S = 1.0  # a write not done by then breaks the chain: batches go out unversioned meanwhile
 RETRY_S = 0.5  # after a failed write, how long batches go out unversioned before a new chain is tried
 CHAIN_CHARS = 16  # hex digits of a chain's random name
+PARSED_BLOCKS = 4  # blocks kept parsed for resumes (at 4,096 partitions about 2 MB each)
 START_OVER = "start again without a token and re-read whatever you derive from the events"
 
 
@@ -61,6 +63,16 @@ class Version(NamedTuple):
 
     chain: str
     number: int
+
+
+class Block(NamedTuple):
+    """One block of a chain, parsed: its snapshot (the state at `snapshot_number`), then its versions' changes
+    (number, partition, anchor), in order."""
+
+    snapshot_number: int
+    snapshot: list[Anchor]
+    changes: list[tuple[int, int, Anchor]]
+    last: int
 
 
 class Recorded(NamedTuple):
@@ -117,6 +129,7 @@ class Checkpoints:
         self.chain: str | None = None  # None: no chain (not started yet, or broken by a failed write)
         self.last = 0  # the chain's last recorded version
         self._retry_at = 0.0
+        self._blocks: OrderedDict[tuple[str, int], Block] = OrderedDict()
 
     def _block_key(self, chain: str, number: int) -> str:
         return keys.checkpoint_key(chain, number // self.block_versions)
@@ -173,7 +186,30 @@ class Checkpoints:
 
     async def load(self, version: Version) -> list[Anchor]:
         """The state a version names, every partition's anchor; Trimmed when its block expired, HistoryChanged
-        when the block no longer holds it (a failover lost it). Renews the block's expiry."""
+        when the block no longer holds it (a failover lost it). Renews the block's expiry. The last blocks
+        read stay parsed in memory: clients reconnecting together (a replica restarted) name the same few."""
+        block_key = (version.chain, version.number // self.block_versions)
+        block = self._blocks.get(block_key)
+        if block is None or block.last < version.number:
+            block = await self._read_block(version)
+            self._blocks[block_key] = block
+            while len(self._blocks) > PARSED_BLOCKS:
+                self._blocks.popitem(last=False)
+        self._blocks.move_to_end(block_key)
+        state = list(block.snapshot)
+        found = block.snapshot_number == version.number
+        for number, partition, anchor in block.changes:
+            if number > version.number:
+                break
+            state[partition] = anchor
+            found = number == version.number
+        if not found or len(state) != self.partitions:
+            raise HistoryChanged(
+                f"the position of the resume token was lost from the cluster (a failover lost it); {START_OVER}"
+            )
+        return state
+
+    async def _read_block(self, version: Version) -> Block:
         key = self._block_key(version.chain, version.number)
         async with self.cluster.bounded() as client:
             elements = await client.lrange(key, 0, -1)
@@ -184,20 +220,14 @@ class Checkpoints:
                 "the position of the resume token is no longer kept (positions are kept for "
                 f"PROFILEMESH_EVENTS_RETENTION_S + 60 s after their last use); {START_OVER}"
             )
-        state: list[Anchor] = []
-        for element in elements:
-            number, kind, rest = (element.decode() if isinstance(element, bytes) else element).split(" ", 2)
-            if int(number) > version.number:
-                break
-            if kind == "S":
-                state = [parse_anchor(text, recorded=True) for text in rest.split(",")]
-            else:
-                state[int(kind)] = parse_anchor(rest, recorded=True)
-            if int(number) == version.number and len(state) == self.partitions:
-                return state
-        raise HistoryChanged(
-            f"the position of the resume token was lost from the cluster (a failover lost it); {START_OVER}"
+        first, *rest = (
+            (element.decode() if isinstance(element, bytes) else element).split(" ", 2) for element in elements
         )
+        if first[1] != "S":
+            raise HistoryChanged(f"the position of the resume token was recorded incompletely; {START_OVER}")
+        snapshot = [parse_anchor(text, recorded=True) for text in first[2].split(",")]
+        changes = [(int(number), int(partition), parse_anchor(text, recorded=True)) for number, partition, text in rest]
+        return Block(int(first[0]), snapshot, changes, changes[-1][0] if changes else int(first[0]))
 
 
 def _snapshot(number: int, state: Sequence[Anchor]) -> str:

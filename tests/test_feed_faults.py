@@ -285,7 +285,7 @@ def test_filtered_subscribers_400000_entries_behind_catch_up_under_3000_events_a
             await start.until(lambda: start.token, what="a token from before the backlog")
             token = start.token
             await start.close()
-            _append_reads(admin, system, users, BEHIND // len(users))
+            _append_reads(admin, system, users, -(-BEHIND // len(users)))  # at least BEHIND in all
 
             def load() -> None:
                 while not load_stop.is_set():
@@ -575,6 +575,11 @@ def test_forged_tokens_are_invalid_argument_over_grpc_and_sse(system: System, ad
                     if len(query) > 4000:
                         continue  # over the gateway's URL limit: refused by the edge, not by the token check
                     async with session.get(f"{system.gateway_url}/profile/events{query}", headers=headers) as reply:
+                        if len(headers.get("Last-Event-ID", "")) > 8000:
+                            # A full token at thousands of partitions: past the edge's header limit (8,190 bytes),
+                            # refused by its HTTP parser before any handler.
+                            assert reply.status == 400, (name, reply.status)
+                            continue
                         body = json.loads(await reply.text())
                         assert reply.status == 400, (name, reply.status, body)
                         assert "resume_token" in body["message"] or phrase in body["message"], (name, body)

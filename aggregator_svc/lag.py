@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import cast
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, cast
 
 from common.errors import StorageError
 from common.runtime import metrics
@@ -28,10 +30,12 @@ BACKLOGGED = 64
 QUIET = 8
 # Counting undelivered entries by hand (when the server can't tell the lag) stops here.
 COUNT_LIMIT = 10_000
-# Readings in flight at once: what they hold of the process's concurrency bound. A reading of a partition on a
-# shard that is down waits out the client's retries, and at 4,096 partitions a whole round of them held every
-# place, so that the aggregator's own work waited.
+# Readings of single partitions (those no call per node answered for) in flight at once: what they hold of the
+# process's concurrency bound. A reading of a partition on a shard that is down waits out the client's retries,
+# and at 4,096 partitions a whole round of them held every place, so that the aggregator's own work waited.
 CONCURRENT_READINGS = 8
+NODE_CALL_S = 2.0  # how long a round's calls per primary may take, retries included
+SCRIPTS = Path(__file__).parent / "scripts"
 
 
 async def partition_figures(client: ClusterClient, stream: str, group: str, now_ms: int) -> dict[str, float]:
@@ -66,12 +70,30 @@ async def partition_figures(client: ClusterClient, stream: str, group: str, now_
     }
 
 
+def node_figures(row: Sequence[Any], now_ms: int) -> dict[str, float]:
+    """partition_figures' figures from a row of lag_on_node.lua's reply."""
+    length, lag, pending, oldest_pending_id, first_undelivered_id = row
+    return {
+        "length": int(length),
+        "lag": int(lag),
+        "pending": int(pending),
+        "oldest_pending": _age_s(oldest_pending_id, now_ms),
+        "oldest_undelivered": _age_s(first_undelivered_id, now_ms),
+    }
+
+
+def _age_s(entry_id: bytes | str, now_ms: int) -> float:
+    return max(0, now_ms - parse_id(entry_id)[0]) / 1000 if entry_id else 0.0
+
+
 async def collect_lag(cluster: Cluster, group: str, partition_count: int) -> None:
     """Every INTERVAL_S, refresh the stream and lag gauges of the partitions with a backlog and of a few quiet
-    ones in turn, until cancelled."""
+    ones in turn (every partition in the first round), until cancelled. A round is one call per primary
+    (lag_on_node.lua); the partitions no call answered for (a node down, a slot moving) are read one by one."""
     await cluster.layout_checked()  # the streams' names need the layout's generation
+    on_node = cluster.script(SCRIPTS / "lag_on_node.lua", repeatable=True)
     partitions = range(partition_count)
-    backlogged: set[int] = set(partitions)  # at the start, every partition is read once as soon as may be
+    backlogged: set[int] = set()
     start = 0
     gauges = {
         "length": metrics.STREAM_LENGTH,
@@ -81,19 +103,7 @@ async def collect_lag(cluster: Cluster, group: str, partition_count: int) -> Non
         "oldest_undelivered": metrics.OLDEST_UNDELIVERED_AGE,
     }
 
-    readings = asyncio.Semaphore(CONCURRENT_READINGS)
-
-    async def refresh(partition: int, now_ms: int) -> None:
-        try:
-            async with readings, cluster.bounded("command", "lag") as client:
-                stream = keys.events_key(partition, cluster.generation)
-                figures = await partition_figures(client, stream, group, now_ms)
-        except (TimeoutError, StorageError, OSError) as error:
-            log.debug("partition %d: lag not read: %r", partition, error)
-            return
-        except Exception:  # a reply of an unexpected shape must not stop the aggregator itself
-            log.exception("partition %d: lag not read", partition)
-            return
+    def report(partition: int, figures: dict[str, float]) -> None:
         for name, gauge in gauges.items():
             gauge.labels(str(partition)).set(figures[name])
         if figures["lag"] or figures["pending"]:
@@ -101,12 +111,42 @@ async def collect_lag(cluster: Cluster, group: str, partition_count: int) -> Non
         else:
             backlogged.discard(partition)
 
+    readings = asyncio.Semaphore(CONCURRENT_READINGS)
+
+    async def refresh(partition: int, now_ms: int) -> None:
+        try:
+            async with readings, cluster.bounded("command", "lag") as client:
+                stream = keys.events_key(partition, cluster.generation)
+                report(partition, await partition_figures(client, stream, group, now_ms))
+        except (TimeoutError, StorageError, OSError) as error:
+            log.debug("partition %d: lag not read: %r", partition, error)
+        except Exception:  # a reply of an unexpected shape must not stop the aggregator itself
+            log.exception("partition %d: lag not read", partition)
+
+    async def read(turn: list[int], now_ms: int) -> None:
+        names = [keys.events_key(partition, cluster.generation) for partition in turn]
+        try:
+            answered, left = await cluster.run_on_nodes(on_node, names, [group], NODE_CALL_S)
+            for members, rows in answered:
+                for index, row in zip(members, rows, strict=True):
+                    report(turn[index], node_figures(row, now_ms))
+        except (TimeoutError, StorageError, OSError) as error:
+            log.debug("lag not read per node: %r", error)
+            left = list(range(len(turn)))
+        except Exception:  # a reply of an unexpected shape must not stop the aggregator itself
+            log.exception("lag not read per node")
+            left = list(range(len(turn)))
+        # A partition on a shard that is down waits out its timeouts without delaying the others.
+        await asyncio.gather(*(refresh(turn[index], now_ms) for index in left))
+
+    turn = list(partitions)  # the first round reads every partition
     while True:
         started = time.monotonic()
-        now_ms = int(time.time() * 1000)
+        await read(turn, int(time.time() * 1000))
+        # A round every INTERVAL_S, however long its readings took.
+        await asyncio.sleep(max(0.0, INTERVAL_S - (time.monotonic() - started)))
         turn = sorted(backlogged)[:BACKLOGGED]
-        # Beyond BACKLOGGED too, in turn: the next QUIET partitions not read already (at the start every one is
-        # backlogged, and the lowest are both: 64 new readings a second where there are 72).
+        # Beyond BACKLOGGED too, in turn: the next QUIET partitions not read already.
         taking, quiet = set(turn), 0
         for _ in range(len(partitions)):
             if quiet == QUIET:
@@ -117,7 +157,3 @@ async def collect_lag(cluster: Cluster, group: str, partition_count: int) -> Non
                 turn.append(partition)
                 taking.add(partition)
                 quiet += 1
-        # A partition on a shard that is down waits out its timeouts without delaying the others.
-        await asyncio.gather(*(refresh(partition, now_ms) for partition in turn))
-        # A round every INTERVAL_S, however long its readings took (CONCURRENT_READINGS at a time).
-        await asyncio.sleep(max(0.0, INTERVAL_S - (time.monotonic() - started)))

@@ -34,7 +34,7 @@ PREFIX = "profilemesh_"
 NO_WRITES = frozenset({"top_readers", "partition_totals", "top_readers_on_node", "totals_on_node"})
 # Functions that read many partitions of one node in one call: flagged allow-cross-slot-keys, they take one key
 # (routing the call) and read the others, passed as arguments; a key the node does not serve fails the call.
-CROSS_SLOT = frozenset({"top_readers_on_node", "totals_on_node"})
+CROSS_SLOT = frozenset({"top_readers_on_node", "totals_on_node", "lag_on_node"})
 # Each library's own no-writes function, returning the library's name: what a service calls on every primary
 # at start to learn that its version is loaded there (with the rights it already has, FCALL or FCALL_RO).
 CHECK = "loaded"

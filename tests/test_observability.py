@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from aggregator_svc.lag import BACKLOGGED, INTERVAL_S, QUIET, partition_figures
-from common.storage import keys
+from aggregator_svc.lag import SCRIPTS as AGGREGATOR_SCRIPTS
+from aggregator_svc.lag import node_figures, partition_figures
+from common.storage import functions, keys
 from localdev.otlp_sink import OtlpSink
 from localdev.ports import free_ports
 from localdev.prometheus import CONFIG, RULES, Prometheus
@@ -28,6 +29,7 @@ from tests.conftest import PARTITIONS, TEST_SETTINGS, running_system
 from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
+LAG_ON_NODE = functions.function(AGGREGATOR_SCRIPTS / "lag_on_node.lua").name
 DASHBOARD = ROOT / "observability" / "grafana-dashboard.json"
 PROFILE = "/profilemesh.profile.v1.ProfileService/"
 REPORTING = "/profilemesh.reporting.v1.ReportingService/"
@@ -164,13 +166,13 @@ def test_prometheus_scrapes_exact_counts_per_route_and_method(
     assert deltas(grpc_query, ("method", "code"), grpc_before) == dict(grpc_expected)
 
     # The aggregator applied every event: lag and pending back to 0 on every partition, all of them reported. The
-    # gauges read every partition once from the start, BACKLOGGED + QUIET a second (4,096: within a minute).
+    # gauges' first round reads every partition, one call per primary; then each with a backlog every second.
     lag_query = "max by (partition) (profilemesh_aggregator_lag_entries + profilemesh_aggregator_pending_entries)"
     wait_until(
         lambda: (lambda v: len(v) == PARTITIONS and set(v.values()) == {0})(
             _vector(prometheus, lag_query, ("partition",))
         ),
-        30 + PARTITIONS / (BACKLOGGED + QUIET) * INTERVAL_S,
+        30,
         what="the aggregator's lag to return to 0",
     )
     # One event per successful operation: 1 create, 3 reads, 1 update, 1 delete.
@@ -369,7 +371,9 @@ def test_profilemesh_status_lists_everything_and_fails_when_a_node_stops(observe
 
 
 def test_lag_figures_count_undelivered_and_pending_entries(observed: System) -> None:
-    """The figures behind the lag gauges and `profilemesh status`, for a group that reads slower than writes."""
+    """The figures behind the lag gauges and `profilemesh status`, for a group that reads slower than writes:
+    read command by command (partition_figures, the status command's) and per node (lag_on_node.lua, the
+    gauges'), the same."""
     users = list(
         itertools.islice((u for i in itertools.count() if keys.partition_of(u := f"lag{i}", PARTITIONS) == 5), 3)
     )
@@ -383,11 +387,20 @@ def test_lag_figures_count_undelivered_and_pending_entries(observed: System) -> 
                 assert request(observed.gateway_port, "POST", f"/profile/{user}", {"email": "x"})[0] == 201
             await asyncio.sleep(0.05)
             now_ms = int(time.time() * 1000)
-            figures = await partition_figures(client, stream, "slow-reader", now_ms)
+
+            async def figures_of(group: str, at_ms: int) -> dict[str, float]:
+                read = await partition_figures(client, stream, group, at_ms)
+                (row,) = await client.execute_command("FCALL", LAG_ON_NODE, 1, stream, group, stream)
+                assert node_figures(row, at_ms) == read, (group, row, read)
+                return read
+
+            figures = await figures_of("slow-reader", now_ms)
             assert (figures["lag"], figures["pending"], figures["oldest_pending"]) == (3, 0, 0.0)
             assert figures["length"] >= 3 and figures["oldest_undelivered"] > 0
+            no_group = await figures_of("no-such-group", now_ms)  # no reader yet: everything is undelivered
+            assert no_group["lag"] == no_group["length"] and no_group["oldest_undelivered"] > 0
             await client.xreadgroup("slow-reader", "c1", {stream: ">"}, count=2)
-            figures = await partition_figures(client, stream, "slow-reader", now_ms + 1000)
+            figures = await figures_of("slow-reader", now_ms + 1000)
             assert (figures["lag"], figures["pending"]) == (1, 2)
             assert figures["oldest_pending"] >= 1.0 and figures["oldest_undelivered"] >= 1.0
         finally:

@@ -54,6 +54,21 @@ def on_every_partition(client: RedisCluster, partitions: int, command: Callable[
         return pipe.execute()
 
 
+def wait_for_every_wake_flag(system: System, partitions: int) -> None:
+    """Until the aggregator has taken every partition once, which arms its wake flag (apply_events.lua): before
+    that, a partition's first event waits for that first take. Just after a start at 4,096 partitions that is up to
+    a few seconds of the startup's takes, which a test of how fresh the statistics are would count."""
+    client = system.cluster.client()
+    try:
+        wait_until(
+            lambda: all(on_every_partition(client, partitions, lambda pipe, p: pipe.exists(keys.wake_key(p)))),
+            60,
+            what="the aggregator to have taken every partition once",
+        )
+    finally:
+        client.close()
+
+
 def creates_counted(system: System, partitions: int) -> int:
     """The creates the aggregator has counted, over every partition's totals."""
     client = system.cluster.client(decode_responses=True)

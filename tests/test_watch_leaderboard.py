@@ -20,7 +20,7 @@ from localdev.system import System
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 from profilemesh.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from tests.conftest import PARTITIONS, TEST_SETTINGS, running_system
-from tests.helpers import http_call, wait_until
+from tests.helpers import http_call, wait_for_every_wake_flag, wait_until
 from tests.test_seed_walkthrough import SEED_USERS
 
 MAX_STREAMS = 6
@@ -48,6 +48,7 @@ def board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
         "PROFILEMESH_WATCH_INTERVAL_MS": "250",
     }
     with running_system(tmp_path_factory.mktemp("board"), settings) as running:
+        wait_for_every_wake_flag(running, PARTITIONS)  # the freshness bounds hold once the aggregator listens
         yield running
 
 

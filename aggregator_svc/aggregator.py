@@ -191,7 +191,7 @@ class Aggregator:
                     # after every error, rather than waiting for them to be reclaimed as idle. A take applies
                     # and acknowledges in one script, so none are left pending by this version.
                     entries = await self.cluster.read_own_pending(stream, self.group, self.consumer, self.batch)
-                    self._failures[partition] = 0
+                    self._working(partition)
                     if entries:
                         await self._apply_entries(partition, entries)
                     own_pending = len(entries) == self.batch
@@ -200,7 +200,7 @@ class Aggregator:
                     await self._woken_before_idle_check(partition)
                     continue
                 taken = await self._take(partition)
-                self._failures[partition] = 0
+                self._working(partition)
                 # Idle (the take armed the partition's wake flag): wait for the next event's wake-up. None by
                 # the idle check: take again, which also finds a stream flushed or failed over in the meantime.
                 if not taken and not await self._woken_before_idle_check(partition):
@@ -219,6 +219,14 @@ class Aggregator:
                 if self._failures[partition] == 1:  # once per outage: a shard down is thousands of partitions
                     log.warning("partition %d: cluster unavailable: %r", partition, error)
                 await asyncio.sleep(min(MAX_RETRY_S, RETRY_S * 2 ** (self._failures[partition] - 1)))
+
+    def _working(self, partition: int) -> None:
+        """A call of the partition's worked. After failures, it is looked after at the next instants, as one with
+        recent events is: its maintenance was left out while they failed, and a quiet partition's turn may be
+        a whole round of quiet checks away (at 4,096 partitions, 20 s with the suite's settings)."""
+        if self._failures[partition]:
+            self._failures[partition] = 0
+            self._active_until[partition] = max(self._active_until[partition], time.monotonic() + self._active_s)
 
     async def _take(self, partition: int) -> int:
         """Take the group's next entries for us, apply and acknowledge them: one script, their content stays in

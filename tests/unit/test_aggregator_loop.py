@@ -555,6 +555,23 @@ def test_a_partition_whose_calls_fail_backs_off_and_sits_maintenance_out_until_t
     _run(scenario)
 
 
+def test_a_quiet_partition_whose_calls_work_again_is_looked_after_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A quiet partition left out of maintenance while its calls failed is due at the next instants once they
+    work, not at its next round of quiet checks: its entries are trimmed and its dead consumers' reclaimed."""
+    monkeypatch.setattr(aggregator, "RETRY_S", 0.01)
+
+    async def scenario() -> None:
+        cluster, agg = _setup(aggregator_batch=10)
+        cluster.faults["own pending"] = [ClusterUnavailable("connection refused")] * 2
+        assert 0 not in agg._due(time.monotonic())[0], "quiet: not due at every instant"
+        async with _consuming(agg) as task:
+            await _until(lambda: keys.wake_key(0) in cluster.armed, task)  # it works again: a take armed it
+        assert agg._failures[0] == 0
+        assert 0 in agg._due(time.monotonic())[0], "due at the next instant once its calls work"
+
+    _run(scenario)
+
+
 def test_quiet_look_afters_go_a_few_at_a_time_and_a_busy_partition_never_waits_behind_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -18,7 +18,8 @@ a tree of entries (a rollback starts a new branch from the restored copy's last 
 entries are lost), which is the current branch, which entries were ever trimmed. After every drain each
 subscriber is checked against it: its events must be an exact, gap-free, duplicate-free continuation of its
 partition's history from where its token (or its start) was, filtered as asked, each with the offset the
-stream gave it, and every token must stand exactly where its subscriber is; or the subscription ends with
+stream gave it, and every token must stand exactly where its subscriber is (read back at once, as a replica
+resumes it: the recorded states a token names come from the node); or the subscription ends with
 the documented status, justified by the model (EVENTS_TRIMMED only when an entry it still needed was
 trimmed, EVENTS_HISTORY_CHANGED only when a rollback removed an entry at or before its position,
 INVALID_ARGUMENT naming resume_token for forged, foreign and malformed tokens). A drain ends when every

@@ -290,9 +290,15 @@ def test_a_token_the_stream_no_longer_holds_raises_the_typed_error(mesh: System,
         async with AsyncProfileClient(_target(mesh.profile_ports)) as profiles:
             watch = profiles.watch_events(users=[user])
             task = asyncio.create_task(anext(watch))
-            await asyncio.sleep(0.5)
             await profiles.create(user, {"a": "b"})
-            event = await asyncio.wait_for(task, 10)
+            # The client shows no heartbeat, so nothing says when the subscription has started (at 4,096
+            # partitions a process's first one records every partition's position first): an event written
+            # before then is not its to deliver. Write until one arrives.
+            deadline = time.monotonic() + 10
+            while not (await asyncio.wait({task}, timeout=0.5))[0]:
+                assert time.monotonic() < deadline, "no event reached the subscriber in 10 s"
+                await profiles.update(user, {"a": "b"})
+            event = task.result()
             await watch.aclose()
             await profiles.update(user, {"a": "c"})  # an event after the token, which the trim below removes
             admin = mesh.cluster.client(decode_responses=True)

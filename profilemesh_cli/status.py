@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import urllib.error
 import urllib.request
@@ -13,17 +14,21 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from aggregator_svc.lag import partition_figures
+from aggregator_svc.lag import SCRIPTS, node_figures, partition_figures
 from common.errors import StorageError
 from common.rpc import tls
 from common.runtime.config import Settings
-from common.storage import keys
+from common.storage import functions, keys
+from common.storage.cluster import ClusterClient
 from common.storage.errors import translated
 from common.storage.nodes import AsyncNode, async_operator_cluster, key_slot
 from common.storage.topology import NodeLine
 from profilemesh_cli.endpoints import COMPONENTS, Endpoints, replicas
 
 TIMEOUT_S = 1.5
+LAG_ON_NODE = SCRIPTS / "lag_on_node.lua"
+
+log = logging.getLogger(__name__)
 UNREACHABLE = "UNREACHABLE"
 
 
@@ -170,11 +175,15 @@ async def _partitions(
     client = async_operator_cluster(settings, TIMEOUT_S)
     try:
         now_ms = int(time.time() * 1000)
+        reachable = {p: primary for p, primary in holder.items() if primary is not None and primary in healthy}
+        read = await figures_per_node(client, reachable, generation, settings.aggregator_group, now_ms)
         for partition, primary in holder.items():
             row: dict[str, Any] = {"partition": partition, "primary": primary}
-            if primary is None or primary not in healthy:
+            if partition not in reachable:
                 report.problems.append(f"partition {partition} has no reachable primary")
-            else:
+            elif partition in read:
+                row.update(read[partition])
+            else:  # no call per node answered for it: read on its own
                 try:
                     with translated():
                         stream = keys.events_key(partition, generation)
@@ -184,6 +193,33 @@ async def _partitions(
             report.partitions.append(row)
     finally:
         await client.aclose()
+
+
+async def figures_per_node(
+    client: ClusterClient, holder: dict[int, str], generation: int, group: str, now_ms: int
+) -> dict[int, dict[str, float]]:
+    """The figures of every partition, one call of the aggregator's lag_on_node per primary (at 4,096 partitions,
+    3 calls where reading each partition takes over 8,000 commands); the partitions of a primary whose call
+    failed (its slot moved, the aggregator's library not loaded) are left out, for the caller to read one by one."""
+    by_primary: dict[str, list[int]] = {}
+    for partition, primary in holder.items():
+        by_primary.setdefault(primary, []).append(partition)
+    function = functions.function(LAG_ON_NODE)
+
+    async def on_node(partitions: list[int]) -> dict[int, dict[str, float]]:
+        streams = [keys.events_key(partition, generation) for partition in partitions]
+        try:
+            with translated():
+                rows = await client.execute_command(function.command, function.name, 1, streams[0], group, *streams)
+            return {p: node_figures(row, now_ms) for p, row in zip(partitions, rows, strict=True)}
+        except (StorageError, TimeoutError, ValueError) as error:
+            log.debug("lag_on_node failed, partitions read one by one: %r", error)
+            return {}
+
+    read: dict[int, dict[str, float]] = {}
+    for figures in await asyncio.gather(*(on_node(partitions) for partitions in by_primary.values())):
+        read.update(figures)
+    return read
 
 
 async def gather(endpoints: Endpoints) -> Report:

@@ -20,11 +20,13 @@ import pytest
 from aggregator_svc.lag import SCRIPTS as AGGREGATOR_SCRIPTS
 from aggregator_svc.lag import node_figures, partition_figures
 from common.storage import functions, keys
+from common.storage.nodes import key_slot
 from localdev.otlp_sink import OtlpSink
 from localdev.ports import free_ports
 from localdev.prometheus import CONFIG, RULES, Prometheus
 from localdev.system import SERVICES, System, on_free_ports
 from profilemesh_cli.main import main
+from profilemesh_cli.status import figures_per_node
 from tests.conftest import PARTITIONS, TEST_SETTINGS, running_system
 from tests.helpers import wait_until
 
@@ -403,6 +405,23 @@ def test_lag_figures_count_undelivered_and_pending_entries(observed: System) -> 
             figures = await figures_of("slow-reader", now_ms + 1000)
             assert (figures["lag"], figures["pending"]) == (1, 2)
             assert figures["oldest_pending"] >= 1.0 and figures["oldest_undelivered"] >= 1.0
+
+            # `profilemesh status` reads every partition with one lag_on_node call per primary, none one by one...
+            nodes = observed.cluster.cluster_nodes()
+            holder = {
+                p: next(str(n.port) for n in nodes if n.is_primary and n.serves(key_slot(keys.events_key(p))))
+                for p in range(PARTITIONS)
+            }
+            per_node = await figures_per_node(client, holder, 0, "slow-reader", now_ms + 1000)
+            assert sorted(per_node) == list(range(PARTITIONS)) and per_node[5] == figures, per_node.get(5)
+            # ...and, run as operators do, each row it shows is its own partition's.
+            env = {**observed.client_env(), "PROFILEMESH_AGGREGATOR_GROUP": "slow-reader"}
+            status = await asyncio.to_thread(_profilemesh, observed, "status", "--json", env=env)
+            rows = {row["partition"]: row for row in json.loads(status.stdout)["partitions"]}
+            assert sorted(rows) == list(range(PARTITIONS)), status.stdout[-2000:]
+            assert (rows[5]["lag"], rows[5]["pending"]) == (1, 2), rows[5]
+            others = [row for partition, row in rows.items() if partition != 5]
+            assert all(row["pending"] == 0 and row["lag"] == row["length"] for row in others), others
         finally:
             await client.xgroup_destroy(stream, "slow-reader")
             await client.aclose()

@@ -73,8 +73,6 @@ QUIET_CHECK_S = 10.0  # PROFILEMESH_STREAM_QUIET_CHECK_S's default
 CATCH_UP_PAGE = 2000  # entries a catch-up scans per read; it returns only those its subscriber wants
 RETRY_S = 0.5
 RETENTION_S = 600.0  # PROFILEMESH_EVENTS_RETENTION_S's default
-# Tail states stay this much longer than the events: a token unused for the retention window still resumes.
-CHECKPOINTS_MARGIN_S = 60.0
 TOKEN_PREFIX = "v3."  # a token naming recorded tail states (feed_checkpoints.py)
 FULL_TOKEN_PREFIX = "v2."  # a token carrying every partition's anchor: when no recorded state describes it
 MAC_BYTES = 16
@@ -406,7 +404,7 @@ class EventsFeed:
         self._events_after = cluster.script(SCRIPTS / "events_after.lua", repeatable=True)
         self.tail: list[Anchor] = []  # per partition, the last entry the tail reader has passed
         self.tail_version: Version | None = None  # the recorded version `tail` is, if any
-        self.checkpoints = Checkpoints(cluster, partitions, retention_s + CHECKPOINTS_MARGIN_S)
+        self.checkpoints = Checkpoints(cluster, partitions, retention_s)
         # Tail reads' batches waiting to be recorded and handed out, each with what its reader awaits.
         self._outbox: list[tuple[Batch, asyncio.Future[None]]] = []
         self._outbox_filled = asyncio.Event()

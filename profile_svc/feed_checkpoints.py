@@ -45,6 +45,8 @@ RETRY_S = 0.5  # after a failed write, how long batches go out unversioned befor
 CHAIN_CHARS = 16  # hex digits of a chain's random name
 PARSED_BLOCKS = 4  # blocks kept parsed for resumes (at 4,096 partitions about 2 MB each)
 START_OVER = "start again without a token and re-read whatever you derive from the events"
+# Tail states stay this much longer than the events: a token unused for the retention window still resumes.
+MARGIN_S = 60.0
 
 
 class Anchor(NamedTuple):
@@ -118,10 +120,10 @@ def is_chain(text: str) -> bool:
 class Checkpoints:
     """One process's chain of tail states, written and read in the cluster."""
 
-    def __init__(self, cluster: Cluster, partitions: int, ttl_s: float) -> None:
+    def __init__(self, cluster: Cluster, partitions: int, retention_s: float) -> None:
         self.cluster = cluster
         self.partitions = partitions
-        self.ttl_ms = int(ttl_s * 1000)
+        self.ttl_ms = int((retention_s + MARGIN_S) * 1000)
         # A block's snapshot costs about as much as 4 partitions' worth of versions: a resume replays at most that.
         self.block_versions = max(256, 4 * partitions)
         # Idempotent: a write that landed, sent again, finds its own last version and changes nothing.
@@ -218,7 +220,7 @@ class Checkpoints:
         if not elements:
             raise Trimmed(
                 "the position of the resume token is no longer kept (positions are kept for "
-                f"PROFILEMESH_EVENTS_RETENTION_S + 60 s after their last use); {START_OVER}"
+                f"PROFILEMESH_EVENTS_RETENTION_S + {MARGIN_S:g} s after their last use); {START_OVER}"
             )
         first, *rest = (
             (element.decode() if isinstance(element, bytes) else element).split(" ", 2) for element in elements

@@ -87,7 +87,7 @@ class LocalCluster:
         return self.data_dir / "tls"
 
     @property
-    def processes(self) -> dict[int, subprocess.Popen]:
+    def processes(self) -> dict[int, subprocess.Popen[bytes]]:
         """The nodes' processes by index (of ports), as started and not stopped on purpose."""
         return self._nodes.by_index
 
@@ -268,7 +268,7 @@ class LocalNode:
     """
 
     data_dir: Path
-    process: subprocess.Popen | None = None
+    process: subprocess.Popen[bytes] | None = None
 
     @property
     def socket(self) -> Path:

@@ -14,7 +14,7 @@ from localdev import processes
 
 class NodeProcesses:
     def __init__(self) -> None:
-        self.by_index: dict[int, subprocess.Popen] = {}
+        self.by_index: dict[int, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
 
     def start(self, index: int, args: list[str]) -> None:

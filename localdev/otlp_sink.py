@@ -28,7 +28,9 @@ class _Receiver(trace_service_pb2_grpc.TraceServiceServicer):
     def __init__(self, sink: OtlpSink) -> None:
         self.sink = sink
 
-    def Export(self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext):
+    def Export(
+        self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
         received = []
         for resource_spans in request.resource_spans:
             attributes = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
@@ -57,7 +59,9 @@ class OtlpSink:
         self.spans: list[ReceivedSpan] = []
         self.lock = threading.Lock()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_Receiver(self), self.server)
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(  # type: ignore[no-untyped-call]  # untyped stubs
+            _Receiver(self), self.server
+        )
         self.server.add_insecure_port(f"127.0.0.1:{port}")
 
     @property

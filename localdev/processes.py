@@ -6,7 +6,7 @@ import signal
 import subprocess
 
 
-def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float = 20) -> int:
+def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout_s: float = 20) -> int:
     """Send `sig` (if still running), wait up to `timeout_s`, then kill; returns the exit code."""
     if process.poll() is None:
         process.send_signal(sig)

@@ -49,7 +49,7 @@ class Prometheus:
     port: int
     metrics_ports: dict[str, int]
     scrape_interval_s: int | None = None
-    process: subprocess.Popen | None = field(default=None, repr=False)
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -93,7 +93,8 @@ class Prometheus:
             body = json.loads(reply.read())
         if body["status"] != "success":
             raise RuntimeError(f"query {promql!r} failed: {body}")
-        return body["data"]["result"]
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
 
     def stop(self) -> None:
         if self.process is not None:

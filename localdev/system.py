@@ -85,7 +85,7 @@ class System:
     # A process name -> the group id it runs as: a firewall rule can match its packets (`meta skgid`),
     # which cuts one replica off from a cluster node while others still reach it (tests/jepsen).
     groups: dict[str, int] = field(default_factory=dict)
-    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
     def profile_port(self) -> int:
@@ -176,7 +176,7 @@ class System:
         env.update(overrides)
         return env
 
-    def start_process(self, name: str, module: str, **env: str) -> subprocess.Popen:
+    def start_process(self, name: str, module: str, **env: str) -> subprocess.Popen[bytes]:
         """Start `python -m module` as `name`; logs go to log_dir/name.log when there is one.
 
         A further replica of a service (a name of its own) serves metrics on a port of its own: the one
@@ -212,7 +212,7 @@ class System:
         process = self.processes.pop(name, None)
         return processes.stop(process, sig, timeout_s) if process is not None else None
 
-    def start_replica(self, service: str, index: int) -> subprocess.Popen:
+    def start_replica(self, service: str, index: int) -> subprocess.Popen[bytes]:
         """Start (again) replica `index` of profile_svc or reporting_svc on its own port."""
         ports = {"profile_svc": self.profile_ports, "reporting_svc": self.reporting_ports}[service]
         variable = {"profile_svc": "PROFILEMESH_PROFILE_LISTEN", "reporting_svc": "PROFILEMESH_REPORTING_LISTEN"}[
@@ -261,7 +261,7 @@ class System:
         with self.grpc_channel(port) as channel:
             try:
                 reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
-                return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+                return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
             except grpc.RpcError as error:
                 return error.code().name
 

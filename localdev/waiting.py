@@ -27,6 +27,6 @@ def answers_ok(url: str, timeout_s: float = 1) -> bool:
     """Whether an HTTP GET of `url` answers 200 now: the readiness probe of every HTTP process we start."""
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as reply:
-            return reply.status == 200
+            return bool(reply.status == 200)
     except (urllib.error.URLError, OSError):
         return False

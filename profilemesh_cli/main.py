@@ -8,7 +8,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 from common.errors import ConfigError
 from profilemesh.client import ProfileClient, ProfilemeshError, ReportingClient, RetryPolicy, Tls, Unavailable
@@ -112,12 +112,14 @@ def cmd_watch(args: argparse.Namespace, endpoints: Endpoints) -> int:
     return watch.watch(endpoints, args.interval, args.count)
 
 
-# The subcommands' parsers, as argparse.add_subparsers returns them.
-Commands = argparse._SubParsersAction  # argparse names no public type for it
+# The subcommands' parsers, as argparse.add_subparsers returns them: argparse names no public type for it, and
+# its class is not subscriptable at run time.
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+Handler = Callable[[argparse.Namespace, Endpoints], int]
 
 
 def _command(
-    commands: Commands, name: str, handler: Callable, help_text: str, json_flag: bool = True
+    commands: Commands, name: str, handler: Handler, help_text: str, json_flag: bool = True
 ) -> argparse.ArgumentParser:
     """Add subcommand `name`, run by `handler(args, endpoints)`; with `json_flag`, its --json option."""
     sub = commands.add_parser(name, help=help_text, description=help_text)
@@ -198,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         endpoints = Endpoints.from_env()
-        return args.handler(args, endpoints)
+        handler: Handler = args.handler
+        return handler(args, endpoints)
     except (UsageError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

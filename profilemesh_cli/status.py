@@ -48,7 +48,7 @@ async def _grpc_health(address: str, settings: Settings) -> str:
     async with tls.aio_channel(address, settings) as channel:
         try:
             reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT_S)
-            return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
         except grpc.aio.AioRpcError as error:
             return (
                 UNREACHABLE

@@ -7,7 +7,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
@@ -28,7 +28,7 @@ class Sample:
     at: float
     requests: float = 0.0
     errors: float = 0.0
-    buckets: dict[float, float] | None = None  # upper bound -> cumulative count
+    buckets: dict[float, float] = field(default_factory=dict)  # upper bound -> cumulative count
     applied: float = 0.0
     lag: float = 0.0  # gauges: undelivered + pending entries over every partition
     oldest_s: float = 0.0
@@ -40,7 +40,7 @@ def _scrape(url: str) -> Sample | None:
             text = reply.read().decode()
     except (urllib.error.URLError, OSError):
         return None
-    sample = Sample(at=time.monotonic(), buckets={})
+    sample = Sample(at=time.monotonic())
     lag: dict[str, float] = {}
     pending: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
@@ -100,7 +100,7 @@ def _table(endpoints: Endpoints, before: dict[str, Sample | None], after: dict[s
             table.add_row(component, "…", "", "", "", "", "")
             continue
         elapsed = now.at - then.at
-        p99 = _p99(then.buckets or {}, now.buckets or {})
+        p99 = _p99(then.buckets, now.buckets)
         is_aggregator = component == "aggregator_svc"
         table.add_row(
             component,

@@ -26,10 +26,10 @@ from common.storage.topology import NodeLine
 from profilemesh_cli.endpoints import COMPONENTS, Endpoints, replicas
 
 TIMEOUT_S = 1.5
+UNREACHABLE = "UNREACHABLE"
 LAG_ON_NODE = SCRIPTS / "lag_on_node.lua"
 
 log = logging.getLogger(__name__)
-UNREACHABLE = "UNREACHABLE"
 
 
 @dataclass

@@ -14,9 +14,12 @@ share a pipeline per primary, and one partition on a shard that is down fails al
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,7 @@ from common.errors import ClusterUnavailable, NoGroup, StorageError
 from common.runtime import metrics
 from common.runtime.config import AggregatorSettings
 from common.storage import keys
-from common.storage.cluster import Cluster
+from common.storage.cluster import Cluster, Confirm
 from common.storage.replies import text
 
 log = logging.getLogger(__name__)
@@ -34,6 +37,11 @@ SCRIPTS = Path(__file__).parent / "scripts"
 APPLY_SCRIPT = SCRIPTS / "apply_events.lua"
 TRIM_SCRIPT = SCRIPTS / "trim_acknowledged.lua"
 RECOUNT_SCRIPT = SCRIPTS / "recount_step.lua"
+INDEX_TOP_SCRIPT = SCRIPTS / "index_top.lua"
+CLEAR_OUTBOX_SCRIPT = SCRIPTS / "clear_outbox.lua"
+REINDEX_SCRIPT = SCRIPTS / "reindex_partition.lua"
+NOTE_USERS_SCRIPT = SCRIPTS / "note_users.lua"
+OUTBOX_NOTES_SCRIPT = SCRIPTS / "outbox_notes.lua"
 # Entries one recount step reads: keeps each step's script well under 50 ms (tests/test_script_time.py).
 RECOUNT_STEP = 500
 RETRY_S = 0.5  # a partition's first retry after its cluster calls failed; each next one waits twice as long,
@@ -45,6 +53,12 @@ TAKE_DEADLINE_S = 2.0  # a take's script and its retries (a take applies what it
 # to this one) or an older version's (entries read apart from applying them, left pending).
 QUIET_LOOK_AFTER_EVERY = 10
 QUIET_LOOKING = 16  # quiet partitions looked after at once (_maintenance)
+# The top list's index: an outbox is copied this long after the first apply that noted something, so that the
+# copies of many applies, and of many partitions (one pipeline per primary), are made together.
+COPY_LINGER_S = 0.1
+COPIES_AT_ONCE = 32  # partitions copied at once: the rest wait for a place, not for a deadline
+COPY_DEADLINE_S = 2.0  # one call of a copy, its retries included; a copy that fails is made again
+INDEX_STEP = 500  # users one step of a reindex or a sweep notes: keeps each step's script short
 # Consumers with nothing pending and idle this long (a crashed or retired replica) are removed.
 FORGET_CONSUMER_AFTER_MS = 10 * 60 * 1000
 
@@ -60,6 +74,7 @@ def apply_keys(partition: int, generation: int = 0) -> list[str]:
         keys.deleted_key(partition, generation),
         keys.deleted_at_key(partition, generation),
         keys.recount_key(partition, generation),
+        keys.top_outbox_key(partition, generation),
     ]
 
 
@@ -86,7 +101,13 @@ def recount_keys(partition: int, generation: int = 0) -> list[str]:
         keys.events_key(partition, generation),
         keys.reads_key(partition, generation),
         keys.recount_key(partition, generation),
+        keys.top_outbox_key(partition, generation),
     ]
+
+
+def outbox_keys(partition: int, generation: int = 0) -> list[str]:
+    """The keys reindex_partition.lua and note_users.lua take: the partition's reads and its outbox."""
+    return [keys.reads_key(partition, generation), keys.top_outbox_key(partition, generation)]
 
 
 def _settle(waiter: asyncio.Future[bool], woken: bool) -> None:
@@ -111,6 +132,11 @@ class Aggregator:
         self._apply = cluster.script(APPLY_SCRIPT, repeatable=True)
         self._trim = cluster.script(TRIM_SCRIPT, repeatable=True)
         self._recount_step = cluster.script(RECOUNT_SCRIPT, repeatable=True)
+        self._index_top = cluster.script(INDEX_TOP_SCRIPT, repeatable=True)  # versions make a repeat a no-op
+        self._clear_outbox = cluster.script(CLEAR_OUTBOX_SCRIPT, repeatable=True)
+        self._reindex_step = cluster.script(REINDEX_SCRIPT, repeatable=True)
+        self._note_users = cluster.script(NOTE_USERS_SCRIPT, repeatable=True)
+        self._outbox_notes = cluster.script(OUTBOX_NOTES_SCRIPT, repeatable=True)
         self.share = Share(cluster, settings.consumer, self.partitions, settings.claim_idle_ms, self._wake_up)
         # Set when an apply queued a recount on the partition, so its recount loop starts at once.
         self._recount_due = {partition: asyncio.Event() for partition in self.partitions}
@@ -124,19 +150,36 @@ class Aggregator:
         # A partition's failed cluster calls in a row (its loop's, or a look-after's): while any, its maintenance,
         # which would fail too, is left out; its loop's next call that works clears them.
         self._failures = dict.fromkeys(self.partitions, 0)
+        # The top list's index. Partitions whose users were never all noted in their outbox: their loop does that
+        # before its next take. Partitions due for a copy of their outbox (the task that makes it), and those noted
+        # again while it ran, copied once more after it.
+        self._unindexed: set[int] = set()
+        self._copying: dict[int, asyncio.Task[None]] = {}
+        self._copy_again: set[int] = set()
+        self._copy_places = asyncio.Semaphore(COPIES_AT_ONCE)
+        self._copy_defect: BaseException | None = None
+        self.reindex_s = settings.reindex_s
+        # When each partition's users (and for the first top_buckets partitions, its bucket's) are noted again.
+        self._reindex_due = dict.fromkeys(self.partitions, time.monotonic() + self.reindex_s)
 
     async def run(self) -> None:
         """Consume every partition until cancelled; an unexpected failure of one loop ends them all (a task
         group, unlike gather, cancels the others), so the process shuts down rather than half-running."""
         await self.cluster.layout_checked()  # every key name needs the layout's generation
         self.generation = self.cluster.generation
-        async with asyncio.TaskGroup() as loops:
-            loops.create_task(self._watch_wakes())
-            loops.create_task(self._maintenance())
-            loops.create_task(self.share.run())
-            for partition in self.partitions:
-                loops.create_task(self._consume(partition))
-                loops.create_task(self._recounts(partition))
+        try:
+            async with asyncio.TaskGroup() as loops:
+                loops.create_task(self._watch_wakes())
+                loops.create_task(self._maintenance())
+                loops.create_task(self.share.run())
+                for partition in self.partitions:
+                    loops.create_task(self._consume(partition))
+                    loops.create_task(self._recounts(partition))
+        finally:
+            copies = list(self._copying.values())
+            for task in copies:
+                task.cancel()
+            await asyncio.gather(*copies, return_exceptions=True)
 
     async def _watch_wakes(self) -> None:
         await self.cluster.watch_wakes(self.partitions, self._wake_up)
@@ -199,8 +242,13 @@ class Aggregator:
                 if partition not in self.share.owned:  # another replica's: wait until it may be ours
                     await self._woken_before_idle_check(partition)
                     continue
+                if partition in self._unindexed:  # a take said so: note every user, then take again
+                    await self._reindex(partition)
+                    continue
                 taken = await self._take(partition)
                 self._working(partition)
+                if partition in self._unindexed:  # at once, not after a wake-up: the top list lacks its users
+                    continue
                 # Idle (the take armed the partition's wake flag): wait for the next event's wake-up. None by
                 # the idle check: take again, which also finds a stream flushed or failed over in the meantime.
                 if not taken and not await self._woken_before_idle_check(partition):
@@ -236,7 +284,7 @@ class Aggregator:
         backoff must take over (at 4,096 partitions, a third of them retrying every 0.2 s took a whole core)."""
         try:
             async with asyncio.timeout(TAKE_DEADLINE_S):
-                applied, gone, taken, _, malformed, queued = await self.cluster.run(
+                applied, gone, taken, _, malformed, queued, noted = await self.cluster.run(
                     self._apply,
                     take_keys(partition, self.generation),
                     [self.group, ">", self.consumer, self.batch],
@@ -245,6 +293,7 @@ class Aggregator:
                 )
         except TimeoutError:
             raise ClusterUnavailable(f"no take of partition {partition} answered within {TAKE_DEADLINE_S} s") from None
+        self._noted(partition, int(noted))
         if taken:
             self._active_until[partition] = time.monotonic() + self._active_s
             self._count(partition, int(applied), int(gone), malformed, int(queued))
@@ -255,9 +304,10 @@ class Aggregator:
         if not entries:
             return 0
         ids = [entry_id for entry_id, _ in entries]
-        applied, gone, malformed, queued = await self.cluster.run(
+        applied, gone, malformed, queued, noted = await self.cluster.run(
             self._apply, apply_keys(partition, self.generation), [self.group, *ids]
         )
+        self._noted(partition, int(noted))
         self._count(partition, int(applied), int(gone), malformed, int(queued))
         return int(applied)
 
@@ -340,6 +390,8 @@ class Aggregator:
                 await asyncio.sleep(self.maintenance_s - time.monotonic() % self.maintenance_s)
                 if failed:  # a defect, not the cluster's failure (_look_after outlives those): end every loop
                     raise failed[0]
+                if self._copy_defect is not None:
+                    raise self._copy_defect
                 active, quiet = self._due(time.monotonic())
                 for partition in active:
                     if partition not in looking:
@@ -370,6 +422,10 @@ class Aggregator:
             await self._reclaim(partition)
             await self._maintain(partition)
             self._recount_due[partition].set()  # those another replica queued or left half done
+            if time.monotonic() >= self._reindex_due[partition]:
+                await self._reindex(partition)
+                if partition < keys.top_buckets(len(self.partitions)):
+                    await self._sweep(partition)
         except NoGroup:  # not created yet, or a flushed cluster: _consume makes it
             pass
         except StorageError as error:
@@ -402,16 +458,147 @@ class Aggregator:
             due.clear()
             try:
                 while True:
-                    _, more = await self.cluster.run(
+                    _, more, noted = await self.cluster.run(
                         self._recount_step,
                         recount_keys(partition, self.generation),
                         [self.group, RECOUNT_STEP],
                         together=True,
                     )
                     metrics.RECOUNT_STEPS.inc()
+                    self._noted(partition, int(noted))
                     if not int(more):
                         break
             except NoGroup:  # not created yet, or a flushed cluster: _consume makes it
                 pass
             except StorageError as error:
                 log.warning("recount of partition %d: cluster unavailable: %r", partition, error)
+
+    # The top list's index (docs/architecture.md, "The top list's index").
+
+    def _noted(self, partition: int, outbox_users: int) -> None:
+        """What a script that counts said of the partition's outbox: users noted (copy them), or never indexed."""
+        if outbox_users < 0:
+            self._unindexed.add(partition)
+        elif outbox_users > 0:
+            self._copy_soon(partition)
+
+    def _copy_soon(self, partition: int) -> None:
+        """Copy the partition's outbox on the next copy tick; if a copy of it is under way, once more after it."""
+        if partition in self._copying:
+            self._copy_again.add(partition)
+            return
+        task = self._copying[partition] = asyncio.create_task(self._copy_until_done(partition, time.monotonic()))
+        task.add_done_callback(functools.partial(self._copied, partition))
+        metrics.TOP_COPIES_DUE.set(len(self._copying))
+
+    def _copied(self, partition: int, task: asyncio.Task[None]) -> None:
+        del self._copying[partition]
+        metrics.TOP_COPIES_DUE.set(len(self._copying))
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:  # a defect, not the cluster's failure (those are retried): the maintenance loop ends
+            self._copy_defect = error
+        elif partition in self._copy_again:
+            self._copy_again.discard(partition)
+            self._copy_soon(partition)
+
+    async def _copy_until_done(self, partition: int, asked: float) -> None:
+        """Copy the partition's outbox on the next tick of COPY_LINGER_S (the copies of a tick share pipelines),
+        at most COPIES_AT_ONCE at a time; after a failure, again, backing off as a partition's loop does."""
+        failures = 0
+        await asyncio.sleep(COPY_LINGER_S - time.monotonic() % COPY_LINGER_S)
+        while True:
+            self._copy_again.discard(partition)  # this copy reads what the outbox holds from now on
+            try:
+                async with self._copy_places:
+                    await self._copy(partition)
+                metrics.TOP_COPIES.labels("copied").inc()
+                metrics.TOP_COPY_DELAY.observe(time.monotonic() - asked)
+                return
+            except StorageError as error:
+                metrics.TOP_COPIES.labels("failed").inc()
+                failures += 1
+                if failures == 1:
+                    log.warning("top list copy of partition %d: cluster unavailable: %r", partition, error)
+                await asyncio.sleep(min(MAX_RETRY_S, RETRY_S * 2 ** (failures - 1)))
+
+    async def _copy(self, partition: int) -> None:
+        """Copy the partition's outbox into its bucket (index_top.lua keeps only what is newer), then clear what
+        was copied (clear_outbox.lua keeps what was noted again since), a page at a time."""
+        outbox = keys.top_outbox_key(partition, self.generation)
+        bucket = keys.top_bucket_of(partition, len(self.partitions))
+        index = [keys.top_key(bucket, self.generation), keys.top_versions_key(bucket, self.generation)]
+        cursor = "0"
+        while True:
+            async with self._deadline(f"the copy of partition {partition}"):
+                cursor, copied = await self.cluster.run(
+                    self._outbox_notes, [outbox], [cursor, INDEX_STEP], bounded=False, together=True
+                )
+            if copied:
+                async with self._deadline(f"the copy of partition {partition}"):
+                    await self.cluster.run(self._index_top, index, copied, bounded=False, together=True)
+                async with self._deadline(f"the copy of partition {partition}"):
+                    await self.cluster.run(self._clear_outbox, [outbox], copied, bounded=False, together=True)
+            cursor = text(cursor)
+            if cursor == "0":
+                return
+
+    @contextlib.asynccontextmanager
+    async def _deadline(self, what: str) -> AsyncIterator[None]:
+        """COPY_DEADLINE_S for one call (the script runner retries a shard that is down as long as it is given)."""
+        try:
+            async with asyncio.timeout(COPY_DEADLINE_S):
+                yield
+        except TimeoutError:
+            raise ClusterUnavailable(f"{what} did not answer within {COPY_DEADLINE_S} s") from None
+
+    async def _reindex(self, partition: int) -> None:
+        """Note every user of the partition in its outbox, in bounded steps (reindex_partition.lua), and copy them."""
+        cursor = "0"
+        noted = 0
+        while True:
+            async with self._deadline(f"the reindex of partition {partition}"):
+                cursor, noted = await self.cluster.run(
+                    self._reindex_step,
+                    outbox_keys(partition, self.generation),
+                    [cursor, INDEX_STEP],
+                    bounded=False,
+                    together=True,
+                )
+            cursor = text(cursor)
+            if cursor == "0":
+                break
+        self._unindexed.discard(partition)
+        self._reindex_due[partition] = time.monotonic() + self.reindex_s
+        self._noted(partition, int(noted))
+
+    async def _sweep(self, bucket: int) -> None:
+        """Note again, in its partition's outbox, each user the bucket holds: the users a failover took back from
+        their partition (their removal was never noted), which reindexing the partitions can't find."""
+        partitions = len(self.partitions)
+        top = keys.top_key(bucket, self.generation)
+        cursor = 0
+        while True:
+            async with (
+                self._deadline(f"the sweep of top list bucket {bucket}"),
+                self.cluster.bounded("command", "zscan") as client,
+            ):
+                cursor, scored = await client.zscan(top, cursor, count=INDEX_STEP)
+            by_partition: dict[int, list[str]] = defaultdict(list)
+            for member, _ in scored:
+                user = text(member)
+                by_partition[keys.partition_of(user, partitions)].append(user)
+            chunks = [
+                (partition, users[start : start + INDEX_STEP])
+                for partition, users in by_partition.items()
+                for start in range(0, len(users), INDEX_STEP)
+            ]
+            calls = [(outbox_keys(partition, self.generation), users) for partition, users in chunks]
+            replies = await self.cluster.run_many(self._note_users, calls, COPY_DEADLINE_S, Confirm.NOTHING)
+            for (partition, _), reply in zip(chunks, replies, strict=True):
+                if isinstance(reply, BaseException):
+                    raise reply
+                self._noted(partition, int(reply))
+            if not cursor:
+                return

@@ -1,10 +1,12 @@
 """The reporting domain: merges per-partition statistics into exact answers.
 
-A top list or the totals read every partition, so they are read per node: one function call per primary
-reads every partition it holds and answers for all of them (top_readers_on_node.lua, totals_on_node.lua: the
-node's own top list, its sums), so what reporting_svc sends and parses grows with the primaries, not the
-partitions. A partition whose node can't answer for it (its slot moved, or is migrating) is read on its own,
-as every partition was before (Cluster.run_many: one pipeline per primary). Top lists and the totals are
+A top list reads the top list's index: at most keys.TOP_BUCKETS sorted sets, which the aggregator keeps up to
+date from the partitions' counts, one copy behind them (docs/architecture.md, "The top list's index"), so its
+cost does not grow with the partitions. The totals read every partition. Both are read per node: one function
+call per primary reads every key it holds and answers for all of them (top_readers_on_node.lua,
+totals_on_node.lua: the node's own top list, its sums), so what reporting_svc sends and parses grows with the
+primaries, not the keys. A key whose node can't answer for it (its slot moved, or is migrating) is read on its
+own (Cluster.run_many: one pipeline per primary). Top lists and the totals are
 shared for PROFILEMESH_REPORTING_CACHE_MS: calls arriving while a fan-out is in flight await it (single
 flight), and calls within the window after it started take its answer (a top list cut to their limit).
 """
@@ -66,9 +68,9 @@ def _joined(
 
 
 @functools.cache
-def _names(key: Callable[[int, int], str], partitions: int, generation: int) -> tuple[str, ...]:
-    """Every partition's key of one kind: made once, not per call."""
-    return tuple(key(p, generation) for p in range(partitions))
+def _names(key: Callable[[int, int], str], count: int, generation: int) -> tuple[str, ...]:
+    """Every partition's (or bucket's) key of one kind: made once, not per call."""
+    return tuple(key(p, generation) for p in range(count))
 
 
 class Reports:
@@ -88,8 +90,9 @@ class Reports:
         """The top `limit` users by reads, highest first, ties by user name; read no earlier than `since`
         (time.monotonic()), when given, so that it reflects at least what the caller saw by then.
 
-        Each user lives in exactly one partition, so merging each partition's top list is exact; and the
-        order is total (score, then name), so the top `limit` of a longer list is its first `limit`.
+        Each user lives in exactly one partition, and so in one bucket of the index, so merging each bucket's
+        top list is exact; and the order is total (score, then name), so the top `limit` of a longer list is its
+        first `limit`.
         """
         check_limit(limit)
         if not self.cache_s:
@@ -98,9 +101,10 @@ class Reports:
         return (await asyncio.shield(fetch.task))[:limit]
 
     async def _fan_out(self, limit: int) -> Ranking:
-        """Every node's top `limit` (and every partition's read on its own: with the users tied with its last),
-        merged."""
-        replies = await self._on_every_node(self._top_on_node, self._top_readers, keys.reads_key, [limit])
+        """Every node's top `limit` of the index's buckets (and each bucket's read on its own: with the users tied
+        with its last), merged."""
+        buckets = _names(keys.top_key, keys.top_buckets(len(self.partitions)), self.cluster.generation)
+        replies = await self._on_every_node(self._top_on_node, self._top_readers, buckets, [limit])
         scores: dict[str, int] = {}
         for flat in replies:
             for i in range(0, len(flat), 2):
@@ -109,17 +113,15 @@ class Reports:
         return ranked[:limit]
 
     async def _on_every_node(
-        self, on_node: Script, on_partition: Script, key: Callable[[int, int], str], args: Sequence[Any]
+        self, on_node: Script, on_key: Script, names: Sequence[str], args: Sequence[Any]
     ) -> list[Any]:
-        """`on_node`'s reply for the partitions each primary holds, and `on_partition`'s for each partition no node
-        answered for; any partition's failure fails the whole (an answer missing a partition would be wrong, not
-        partial)."""
-        names = _names(key, len(self.partitions), self.cluster.generation)
+        """`on_node`'s reply for the keys each primary holds, and `on_key`'s for each key no node answered for; any
+        key's failure fails the whole (an answer missing a partition would be wrong, not partial)."""
         answered, left = await self.cluster.run_on_nodes(on_node, names, args, MAX_CALL_S)
         replies = [reply for _, reply in answered]
         if left:
             results = await self.cluster.run_many(
-                on_partition, [([names[i]], args) for i in left], MAX_CALL_S, Confirm.NOTHING
+                on_key, [([names[i]], args) for i in left], MAX_CALL_S, Confirm.NOTHING
             )
             for result in results:
                 if isinstance(result, BaseException):
@@ -138,7 +140,8 @@ class Reports:
         """The counts per operation type as the cluster holds them, in parts whose sum is the totals: each node's
         sums, and the counts of each partition read on its own (bytes: no decoding). Every count only grows, so
         parts equal to an earlier reading's mean nothing was counted since."""
-        replies = await self._on_every_node(self._totals_on_node, self._partition_totals, keys.totals_key, [])
+        names = _names(keys.totals_key, len(self.partitions), self.cluster.generation)
+        replies = await self._on_every_node(self._totals_on_node, self._partition_totals, names, [])
         return [dict(zip(flat[::2], flat[1::2], strict=True)) for flat in replies]
 
     async def _shared_totals(self) -> list[dict[bytes, Any]]:

@@ -1,11 +1,12 @@
 """WatchTopProfiles: one poller per process while anyone watches, changes coalesced per interval.
 
-Each interval the poller reads the operation totals (totals_on_node.lua, one call per primary). A reads sorted
-set changes only when a read or a delete is applied, and every applied event is counted in its partition's
-totals, so unchanged totals mean an unchanged leaderboard and nothing more is read. When they change, the top
-list is read once, for the largest limit watched (a smaller limit's list is its prefix: the order is total),
-through the same short-lived cache as GetTopProfiles (reports.py), and each watcher is handed its snapshot. A
-watcher holds only the latest snapshot, so a slow reader skips intermediate ones instead of queueing them.
+Each interval the poller reads the operation totals (totals_on_node.lua, one call per primary) and the top list,
+once, for the largest limit watched (a smaller limit's list is its prefix: the order is total), through the same
+short-lived cache as GetTopProfiles (reports.py); each watcher is handed the snapshot when it differs from what it
+was sent. The top list is read every round, not only when the totals change: it comes from the top list's index,
+which follows the counts by a copy, so totals that stopped changing do not mean the top list did. Both read a
+handful of keys per primary. A watcher holds only the latest snapshot, so a slow reader skips intermediate ones
+instead of queueing them.
 """
 
 from __future__ import annotations
@@ -78,18 +79,15 @@ class Leaderboard:
         return ranking, tuple(totals.items())
 
     async def _poll(self) -> None:
-        version = None
         while True:
             await asyncio.sleep(self.interval_s)
+            if not self.watchers:
+                continue
             try:
                 stored = await self.reports.stored_totals()
-                read_at = time.monotonic()
-                if stored == version or not self.watchers:
-                    continue
-                # A top list read before these totals may miss what changed them: this version's is read after.
+                # A top list read before these totals may miss what changed them: this round's is read after.
                 limit = max(w.limit for w in self.watchers)
-                ranking, totals = await self._snapshot(limit, stored, since=read_at)
-                version = stored
+                ranking, totals = await self._snapshot(limit, stored, since=time.monotonic())
             except StorageError as error:
                 log.warning("leaderboard: cluster unavailable: %r", error)
                 continue

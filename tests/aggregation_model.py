@@ -10,11 +10,21 @@ of the partition's slot is restored to an earlier copy (DUMP/RESTORE), as a prom
 the last writes would hold them (one slot rolls back to one point of the replication stream), and the
 stream's next ids are sometimes the lost ones again, with other content. Consumers keep what they held.
 
+The top list's index is in the schedule too: copies of the partition's outbox into its bucket
+(index_top.lua, clear_outbox.lua), some made at once, some read and held to be written late (a stalled
+copier, or one of a replica the lease moved from); failovers of the bucket's own slot, which lose its last
+copies (the bucket is restored to an earlier copy, apart from the partition); and resyncs (a reindex of the
+partition, reindex_partition.lua, and a sweep of the bucket, note_users.lua), which the aggregator runs
+every PROFILEMESH_AGGREGATOR_REINDEX_S.
+
 After every step the partition's state must satisfy the invariant of docs/architecture.md, computed
 from the model's history and what the group says is applied (delivered and not pending): totals, each
 tombstone (stats:deleted and stats:deleted-at; forgotten only once nothing older is unapplied) and each
-score (the applied reads after the tombstone, less those a recount in progress has still to reach). At
-the end every entry is applied and the statistics must equal a sequential replay of the history.
+score (the applied reads after the tombstone, less those a recount in progress has still to reach). The
+index's: every note in the outbox holds its user's score as the partition holds it, and, unless a failover
+came since the last resync, the bucket holds every user's score that the outbox has no note for. At the end
+every entry is applied and the statistics must equal a sequential replay of the history, and after a last
+resync and copy the bucket equals the scores and the outbox is empty.
 
 `python -m tests.aggregation_model --runs 1000 --url redis://127.0.0.1:PORT` runs it against a node of
 your own (it deletes its keys only); `--seed N` replays one run.
@@ -33,7 +43,16 @@ from typing import Any
 import redis
 from redis.commands.core import Script
 
-from aggregator_svc.aggregator import APPLY_SCRIPT, RECOUNT_SCRIPT, TRIM_SCRIPT
+from aggregator_svc.aggregator import (
+    APPLY_SCRIPT,
+    CLEAR_OUTBOX_SCRIPT,
+    INDEX_TOP_SCRIPT,
+    NOTE_USERS_SCRIPT,
+    OUTBOX_NOTES_SCRIPT,
+    RECOUNT_SCRIPT,
+    REINDEX_SCRIPT,
+    TRIM_SCRIPT,
+)
 from tests.helpers import FunctionCall, expected_statistics, load_functions
 
 GROUP = "aggregator"
@@ -57,19 +76,35 @@ class PartitionKeys:
 
     @property
     def apply_keys(self) -> list[str]:
-        """What apply_events.lua takes: stream, reads, totals, tombstones, tombstones by time, recounts."""
-        names = ("reads", "totals", "deleted", "deleted-at", "recount")
+        """What apply_events.lua takes: stream, reads, totals, tombstones, tombstones by time, recounts, the top
+        list's outbox."""
+        names = ("reads", "totals", "deleted", "deleted-at", "recount", "top-outbox")
         return [self.events, *(f"stats:{name}:{self.tag}" for name in names)]
 
     @property
     def trim_keys(self) -> list[str]:
         """What trim_acknowledged.lua takes: stream, tombstones, tombstones by time, recounts, the trim record."""
-        return [self.apply_keys[0], *self.apply_keys[3:], f"{self.events}:trimmed"]
+        return [self.apply_keys[0], *self.apply_keys[3:6], f"{self.events}:trimmed"]
+
+    @property
+    def outbox(self) -> str:
+        return self.apply_keys[6]
+
+    @property
+    def outbox_keys(self) -> list[str]:
+        """What reindex_partition.lua and note_users.lua take: reads, the outbox."""
+        return [self.apply_keys[1], self.outbox]
+
+    @property
+    def index_keys(self) -> list[str]:
+        """What index_top.lua takes: the partition's bucket of the index and its versions (a standalone node:
+        any names do)."""
+        return [f"stats:top:{self.tag}", f"stats:top-versions:{self.tag}"]
 
     @property
     def recount_keys(self) -> list[str]:
-        """What recount_step.lua takes: stream, reads, recounts."""
-        return [self.events, self.apply_keys[1], self.apply_keys[5]]
+        """What recount_step.lua takes: stream, reads, recounts, the top list's outbox."""
+        return [self.events, self.apply_keys[1], self.apply_keys[5], self.apply_keys[6]]
 
 
 Pipe = redis.client.Pipeline
@@ -77,11 +112,30 @@ Pipe = redis.client.Pipeline
 Done = Callable[..., None]
 # An apply function: a pipeline, the script, the partition and a batch of entry ids; it queues their apply.
 Apply = Callable[[Pipe, FunctionCall, PartitionKeys, list[str]], object]
-ACTIONS = ("read", "apply", "take", "reclaim", "own", "die", "reapply", "repeat", "trim", "recount", "save", "failover")
-WEIGHTS = (6, 6, 6, 2, 1, 1, 1, 1, 1, 3, 1, 1)
+ACTIONS = (
+    "read",
+    "apply",
+    "take",
+    "reclaim",
+    "own",
+    "die",
+    "reapply",
+    "repeat",
+    "trim",
+    "recount",
+    "save",
+    "failover",
+    "copy",
+    "hold",
+    "late",
+    "save index",
+    "index failover",
+    "resync",
+)
+WEIGHTS = (6, 6, 6, 2, 1, 1, 1, 1, 1, 3, 1, 1, 4, 2, 2, 1, 1, 1)
 # The partition's state in one reply (a read-only script; one command rather than seven keeps the 5,000 runs
 # quick): the group's last delivered id, the pending ids, then reads, totals, tombstones, tombstones by
-# time and recounts, each flat.
+# time, recounts, the top list's outbox and the bucket of the index, each flat.
 STATE = """
 local delivered = '0-0'
 for _, info in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
@@ -93,7 +147,8 @@ end
 local pending = {}
 for _, row in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 100000)) do pending[#pending + 1] = row[1] end
 return {delivered, pending, redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES'), redis.call('HGETALL', KEYS[3]),
-  redis.call('HGETALL', KEYS[4]), redis.call('ZRANGE', KEYS[5], 0, -1, 'WITHSCORES'), redis.call('HGETALL', KEYS[6])}
+  redis.call('HGETALL', KEYS[4]), redis.call('ZRANGE', KEYS[5], 0, -1, 'WITHSCORES'), redis.call('HGETALL', KEYS[6]),
+  redis.call('HGETALL', KEYS[7]), redis.call('ZRANGE', KEYS[8], 0, -1, 'WITHSCORES')}
 """
 
 
@@ -144,12 +199,13 @@ class Run:
         node: redis.Redis,
         raw: redis.Redis,
         keys: PartitionKeys,
-        scripts: tuple[FunctionCall, FunctionCall, FunctionCall, Script],
+        scripts: Scripts,
         seed: int,
         apply: Apply,
     ) -> None:
         self.node, self.raw, self.keys, self.apply = node, raw, keys, apply
-        self.apply_script, self.trim_script, self.recount_script, self.state_script = scripts
+        self.apply_script, self.trim_script, self.recount_script, self.state_script = scripts.counting
+        self.index_script, self.clear_script, self.reindex_script, self.note_script, self.read_script = scripts.indexing
         # Appends wait here and go with the next step's round trip (they change no statistics).
         self.pipe = node.pipeline(transaction=False)
         self.rng = random.Random(seed)
@@ -163,6 +219,11 @@ class Run:
         self.snapshot: tuple[dict[str, bytes | None], list[Entry], dict[str, bool], int, int] | None = None
         self.failovers = 0
         self.restored = False  # the keys were restored since the last check (not through the pipeline)
+        # Outbox notes read by a copy, not written yet (user, note, ...), by the failovers there had been then.
+        self.held_copies: list[tuple[int, list[str]]] = []
+        self.index_snapshot: dict[str, bytes | None] | None = None
+        self.resynced = True  # no failover (of the partition or of the bucket) since the last resync
+        self.index_failovers = 0
         self.steps = 0
         seconds, micros = node.time()
         self.now_ms = int(seconds) * 1000 + int(micros) // 1000
@@ -248,7 +309,69 @@ class Run:
     def _recount(self, pipe: Pipe) -> None:
         call(pipe, self.recount_script, self.keys.recount_keys, [GROUP, self.rng.randint(1, 4)])
 
+    # ------------------------------------------------------------------ the top list's index
+
+    def _read_outbox(self) -> list[str]:
+        """A copy's read of the outbox (outbox_notes.lua), page by page: its notes, without its own fields."""
+        self.pipe.execute()  # the appends queued so far come first
+        notes: list[str] = []
+        cursor = "0"
+        while True:
+            cursor, page = call(self.node, self.read_script, [self.keys.outbox], [cursor, 2])
+            notes += page
+            if cursor == "0":
+                return notes
+
+    def _write_copy(self, pipe: Pipe, notes: list[str]) -> None:
+        call(pipe, self.index_script, self.keys.index_keys, notes)
+        call(pipe, self.clear_script, [self.keys.outbox], notes)
+
+    def _resync(self, pipe: Pipe) -> None:
+        """The aggregator's periodic reindex of the partition and sweep of the bucket, then a copy."""
+        self.pipe.execute()
+        cursor = "0"
+        while True:
+            cursor, _ = call(self.node, self.reindex_script, self.keys.outbox_keys, [cursor, 2])
+            if cursor == "0":
+                break
+        bucket = self.node.zrange(self.keys.index_keys[0], 0, -1)
+        if bucket:
+            call(self.node, self.note_script, self.keys.outbox_keys, bucket)
+        self._write_copy(pipe, self._read_outbox())
+        self.resynced = True
+        # A copy read before a failover is not written after the resync that follows it: the aggregator's copies
+        # give up within seconds (COPY_DEADLINE_S), its resyncs come every PROFILEMESH_AGGREGATOR_REINDEX_S. Such a
+        # copy could bring back a score the failover took from the partition and the bucket alike (its version
+        # lost with the bucket's), until the next resync.
+        self.held_copies = [(epoch, notes) for epoch, notes in self.held_copies if epoch == self._failovers()]
+
+    def _failovers(self) -> int:
+        return self.failovers + self.index_failovers
+
+    def _save_index(self) -> None:
+        with self.raw.pipeline(transaction=False) as raw:
+            for key in self.keys.index_keys:
+                raw.dump(key)
+            self.index_snapshot = dict(zip(self.keys.index_keys, raw.execute(), strict=True))
+
+    def _fail_over_index(self) -> None:
+        """The bucket's own slot fails over: its copies since the snapshot are lost, the partition keeps all."""
+        assert self.index_snapshot is not None
+        self._restore(self.index_snapshot)
+        self.resynced = False
+        self.index_failovers += 1
+
     # ------------------------------------------------------------------ lossy failovers
+
+    def _restore(self, dumps: dict[str, bytes | None]) -> None:
+        with self.raw.pipeline(transaction=False) as raw:
+            for key, data in dumps.items():
+                if data is None:
+                    raw.delete(key)
+                else:
+                    raw.restore(key, 0, data, replace=True)
+            raw.execute()
+        self.restored = True
 
     def _save(self) -> None:
         """What a replica holds now: every key of the slot at one point, and the model's history then."""
@@ -270,15 +393,9 @@ class Run:
         assert self.snapshot is not None
         self.pipe.execute()  # the appends queued so far come first
         dumps, entries, exists, ms, seq = self.snapshot
-        with self.raw.pipeline(transaction=False) as raw:
-            for key, data in dumps.items():
-                if data is None:
-                    raw.delete(key)
-                else:
-                    raw.restore(key, 0, data, replace=True)
-            raw.execute()
+        self._restore(dumps)
         self.entries, self.exists = list(entries), dict(exists)
-        self.restored = True
+        self.resynced = False
         if self.rng.random() < 0.5:  # the new primary's clock is behind the lost tail: lost ids come again
             self.ms, self.seq = ms, seq
         self.failovers += 1
@@ -313,6 +430,18 @@ class Run:
             self._save()
         elif action == "failover" and self.snapshot is not None:
             self._fail_over()
+        elif action == "copy":
+            self._write_copy(pipe, self._read_outbox())
+        elif action == "hold":
+            self.held_copies.append((self._failovers(), self._read_outbox()))
+        elif action == "late" and self.held_copies:
+            self._write_copy(pipe, self.held_copies.pop(self.rng.randrange(len(self.held_copies)))[1])
+        elif action == "save index":
+            self._save_index()
+        elif action == "index failover" and self.index_snapshot is not None:
+            self._fail_over_index()
+        elif action == "resync":
+            self._resync(pipe)
         return None
 
     def _run(self, queue: Callable[[Pipe], Done | None], force: bool = False) -> list[Any] | None:
@@ -325,7 +454,7 @@ class Run:
         if last == 0 and not (force or self.restored):
             return None
         self.restored = False
-        call(pipe, self.state_script, self.keys.apply_keys, [GROUP])
+        call(pipe, self.state_script, [*self.keys.apply_keys, self.keys.index_keys[0]], [GROUP])
         replies = pipe.execute()
         if done is not None:
             done(*replies[first:last])
@@ -359,13 +488,18 @@ class Run:
         else:
             raise AssertionError("the drain did not finish")
         for _ in range(10_000):
-            _, more = call(self.node, self.recount_script, self.keys.recount_keys, [GROUP, 4])
+            _, more, _ = call(self.node, self.recount_script, self.keys.recount_keys, [GROUP, 4])
             if not int(more):
                 break
         for _ in range(100):
             _, more = call(self.node, self.trim_script, self.keys.trim_keys, [GROUP, 600_000, 0])
             if not int(more):
                 break
+        # Every held copy is written at last (or fails its version check), then a resync.
+        for _, notes in self.held_copies:
+            self._run(lambda pipe, n=notes: self._write_copy(pipe, n))  # type: ignore[misc]
+        self.held_copies.clear()
+        self._run(self._resync)
 
     # ------------------------------------------------------------------ the invariant
 
@@ -373,7 +507,7 @@ class Run:
         """What is wrong with the partition's state (read by STATE) by the invariant; None when nothing is."""
         delivered = id_key(state[0])
         pending = set(state[1])
-        scores, totals, deleted, deleted_at, recount = (pairs(flat) for flat in state[2:])
+        scores, totals, deleted, deleted_at, recount, outbox, index = (pairs(flat) for flat in state[2:])
         applied = [e for e in self.entries if e.key <= delivered and e.id not in pending]
         problems = []
 
@@ -426,11 +560,24 @@ class Run:
             want_scores[e.user] = want_scores.get(e.user, 0) + 1
         if {user: int(score) for user, score in scores.items()} != want_scores:
             problems.append(f"scores {scores}, expected {want_scores}")
+
+        # The index: a note holds the score as the partition holds it now; a user without a note is in the bucket
+        # as in the partition, unless a failover since the last resync lost what it holds there.
+        for user, note in outbox.items():
+            if user.startswith("#"):
+                continue
+            noted = note.split(" ")[1]
+            if noted != scores.get(user, "-"):
+                problems.append(f"the outbox notes {user} at {note}, the partition holds {scores.get(user)}")
+        if self.resynced:
+            for user in set(scores) | set(index):
+                if user not in outbox and index.get(user) != scores.get(user):
+                    problems.append(f"the index holds {user} at {index.get(user)}, the partition {scores.get(user)}")
         return "; ".join(problems) or None
 
     def play(self, check_every_step: bool = True) -> str | None:
         """The whole run; returns what is wrong (and when), or None."""
-        self.node.delete(*self.keys.apply_keys)
+        self.node.delete(*self.keys.apply_keys, *self.keys.index_keys)
         self.node.xgroup_create(self.keys.events, GROUP, id="0", mkstream=True)
         events = self.rng.randint(4, 44)
         appended = 0
@@ -453,7 +600,7 @@ class Run:
         scores, totals = expected_statistics(history)
         expected_scores = {user: float(n) for user, n in scores.items()}
         expected_totals = {kind: str(n) for kind, n in totals.items()}
-        _, reads, totals_key, deleted_key, _, recount_key = self.keys.apply_keys
+        _, reads, totals_key, deleted_key, _, recount_key, outbox_key = self.keys.apply_keys
         got_scores = dict(self.node.zrange(reads, 0, -1, withscores=True))
         got_totals = self.node.hgetall(totals_key)
         pending = self.node.xpending(self.keys.events, GROUP)["pending"]
@@ -463,6 +610,10 @@ class Run:
                 f"history {history}: scores {got_scores} (expected {expected_scores}), "
                 f"totals {got_totals} (expected {expected_totals}), {pending} pending, recounts left {recounts}"
             )
+        index = dict(self.node.zrange(self.keys.index_keys[0], 0, -1, withscores=True))
+        left = [user for user in self.node.hkeys(outbox_key) if not user.startswith("#")]
+        if index != got_scores or left:
+            return f"after the last resync: the index holds {index}, the scores are {got_scores}; notes left {left}"
         # Every tombstone left is its user's latest delete.
         latest = {e.user: e.id for e in self.entries if e.kind == "delete"}
         for user, entry_id in self.node.hgetall(deleted_key).items():
@@ -484,17 +635,31 @@ def run_many(url: str, seeds: Sequence[int], tag: str = "{model}", apply: Apply 
             problem = Run(node, raw, keys, scripts, seed, apply).play()
             if problem:
                 wrong[seed] = problem
-        node.delete(*keys.apply_keys)
+        node.delete(*keys.apply_keys, *keys.index_keys)
     return wrong
 
 
-def load_scripts(node: redis.Redis) -> tuple[FunctionCall, FunctionCall, FunctionCall, Script]:
-    """The apply, trim and recount functions (every library loaded on the node, as the admin step does) and the
-    model's own state reader (a script of the test's, on the test's own node)."""
+@dataclass(frozen=True)
+class Scripts:
+    counting: tuple[FunctionCall, FunctionCall, FunctionCall, Script]  # apply, trim, recount, the model's state
+    indexing: tuple[FunctionCall, FunctionCall, FunctionCall, FunctionCall, FunctionCall]  # index, clear, reindex,
+    # note users, read the outbox
+
+
+def load_scripts(node: redis.Redis) -> Scripts:
+    """The apply, trim and recount functions and the index's (every library loaded on the node, as the admin
+    step does), and the model's own state reader (a script of the test's, on the test's own node)."""
     load_functions(node)
     state = node.register_script(STATE)
     node.script_load(state.script)
-    return FunctionCall(APPLY_SCRIPT), FunctionCall(TRIM_SCRIPT), FunctionCall(RECOUNT_SCRIPT), state
+    index, clear, reindex, note, read = (
+        FunctionCall(path)
+        for path in (INDEX_TOP_SCRIPT, CLEAR_OUTBOX_SCRIPT, REINDEX_SCRIPT, NOTE_USERS_SCRIPT, OUTBOX_NOTES_SCRIPT)
+    )
+    return Scripts(
+        (FunctionCall(APPLY_SCRIPT), FunctionCall(TRIM_SCRIPT), FunctionCall(RECOUNT_SCRIPT), state),
+        (index, clear, reindex, note, read),
+    )
 
 
 def run_parallel(url: str, seeds: Sequence[int], workers: int = 2) -> dict[int, str]:
@@ -518,7 +683,7 @@ def stats(url: str, seeds: Sequence[int]) -> dict[str, Any]:
             totals["events"] += len(run.entries)
             totals["failovers"] += run.failovers
             totals["steps"] += run.steps
-        node.delete(*keys.apply_keys)
+        node.delete(*keys.apply_keys, *keys.index_keys)
     return totals
 
 

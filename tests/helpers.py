@@ -148,11 +148,21 @@ def scores_of(client: RedisCluster, partitions: int, users: Iterable[str]) -> di
 
 
 def aggregator_settled(client: RedisCluster, partitions: int, group: str = "aggregator") -> bool:
-    """The aggregator's group has consumed and acknowledged everything: nothing pending, nothing unread."""
+    """The aggregator's group has consumed and acknowledged everything (nothing pending, nothing unread), and the
+    top list's index holds what was counted (every partition indexed, no note left in its outbox)."""
     for groups in on_every_partition(client, partitions, lambda pipe, p: pipe.xinfo_groups(keys.events_key(p))):
         for info in groups:
             if info["name"] == group and (info["pending"] or info["lag"]):
                 return False
+    return top_index_settled(client, partitions)
+
+
+def top_index_settled(client: RedisCluster, partitions: int) -> bool:
+    """Every partition's users are in the top list's index as counted: each outbox marked indexed and empty."""
+    for outbox in on_every_partition(client, partitions, lambda pipe, p: pipe.hgetall(keys.top_outbox_key(p))):
+        names = {name.decode() if isinstance(name, bytes) else name for name in outbox}
+        if "#indexed" not in names or names - {"#indexed", "#version"}:
+            return False
     return True
 
 

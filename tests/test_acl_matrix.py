@@ -19,7 +19,7 @@ import redis
 from redis.cluster import RedisCluster
 from redis.exceptions import NoPermissionError, ResponseError
 
-from aggregator_svc.aggregator import apply_keys, recount_keys, take_keys, trim_keys
+from aggregator_svc.aggregator import apply_keys, outbox_keys, recount_keys, take_keys, trim_keys
 from common.storage import acl, keys
 from localdev.system import System
 from profile_svc.profiles import script_keys
@@ -52,6 +52,9 @@ WITH_KEY: dict[str, list[str]] = {
     "zincrby": ["ZINCRBY", K, "1", "matrix"],
     "zrem": ["ZREM", K, "matrix"],
     "zscore": ["ZSCORE", K, "matrix"],
+    "zscan": ["ZSCAN", K, "0"],
+    "hscan": ["HSCAN", K, "0"],
+    "hlen": ["HLEN", K],
     "zrevrange": ["ZREVRANGE", K, "0", "1"],
     "zrangebyscore": ["ZRANGEBYSCORE", K, "-inf", "+inf"],
     "zremrangebyscore": ["ZREMRANGEBYSCORE", K, "-inf", "0"],
@@ -114,6 +117,8 @@ READS = (
     "zrangebyscore",
     "zrange",
     "lrange",
+    "hscan",
+    "zscan",
 )
 
 
@@ -213,6 +218,9 @@ def test_no_key_the_services_make_is_in_two_families() -> None:
         "tombstones by time": keys.deleted_at_key(7),
         "recounts": keys.recount_key(7),
         "wake flags": keys.wake_key(7),
+        "top outboxes": keys.top_outbox_key(7),
+        "top index": keys.top_key(7),
+        "top index versions": keys.top_versions_key(7),
         "feed checkpoints": keys.checkpoint_key("0123456789abcdef", 3),
         "partition count": keys.PARTITIONS_KEY,
         "deployment key": keys.DEPLOYMENT_KEY,
@@ -316,6 +324,9 @@ def test_the_real_commands_agree_with_dry_run(secured: System, admin: RedisClust
         "tombstones by time": lambda key: admin.zadd(key, {"matrix": 1}),
         "recounts": lambda key: admin.hset(key, "head", 0),
         "wake flags": lambda key: admin.set(key, "0"),
+        "top outboxes": lambda key: admin.hset(key, "matrix", "1 1"),
+        "top index": lambda key: admin.zadd(key, {"matrix": 1}),
+        "top index versions": lambda key: admin.hset(key, "matrix", "1"),
         "feed checkpoints": lambda key: admin.rpush(key, "0 S 0-0.0.0"),
         OUTSIDE: lambda key: admin.set(key, "1"),
     }
@@ -360,8 +371,16 @@ def test_each_roles_scripts_may_name_all_their_keys_and_no_others(secured: Syste
     partition = 3
     scripts = {
         "profile_svc": [script_keys("ana", PARTITIONS), [keys.events_key(partition), keys.trimmed_key(partition)]],
-        "aggregator_svc": [take_keys(partition), apply_keys(partition), trim_keys(partition), recount_keys(partition)],
-        "reporting_svc": [[keys.reads_key(partition)]],
+        "aggregator_svc": [
+            take_keys(partition),
+            apply_keys(partition),
+            trim_keys(partition),
+            recount_keys(partition),
+            outbox_keys(partition),  # reindex_partition.lua, note_users.lua
+            [keys.top_key(partition % keys.TOP_BUCKETS), keys.top_versions_key(partition % keys.TOP_BUCKETS)],
+            [keys.top_outbox_key(partition)],  # clear_outbox.lua, outbox_notes.lua
+        ],
+        "reporting_svc": [[keys.reads_key(partition)], [keys.top_key(partition % keys.TOP_BUCKETS)]],
     }
     node = secured.cluster.node(0)
     for component, key_lists in scripts.items():
@@ -389,6 +408,9 @@ WRITERS = {
     "partition count": {"profile_svc"},
     "deployment key": {"profile_svc"},
     "aggregator replicas": {"aggregator_svc"},
+    "top outboxes": {"aggregator_svc"},  # the scripts that count note scores there, the copy clears them
+    "top index": {"aggregator_svc"},
+    "top index versions": {"aggregator_svc"},
     "feed checkpoints": {"profile_svc"},  # its change feed's tail states (profile_svc/feed_checkpoints.py)
 }
 

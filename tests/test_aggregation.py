@@ -60,14 +60,14 @@ class Partition:
 
     def apply(self, ids: list[str]) -> int:
         """Apply by id as the aggregator does, and walk the recount it may leave."""
-        applied, _, _, queued = self.apply_script(keys=self.keys.apply_keys, args=[GROUP, *ids], client=self.node)
+        applied, _, _, queued, _ = self.apply_script(keys=self.keys.apply_keys, args=[GROUP, *ids], client=self.node)
         if queued:
             self.recount()
         return int(applied)
 
     def recount(self) -> None:
         while True:
-            _, more = self.recount_script(keys=self.keys.recount_keys, args=[GROUP, 500], client=self.node)
+            _, more, _ = self.recount_script(keys=self.keys.recount_keys, args=[GROUP, 500], client=self.node)
             if not more:
                 return
 
@@ -188,7 +188,7 @@ def test_a_malformed_entry_is_acknowledged_and_skipped_and_the_rest_counted(node
     part.append([("ann", "read")])
     ids = [entry_id for entry_id, _ in node.xrange(part.events)]
     part.deliver("c")
-    applied, gone, malformed, queued = part.apply_script(keys=part.keys.apply_keys, args=[GROUP, *ids])
+    applied, gone, malformed, queued, _ = part.apply_script(keys=part.keys.apply_keys, args=[GROUP, *ids])
     assert (applied, gone, malformed, queued) == (3, 0, ids[2:5], 0)
     assert part.score("ann") == 2
     assert node.hgetall(part.keys.apply_keys[2]) == {"create": "1", "read": "2"}
@@ -245,11 +245,11 @@ def test_a_recount_in_steps_counts_reads_applied_meanwhile_once(node: redis.Redi
     part.append([("ann", "create")] + [("ann", "read")] * 6)
     create, *reads = part.deliver("alive")
     part.apply([create, reads[0], reads[3]])  # applied before the recount is queued
-    applied, _, _, queued = part.apply_script(keys=part.keys.apply_keys, args=[GROUP, delete])
+    applied, _, _, queued, _ = part.apply_script(keys=part.keys.apply_keys, args=[GROUP, delete])
     assert (applied, queued) == (1, 1)
 
     def step() -> int:
-        _, more = part.recount_script(keys=part.keys.recount_keys, args=[GROUP, 3])
+        _, more, _ = part.recount_script(keys=part.keys.recount_keys, args=[GROUP, 3])
         return int(more)
 
     assert step() == 1  # the cursor is past create, reads[0] (counted) and reads[1] (pending: not counted)

@@ -2,8 +2,9 @@
 partitions, and one fan-out shared by the calls of a short window.
 
 On a system of the module's own at 256 partitions, with reporting_svc alone on the cluster: the statistics are
-written here directly (they are the model the answers must equal), and no aggregator's blocking reads or
-profile_svc's traffic add to the primaries' counters the fan-out is measured by. Two reporting_svc processes
+written here directly (they are the model the answers must equal): the top list's index (its buckets, which the
+aggregator fills from the partitions, tests/test_top_index.py) and the partitions' totals. No aggregator's
+blocking reads or profile_svc's traffic add to the primaries' counters the fan-out is measured by. Two reporting_svc processes
 serve the same cluster: one with the cache off (each call its own fan-out), one with a window of CACHE_MS.
 """
 
@@ -47,12 +48,12 @@ class Wide:
     primaries: dict[str, redis.Redis]  # by node name (host:port)
 
     def ranking(self) -> list[tuple[str, int]]:
-        """The model's whole top list, from the cluster's keys: every partition's reads, by score then name."""
+        """The model's whole top list, from the cluster's keys: every bucket of the index, by score then name."""
         scores: dict[str, int] = {}
-        for partition in range(PARTITIONS):
-            pairs = cast(list[tuple[str, float]], self.admin.zrange(keys.reads_key(partition), 0, -1, withscores=True))
+        for bucket in range(keys.top_buckets(PARTITIONS)):
+            pairs = cast(list[tuple[str, float]], self.admin.zrange(keys.top_key(bucket), 0, -1, withscores=True))
             for user, score in pairs:
-                assert user not in scores, f"{user} counted in two partitions"
+                assert user not in scores, f"{user} counted in two buckets"
                 scores[user] = int(score)
         return sorted(scores.items(), key=lambda item: (-item[1], item[0]))
 
@@ -64,11 +65,11 @@ class Wide:
                     summed[kind] += int(count)
         return summed
 
-    def partitions_on(self) -> dict[str, int]:
-        """How many partitions each primary holds (by its reads key's slot)."""
+    def buckets_on(self) -> dict[str, int]:
+        """How many of the index's buckets each primary holds."""
         held = dict.fromkeys(self.primaries, 0)
-        for partition in range(PARTITIONS):
-            node = self.admin.get_node_from_key(keys.reads_key(partition))  # type: ignore[no-untyped-call]
+        for bucket in range(keys.top_buckets(PARTITIONS)):
+            node = self.admin.get_node_from_key(keys.top_key(bucket))  # type: ignore[no-untyped-call]
             held[node.name] += 1
         return held
 
@@ -79,6 +80,11 @@ class Wide:
             fcalls = node.info("commandstats").get("cmdstat_fcall_ro", {}).get("calls", 0)
             found[name] = (int(fcalls), int(node.info("stats")["total_reads_processed"]))
         return found
+
+
+def bucket_of(user: str) -> str:
+    """The index's bucket that holds the user: its partition's."""
+    return keys.top_key(keys.top_bucket_of(keys.partition_of(user, PARTITIONS), PARTITIONS))
 
 
 def top(port: int, limit: int) -> list[tuple[str, int]]:
@@ -132,14 +138,14 @@ def _seed(admin: RedisCluster) -> None:
     rng = random.Random(23)
     for index in range(USERS):
         user = f"u{index:03d}"
-        admin.zadd(keys.reads_key(keys.partition_of(user, PARTITIONS)), {user: rng.randint(1, 12)})
+        admin.zadd(bucket_of(user), {user: rng.randint(1, 12)})
     for partition in range(0, PARTITIONS, 3):
         admin.hset(keys.totals_key(partition), mapping={kind: rng.randint(0, 50) for kind in rng.sample(KINDS, 3)})
     admin.hset(keys.totals_key(1), "unknown", 7)
-    # The top of the list: TIED users of one partition with one score. A partition's top n by ZREVRANGE are the last
-    # names of a tie, so each partition must also return every user tied with its last for the merge to be exact.
+    # The top of the list: TIED users of one bucket with one score. A bucket's top n by ZREVRANGE are the last
+    # names of a tie, so each bucket must also return every user tied with its last for the merge to be exact.
     tied = [user for user in (f"tie{n:03d}" for n in range(10_000)) if keys.partition_of(user, PARTITIONS) == 7]
-    admin.zadd(keys.reads_key(7), dict.fromkeys(tied[:TIED], 13))
+    admin.zadd(keys.top_key(keys.top_bucket_of(7, PARTITIONS)), dict.fromkeys(tied[:TIED], 13))
 
 
 def test_top_lists_and_totals_equal_the_model_at_every_limit(wide: Wide) -> None:
@@ -159,10 +165,10 @@ def test_top_lists_and_totals_equal_the_model_at_every_limit(wide: Wide) -> None
 
 
 def test_one_call_sends_one_function_call_per_primary(wide: Wide) -> None:
-    """A top list is one FCALL_RO per primary, reading every partition it holds (about 85 here; one call per
-    partition before), in one read event each."""
+    """A top list is one FCALL_RO per primary that holds a bucket of the index, reading every bucket it holds (16
+    buckets here, for 256 partitions), in one read event each."""
     calls = 5
-    held = wide.partitions_on()
+    held = wide.buckets_on()
     model = wide.ranking()[:10]
     before = wide.counters()
     answers = [top(wide.uncached_port, 10) for _ in range(calls)]
@@ -171,7 +177,7 @@ def test_one_call_sends_one_function_call_per_primary(wide: Wide) -> None:
     fcalls = {name: after[name][0] - before[name][0] for name in held}
     reads = {name: after[name][1] - before[name][1] for name in held}
     print(f"{calls} calls at {PARTITIONS} partitions {held}: FCALL_RO per primary {fcalls}, read events {reads}")
-    assert fcalls == dict.fromkeys(held, calls)
+    assert fcalls == {name: calls if count else 0 for name, count in held.items()}
     # One pipeline a call (a few KB: one read), the INFO of this measure, and a replica's REPLCONF ACK a second.
     assert all(count <= 2 * calls + 4 for count in reads.values()), reads
 
@@ -190,7 +196,8 @@ def test_concurrent_calls_share_one_fan_out_and_a_later_call_reads_again(wide: W
 
     def fan_outs(before: dict[str, tuple[int, int]]) -> float:
         after = wide.counters()
-        return sum(after[name][0] - before[name][0] for name in after) / len(after)  # a call per primary
+        holding = [name for name, count in wide.buckets_on().items() if count]
+        return sum(after[name][0] - before[name][0] for name in after) / len(holding)  # a call per primary
 
     model = wide.ranking()
     time.sleep(CACHE_MS / 1000 + 0.1)  # nothing cached from an earlier test
@@ -202,7 +209,7 @@ def test_concurrent_calls_share_one_fan_out_and_a_later_call_reads_again(wide: W
     assert fan_outs(before) == 1
 
     # After the window: a fresh fan-out, which sees a change.
-    wide.admin.zadd(keys.reads_key(keys.partition_of("u399", PARTITIONS)), {"u399": model[0][1] + 1})
+    wide.admin.zadd(bucket_of("u399"), {"u399": model[0][1] + 1})
     time.sleep(CACHE_MS / 1000 + 0.1)
     before = wide.counters()
     answer = top(wide.cached_port, 3)
@@ -252,7 +259,7 @@ def test_a_watch_sees_a_change_made_within_the_cache_window(wide: Wide) -> None:
             user = "u123"
             partition = keys.partition_of(user, PARTITIONS)
             leader_score = int(first.results[0].score)
-            wide.admin.zadd(keys.reads_key(partition), {user: leader_score + 5})
+            wide.admin.zadd(bucket_of(user), {user: leader_score + 5})
             wide.admin.hincrby(keys.totals_key(partition), "read", 1)
             deadline = time.monotonic() + CACHE_MS / 1000 * 3
             seen: list[tuple[str, int]] = []
@@ -280,30 +287,32 @@ def _totals_via(port: int) -> dict[str, int]:
     return {kind: getattr(totals, kind) for kind in KINDS}
 
 
-def test_a_partition_whose_slot_is_migrating_is_read_on_its_own(wide: Wide) -> None:
-    """Halfway through a slot's migration its partition's reads key has gone to the target and its totals key has
-    not: the source node's function fails on the key it no longer holds, so that partition is read on its own
-    (following the ASK), and the top list and the totals stay exact; once the slot has moved, the target's
-    function answers for it."""
+def test_a_bucket_or_partition_whose_slot_is_migrating_is_read_on_its_own(wide: Wide) -> None:
+    """Halfway through a slot's migration, a key of it that has gone to the target fails the source node's
+    function, so that key is read on its own (following the ASK), and the answer stays exact: a bucket of the
+    index for the top list, a partition's totals for the totals. Once the slot has moved, the target's function
+    answers for it."""
     cluster = wide.system.cluster
     partition = 11
     user = next(name for name in (f"migrating{n}" for n in range(10_000)) if keys.partition_of(name, PARTITIONS) == 11)
-    wide.admin.zadd(keys.reads_key(partition), {user: 1000})  # the top of the list
+    bucket = bucket_of(user)
+    wide.admin.zadd(bucket, {user: 1000})  # the top of the list
     wide.admin.hincrby(keys.totals_key(partition), "read", 5)
     model, totals = wide.ranking(), wide.totals()
     assert model[0] == (user, 1000)
-    source = primary_of(cluster, keys.reads_key(partition))
-    target = next(index for index in resharding.primaries(cluster) if index != source)
-    slot = key_slot(keys.reads_key(partition))
-    try:
-        resharding.begin_migration(cluster, slot, source, target, [keys.reads_key(partition)])
-        with cluster.node(source) as node, pytest.raises(redis.exceptions.AskError):
-            assert node.exists(keys.totals_key(partition))  # still here
-            node.exists(keys.reads_key(partition))  # gone to the target: ASK
-        assert top(wide.uncached_port, 20) == model[:20]
-        assert _totals_via(wide.uncached_port) == totals
-    finally:
-        resharding.migrate_slot(cluster, slot, source, target)  # the rest of the slot's keys, and its new owner
-    wait_until(lambda: primary_of(cluster, keys.reads_key(partition)) == target, 10, what="the slot to move")
-    assert top(wide.uncached_port, 20) == model[:20]
-    assert _totals_via(wide.uncached_port) == totals
+    for moving, answer, expected in (
+        (bucket, lambda: top(wide.uncached_port, 20), model[:20]),
+        (keys.totals_key(partition), lambda: _totals_via(wide.uncached_port), totals),
+    ):
+        source = primary_of(cluster, moving)
+        target = next(index for index in resharding.primaries(cluster) if index != source)
+        slot = key_slot(moving)
+        try:
+            resharding.begin_migration(cluster, slot, source, target, [moving])
+            with cluster.node(source) as node, pytest.raises(redis.exceptions.AskError):
+                node.exists(moving)  # gone to the target: ASK
+            assert answer() == expected, moving
+        finally:
+            resharding.migrate_slot(cluster, slot, source, target)  # the rest of the slot's keys, and its new owner
+        wait_until(lambda: primary_of(cluster, moving) == target, 10, what="the slot to move")  # noqa: B023
+        assert answer() == expected, moving

@@ -70,7 +70,7 @@ class Partition:
 
     def recount(self) -> None:
         while True:
-            _, more = self.recount_script(keys=self.keys.recount_keys, args=[GROUP, RECOUNT_STEP])
+            _, more, _ = self.recount_script(keys=self.keys.recount_keys, args=[GROUP, RECOUNT_STEP])
             if not int(more):
                 return
 
@@ -197,7 +197,7 @@ def test_a_reclaimed_batch_of_deletes_meeting_later_reads(node: redis.Redis, tim
 
         def reclaim(part: Partition = part) -> None:
             _, claimed, *_ = node.xautoclaim(part.keys.events, GROUP, "claimer", min_idle_time=0, count=MAX_BATCH)
-            applied, _, _, queued = part.apply([entry_id for entry_id, _ in claimed])
+            applied, _, _, queued, _ = part.apply([entry_id for entry_id, _ in claimed])
             assert (applied, queued) == (MAX_BATCH, 1)
             part.recount()
 

@@ -73,8 +73,12 @@ class Partition:
         return f"wake:{self.tag}"
 
     @property
+    def outbox(self) -> str:
+        return f"stats:top-outbox:{self.tag}"
+
+    @property
     def all_keys(self) -> list[str]:
-        return [self.events, self.reads, self.totals, self.deleted, self.deleted_at, self.recount]
+        return [self.events, self.reads, self.totals, self.deleted, self.deleted_at, self.recount, self.outbox]
 
     def add(self, user: str, kind: str, entry_id: str = "*") -> str:
         return self.client.xadd(self.events, {"user": user, "type": kind, "ts": "0"}, id=entry_id)
@@ -86,11 +90,13 @@ class Partition:
 
     def apply(self, script: FunctionCall, entry_ids: list[str]) -> int:
         """Run apply_events.lua on these entries as the aggregator does; returns how many it applied."""
-        applied, gone, malformed, queued = script(keys=self.all_keys, args=[GROUP, *entry_ids], client=self.client)
+        applied, gone, malformed, queued, _ = script(keys=self.all_keys, args=[GROUP, *entry_ids], client=self.client)
         assert gone == 0 and malformed == []
         while queued:  # a recount left to recount_step.lua: walk it, as the aggregator does
             recount = FunctionCall(RECOUNT_SCRIPT)
-            _, queued = recount(keys=[self.events, self.reads, self.recount], args=[GROUP, 500], client=self.client)
+            _, queued, _ = recount(
+                keys=[self.events, self.reads, self.recount, self.outbox], args=[GROUP, 500], client=self.client
+            )
         return int(applied)
 
     def score(self, user: str) -> float | None:
@@ -172,17 +178,41 @@ def test_take_reads_applies_and_acknowledges_the_next_entries_in_one_script(
     ids = [part.add(user, kind) for user, kind in (("ann", "read"), ("bob", "read"), ("ann", "update"))]
     later = part.add("ann", "read")
 
-    assert apply_script(keys=part.all_keys, args=[GROUP, ">", "c", 3], client=part.client) == [3, 0, 3, ids[-1], [], 0]
+    assert apply_script(keys=part.all_keys, args=[GROUP, ">", "c", 3], client=part.client) == [
+        3,
+        0,
+        3,
+        ids[-1],
+        [],
+        0,
+        -1,
+    ]
     assert part.client.xpending(part.events, GROUP)["pending"] == 0  # acknowledged in the same script
-    assert apply_script(keys=part.all_keys, args=[GROUP, ">", "c", 3], client=part.client) == [1, 0, 1, later, [], 0]
+    assert apply_script(keys=part.all_keys, args=[GROUP, ">", "c", 3], client=part.client) == [
+        1,
+        0,
+        1,
+        later,
+        [],
+        0,
+        -1,
+    ]
     # Nothing new: nothing applied, and the group's last delivered id, past which to wait for entries.
-    assert apply_script(keys=part.all_keys, args=[GROUP, ">", "c", 3], client=part.client) == [0, 0, 0, later, [], 0]
+    assert apply_script(keys=part.all_keys, args=[GROUP, ">", "c", 3], client=part.client) == [
+        0,
+        0,
+        0,
+        later,
+        [],
+        0,
+        -1,
+    ]
     assert part.score("ann") == 2 and part.score("bob") == 1
     assert part.client.hgetall(part.totals) == {"read": "3", "update": "1"}
     # Entries another consumer was delivered are not taken again, and a take leaves them pending for it.
     held = part.add("bob", "read")
     assert part.deliver("other") == [held]
-    assert apply_script(keys=part.all_keys, args=[GROUP, ">", "c", 3], client=part.client) == [0, 0, 0, held, [], 0]
+    assert apply_script(keys=part.all_keys, args=[GROUP, ">", "c", 3], client=part.client) == [0, 0, 0, held, [], 0, -1]
     assert part.apply(apply_script, [held]) == 1
     assert part.score("bob") == 2
 
@@ -442,7 +472,8 @@ def test_top_readers_includes_the_tie_by_name(redis_client: RedisCluster, top_sc
 def test_top_profiles_merge_breaks_ties_by_name_across_partitions(
     fresh_system: System, fresh_client: RedisCluster
 ) -> None:
-    """Statistics written straight into an otherwise empty system's partitions: many equal scores everywhere."""
+    """Statistics written straight into an otherwise empty system's top list index, each user in its partition's
+    bucket: many equal scores everywhere."""
     scores: dict[str, int] = {}
     by_partition: dict[int, dict[str, int]] = {}
     for i in itertools.count():
@@ -456,7 +487,7 @@ def test_top_profiles_merge_breaks_ties_by_name_across_partitions(
         scores[user] = score
         by_partition[keys.partition_of(user, PARTITIONS)][user] = score
     for partition, members in by_partition.items():
-        fresh_client.zadd(keys.reads_key(partition), members)
+        fresh_client.zadd(keys.top_key(keys.top_bucket_of(partition, PARTITIONS)), members)
 
     expected = sorted(scores.items(), key=lambda item: (-item[1], item[0]))
 

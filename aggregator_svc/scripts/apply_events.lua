@@ -1,15 +1,18 @@
 -- Apply a batch of events to the partition's statistics and acknowledge it, atomically.
 -- KEYS[1] event stream, KEYS[2] reads (sorted set), KEYS[3] totals (hash),
 -- KEYS[4] tombstones: user -> id of the latest applied delete (hash), KEYS[5] tombstones by time (sorted set),
--- KEYS[6] recounts in progress (hash, see recount_step.lua), KEYS[7] (a take's, optional) the partition's wake
--- flag: set when the take finds nothing, so that the next event's script wakes the aggregator (helpers.lua)
+-- KEYS[6] recounts in progress (hash, see recount_step.lua), KEYS[7] the top list's outbox (hash, helpers.lua),
+-- KEYS[8] (a take's, optional) the partition's wake flag: set when the take finds nothing, so that the next
+-- event's script wakes the aggregator (profile_svc's helpers.lua)
 -- ARGV[1] consumer group, then either ARGV[2..] ids of the entries to apply, in any order, or
 -- ARGV[2] '>', ARGV[3] consumer, ARGV[4] count: take the group's next entries (at most count) for the
 -- consumer and apply them, one round trip per batch and no entry's content sent to the caller.
 -- At most MAX_BATCH entries either way, so the script's time is bounded.
 -- Returns {events applied, entries acknowledged whose content the stream no longer held,
 -- [with '>': entries taken, the group's last delivered id (where a wait for new entries starts),]
--- ids of malformed entries acknowledged without counting, 1 if a recount was left to recount_step.lua}.
+-- ids of malformed entries acknowledged without counting, 1 if a recount was left to recount_step.lua,
+-- how many users the outbox holds (-1: the partition was never indexed whole, see reindex_partition.lua)}.
+-- Every user whose score changed is noted in the outbox, with its new score.
 --
 -- Exactly once: an entry is applied only when XACK returns 1, i.e. it was still pending. When a slow
 -- consumer and one that claimed its entries race, or a batch is applied twice, the later one applies
@@ -72,7 +75,7 @@ else
       ids[#ids + 1] = id
     end
   end
-  if #ids == 0 then return {0, 0, {}, 0} end
+  if #ids == 0 then return {0, 0, {}, 0, outbox_users(KEYS[7])} end
 end
 
 -- 1. The batch's entries as the stream holds them: one read of the batch's span. When the span holds
@@ -84,8 +87,8 @@ if take then
   local reply = redis.call('XREADGROUP', 'GROUP', group, ARGV[3], 'COUNT', ARGV[4], 'STREAMS', stream, '>')
   span = reply and reply[1][2] or {}
   if #span == 0 then
-    if KEYS[7] then redis.call('SET', KEYS[7], '1') end
-    return {0, 0, 0, last_delivered() or '0-0', {}, 0}
+    if KEYS[8] then redis.call('SET', KEYS[8], '1') end
+    return {0, 0, 0, last_delivered() or '0-0', {}, 0, outbox_users(KEYS[7])}
   end
   for i, entry in ipairs(span) do ids[i] = entry[1] end
 else
@@ -197,8 +200,10 @@ for _, read in ipairs(reads) do
     end
   end
 end
+local changed = {}  -- user, new score, ...: for the outbox
 for user, count in pairs(increments) do
-  redis.call('ZINCRBY', KEYS[2], count, user)
+  changed[#changed + 1] = user
+  changed[#changed + 1] = redis.call('ZINCRBY', KEYS[2], count, user)
 end
 
 -- 4. Users with a new tombstone: count what the batch itself shows, and leave the rest of the range up to
@@ -238,6 +243,8 @@ if from ~= nil then
   -- The writes, a few variadic calls for the whole batch.
   local scored, unscored, mapped, unmapped, deleted, deleted_at = {}, {}, {}, {}, {}, {}
   for user, id in pairs(resets) do
+    changed[#changed + 1] = user
+    changed[#changed + 1] = counts[user] and tostring(counts[user]) or false
     if counts[user] then
       scored[#scored + 1] = counts[user]
       scored[#scored + 1] = user
@@ -262,5 +269,6 @@ if from ~= nil then
   redis.call('HSET', KEYS[4], unpack(deleted))
   redis.call('ZADD', KEYS[5], unpack(deleted_at))
 end
-if take then return {applied, gone, #ids, span_last, malformed, queued} end
-return {applied, gone, malformed, queued}
+local noted = note(KEYS[7], changed)
+if take then return {applied, gone, #ids, span_last, malformed, queued, noted} end
+return {applied, gone, malformed, queued, noted}

@@ -1,8 +1,9 @@
 -- One bounded step of the partition's oldest recount: count the applied reads of its users in the next
 -- entries after its cursor, and move the cursor past them.
--- KEYS[1] event stream, KEYS[2] reads (sorted set), KEYS[3] recounts in progress (hash)
+-- KEYS[1] event stream, KEYS[2] reads (sorted set), KEYS[3] recounts in progress (hash), KEYS[4] the top list's
+-- outbox (hash, helpers.lua), where each user whose score changed is noted
 -- ARGV[1] consumer group, ARGV[2] entries to read at most (1 to MAX_STEP)
--- Returns {reads counted, 1 while recounts remain}.
+-- Returns {reads counted, 1 while recounts remain, how many users the outbox holds (-1: never indexed whole)}.
 --
 -- A recount is queued by apply_events.lua when a delete becomes a user's tombstone and the range from it
 -- to the group's last delivered entry holds entries not in that batch. The hash holds:
@@ -24,7 +25,7 @@ if not step or step < 1 or step > MAX_STEP or step % 1 ~= 0 then
 end
 local head = tonumber(redis.call('HGET', recount, 'head') or '0')
 local tail = tonumber(redis.call('HGET', recount, 'tail') or '0')
-if head >= tail then return {0, 0} end
+if head >= tail then return {0, 0, outbox_users(KEYS[4])} end
 local job = redis.call('HGET', recount, 'job:' .. head)
 local cursor, last = string.match(job, '^(%S+) (%S+)$')
 
@@ -67,13 +68,16 @@ for _, entry in ipairs(chunk) do
     end
   end
 end
+local changed = {}
 for user, count in pairs(counts) do
-  redis.call('ZINCRBY', KEYS[2], count, user)
+  changed[#changed + 1] = user
+  changed[#changed + 1] = redis.call('ZINCRBY', KEYS[2], count, user)
 end
+local noted = note(KEYS[4], changed)
 
 if #chunk == step and chunk[#chunk][1] ~= last then
   redis.call('HSET', recount, 'job:' .. head, chunk[#chunk][1] .. ' ' .. last)
-  return {counted, 1}
+  return {counted, 1, noted}
 end
 -- The job is done: its users that are still its own have no recount in progress any more.
 for _, user in ipairs(cjson.decode(redis.call('HGET', recount, 'users:' .. head))) do
@@ -86,7 +90,7 @@ redis.call('HDEL', recount, 'job:' .. head, 'users:' .. head)
 if head + 1 >= tail then
   -- Nothing left, and no user entry either (each belonged to a job): the hash goes, numbering starts over.
   redis.call('HDEL', recount, 'head', 'tail')
-  return {counted, 0}
+  return {counted, 0, noted}
 end
 redis.call('HSET', recount, 'head', head + 1)
-return {counted, 1}
+return {counted, 1, noted}

@@ -161,6 +161,12 @@ class Settings:
         " (less CPU per event, that much more lag); partitions wake together, on multiples of it",
         minimum=0,
     )
+    aggregator_reindex_s: int = setting(
+        600,
+        "how often each partition's users, and each top list bucket's, are noted again for the top list's index:"
+        " bounds how long a failover's lost copies can leave a top list wrong",
+        minimum=1,
+    )
     # Streams (WatchProfileEvents, WatchTopProfiles and their SSE routes); see common/rpc/streams.py.
     events_retention_s: int = setting(
         600, "how long acknowledged events stay in the streams, so WatchProfileEvents subscribers can resume", minimum=1
@@ -311,6 +317,7 @@ class Settings:
             quiet_check_s=self.aggregator_quiet_check_s,
             retention_s=self.events_retention_s,
             linger_ms=self.aggregator_linger_ms,
+            reindex_s=self.aggregator_reindex_s,
         )
 
     def metrics_listen(self, component: str) -> str:
@@ -343,6 +350,7 @@ class AggregatorSettings:
     quiet_check_s: int
     retention_s: int
     linger_ms: int
+    reindex_s: int
 
 
 def _read_secret(path: str) -> str:

@@ -92,6 +92,17 @@ EVENTS_MALFORMED = Counter(
     "profilemesh_aggregator_events_malformed", "entries without a user or with an unknown type, acknowledged unapplied"
 )
 RECOUNT_STEPS = Counter("profilemesh_aggregator_recount_steps", "recount steps run (recount_step.lua)")
+TOP_COPIES = Counter(
+    "profilemesh_aggregator_top_copies", "copies of a partition's outbox into the top list's index", ["outcome"]
+)
+TOP_COPIES_DUE = Gauge(
+    "profilemesh_aggregator_top_copies_due", "partitions whose outbox waits for its copy into the top list's index"
+)
+TOP_COPY_DELAY = Histogram(
+    "profilemesh_aggregator_top_copy_delay_seconds",
+    "from when a partition's copy was asked for to when it was made: how far a top list follows the counts",
+    buckets=(0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2, 5, 10, 30),
+)
 STREAM_LENGTH = Gauge("profilemesh_stream_length_entries", "entries in a partition's event stream", ["partition"])
 LAG = Gauge("profilemesh_aggregator_lag_entries", "entries not yet delivered to the consumer group", ["partition"])
 PENDING = Gauge("profilemesh_aggregator_pending_entries", "entries delivered but not yet acknowledged", ["partition"])

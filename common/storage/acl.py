@@ -50,6 +50,9 @@ FAMILIES: dict[str, str] = {
     "tombstones by time": _every_partition(keys.deleted_at_key(0)),
     "recounts": _every_partition(keys.recount_key(0)),
     "wake flags": _every_partition(keys.wake_key(0)),  # keys, and sharded channels of the same names
+    "top outboxes": _every_partition(keys.top_outbox_key(0)),
+    "top index": keys.top_key(0).replace(keys.top_tag(0), "{t*}"),
+    "top index versions": keys.top_versions_key(0).replace(keys.top_tag(0), "{t*}"),
     "feed checkpoints": keys.checkpoint_key("*", 0).replace(":0", ":*"),
     "partition count": keys.PARTITIONS_KEY,
     "deployment key": keys.DEPLOYMENT_KEY,
@@ -121,13 +124,20 @@ ROLES: dict[str, Role] = {
                 scripts=True,
             ),
             "trimmed markers": Rights("+hset", scripts=True),  # trim_acknowledged.lua records the last one trimmed
-            "reads": Rights("+zincrby +zadd +zrem", scripts=True),
+            # ZSCORE, ZSCAN: the top list's notes of a partition's scores (helpers.lua, reindex_partition.lua).
+            "reads": Rights("+zincrby +zadd +zrem +zscore +zscan", scripts=True),
             "totals": Rights("+hincrby", scripts=True),
             "tombstones": Rights("+hmget +hset +hdel", scripts=True),
             "tombstones by time": Rights("+zadd +zrem +zrangebyscore", scripts=True),
             "recounts": Rights("+exists +hget +hset +hdel", scripts=True),
             # A take that finds nothing sets the partition's (apply_events.lua); the wakes come by subscription.
             "wake flags": Rights("+set +ssubscribe", scripts=True, channels=True),
+            # The top list's index: the scripts that count note scores in the outbox (helpers.lua), the copy reads
+            # it (outbox_notes.lua) into the buckets (index_top.lua) and clears it (clear_outbox.lua); the sweep
+            # reads the buckets (ZSCAN).
+            "top outboxes": Rights("+hmget +hset +hlen +hdel +hscan", scripts=True),
+            "top index": Rights("+zadd +zrem +zscan", scripts=True),
+            "top index versions": Rights("+hmget +hset", scripts=True),
             # heartbeat.lua: each replica's word that it is live, and the others' (the partitions' shares).
             "aggregator replicas": Rights("+zadd +zremrangebyscore +zrange", scripts=True),
             "partition count": Rights("+get", read_only=True),
@@ -137,7 +147,10 @@ ROLES: dict[str, Role] = {
         keyless=_CLIENT,
         code=_RUN_READ_ONLY_SCRIPTS,
         families={
-            "reads": Rights("+zscore +zrevrange +zrangebyscore", read_only=True, scripts=True),  # top_readers.lua
+            # GetProfileStats (ZSCORE); ZREVRANGE and ZRANGEBYSCORE for the processes of the version before the top
+            # list's index, which read the partitions' (top_readers.lua), during a rolling upgrade.
+            "reads": Rights("+zscore +zrevrange +zrangebyscore", read_only=True, scripts=True),
+            "top index": Rights("+zrevrange +zrangebyscore", read_only=True, scripts=True),  # top_readers.lua
             "totals": Rights("+hgetall", read_only=True, scripts=True),  # partition_totals.lua
             "partition count": Rights("+get", read_only=True),
         },

@@ -111,6 +111,44 @@ def recount_key(partition: int, generation: int = 0) -> str:
     return f"{STATS_PREFIX}recount:{tag(partition, generation)}"
 
 
+def top_outbox_key(partition: int, generation: int = 0) -> str:
+    """Hash: the partition's users whose reads changed since the top list's index last had them, user ->
+    "<version> <score>" ("<version> -" once the user has none), noted by the scripts that count
+    (aggregator_svc/scripts/helpers.lua) atomically with the count; '#version' holds the last version given and
+    '#indexed' is set once every user the partition held was noted (reindex_partition.lua)."""
+    return f"{STATS_PREFIX}top-outbox:{tag(partition, generation)}"
+
+
+# The top list's index is split over this many sorted sets at most (fewer when there are fewer partitions):
+# few enough that a top list reads a handful of keys whatever the partition count, enough to spread its writes.
+TOP_BUCKETS = 16
+
+
+def top_buckets(partitions: int) -> int:
+    return min(partitions, TOP_BUCKETS)
+
+
+def top_bucket_of(partition: int, partitions: int) -> int:
+    return partition % top_buckets(partitions)
+
+
+def top_tag(bucket: int, generation: int = 0) -> str:
+    """A bucket's hash tag, `{t03}`: a slot of its own, apart from every partition's (the ACL's `{t*}`)."""
+    return f"{{t{bucket:02d}}}" if generation == 0 else f"{{t{bucket:02d}.g{generation}}}"
+
+
+def top_key(bucket: int, generation: int = 0) -> str:
+    """Sorted set: user -> reads, for every user of the bucket's partitions (partition p is in bucket
+    p mod top_buckets): the top list's index, which the aggregator copies the partitions' outboxes into."""
+    return f"{STATS_PREFIX}top:{top_tag(bucket, generation)}"
+
+
+def top_versions_key(bucket: int, generation: int = 0) -> str:
+    """Hash: user -> the version of the score the bucket holds for the user (or of the user's removal), so that a
+    late copy never replaces a newer one (aggregator_svc/scripts/index_top.lua)."""
+    return f"{STATS_PREFIX}top-versions:{top_tag(bucket, generation)}"
+
+
 def partition_keys(partition: int, generation: int = 0) -> list[str]:
     """Every key of the partition that is not a profile: what a resize removes with the old layout."""
     return [
@@ -125,6 +163,7 @@ def partition_keys(partition: int, generation: int = 0) -> list[str]:
                 deleted_key,
                 deleted_at_key,
                 recount_key,
+                top_outbox_key,
             )
         ),
         fence_key(events_key(partition, generation)),

@@ -328,4 +328,9 @@ async def _remove(client: RedisCluster, layout: keys.Layout) -> int:
     unlinks: list[Command] = [
         ("UNLINK", key) for p in range(layout.partitions) for key in keys.partition_keys(p, layout.generation)
     ]
+    unlinks += [
+        ("UNLINK", key_of(bucket, layout.generation))
+        for bucket in range(keys.top_buckets(layout.partitions))
+        for key_of in (keys.top_key, keys.top_versions_key)
+    ]
     return removed + sum(int(reply) for reply in await _pipelined(client, unlinks))

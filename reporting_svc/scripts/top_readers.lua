@@ -1,6 +1,6 @@
--- The partition's top readers, including every user tied with the last one, so that the
--- merge over partitions can break ties by user name exactly.
--- KEYS[1] reads (sorted set); ARGV[1] how many
+-- The top readers of one bucket of the top list's index (or of a partition's reads: the same layout), including
+-- every user tied with the last one, so that the merge over buckets can break ties by user name exactly.
+-- KEYS[1] the sorted set; ARGV[1] how many
 -- Returns user, score, user, score, ... (tied users may appear twice).
 local n = tonumber(ARGV[1])
 local top = redis.call('ZREVRANGE', KEYS[1], 0, n - 1, 'WITHSCORES')

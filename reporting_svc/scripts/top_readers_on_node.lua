@@ -1,8 +1,8 @@
--- The top readers of every partition this node holds, merged: its top ARGV[1] users by score, then name (the
--- top list's order, total, so merging the nodes' lists needs nothing more). One call per primary instead of one
--- per partition (reports.py). The partitions' reads keys are ARGV[2..]; KEYS[1], the first of them, routes the
+-- The top readers of every bucket of the top list's index this node holds, merged: its top ARGV[1] users by score,
+-- then name (the top list's order, total, so merging the nodes' lists needs nothing more). One call per primary
+-- instead of one per bucket (reports.py). The buckets' keys are ARGV[2..]; KEYS[1], the first of them, routes the
 -- call. Flagged allow-cross-slot-keys (common/storage/functions.py): a key this node does not serve (its slot
--- moved, or is migrating and the key has left) fails the call, and reports.py reads those partitions one by one.
+-- moved, or is migrating and the key has left) fails the call, and reports.py reads those buckets one by one.
 -- Returns user, score, user, score, ...
 local n = tonumber(ARGV[1])
 local scores = {}

@@ -183,7 +183,9 @@ class FakeCluster:
         if script == "apply_events.lua":
             return await self._apply(script_keys, args)
         await self._enter(script, args)
-        return [0, 0]  # a trim or a recount step with nothing (more) to do
+        if script == "recount_step.lua":
+            return [0, 0, 0]  # nothing (more) to do, and no users noted for the top list's index
+        return [0, 0]  # a trim with nothing (more) to do
 
     async def _take(self, script_keys: list[str], group: str, start: str, consumer: str, count: int) -> Any:
         """apply_events.lua with ">": the group's next entries for `consumer`, applied and acknowledged."""
@@ -195,8 +197,8 @@ class FakeCluster:
             stream.last_delivered = taken[-1]
         stream.counted += taken  # applied and acknowledged in the same script: never pending
         if not taken:
-            self.armed.add(script_keys[6])
-        return [len(taken), 0, len(taken), _id(stream.last_delivered), [], 0]
+            self.armed.add(script_keys[7])
+        return [len(taken), 0, len(taken), _id(stream.last_delivered), [], 0, 0]
 
     async def _apply(self, script_keys: list[str], args: list[Any]) -> Any:
         """apply_events.lua with ids: those of them still pending, applied and acknowledged."""
@@ -207,7 +209,7 @@ class FakeCluster:
             if stream.pending.pop(n, None) is not None:
                 stream.counted.append(n)
                 applied += 1
-        return [applied, 0, [], 0]
+        return [applied, 0, [], 0, 0]
 
 
 def _settings(**changes: Any) -> Settings:
@@ -292,6 +294,11 @@ def test_the_stream_is_taken_in_batches_and_an_idle_partition_waits_for_news() -
             "trim_acknowledged.lua": True,
             "recount_step.lua": True,
             "heartbeat.lua": True,
+            "index_top.lua": True,
+            "clear_outbox.lua": True,
+            "reindex_partition.lua": True,
+            "note_users.lua": True,
+            "outbox_notes.lua": True,
         }
 
     _run(scenario)

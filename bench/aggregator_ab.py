@@ -16,6 +16,8 @@ import argparse
 import asyncio
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -65,6 +67,17 @@ def wait_caught_up(client: RedisCluster, expected: int, timeout_s: float = 30) -
     return time.monotonic() - started
 
 
+def load_base_functions(system: System, base: Path) -> None:
+    """The base aggregator calls its own version's functions, which this tree's system did not load:
+    `profilemesh cluster migrate` from the base tree loads them beside this tree's (each version's names differ)."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{base}{os.pathsep}{base / 'gen'}",
+        "PROFILEMESH_REDIS_URL": system.cluster.admin_url,
+    }
+    subprocess.run([sys.executable, "-m", "profilemesh_cli", "cluster", "migrate"], cwd=base, env=env, check=True)
+
+
 def start_aggregator(system: System, mode: str, base: Path, env: dict[str, str]) -> None:
     system.stop_process("aggregator_svc")
     here = Path.cwd()
@@ -98,6 +111,7 @@ def main() -> None:
         system = on_free_ports(Path(tmp) / "system", BENCH_SETTINGS)
         try:
             system.start()
+            load_base_functions(system, base)
             load_profiles(system.cluster.admin_url, READ_PREFIX, 0, USERS, PARTITIONS)
             client = RedisCluster.from_url(system.cluster.admin_url)
             groups = {name: (lambda n=name: [system.processes[n].pid]) for name in GROUPS}

@@ -4,8 +4,8 @@ at 4,096 partitions no more than 2x its cost at 16).
 `python -m bench.top_fanout [--partitions 16,4096] [--calls 200] [--users 2000] [--limit 10] [--cache-ms 0]
 [--concurrency 1]`: for each partition
 count, a local cluster of its own (three primaries, three replicas) with the functions loaded and the count
-recorded, `users` readers' counts written straight into the statistics (no aggregator or profile_svc runs: their
-own loops would be counted in the cluster's CPU), and one reporting_svc with the top-list cache off by default
+recorded, `users` readers' counts written straight into the statistics and the top list's index, as the aggregator
+would have them (no aggregator or profile_svc runs: their own loops would be counted in the cluster's CPU), and one reporting_svc with the top-list cache off by default
 (PROFILEMESH_REPORTING_CACHE_MS=0: every call its own fan-out). After a warm-up it makes `calls` GetTopProfiles,
 `concurrency` at a time (sequential by default), and reads utime+stime from /proc of the reporting_svc process
 and of the six nodes before and after. With `--cache-ms 250 --concurrency 8`: the cost per call under load, when
@@ -104,14 +104,17 @@ async def _calls(
 
 
 def _seed(system: System, partitions: int, users: int) -> None:
-    """The partition count as profile_svc records it, and `users` readers spread over the partitions."""
+    """The partition count as profile_svc records it, and `users` readers spread over the partitions, each also in
+    its partition's bucket of the top list's index."""
     rng = random.Random(partitions)
     with system.cluster.client() as admin:
         admin.set(keys.PARTITIONS_KEY, partitions)
         pipeline = admin.pipeline()
         for index in range(users):
             user = f"reader{index}"
-            pipeline.zadd(keys.reads_key(keys.partition_of(user, partitions)), {user: rng.randint(1, 1000)})
+            partition, reads = keys.partition_of(user, partitions), rng.randint(1, 1000)
+            pipeline.zadd(keys.reads_key(partition), {user: reads})
+            pipeline.zadd(keys.top_key(keys.top_bucket_of(partition, partitions)), {user: reads})
         pipeline.execute()
 
 

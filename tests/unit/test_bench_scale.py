@@ -23,15 +23,15 @@ def verdicts(results: dict[int, Measured]) -> dict[str, bool]:
 
 
 def test_costs_that_follow_the_models_inputs_hold() -> None:
-    found = verdicts({1: run(1, [62.0]), 2: run(2, [31.0, 31.0])})  # 62 + 31 replica = the docs' 93 us
+    found = verdicts({1: run(1, [80.0]), 2: run(2, [40.0, 40.0])})  # 80 + 40 replica = about the model's 119 us
     assert all(found.values()), found
     assert "(b) primaries' CPU max/min, S=2" in found and "(a) gateway us/request, S=2 vs S=1" in found
 
 
 def test_the_shard_formula_is_a_bound_on_the_primaries_cpu() -> None:
-    """shards = N x 93 us / 0.5 puts all of the cluster's CPU on primaries: primaries costing less hold."""
+    """shards = N x 119 us / 0.5 puts all of the cluster's CPU on primaries: primaries costing less hold."""
     assert all(holds for name, holds in verdicts({2: run(2, [20.0, 20.0])}).items() if name.startswith("(c)"))
-    assert not any(holds for name, holds in verdicts({2: run(2, [60.0, 60.0])}).items() if name.startswith("(c)"))
+    assert not any(holds for name, holds in verdicts({2: run(2, [80.0, 80.0])}).items() if name.startswith("(c)"))
 
 
 def test_costs_that_grow_with_the_shards_or_divide_unevenly_do_not() -> None:
@@ -54,5 +54,5 @@ def test_a_shard_holding_more_partitions_is_predicted_a_larger_share() -> None:
 
 
 def test_the_models_shard_count_rounds_up() -> None:
-    assert model_shards(100.0) == 1 and model_shards(5_300.0) == 1 and model_shards(5_400.0) == 2
-    assert model_shards(100_000.0) == 19  # docs/capacity.md's table
+    assert model_shards(100.0) == 1 and model_shards(4_200.0) == 1 and model_shards(4_202.0) == 2
+    assert model_shards(100_000.0) == 24  # docs/capacity.md's table

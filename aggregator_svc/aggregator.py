@@ -9,6 +9,10 @@ common/storage/wakes.py), which the script appending its next event sends. What 
 nothing happens stays flat as partitions grow: the partitions with recent events are reclaimed, trimmed
 and recounted every maintenance interval, the quiet ones a slice at a time; the scripts of one instant
 share a pipeline per primary, and one partition on a shard that is down fails alone.
+
+The aggregator also keeps the top list's index (docs/architecture.md, "The top list's index"): it copies each
+partition's outbox, which the scripts that count fill, into the partition's bucket, and reindexes and sweeps to
+repair what a failover lost.
 """
 
 from __future__ import annotations
@@ -525,7 +529,9 @@ class Aggregator:
 
     async def _copy(self, partition: int) -> None:
         """Copy the partition's outbox into its bucket (index_top.lua keeps only what is newer), then clear what
-        was copied (clear_outbox.lua keeps what was noted again since), a page at a time."""
+        was copied (clear_outbox.lua keeps what was noted again since), a page at a time. Outside the client's
+        concurrency bound, as the takes, and bounded by COPIES_AT_ONCE instead: at a first start at 4,096
+        partitions every partition's first commands fill the bound, and a copy's deadline ran out waiting."""
         outbox = keys.top_outbox_key(partition, self.generation)
         bucket = keys.top_bucket_of(partition, len(self.partitions))
         index = [keys.top_key(bucket, self.generation), keys.top_versions_key(bucket, self.generation)]

@@ -4,8 +4,8 @@ Each interval the poller reads the operation totals (totals_on_node.lua, one cal
 once, for the largest limit watched (a smaller limit's list is its prefix: the order is total), through the same
 short-lived cache as GetTopProfiles (reports.py); each watcher is handed the snapshot when it differs from what it
 was sent. The top list is read every round, not only when the totals change: it comes from the top list's index,
-which follows the counts by a copy, so totals that stopped changing do not mean the top list did. Both read a
-handful of keys per primary. A watcher holds only the latest snapshot, so a slow reader skips intermediate ones
+which follows the counts by a copy, so totals that stopped changing do not mean the top list did; it reads at
+most 16 keys, the totals every partition's, each one call per primary. A watcher holds only the latest snapshot, so a slow reader skips intermediate ones
 instead of queueing them.
 """
 

@@ -5,8 +5,8 @@ once, for the largest limit watched (a smaller limit's list is its prefix: the o
 short-lived cache as GetTopProfiles (reports.py); each watcher is handed the snapshot when it differs from what it
 was sent. The top list is read every round, not only when the totals change: it comes from the top list's index,
 which follows the counts by a copy, so totals that stopped changing do not mean the top list did; it reads at
-most 16 keys, the totals every partition's, each one call per primary. A watcher holds only the latest snapshot, so a slow reader skips intermediate ones
-instead of queueing them.
+most 16 keys, the totals every partition's, each one call per primary. A watcher holds only the latest snapshot,
+so a slow reader skips intermediate ones instead of queueing them.
 """
 
 from __future__ import annotations

@@ -286,17 +286,14 @@ class Aggregator:
         partitions that take on the same tick send their takes together, one pipeline per primary. Within a
         deadline: the script runner retries a shard that is down for as long as it is given, and the loop's own
         backoff must take over (at 4,096 partitions, a third of them retrying every 0.2 s took a whole core)."""
-        try:
-            async with asyncio.timeout(TAKE_DEADLINE_S):
-                applied, gone, taken, _, malformed, queued, noted = await self.cluster.run(
-                    self._apply,
-                    take_keys(partition, self.generation),
-                    [self.group, ">", self.consumer, self.batch],
-                    bounded=False,
-                    together=True,
-                )
-        except TimeoutError:
-            raise ClusterUnavailable(f"no take of partition {partition} answered within {TAKE_DEADLINE_S} s") from None
+        async with _deadline(TAKE_DEADLINE_S, f"the take of partition {partition}"):
+            applied, gone, taken, _, malformed, queued, noted = await self.cluster.run(
+                self._apply,
+                take_keys(partition, self.generation),
+                [self.group, ">", self.consumer, self.batch],
+                bounded=False,
+                together=True,
+            )
         self._noted(partition, int(noted))
         if taken:
             self._active_until[partition] = time.monotonic() + self._active_s
@@ -537,34 +534,25 @@ class Aggregator:
         index = [keys.top_key(bucket, self.generation), keys.top_versions_key(bucket, self.generation)]
         cursor = "0"
         while True:
-            async with self._deadline(f"the copy of partition {partition}"):
+            async with _deadline(COPY_DEADLINE_S, f"the copy of partition {partition}"):
                 cursor, copied = await self.cluster.run(
                     self._outbox_notes, [outbox], [cursor, INDEX_STEP], bounded=False, together=True
                 )
             if copied:
-                async with self._deadline(f"the copy of partition {partition}"):
+                async with _deadline(COPY_DEADLINE_S, f"the copy of partition {partition}"):
                     await self.cluster.run(self._index_top, index, copied, bounded=False, together=True)
-                async with self._deadline(f"the copy of partition {partition}"):
+                async with _deadline(COPY_DEADLINE_S, f"the copy of partition {partition}"):
                     await self.cluster.run(self._clear_outbox, [outbox], copied, bounded=False, together=True)
             cursor = text(cursor)
             if cursor == "0":
                 return
-
-    @contextlib.asynccontextmanager
-    async def _deadline(self, what: str) -> AsyncIterator[None]:
-        """COPY_DEADLINE_S for one call (the script runner retries a shard that is down as long as it is given)."""
-        try:
-            async with asyncio.timeout(COPY_DEADLINE_S):
-                yield
-        except TimeoutError:
-            raise ClusterUnavailable(f"{what} did not answer within {COPY_DEADLINE_S} s") from None
 
     async def _reindex(self, partition: int) -> None:
         """Note every user of the partition in its outbox, in bounded steps (reindex_partition.lua), and copy them."""
         cursor = "0"
         noted = 0
         while True:
-            async with self._deadline(f"the reindex of partition {partition}"):
+            async with _deadline(COPY_DEADLINE_S, f"the reindex of partition {partition}"):
                 cursor, noted = await self.cluster.run(
                     self._reindex_step,
                     outbox_keys(partition, self.generation),
@@ -587,7 +575,7 @@ class Aggregator:
         cursor = 0
         while True:
             async with (
-                self._deadline(f"the sweep of top list bucket {bucket}"),
+                _deadline(COPY_DEADLINE_S, f"the sweep of top list bucket {bucket}"),
                 self.cluster.bounded("command", "zscan") as client,
             ):
                 cursor, scored = await client.zscan(top, cursor, count=INDEX_STEP)
@@ -608,3 +596,14 @@ class Aggregator:
                 self._noted(partition, int(reply))
             if not cursor:
                 return
+
+
+@contextlib.asynccontextmanager
+async def _deadline(seconds: float, what: str) -> AsyncIterator[None]:
+    """A deadline for one call, met or ClusterUnavailable: the script runner retries a shard that is down for as
+    long as it is given, and the caller's own backoff must take over."""
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError:
+        raise ClusterUnavailable(f"{what} did not answer within {seconds} s") from None

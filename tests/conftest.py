@@ -15,6 +15,7 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
+from common.runtime import cancellation
 from common.storage import keys
 from localdev import image
 from localdev.cluster import LocalNode
@@ -22,6 +23,10 @@ from localdev.system import System, on_free_ports
 from profilemesh.profile.v1 import profile_pb2_grpc
 from profilemesh.reporting.v1 import reporting_pb2_grpc
 from tests.helpers import on_every_partition
+
+# Tests run services' code in-process too (a change feed, a cluster client): under the runtime every service runs
+# with, where a cancelled task stays cancelled (common/runtime/cancellation.py).
+cancellation.install()
 
 # The test system's partition count: 16 unless PROFILEMESH_TEST_PARTITIONS says otherwise (`make test-partitions`
 # runs the suite at 4,096, the most a deployment may have). Tests meaning "the system's count" use this constant.

@@ -19,6 +19,9 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
+# The running Python's own wait_for, whatever install() does later (its unit test shows the race in it).
+PYTHON_WAIT_FOR = asyncio.tasks.wait_for
+
 
 async def wait_for(aw: Awaitable[T], timeout: float | None) -> T:  # noqa: ASYNC109  (the signature it replaces)
     """asyncio.wait_for as Python 3.12 has it: `aw` runs in the calling task under asyncio.timeout, so a

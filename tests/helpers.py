@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
+import io
 import json
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -17,6 +19,8 @@ from redis.cluster import RedisCluster
 from common.storage import functions, keys
 from localdev.system import System
 from localdev.waiting import poll_until
+
+T = TypeVar("T")
 
 
 def http_call(port: int, method: str, path: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
@@ -191,3 +195,38 @@ class FunctionCall:
 def is_function_call(command: str | bytes) -> bool:
     """Whether a SLOWLOG entry's command is a function's call (how the timing tests pick them out)."""
     return (command.decode() if isinstance(command, bytes) else command).upper().startswith("FCALL")
+
+
+def run_scenario(scenario: Coroutine[Any, Any, T], cleanup_s: float = 10) -> T:
+    """asyncio.run, except that a task the scenario leaves behind which outlives its cancellation by `cleanup_s`
+    fails the test with every task's stack, rather than holding asyncio.run (and the suite) until pytest's
+    timeout with nothing to say which task it was."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(scenario)
+    finally:
+        try:
+            stuck = loop.run_until_complete(_cancel_leftovers(cleanup_s))
+            loop.run_until_complete(asyncio.wait_for(loop.shutdown_asyncgens(), cleanup_s))
+            loop.run_until_complete(asyncio.wait_for(loop.shutdown_default_executor(), cleanup_s))
+            assert not stuck, f"tasks still running {cleanup_s:g} s after their cancellation:\n{stuck}"
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
+async def _cancel_leftovers(within_s: float) -> str:
+    """Cancel every other task and wait up to `within_s`; the stacks of all left when some are still running."""
+    leftovers = asyncio.all_tasks() - {asyncio.current_task()}
+    for task in leftovers:
+        task.cancel()
+    if not leftovers:
+        return ""
+    _, running = await asyncio.wait(leftovers, timeout=within_s)
+    if not running:
+        return ""
+    stacks = io.StringIO()
+    for task in asyncio.all_tasks() - {asyncio.current_task()}:  # the stuck ones and whatever they wait for
+        task.print_stack(file=stacks)
+    return stacks.getvalue()

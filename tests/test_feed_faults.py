@@ -30,7 +30,7 @@ from profile_svc.feed_checkpoints import Version
 from profile_svc.profiles import script_keys
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
 from tests.conftest import PARTITIONS, TEST_SETTINGS, running_system
-from tests.helpers import FunctionCall, status_details, wait_until
+from tests.helpers import FunctionCall, run_scenario, status_details, wait_until
 
 PROFILE_SCRIPTS = Path(__file__).parent.parent / "profile_svc" / "scripts"
 CHAIN = Version("0123456789abcdef", 7)  # a recorded state no process ever recorded
@@ -156,7 +156,7 @@ def test_a_tail_reader_stalled_while_its_next_events_were_trimmed_ends_with_even
         await watch.until(lambda: watch.error is not None, what="the stream to end")
         return watch
 
-    watch = asyncio.run(_closing(scenario()))
+    watch = run_scenario(_closing(scenario()))
     assert watch.error is not None and watch.error.code() == grpc.StatusCode.OUT_OF_RANGE, watch.error
     assert reason_of(watch.error) == "EVENTS_TRIMMED"
     # Nothing after the gap was passed off as following on: the create is all it saw of the user.
@@ -219,7 +219,7 @@ def test_a_lossy_failover_under_a_live_subscription_ends_with_history_changed(
                 await each.close()
             return watch, kept, resumed_kept, resumed_lost
 
-        watch, _, resumed_kept, resumed_lost = asyncio.run(scenario())
+        watch, _, resumed_kept, resumed_lost = run_scenario(scenario())
     finally:
         primary.close()
         system.start_process("aggregator_svc", "aggregator_svc")
@@ -311,7 +311,7 @@ def test_filtered_subscribers_400000_entries_behind_catch_up_under_3000_events_a
                 await reader.close()
             return {"grpc": grpc_result, "sse": sse_result}
 
-        results = asyncio.run(scenario())
+        results = run_scenario(scenario())
     finally:
         load_stop.set()
         system.start_process("aggregator_svc", "aggregator_svc")
@@ -381,7 +381,7 @@ def test_every_page_of_a_catch_up_can_carry_a_heartbeat_with_an_advancing_token(
             finally:
                 await cluster.close()
 
-        seen, begin, end = asyncio.run(scenario())
+        seen, begin, end = run_scenario(scenario())
     finally:
         system.start_process("aggregator_svc", "aggregator_svc")
     between = [n for n in seen if begin < n < end]
@@ -441,15 +441,22 @@ def test_tokens_stay_small_and_resume_exactly_on_another_replica(system: System)
             write(system.profile_ports[1], user, ["create", "update"])
         await first.until(lambda: len(first.events) == 2 * PARTITIONS, what="every partition's events")
         await first.close()
-        for user in users:
-            write(system.profile_ports[1], user, ["delete"])
+        # Resumed before the deletes, and read while they are written: with retention 1 s, what the aggregator
+        # has acknowledged goes a second later, and one delete a partition takes seconds at 4,096 partitions.
         resumed = Watch(system.profile_ports[1], resume_token=first.token)
+        await resumed.until(lambda: resumed.token, what="a heartbeat of the resumed subscription")
+
+        def delete_all() -> None:
+            for user in users:
+                write(system.profile_ports[1], user, ["delete"])
+
+        await asyncio.to_thread(delete_all)
         await resumed.until(lambda: len(resumed.events) >= PARTITIONS, what="the deletes after the token")
         await asyncio.sleep(0.5)  # anything more would show here
         await resumed.close()
         return first, resumed
 
-    first, resumed = asyncio.run(scenario())
+    first, resumed = run_scenario(scenario())
     sizes = [len(token) for _, token in first.tokens]
     assert max(sizes) <= TOKEN_BOUND, sizes
     # Partitions have no order among them: each delete once, and nothing from before the token.
@@ -495,7 +502,7 @@ def test_a_lost_checkpoint_ends_only_the_tokens_that_named_it(system: System, ad
             await watch.close()
         return live, tokens, resumed
 
-    live, tokens, resumed = asyncio.run(scenario())
+    live, tokens, resumed = run_scenario(scenario())
     seen = [(e.user, e.type) for e in live.events]
     assert sorted(seen) == sorted([*((u, t) for u in users for t in ("create", "update")), (users[0], "delete")])
     lost = resumed["before the loss"].error
@@ -604,4 +611,4 @@ def test_forged_tokens_are_invalid_argument_over_grpc_and_sse(system: System, ad
         assert probe.error is not None and probe.error.code() == grpc.StatusCode.OUT_OF_RANGE
         assert reason_of(probe.error) == "EVENTS_TRIMMED" and "no longer kept" in (probe.error.details() or "")
 
-    asyncio.run(scenario())
+    run_scenario(scenario())

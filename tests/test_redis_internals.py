@@ -19,6 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from common.runtime.config import Settings
 from common.storage import keys
 from common.storage.cluster import Cluster
+from common.storage.connection import REFRESH_FLOOR_S
 from common.storage.internals import closed_under_command, send_on_one_connection
 from localdev.cluster import LocalCluster
 from localdev.ports import free_ports
@@ -98,6 +99,55 @@ def test_a_write_to_a_connection_closed_under_it_is_a_connection_error(system: S
     error = uvloop.run(write_after_close()) if loop == "uvloop" else asyncio.run(write_after_close())
     if loop == "uvloop":
         assert isinstance(error.__cause__, RuntimeError), "uvloop's own error, converted"
+
+
+def test_a_topology_refresh_keeps_the_connections_of_the_nodes_still_there(system: System) -> None:
+    """redis-py 8.1 marks every connection for reconnect at each re-learning of the layout; refresh_topology keeps
+    them (common/storage/internals.py relearn_topology): the same connection answers before and after."""
+    stream = keys.events_key(3)
+
+    async def client_ids() -> list[int]:
+        cluster = Cluster(system.client_settings())
+        connection = cluster.connection
+        try:
+
+            async def client_id() -> int:
+                return int(await connection.on_primary(stream, ("CLIENT", "ID"), "client id"))
+
+            ids = [await client_id()]
+            connection._refreshed_at = time.monotonic() - REFRESH_FLOOR_S  # due now, as after a failure
+            await connection.refresh_topology()
+            ids += [await client_id(), await client_id()]
+            return ids
+        finally:
+            await cluster.close()
+
+    ids = asyncio.run(client_ids())
+    assert ids == [ids[0]] * 3, f"the connection was replaced after the refresh: {ids}"
+
+
+def test_refreshes_due_together_relearn_the_layout_once(system: System) -> None:
+    """Tasks that find the lock free while it is handed on to a waiter queue behind the waiters, yet may re-learn
+    only if no refresh came in between (common/storage/connection.py refresh_topology): one CLUSTER SLOTS."""
+
+    async def relearnt() -> int:
+        cluster = Cluster(system.client_settings())
+        connection = cluster.connection
+        try:
+            await connection.connected()
+            connection._refreshed_at = time.monotonic() - REFRESH_FLOOR_S  # due, as after a failure
+            before = _calls(system, "cluster|slots")
+            async with connection._initializing:  # a refresh under way: these wait for its result
+                waiting = [asyncio.create_task(connection.refresh_topology()) for _ in range(5)]
+                await asyncio.sleep(0)
+            # Started as the lock is handed on to the first of them: they find it free, and queue for it.
+            late = [asyncio.create_task(connection.refresh_topology()) for _ in range(20)]
+            await asyncio.gather(*waiting, *late)
+            return _calls(system, "cluster|slots") - before
+        finally:
+            await cluster.close()
+
+    assert asyncio.run(relearnt()) == 1
 
 
 def _calls(system: System, command: str) -> int:

@@ -182,6 +182,11 @@ class Connection:
             # partitions back-to-back refreshes (CLUSTER SLOTS, 16,384 slots parsed) took a whole core.
             return
         async with self._initializing:
+            if time.monotonic() - self._refreshed_at < REFRESH_FLOOR_S:
+                # Learnt while this task waited for the lock: a task that found it free as it was handed on
+                # queues behind the tasks waiting for the last result. After a whole-cluster outage at 4,096
+                # partitions, hundreds of such tasks each re-learnt the layout in turn and held the lock 30 s.
+                return
             try:
                 with translated():
                     await relearn_topology(self.client, self._startup_nodes)

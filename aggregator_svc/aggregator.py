@@ -237,7 +237,8 @@ class Aggregator:
                     # apart from applying them, or died between): take them back first, at the start and
                     # after every error, rather than waiting for them to be reclaimed as idle. A take applies
                     # and acknowledges in one script, so none are left pending by this version.
-                    entries = await self.cluster.read_own_pending(stream, self.group, self.consumer, self.batch)
+                    async with _deadline(TAKE_DEADLINE_S, f"the read of partition {partition}'s own pending entries"):
+                        entries = await self.cluster.read_own_pending(stream, self.group, self.consumer, self.batch)
                     self._working(partition)
                     if entries:
                         await self._apply_entries(partition, entries)

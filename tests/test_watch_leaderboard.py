@@ -192,10 +192,18 @@ def test_resuming_after_the_retention_window_answers_out_of_range(board: System)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{board.profile_port}") as channel:
             stub = profile_pb2_grpc.ProfileServiceStub(channel)
             (start,) = await first_messages(stub, "", 1)
-            await stub.CreateProfile(profile_pb2.CreateProfileRequest(user=user, fields={"a": "1"}), timeout=5)
-            await stub.UpdateProfile(profile_pb2.UpdateProfileRequest(user=user, fields={"a": "2"}), timeout=5)
-            # Within the window, the token resumes: a heartbeat, then both changes.
-            within = await first_messages(stub, start.resume_token, 3)
+            # Within the window, the token resumes: a heartbeat, then both changes. Resumed before they are made:
+            # the window is 1 s from their aggregation, less than a resume can take at 4,096 partitions.
+            resumed = stub.WatchProfileEvents(
+                profile_pb2.WatchProfileEventsRequest(resume_token=start.resume_token, users=[user])
+            )
+            try:
+                within = [await resumed.read()]
+                await stub.CreateProfile(profile_pb2.CreateProfileRequest(user=user, fields={"a": "1"}), timeout=5)
+                await stub.UpdateProfile(profile_pb2.UpdateProfileRequest(user=user, fields={"a": "2"}), timeout=5)
+                within += [await resumed.read() for _ in range(2)]
+            finally:
+                resumed.cancel()
             create_id = within[1].event.id
             # Aggregated, then older than the 1 s window: the aggregator's maintenance trims the create (it
             # keeps the last entry it has read, here the update).

@@ -101,31 +101,6 @@ def test_a_write_to_a_connection_closed_under_it_is_a_connection_error(system: S
         assert isinstance(error.__cause__, RuntimeError), "uvloop's own error, converted"
 
 
-def test_a_topology_refresh_keeps_the_connections_of_the_nodes_still_there(system: System) -> None:
-    """redis-py 8.1 marks every connection for reconnect at each re-learning of the layout; refresh_topology keeps
-    them (common/storage/internals.py relearn_topology): the same connection answers before and after."""
-    stream = keys.events_key(3)
-
-    async def client_ids() -> list[int]:
-        cluster = Cluster(system.client_settings())
-        connection = cluster.connection
-        try:
-
-            async def client_id() -> int:
-                return int(await connection.on_primary(stream, ("CLIENT", "ID"), "client id"))
-
-            ids = [await client_id()]
-            connection._refreshed_at = time.monotonic() - REFRESH_FLOOR_S  # due now, as after a failure
-            await connection.refresh_topology()
-            ids += [await client_id(), await client_id()]
-            return ids
-        finally:
-            await cluster.close()
-
-    ids = asyncio.run(client_ids())
-    assert ids == [ids[0]] * 3, f"the connection was replaced after the refresh: {ids}"
-
-
 def test_refreshes_due_together_relearn_the_layout_once(system: System) -> None:
     """Tasks that find the lock free while it is handed on to a waiter queue behind the waiters, yet may re-learn
     only if no refresh came in between (common/storage/connection.py refresh_topology): one CLUSTER SLOTS."""

@@ -81,23 +81,14 @@ async def keeping_startup_nodes(client: RedisCluster, configured: dict[str, Clus
 
 
 async def relearn_topology(client: RedisCluster, configured: dict[str, ClusterNode]) -> None:
-    """Learn the slots' nodes again, without the command table (see keep_command_table) or a new client, and
-    without dropping the connections of the nodes still there.
+    """Learn the slots' nodes again, without the command table (see keep_command_table) or a new client.
 
     redis-py re-learns only on its own retries; the script runner follows redirects itself, so it asks for
-    the layout through the nodes manager directly. redis-py 8.1 marks every connection of every node for
-    reconnect at each re-learning ("reconnect is lazy and cheap"). It is not at 4,096 partitions: after a
-    whole-cluster outage the aggregator's refreshes closed and opened 14,500 connections in a minute, and
-    the reconnects' failures asked for more refreshes. A connection is to an address; the runner follows a
-    node that changed role by its MOVED, and replaces a connection whose peer went away before sending on
-    it (send_on_one_connection): the marks are cleared.
+    the layout through the nodes manager directly. redis-py 8.1 marks every connection for reconnect at each
+    re-learning: refresh_topology keeps re-learnings few (common/storage/connection.py).
     """
     async with keeping_startup_nodes(client, configured):
         await client.nodes_manager.initialize()
-    manager = client.nodes_manager
-    for node in [*manager.nodes_cache.values(), *manager.startup_nodes.values()]:
-        for connection in node._connections:
-            connection.reset_should_reconnect()  # type: ignore[no-untyped-call]  # untyped in redis-py 8.1
 
 
 def covered_slots(client: RedisCluster) -> int:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
+import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 
 import grpc
 from redis.cluster import RedisCluster
@@ -14,6 +16,7 @@ from redis.cluster import RedisCluster
 from bench.failover import run_failover
 from bench.load import LoadResult, closed_loop
 from common.storage import keys
+from common.storage.nodes import key_slot
 from localdev.faults import fail_over_by_killing
 from localdev.system import System
 from profilemesh.profile.v1 import profile_pb2, profile_pb2_grpc
@@ -21,6 +24,10 @@ from tests.conftest import PARTITIONS
 from tests.helpers import aggregator_settled, expected_statistics, history_of, scores_of, wait_until
 
 TOLERATED = {"UNAVAILABLE", "DEADLINE_EXCEEDED"}
+# With the read check off (the default), a read answered by a primary in the instant before its kill -9 may
+# have its event die with it: reads never wait for replication (docs/durability.md, "Reads"). That instant
+# is the replica's lag, milliseconds even on a busy machine: half a second before the kill covers it.
+ANSWERED_BEFORE_THE_KILL_S = 0.5
 
 
 def test_acknowledged_creates_survive_a_primary_kill(fresh_system: System) -> None:
@@ -40,10 +47,22 @@ def _settled(client: RedisCluster) -> bool:
     return aggregator_settled(client, PARTITIONS)
 
 
+@dataclass
+class Failover:
+    killed_at: float  # time.monotonic() when the primary was sent its SIGKILL
+    partitions: set[int]  # the partitions of the shard that failed over
+
+
+def _partitions_served_by(system: System, node: int) -> set[int]:
+    line = next(line for line in system.cluster.cluster_nodes() if line.port == system.cluster.ports[node])
+    return {p for p in range(PARTITIONS) if line.serves(key_slot(keys.events_key(p)))}
+
+
 def test_counts_stay_exact_across_aggregator_crashes_and_a_failover(
     fresh_system: System, fresh_client: RedisCluster
 ) -> None:
-    """10,000 reads, deletes and re-creates while the aggregator is SIGKILLed and restarted and a primary fails over."""
+    """10,000 reads, deletes and re-creates while the aggregator is SIGKILLed and restarted and a primary fails over:
+    the statistics are exactly the events the cluster holds, and every acknowledged read has its event."""
     system = fresh_system
     run = uuid.uuid4().hex[:6]
     users = [f"x{run}-{i}" for i in range(100)]
@@ -51,7 +70,7 @@ def test_counts_stay_exact_across_aggregator_crashes_and_a_failover(
     for partition in range(PARTITIONS):
         fresh_client.xgroup_create(keys.events_key(partition), audit, id="$", mkstream=True)
 
-    async def scenario() -> LoadResult:
+    async def scenario() -> tuple[LoadResult, Failover]:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{system.profile_port}") as channel:
             stub = profile_pb2_grpc.ProfileServiceStub(channel)
             for user in users:
@@ -70,7 +89,7 @@ def test_counts_stay_exact_across_aggregator_crashes_and_a_failover(
             items = [f"{rng.choice(users)}#{i}#{'churn' if rng.random() < 0.03 else 'read'}" for i in range(10_000)]
             load = asyncio.create_task(closed_loop(items, operate, 16, progress))
             crashes = 0
-            failed_over = False
+            failover: Failover | None = None
             while not load.done():
                 await asyncio.sleep(0.4)
                 if load.done():
@@ -78,14 +97,17 @@ def test_counts_stay_exact_across_aggregator_crashes_and_a_failover(
                 system.stop_process("aggregator_svc", signal.SIGKILL)
                 crashes += 1
                 system.start_process("aggregator_svc", "aggregator_svc")
-                if not failed_over and len(progress.outcomes) > 3000:
-                    victim, _, _ = await asyncio.to_thread(fail_over_by_killing, system.cluster, keys.events_key(0))
+                if failover is None and len(progress.outcomes) > 3000:
+                    victim, promoted, promoted_after_s = await asyncio.to_thread(
+                        fail_over_by_killing, system.cluster, keys.events_key(0)
+                    )
+                    killed_at = time.monotonic() - promoted_after_s
+                    failover = Failover(killed_at, await asyncio.to_thread(_partitions_served_by, system, promoted))
                     await asyncio.to_thread(system.cluster.start_node, victim)
-                    failed_over = True
-            assert crashes >= 3 and failed_over
-            return await load
+            assert crashes >= 3 and failover is not None
+            return await load, failover
 
-    result = asyncio.run(scenario())
+    result, failover = asyncio.run(scenario())
     system.cluster.wait_ready()
     wait_until(lambda: _settled(fresh_client), timeout_s=60, what="the aggregator to settle")
 
@@ -95,6 +117,14 @@ def test_counts_stay_exact_across_aggregator_crashes_and_a_failover(
     reads = [o for o in result.outcomes if o.item.endswith("#read")]
     succeeded = Counter(o.item.split("#")[0] for o in reads if o.code == grpc.StatusCode.OK)
     unknown = Counter(o.item.split("#")[0] for o in reads if o.code.name in TOLERATED)
+    at_the_kill = Counter(
+        o.item.split("#")[0]
+        for o in reads
+        if o.code == grpc.StatusCode.OK
+        and keys.partition_of(o.item.split("#")[0], PARTITIONS) in failover.partitions
+        and o.started <= failover.killed_at
+        and o.ended >= failover.killed_at - ANSWERED_BEFORE_THE_KILL_S
+    )
     churned = sum(1 for _, kind in history if kind == "delete")
     print(
         f"\naggregator crashes: {len(result.ok())} calls succeeded, errors {result.error_counts()}, "
@@ -105,9 +135,15 @@ def test_counts_stay_exact_across_aggregator_crashes_and_a_failover(
     assert churned >= 100
     # Exactly once: the statistics are what the events the cluster holds say, reads since each user's delete.
     assert scores_of(fresh_client, PARTITIONS, users) == expected
+    without_event = sum(max(0, succeeded[user] - read_events[user]) for user in users)
+    print(
+        f"reads answered on the failed-over shard in the {ANSWERED_BEFORE_THE_KILL_S:g} s before the kill: "
+        f"{sum(at_the_kill.values())}; acknowledged reads without their event: {without_event}"
+    )
     for user in users:
-        # Every acknowledged read has its event; a read that failed so may or may not have run.
-        assert succeeded[user] <= read_events[user] <= succeeded[user] + unknown[user], user
+        # Every acknowledged read has its event, but for those its primary answered just before its kill; a
+        # read that failed so may or may not have run.
+        assert succeeded[user] - at_the_kill[user] <= read_events[user] <= succeeded[user] + unknown[user], user
     for partition in range(PARTITIONS):
         fresh_client.xgroup_destroy(keys.events_key(partition), audit)
 

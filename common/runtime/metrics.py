@@ -73,7 +73,8 @@ GROUP_COMMIT_SIZE = Histogram(
 )
 SHARED_PIPELINE_SIZE = Histogram(
     "profilemesh_cluster_shared_pipeline_size",
-    "scripts needing no confirmation sent together in one pipeline to a primary (the aggregator's takes of a tick)",
+    "commands needing no confirmation sent together in one pipeline to a primary (the aggregator's takes of a "
+    "tick, its reads of its own pending entries)",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
 DURABILITY_FAILURES = Counter(

@@ -125,9 +125,10 @@ class Cluster:
 
     async def read_own_pending(self, stream: str, group: str, consumer: str, count: int) -> Entries:
         """The entries delivered to `consumer` and not yet acknowledged (XREADGROUP from 0), in one attempt:
-        the aggregator reads them after every failure, of every partition of a shard that is down too."""
+        the aggregator reads them at its start and after every failure, of every partition of a shard that is
+        down too; the reads of one instant share a pipeline per primary."""
         command = ("XREADGROUP", "GROUP", group, consumer, "COUNT", count, "STREAMS", stream, "0")
-        reply: Any = await self.connection.on_primary(stream, command, "xreadgroup")
+        reply: Any = await self.connection.on_primary(stream, command, "xreadgroup", together=True)
         # RESP3, our connections' protocol: a map of the stream to its entries (nothing: none).
         return [(entry[0], entry[1]) for entries in (reply or {}).values() for entry in entries]
 

@@ -25,6 +25,7 @@ from common.errors import ClusterUnavailable, CredentialsRefused
 from common.runtime import metrics, tracing
 from common.runtime.config import Settings
 from common.storage.errors import CLIENT_FAILURES, NOT_EXECUTED, translated
+from common.storage.group_commit import GroupCommit
 from common.storage.internals import (
     NothingSent,
     covered_slots,
@@ -112,6 +113,9 @@ class Connection:
         keep_command_table(self.client)
         self._startup_nodes = startup_nodes(self.client)
         self.limit = asyncio.Semaphore(settings.redis_max_concurrency)
+        # What the loops of many partitions send at one instant, without a confirmation, shares a pipeline per
+        # primary (the aggregator's takes, and its reads of each partition's own pending entries at its start).
+        self.shared = GroupCommit(None, metrics.SHARED_PIPELINE_SIZE)
         self._initialized = False
         self._initializing = asyncio.Lock()
         self._refreshed_at = -REFRESH_FLOOR_S  # when the last topology refresh ended (time.monotonic())
@@ -213,20 +217,27 @@ class Connection:
                 _errors(type(error.__cause__ or error).__name__).inc()
                 raise
 
-    async def on_primary(self, key: str, command: tuple[Any, ...], name: str) -> Any:
+    async def on_primary(self, key: str, command: tuple[Any, ...], name: str, together: bool = False) -> Any:
         """One attempt of `command` on `key`'s primary, its reply or its failure storage-neutral: for loops that
         retry on their own schedule. Through redis-py, a command whose node is down is tried again with a re-read
         of the whole layout each time; here a node that refuses costs a refused connect, and the layout is
-        re-learnt (after a redirect too) at most every REFRESH_FLOOR_S."""
+        re-learnt (after a redirect too) at most every REFRESH_FLOOR_S.
+
+        `together`: in the primary's shared pipeline, outside the bound, for a loop of every partition. At 4,096
+        partitions the aggregator's start sends one such read per partition at once: each waiting for a place
+        within the bound, 2,500 of them missed their deadline and were tried again."""
         relearn = False
         try:
-            async with self.bounded("command", name) as client:
+            async with self.bounded("command", name, bounded=not together) as client:
                 node = client.get_node_from_key(key)
                 if node is None:
                     relearn = True
                     raise ClusterUnavailable(f"no node is known to serve {key}")
                 try:
-                    (reply,) = await send_on_one_connection(node, [command])
+                    if together:
+                        reply, _ = await self.shared.send(node, command)
+                    else:
+                        (reply,) = await send_on_one_connection(node, [command])
                 except NothingSent as error:
                     relearn = True
                     raise ClusterUnavailable(f"nothing reached {node.name}: {error}") from None

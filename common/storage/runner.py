@@ -114,7 +114,6 @@ class ScriptRunner:
         self.waits = waits
         self.replicas = ReplicaCheck()
         self.group_commit = GroupCommit(waits.write, metrics.GROUP_COMMIT_SIZE) if waits.write else None
-        self.shared = GroupCommit(None, metrics.SHARED_PIPELINE_SIZE)  # for `run(..., together=True)`
         self._confirmations = metrics.DURABILITY_WAITS.labels(waits.durability)
         self._unconfirmed = metrics.DURABILITY_FAILURES.labels(waits.durability)
 
@@ -294,7 +293,7 @@ class ScriptRunner:
             if self.group_commit and confirm is Confirm.WRITE and not asking:
                 replies = list(await self.group_commit.send(node, commands[0]))
             elif together and not wait and not asking:
-                replies = [(await self.shared.send(node, commands[0]))[0]]
+                replies = [(await self.connection.shared.send(node, commands[0]))[0]]
             else:
                 replies = await send_on_one_connection(node, commands)
         except NothingSent as error:

@@ -52,8 +52,13 @@ class Share:
         the share as it was."""
         while True:
             try:
+                # Outside the concurrency bound: behind a start's thousands of partition calls, a heartbeat
+                # came late enough for the other replicas to take this one for dead.
                 replicas = await self.cluster.run(
-                    self._heartbeat, [keys.AGGREGATORS_KEY], [self.consumer, round(self.heartbeat_s * 3000)]
+                    self._heartbeat,
+                    [keys.AGGREGATORS_KEY],
+                    [self.consumer, round(self.heartbeat_s * 3000)],
+                    bounded=False,
                 )
                 self.update([text(replica) for replica in replicas])
             except StorageError as error:

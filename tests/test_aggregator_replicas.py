@@ -49,6 +49,15 @@ def _took_over_at(system: System) -> float:
     raise AssertionError("the survivor never said it consumes every partition")
 
 
+def _shares_before(system: System, name: str, moment: float) -> list[str]:
+    """The shares a replica said it took before `moment` (by its log's clock)."""
+    return [
+        record["message"]
+        for record in map(json.loads, (system.log_dir / f"{name}.log").read_text().splitlines())
+        if record["message"].startswith("consuming ") and datetime.fromisoformat(record["ts"]).timestamp() < moment
+    ]
+
+
 def _warnings(system: System, name: str) -> list[str]:
     """What a replica warned of: nothing, on a healthy cluster. At 4,096 partitions a start sends a call per
     partition at once, and each that waits past its deadline is a warning and a retry."""
@@ -87,6 +96,9 @@ def test_two_replicas_split_the_partitions_and_one_takes_over_the_share_of_one_k
     system.processes[SECOND].wait(timeout=10)
     wait_until(lambda: _owned(system, "aggregator_svc") == PARTITIONS, timeout_s=4 * CLAIM_IDLE_S, what="the takeover")
     took_over_s = _took_over_at(system) - killed
+    # Until the kill, neither took the other for dead: one split each, as the second started, and no other.
+    for name in ("aggregator_svc", SECOND):
+        assert [share.endswith("2 replicas live") for share in _shares_before(system, name, killed)] == [True], name
     print(f"the survivor consumed all {PARTITIONS} partitions {took_over_s:.2f} s after the kill")
     assert took_over_s <= CLAIM_IDLE_S + 1, f"took {took_over_s:.2f} s; the claim interval is {CLAIM_IDLE_S} s"
 

@@ -1,12 +1,13 @@
 """Idle and loaded CPU of each component, and its connections to the cluster, at several partition counts.
 
-    .venv/bin/python -m bench.partitions [--partitions 16,256,4096] [--idle-s 20] [--load-s 6] [--out FILE]
+    .venv/bin/python -m bench.partitions [--partitions 16,256,4096] [--idle-s 60] [--load-s 6] [--out FILE]
 
 For each count, a whole system of its own on free ports (production defaults, but the count and WARNING logs),
 left until the aggregator is idle (every partition's wake flag armed and every partition's lag read once), then:
 
-- idle: each process's CPU over `idle-s` seconds, as a share of one core, and the connections each component's
-  cluster user holds (CLIENT LIST on every node);
+- idle: each process's CPU over `idle-s` seconds, as a share of one core (long enough to hold the idle aggregator's
+  busier moments, about every 40 s at 4,096 partitions), and the connections each component's cluster user holds
+  (CLIENT LIST on every node);
 - loaded: wrk's REST mix (80% reads, 10% creates, 5% updates, 5% deletes) at 16 connections for `load-s`
   seconds: requests/s and CPU microseconds per request by process (the six nodes as one).
 """
@@ -134,7 +135,7 @@ def render(results: dict[int, dict[str, dict[str, float]]], idle_s: int, load_s:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--partitions", default="16,256,4096")
-    parser.add_argument("--idle-s", type=int, default=20)
+    parser.add_argument("--idle-s", type=int, default=60)
     parser.add_argument("--load-s", type=int, default=6)
     parser.add_argument("--out", type=Path, default=None)
     options = parser.parse_args()
